@@ -1,0 +1,33 @@
+# Two entry points: `make demo` (the main job on the demo corpus) and `make test`.
+# The venv is stamped with the lock file's hash: a second run installs nothing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+LOCK_HASH := $(shell sha256sum requirements.lock setup.py | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP):
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@rm -f $(VENV)/.installed-*
+	# One pip command for the whole stack: installed in steps, beam drags protobuf to 6 and breaks TF.
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(VENV)/bin/python -m pip check
+	@touch $@
+
+demo: venv
+	$(VENV)/bin/python -m experiments.run
+
+test: venv
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: venv
+	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) tensorboard_logs reports .cache
