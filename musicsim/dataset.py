@@ -1,0 +1,98 @@
+"""A prepared dataset directory, as written by ``data_prep.build``.
+
+Layout::
+
+    DIR/dataset.json        name, kind, decode sample_rate, pool_size, max_seconds, similarity
+    DIR/tracks.csv          track_id, split, labels ('|'-joined), duration_s, path (absolute source file)
+    DIR/report.json         counts per split and label, seconds of audio, skipped files with reasons
+    DIR/{train,eval,test}/*.tfrecord   pooled audio (see ``musicsim.tfrecords``)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+LABEL_SEPARATOR = "|"
+
+
+@dataclass
+class DatasetInfo:
+    """What ``dataset.json`` records about how a dataset was prepared."""
+
+    name: str
+    kind: str
+    sample_rate: int  # decode rate, before pooling
+    pool_size: int
+    max_seconds: float | None
+    similarity: str = "album"  # default similarity definition for this dataset
+    min_shared_tags: int = 2
+    split_by: str = "track"
+    split_seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pooled_rate(self) -> float:
+        return self.sample_rate / float(self.pool_size)
+
+    def save(self, dataset_dir: str) -> None:
+        write_json_atomic(os.path.join(dataset_dir, "dataset.json"), asdict(self))
+
+    @classmethod
+    def load(cls, dataset_dir: str) -> "DatasetInfo":
+        path = os.path.join(dataset_dir, "dataset.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{dataset_dir} is not a prepared dataset (no dataset.json); "
+                                    "run `python -m data_prep.build` first")
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One row of ``tracks.csv``."""
+
+    track_id: str
+    split: str
+    labels: tuple[str, ...]
+    duration_s: float
+    path: str
+
+
+TRACKS_COLUMNS = ("track_id", "split", "labels", "duration_s", "path")
+
+
+def write_catalog(dataset_dir: str, entries: list[CatalogEntry]) -> None:
+    """Write ``tracks.csv`` atomically, sorted by split then track id."""
+    path = os.path.join(dataset_dir, "tracks.csv")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(TRACKS_COLUMNS)
+        for e in sorted(entries, key=lambda e: (e.split, e.track_id)):
+            writer.writerow([e.track_id, e.split, LABEL_SEPARATOR.join(e.labels), f"{e.duration_s:.3f}", e.path])
+    os.replace(tmp, path)
+
+
+def read_catalog(dataset_dir: str, *, split: str | None = None) -> list[CatalogEntry]:
+    """Rows of ``tracks.csv`` (optionally one split), sorted by track id."""
+    path = os.path.join(dataset_dir, "tracks.csv")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{dataset_dir} is not a prepared dataset (no tracks.csv)")
+    with open(path, newline="") as f:
+        rows = [CatalogEntry(track_id=r["track_id"], split=r["split"],
+                             labels=tuple(l for l in r["labels"].split(LABEL_SEPARATOR) if l),
+                             duration_s=float(r["duration_s"] or 0.0), path=r["path"])
+                for r in csv.DictReader(f)]
+    if split is not None:
+        rows = [r for r in rows if r.split == split]
+    return sorted(rows, key=lambda r: r.track_id)
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """Write JSON to ``path`` through a temp file and rename, so readers never see half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True, default=str)
+    os.replace(tmp, path)
