@@ -1,0 +1,196 @@
+"""The WaveNet similarity model (paper 4.3, figures 11-13).
+
+Only WaveNet's cascade of gated, dilated, causal convolutions is kept:
+
+- a *wavenet layer* (figure 11): ``z = tanh(W_f * x) * sigmoid(W_g * x)``; a 1x1 conv of ``z``
+  is added to ``x`` (the residual output, input of the next layer) and another 1x1 conv of ``z``
+  is the layer's skip output;
+- a *wavenet stack* (figure 12): ``layers_per_stack`` layers, then a pooling applied to the
+  running input and to every skip output so far, so all skips share one time resolution;
+- after the stacks (figure 13): the skips are concatenated, a final conv and a pooling over the
+  whole time axis give a fixed-size embedding whatever the input length, then optional dense layers.
+
+Every convolution is causal and every pooling is masked by the true lengths, so right padding in
+a batch never changes an embedding (paper Problem 5).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+
+DEFAULT_PARAMS = dict(
+    channels=32,  # residual channels
+    skip_channels=32,
+    filter_size=2,
+    dilation_base=2,  # paper: 2 with filter 2, or 4 with filter 4
+    num_stacks=3,
+    layers_per_stack=6,
+    stack_pool_sizes=(4, 4, 4),  # where reductions happen: one pooling after each stack
+    pooling="max",  # max | avg, between stacks and at the end
+    final_channels=64,  # the final conv: the embedding size before the dense layers
+    final_filter_size=2,
+    dense_layers=(),  # the paper's late improvement, e.g. (64,)
+    dropout=0.0,
+)
+
+
+def _param(params: Mapping, key: str):
+    return params.get(key, DEFAULT_PARAMS[key])
+
+
+def _pool_sizes(params: Mapping) -> list[int]:
+    sizes = _param(params, "stack_pool_sizes")
+    sizes = [int(s) for s in (sizes if isinstance(sizes, (list, tuple)) else str(sizes).split(",")) if str(s)]
+    num_stacks = int(_param(params, "num_stacks"))
+    if len(sizes) == 1:
+        sizes = sizes * num_stacks
+    if len(sizes) != num_stacks:
+        raise ValueError(f"stack_pool_sizes has {len(sizes)} entries for {num_stacks} stacks")
+    if any(s < 1 for s in sizes):
+        raise ValueError(f"stack_pool_sizes must be >= 1, got {sizes}")
+    return sizes
+
+
+def receptive_field(params: Mapping | None = None) -> int:
+    """Receptive field, in input samples, of one output step after the stacks and the final conv.
+
+    Each layer with filter ``f`` and dilation ``d`` widens the field by ``(f - 1) * d`` steps of its
+    stack's resolution; a pooling of size ``p`` makes one step worth ``p`` earlier steps.
+    """
+    params = params or {}
+    f, base = int(_param(params, "filter_size")), int(_param(params, "dilation_base"))
+    n = int(_param(params, "layers_per_stack"))
+    field, step = 1, 1  # field in input samples; input samples per step at the current resolution
+    for pool in _pool_sizes(params):
+        field += sum((f - 1) * base ** i for i in range(n)) * step
+        field += (pool - 1) * step  # a pooling window covers pool steps
+        step *= pool
+    field += (int(_param(params, "final_filter_size")) - 1) * step
+    return field
+
+
+def lengths_after_pooling(lengths: tf.Tensor, pool: int) -> tf.Tensor:
+    """Number of pooled steps holding real audio: ``ceil(length / pool)``."""
+    return (lengths + pool - 1) // pool
+
+
+def masked_pool(x: tf.Tensor, lengths: tf.Tensor, *, pool: int, pooling: str) -> tf.Tensor:
+    """Pool ``x`` ``[batch, time, ch]`` by non-overlapping windows of ``pool`` steps, ignoring padding.
+
+    The time axis is right-padded to a multiple of ``pool``; the last partial window of a track is
+    pooled over its real steps only. Steps past a track's pooled length are zero.
+    """
+    if pool == 1:
+        return x
+    time = tf.shape(x)[1]
+    padded_time = (time + pool - 1) // pool * pool
+    x = tf.pad(x, [[0, 0], [0, padded_time - time], [0, 0]])
+    mask = tf.sequence_mask(lengths, padded_time)[:, :, None]
+    windows = tf.reshape(x, [tf.shape(x)[0], -1, pool, x.shape[-1]])
+    window_mask = tf.reshape(mask, [tf.shape(x)[0], -1, pool, 1])
+    if pooling == "max":
+        pooled = tf.reduce_max(tf.where(window_mask, windows, x.dtype.min), axis=2)
+    elif pooling == "avg":
+        count = tf.reduce_sum(tf.cast(window_mask, x.dtype), axis=2)
+        pooled = tf.reduce_sum(windows * tf.cast(window_mask, x.dtype), axis=2) / tf.maximum(count, 1.0)
+    else:
+        raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+    valid = tf.sequence_mask(lengths_after_pooling(lengths, pool), tf.shape(pooled)[1])[:, :, None]
+    return tf.where(valid, pooled, tf.zeros_like(pooled))
+
+
+def global_pool(x: tf.Tensor, lengths: tf.Tensor, *, pooling: str) -> tf.Tensor:
+    """Pool ``[batch, time, ch]`` over the whole real length of each track: ``[batch, ch]``."""
+    mask = tf.sequence_mask(lengths, tf.shape(x)[1])[:, :, None]
+    if pooling == "max":
+        pooled = tf.reduce_max(tf.where(mask, x, x.dtype.min), axis=1)
+        # An empty (length-0, padding) track embeds to zeros rather than -inf.
+        return tf.where(lengths[:, None] > 0, pooled, tf.zeros_like(pooled))
+    if pooling == "avg":
+        count = tf.reduce_sum(tf.cast(mask, x.dtype), axis=1)
+        return tf.reduce_sum(x * tf.cast(mask, x.dtype), axis=1) / tf.maximum(count, 1.0)
+    raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+
+
+def wavenet_layer(x: tf.Tensor, *, dilation: int, params: Mapping, name: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """One gated, dilated, causal conv layer (figure 11): returns (residual output, skip output)."""
+    channels, f = int(_param(params, "channels")), int(_param(params, "filter_size"))
+    conv = lambda units, size, n, d=1: tf.keras.layers.Conv1D(  # noqa: E731
+        units, size, dilation_rate=d, padding="causal", name=f"{name}/{n}")
+    gated = tf.tanh(conv(channels, f, "filter", dilation)(x)) * tf.sigmoid(conv(channels, f, "gate", dilation)(x))
+    residual = x + conv(channels, 1, "residual")(gated)
+    skip = conv(int(_param(params, "skip_channels")), 1, "skip")(gated)
+    return residual, skip
+
+
+def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool) -> tf.Tensor:
+    """Embed pooled audio.
+
+    Parameters
+    ----------
+    audio : float32 ``[batch, time]`` or ``[batch, time, channels]``, right-padded
+    length : int ``[batch]``, real steps of each track
+    params : hyperparameters (see ``DEFAULT_PARAMS``)
+    training : enables dropout
+
+    Returns
+    -------
+    float32 ``[batch, final_channels]`` (or the last dense layer's size)
+    """
+    if audio.shape.rank == 2:
+        audio = audio[:, :, None]
+    length = tf.cast(length, tf.int32)
+    pooling = str(_param(params, "pooling"))
+    n, base = int(_param(params, "layers_per_stack")), int(_param(params, "dilation_base"))
+    x = tf.keras.layers.Conv1D(int(_param(params, "channels")), 1, name="input_projection")(audio)
+    skips: list[tf.Tensor] = []
+    for s, pool in enumerate(_pool_sizes(params)):
+        for i in range(n):
+            x, skip = wavenet_layer(x, dilation=base ** (i % n), params=params, name=f"stack{s}/layer{i}")
+            skips.append(skip)
+        # Pool the running input and every skip so far, so all skips end at one resolution.
+        x = masked_pool(x, length, pool=pool, pooling=pooling)
+        skips = [masked_pool(k, length, pool=pool, pooling=pooling) for k in skips]
+        length = lengths_after_pooling(length, pool)
+    features = tf.nn.relu(tf.concat(skips, axis=-1))
+    final = tf.keras.layers.Conv1D(int(_param(params, "final_channels")), int(_param(params, "final_filter_size")),
+                                   padding="causal", name="final/conv")(features)
+    embedding = global_pool(final, length, pooling=pooling)
+    dropout = float(_param(params, "dropout"))
+    for j, units in enumerate(_dense_sizes(params)):
+        if dropout > 0:
+            embedding = tf.keras.layers.Dropout(dropout, name=f"dense{j}/dropout")(embedding, training=training)
+        embedding = tf.keras.layers.Dense(units, activation=tf.nn.relu if j < len(_dense_sizes(params)) - 1 else None,
+                                          name=f"dense{j}")(embedding)
+    return embedding
+
+
+def _dense_sizes(params: Mapping) -> list[int]:
+    sizes = _param(params, "dense_layers")
+    if isinstance(sizes, str):
+        sizes = [s for s in sizes.split(",") if s.strip()]
+    return [int(s) for s in sizes]
+
+
+def variable_scopes_for_warm_start() -> str:
+    """Regex of the stack variables (warm-starting "stacks only")."""
+    return r"^(input_projection|stack\d+)/.*"
+
+
+def dilations(params: Mapping | None = None) -> list[int]:
+    """Dilation of each layer of a stack: ``base ** i`` (magenta's ``base ** (i % n)``)."""
+    params = params or {}
+    n, base = int(_param(params, "layers_per_stack")), int(_param(params, "dilation_base"))
+    return [base ** (i % n) for i in range(n)]
+
+
+def embedding_size(params: Mapping) -> int:
+    dense = _dense_sizes(params)
+    return dense[-1] if dense else int(_param(params, "final_channels"))
+
+
+def min_length_steps(params: Mapping) -> int:
+    """Total reduction before the final conv: input steps per output step."""
+    return math.prod(_pool_sizes(params))

@@ -1,0 +1,78 @@
+"""Estimator plumbing shared by the learned models: build, train with early stopping, embed.
+
+``experiments.run`` drives it; tests call it directly on tiny data.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from musicsim import head
+from musicsim import models as registry
+from musicsim.inputs import TrackSet, make_predict_input_fn
+
+EARLY_STOPPING_METRIC = "NDCG@6"
+
+
+class TimeLimitHook(tf.estimator.SessionRunHook):
+    """Ask training to stop (and checkpoint) once ``minutes`` of wall time have passed."""
+
+    def __init__(self, minutes: float):
+        self._deadline = time.monotonic() + 60.0 * minutes
+
+    def after_run(self, run_context, run_values):
+        if time.monotonic() > self._deadline:
+            run_context.request_stop()
+
+
+def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0,
+                   save_checkpoints_steps: int = 50, warm_start_from: str | None = None,
+                   warm_start_vars: str = ".*") -> tf.estimator.Estimator:
+    """An estimator for a learned model: its ``embed`` under the shared ranking head."""
+    embed_fn = registry.learned_module(model).embed
+    config = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=seed,
+                                    save_checkpoints_steps=save_checkpoints_steps, save_checkpoints_secs=None,
+                                    keep_checkpoint_max=3, log_step_count_steps=25, save_summary_steps=10)
+    warm_start = None
+    if warm_start_from:
+        warm_start = tf.estimator.WarmStartSettings(ckpt_to_initialize_from=warm_start_from,
+                                                    vars_to_warm_start=warm_start_vars)
+    return tf.estimator.Estimator(model_fn=head.make_model_fn(embed_fn), model_dir=model_dir,
+                                  params=dict(params), config=config, warm_start_from=warm_start)
+
+
+def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Callable, eval_input_fn: Callable,
+                       max_steps: int, max_minutes: float | None = None, early_stopping_patience: int = 0,
+                       eval_every_steps: int = 50) -> dict:
+    """``tf.estimator.train_and_evaluate`` with early stopping on eval NDCG@6 and a wall-time limit.
+
+    Resumes from the latest checkpoint in the estimator's model_dir. Returns the last eval metrics.
+    """
+    hooks = []
+    if early_stopping_patience > 0:
+        hooks.append(tf.estimator.experimental.stop_if_no_increase_hook(
+            estimator, EARLY_STOPPING_METRIC, max_steps_without_increase=early_stopping_patience,
+            min_steps=eval_every_steps, run_every_secs=None, run_every_steps=eval_every_steps))
+    if max_minutes:
+        hooks.append(TimeLimitHook(max_minutes))
+    train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=max_steps, hooks=hooks)
+    eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None, throttle_secs=0, start_delay_secs=0)
+    result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    metrics = result[0] if result and result[0] else {}
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+
+
+def predict_embeddings(*, estimator: tf.estimator.Estimator, tracks: TrackSet, batch_size: int = 8,
+                       seconds: float | None = None) -> np.ndarray:
+    """Embeddings of every track, in ``tracks`` order: float32 ``[n, dim]``."""
+    input_fn = make_predict_input_fn(tracks=tracks, batch_size=batch_size, seconds=seconds)
+    by_id = {}
+    for prediction in estimator.predict(input_fn, yield_single_examples=True):
+        by_id[prediction["track_id"].decode()] = prediction["embedding"]
+    missing = [t for t in tracks.track_ids if t not in by_id]
+    if missing:
+        raise RuntimeError(f"PREDICT returned no embedding for {len(missing)} tracks, e.g. {missing[:3]}")
+    return np.stack([by_id[t] for t in tracks.track_ids]).astype(np.float32)
