@@ -14,9 +14,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 from absl import app, flags
 
+from musicsim import evaluation
 from musicsim import models as registry
+from musicsim.dataset import DatasetInfo, read_catalog, write_json_atomic
+from musicsim.inputs import TrackSet
+from musicsim.similarity import make_similarity
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "wavenet", list(registry.ALL_MODELS), "Which model to run.")
@@ -57,7 +62,8 @@ flags.DEFINE_list("dense_layers", [], "Sizes of dense layers after the final poo
 # RNN.
 flags.DEFINE_integer("rnn_units", 64, "LSTM units.")
 flags.DEFINE_integer("section_frames", 1000, "LSTM input sections (frames).")
-flags.DEFINE_enum("rnn_embedding", "states", ["outputs", "states"], "LSTM embedding: outputs or states.")
+flags.DEFINE_enum("rnn_embedding", "all", ["outputs", "states", "all"], "LSTM embedding: outputs or states; "
+                  "all: try the six outputs|states x mean|max|last readouts on the eval split and keep the best.")
 flags.DEFINE_enum("rnn_reduce", "mean", ["mean", "max", "last"], "How sections are reduced to one vector.")
 # Fitted models.
 flags.DEFINE_float("variance_ratio", 0.99, "librosa: PCA keeps the components explaining this share of variance.")
@@ -141,12 +147,172 @@ def resolve_dataset(name_or_dir: str) -> str:
     return DEMO_DATASET_DIR
 
 
+def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
+    """Train a learned model (resuming from model_dir), then embed every split."""
+    from musicsim import training
+    from musicsim.inputs import make_list_input_fn
+
+    module = registry.learned_module(config.model)
+    load_tracks = getattr(module, "load_tracks", None)
+    tracks = {split: (load_tracks(config.dataset_dir, split, params=config.params, workers=config.workers)
+                      if load_tracks else TrackSet.from_dataset(config.dataset_dir, split)) for split in splits}
+    estimator = training.make_estimator(model=config.model, model_dir=config.model_dir, params=config.params,
+                                        seed=config.seed, save_checkpoints_steps=config.save_checkpoints_steps)
+    if hasattr(module, "make_input_fn"):  # an unsupervised model trains on its own inputs and objective
+        train_input_fn = module.make_input_fn(tracks=tracks["train"], mode="train", batch_size=config.batch_size,
+                                              crop_seconds=config.crop_seconds, seed=config.seed)
+        eval_input_fn = module.make_input_fn(tracks=tracks["eval"], mode="eval", batch_size=config.batch_size)
+    else:
+        list_kind = config.list_kind or ("pairwise" if config.params.get("loss") == "pairwise" else "listwise")
+        common = dict(similarity=similarity, kind=list_kind, n_similar=config.n_similar,
+                      n_dissimilar=config.n_dissimilar, batch_size=config.batch_size, seed=config.seed)
+        train_input_fn = make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
+                                            **common)
+        eval_input_fn = make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds,
+                                           **common)
+    eval_metrics = training.train_and_evaluate(
+        estimator=estimator, train_input_fn=train_input_fn, eval_input_fn=eval_input_fn, max_steps=config.max_steps,
+        max_minutes=config.max_minutes, early_stopping_patience=config.early_stopping_patience,
+        eval_every_steps=config.save_checkpoints_steps,
+        early_stopping=getattr(module, "EARLY_STOPPING", (training.EARLY_STOPPING_METRIC, "increase")))
+    print(f"training stopped at step {eval_metrics.get('global_step')}; last eval: "
+          + ", ".join(f"{k}={v:.3f}" for k, v in sorted(eval_metrics.items()) if k != "global_step"))
+    if hasattr(module, "embedding_variants") and config.params.get("rnn_embedding") == "all":
+        estimator = _best_variant(config, module, estimator, tracks["eval"], similarity)
+    embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
+                                                     seconds=config.predict_seconds) for split in splits}
+    return {"ids": {s: tracks[s].track_ids for s in splits}, "labels": {s: tracks[s].labels for s in splits},
+            "embeddings": embeddings, "eval_metrics": eval_metrics}
+
+
+def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity):
+    """The paper's RNN optimisation: read the embedding every way (outputs/states x mean/max/last) from the
+    same checkpoint, score each on the eval split, keep the best (by NDCG@6, then catalog mAP)."""
+    from musicsim import training
+
+    relevance, _ = eval_tracks.relevance(similarity)
+    scored = []
+    for embedding, reduce in module.embedding_variants():
+        params = dict(config.params, rnn_embedding=embedding, rnn_reduce=reduce)
+        variant = training.make_estimator(model=config.model, model_dir=config.model_dir, params=params,
+                                          seed=config.seed, save_checkpoints_steps=config.save_checkpoints_steps)
+        vectors = training.predict_embeddings(estimator=variant, tracks=eval_tracks, seconds=config.predict_seconds)
+        result = evaluation.evaluate(relevance_matrix=relevance, embeddings=vectors,
+                                     similarity=params.get("similarity", "cosine"), seeds=[config.seed])
+        scored.append(((result["NDCG@6"][0], result["catalog_mAP"][0]), embedding, reduce, variant))
+        print(f"  rnn embedding={embedding:<8} reduce={reduce:<5} eval NDCG@6={result['NDCG@6'][0]:.3f} "
+              f"catalog mAP={result['catalog_mAP'][0]:.3f}")
+    _, embedding, reduce, best = max(scored, key=lambda item: item[0])
+    print(f"best rnn embedding: {embedding} reduced by {reduce}")
+    config.params.update(rnn_embedding=embedding, rnn_reduce=reduce)
+    return best
+
+
+def _fitted_embeddings(config: RunConfig, splits) -> dict:
+    """Fit a fitted model on the train split's source files, then embed every split."""
+    model_cls = registry.fitted_class(config.model)
+    info = DatasetInfo.load(config.dataset_dir)
+    kwargs = dict(max_seconds=info.max_seconds, workers=config.workers,
+                  cache_dir=os.path.join(config.dataset_dir, "feature_cache"))
+    if config.model == "librosa":
+        kwargs["variance_ratio"] = config.params.get("variance_ratio", 0.99)
+    model = model_cls(**kwargs)
+    catalog = {split: read_catalog(config.dataset_dir, split=split) for split in splits}
+    model.fit(paths=[e.path for e in catalog["train"]])
+    model.save(config.model_dir)
+    out = {"ids": {}, "labels": {}, "embeddings": {}, "eval_metrics": {}}
+    for split in splits:
+        vectors, ok, skipped = model.embed_paths(paths=[e.path for e in catalog[split]])
+        for path, reason in skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        out["ids"][split] = [catalog[split][i].track_id for i in ok]
+        out["labels"][split] = [catalog[split][i].labels for i in ok]
+        out["embeddings"][split] = vectors
+    config.params["similarity"] = model.similarity
+    return out
+
+
+def run(config: RunConfig) -> dict:
+    """Train or fit ``config.model``, evaluate it on the test split, export its embeddings.
+
+    Writes ``model_dir/run.json`` (what was run, so export and search can rebuild the model),
+    ``model_dir/results.json`` and ``model_dir/embeddings.npz``; returns the results.
+    """
+    started = time.time()
+    os.makedirs(config.model_dir, exist_ok=True)
+    info = DatasetInfo.load(config.dataset_dir)
+    similarity = make_similarity(config.similarity_def or info.similarity,
+                                 min_shared_tags=config.min_shared_tags or info.min_shared_tags)
+    kind = registry.kind_of(config.model)
+    splits = ("train", "eval", "test")
+    write_json_atomic(os.path.join(config.model_dir, "run.json"),
+                      {"model": config.model, "kind": kind, "config": asdict(config), "dataset": asdict(info)})
+    if kind == "learned":
+        out = _learned_embeddings(config, similarity, splits)
+    elif kind == "fitted":
+        out = _fitted_embeddings(config, splits)
+    else:
+        test = read_catalog(config.dataset_dir, split="test")
+        out = {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
+               "embeddings": {}, "eval_metrics": {}}
+
+    test_labels = out["labels"]["test"]
+    relevance = similarity.relevance_matrix(test_labels, test_labels)
+    np.fill_diagonal(relevance, 0.0)
+    seeds = list(range(config.eval_repeats))
+    protocol = dict(relevance_matrix=relevance, seeds=seeds, n_similar=config.n_similar,
+                    n_dissimilar=config.n_dissimilar)
+    table = {name: evaluation.evaluate(baseline=name, **protocol) for name in registry.BASELINES}
+    if kind != "baseline":
+        table[config.model] = evaluation.evaluate(embeddings=out["embeddings"]["test"],
+                                                  similarity=config.params.get("similarity", "cosine"), **protocol)
+    results = {
+        "model": config.model, "dataset": info.name, "dataset_dir": os.path.abspath(config.dataset_dir),
+        "similarity_def": similarity.name, "similarity": config.params.get("similarity", "cosine"),
+        "test": {k: {"mean": v[0], "std": v[1]} for k, v in table[config.model].items()},
+        "baselines": {name: {k: {"mean": v[0], "std": v[1]} for k, v in table[name].items()}
+                      for name in registry.BASELINES},
+        "eval_metrics": out["eval_metrics"], "eval_repeats": config.eval_repeats,
+        "sizes": {split: len(ids) for split, ids in out["ids"].items()},
+        "wall_seconds": round(time.time() - started, 1), "config": asdict(config),
+    }
+    write_json_atomic(os.path.join(config.model_dir, "results.json"), results)
+    if out["embeddings"]:
+        ids = [i for s in splits for i in out["ids"][s]]
+        np.savez(os.path.join(config.model_dir, "embeddings.npz"), track_ids=np.array(ids),
+                 embeddings=np.concatenate([out["embeddings"][s] for s in splits]),
+                 splits=np.array([s for s in splits for _ in out["ids"][s]]),
+                 labels=np.array(["|".join(l) for s in splits for l in out["labels"][s]]))
+    print(format_table(table, title=f"{info.name} test split ({results['sizes']['test']} tracks, "
+                                    f"similarity={similarity.name}, {config.eval_repeats} seeds)"))
+    print(f"wrote {config.model_dir}/results.json and embeddings.npz in {results['wall_seconds']:.0f}s; "
+          f"TensorBoard: tensorboard --logdir {os.path.dirname(os.path.abspath(config.model_dir))}")
+    return results
+
+
+def format_table(table: dict, *, title: str) -> str:
+    """Models x metrics as mean ± std."""
+    metrics = [m for m in ("PC", "NDCG@1", "NDCG@6", "MAP", "catalog_mAP", "P@10") if any(m in r for r in table.values())]
+    lines = [title, f"{'model':<10}" + "".join(f"{m:>16}" for m in metrics)]
+    for name, row in table.items():
+        lines.append(f"{name:<10}" + "".join(
+            f"{row[m][0]:>10.3f} ±{row[m][1]:.3f}" if m in row else f"{'-':>16}" for m in metrics))
+    return "\n".join(lines)
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's progress logs (loss, steps) but drop its deprecation chatter."""
+    import tensorflow as tf
+    from tensorflow.python.util import deprecation
+
+    deprecation._PRINT_DEPRECATION_WARNINGS = False
+    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)
+
+
 def main(argv):
     del argv
-    from experiments.runner import run
-
-    results = run(config_from_flags())
-    return 0 if results else 1
+    quiet_tensorflow()
+    run(config_from_flags())
 
 
 if __name__ == "__main__":

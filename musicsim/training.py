@@ -32,7 +32,9 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
                    save_checkpoints_steps: int = 50, warm_start_from: str | None = None,
                    warm_start_vars: str = ".*") -> tf.estimator.Estimator:
     """An estimator for a learned model: its ``embed`` under the shared ranking head."""
-    embed_fn = registry.learned_module(model).embed
+    module = registry.learned_module(model)
+    # A model with its own objective (the unsupervised LSTM) brings its model_fn; the others share the ranking head.
+    model_fn = module.make_model_fn() if hasattr(module, "make_model_fn") else head.make_model_fn(module.embed)
     config = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=seed,
                                     save_checkpoints_steps=save_checkpoints_steps, save_checkpoints_secs=None,
                                     keep_checkpoint_max=3, log_step_count_steps=25, save_summary_steps=10)
@@ -40,22 +42,29 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
     if warm_start_from:
         warm_start = tf.estimator.WarmStartSettings(ckpt_to_initialize_from=warm_start_from,
                                                     vars_to_warm_start=warm_start_vars)
-    return tf.estimator.Estimator(model_fn=head.make_model_fn(embed_fn), model_dir=model_dir,
+    return tf.estimator.Estimator(model_fn=model_fn, model_dir=model_dir,
                                   params=dict(params), config=config, warm_start_from=warm_start)
 
 
 def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Callable, eval_input_fn: Callable,
                        max_steps: int, max_minutes: float | None = None, early_stopping_patience: int = 0,
-                       eval_every_steps: int = 50) -> dict:
-    """``tf.estimator.train_and_evaluate`` with early stopping on eval NDCG@6 and a wall-time limit.
+                       eval_every_steps: int = 50, early_stopping: tuple[str, str] = (EARLY_STOPPING_METRIC, "increase")
+                       ) -> dict:
+    """``tf.estimator.train_and_evaluate`` with early stopping and a wall-time limit.
+
+    ``early_stopping`` = (eval metric, ``"increase"`` or ``"decrease"``): stop once the metric has not
+    improved for ``early_stopping_patience`` steps (default: eval NDCG@6 must rise).
 
     Resumes from the latest checkpoint in the estimator's model_dir. Returns the last eval metrics.
     """
     hooks = []
     if early_stopping_patience > 0:
-        hooks.append(tf.estimator.experimental.stop_if_no_increase_hook(
-            estimator, EARLY_STOPPING_METRIC, max_steps_without_increase=early_stopping_patience,
-            min_steps=eval_every_steps, run_every_secs=None, run_every_steps=eval_every_steps))
+        metric, direction = early_stopping
+        make_hook = (tf.estimator.experimental.stop_if_no_increase_hook if direction == "increase"
+                     else tf.estimator.experimental.stop_if_no_decrease_hook)
+        patience = {f"max_steps_without_{direction}": early_stopping_patience}
+        hooks.append(make_hook(estimator, metric, min_steps=eval_every_steps, run_every_secs=None,
+                               run_every_steps=eval_every_steps, **patience))
     if max_minutes:
         hooks.append(TimeLimitHook(max_minutes))
     train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=max_steps, hooks=hooks)
