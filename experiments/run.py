@@ -143,7 +143,7 @@ def resolve_dataset(name_or_dir: str) -> str:
         from data_prep.build import prepare
 
         print(f"Preparing the demo corpus into {DEMO_DATASET_DIR} (first use; downloads Debian packages) ...")
-        prepare(dataset="demo", input=DEMO_CORPUS_DIR, output=DEMO_DATASET_DIR, max_seconds=60.0)
+        prepare(dataset="demo", input_path=DEMO_CORPUS_DIR, output=DEMO_DATASET_DIR, max_seconds=60.0)
     return DEMO_DATASET_DIR
 
 
