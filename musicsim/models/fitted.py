@@ -1,0 +1,221 @@
+"""Fitted (non-estimator) models: the small interface they share with a trained run.
+
+A fitted model is fitted once on the train split's files, then embeds any file; it is saved into
+a model directory like a trained run, so evaluation, export and search need not know its kind::
+
+    model = LibrosaPCAModel(max_seconds=30).fit(paths=train_paths)
+    embeddings, ok_indices, skipped = model.embed_paths(paths=test_paths)
+    model.save(model_dir)
+    model = FittedModel.load(model_dir)       # the right subclass, from fitted_model.json
+
+``model_dir/fitted_model.json`` holds the name, settings and shapes; ``model_dir/fitted_model.npz``
+the fitted arrays (read without pickle).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+
+from musicsim.features import DEFAULT_SAMPLE_RATE, extract_many
+
+CONFIG_FILE = "fitted_model.json"
+ARRAYS_FILE = "fitted_model.npz"
+FORMAT_VERSION = 1
+DEFAULT_MAX_SECONDS = 30.0
+
+
+class FittedModel:
+    """Base class: features from `musicsim.features.extract_many`, then a fitted transform.
+
+    Subclasses set `name` and `feature_fn`, and implement `_fit_features`, `_transform`,
+    `_arrays`, `_set_arrays` and, for settings of their own, `_extra_settings`.
+
+    Parameters
+    ----------
+    sample_rate : int > 0
+        Decode rate in Hz.
+    max_seconds : float > 0 or None
+        Each track's centred excerpt this long is used; ``None`` uses whole tracks.
+    workers : int >= 1 or None
+        Feature-extraction processes; ``None`` uses every core.
+    cache_dir : str or None
+        Per-track feature cache (see `extract_many`); reruns and other splits reuse it.
+    progress : bool
+        Show progress bars while extracting.
+    """
+
+    name: ClassVar[str] = ""
+    feature_fn: ClassVar[str] = ""
+    # Embeddings are points of a standardised (and rotated) feature space: compare by distance.
+    similarity: ClassVar[str] = "euclidean"
+
+    def __init__(self, *, sample_rate: int = DEFAULT_SAMPLE_RATE, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+                 workers: int | None = None, cache_dir: str | None = None, progress: bool = True):
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1 or None, got {workers}")
+        self.sample_rate = int(sample_rate)
+        self.max_seconds = None if max_seconds is None else float(max_seconds)
+        self.workers = workers
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.fitted = False
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def _fit_features(self, features: np.ndarray) -> None:
+        """Fit on the train features ``[n, feature_dim]``."""
+        raise NotImplementedError
+
+    def _transform(self, features: np.ndarray) -> np.ndarray:
+        """Embeddings ``[n, dim]`` of features ``[n, feature_dim]``."""
+        raise NotImplementedError
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays to save."""
+        raise NotImplementedError
+
+    def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the fitted state from `_arrays`' output."""
+        raise NotImplementedError
+
+    def _extra_settings(self) -> dict[str, Any]:
+        """Constructor arguments beyond the base ones (saved with the model)."""
+        return {}
+
+    @property
+    def dim(self) -> int:
+        """Embedding size."""
+        raise NotImplementedError
+
+    # -- the shared interface ----------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this model (``type(self)(**settings)``)."""
+        return {"sample_rate": self.sample_rate, "max_seconds": self.max_seconds, "workers": self.workers,
+                "cache_dir": self.cache_dir, **self._extra_settings()}
+
+    def extract(self, *, paths: list[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+        """This model's feature vectors of files: ``(features [n_ok, feature_dim], ok_indices, skipped)``."""
+        return extract_many(paths=paths, feature_fn=self.feature_fn, sample_rate=self.sample_rate,
+                            max_seconds=self.max_seconds, workers=self.workers, cache_dir=self.cache_dir,
+                            progress=self.progress)
+
+    def fit(self, *, paths: list[str]) -> "FittedModel":
+        """Fit on the train split's files; files that cannot be decoded are left out.
+
+        Raises
+        ------
+        ValueError
+            If fewer than 2 files could be used.
+        """
+        features, _, skipped = self.extract(paths=list(paths))
+        if features.shape[0] < 2:
+            reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+            raise ValueError(f"{self.name}: need at least 2 usable train tracks, got {features.shape[0]} of "
+                             f"{len(paths)}" + (f" (skipped: {reasons})" if reasons else ""))
+        self.fit_features(features=features)
+        return self
+
+    def fit_features(self, *, features: np.ndarray) -> "FittedModel":
+        """Fit on precomputed train features ``[n, feature_dim]``, n >= 2."""
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise ValueError(f"{self.name}: need a [n >= 2, dim] feature matrix, got shape {features.shape}")
+        if not np.all(np.isfinite(features)):
+            raise ValueError(f"{self.name}: train features have non-finite values")
+        self._fit_features(features)
+        self.fitted = True
+        return self
+
+    def embed_features(self, *, features: np.ndarray) -> np.ndarray:
+        """Embeddings of precomputed features: ``[n, feature_dim]`` -> float32 ``[n, dim]``."""
+        self._check_fitted()
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2:
+            raise ValueError(f"{self.name}: features must be [n, dim], got shape {features.shape}")
+        if features.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._transform(features).astype(np.float32)
+
+    def embed_paths(self, *, paths: list[str]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+        """Embed files.
+
+        Returns
+        -------
+        embeddings : np.ndarray, float32, shape ``[n_ok, dim]``
+        ok_indices : list[int]
+            Index into ``paths`` of each embedding's file.
+        skipped : list[(path, reason)]
+        """
+        self._check_fitted()
+        features, ok_indices, skipped = self.extract(paths=list(paths))
+        return self.embed_features(features=features), ok_indices, skipped
+
+    def save(self, model_dir: str) -> None:
+        """Write ``model_dir/fitted_model.json`` and ``model_dir/fitted_model.npz``."""
+        self._check_fitted()
+        os.makedirs(model_dir, exist_ok=True)
+        arrays = {key: np.asarray(value) for key, value in self._arrays().items()}
+        config = {"name": self.name, "format_version": FORMAT_VERSION, "feature_fn": self.feature_fn,
+                  "similarity": self.similarity, "dim": self.dim, "settings": self.settings(),
+                  "arrays": {key: list(value.shape) for key, value in arrays.items()}}
+        # Arrays first, the config last: a directory with a config always has its arrays.
+        arrays_tmp = os.path.join(model_dir, f".{ARRAYS_FILE}.tmp-{os.getpid()}.npz")
+        np.savez(arrays_tmp, **arrays)
+        os.replace(arrays_tmp, os.path.join(model_dir, ARRAYS_FILE))
+        config_tmp = os.path.join(model_dir, f".{CONFIG_FILE}.tmp-{os.getpid()}")
+        with open(config_tmp, "w") as f:
+            json.dump(config, f, indent=1, sort_keys=True)
+        os.replace(config_tmp, os.path.join(model_dir, CONFIG_FILE))
+
+    @classmethod
+    def load(cls, model_dir: str) -> "FittedModel":
+        """Load a saved fitted model; on the base class, the subclass named in the config.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``model_dir`` holds no fitted model.
+        ValueError
+            If it holds another model than ``cls``, or an unreadable one.
+        """
+        config_path = os.path.join(model_dir, CONFIG_FILE)
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{model_dir} holds no fitted model (no {CONFIG_FILE})")
+        with open(config_path) as f:
+            config = json.load(f)
+        name = config.get("name")
+        if cls is FittedModel:
+            from musicsim.models import fitted_class  # the registry; imported late, it imports us
+
+            target = fitted_class(name)
+        elif name != cls.name:
+            raise ValueError(f"{model_dir} holds a {name!r} model, not {cls.name!r}")
+        else:
+            target = cls
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: format_version {config.get('format_version')} is not "
+                             f"{FORMAT_VERSION}")
+        model = target(**config["settings"])
+        with np.load(os.path.join(model_dir, ARRAYS_FILE), allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        missing = set(config["arrays"]) - set(arrays)
+        if missing:
+            raise ValueError(f"{model_dir}/{ARRAYS_FILE} lacks arrays {sorted(missing)}")
+        model._set_arrays(arrays)
+        model.fitted = True
+        return model
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"{self.name} model is not fitted: call fit(paths=...) or load a saved one")
+
+    def __repr__(self) -> str:
+        state = f"dim={self.dim}" if self.fitted else "unfitted"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args}) [{state}]"
