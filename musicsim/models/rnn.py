@@ -1,0 +1,564 @@
+"""The unsupervised LSTM model (paper 4.2, figure 7).
+
+Input: a chromagram ``[frames, 12]`` of each track, from the STFT (``librosa.feature.chroma_stft``)
+at ``chroma_sample_rate`` with ``hop_length`` samples per frame: 22050 / 512 = 43.07 frames per
+second by default, so a section of 1000 frames is 23.2 s of music.
+
+Each sequence is split into sections of ``section_frames`` frames (the last one right-padded), and
+every section is an independent sequence for one LSTM (the state starts at zero in each section).
+
+- Training (unsupervised): a ``Dense(12)`` on the LSTM outputs predicts frame ``t + 1`` from frames
+  ``<= t`` of the section; the loss is the sum over the 12 bins of ``|prediction - next frame|``,
+  averaged over the real frame transitions (:func:`next_frame_loss`).
+- Embedding (:func:`embed`): per section either ``states`` (the final ``concat(h, c)``, ``2 *
+  rnn_units``) or ``outputs`` (the LSTM outputs averaged over the section's real frames,
+  ``rnn_units``: the last output alone would only repeat ``h``), then reduced over the real
+  sections of the track by ``mean``, ``max`` or ``last``. The variables do not depend on these two
+  choices, so one checkpoint serves all six :func:`embedding_variants` (the paper's optimisation).
+
+Module hooks for the runner: ``DEFAULT_PARAMS``, :func:`load_tracks` (:func:`load_splits` for
+several splits with one process pool), :func:`make_input_fn`,
+:func:`make_model_fn`, ``EARLY_STOPPING`` and :func:`embedding_variants`.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+from typing import Callable, Mapping, Sequence
+
+import librosa
+import numpy as np
+import tensorflow as tf
+
+from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio
+from musicsim.dataset import DatasetInfo, read_catalog
+from musicsim.inputs import EVAL, TRAIN, TrackSet, crop
+
+DEFAULT_PARAMS = dict(
+    rnn_units=64,
+    section_frames=1000,  # paper: sections of 1000 frames (23.2 s at the default frame rate)
+    rnn_embedding="states",  # states | outputs
+    rnn_reduce="mean",  # mean | max | last
+    dropout=0.0,  # on the LSTM outputs, before the next-frame prediction (training only)
+    learning_rate=1e-3,
+    clip_norm=5.0,
+    chroma_sample_rate=22050,  # decode rate of the source file for the chromagram
+    hop_length=512,  # STFT hop: frame rate = chroma_sample_rate / hop_length = 43.07 frames/s
+)
+EMBEDDINGS = ("states", "outputs")
+REDUCTIONS = ("mean", "max", "last")
+N_FFT = 2048
+# The runner's early stopping: the unsupervised loss on the eval split must keep decreasing.
+EARLY_STOPPING = ("loss", "decrease")
+# Bump when the chromagram computation changes, so cached sequences from the old code are not reused.
+CHROMA_VERSION = 1
+CACHE_SUBDIR = os.path.join("feature_cache", "chroma")
+
+
+def _param(params: Mapping, key: str):
+    return params.get(key, DEFAULT_PARAMS[key])
+
+
+def _choice(params: Mapping, key: str, allowed: tuple[str, ...]) -> str:
+    value = str(_param(params, key))
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _positive_int(params: Mapping, key: str) -> int:
+    value = int(_param(params, key))
+    if value < 1:
+        raise ValueError(f"{key} must be >= 1, got {value}")
+    return value
+
+
+def embedding_variants() -> list[tuple[str, str]]:
+    """The six ``(rnn_embedding, rnn_reduce)`` combinations the paper compares on one trained model."""
+    return [(embedding, reduce) for embedding in EMBEDDINGS for reduce in REDUCTIONS]
+
+
+def embedding_size(params: Mapping) -> int:
+    """Size of :func:`embed`'s vectors: ``2 * rnn_units`` for states, ``rnn_units`` for outputs."""
+    units = _positive_int(params, "rnn_units")
+    return 2 * units if _choice(params, "rnn_embedding", EMBEDDINGS) == "states" else units
+
+
+def frame_rate(params: Mapping | None = None) -> float:
+    """Chromagram frames per second: ``chroma_sample_rate / hop_length``."""
+    params = params or {}
+    return float(_param(params, "chroma_sample_rate")) / float(_param(params, "hop_length"))
+
+
+# --------------------------------------------------------------------------------------------
+# Chromagrams
+# --------------------------------------------------------------------------------------------
+
+def chroma_sequence(*, audio: np.ndarray, sample_rate: int, hop_length: int) -> np.ndarray:
+    """The STFT chromagram of a mono signal, one row per frame.
+
+    Parameters
+    ----------
+    audio : np.ndarray, shape ``[n]``, n >= 1
+    sample_rate : int > 0
+    hop_length : int > 0
+        Samples between frames (frames are centred: ``1 + n // hop_length`` of them).
+
+    Returns
+    -------
+    np.ndarray, float32, shape ``[1 + n // hop_length, 12]``; each frame scaled to a maximum of 1
+    (librosa's default), bins from C to B.
+    """
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1 or audio.size == 0:
+        raise ValueError(f"audio must be a non-empty 1-D signal, got shape {audio.shape}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if hop_length <= 0:
+        raise ValueError(f"hop_length must be positive, got {hop_length}")
+    chroma = librosa.feature.chroma_stft(y=audio, sr=sample_rate, n_fft=N_FFT, hop_length=hop_length)
+    return np.ascontiguousarray(chroma.T, dtype=np.float32)
+
+
+def _decode_excerpt(path: str, *, sample_rate: int, max_seconds: float | None) -> np.ndarray:
+    """The centred ``max_seconds`` excerpt of a file, mono at ``sample_rate``: ``[n]``."""
+    try:
+        info = audio_info(path)
+    except AudioDecodeError:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise
+        # libsndfile cannot read it: load_audio's fallback decodes it whole, then we centre-crop.
+        audio = load_audio(path, sample_rate=sample_rate)
+        keep = None if max_seconds is None else int(max_seconds * sample_rate)
+        if keep is not None and audio.size > keep:
+            start = (audio.size - keep) // 2
+            audio = audio[start:start + keep]
+        return audio
+    offset, duration = centred_excerpt(info.duration, max_seconds)
+    return load_audio(path, sample_rate=sample_rate, offset=offset, duration=duration)
+
+
+def _chroma_of_file(path: str, sample_rate: int, hop_length: int, max_seconds: float | None
+                    ) -> tuple[np.ndarray | None, str | None]:
+    """(chromagram ``[frames, 12]`` or None, failure reason or None); runs in a worker process."""
+    try:
+        audio = _decode_excerpt(path, sample_rate=sample_rate, max_seconds=max_seconds)
+        return chroma_sequence(audio=audio, sample_rate=sample_rate, hop_length=hop_length), None
+    except AudioDecodeError as err:
+        return None, err.reason
+    except Exception as err:  # noqa: BLE001 - one bad track must never stop a corpus run
+        return None, f"chromagram failed ({type(err).__name__}: {err})"
+
+
+def _cache_stem(*, cache_dir: str, track_id: str, path: str, sample_rate: int, hop_length: int,
+                max_seconds: float | None) -> str | None:
+    """Cache path without extension of one track; None when the source file cannot be stat'ed.
+
+    The key holds the file's size and mtime, so an edited source file is decoded again.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, int(sample_rate), int(hop_length),
+                      None if max_seconds is None else float(max_seconds), CHROMA_VERSION])
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+    safe_id = "".join(c if c.isalnum() or c in "._-" else "_" for c in track_id)[:80]
+    return os.path.join(cache_dir, f"{safe_id}-{digest}")
+
+
+def _read_cached(stem: str) -> tuple[np.ndarray | None, str | None]:
+    """(chromagram, failure reason) from the cache; both None on a miss or a damaged entry."""
+    try:
+        if os.path.exists(stem + ".npy"):
+            return np.load(stem + ".npy", allow_pickle=False), None
+        if os.path.exists(stem + ".failed.json"):
+            with open(stem + ".failed.json") as f:
+                return None, str(json.load(f)["reason"])
+    except (OSError, ValueError, KeyError):
+        pass  # a damaged entry is recomputed and overwritten
+    return None, None
+
+
+def _write_cached(stem: str, chroma: np.ndarray | None, reason: str | None) -> None:
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    path = stem + (".npy" if chroma is not None else ".failed.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    if chroma is not None:
+        with open(tmp, "wb") as f:
+            np.save(f, chroma, allow_pickle=False)
+    else:
+        with open(tmp, "w") as f:
+            json.dump({"reason": reason}, f)
+    os.replace(tmp, path)  # readers never see half a file
+
+
+def load_tracks(dataset_dir: str, split: str, *, params: Mapping | None = None, workers: int | None = None,
+                progress: bool = True) -> TrackSet:
+    """Chromagrams of one split, computed from each track's source file, in parallel and cached.
+
+    Each file listed in ``tracks.csv`` is decoded at ``chroma_sample_rate`` (its centred excerpt of
+    the dataset's ``max_seconds``) and turned into a chromagram, cached as
+    ``DIR/feature_cache/chroma/<track_id>-<key>.npy`` so a rerun decodes nothing; files that cannot
+    be decoded are skipped and reported on stderr (and remembered, until they change).
+
+    Parameters
+    ----------
+    dataset_dir : a prepared dataset (``dataset.json`` and ``tracks.csv``)
+    split : ``"train"``, ``"eval"`` or ``"test"``
+    params : ``chroma_sample_rate`` and ``hop_length`` (defaults: ``DEFAULT_PARAMS``)
+    workers : processes for decoding; ``None`` uses every core, 1 decodes in this process
+    progress : show a tqdm progress bar
+
+    Returns
+    -------
+    TrackSet of float32 ``[frames_i, 12]`` sequences, ``frame_rate = chroma_sample_rate / hop_length``,
+    in ``tracks.csv`` order (by track id)
+
+    Raises
+    ------
+    ValueError
+        For invalid arguments, an empty split, or a split none of whose files could be decoded.
+    """
+    return load_splits(dataset_dir, (split,), params=params, workers=workers, progress=progress)[split]
+
+
+def load_splits(dataset_dir: str, splits: Sequence[str] = ("train", "eval", "test"), *,
+                params: Mapping | None = None, workers: int | None = None,
+                progress: bool = True) -> dict[str, TrackSet]:
+    """:func:`load_tracks` of several splits with one process pool (each worker starts once).
+
+    Returns
+    -------
+    dict split -> TrackSet, for every split in ``splits``
+    """
+    params = params or {}
+    sample_rate, hop_length = _positive_int(params, "chroma_sample_rate"), _positive_int(params, "hop_length")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1 or None, got {workers}")
+    max_seconds = DatasetInfo.load(dataset_dir).max_seconds
+    catalog = read_catalog(dataset_dir)
+    entries = {split: [e for e in catalog if e.split == split] for split in splits}
+    for split, listed in entries.items():
+        if not listed:
+            raise ValueError(f"split {split!r} of {dataset_dir} lists no tracks in tracks.csv")
+    todo = [e for split in splits for e in entries[split]]
+    cache_dir = os.path.join(dataset_dir, CACHE_SUBDIR)
+
+    results: dict[int, tuple[np.ndarray | None, str | None]] = {}
+    stems: dict[int, str] = {}
+    for i, entry in enumerate(todo):
+        stem = _cache_stem(cache_dir=cache_dir, track_id=entry.track_id, path=entry.path, sample_rate=sample_rate,
+                           hop_length=hop_length, max_seconds=max_seconds)
+        if stem is None:
+            results[i] = (None, "file not found")
+            continue
+        stems[i] = stem
+        chroma, reason = _read_cached(stem)
+        if chroma is not None or reason is not None:
+            results[i] = (chroma, reason)
+    pending = [i for i in range(len(todo)) if i not in results]
+
+    from tqdm.auto import tqdm  # only extraction runs need it
+
+    workers = min(workers or os.cpu_count() or 1, max(1, len(pending)))
+    with tqdm(total=len(todo), initial=len(todo) - len(pending), disable=not progress, unit="track",
+              desc=f"chroma {'+'.join(splits)}") as bar:
+        def done(i: int, chroma: np.ndarray | None, reason: str | None) -> None:
+            results[i] = (chroma, reason)
+            _write_cached(stems[i], chroma, reason)
+            bar.update(1)
+
+        args = {i: (todo[i].path, sample_rate, hop_length, max_seconds) for i in pending}
+        if workers == 1:
+            for i in pending:
+                done(i, *_chroma_of_file(*args[i]))
+        else:
+            # spawn, not fork: this process may hold TensorFlow threads that a fork would break.
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(_chroma_of_file, *args[i]): i for i in pending}
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        chroma, reason = future.result()
+                    except Exception as err:  # noqa: BLE001 - a worker that died (e.g. out of memory)
+                        results[futures[future]] = (None, f"worker failed ({type(err).__name__}: {err})")
+                        bar.update(1)
+                        continue
+                    done(futures[future], chroma, reason)
+
+    track_sets, first = {}, 0
+    for split in splits:
+        indices = range(first, first + len(entries[split]))
+        first += len(entries[split])
+        skipped = [(todo[i].path, results[i][1]) for i in indices if results[i][0] is None]
+        if skipped:
+            lines = "\n".join(f"  {path}: {reason}" for path, reason in skipped)
+            print(f"rnn.load_tracks: skipped {len(skipped)} of {len(indices)} {split} tracks that could not be "
+                  f"decoded:\n{lines}", file=sys.stderr)
+        kept = [i for i in indices if results[i][0] is not None]
+        if not kept:
+            raise ValueError(f"none of the {len(indices)} {split} tracks of {dataset_dir} could be decoded")
+        track_sets[split] = TrackSet(track_ids=[todo[i].track_id for i in kept], labels=[todo[i].labels for i in kept],
+                                     sequences=[results[i][0] for i in kept],
+                                     frame_rate=sample_rate / float(hop_length))
+    return track_sets
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+def split_sections(audio: tf.Tensor, length: tf.Tensor, *, section_frames: int
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Cut right-padded sequences into sections and keep the sections that hold real frames.
+
+    Parameters
+    ----------
+    audio : float32 ``[batch, time, channels]``
+    length : int32 ``[batch]``, real frames of each sequence
+    section_frames : frames per section
+
+    Returns
+    -------
+    sections : float32 ``[real, section_frames, channels]``, the real sections in (track, section) order
+    section_length : int32 ``[real]``, real frames of each (1 to ``section_frames``)
+    real_index : int64 ``[real]``, position of each in the flattened ``[batch * n_sections]`` grid
+    real_mask : bool ``[batch, n_sections]``, which sections of each track hold real frames
+    """
+    batch, time, channels = tf.shape(audio)[0], tf.shape(audio)[1], audio.shape[-1]
+    n_sections = tf.maximum((time + section_frames - 1) // section_frames, 1)
+    padded = tf.pad(audio, [[0, 0], [0, n_sections * section_frames - time], [0, 0]])
+    grid = tf.reshape(padded, [batch * n_sections, section_frames, channels])
+    starts = tf.range(n_sections, dtype=tf.int32) * section_frames
+    lengths = tf.clip_by_value(length[:, None] - starts[None, :], 0, section_frames)  # [batch, n_sections]
+    flat_lengths = tf.reshape(lengths, [-1])
+    # Only real sections go through the LSTM: an all-padding one would cost time and, on cuDNN,
+    # is not a valid masked sequence.
+    real_index = tf.where(flat_lengths > 0)[:, 0]
+    return tf.gather(grid, real_index), tf.gather(flat_lengths, real_index), real_index, lengths > 0
+
+
+def run_lstm(sections: tf.Tensor, section_length: tf.Tensor, *, params: Mapping, training: bool
+             ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The LSTM over independent, masked sections.
+
+    Parameters
+    ----------
+    sections : float32 ``[real, section_frames, channels]``
+    section_length : int32 ``[real]``
+
+    Returns
+    -------
+    outputs : float32 ``[real, section_frames, units]``, zero past each section's length
+    h, c : float32 ``[real, units]``, the states after each section's last real frame
+    """
+    units = _positive_int(params, "rnn_units")
+    mask = tf.sequence_mask(section_length, tf.shape(sections)[1])
+    # One fixed name: the variables must not depend on rnn_embedding / rnn_reduce or on the mode.
+    lstm = tf.keras.layers.LSTM(units, return_sequences=True, return_state=True, name="rnn/lstm")
+    outputs, h, c = lstm(sections, mask=mask, training=training)
+    outputs = outputs * tf.cast(mask, outputs.dtype)[:, :, None]
+    return outputs, h, c
+
+
+def reduce_sections(per_section: tf.Tensor, real_index: tf.Tensor, real_mask: tf.Tensor, *, reduce: str
+                    ) -> tf.Tensor:
+    """Reduce each track's real sections to one vector.
+
+    Parameters
+    ----------
+    per_section : float32 ``[real, dim]``, one vector per real section
+    real_index, real_mask : from :func:`split_sections`
+    reduce : ``"mean"``, ``"max"`` or ``"last"`` (the track's last real section)
+
+    Returns
+    -------
+    float32 ``[batch, dim]``; zeros for a track with no real frame
+    """
+    batch, n_sections = tf.shape(real_mask)[0], tf.shape(real_mask)[1]
+    dim = per_section.shape[-1]
+    grid = tf.scatter_nd(real_index[:, None], per_section, tf.cast(tf.stack([batch * n_sections, dim]), tf.int64))
+    grid = tf.reshape(grid, [batch, n_sections, dim])
+    mask = real_mask[:, :, None]
+    count = tf.reduce_sum(tf.cast(real_mask, tf.int32), axis=1)
+    if reduce == "mean":
+        return tf.reduce_sum(grid * tf.cast(mask, grid.dtype), axis=1) / tf.maximum(tf.cast(count, grid.dtype),
+                                                                                    1.0)[:, None]
+    if reduce == "max":
+        pooled = tf.reduce_max(tf.where(mask, grid, grid.dtype.min), axis=1)
+        return tf.where(count[:, None] > 0, pooled, tf.zeros_like(pooled))
+    if reduce == "last":
+        # Real sections are the first `count` of a track; the grid is zero where none is real.
+        return tf.gather(grid, tf.maximum(count - 1, 0), batch_dims=1)
+    raise ValueError(f"rnn_reduce must be one of {REDUCTIONS}, got {reduce!r}")
+
+
+def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool) -> tf.Tensor:
+    """Embed chromagrams with the LSTM.
+
+    Parameters
+    ----------
+    audio : float32 ``[batch, frames, 12]``, right-padded chromagrams
+    length : int ``[batch]``, real frames of each track
+    params : ``rnn_units``, ``section_frames``, ``rnn_embedding``, ``rnn_reduce`` (see ``DEFAULT_PARAMS``)
+    training : passed to the LSTM
+
+    Returns
+    -------
+    float32 ``[batch, 2 * rnn_units]`` for ``states`` (``concat(h, c)`` of each section), or
+    ``[batch, rnn_units]`` for ``outputs`` (each section's outputs averaged over its real frames),
+    reduced over the track's real sections. Padding never changes a track's vector.
+    """
+    embedding = _choice(params, "rnn_embedding", EMBEDDINGS)
+    reduce = _choice(params, "rnn_reduce", REDUCTIONS)
+    if audio.shape.rank != 3:
+        raise ValueError(f"audio must be [batch, frames, channels], got shape {audio.shape}")
+    sections, section_length, real_index, real_mask = split_sections(
+        audio, tf.cast(length, tf.int32), section_frames=_positive_int(params, "section_frames"))
+    outputs, h, c = run_lstm(sections, section_length, params=params, training=training)
+    if embedding == "states":
+        per_section = tf.concat([h, c], axis=-1)
+    else:
+        per_section = tf.reduce_sum(outputs, axis=1) / tf.cast(section_length, outputs.dtype)[:, None]
+    return reduce_sections(per_section, real_index, real_mask, reduce=reduce)
+
+
+def next_frame_loss(*, predictions: tf.Tensor, frames: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+    """The paper's loss: the sum of absolute differences between each next frame and its prediction.
+
+    Parameters
+    ----------
+    predictions : float32 ``[batch, time, bins]``; ``predictions[:, t]`` predicts ``frames[:, t + 1]``
+    frames : float32 ``[batch, time, bins]``, the sequences themselves
+    lengths : int ``[batch]``, real frames of each sequence (``length - 1`` transitions)
+
+    Returns
+    -------
+    float32 scalar: ``sum_{b, t < length_b - 1} sum_k |predictions[b, t, k] - frames[b, t + 1, k]|``
+    divided by the number of real transitions (0 when there is none)
+    """
+    absolute = tf.reduce_sum(tf.abs(predictions[:, :-1] - frames[:, 1:]), axis=-1)  # [batch, time - 1]
+    transitions = tf.sequence_mask(tf.cast(lengths, tf.int32) - 1, tf.shape(absolute)[1], dtype=absolute.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(absolute * transitions), tf.reduce_sum(transitions))
+
+
+def make_model_fn() -> Callable:
+    """A ``model_fn`` for ``tf.estimator.Estimator``: the unsupervised next-frame LSTM.
+
+    TRAIN / EVAL features: ``audio`` float32 ``[batch, frames, 12]``, ``length`` int ``[batch]``;
+    labels are not used (may be None). EVAL reports the loss and ``mae`` (mean absolute error per
+    bin). PREDICT features: ``audio``, ``length`` and optionally ``track_id``; predictions
+    ``embedding`` (:func:`embed` under the estimator's params) and ``track_id``.
+    """
+
+    def model_fn(features, labels, mode, params):
+        params = dict(params or {})
+        audio = tf.convert_to_tensor(features["audio"], tf.float32)
+        length = tf.cast(features["length"], tf.int32)
+        if mode == tf.estimator.ModeKeys.PREDICT:
+            embedding = embed(audio, length, params=params, training=False)
+            predictions = {"embedding": embedding}
+            if "track_id" in features:
+                predictions["track_id"] = features["track_id"]
+            return tf.estimator.EstimatorSpec(mode, predictions=predictions, export_outputs={
+                "serving_default": tf.estimator.export.PredictOutput({"embedding": embedding})})
+
+        training = mode == tf.estimator.ModeKeys.TRAIN
+        sections, section_length, _, _ = split_sections(
+            audio, length, section_frames=_positive_int(params, "section_frames"))
+        outputs, _, _ = run_lstm(sections, section_length, params=params, training=training)
+        dropout = float(_param(params, "dropout"))
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if dropout > 0:
+            outputs = tf.keras.layers.Dropout(dropout, name="rnn/dropout")(outputs, training=training)
+        predictions = tf.keras.layers.Dense(audio.shape[-1], name="rnn/next_frame")(outputs)
+        loss = next_frame_loss(predictions=predictions, frames=sections, lengths=section_length)
+        if mode == tf.estimator.ModeKeys.EVAL:
+            transitions = tf.sequence_mask(section_length - 1, tf.shape(sections)[1] - 1)[:, :, None]
+            weights = tf.broadcast_to(tf.cast(transitions, tf.float32), tf.shape(sections[:, 1:]))
+            mae = tf.compat.v1.metrics.mean_absolute_error(labels=sections[:, 1:], predictions=predictions[:, :-1],
+                                                           weights=weights)
+            return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops={"mae": mae})
+
+        learning_rate = float(_param(params, "learning_rate"))
+        tf.compat.v1.summary.scalar("learning_rate", learning_rate)
+        optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
+        gradients, variables = zip(*optimizer.compute_gradients(loss))
+        clip_norm = float(_param(params, "clip_norm"))
+        if clip_norm > 0:
+            gradients, global_norm = tf.clip_by_global_norm(gradients, clip_norm)
+            tf.compat.v1.summary.scalar("gradient_norm", global_norm)
+        train_op = optimizer.apply_gradients(zip(gradients, variables),
+                                             global_step=tf.compat.v1.train.get_global_step())
+        return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+    return model_fn
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------
+
+def make_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8, crop_seconds: float | None = None,
+                  section_frames: int = DEFAULT_PARAMS["section_frames"], sections_per_crop: int = 1,
+                  seed: int = 0) -> Callable[[], tf.data.Dataset]:
+    """An ``input_fn`` of chromagram batches for TRAIN or EVAL (no labels: the model is unsupervised).
+
+    Elements: features ``{"audio": float32 [batch, frames, 12], "length": int32 [batch]}``, right-padded.
+
+    Parameters
+    ----------
+    tracks : the split's chromagrams (:func:`load_tracks`)
+    mode : ``"train"``: endless random crops of ``crop_seconds`` (default ``section_frames *
+        sections_per_crop`` frames), every track once per epoch in a seeded shuffled order, tracks
+        with fewer than 2 frames (nothing to predict) left out; ``"eval"``: every track once, in
+        order, its centred ``crop_seconds`` crop or whole when ``crop_seconds`` is None
+    batch_size : sequences per batch
+    """
+    if mode not in (TRAIN, EVAL):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if section_frames < 1 or sections_per_crop < 1:
+        raise ValueError(f"section_frames and sections_per_crop must be >= 1, got {section_frames}, "
+                         f"{sections_per_crop}")
+    if crop_seconds is not None and crop_seconds <= 0:
+        raise ValueError(f"crop_seconds must be positive or None, got {crop_seconds}")
+    if len(tracks) == 0:
+        raise ValueError("tracks is empty")
+    channels = tracks.channels
+
+    def element(sequence: np.ndarray) -> dict:
+        return {"audio": sequence.astype(np.float32), "length": np.int32(sequence.shape[0])}
+
+    if mode == TRAIN:
+        frames = tracks.frames(crop_seconds) if crop_seconds is not None else section_frames * sections_per_crop
+        usable = [s for s in tracks.sequences if s.shape[0] >= 2]
+        if not usable:
+            raise ValueError("no track has 2 frames or more: nothing to train on")
+
+        def generate():
+            rng = np.random.default_rng(seed)
+            while True:
+                for i in rng.permutation(len(usable)):
+                    yield element(crop(usable[i], frames, rng))
+    else:
+        frames = tracks.frames(crop_seconds)
+
+        def generate():
+            for sequence in tracks.sequences:
+                yield element(crop(sequence, frames, None))
+
+    signature = {"audio": tf.TensorSpec([None, channels], tf.float32), "length": tf.TensorSpec([], tf.int32)}
+
+    def input_fn(params=None):
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+        return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return input_fn
