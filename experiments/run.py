@@ -153,15 +153,16 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
     from musicsim.inputs import make_list_input_fn
 
     module = registry.learned_module(config.model)
-    load_tracks = getattr(module, "load_tracks", None)
-    tracks = {split: (load_tracks(config.dataset_dir, split, params=config.params, workers=config.workers)
-                      if load_tracks else TrackSet.from_dataset(config.dataset_dir, split)) for split in splits}
+    if hasattr(module, "load_splits"):  # the model's own input features (the LSTM's chromagrams)
+        tracks = module.load_splits(config.dataset_dir, splits, params=config.params, workers=config.workers)
+    else:
+        tracks = {split: TrackSet.from_dataset(config.dataset_dir, split) for split in splits}
     estimator = training.make_estimator(model=config.model, model_dir=config.model_dir, params=config.params,
                                         seed=config.seed, save_checkpoints_steps=config.save_checkpoints_steps)
     if hasattr(module, "make_input_fn"):  # an unsupervised model trains on its own inputs and objective
-        train_input_fn = module.make_input_fn(tracks=tracks["train"], mode="train", batch_size=config.batch_size,
-                                              crop_seconds=config.crop_seconds, seed=config.seed)
-        eval_input_fn = module.make_input_fn(tracks=tracks["eval"], mode="eval", batch_size=config.batch_size)
+        own = dict(batch_size=config.batch_size, section_frames=int(config.params.get("section_frames", 1000)))
+        train_input_fn = module.make_input_fn(tracks=tracks["train"], mode="train", seed=config.seed, **own)
+        eval_input_fn = module.make_input_fn(tracks=tracks["eval"], mode="eval", **own)
     else:
         list_kind = config.list_kind or ("pairwise" if config.params.get("loss") == "pairwise" else "listwise")
         common = dict(similarity=similarity, kind=list_kind, n_similar=config.n_similar,
@@ -220,14 +221,18 @@ def _fitted_embeddings(config: RunConfig, splits) -> dict:
     catalog = {split: read_catalog(config.dataset_dir, split=split) for split in splits}
     model.fit(paths=[e.path for e in catalog["train"]])
     model.save(config.model_dir)
+    # One pass over every split's files: the worker pool starts once.
+    entries = [e for split in splits for e in catalog[split]]
+    vectors, ok, skipped = model.embed_paths(paths=[e.path for e in entries])
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    kept = [entries[i] for i in ok]
     out = {"ids": {}, "labels": {}, "embeddings": {}, "eval_metrics": {}}
     for split in splits:
-        vectors, ok, skipped = model.embed_paths(paths=[e.path for e in catalog[split]])
-        for path, reason in skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
-        out["ids"][split] = [catalog[split][i].track_id for i in ok]
-        out["labels"][split] = [catalog[split][i].labels for i in ok]
-        out["embeddings"][split] = vectors
+        rows = [j for j, e in enumerate(kept) if e.split == split]
+        out["ids"][split] = [kept[j].track_id for j in rows]
+        out["labels"][split] = [kept[j].labels for j in rows]
+        out["embeddings"][split] = vectors[rows]
     config.params["similarity"] = model.similarity
     return out
 
@@ -285,7 +290,8 @@ def run(config: RunConfig) -> dict:
                  labels=np.array(["|".join(l) for s in splits for l in out["labels"][s]]))
     print(format_table(table, title=f"{info.name} test split ({results['sizes']['test']} tracks, "
                                     f"similarity={similarity.name}, {config.eval_repeats} seeds)"))
-    print(f"wrote {config.model_dir}/results.json and embeddings.npz in {results['wall_seconds']:.0f}s; "
+    written = "results.json and embeddings.npz" if out["embeddings"] else "results.json"
+    print(f"wrote {written} to {config.model_dir} in {results['wall_seconds']:.0f}s; "
           f"TensorBoard: tensorboard --logdir {os.path.dirname(os.path.abspath(config.model_dir))}")
     return results
 
