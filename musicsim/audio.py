@@ -17,6 +17,8 @@ DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_POOL_SIZE = 5
 # Peak amplitude under which a decoded excerpt counts as silence (about -80 dBFS).
 SILENCE_PEAK = 1e-4
+# A read that yields less than this share of the frames the header promises counts as truncated.
+TRUNCATED_FRACTION = 0.9
 
 
 class AudioDecodeError(Exception):
@@ -42,8 +44,13 @@ class AudioInfo:
         return self.frames / float(self.sample_rate)
 
 
-def _audioread_load(path: str, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
-    """Fallback for formats libsndfile does not read (m4a, wma, ...) via audioread."""
+def _audioread_load(path: str, offset: float, duration: float | None, *, sndfile_reason: str = ""
+                    ) -> tuple[np.ndarray, int]:
+    """Fallback for formats libsndfile does not read (m4a, wma, ...) via audioread.
+
+    ``sndfile_reason`` (why libsndfile refused the file) goes into the error when
+    audioread fails too: without a backend its own message is empty.
+    """
     import audioread  # librosa's backend; needs ffmpeg or gstreamer on the machine
 
     try:
@@ -62,9 +69,28 @@ def _audioread_load(path: str, offset: float, duration: float | None) -> tuple[n
                 if stop is not None and seen >= stop:
                     break
     except Exception as err:  # audioread raises its own hierarchy plus OSError
-        raise AudioDecodeError(path, f"not audio or unsupported format ({type(err).__name__}: {err})")
+        detail = f"{type(err).__name__}: {err}".rstrip(": ")
+        if sndfile_reason:
+            raise AudioDecodeError(path, f"{sndfile_reason}; audioread fallback: {detail}")
+        raise AudioDecodeError(path, f"not audio or unsupported format ({detail})")
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return data.reshape(-1, channels), sr
+
+
+def _downmix(data: np.ndarray) -> np.ndarray:
+    """Average the channels of ``[n, channels]`` audio into ``[n, 1]``.
+
+    Adding column slices is ~10x faster than ``data.mean(axis=1)``, whose reduction over a short
+    axis of 2 costs a quarter of an Ogg track's decode time; the result is the same mean.
+    """
+    channels = data.shape[1]
+    if channels == 1:
+        return data
+    mono = data[:, 0].copy()
+    for channel in range(1, channels):
+        mono += data[:, channel]
+    mono /= np.float32(channels)
+    return mono[:, None]
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
@@ -128,7 +154,10 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RAT
         For invalid arguments.
     AudioDecodeError
         Naming the file and the reason: missing, empty, not audio, truncated or
-        corrupt, too short, or silent.
+        corrupt, too short, or silent. A truncated file is caught when the decoder
+        fails or returns under ``TRUNCATED_FRACTION`` of the frames its header
+        promises; a cut WAV is not (libsndfile fixes up its header on opening, and
+        PCM has no framing to show the cut), so it reads as the shorter file it is.
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -142,7 +171,8 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RAT
     except AudioDecodeError as err:
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             raise
-        data, file_rate = _audioread_load(path, offset, duration)  # raises AudioDecodeError itself
+        # raises AudioDecodeError itself
+        data, file_rate = _audioread_load(path, offset, duration, sndfile_reason=err.reason)
     else:
         file_rate = info.sample_rate
         start = int(round(offset * file_rate))
@@ -156,11 +186,16 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RAT
                 data = f.read(frames=frames, dtype="float32", always_2d=True)
         except Exception as err:
             raise AudioDecodeError(path, f"truncated or corrupt audio ({err})")
+        # A cut-off mp3/ogg decodes cleanly but stops early: compare with what the header promised.
+        promised = (info.frames - start) if frames < 0 else min(frames, info.frames - start)
+        if info.frames and data.shape[0] < TRUNCATED_FRACTION * promised:
+            raise AudioDecodeError(path, f"truncated audio (decoded {data.shape[0] / file_rate:.2f}s of the "
+                                         f"{promised / file_rate:.2f}s the header promises)")
     if data.size == 0:
-        raise AudioDecodeError(path, "no audio frames could be decoded")
+        raise AudioDecodeError(path, "truncated or corrupt audio (no frames could be decoded)")
     if not np.all(np.isfinite(data)):
         raise AudioDecodeError(path, "corrupt audio (non-finite samples)")
-    data = data.mean(axis=1, keepdims=True) if mono else data
+    data = _downmix(data) if mono else data
     if file_rate != sample_rate:
         data = soxr.resample(data, file_rate, sample_rate, quality="HQ")
     data = np.ascontiguousarray(data.T, dtype=np.float32)  # [channels, n]

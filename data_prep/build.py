@@ -1,0 +1,496 @@
+"""Prepare a dataset for training and evaluation (paper 4.3 pre-processing, 5.1.1 datasets).
+
+    python -m data_prep.build --dataset=KIND --input=PATH --output=DIR [--max_seconds=S] [--split_seed=0]
+        [--sample_rate=16000] [--pool_size=5] [--workers=N] [--label_column=genre] [--min_shared_tags=2]
+        [--split_by=track|label] [--shard_size=32]
+
+KIND is ``magnatagatune``, ``album_folders``, ``labelled_csv``, ``manifest`` (see ``data_prep.sources``)
+or ``demo`` (builds the demo corpus first, see ``data_prep.demo``; ``--input`` is then its cache folder).
+
+Each track is decoded to mono at ``sample_rate`` (resampled whatever its format, channels or rate),
+cut to its centred ``max_seconds`` (only that excerpt is read) and mean-pooled by ``pool_size``
+(the paper's size-5 pooling). Tracks are split 50/25/25 (``data_prep.splits``) and written as
+TFRecord shards ``DIR/{train,eval,test}/shard-NNNNN.tfrecord`` of ``shard_size`` tracks (sorted by
+track id), each with a ``.json`` sidecar naming its tracks and the settings they were made with. A
+rerun keeps every shard whose sidecar matches, so an interrupted build resumes where it stopped and
+a finished one costs only the listing. ``dataset.json`` is written last: it marks a finished build.
+
+A file that cannot be used (missing, empty, not audio, truncated, too short, silent, a decoder
+error, a duplicate id) is skipped and listed with its reason in ``DIR/report.json``; it never
+stops the run.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from data_prep.sources import KINDS, SourceListing, SourceTrack, list_manifest, list_source
+from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
+from musicsim.audio import (DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info,
+                            centred_excerpt, load_audio, mean_pool)
+from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog, write_json_atomic
+from musicsim.tfrecords import SPLITS, Track, serialize_track, write_records
+
+DATASET_KINDS = KINDS + ("demo",)
+DEFAULT_SHARD_SIZE = 32
+DEFAULT_MIN_SECONDS = 1.0
+DEMO_MAX_SECONDS = 60.0
+# Part of every shard's key: bump when the bytes a shard holds would change for the same inputs.
+SHARD_FORMAT_VERSION = 1
+_SHARD_GLOB = "shard-*"
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How every track is decoded; part of each shard's key."""
+
+    sample_rate: int
+    pool_size: int
+    max_seconds: float | None  # None: the whole track
+    min_seconds: float
+
+
+@dataclass
+class DecodeResult:
+    """What a worker sends back for one file: the pooled excerpt, or why there is none."""
+
+    pooled: np.ndarray | None  # float32 [ceil(seconds * sample_rate / pool_size)]
+    seconds: float  # length of the decoded excerpt, before pooling
+    reason: str = ""
+
+
+def pooled_excerpt(path: str, *, settings: DecodeSettings) -> tuple[np.ndarray, float]:
+    """Decode the centred excerpt of one file and mean-pool it.
+
+    Only the excerpt is read: its offset comes from the header's duration. Files whose header
+    libsndfile cannot read (decoded by audioread, when a backend is installed) are decoded whole
+    and cut in memory.
+
+    Returns
+    -------
+    pooled : np.ndarray, float32, shape ``[ceil(n / pool_size)]``
+    seconds : float
+        ``n / sample_rate``, the excerpt's length before pooling.
+
+    Raises
+    ------
+    AudioDecodeError
+        Naming the file and the reason.
+    """
+    try:
+        duration = audio_info(path).duration
+    except AudioDecodeError:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise
+        duration = None
+    if duration is None:
+        audio = load_audio(path, sample_rate=settings.sample_rate, min_seconds=settings.min_seconds)
+        if settings.max_seconds is not None:
+            keep = int(round(settings.max_seconds * settings.sample_rate))
+            start = max(0, (audio.size - keep) // 2)
+            audio = audio[start:start + keep]
+    else:
+        offset, length = centred_excerpt(duration, settings.max_seconds)
+        audio = load_audio(path, sample_rate=settings.sample_rate, offset=offset, duration=length,
+                           min_seconds=settings.min_seconds)
+    return mean_pool(audio, size=settings.pool_size), audio.size / float(settings.sample_rate)
+
+
+def decode_track(path: str, settings: DecodeSettings) -> DecodeResult:
+    """:func:`pooled_excerpt` that never raises: any failure becomes a :class:`DecodeResult` reason."""
+    try:
+        pooled, seconds = pooled_excerpt(path, settings=settings)
+    except AudioDecodeError as err:
+        return DecodeResult(pooled=None, seconds=0.0, reason=err.reason)
+    except Exception as err:  # a decoder bug must cost one file, not the build
+        return DecodeResult(pooled=None, seconds=0.0, reason=f"{type(err).__name__}: {err}")
+    return DecodeResult(pooled=pooled, seconds=seconds)
+
+
+def _run_alone(decode: Callable, path: str, settings: DecodeSettings) -> DecodeResult:
+    """Decode one file in a fresh one-worker pool: tells which file kills its worker process."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(decode, path, settings).result()
+        except BrokenProcessPool:
+            return DecodeResult(pooled=None, seconds=0.0,
+                                reason="the decoder crashed its worker process (BrokenProcessPool)")
+
+
+def decode_in_order(paths: Sequence[str], *, settings: DecodeSettings, workers: int,
+                    decode: Callable[[str, DecodeSettings], DecodeResult] = decode_track
+                    ) -> Iterator[DecodeResult]:
+    """Decode ``paths`` in ``workers`` processes and yield the results in the order of ``paths``.
+
+    At most ``4 * workers`` files are in flight, so memory stays bounded however many are left.
+    A file that kills its worker process (a crashing decoder) is found by retrying the files that
+    were in flight one by one, and reported; the pool is restarted and the run goes on.
+    ``workers=1`` decodes in this process. ``decode`` must be a module-level function (it is
+    pickled to spawned workers).
+    """
+    if workers <= 1 or len(paths) <= 1:
+        for path in paths:
+            yield decode(path, settings)
+        return
+    context = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has started threads
+    workers = min(workers, len(paths))
+    todo = collections.deque(paths)
+    in_flight: collections.deque = collections.deque()
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        while todo or in_flight:
+            while todo and len(in_flight) < 4 * workers:
+                path = todo.popleft()
+                in_flight.append((path, pool.submit(decode, path, settings)))
+            path, future = in_flight.popleft()
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                suspects = [path] + [p for p, _ in in_flight]
+                in_flight.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                for suspect in suspects:
+                    yield _run_alone(decode, suspect, settings)
+                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class ShardPlan:
+    """One shard to write: its tracks (sorted by id) and the key its sidecar must match to be reused."""
+
+    split: str
+    index: int
+    tracks: list[SourceTrack]
+    key: str
+
+    def record_path(self, output: str) -> str:
+        return os.path.join(output, self.split, f"shard-{self.index:05d}.tfrecord")
+
+    def sidecar_path(self, output: str) -> str:
+        return os.path.join(output, self.split, f"shard-{self.index:05d}.json")
+
+
+def _file_stamp(path: str) -> list[int]:
+    """Size and mtime: a changed source file gives its shard a new key."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def plan_shards(*, tracks: Sequence[SourceTrack], split_of: dict[str, str], settings: DecodeSettings,
+                shard_size: int) -> list[ShardPlan]:
+    """Cut each split's tracks, sorted by id, into shards of ``shard_size`` and key each shard."""
+    plans = []
+    for split in SPLITS:
+        members = sorted((t for t in tracks if split_of[t.track_id] == split), key=lambda t: t.track_id)
+        for index, start in enumerate(range(0, len(members), shard_size)):
+            chunk = members[start:start + shard_size]
+            payload = {"format": SHARD_FORMAT_VERSION, "settings": asdict(settings), "split": split,
+                       "tracks": [[t.track_id, list(t.labels), t.path, _file_stamp(t.path)] for t in chunk]}
+            key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            plans.append(ShardPlan(split=split, index=index, tracks=chunk, key=key))
+    return plans
+
+
+def _read_sidecar(plan: ShardPlan, output: str) -> dict | None:
+    """The shard's sidecar when it and its TFRecord file are there and it matches the plan."""
+    if not os.path.isfile(plan.record_path(output)):
+        return None
+    try:
+        with open(plan.sidecar_path(output)) as f:
+            sidecar = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return sidecar if sidecar.get("key") == plan.key else None
+
+
+def _remove_stale_files(output: str, plans: Sequence[ShardPlan]) -> None:
+    """Delete shards the plan no longer has (fewer tracks, other settings) and temp files of a crash."""
+    expected = {p.record_path(output) for p in plans} | {p.sidecar_path(output) for p in plans}
+    for split in SPLITS:
+        for path in glob.glob(os.path.join(output, split, _SHARD_GLOB)):
+            if path not in expected:
+                os.remove(path)
+    for path in glob.glob(os.path.join(output, "*.tmp-*")):
+        os.remove(path)
+
+
+def _write_shard(plan: ShardPlan, results: Sequence[DecodeResult], *, output: str,
+                 settings: DecodeSettings) -> dict:
+    """Write one shard's TFRecord file, then its sidecar (so a sidecar always means a whole shard)."""
+    records, kept, skipped = [], [], []
+    pooled_rate = settings.sample_rate // settings.pool_size
+    for track, result in zip(plan.tracks, results):
+        if result.pooled is None:
+            skipped.append({"path": track.path, "track_id": track.track_id, "reason": result.reason})
+            continue
+        records.append(serialize_track(Track(track_id=track.track_id, labels=track.labels, audio=result.pooled,
+                                             sample_rate=pooled_rate, pool_size=settings.pool_size)))
+        kept.append({"track_id": track.track_id, "labels": list(track.labels), "path": track.path,
+                     "duration_s": result.seconds})
+    os.makedirs(os.path.join(output, plan.split), exist_ok=True)
+    write_records(plan.record_path(output), records)
+    sidecar = {"key": plan.key, "split": plan.split, "tracks": kept, "skipped": skipped}
+    write_json_atomic(plan.sidecar_path(output), sidecar)
+    return sidecar
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600.0:.1f} h" if seconds >= 3600 else f"{seconds / 60.0:.1f} min"
+
+
+def _report(*, listing: SourceListing, entries: Sequence[CatalogEntry], skipped: list[dict], name: str,
+            dataset: str, output: str, written: int, reused: int, wall_seconds: float) -> dict:
+    splits = {s: {"tracks": 0, "seconds": 0.0, "labels": {}} for s in SPLITS}
+    labels: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        split = splits[entry.split]
+        split["tracks"] += 1
+        split["seconds"] += entry.duration_s
+        for label in entry.labels:
+            split["labels"][label] = split["labels"].get(label, 0) + 1
+            per_label = labels.setdefault(label, dict.fromkeys(SPLITS, 0))
+            per_label[entry.split] += 1
+    for split in splits.values():
+        split["seconds"] = round(split["seconds"], 3)
+        split["labels"] = dict(sorted(split["labels"].items()))
+    seconds = sum(s["seconds"] for s in splits.values())
+    summary = f"prepared {len(entries)} tracks ({_hours(seconds)} of audio) into {output}"
+    summary += f"; skipped {len(skipped)} files: see report.json" if skipped else "; skipped none"
+    return {"dataset": name, "kind": dataset, "output": output, "tracks": len(entries),
+            "seconds": round(seconds, 3), "splits": splits,
+            "labels": {label: dict(counts, total=sum(counts.values())) for label, counts in sorted(labels.items())},
+            "skipped": sorted(skipped, key=lambda s: (s["path"], s["track_id"])),
+            "ignored": listing.ignored, "shards": {"total": written + reused, "written": written, "reused": reused},
+            "wall_seconds": round(wall_seconds, 2), "summary": summary}
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_root: str | None = None,
+            max_seconds: float | None = None, split_seed: int = 0, sample_rate: int = DEFAULT_SAMPLE_RATE,
+            pool_size: int = DEFAULT_POOL_SIZE, workers: int | None = None, label_column: str = "genre",
+            min_shared_tags: int = 2, split_by: str = "track", shard_size: int = DEFAULT_SHARD_SIZE,
+            min_seconds: float = DEFAULT_MIN_SECONDS, name: str | None = None, progress: bool = True,
+            verbose: bool = True) -> dict:
+    """Prepare a dataset into ``output`` (TFRecord shards, tracks.csv, dataset.json, report.json).
+
+    Parameters
+    ----------
+    dataset : str
+        One of ``DATASET_KINDS``.
+    output : str
+        The prepared dataset's folder; rerunning into it resumes (finished shards are kept).
+    input_path : str or None
+        The source (see ``data_prep.sources``); for ``demo`` the corpus cache folder (default
+        ``data/demo_corpus`` in the repository).
+    audio_root : str or None
+        MagnaTagATune only: where the mp3s are, when not under ``input_path``.
+    max_seconds : float or None
+        Length of the centred excerpt kept per track. None: the kind's default (``demo``: 60 s,
+        others: whole tracks); 0 or less: whole tracks.
+    split_seed : int
+        Seed of the 50/25/25 split.
+    sample_rate : int > 0
+        Decode rate in Hz, before pooling; a multiple of ``pool_size``.
+    pool_size : int >= 1
+        Mean-pooling window in samples (paper: 5).
+    workers : int >= 1 or None
+        Decoding processes; None: every available core.
+    label_column : str
+        ``labelled_csv`` only: the column holding each track's label.
+    min_shared_tags : int >= 1
+        Recorded in ``dataset.json`` for the tag similarity (``magnatagatune``).
+    split_by : {"track", "label"}
+        Stratified random tracks, or disjoint labels per split (see ``data_prep.splits``).
+    shard_size : int >= 1
+        Tracks per TFRecord shard.
+    min_seconds : float >= 0
+        Excerpts shorter than this are skipped as too short.
+    name : str or None
+        Dataset name in ``dataset.json``; default: the basename of ``output``.
+    progress, verbose : bool
+        Show a progress bar; print the summary line.
+
+    Returns
+    -------
+    dict
+        The content of ``report.json``.
+
+    Raises
+    ------
+    ValueError
+        For invalid arguments, an unusable index file or a source listing no track.
+    FileNotFoundError
+        When the input does not exist.
+    """
+    started = time.time()
+    if dataset not in DATASET_KINDS:
+        raise ValueError(f"dataset must be one of {DATASET_KINDS}, got {dataset!r}")
+    if dataset != "demo" and not input_path:
+        raise ValueError(f"dataset {dataset!r} needs an input path (--input)")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+    if sample_rate % pool_size:
+        raise ValueError(f"sample_rate ({sample_rate}) must be a multiple of pool_size ({pool_size}) so the "
+                         "pooled rate is a whole number of Hz")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1 or None (all cores), got {workers}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if min_seconds < 0:
+        raise ValueError(f"min_seconds must be >= 0, got {min_seconds}")
+    if min_shared_tags < 1:
+        raise ValueError(f"min_shared_tags must be >= 1, got {min_shared_tags}")
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    if max_seconds is None:
+        max_seconds = DEMO_MAX_SECONDS if dataset == "demo" else None
+    elif max_seconds <= 0:
+        max_seconds = None
+    else:
+        max_seconds = float(max_seconds)
+    if max_seconds is not None and max_seconds < min_seconds:
+        raise ValueError(f"max_seconds ({max_seconds}) is under min_seconds ({min_seconds}): every track "
+                         "would be too short")
+    workers = workers or _available_cores()
+    output = os.path.abspath(output)
+    name = name or os.path.basename(output.rstrip(os.sep))
+
+    if dataset == "demo":
+        from data_prep.demo import DEFAULT_CACHE_DIR, build_demo_corpus  # apt only when asked for
+
+        cache_dir = os.path.abspath(input_path or DEFAULT_CACHE_DIR)
+        listing = list_manifest(manifest=build_demo_corpus(cache_dir=cache_dir, verbose=verbose))
+        listing.kind = "demo"
+        listing.extra["demo_cache"] = cache_dir
+    else:
+        listing = list_source(dataset, input_path=input_path, audio_root=audio_root, label_column=label_column)
+    if not listing.tracks:
+        detail = f"; {len(listing.skipped)} rows skipped, e.g. {listing.skipped[0]}" if listing.skipped else ""
+        raise ValueError(f"{dataset} source {input_path} lists no usable track{detail}")
+    split_of = assign_splits(tracks=listing.tracks, seed=split_seed, split_by=split_by,
+                             multi_label=listing.multi_label)
+    settings = DecodeSettings(sample_rate=sample_rate, pool_size=pool_size, max_seconds=max_seconds,
+                              min_seconds=float(min_seconds))
+    plans = plan_shards(tracks=listing.tracks, split_of=split_of, settings=settings, shard_size=shard_size)
+
+    os.makedirs(output, exist_ok=True)
+    info_path = os.path.join(output, "dataset.json")
+    if os.path.exists(info_path):
+        os.remove(info_path)  # written again last: until then the folder is a build in progress
+    _remove_stale_files(output, plans)
+    sidecars = {id(p): _read_sidecar(p, output) for p in plans}
+    pending = [p for p in plans if sidecars[id(p)] is None]
+    paths = [t.path for p in pending for t in p.tracks]
+    from tqdm import tqdm
+
+    with tqdm(total=len(paths), unit="track", desc=f"preparing {name}", disable=not progress or not paths,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        results = decode_in_order(paths, settings=settings, workers=workers)
+        try:
+            for plan in pending:
+                shard_results = []
+                for _ in plan.tracks:
+                    shard_results.append(next(results))
+                    bar.update(1)
+                sidecars[id(plan)] = _write_shard(plan, shard_results, output=output, settings=settings)
+        finally:
+            results.close()
+
+    entries, skipped = [], list(listing.skipped)
+    for plan in plans:
+        sidecar = sidecars[id(plan)]
+        skipped += sidecar["skipped"]
+        entries += [CatalogEntry(track_id=t["track_id"], split=plan.split, labels=tuple(t["labels"]),
+                                 duration_s=float(t["duration_s"]), path=t["path"]) for t in sidecar["tracks"]]
+    write_catalog(output, entries)
+    report = _report(listing=listing, entries=entries, skipped=skipped, name=name, dataset=dataset, output=output,
+                     written=len(pending), reused=len(plans) - len(pending), wall_seconds=time.time() - started)
+    write_json_atomic(os.path.join(output, "report.json"), report)
+    DatasetInfo(name=name, kind=dataset, sample_rate=sample_rate, pool_size=pool_size, max_seconds=max_seconds,
+                similarity=listing.similarity, min_shared_tags=min_shared_tags, split_by=split_by,
+                split_seed=split_seed,
+                extra={"input": os.path.abspath(input_path) if input_path else listing.extra.get("demo_cache"),
+                       "split_fractions": SPLIT_FRACTIONS, "shard_size": shard_size, "min_seconds": min_seconds,
+                       "multi_label": listing.multi_label,
+                       "stratified_on": "labels, rarest first (iterative stratification)"
+                       if split_by == "track" else "whole labels per split",
+                       "source": listing.extra}).save(output)
+    if verbose:
+        print(report["summary"], flush=True)
+    return report
+
+
+def main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    from data_prep.demo import DemoBuildError
+
+    del argv
+    f = flags.FLAGS
+    try:
+        report = prepare(dataset=f.dataset, output=f.output, input_path=f.input, audio_root=f.audio_root,
+                         max_seconds=f.max_seconds, split_seed=f.split_seed, sample_rate=f.sample_rate,
+                         pool_size=f.pool_size, workers=f.workers, label_column=f.label_column,
+                         min_shared_tags=f.min_shared_tags, split_by=f.split_by, shard_size=f.shard_size,
+                         min_seconds=f.min_seconds, name=f.name, progress=f.progress)
+    except (ValueError, FileNotFoundError, DemoBuildError) as err:  # bad arguments or input: no traceback
+        print(f"data_prep.build: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if report["tracks"] == 0:
+        sys.exit(1)
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_enum("dataset", None, list(DATASET_KINDS), "Source layout (see data_prep.sources), or demo.")
+    flags.DEFINE_string("input", None, "Source: MTAT root, album root, labelled CSV, manifest (file or folder); "
+                                       "demo: the corpus cache folder (default data/demo_corpus).")
+    flags.DEFINE_string("output", None, "Prepared dataset folder; rerunning resumes.")
+    flags.DEFINE_string("audio_root", None, "magnatagatune: folder of the mp3s when not under --input.")
+    flags.DEFINE_float("max_seconds", None, "Centred excerpt length in seconds; default: 60 for demo, whole "
+                                            "tracks otherwise; <= 0: whole tracks.")
+    flags.DEFINE_integer("split_seed", 0, "Seed of the 50/25/25 split.")
+    flags.DEFINE_integer("sample_rate", DEFAULT_SAMPLE_RATE, "Decode rate (Hz), before pooling.")
+    flags.DEFINE_integer("pool_size", DEFAULT_POOL_SIZE, "Mean-pooling window (samples).")
+    flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
+    flags.DEFINE_string("label_column", "genre", "labelled_csv: the label column.")
+    flags.DEFINE_integer("min_shared_tags", 2, "Tag similarity: shared tags needed to be similar.")
+    flags.DEFINE_enum("split_by", "track", list(SPLIT_BY), "track: stratified tracks; label: disjoint labels.")
+    flags.DEFINE_integer("shard_size", DEFAULT_SHARD_SIZE, "Tracks per TFRecord shard.")
+    flags.DEFINE_float("min_seconds", DEFAULT_MIN_SECONDS, "Skip excerpts shorter than this.")
+    flags.DEFINE_string("name", None, "Dataset name (default: the output folder's name).")
+    flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+    flags.mark_flags_as_required(["dataset", "output"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,434 @@
+"""The demo corpus: real game soundtracks from 8 Debian packages, 10 album labels, 139 tracks.
+
+The same music and track ids as the project's development corpus (``shared/data/README.md``), built
+here without the shared script so that a fresh Debian machine needs only this repository: each
+package is fetched with ``apt-get download`` (nothing is installed), its data tarball streamed out of
+``dpkg-deb --fsys-tarfile`` (nexuiz keeps its music in a zip, ``music.pk3``), and the curated tracks
+are copied, untouched, to ``CACHE/audio/<album>/``. ``CACHE/manifest.csv`` lists them in the dev
+corpus' schema, so ``data_prep.build --dataset=manifest`` reads it as it reads the dev corpus.
+
+Curation (the track lists below): music only, at least 30 s; jingles are left out, and so are
+colobot's ``music010``/``music011`` (20 s of music, then 64 s of silence), nexuiz's ``thunder``
+(ambience) and warzone2100's ``*_enhanced`` remasters (they duplicate tracks of the other
+warzone2100 albums). warzone2100 ships three soundtrack albums: three labels.
+
+Only these 8 packages may be used: the other Debian game-music packages are reserved for a held-out
+evaluation corpus. Building is idempotent: each package leaves a stamp in ``CACHE/.stamps``; a
+rerun with the same spec downloads nothing.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+from data_prep.sources import safe_name
+from musicsim.audio import AudioDecodeError, audio_info
+from musicsim.dataset import write_json_atomic
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, "data", "demo_corpus")
+MANIFEST_COLUMNS = ("path", "track_id", "label_album", "label_genre", "label_instrument", "duration_s",
+                    "source_package", "source_version", "source_member", "clip_offset_s", "license")
+MIN_TRACK_SECONDS = 30.0
+# Bump when the unpacking changes in a way the stamps cannot see.
+STAMP_VERSION = 1
+
+
+class DemoBuildError(RuntimeError):
+    """The demo corpus could not be built (apt, download or unpacking failed); the message says why."""
+
+
+@dataclass(frozen=True)
+class DemoSource:
+    """One Debian package and the tracks taken from it.
+
+    ``member_pattern`` matches a file's path in the package (or, with ``archive_pattern``, inside
+    the zip archive that pattern names); its group 1 is the track path listed in ``tracks``.
+    """
+
+    key: str
+    package: str
+    member_pattern: str
+    tracks: tuple[tuple[str, str], ...]  # (track path, album label)
+    license: str
+    archive_pattern: str | None = None
+
+
+def _album(album: str, *names: str) -> tuple[tuple[str, str], ...]:
+    return tuple((name, album) for name in names)
+
+
+def _numbered(template: str, numbers: Sequence[int]) -> list[str]:
+    return [template % n for n in numbers]
+
+
+DEMO_SOURCES: tuple[DemoSource, ...] = (
+    DemoSource(
+        key="colobot", package="colobot-common-sounds", license="GPL-3+ (see licenses/)",
+        member_pattern=r"^/usr/share/games/colobot/music/([^/]+\.ogg)$",
+        tracks=_album("colobot", "Constructive.ogg", "Humanitarian.ogg", "Hv2.ogg", "Infinite.ogg", "Intro2.ogg",
+                      "Proton.ogg", "Prototype.ogg", "Quite.ogg",
+                      *_numbered("music%03d.ogg", [2, 3, 4, 5, 6, 7, 8, 9, 12, 13]))),
+    DemoSource(
+        key="nexuiz", package="nexuiz-music", license="GPL-2+ (see licenses/)",
+        archive_pattern=r"^/usr/share/games/nexuiz/data/music\.pk3$",
+        member_pattern=r"^sound/cdtracks/([^/]+\.ogg)$",
+        tracks=_album("nexuiz", *(name + ".ogg" for name in (
+            "beast-of-insanity", "brainsukker", "breakdown-easy", "brokenlight", "calling-bogus", "chaos-fog",
+            "desert3", "digital-pursuit", "infight", "neuronal-diving", "ninesix", "northern-lights",
+            "sixtyfour_", "sixtyfour_revisited", "stairs", "subcities", "thru-the-mirror")))),
+    DemoSource(
+        key="singularity", package="singularity-music", license="CC-BY-SA-3.0 (Max McCracken; see licenses/)",
+        member_pattern=r"^/usr/share/games/singularity/music/(.+\.ogg)$",
+        tracks=_album("singularity", *(name + ".ogg" for name in (
+            "A New Journey", "Aberrations", "Advanced Simulacra", "Awakening", "By-Product", "Coherence",
+            "Deprecation", "Enemy Unknown", "Inevitable", "Media Threat", "Nebula", "Orbital Elevator",
+            "Through Space", "lose/Chimes They Fade", "lose/March Thee to Dis", "win/Apex Aleph")))),
+    DemoSource(
+        key="drascula", package="drascula-music",
+        license="Drascula-License, BSD-like, DFSG-free (Alcachofa Soft; see licenses/)",
+        member_pattern=r"^/usr/share/scummvm/drascula/audio/([^/]+\.ogg)$",
+        tracks=_album("drascula", *_numbered("track%d.ogg", [1, *range(2, 12), *range(13, 17), *range(18, 28),
+                                                             29, 30, 31]))),
+    DemoSource(
+        key="pushover", package="pushover-data", license="GPL-3+ (see licenses/)",
+        member_pattern=r"^/usr/share/pushover/themes/([^/]+\.ogg)$",
+        tracks=_album("pushover", *(name + ".ogg" for name in (
+            "aztec", "castle", "dungeon", "electro", "greek", "japanese", "mechanic", "option", "space",
+            "toxcity")))),
+    DemoSource(
+        key="marsshooter", package="marsshooter-data", license="CC-BY-SA-3.0 (see licenses/)",
+        member_pattern=r"^/usr/share/games/marsshooter/audio/music/([^/]+\.ogg)$",
+        tracks=_album("marsshooter", *(name + ".ogg" for name in (
+            "01_-_Ezer_Ev", "02_orphanage", "03_fear", "06_-_Elveszett_Lelkek", "06_starfall", "07_-_Vermocsar",
+            "08_second_birth", "09_wings_of_cruelty", "10_farewell", "12_-_Misanthropia")))),
+    DemoSource(
+        key="fillets-ng", package="fillets-ng-data", license="GPL-2+ (see licenses/)",
+        member_pattern=r"^/usr/share/games/fillets-ng/music/([^/]+\.ogg)$",
+        tracks=_album("fillets-ng", "menu.ogg", *_numbered("rybky%02d.ogg", [1, 2, 3, 4, 5, 6, 7, 9, 10, 13, 14,
+                                                                               15]))),
+    DemoSource(
+        key="warzone2100", package="warzone2100-music", license="GPL-2+ (see licenses/)",
+        member_pattern=r"^/usr/share/games/warzone2100/music/albums/(.+\.opus)$",
+        tracks=(_album("warzone2100-aftermath", *_numbered("aftermath_soundtrack/track%d.opus", range(17, 28)))
+                + _album("warzone2100-legacy", *_numbered("legacy_soundtrack/track%d.opus", range(4, 17)))
+                + _album("warzone2100-original", *_numbered("original_soundtrack/track%d.opus", [1, 2, 3])))),
+)
+
+# A fetcher gets a package name and a work folder; it returns the downloaded .deb and its version.
+Fetcher = Callable[[str, str], tuple[str, str]]
+
+
+def demo_track_id(*, album: str, track: str) -> str:
+    """``<album>__<track path without extension, '/' -> '__'>``, as in the dev corpus."""
+    return f"{safe_name(album)}__{safe_name(os.path.splitext(track)[0].replace('/', '__'))}"
+
+
+def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, **kwargs)
+    except FileNotFoundError as err:
+        raise DemoBuildError(f"{command[0]} not found: the demo corpus needs a Debian system with apt "
+                             f"and dpkg-deb ({err})") from err
+
+
+def package_version(package: str) -> str | None:
+    """The candidate version apt knows for ``package``, or None."""
+    result = _run(["apt-cache", "show", "--no-all-versions", package])
+    match = re.search(r"^Version:\s*(\S+)", result.stdout, re.M) if result.returncode == 0 else None
+    return match.group(1) if match else None
+
+
+_lists_updated = False
+
+
+def resolve_package(package: str) -> str:
+    """Version of ``package``; runs ``apt-get update`` once (as root) when apt does not know it.
+
+    Raises
+    ------
+    DemoBuildError
+        When apt still does not know the package.
+    """
+    global _lists_updated
+    version = package_version(package)
+    if version is None and not _lists_updated and os.geteuid() == 0:
+        print(f"demo corpus: apt does not know {package}; running apt-get update", flush=True)
+        _run(["apt-get", "update", "-q"])
+        _lists_updated = True
+        version = package_version(package)
+    if version is None:
+        raise DemoBuildError(f"apt does not know the package {package!r}: run 'apt-get update' as root "
+                             "(Debian main must be among the apt sources)")
+    return version
+
+
+def download_package(package: str, workdir: str) -> tuple[str, str]:
+    """Fetch ``package``'s .deb into ``workdir`` with ``apt-get download``: ``(deb path, version)``."""
+    version = resolve_package(package)
+    for name in os.listdir(workdir):
+        if name.startswith(package + "_") and name.endswith(".deb"):
+            os.remove(os.path.join(workdir, name))
+    result = _run(["apt-get", "download", "-q", package], cwd=workdir)
+    if result.returncode != 0:
+        raise DemoBuildError(f"apt-get download {package} failed (exit {result.returncode}):\n"
+                             f"{(result.stdout + result.stderr).strip()}")
+    debs = [n for n in os.listdir(workdir) if n.startswith(package + "_") and n.endswith(".deb")]
+    if len(debs) != 1:
+        raise DemoBuildError(f"expected one .deb for {package} in {workdir}, found {debs}")
+    return os.path.join(workdir, debs[0]), version
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_atomic(source, destination: str) -> None:
+    """Copy a readable binary stream to ``destination`` through a temp file and rename."""
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    tmp = f"{destination}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    os.replace(tmp, destination)
+
+
+def _package_files(deb_path: str, patterns: Sequence[str], workdir: str) -> dict[str, str]:
+    """Stream the .deb's data tarball and save the regular files whose path matches a pattern.
+
+    Returns ``{path in the package: local copy}``; local names are numbered, so no member path can
+    write outside ``workdir``.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    found: dict[str, str] = {}
+    try:
+        process = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb_path], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+    except FileNotFoundError as err:
+        raise DemoBuildError(f"dpkg-deb not found: the demo corpus needs a Debian system ({err})") from err
+    try:
+        with tarfile.open(fileobj=process.stdout, mode="r|") as tar:
+            for member in tar:
+                name = "/" + member.name.lstrip("./")
+                if member.isfile() and any(re.match(p, name) for p in patterns):
+                    local = os.path.join(workdir, f"member-{len(found):05d}")
+                    _copy_atomic(tar.extractfile(member), local)
+                    found[name] = local
+    except tarfile.TarError as err:
+        raise DemoBuildError(f"{deb_path}: cannot read the package's data tarball ({err})") from err
+    finally:
+        stderr = process.stderr.read().decode(errors="replace")
+        process.wait()
+    if process.returncode != 0:
+        raise DemoBuildError(f"dpkg-deb --fsys-tarfile {deb_path} failed (exit {process.returncode}): "
+                             f"{stderr.strip()}")
+    return found
+
+
+def unpack_source(*, deb_path: str, version: str, source: DemoSource, corpus_dir: str, workdir: str,
+                  min_track_seconds: float = MIN_TRACK_SECONDS) -> tuple[list[dict], dict]:
+    """Copy ``source``'s curated tracks out of its .deb into ``corpus_dir/audio/<album>/``.
+
+    Also copies the package's copyright file to ``corpus_dir/licenses/<package>.copyright``.
+
+    Returns
+    -------
+    rows : list of dict
+        Manifest rows (``MANIFEST_COLUMNS``), one per kept track.
+    info : dict
+        Package, version, .deb sha256 and size, kept track count and minutes, and the listed tracks
+        left out with why (``missing`` from the package, ``too_short``, ``undecodable``).
+    """
+    copyright_pattern = r"^/usr/share/doc/%s/copyright$" % re.escape(source.package)
+    wanted = [copyright_pattern, source.archive_pattern or source.member_pattern]
+    files = _package_files(deb_path, wanted, workdir)
+    members: dict[str, tuple[str, str]] = {}  # track path -> (source_member, local file)
+    if source.archive_pattern:
+        archives = [(name, local) for name, local in files.items() if re.match(source.archive_pattern, name)]
+        if len(archives) != 1:
+            raise DemoBuildError(f"{source.package}: expected one archive matching {source.archive_pattern}, "
+                                 f"found {[name for name, _ in archives]}")
+        archive_name, archive_local = archives[0]
+        try:
+            with zipfile.ZipFile(archive_local) as archive:
+                for entry in archive.infolist():
+                    match = re.match(source.member_pattern, entry.filename)
+                    if match and not entry.is_dir():
+                        local = os.path.join(workdir, f"zip-{len(members):05d}")
+                        with archive.open(entry) as stream:
+                            _copy_atomic(stream, local)
+                        members[match.group(1)] = (f"{archive_name}:{entry.filename}", local)
+        except zipfile.BadZipFile as err:
+            raise DemoBuildError(f"{source.package}: {archive_name} is not a readable zip ({err})") from err
+    else:
+        for name, local in files.items():
+            match = re.match(source.member_pattern, name)
+            if match:
+                members[match.group(1)] = (name, local)
+    for name, local in files.items():
+        if re.match(copyright_pattern, name):
+            os.makedirs(os.path.join(corpus_dir, "licenses"), exist_ok=True)
+            shutil.copyfile(local, os.path.join(corpus_dir, "licenses", f"{source.package}.copyright"))
+    rows, left_out = [], {"missing": [], "too_short": [], "undecodable": []}
+    for track, album in source.tracks:
+        if track not in members:
+            left_out["missing"].append(track)
+            continue
+        member, local = members[track]
+        try:
+            seconds = audio_info(local).duration
+        except AudioDecodeError as err:
+            left_out["undecodable"].append(f"{track}: {err.reason}")
+            continue
+        if seconds < min_track_seconds:
+            left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
+            continue
+        track_id = demo_track_id(album=album, track=track)
+        relative = os.path.join("audio", safe_name(album),
+                                track_id.split("__", 1)[1] + os.path.splitext(track)[1].lower())
+        os.makedirs(os.path.dirname(os.path.join(corpus_dir, relative)), exist_ok=True)
+        os.replace(local, os.path.join(corpus_dir, relative))
+        rows.append({"path": relative, "track_id": track_id, "label_album": album, "label_genre": "",
+                     "label_instrument": "", "duration_s": f"{seconds:.2f}", "source_package": source.package,
+                     "source_version": version, "source_member": member, "clip_offset_s": "",
+                     "license": source.license})
+    info = {"package": source.package, "version": version, "deb_sha256": _sha256(deb_path),
+            "deb_mb": round(os.path.getsize(deb_path) / 1e6, 1), "tracks": len(rows),
+            "minutes": round(sum(float(r["duration_s"]) for r in rows) / 60.0, 1), **left_out}
+    return rows, info
+
+
+def _spec_hash(source: DemoSource, min_track_seconds: float) -> str:
+    payload = json.dumps({"source": asdict(source), "min_track_seconds": min_track_seconds,
+                          "version": STAMP_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _stamp_rows(stamp_path: str, spec: str, corpus_dir: str) -> tuple[list[dict], dict] | None:
+    """The stamped rows of a source built with this spec whose files are all still there, else None."""
+    try:
+        with open(stamp_path) as f:
+            stamp = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if stamp.get("spec") != spec:
+        return None
+    if not all(os.path.isfile(os.path.join(corpus_dir, row["path"])) for row in stamp["rows"]):
+        return None
+    return stamp["rows"], stamp["info"]
+
+
+def write_manifest(*, corpus_dir: str, rows: Sequence[dict]) -> str:
+    """Write ``corpus_dir/manifest.csv`` atomically, sorted by album then track id; returns its path."""
+    path = os.path.join(corpus_dir, "manifest.csv")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: (r["label_album"], r["track_id"])))
+    os.replace(tmp, path)
+    return path
+
+
+def build_demo_corpus(*, cache_dir: str = DEFAULT_CACHE_DIR, sources: Sequence[DemoSource] | None = None,
+                      fetch: Fetcher | None = None, min_track_seconds: float | None = None,
+                      verbose: bool = True) -> str:
+    """Build (or reuse) the demo corpus in ``cache_dir``; returns the path of its ``manifest.csv``.
+
+    Parameters
+    ----------
+    cache_dir : str
+        Where the audio, ``manifest.csv``, ``licenses/`` and ``BUILD_INFO.json`` go.
+    sources : sequence of DemoSource or None
+        The packages and their tracks; None: ``DEMO_SOURCES``.
+    fetch : callable ``(package, workdir) -> (deb path, version)``, or None
+        Downloads a package; None: ``download_package`` (apt).
+    min_track_seconds : float or None
+        Listed tracks shorter than this are left out (curation: music, not jingles); None:
+        ``MIN_TRACK_SECONDS`` (30 s).
+
+    Raises
+    ------
+    DemoBuildError
+        When a package cannot be fetched or unpacked, or two sources give the same track id.
+    """
+    started = time.time()
+    # Looked up at call time, not bound as defaults, so a test can swap in offline fakes.
+    sources = DEMO_SOURCES if sources is None else sources
+    fetch = download_package if fetch is None else fetch
+    min_track_seconds = MIN_TRACK_SECONDS if min_track_seconds is None else min_track_seconds
+    cache_dir = os.path.abspath(cache_dir)
+    stamps_dir, work_root = os.path.join(cache_dir, ".stamps"), os.path.join(cache_dir, ".work")
+    os.makedirs(stamps_dir, exist_ok=True)
+    all_rows, infos, downloaded = [], {}, []
+    for source in sources:
+        stamp_path = os.path.join(stamps_dir, f"{source.key}.json")
+        spec = _spec_hash(source, min_track_seconds)
+        stamped = _stamp_rows(stamp_path, spec, cache_dir)
+        if stamped is None:
+            workdir = os.path.join(work_root, source.key)
+            shutil.rmtree(workdir, ignore_errors=True)
+            os.makedirs(workdir)
+            t0 = time.time()
+            deb_path, version = fetch(source.package, workdir)
+            rows, info = unpack_source(deb_path=deb_path, version=version, source=source, corpus_dir=cache_dir,
+                                       workdir=os.path.join(workdir, "files"),
+                                       min_track_seconds=min_track_seconds)
+            shutil.rmtree(workdir, ignore_errors=True)
+            write_json_atomic(stamp_path, {"spec": spec, "rows": rows, "info": info})
+            downloaded.append(source.package)
+            if verbose:
+                left_out = sum(len(info[k]) for k in ("missing", "too_short", "undecodable"))
+                print(f"demo corpus: {source.key:<12} {source.package} {version}: {len(rows)} tracks, "
+                      f"{info['minutes']} min ({info['deb_mb']} MB, {time.time() - t0:.1f}s)"
+                      + (f"; left out {left_out}: see BUILD_INFO.json" if left_out else ""), flush=True)
+            stamped = rows, info
+        rows, info = stamped
+        all_rows += rows
+        infos[source.key] = info
+    shutil.rmtree(work_root, ignore_errors=True)
+    ids = [row["track_id"] for row in all_rows]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise DemoBuildError(f"demo sources give the same track id more than once: {repeated}")
+    _remove_unlisted_audio(cache_dir, {row["path"] for row in all_rows})
+    manifest = write_manifest(corpus_dir=cache_dir, rows=all_rows)
+    albums: dict[str, dict] = {}
+    for row in all_rows:
+        album = albums.setdefault(row["label_album"], {"tracks": 0, "minutes": 0.0})
+        album["tracks"] += 1
+        album["minutes"] += float(row["duration_s"]) / 60.0
+    for album in albums.values():
+        album["minutes"] = round(album["minutes"], 1)
+    if downloaded or not os.path.exists(os.path.join(cache_dir, "BUILD_INFO.json")):
+        write_json_atomic(os.path.join(cache_dir, "BUILD_INFO.json"), {
+            "corpus": "demo", "tracks": len(all_rows), "albums": dict(sorted(albums.items())),
+            "total_minutes": round(sum(a["minutes"] for a in albums.values()), 1),
+            "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.time() - started, 1), "sources": infos})
+    if verbose and downloaded:
+        print(f"demo corpus in {cache_dir}: {len(all_rows)} tracks, {len(albums)} albums "
+              f"({time.time() - started:.1f}s)", flush=True)
+    return manifest
+
+
+def _remove_unlisted_audio(cache_dir: str, listed: set[str]) -> None:
+    """Delete audio no longer in the manifest (after a spec change), so the folder matches it."""
+    for dirpath, _, filenames in os.walk(os.path.join(cache_dir, "audio")):
+        for filename in filenames:
+            relative = os.path.relpath(os.path.join(dirpath, filename), cache_dir)
+            if relative not in listed:
+                os.remove(os.path.join(cache_dir, relative))
