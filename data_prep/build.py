@@ -2,7 +2,8 @@
 
     python -m data_prep.build --dataset=KIND --input=PATH --output=DIR [--max_seconds=S] [--split_seed=0]
         [--sample_rate=16000] [--pool_size=5] [--workers=N] [--label_column=genre] [--min_shared_tags=2]
-        [--split_by=track|label] [--shard_size=32]
+        [--split_by=track|label] [--shard_size=32] [--features=librosa|mfcc]
+        [--runner=local|DirectRunner|FlinkRunner|SparkRunner|DataflowRunner [beam pipeline options]]
 
 KIND is ``magnatagatune``, ``album_folders``, ``labelled_csv``, ``manifest`` (see ``data_prep.sources``)
 or ``demo`` (builds the demo corpus first, see ``data_prep.demo``; ``--input`` is then its cache folder).
@@ -18,6 +19,16 @@ a finished one costs only the listing. ``dataset.json`` is written last: it mark
 A file that cannot be used (missing, empty, not audio, truncated, too short, silent, a decoder
 error, a duplicate id) is skipped and listed with its reason in ``DIR/report.json``; it never
 stops the run.
+
+``--runner`` other than ``local`` runs the per-file work (decode, resample, pool, serialize) as an
+Apache Beam pipeline (``data_prep.beam_pipeline``) that writes ``DIR/{split}/part-SSSSS-of-NNNNN.tfrecord``
+with the same records; listing, splits, ``tracks.csv`` and ``report.json`` stay here, in the driver.
+Flags this module does not define are handed to Beam's ``PipelineOptions`` (an unknown one is an
+error). A Beam build does not resume: it rewrites every shard (runners retry failed work themselves).
+
+``--features=librosa|mfcc`` also computes the fitted model's per-track feature vectors (both
+runners) into ``DIR/feature_cache``, the cache ``experiments.run`` reads, so fitting the
+``librosa``/``mfcc`` model then decodes nothing.
 """
 from __future__ import annotations
 
@@ -31,7 +42,7 @@ import os
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -50,6 +61,13 @@ DEMO_MAX_SECONDS = 60.0
 # Part of every shard's key: bump when the bytes a shard holds would change for the same inputs.
 SHARD_FORMAT_VERSION = 1
 _SHARD_GLOB = "shard-*"
+LOCAL_RUNNER = "local"
+BEAM_RUNNERS = ("DirectRunner", "FlinkRunner", "SparkRunner", "DataflowRunner")
+RUNNERS = (LOCAL_RUNNER,) + BEAM_RUNNERS
+# Beam's WriteToTFRecord names shards <prefix>-SSSSS-of-NNNNN.tfrecord.
+BEAM_SHARD_PREFIX = "part"
+# experiments.run reads the fitted models' per-track feature cache from DIR/<this>.
+FEATURE_CACHE_DIRNAME = "feature_cache"
 
 
 @dataclass(frozen=True)
@@ -221,27 +239,42 @@ def _read_sidecar(plan: ShardPlan, output: str) -> dict | None:
 
 
 def _remove_stale_files(output: str, plans: Sequence[ShardPlan]) -> None:
-    """Delete shards the plan no longer has (fewer tracks, other settings) and temp files of a crash."""
+    """Delete shards the plan no longer has (fewer tracks, other settings, a Beam build's shards) and
+    temp files of a crash."""
     expected = {p.record_path(output) for p in plans} | {p.sidecar_path(output) for p in plans}
     for split in SPLITS:
-        for path in glob.glob(os.path.join(output, split, _SHARD_GLOB)):
-            if path not in expected:
-                os.remove(path)
+        for pattern in (_SHARD_GLOB, f"{BEAM_SHARD_PREFIX}-*.tfrecord"):
+            for path in glob.glob(os.path.join(output, split, pattern)):
+                if path not in expected:
+                    os.remove(path)
     for path in glob.glob(os.path.join(output, "*.tmp-*")):
         os.remove(path)
+
+
+def track_record(*, track: SourceTrack, pooled: np.ndarray, settings: DecodeSettings) -> bytes:
+    """The serialized ``tf.train.Example`` of one decoded track: what every runner writes for it.
+
+    Parameters
+    ----------
+    track : SourceTrack
+    pooled : np.ndarray, float32, shape ``[n]``
+        Its pooled excerpt (:func:`pooled_excerpt`).
+    settings : DecodeSettings
+    """
+    return serialize_track(Track(track_id=track.track_id, labels=track.labels, audio=pooled,
+                                 sample_rate=settings.sample_rate // settings.pool_size,
+                                 pool_size=settings.pool_size))
 
 
 def _write_shard(plan: ShardPlan, results: Sequence[DecodeResult], *, output: str,
                  settings: DecodeSettings) -> dict:
     """Write one shard's TFRecord file, then its sidecar (so a sidecar always means a whole shard)."""
     records, kept, skipped = [], [], []
-    pooled_rate = settings.sample_rate // settings.pool_size
     for track, result in zip(plan.tracks, results):
         if result.pooled is None:
             skipped.append({"path": track.path, "track_id": track.track_id, "reason": result.reason})
             continue
-        records.append(serialize_track(Track(track_id=track.track_id, labels=track.labels, audio=result.pooled,
-                                             sample_rate=pooled_rate, pool_size=settings.pool_size)))
+        records.append(track_record(track=track, pooled=result.pooled, settings=settings))
         kept.append({"track_id": track.track_id, "labels": list(track.labels), "path": track.path,
                      "duration_s": result.seconds})
     os.makedirs(os.path.join(output, plan.split), exist_ok=True)
@@ -288,12 +321,85 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which per-track feature vectors a build caches, keyed as ``musicsim.features.extract_many`` keys them."""
+
+    name: str  # a musicsim.features.FEATURE_FUNCTIONS name: the fitted model's feature_fn
+    sample_rate: int  # the fitted models' decode rate
+    max_seconds: float | None  # the dataset's excerpt, as experiments.run passes it
+    cache_dir: str
+
+    @classmethod
+    def for_dataset(cls, *, name: str, output: str, max_seconds: float | None) -> "FeatureSpec":
+        """The cache ``experiments.run --model=<name>`` reads for the dataset in ``output``."""
+        from musicsim.features import DEFAULT_SAMPLE_RATE as FEATURE_SAMPLE_RATE
+
+        return cls(name=name, sample_rate=FEATURE_SAMPLE_RATE, max_seconds=max_seconds,
+                   cache_dir=os.path.join(output, FEATURE_CACHE_DIRNAME))
+
+
+@dataclass
+class BuiltShards:
+    """What a runner wrote: the catalog rows, the files it skipped and its shard counts."""
+
+    entries: list[CatalogEntry]
+    skipped: list[dict]  # {"path", "track_id", "reason"}
+    written: int
+    reused: int
+    feature_failures: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    beam_options: list[str] = field(default_factory=list)
+
+
+def _build_local(*, plans: Sequence[ShardPlan], settings: DecodeSettings, output: str, workers: int, name: str,
+                 progress: bool) -> BuiltShards:
+    """Write every shard whose sidecar does not match its plan, in this machine's process pool."""
+    _remove_stale_files(output, plans)
+    sidecars = {id(p): _read_sidecar(p, output) for p in plans}
+    pending = [p for p in plans if sidecars[id(p)] is None]
+    paths = [t.path for p in pending for t in p.tracks]
+    from tqdm import tqdm
+
+    with tqdm(total=len(paths), unit="track", desc=f"preparing {name}", disable=not progress or not paths,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        results = decode_in_order(paths, settings=settings, workers=workers)
+        try:
+            for plan in pending:
+                shard_results = []
+                for _ in plan.tracks:
+                    shard_results.append(next(results))
+                    bar.update(1)
+                sidecars[id(plan)] = _write_shard(plan, shard_results, output=output, settings=settings)
+        finally:
+            results.close()
+
+    entries, skipped = [], []
+    for plan in plans:
+        sidecar = sidecars[id(plan)]
+        skipped += sidecar["skipped"]
+        entries += [CatalogEntry(track_id=t["track_id"], split=plan.split, labels=tuple(t["labels"]),
+                                 duration_s=float(t["duration_s"]), path=t["path"]) for t in sidecar["tracks"]]
+    return BuiltShards(entries=entries, skipped=skipped, written=len(pending), reused=len(plans) - len(pending))
+
+
+def _cache_features_local(*, entries: Sequence[CatalogEntry], spec: FeatureSpec, workers: int,
+                          progress: bool) -> list[dict]:
+    """Fill ``spec.cache_dir`` for every kept track; returns the failures ``[{"path", "reason"}]``."""
+    from musicsim.features import extract_many
+
+    _, _, failed = extract_many(paths=[e.path for e in entries], feature_fn=spec.name, sample_rate=spec.sample_rate,
+                                max_seconds=spec.max_seconds, workers=workers, cache_dir=spec.cache_dir,
+                                progress=progress)
+    return [{"path": path, "reason": reason} for path, reason in failed]
+
+
 def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_root: str | None = None,
             max_seconds: float | None = None, split_seed: int = 0, sample_rate: int = DEFAULT_SAMPLE_RATE,
             pool_size: int = DEFAULT_POOL_SIZE, workers: int | None = None, label_column: str = "genre",
             min_shared_tags: int = 2, split_by: str = "track", shard_size: int = DEFAULT_SHARD_SIZE,
             min_seconds: float = DEFAULT_MIN_SECONDS, name: str | None = None, progress: bool = True,
-            verbose: bool = True) -> dict:
+            verbose: bool = True, runner: str = LOCAL_RUNNER, beam_args: Sequence[str] = (),
+            features: str | None = None) -> dict:
     """Prepare a dataset into ``output`` (TFRecord shards, tracks.csv, dataset.json, report.json).
 
     Parameters
@@ -332,6 +438,16 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         Dataset name in ``dataset.json``; default: the basename of ``output``.
     progress, verbose : bool
         Show a progress bar; print the summary line.
+    runner : str
+        ``"local"``: decode in this machine's process pool and resume from finished shards. One of
+        ``BEAM_RUNNERS``: run the per-file work as a Beam pipeline (``data_prep.beam_pipeline``),
+        no resume; ``output`` must be a local or mounted path the workers can write.
+    beam_args : sequence of str
+        Beam pipeline options (``["--direct_num_workers=4", ...]``); Beam runners only.
+    features : {"librosa", "mfcc"} or None
+        Also cache each kept track's feature vector of that fitted model in
+        ``output/feature_cache`` (``musicsim.features.extract_many``'s layout; sample rate
+        ``musicsim.features.DEFAULT_SAMPLE_RATE``, excerpt ``max_seconds``).
 
     Returns
     -------
@@ -367,6 +483,19 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         raise ValueError(f"min_shared_tags must be >= 1, got {min_shared_tags}")
     if split_by not in SPLIT_BY:
         raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    if "://" in output:
+        raise ValueError(f"output must be a local (or mounted) folder, got the URL {output!r}: the catalog and "
+                         "report are written with local file calls")
+    if beam_args and runner == LOCAL_RUNNER:
+        raise ValueError(f"unknown arguments {list(beam_args)}: not flags of data_prep.build (only a Beam --runner, "
+                         f"{', '.join(BEAM_RUNNERS)}, takes extra arguments, as pipeline options)")
+    if features is not None:
+        from musicsim.features import FEATURE_FUNCTIONS  # librosa only when asked for
+
+        if features not in FEATURE_FUNCTIONS:
+            raise ValueError(f"features must be one of {sorted(FEATURE_FUNCTIONS)} or None, got {features!r}")
     if max_seconds is None:
         max_seconds = DEMO_MAX_SECONDS if dataset == "demo" else None
     elif max_seconds <= 0:
@@ -402,34 +531,29 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
     info_path = os.path.join(output, "dataset.json")
     if os.path.exists(info_path):
         os.remove(info_path)  # written again last: until then the folder is a build in progress
-    _remove_stale_files(output, plans)
-    sidecars = {id(p): _read_sidecar(p, output) for p in plans}
-    pending = [p for p in plans if sidecars[id(p)] is None]
-    paths = [t.path for p in pending for t in p.tracks]
-    from tqdm import tqdm
+    feature_spec = None if features is None else FeatureSpec.for_dataset(name=features, output=output,
+                                                                          max_seconds=max_seconds)
+    if runner == LOCAL_RUNNER:
+        built = _build_local(plans=plans, settings=settings, output=output, workers=workers, name=name,
+                             progress=progress)
+        if feature_spec is not None:
+            built.feature_failures = _cache_features_local(entries=built.entries, spec=feature_spec,
+                                                           workers=workers, progress=progress)
+    else:
+        from data_prep.beam_pipeline import build_with_beam  # apache_beam only when asked for
 
-    with tqdm(total=len(paths), unit="track", desc=f"preparing {name}", disable=not progress or not paths,
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        results = decode_in_order(paths, settings=settings, workers=workers)
-        try:
-            for plan in pending:
-                shard_results = []
-                for _ in plan.tracks:
-                    shard_results.append(next(results))
-                    bar.update(1)
-                sidecars[id(plan)] = _write_shard(plan, shard_results, output=output, settings=settings)
-        finally:
-            results.close()
-
-    entries, skipped = [], list(listing.skipped)
-    for plan in plans:
-        sidecar = sidecars[id(plan)]
-        skipped += sidecar["skipped"]
-        entries += [CatalogEntry(track_id=t["track_id"], split=plan.split, labels=tuple(t["labels"]),
-                                 duration_s=float(t["duration_s"]), path=t["path"]) for t in sidecar["tracks"]]
+        built = build_with_beam(plans=plans, settings=settings, output=output, runner=runner,
+                                beam_args=beam_args, workers=workers, features=feature_spec)
+    entries, skipped = built.entries, list(listing.skipped) + built.skipped
     write_catalog(output, entries)
     report = _report(listing=listing, entries=entries, skipped=skipped, name=name, dataset=dataset, output=output,
-                     written=len(pending), reused=len(plans) - len(pending), wall_seconds=time.time() - started)
+                     written=built.written, reused=built.reused, wall_seconds=time.time() - started)
+    report["runner"] = runner
+    if runner != LOCAL_RUNNER:
+        report["beam_options"] = built.beam_options
+    if feature_spec is not None:
+        report["features"] = dict(asdict(feature_spec), tracks=len(entries) - len(built.feature_failures),
+                                  failed=sorted(built.feature_failures, key=lambda f: f["path"]))
     write_json_atomic(os.path.join(output, "report.json"), report)
     DatasetInfo(name=name, kind=dataset, sample_rate=sample_rate, pool_size=pool_size, max_seconds=max_seconds,
                 similarity=listing.similarity, min_shared_tags=min_shared_tags, split_by=split_by,
@@ -446,18 +570,23 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
 
 
 def main(argv: Sequence[str]) -> None:
+    """Run :func:`prepare` from the flags; ``argv[1:]`` are the arguments no flag here took (Beam's)."""
     from absl import flags
 
     from data_prep.demo import DemoBuildError
 
-    del argv
     f = flags.FLAGS
+    if f.runner != LOCAL_RUNNER:
+        import logging
+
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)  # absl shows INFO: a line per bundle
     try:
         report = prepare(dataset=f.dataset, output=f.output, input_path=f.input, audio_root=f.audio_root,
                          max_seconds=f.max_seconds, split_seed=f.split_seed, sample_rate=f.sample_rate,
                          pool_size=f.pool_size, workers=f.workers, label_column=f.label_column,
                          min_shared_tags=f.min_shared_tags, split_by=f.split_by, shard_size=f.shard_size,
-                         min_seconds=f.min_seconds, name=f.name, progress=f.progress)
+                         min_seconds=f.min_seconds, name=f.name, progress=f.progress, runner=f.runner,
+                         beam_args=list(argv[1:]), features=f.features)
     except (ValueError, FileNotFoundError, DemoBuildError) as err:  # bad arguments or input: no traceback
         print(f"data_prep.build: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -486,11 +615,33 @@ def _define_flags() -> None:
     flags.DEFINE_float("min_seconds", DEFAULT_MIN_SECONDS, "Skip excerpts shorter than this.")
     flags.DEFINE_string("name", None, "Dataset name (default: the output folder's name).")
     flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+    flags.DEFINE_enum("runner", LOCAL_RUNNER, list(RUNNERS),
+                      "local: decode in this machine's process pool; resumes (finished shards are kept). A Beam "
+                      "runner: the same records from an Apache Beam pipeline (data_prep.beam_pipeline), as "
+                      "DIR/<split>/part-SSSSS-of-NNNNN.tfrecord; flags not defined here go to Beam's "
+                      "PipelineOptions (DirectRunner default: --direct_running_mode=multi_processing "
+                      "--direct_num_workers=<--workers, else all cores>); no resume: every shard is rewritten, "
+                      "the runner retries failed work itself. DIR must be a path the workers can write.")
+    flags.DEFINE_string("features", None, "librosa or mfcc: also cache each track's feature vector of that fitted "
+                                          "model in DIR/feature_cache (both runners), so experiments.run "
+                                          "--model=librosa|mfcc extracts nothing.")
     flags.mark_flags_as_required(["dataset", "output"])
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+    """Parse this module's flags; returns ``[argv[0]] + the rest``, the Beam pipeline options."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(list(argv), known_only=True)
+    except flags.Error as err:
+        print(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see help on flags.",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
     from absl import app
 
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
