@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from musicsim import frontends
+
 DEFAULT_PARAMS = dict(
     channels=32,  # residual channels
     skip_channels=32,
@@ -33,6 +35,7 @@ DEFAULT_PARAMS = dict(
     final_filter_size=2,
     dense_layers=(),  # the paper's late improvement, e.g. (64,)
     dropout=0.0,
+    **frontends.DEFAULT_FRONTEND_PARAMS,  # frontend (raw | logmel | strided), its sizes, mixed_precision
 )
 
 
@@ -125,6 +128,7 @@ def wavenet_layer(x: tf.Tensor, *, dilation: int, params: Mapping, name: str) ->
     return residual, skip
 
 
+@frontends.with_mixed_precision
 def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool) -> tf.Tensor:
     """Embed pooled audio.
 
@@ -139,9 +143,8 @@ def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: boo
     -------
     float32 ``[batch, final_channels]`` (or the last dense layer's size)
     """
-    if audio.shape.rank == 2:
-        audio = audio[:, :, None]
-    length = tf.cast(length, tf.int32)
+    # raw: the audio as one channel; logmel / strided: fewer steps, more channels, new lengths.
+    audio, length = frontends.apply_frontend(audio, length, params={**DEFAULT_PARAMS, **params}, training=training)
     pooling = str(_param(params, "pooling"))
     n, base = int(_param(params, "layers_per_stack")), int(_param(params, "dilation_base"))
     x = tf.keras.layers.Conv1D(int(_param(params, "channels")), 1, name="input_projection")(audio)
@@ -172,11 +175,6 @@ def _dense_sizes(params: Mapping) -> list[int]:
     if isinstance(sizes, str):
         sizes = [s for s in sizes.split(",") if s.strip()]
     return [int(s) for s in sizes]
-
-
-def variable_scopes_for_warm_start() -> str:
-    """Regex of the stack variables (warm-starting "stacks only")."""
-    return r"^(input_projection|stack\d+)/.*"
 
 
 def dilations(params: Mapping | None = None) -> list[int]:
