@@ -399,7 +399,7 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
             min_shared_tags: int = 2, split_by: str = "track", shard_size: int = DEFAULT_SHARD_SIZE,
             min_seconds: float = DEFAULT_MIN_SECONDS, name: str | None = None, progress: bool = True,
             verbose: bool = True, runner: str = LOCAL_RUNNER, beam_args: Sequence[str] = (),
-            features: str | None = None) -> dict:
+            features: str | None = None, extended: bool = False) -> dict:
     """Prepare a dataset into ``output`` (TFRecord shards, tracks.csv, dataset.json, report.json).
 
     Parameters
@@ -448,6 +448,9 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         Also cache each kept track's feature vector of that fitted model in
         ``output/feature_cache`` (``musicsim.features.extract_many``'s layout; sample rate
         ``musicsim.features.DEFAULT_SAMPLE_RATE``, excerpt ``max_seconds``).
+    extended : bool
+        ``demo`` only: the extended demo corpus (the 8 demo packages and the 5 extra ones, see
+        ``data_prep.demo``), cached by default in ``data/demo_extended_corpus``.
 
     Returns
     -------
@@ -464,6 +467,8 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
     started = time.time()
     if dataset not in DATASET_KINDS:
         raise ValueError(f"dataset must be one of {DATASET_KINDS}, got {dataset!r}")
+    if extended and dataset != "demo":
+        raise ValueError(f"extended applies to the demo dataset only (--dataset=demo), got dataset {dataset!r}")
     if dataset != "demo" and not input_path:
         raise ValueError(f"dataset {dataset!r} needs an input path (--input)")
     if sample_rate <= 0:
@@ -510,10 +515,11 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
     name = name or os.path.basename(output.rstrip(os.sep))
 
     if dataset == "demo":
-        from data_prep.demo import DEFAULT_CACHE_DIR, build_demo_corpus  # apt only when asked for
+        from data_prep.demo import build_demo_corpus, default_cache_dir  # apt only when asked for
 
-        cache_dir = os.path.abspath(input_path or DEFAULT_CACHE_DIR)
-        listing = list_manifest(manifest=build_demo_corpus(cache_dir=cache_dir, verbose=verbose))
+        cache_dir = os.path.abspath(input_path or default_cache_dir(extended=extended))
+        listing = list_manifest(manifest=build_demo_corpus(cache_dir=cache_dir, extended=extended,
+                                                           verbose=verbose))
         listing.kind = "demo"
         listing.extra["demo_cache"] = cache_dir
     else:
@@ -586,7 +592,7 @@ def main(argv: Sequence[str]) -> None:
                          pool_size=f.pool_size, workers=f.workers, label_column=f.label_column,
                          min_shared_tags=f.min_shared_tags, split_by=f.split_by, shard_size=f.shard_size,
                          min_seconds=f.min_seconds, name=f.name, progress=f.progress, runner=f.runner,
-                         beam_args=list(argv[1:]), features=f.features)
+                         beam_args=list(argv[1:]), features=f.features, extended=f.extended)
     except (ValueError, FileNotFoundError, DemoBuildError) as err:  # bad arguments or input: no traceback
         print(f"data_prep.build: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -625,6 +631,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("features", None, "librosa or mfcc: also cache each track's feature vector of that fitted "
                                           "model in DIR/feature_cache (both runners), so experiments.run "
                                           "--model=librosa|mfcc extracts nothing.")
+    flags.DEFINE_boolean("extended", False, "demo only: the extended demo corpus (8 demo + 5 extra packages, "
+                                             "curated in code), cached by default in data/demo_extended_corpus.")
     flags.mark_flags_as_required(["dataset", "output"])
 
 

@@ -12,9 +12,19 @@ colobot's ``music010``/``music011`` (20 s of music, then 64 s of silence), nexui
 (ambience) and warzone2100's ``*_enhanced`` remasters (they duplicate tracks of the other
 warzone2100 albums). warzone2100 ships three soundtrack albums: three labels.
 
-Only these 8 packages may be used: the other Debian game-music packages are reserved for a held-out
-evaluation corpus. Building is idempotent: each package leaves a stamp in ``CACHE/.stamps``; a
-rerun with the same spec downloads nothing.
+The extended corpus (``extended=True``, ``data_prep.build --dataset=demo --extended``) adds the 5
+extra packages ``shared/data/README.md`` allows (``EXTRA_SOURCES``; one game = one album label) and
+goes to its own cache folder (``data/demo_extended_corpus``). Those packages are not curated by
+hand: their music folder is matched by a pattern and the README's curation is done in code
+(``curate_tracks``): non-music paths excluded by pattern, files that do not decode skipped, tracks
+under 30 s dropped, and duplicates dropped, keeping the first by sorted track path: files with the
+same bytes (sha256), and files of the same length whose decoded audio is the same up to gain
+(``NEAR_DUPLICATE_CORRELATION``). Every file left out is listed with its reason in
+``BUILD_INFO.json`` and counted in the printed summary.
+
+Only these 8 + 5 packages may be used: the other Debian game-music packages are reserved for a
+held-out evaluation corpus. Building is idempotent: each package leaves a stamp in
+``CACHE/.stamps``; a rerun with the same spec downloads nothing.
 """
 from __future__ import annotations
 
@@ -32,16 +42,33 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from data_prep.sources import safe_name
-from musicsim.audio import AudioDecodeError, audio_info
+import numpy as np
+
+from musicsim.audio import DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
 from musicsim.dataset import write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, "data", "demo_corpus")
+DEFAULT_EXTENDED_CACHE_DIR = os.path.join(REPO_ROOT, "data", "demo_extended_corpus")
 MANIFEST_COLUMNS = ("path", "track_id", "label_album", "label_genre", "label_instrument", "duration_s",
                     "source_package", "source_version", "source_member", "clip_offset_s", "license")
 MIN_TRACK_SECONDS = 30.0
 # Bump when the unpacking changes in a way the stamps cannot see.
 STAMP_VERSION = 1
+# Bump when ``curate_tracks`` changes: only the stamps of pattern-matched sources depend on it.
+CURATION_VERSION = 1
+# Paths (inside a source's music folder) that are not music, whatever the package.
+NON_MUSIC_PATTERNS = (r"(?i)(^|/)(sfx|sounds?|effects?|voices?|announcer|ambience|jingles?)/", r"(?i)jingle")
+# Decode checks of a kept file: this many seconds at its start, middle and end.
+PROBE_SECONDS = 2.0
+# Two files of the same length are the same recording when the median correlation of their
+# decoded audio over NEAR_DUPLICATE_WINDOW_S windows reaches this (a remaster at another gain
+# scores ~0.999; two arrangements sharing stems, e.g. freedroidrpg's AmbientBattle/TechBattle, ~0.84).
+NEAR_DUPLICATE_CORRELATION = 0.98
+NEAR_DUPLICATE_RATE = 4000
+NEAR_DUPLICATE_WINDOW_S = 5.0
+# Rate at which a file with no readable length is decoded to measure it.
+DEFAULT_MEASURE_RATE = DEFAULT_SAMPLE_RATE
 
 
 class DemoBuildError(RuntimeError):
@@ -62,6 +89,24 @@ class DemoSource:
     tracks: tuple[tuple[str, str], ...]  # (track path, album label)
     license: str
     archive_pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class CuratedSource:
+    """One Debian package whose music files are found by pattern and curated in code.
+
+    ``member_pattern`` matches a music file's path in the package; its group 1 is the track path
+    (the track id's second part). Track paths matching ``NON_MUSIC_PATTERNS`` or one of
+    ``exclude_patterns`` are left out; the rest go through ``curate_tracks``. Every kept track gets
+    the label ``album`` (the game).
+    """
+
+    key: str
+    package: str
+    album: str
+    member_pattern: str
+    license: str
+    exclude_patterns: tuple[str, ...] = ()
 
 
 def _album(album: str, *names: str) -> tuple[tuple[str, str], ...]:
@@ -124,6 +169,44 @@ DEMO_SOURCES: tuple[DemoSource, ...] = (
                 + _album("warzone2100-legacy", *_numbered("legacy_soundtrack/track%d.opus", range(4, 17)))
                 + _album("warzone2100-original", *_numbered("original_soundtrack/track%d.opus", [1, 2, 3])))),
 )
+
+# The 5 extra packages of shared/data/README.md ("Extra packages allowed for training"), no others.
+# Each pattern takes the package's music folder alone: the sound effects, voices and ambience live in
+# other folders (berusky2 sound/, freedroidrpg sound/effects/, redeclipse sounds/*/ but music/,
+# warmux sound/, hyperrogue sounds/). Left out on purpose, though music: freedroidrpg's title-screen
+# pieces (base/titles/, storyline/*/titles/, 39-49 s) and redeclipse's theme.ogg, original.ogg,
+# theme_chip.ogg and maps/tonatiuh.ogg, which are not in the credited music folder.
+EXTRA_SOURCES: tuple[CuratedSource, ...] = (
+    CuratedSource(
+        key="berusky2", package="berusky2-data", album="berusky2", license="GPL-2+ (see licenses/)",
+        member_pattern=r"^/usr/share/games/berusky2/music/([^/]+\.ogg)$"),
+    CuratedSource(
+        key="freedroidrpg", package="freedroidrpg-data", album="freedroidrpg", license="GPL-2+ (see licenses/)",
+        member_pattern=r"^/usr/share/freedroidrpg/data/sound/music/([^/]+\.ogg)$"),
+    CuratedSource(
+        key="redeclipse", package="redeclipse-data", album="redeclipse",
+        license="CC-BY-SA-3.0 (Derek Stegall; see licenses/)",
+        member_pattern=r"^/usr/share/games/redeclipse/data/sounds/music/([^/]+\.ogg)$"),
+    CuratedSource(
+        key="warmux", package="warmux-data", album="warmux", license="GPL-2+ (see licenses/)",
+        member_pattern=r"^/usr/share/games/warmux/music/((?:ingame|menu)/[^/]+\.ogg)$"),
+    CuratedSource(
+        key="hyperrogue", package="hyperrogue-music", album="hyperrogue",
+        license="CC-BY-SA-3.0 (Shawn Parrotte, Lincoln Domina, Will Savino; see licenses/)",
+        member_pattern=r"^/usr/share/hyperrogue/music/([^/]+\.ogg)$"),
+)
+
+
+def demo_sources(*, extended: bool = False) -> tuple[DemoSource | CuratedSource, ...]:
+    """The demo corpus' sources: the 8 ``DEMO_SOURCES``, plus the 5 ``EXTRA_SOURCES`` when ``extended``."""
+    # Looked up at call time, not bound at import, so a test can swap in offline fakes.
+    return tuple(DEMO_SOURCES) + (tuple(EXTRA_SOURCES) if extended else ())
+
+
+def default_cache_dir(*, extended: bool = False) -> str:
+    """The cache folder a build uses when given none: one for the demo corpus, one for the extended one."""
+    return DEFAULT_EXTENDED_CACHE_DIR if extended else DEFAULT_CACHE_DIR
+
 
 # A fetcher gets a package name and a work folder; it returns the downloaded .deb and its version.
 Fetcher = Callable[[str, str], tuple[str, str]]
@@ -238,28 +321,169 @@ def _package_files(deb_path: str, patterns: Sequence[str], workdir: str) -> dict
     return found
 
 
-def unpack_source(*, deb_path: str, version: str, source: DemoSource, corpus_dir: str, workdir: str,
-                  min_track_seconds: float = MIN_TRACK_SECONDS) -> tuple[list[dict], dict]:
+LEFT_OUT_KEYS = ("missing", "excluded", "undecodable", "too_short", "duplicate")
+
+
+def checked_duration(path: str) -> tuple[float, int, int]:
+    """A file's duration, once it is known to decode.
+
+    The header gives the length; when it has none, the whole file is decoded to measure it. A file
+    with a length is checked by decoding ``PROBE_SECONDS`` at its start, middle and end (what breaks
+    a file, a bad header, truncation or a corrupt stream, shows there; ``data_prep.build`` still
+    reports any excerpt that fails to decode later).
+
+    Returns
+    -------
+    seconds : float
+    sample_rate, frames : int
+        The file's rate and length in frames at that rate (frames decoded when the header has none).
+
+    Raises
+    ------
+    AudioDecodeError
+        When the header or a probe does not decode; its ``reason`` says why.
+    """
+    try:
+        info = audio_info(path)
+    except AudioDecodeError:
+        info = None  # not a libsndfile format: load_audio tries audioread, or says why not
+    if info is None or info.frames == 0:
+        rate = info.sample_rate if info is not None else DEFAULT_MEASURE_RATE
+        audio = load_audio(path, sample_rate=rate, min_seconds=0.0, reject_silence=False)
+        return audio.size / float(rate), rate, int(audio.size)
+    probe = min(PROBE_SECONDS, info.duration)
+    for offset in (0.0, (info.duration - probe) / 2.0, info.duration - probe):
+        load_audio(path, sample_rate=info.sample_rate, offset=max(0.0, offset), duration=probe,
+                   min_seconds=0.0, reject_silence=False)
+    return info.duration, info.sample_rate, info.frames
+
+
+def decoded_correlation(path_a: str, path_b: str) -> float:
+    """How alike two files' decoded audio is, whatever their gains: 1.0 for the same recording.
+
+    Both are decoded to mono at ``NEAR_DUPLICATE_RATE`` and cut into aligned windows of
+    ``NEAR_DUPLICATE_WINDOW_S``; the result is the median over windows of the Pearson correlation
+    (windows silent in either file do not count). Per window, so a remaster whose gain follows
+    another curve than the original's still scores near 1.
+
+    Returns
+    -------
+    float in [-1, 1]; 0.0 when no window has sound in both files.
+    """
+    a = load_audio(path_a, sample_rate=NEAR_DUPLICATE_RATE, min_seconds=0.0, reject_silence=False)
+    b = load_audio(path_b, sample_rate=NEAR_DUPLICATE_RATE, min_seconds=0.0, reject_silence=False)
+    length = min(a.size, b.size)
+    window = min(int(NEAR_DUPLICATE_WINDOW_S * NEAR_DUPLICATE_RATE), length)
+    if window == 0:
+        return 0.0
+    count = length // window
+    windows_a = a[:count * window].reshape(count, window).astype(np.float64)  # [windows, samples]
+    windows_b = b[:count * window].reshape(count, window).astype(np.float64)
+    windows_a -= windows_a.mean(axis=1, keepdims=True)
+    windows_b -= windows_b.mean(axis=1, keepdims=True)
+    norms = np.sqrt((windows_a ** 2).sum(axis=1) * (windows_b ** 2).sum(axis=1))  # [windows]
+    audible = norms > 1e-12
+    if not audible.any():
+        return 0.0
+    return float(np.median((windows_a * windows_b).sum(axis=1)[audible] / norms[audible]))
+
+
+def curate_tracks(*, files: dict[str, str], min_track_seconds: float = MIN_TRACK_SECONDS,
+                  exclude_patterns: Sequence[str] = NON_MUSIC_PATTERNS
+                  ) -> tuple[list[tuple[str, float]], dict[str, list[str]]]:
+    """The README's curation of a package's music files, in order of track path.
+
+    1. ``excluded``: the track path matches one of ``exclude_patterns`` (not music);
+    2. ``undecodable``: the file does not decode (``checked_duration``);
+    3. ``too_short``: under ``min_track_seconds`` (jingles, stingers);
+    4. ``duplicate``: the same bytes (sha256) as a track kept before it, or, at the same length in
+       frames, the same decoded audio (``decoded_correlation`` >= ``NEAR_DUPLICATE_CORRELATION``).
+       The first by sorted track path is the one kept.
+
+    Parameters
+    ----------
+    files : dict
+        ``{track path: local file}``.
+    min_track_seconds : float >= 0
+    exclude_patterns : sequence of str
+        Regular expressions searched in the track path.
+
+    Returns
+    -------
+    kept : list of (track path, seconds)
+        Sorted by track path.
+    left_out : dict
+        ``{"excluded" | "undecodable" | "too_short" | "duplicate": ["<track>: <why>", ...]}``.
+    """
+    if min_track_seconds < 0:
+        raise ValueError(f"min_track_seconds must be >= 0, got {min_track_seconds}")
+    left_out: dict[str, list[str]] = {"excluded": [], "undecodable": [], "too_short": [], "duplicate": []}
+    kept: list[tuple[str, float]] = []
+    kept_by_hash: dict[str, str] = {}
+    kept_by_length: dict[tuple[int, int], list[str]] = {}
+    for track in sorted(files):
+        path = files[track]
+        pattern = next((p for p in exclude_patterns if re.search(p, track)), None)
+        if pattern is not None:
+            left_out["excluded"].append(f"{track}: path matches {pattern}")
+            continue
+        try:
+            seconds, sample_rate, frames = checked_duration(path)
+        except AudioDecodeError as err:
+            left_out["undecodable"].append(f"{track}: {err.reason}")
+            continue
+        if seconds < min_track_seconds:
+            left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
+            continue
+        digest = _sha256(path)
+        if digest in kept_by_hash:
+            left_out["duplicate"].append(f"{track}: same bytes as {kept_by_hash[digest]} (sha256 {digest[:12]})")
+            continue
+        same_length = kept_by_length.setdefault((sample_rate, frames), [])
+        twin, correlation = None, 0.0
+        for other in same_length:  # files of one length are rare: decoding them costs little
+            correlation = decoded_correlation(files[other], path)
+            if correlation >= NEAR_DUPLICATE_CORRELATION:
+                twin = other
+                break
+        if twin is not None:
+            left_out["duplicate"].append(f"{track}: same audio as {twin} (decoded, median window correlation "
+                                         f"{correlation:.3f}, {seconds:.1f}s each)")
+            continue
+        kept_by_hash[digest] = track
+        same_length.append(track)
+        kept.append((track, seconds))
+    return kept, left_out
+
+
+def unpack_source(*, deb_path: str, version: str, source: DemoSource | CuratedSource, corpus_dir: str,
+                  workdir: str, min_track_seconds: float = MIN_TRACK_SECONDS) -> tuple[list[dict], dict]:
     """Copy ``source``'s curated tracks out of its .deb into ``corpus_dir/audio/<album>/``.
 
-    Also copies the package's copyright file to ``corpus_dir/licenses/<package>.copyright``.
+    A ``DemoSource`` gives its track list; a ``CuratedSource``'s tracks are the files its pattern
+    matches, curated by ``curate_tracks``. Also copies the package's copyright file to
+    ``corpus_dir/licenses/<package>.copyright``.
 
     Returns
     -------
     rows : list of dict
         Manifest rows (``MANIFEST_COLUMNS``), one per kept track.
     info : dict
-        Package, version, .deb sha256 and size, kept track count and minutes, and the listed tracks
-        left out with why (``missing`` from the package, ``too_short``, ``undecodable``).
+        Package, version, .deb sha256 and size, kept track count and minutes, and the tracks left
+        out with why: a ``DemoSource``'s listed tracks ``missing`` from the package, ``too_short``
+        or ``undecodable``; a ``CuratedSource``'s matched files (``matched``) ``excluded``,
+        ``undecodable``, ``too_short`` or ``duplicate``.
     """
+    curated = isinstance(source, CuratedSource)
+    archive_pattern = None if curated else source.archive_pattern
     copyright_pattern = r"^/usr/share/doc/%s/copyright$" % re.escape(source.package)
-    wanted = [copyright_pattern, source.archive_pattern or source.member_pattern]
+    wanted = [copyright_pattern, archive_pattern or source.member_pattern]
     files = _package_files(deb_path, wanted, workdir)
     members: dict[str, tuple[str, str]] = {}  # track path -> (source_member, local file)
-    if source.archive_pattern:
-        archives = [(name, local) for name, local in files.items() if re.match(source.archive_pattern, name)]
+    if archive_pattern:
+        archives = [(name, local) for name, local in files.items() if re.match(archive_pattern, name)]
         if len(archives) != 1:
-            raise DemoBuildError(f"{source.package}: expected one archive matching {source.archive_pattern}, "
+            raise DemoBuildError(f"{source.package}: expected one archive matching {archive_pattern}, "
                                  f"found {[name for name, _ in archives]}")
         archive_name, archive_local = archives[0]
         try:
@@ -282,20 +506,32 @@ def unpack_source(*, deb_path: str, version: str, source: DemoSource, corpus_dir
         if re.match(copyright_pattern, name):
             os.makedirs(os.path.join(corpus_dir, "licenses"), exist_ok=True)
             shutil.copyfile(local, os.path.join(corpus_dir, "licenses", f"{source.package}.copyright"))
-    rows, left_out = [], {"missing": [], "too_short": [], "undecodable": []}
-    for track, album in source.tracks:
-        if track not in members:
-            left_out["missing"].append(track)
-            continue
+    if curated:
+        if not members:
+            raise DemoBuildError(f"{source.package}: no file matches {source.member_pattern}: the package's "
+                                 "layout changed, update its CuratedSource")
+        kept, left_out = curate_tracks(files={track: local for track, (_, local) in members.items()},
+                                       min_track_seconds=min_track_seconds,
+                                       exclude_patterns=NON_MUSIC_PATTERNS + tuple(source.exclude_patterns))
+        listed = [(track, source.album, seconds) for track, seconds in kept]
+    else:
+        listed, left_out = [], {"missing": [], "too_short": [], "undecodable": []}
+        for track, album in source.tracks:
+            if track not in members:
+                left_out["missing"].append(track)
+                continue
+            try:
+                seconds = audio_info(members[track][1]).duration
+            except AudioDecodeError as err:
+                left_out["undecodable"].append(f"{track}: {err.reason}")
+                continue
+            if seconds < min_track_seconds:
+                left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
+                continue
+            listed.append((track, album, seconds))
+    rows = []
+    for track, album, seconds in listed:
         member, local = members[track]
-        try:
-            seconds = audio_info(local).duration
-        except AudioDecodeError as err:
-            left_out["undecodable"].append(f"{track}: {err.reason}")
-            continue
-        if seconds < min_track_seconds:
-            left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
-            continue
         track_id = demo_track_id(album=album, track=track)
         relative = os.path.join("audio", safe_name(album),
                                 track_id.split("__", 1)[1] + os.path.splitext(track)[1].lower())
@@ -307,13 +543,16 @@ def unpack_source(*, deb_path: str, version: str, source: DemoSource, corpus_dir
                      "license": source.license})
     info = {"package": source.package, "version": version, "deb_sha256": _sha256(deb_path),
             "deb_mb": round(os.path.getsize(deb_path) / 1e6, 1), "tracks": len(rows),
-            "minutes": round(sum(float(r["duration_s"]) for r in rows) / 60.0, 1), **left_out}
+            "minutes": round(sum(float(r["duration_s"]) for r in rows) / 60.0, 1),
+            **({"matched": len(members)} if curated else {}), **left_out}
     return rows, info
 
 
-def _spec_hash(source: DemoSource, min_track_seconds: float) -> str:
-    payload = json.dumps({"source": asdict(source), "min_track_seconds": min_track_seconds,
-                          "version": STAMP_VERSION}, sort_keys=True)
+def _spec_hash(source: DemoSource | CuratedSource, min_track_seconds: float) -> str:
+    spec = {"source": asdict(source), "min_track_seconds": min_track_seconds, "version": STAMP_VERSION}
+    if isinstance(source, CuratedSource):  # a DemoSource's hash stays what it was, so its stamps stay valid
+        spec.update(kind="curated", curation=CURATION_VERSION, non_music=NON_MUSIC_PATTERNS)
+    payload = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -343,22 +582,27 @@ def write_manifest(*, corpus_dir: str, rows: Sequence[dict]) -> str:
     return path
 
 
-def build_demo_corpus(*, cache_dir: str = DEFAULT_CACHE_DIR, sources: Sequence[DemoSource] | None = None,
-                      fetch: Fetcher | None = None, min_track_seconds: float | None = None,
+def build_demo_corpus(*, cache_dir: str | None = None, sources: Sequence[DemoSource | CuratedSource] | None = None,
+                      fetch: Fetcher | None = None, min_track_seconds: float | None = None, extended: bool = False,
                       verbose: bool = True) -> str:
     """Build (or reuse) the demo corpus in ``cache_dir``; returns the path of its ``manifest.csv``.
 
     Parameters
     ----------
-    cache_dir : str
-        Where the audio, ``manifest.csv``, ``licenses/`` and ``BUILD_INFO.json`` go.
-    sources : sequence of DemoSource or None
-        The packages and their tracks; None: ``DEMO_SOURCES``.
+    cache_dir : str or None
+        Where the audio, ``manifest.csv``, ``licenses/`` and ``BUILD_INFO.json`` go; None:
+        ``default_cache_dir(extended=extended)`` (``data/demo_corpus`` or ``data/demo_extended_corpus``).
+    sources : sequence of DemoSource or CuratedSource, or None
+        The packages and their tracks; None: ``demo_sources(extended=extended)``.
     fetch : callable ``(package, workdir) -> (deb path, version)``, or None
         Downloads a package; None: ``download_package`` (apt).
     min_track_seconds : float or None
-        Listed tracks shorter than this are left out (curation: music, not jingles); None:
+        Tracks shorter than this are left out (curation: music, not jingles); None:
         ``MIN_TRACK_SECONDS`` (30 s).
+    extended : bool
+        The extended corpus: the 8 demo packages and the 5 extra ones (``EXTRA_SOURCES``).
+    verbose : bool
+        Print a line per package built and a summary with what the curation left out.
 
     Raises
     ------
@@ -367,10 +611,11 @@ def build_demo_corpus(*, cache_dir: str = DEFAULT_CACHE_DIR, sources: Sequence[D
     """
     started = time.time()
     # Looked up at call time, not bound as defaults, so a test can swap in offline fakes.
-    sources = DEMO_SOURCES if sources is None else sources
+    sources = demo_sources(extended=extended) if sources is None else sources
     fetch = download_package if fetch is None else fetch
     min_track_seconds = MIN_TRACK_SECONDS if min_track_seconds is None else min_track_seconds
-    cache_dir = os.path.abspath(cache_dir)
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir(extended=extended))
+    corpus = "demo_extended" if extended else "demo"
     stamps_dir, work_root = os.path.join(cache_dir, ".stamps"), os.path.join(cache_dir, ".work")
     os.makedirs(stamps_dir, exist_ok=True)
     all_rows, infos, downloaded = [], {}, []
@@ -391,10 +636,9 @@ def build_demo_corpus(*, cache_dir: str = DEFAULT_CACHE_DIR, sources: Sequence[D
             write_json_atomic(stamp_path, {"spec": spec, "rows": rows, "info": info})
             downloaded.append(source.package)
             if verbose:
-                left_out = sum(len(info[k]) for k in ("missing", "too_short", "undecodable"))
-                print(f"demo corpus: {source.key:<12} {source.package} {version}: {len(rows)} tracks, "
+                print(f"{corpus} corpus: {source.key:<12} {source.package} {version}: {len(rows)} tracks, "
                       f"{info['minutes']} min ({info['deb_mb']} MB, {time.time() - t0:.1f}s)"
-                      + (f"; left out {left_out}: see BUILD_INFO.json" if left_out else ""), flush=True)
+                      + _left_out_summary(info), flush=True)
             stamped = rows, info
         rows, info = stamped
         all_rows += rows
@@ -404,7 +648,11 @@ def build_demo_corpus(*, cache_dir: str = DEFAULT_CACHE_DIR, sources: Sequence[D
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         raise DemoBuildError(f"demo sources give the same track id more than once: {repeated}")
+    duplicates = same_bytes_rows(corpus_dir=cache_dir, rows=all_rows)
+    dropped = {d["path"] for d in duplicates}
+    # A dropped duplicate's file stays: its source's stamp lists it, and deleting it would refetch the package.
     _remove_unlisted_audio(cache_dir, {row["path"] for row in all_rows})
+    all_rows = [row for row in all_rows if row["path"] not in dropped]
     manifest = write_manifest(corpus_dir=cache_dir, rows=all_rows)
     albums: dict[str, dict] = {}
     for row in all_rows:
@@ -413,16 +661,71 @@ def build_demo_corpus(*, cache_dir: str = DEFAULT_CACHE_DIR, sources: Sequence[D
         album["minutes"] += float(row["duration_s"]) / 60.0
     for album in albums.values():
         album["minutes"] = round(album["minutes"], 1)
+    curation = {key: {k: len(info[k]) for k in LEFT_OUT_KEYS if info.get(k)} for key, info in infos.items()}
+    curation = {key: counts for key, counts in curation.items() if counts}
+    if duplicates:
+        curation["across_sources"] = {"duplicate": len(duplicates)}
     if downloaded or not os.path.exists(os.path.join(cache_dir, "BUILD_INFO.json")):
         write_json_atomic(os.path.join(cache_dir, "BUILD_INFO.json"), {
-            "corpus": "demo", "tracks": len(all_rows), "albums": dict(sorted(albums.items())),
+            "corpus": corpus, "tracks": len(all_rows), "albums": dict(sorted(albums.items())),
             "total_minutes": round(sum(a["minutes"] for a in albums.values()), 1),
             "built_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(time.time() - started, 1), "sources": infos})
+            "build_seconds": round(time.time() - started, 1), "min_track_seconds": min_track_seconds,
+            "left_out": curation, "duplicates_across_sources": duplicates, "sources": infos})
     if verbose and downloaded:
-        print(f"demo corpus in {cache_dir}: {len(all_rows)} tracks, {len(albums)} albums "
-              f"({time.time() - started:.1f}s)", flush=True)
+        totals: dict[str, int] = {}
+        for counts in curation.values():
+            for reason, count in counts.items():
+                totals[reason] = totals.get(reason, 0) + count
+        left_out = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(totals.items()))
+        print(f"{corpus} corpus in {cache_dir}: {len(all_rows)} tracks, {len(albums)} albums "
+              f"({time.time() - started:.1f}s); left out: {left_out or 'none'}"
+              + (" (see BUILD_INFO.json)" if left_out else ""), flush=True)
+        for duplicate in duplicates:
+            print(f"  duplicate: {duplicate['path']}: same bytes as {duplicate['same_as']}", flush=True)
     return manifest
+
+
+def _left_out_summary(info: dict) -> str:
+    """``; left out 3: 1 undecodable (x.ogg), 2 too short`` for a source's info, or ``""``."""
+    parts = []
+    for reason in LEFT_OUT_KEYS:
+        entries = info.get(reason, [])
+        if not entries:
+            continue
+        part = f"{len(entries)} {reason.replace('_', ' ')}"
+        if reason in ("undecodable", "duplicate", "missing"):  # few, and each worth a look
+            part += " (" + "; ".join(entry.split(": ", 1)[0] for entry in entries) + ")"
+        parts.append(part)
+    total = sum(len(info.get(reason, [])) for reason in LEFT_OUT_KEYS)
+    return f"; left out {total}: " + ", ".join(parts) if parts else ""
+
+
+def same_bytes_rows(*, corpus_dir: str, rows: Sequence[dict]) -> list[dict]:
+    """Manifest rows whose file has the same bytes as another's, all but the first by sorted path.
+
+    Only files of equal size are hashed (sha256), so a corpus without duplicates costs a ``stat``
+    per file.
+
+    Returns
+    -------
+    list of dict
+        ``{"path", "track_id", "same_as" (the kept row's path), "sha256"}`` per row to drop.
+    """
+    by_size: dict[int, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["path"]):
+        by_size.setdefault(os.path.getsize(os.path.join(corpus_dir, row["path"])), []).append(row)
+    duplicates = []
+    for same_size in by_size.values():
+        first_of: dict[str, str] = {}
+        for row in same_size if len(same_size) > 1 else ():
+            digest = _sha256(os.path.join(corpus_dir, row["path"]))
+            if digest in first_of:
+                duplicates.append({"path": row["path"], "track_id": row["track_id"], "same_as": first_of[digest],
+                                   "sha256": digest})
+            else:
+                first_of[digest] = row["path"]
+    return sorted(duplicates, key=lambda d: d["path"])
 
 
 def _remove_unlisted_audio(cache_dir: str, listed: set[str]) -> None:
