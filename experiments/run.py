@@ -59,6 +59,30 @@ flags.DEFINE_list("stack_pool_sizes", ["4"], "Pooling after each stack (one valu
 flags.DEFINE_enum("pooling", "max", ["max", "avg"], "Pooling function between stacks and at the end.")
 flags.DEFINE_integer("final_channels", 64, "Channels of the final conv (embedding size without dense layers).")
 flags.DEFINE_list("dense_layers", [], "Sizes of dense layers after the final pooling, e.g. 64.")
+flags.DEFINE_enum("frontend", "raw", ["raw", "logmel", "strided"], "WaveNet input: raw pooled audio (the paper's), "
+                  "a log-mel spectrogram computed in the graph, or a learned strided conv (for --pool_size=1 data).")
+flags.DEFINE_float("frame_seconds", 0.064, "logmel: STFT frame length in seconds.")
+flags.DEFINE_float("hop_seconds", 0.032, "logmel: hop between frames in seconds.")
+flags.DEFINE_integer("n_mels", 64, "logmel: mel bins (the stacks' input channels).")
+flags.DEFINE_integer("frontend_stride", 8, "strided: kernel = stride, in input samples.")
+flags.DEFINE_enum("mixed_precision", "off", ["off", "auto", "float16", "bfloat16"], "Compute the stacks in low "
+                  "precision (auto: float16 on GPU with loss scaling, bfloat16 on CPU); variables stay float32.")
+flags.DEFINE_boolean("xla", False, "Compile the graph with XLA (global JIT).")
+# Pretraining and fine-tuning.
+flags.DEFINE_enum("pretrain", None, ["contrastive", "predictive"], "Self-supervised pretraining of the WaveNet instead "
+                  "of similarity training: contrastive (two crops of a track are similar, other tracks not) or "
+                  "predictive (next-step prediction). Labels are not used.")
+flags.DEFINE_integer("n_negatives", 3, "contrastive: other tracks of the batch per list (batch_size must exceed it).")
+flags.DEFINE_list("augment_gain_db", ["-6", "6"], "contrastive: random gain range in dB (empty: off).")
+flags.DEFINE_float("augment_eq_db", 6.0, "contrastive: random equaliser band gains up to this many dB (0: off).")
+flags.DEFINE_list("augment_snr_db", ["20", "40"], "contrastive: additive noise SNR range in dB (empty: off).")
+flags.DEFINE_float("augment_shift_seconds", 0.05, "contrastive: random time shift up to this (0: off).")
+flags.DEFINE_string("warm_start_from", None, "Fine-tune from this run's checkpoint (a model_dir).")
+flags.DEFINE_enum("warm_start_vars", "stacks", ["stacks", "all"], "What to warm-start: the WaveNet stacks or every "
+                  "variable the checkpoint holds.")
+flags.DEFINE_enum("distribute", None, ["mirrored", "multi_worker"], "Train under a tf.distribute strategy "
+                  "(multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("num_cpu_replicas", None, "mirrored without GPUs: split the CPU into this many replicas.")
 # RNN.
 flags.DEFINE_integer("rnn_units", 64, "LSTM units.")
 flags.DEFINE_integer("section_frames", 1000, "LSTM input sections (frames).")
@@ -101,6 +125,13 @@ class RunConfig:
     seed: int = 0
     eval_repeats: int = 5
     workers: int | None = None
+    pretrain: str | None = None  # contrastive | predictive: self-supervised, labels unused
+    n_negatives: int = 3
+    augmentation: dict = field(default_factory=dict)  # musicsim.pretraining.Augmentation settings
+    warm_start_from: str | None = None
+    warm_start_vars: str = "stacks"
+    distribute: str | None = None
+    num_cpu_replicas: int | None = None
 
 
 def config_from_flags() -> RunConfig:
@@ -116,7 +147,10 @@ def config_from_flags() -> RunConfig:
         stack_pool_sizes=[int(s) for s in FLAGS.stack_pool_sizes], pooling=FLAGS.pooling,
         final_channels=FLAGS.final_channels, dense_layers=[int(s) for s in FLAGS.dense_layers],
         rnn_units=FLAGS.rnn_units, section_frames=FLAGS.section_frames, rnn_embedding=FLAGS.rnn_embedding,
-        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio)
+        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, frontend=FLAGS.frontend,
+        frame_seconds=FLAGS.frame_seconds, hop_seconds=FLAGS.hop_seconds, n_mels=FLAGS.n_mels,
+        frontend_stride=FLAGS.frontend_stride,
+        mixed_precision=False if FLAGS.mixed_precision == "off" else FLAGS.mixed_precision, xla=FLAGS.xla)
     return RunConfig(
         model=FLAGS.model, dataset_dir=dataset_dir, model_dir=model_dir, similarity_def=FLAGS.similarity_def,
         min_shared_tags=FLAGS.min_shared_tags, params=params, list_kind=FLAGS.list_kind,
@@ -125,7 +159,12 @@ def config_from_flags() -> RunConfig:
         predict_seconds=FLAGS.predict_seconds or None, max_steps=FLAGS.max_steps,
         max_minutes=FLAGS.max_minutes or None, save_checkpoints_steps=FLAGS.save_checkpoints_steps,
         early_stopping_patience=FLAGS.early_stopping_patience, seed=FLAGS.seed, eval_repeats=FLAGS.eval_repeats,
-        workers=FLAGS.workers)
+        workers=FLAGS.workers, pretrain=FLAGS.pretrain, n_negatives=FLAGS.n_negatives,
+        augmentation=dict(gain_db=[float(v) for v in FLAGS.augment_gain_db] or None, eq_db=FLAGS.augment_eq_db,
+                          noise_snr_db=[float(v) for v in FLAGS.augment_snr_db] or None,
+                          max_shift_seconds=FLAGS.augment_shift_seconds),
+        warm_start_from=FLAGS.warm_start_from, warm_start_vars=FLAGS.warm_start_vars,
+        distribute=FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas)
 
 
 DEMO_CORPUS_DIR = os.path.join("data", "demo_corpus")
@@ -150,32 +189,23 @@ def resolve_dataset(name_or_dir: str) -> str:
 def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
     """Train a learned model (resuming from model_dir), then embed every split."""
     from musicsim import training
-    from musicsim.inputs import make_list_input_fn
 
     module = registry.learned_module(config.model)
     if hasattr(module, "load_splits"):  # the model's own input features (the LSTM's chromagrams)
         tracks = module.load_splits(config.dataset_dir, splits, params=config.params, workers=config.workers)
     else:
         tracks = {split: TrackSet.from_dataset(config.dataset_dir, split) for split in splits}
-    estimator = training.make_estimator(model=config.model, model_dir=config.model_dir, params=config.params,
-                                        seed=config.seed, save_checkpoints_steps=config.save_checkpoints_steps)
-    if hasattr(module, "make_input_fn"):  # an unsupervised model trains on its own inputs and objective
-        own = dict(batch_size=config.batch_size, section_frames=int(config.params.get("section_frames", 1000)))
-        train_input_fn = module.make_input_fn(tracks=tracks["train"], mode="train", seed=config.seed, **own)
-        eval_input_fn = module.make_input_fn(tracks=tracks["eval"], mode="eval", **own)
-    else:
-        list_kind = config.list_kind or ("pairwise" if config.params.get("loss") == "pairwise" else "listwise")
-        common = dict(similarity=similarity, kind=list_kind, n_similar=config.n_similar,
-                      n_dissimilar=config.n_dissimilar, batch_size=config.batch_size, seed=config.seed)
-        train_input_fn = make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
-                                            **common)
-        eval_input_fn = make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds,
-                                           **common)
+    # The models see the frame rate of their input (logmel needs it to place its mel bands).
+    config.params["input_sample_rate"] = tracks["train"].frame_rate
+    # A resumed run draws new training lists rather than replaying the first ones again.
+    train_seed = config.seed + training.resume_step(config.model_dir)
+    train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, module, tracks, similarity,
+                                                                               train_seed=train_seed)
+    estimator = training.make_estimator(model_fn=model_fn, **_estimator_kwargs(config))
     eval_metrics = training.train_and_evaluate(
         estimator=estimator, train_input_fn=train_input_fn, eval_input_fn=eval_input_fn, max_steps=config.max_steps,
         max_minutes=config.max_minutes, early_stopping_patience=config.early_stopping_patience,
-        eval_every_steps=config.save_checkpoints_steps,
-        early_stopping=getattr(module, "EARLY_STOPPING", (training.EARLY_STOPPING_METRIC, "increase")))
+        eval_every_steps=config.save_checkpoints_steps, early_stopping=early_stopping)
     print(f"training stopped at step {eval_metrics.get('global_step')}; last eval: "
           + ", ".join(f"{k}={v:.3f}" for k, v in sorted(eval_metrics.items()) if k != "global_step"))
     if hasattr(module, "embedding_variants") and config.params.get("rnn_embedding") == "all":
@@ -184,6 +214,58 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
                                                      seconds=config.predict_seconds) for split in splits}
     return {"ids": {s: tracks[s].track_ids for s in splits}, "labels": {s: tracks[s].labels for s in splits},
             "embeddings": embeddings, "eval_metrics": eval_metrics}
+
+
+def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
+    """``training.make_estimator`` arguments of a run: model, directory, params, warm start, strategy."""
+    from musicsim import pretraining
+
+    kwargs = dict(model=config.model, model_dir=config.model_dir, params=config.params, seed=config.seed,
+                  save_checkpoints_steps=config.save_checkpoints_steps, distribute=config.distribute,
+                  num_cpu_replicas=config.num_cpu_replicas, xla=bool(config.params.get("xla")))
+    if config.warm_start_from:
+        kwargs.update(warm_start_from=config.warm_start_from, warm_start_vars=pretraining.warm_start_vars(
+            config.warm_start_vars, checkpoint=config.warm_start_from))
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, train_seed: int):
+    """(train input_fn, eval input_fn, early stopping (metric, direction), model_fn or None) of a run."""
+    from musicsim import pretraining, training
+    from musicsim.inputs import make_list_input_fn
+
+    if config.pretrain:
+        if config.model != "wavenet":
+            raise app.UsageError(f"--pretrain trains the WaveNet; got --model={config.model}")
+        if config.pretrain == "contrastive":
+            settings = pretraining.Augmentation(**config.augmentation) if config.augmentation else None
+            common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=settings)
+            train_fn = pretraining.make_contrastive_input_fn(tracks=tracks["train"], crop_seconds=config.crop_seconds,
+                                                             mode="train", seed=train_seed, **common)
+            eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], crop_seconds=config.eval_seconds,
+                                                            mode="eval", seed=config.seed, **common)
+        else:
+            # The stacks run unpooled while pretraining: eval on crops too, whole tracks would not fit.
+            common = dict(batch_size=config.batch_size, crop_seconds=config.crop_seconds)
+            train_fn = pretraining.make_predictive_input_fn(tracks=tracks["train"], mode="train", seed=train_seed,
+                                                            **common)
+            eval_fn = pretraining.make_predictive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
+                                                           **common)
+        return (train_fn, eval_fn, pretraining.pretraining_early_stopping(config.pretrain),
+                pretraining.pretraining_model_fn(config.pretrain))
+    if hasattr(module, "make_input_fn"):  # an unsupervised model trains on its own inputs and objective
+        own = dict(batch_size=config.batch_size, section_frames=int(config.params.get("section_frames", 1000)))
+        return (module.make_input_fn(tracks=tracks["train"], mode="train", seed=train_seed, **own),
+                module.make_input_fn(tracks=tracks["eval"], mode="eval", **own), module.EARLY_STOPPING, None)
+    list_kind = config.list_kind or ("pairwise" if config.params.get("loss") == "pairwise" else "listwise")
+    common = dict(similarity=similarity, kind=list_kind, n_similar=config.n_similar,
+                  n_dissimilar=config.n_dissimilar, batch_size=config.batch_size)
+    return (make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
+                               seed=train_seed, **common),
+            make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds, seed=config.seed,
+                               **common),
+            (training.EARLY_STOPPING_METRIC, "increase"), None)
 
 
 def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity):
@@ -195,8 +277,7 @@ def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity)
     scored = []
     for embedding, reduce in module.embedding_variants():
         params = dict(config.params, rnn_embedding=embedding, rnn_reduce=reduce)
-        variant = training.make_estimator(model=config.model, model_dir=config.model_dir, params=params,
-                                          seed=config.seed, save_checkpoints_steps=config.save_checkpoints_steps)
+        variant = training.make_estimator(**_estimator_kwargs(config, params=params))
         vectors = training.predict_embeddings(estimator=variant, tracks=eval_tracks, seconds=config.predict_seconds)
         result = evaluation.evaluate(relevance_matrix=relevance, embeddings=vectors,
                                      similarity=params.get("similarity", "cosine"), seeds=[config.seed])
@@ -313,6 +394,7 @@ def quiet_tensorflow() -> None:
 
     deprecation._PRINT_DEPRECATION_WARNINGS = False
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)
+    tf.get_logger().propagate = False  # absl's root handler would print every line a second time
 
 
 def main(argv):

@@ -10,7 +10,8 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from musicsim import head
+from musicsim import distribute as distribute_lib
+from musicsim import frontends, head
 from musicsim import models as registry
 from musicsim.inputs import TrackSet, make_predict_input_fn
 
@@ -30,14 +31,33 @@ class TimeLimitHook(tf.estimator.SessionRunHook):
 
 def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0,
                    save_checkpoints_steps: int = 50, warm_start_from: str | None = None,
-                   warm_start_vars: str = ".*") -> tf.estimator.Estimator:
-    """An estimator for a learned model: its ``embed`` under the shared ranking head."""
-    module = registry.learned_module(model)
-    # A model with its own objective (the unsupervised LSTM) brings its model_fn; the others share the ranking head.
-    model_fn = module.make_model_fn() if hasattr(module, "make_model_fn") else head.make_model_fn(module.embed)
+                   warm_start_vars: str = ".*", distribute: str | None = None,
+                   num_cpu_replicas: int | None = None, model_fn: Callable | None = None,
+                   xla: bool = False) -> tf.estimator.Estimator:
+    """An estimator for a learned model: its ``embed`` under the shared ranking head.
+
+    ``distribute`` (``"mirrored"``, ``"multi_worker"`` or None) trains under that
+    ``tf.distribute`` strategy (see ``musicsim.distribute.make_strategy``, which also takes
+    ``num_cpu_replicas``); each replica takes one ``input_fn`` batch per step. ``model_fn`` replaces the
+    model's own (pretraining objectives); ``xla`` compiles the graph with XLA.
+    """
+    if model_fn is None:
+        module = registry.learned_module(model)
+        # A model with its own objective (the unsupervised LSTM) brings its model_fn; the others share the head.
+        model_fn = module.make_model_fn() if hasattr(module, "make_model_fn") else head.make_model_fn(module.embed)
+    strategy = distribute_lib.make_strategy(distribute, num_cpu_replicas=num_cpu_replicas)
+    if strategy is not None:
+        # Strategies run the model_fn through autograph: slow, and useless here (see without_autograph).
+        model_fn = distribute_lib.without_autograph(model_fn)
+    # Evaluation runs without the strategy, on one device, exactly as in a one-replica run: the estimator's
+    # distributed input has no partial-batch handling, so when the eval batches do not divide among the
+    # replicas the last step ends in OutOfRange on some of them and whether the others' metric updates
+    # count is a race; and the estimator refuses a multi-worker eval_distribute.
     config = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=seed,
                                     save_checkpoints_steps=save_checkpoints_steps, save_checkpoints_secs=None,
-                                    keep_checkpoint_max=3, log_step_count_steps=25, save_summary_steps=10)
+                                    keep_checkpoint_max=3, log_step_count_steps=25, save_summary_steps=10,
+                                    train_distribute=strategy, eval_distribute=None,
+                                    session_config=frontends.session_config(xla=xla))
     warm_start = None
     if warm_start_from:
         warm_start = tf.estimator.WarmStartSettings(ckpt_to_initialize_from=warm_start_from,
@@ -57,9 +77,11 @@ def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Cal
 
     Resumes from the latest checkpoint in the estimator's model_dir. Returns the last eval metrics.
     """
+    metric, direction = early_stopping
+    if direction not in ("increase", "decrease"):
+        raise ValueError(f"early_stopping direction must be 'increase' or 'decrease', got {direction!r}")
     hooks = []
     if early_stopping_patience > 0:
-        metric, direction = early_stopping
         make_hook = (tf.estimator.experimental.stop_if_no_increase_hook if direction == "increase"
                      else tf.estimator.experimental.stop_if_no_decrease_hook)
         patience = {f"max_steps_without_{direction}": early_stopping_patience}
@@ -72,6 +94,12 @@ def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Cal
     result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     metrics = result[0] if result and result[0] else {}
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
+
+
+def resume_step(model_dir: str) -> int:
+    """Global step of the latest checkpoint in ``model_dir`` (0 for a new run)."""
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
 
 
 def predict_embeddings(*, estimator: tf.estimator.Estimator, tracks: TrackSet, batch_size: int = 8,
