@@ -1,0 +1,591 @@
+"""Export a run: embed a music collection for the index, or save the model for serving.
+
+Embeddings of a whole collection (a folder, searched recursively, or a CSV manifest)::
+
+    python -m experiments.export --model_dir=RUN --audio=DIR_or_manifest.csv --output=FILE.parquet
+        [--batch_size=8] [--workers=N] [--group_column=auto]
+
+writes ``FILE.parquet`` (columns ``track_id``, ``path``, ``embedding`` list<float32>, ``model``,
+``duration_s``, and ``group``: the album folder or the manifest's label, for
+``musicsim.search --exclude_same_group``), ``FILE.npy`` ``[N, D]`` + ``FILE.ids.txt`` for numpy
+users, and ``FILE.skipped.csv`` (each file that could not be embedded, with the reason). All are
+written atomically (temp file + rename). Progress is appended to ``FILE.state.jsonl`` as files are
+embedded, so an interrupted or repeated export embeds only what is new or changed (a file is
+known by its path, size and modification time, and the state by the model's checkpoint).
+Then ``python -m musicsim.index build --embeddings=FILE.parquet --output=INDEX --model_dir=RUN``.
+
+A manifest is a CSV with a ``path`` column (relative to the CSV's folder, or absolute), an
+optional ``track_id`` column (else the path relative to the CSV's folder, without extension) and
+optional label columns (``group``, ``labels``, ``label_album``, ``album``: the first one found
+becomes ``group``). A prepared dataset folder (``dataset.json`` + ``tracks.csv``) is read through
+its ``tracks.csv``. In a folder, a track's id is its path relative to the folder without extension.
+
+SavedModels for serving (learned models)::
+
+    python -m experiments.export --model_dir=RUN --saved_model=DIR
+
+writes ``DIR/pooled`` (inputs ``audio`` float32 ``[batch, time]`` of mean-pooled audio and
+``length`` int32 ``[batch]``; for the rnn, ``audio`` is a chromagram ``[batch, frames, 12]``),
+``DIR/raw`` (wavenet: ``raw_audio`` float32 ``[batch, samples]`` mono at the run's decode rate and
+``raw_length`` int32 ``[batch]``, mean-pooled inside the graph) and ``DIR/serving.json`` (what
+the inputs must be). Both answer ``signatures["serving_default"]`` with ``embedding``
+``[batch, D]``, callable with no project code: ``tf.saved_model.load(DIR + "/raw")``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from absl import flags
+
+from musicsim.embedder import Embedder, LearnedEmbedder, file_duration, load_embedder
+
+# Private flag values: experiments.run defines flags of the same names on the global FLAGS, and
+# both modules are imported together by tests and notebooks.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model_dir", None, "The run to export (experiments.run's model_dir).", flag_values=FLAGS)
+flags.DEFINE_string("audio", None, "A folder of audio files (searched recursively), a manifest CSV with a "
+                    "'path' column, or a prepared dataset folder.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Embeddings file to write, FILE.parquet (also FILE.npy, FILE.ids.txt, "
+                    "FILE.skipped.csv).", flag_values=FLAGS)
+flags.DEFINE_string("saved_model", None, "Write SavedModels for serving into this folder (learned models).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 8, "Tracks per prediction batch.", flag_values=FLAGS)
+flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).", flag_values=FLAGS)
+flags.DEFINE_string("group_column", "auto", "Manifest column that becomes 'group' ('auto': group, labels, "
+                    "label_album or album; 'none': no group).", flag_values=FLAGS)
+flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=FLAGS)
+flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
+
+# What a folder export picks up (matched case-insensitively).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aiff", ".aif")
+AUTO_GROUP_COLUMNS = ("group", "labels", "label_album", "album")
+STATE_FORMAT_VERSION = 1
+# How often the state file is flushed to disk while embedding.
+FLUSH_EVERY_SECONDS = 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing the collection
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AudioEntry:
+    """One file to embed."""
+
+    track_id: str
+    path: str  # absolute
+    group: str | None = None
+
+
+@dataclass
+class Listing:
+    """The files of a collection, and the rows or files that were not used (with reasons)."""
+
+    entries: list[AudioEntry]
+    skipped: list[dict] = field(default_factory=list)  # {"path", "track_id", "reason"}
+    ignored: int = 0  # files without an audio extension (folder listings)
+
+
+def _id_from_path(path: str, root: str) -> str:
+    """``root/a/b.ogg`` -> ``a/b``; a file outside ``root`` keeps its absolute path (without extension)."""
+    rel = os.path.relpath(path, root)
+    if rel.startswith(os.pardir):
+        rel = path
+    return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+
+def _deduplicate(listing: Listing) -> Listing:
+    """Keep the first entry of each track id; later ones are skipped with the reason."""
+    first: dict[str, str] = {}
+    kept = []
+    for entry in listing.entries:
+        if entry.track_id in first:
+            listing.skipped.append({"path": entry.path, "track_id": entry.track_id,
+                                    "reason": f"duplicate track_id {entry.track_id!r} (first: {first[entry.track_id]})"})
+            continue
+        first[entry.track_id] = entry.path
+        kept.append(entry)
+    listing.entries = kept
+    return listing
+
+
+def list_folder(root: str) -> Listing:
+    """Audio files under ``root`` (recursive, hidden files and folders left out), sorted by path.
+
+    ``group`` is the file's folder relative to ``root`` (None for files directly in ``root``).
+    Two files that differ only by extension (``a.wav``, ``a.mp3``) keep the extension in their ids.
+    """
+    root = os.path.abspath(root)
+    found, ignored = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if filename.startswith("."):
+                continue
+            if os.path.splitext(filename)[1].lower() not in AUDIO_EXTENSIONS:
+                ignored += 1
+                continue
+            found.append(os.path.join(dirpath, filename))
+    ids = [_id_from_path(p, root) for p in found]
+    counts: dict[str, int] = {}
+    for track_id in ids:
+        counts[track_id] = counts.get(track_id, 0) + 1
+    entries = []
+    for path, track_id in zip(found, ids):
+        if counts[track_id] > 1:
+            track_id = os.path.relpath(path, root).replace(os.sep, "/")
+        folder = os.path.relpath(os.path.dirname(path), root)
+        entries.append(AudioEntry(track_id=track_id, path=path,
+                                  group=None if folder == "." else folder.replace(os.sep, "/")))
+    return Listing(entries=entries, ignored=ignored)
+
+
+def list_manifest(csv_path: str, *, group_column: str = "auto") -> Listing:
+    """The files of a manifest CSV (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        If the CSV has no ``path`` column, or ``group_column`` names a column it lacks.
+    """
+    csv_path = os.path.abspath(csv_path)
+    base = os.path.dirname(csv_path)
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        header_line = f.readline()
+        f.seek(0)
+        delimiter = max(("\t", ",", ";"), key=header_line.count)
+        reader = csv.DictReader(f, delimiter=delimiter)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        rows = list(reader)
+    if "path" not in header:
+        raise ValueError(f"manifest {csv_path} has no 'path' column (columns: {header})")
+    if group_column == "auto":
+        group_column = next((c for c in AUTO_GROUP_COLUMNS if c in header), "none")
+    elif group_column != "none" and group_column not in header:
+        raise ValueError(f"manifest {csv_path} has no column {group_column!r} for --group_column "
+                         f"(columns: {header})")
+    listing = Listing(entries=[])
+    for line, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        if not row.get("path"):
+            listing.skipped.append({"path": csv_path, "track_id": row.get("track_id", ""),
+                                    "reason": f"line {line}: empty path"})
+            continue
+        path = os.path.normpath(row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"]))
+        track_id = row.get("track_id") or _id_from_path(path, base)
+        group = (row.get(group_column) or None) if group_column != "none" else None
+        listing.entries.append(AudioEntry(track_id=track_id, path=path, group=group))
+    return _deduplicate(listing)
+
+
+def list_audio(audio: str, *, group_column: str = "auto") -> Listing:
+    """A folder, a manifest CSV, or a prepared dataset folder (its ``tracks.csv``)."""
+    if not os.path.exists(audio):
+        raise FileNotFoundError(f"--audio={audio} does not exist")
+    if os.path.isdir(audio):
+        tracks_csv = os.path.join(audio, "tracks.csv")
+        if os.path.isfile(os.path.join(audio, "dataset.json")) and os.path.isfile(tracks_csv):
+            return list_manifest(tracks_csv, group_column=group_column)
+        return list_folder(audio)
+    if os.path.splitext(audio)[1].lower() not in (".csv", ".tsv"):
+        raise ValueError(f"--audio={audio} is neither a folder nor a manifest .csv")
+    return list_manifest(audio, group_column=group_column)
+
+
+# ---------------------------------------------------------------------------------------------
+# The state file: what has been embedded already
+# ---------------------------------------------------------------------------------------------
+
+def output_paths(output: str) -> dict[str, str]:
+    """The files an export writes for ``output`` (``.parquet`` added when missing)."""
+    if not output.lower().endswith(".parquet"):
+        output += ".parquet"
+    stem = output[: -len(".parquet")]
+    return {"parquet": output, "npy": stem + ".npy", "ids": stem + ".ids.txt",
+            "skipped": stem + ".skipped.csv", "state": stem + ".state.jsonl"}
+
+
+def _file_key(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return int(stat.st_size), int(stat.st_mtime_ns)
+
+
+def _state_header(embedder: Embedder) -> dict[str, Any]:
+    return {"format_version": STATE_FORMAT_VERSION, "model": embedder.name, "model_dir": embedder.model_dir,
+            "version": embedder.version, "dim": embedder.dim}
+
+
+def read_state(state_path: str, *, header: dict[str, Any]) -> dict[str, dict]:
+    """Records of a previous export by the same model, by absolute path (the last record wins).
+
+    A state written by another model or checkpoint is not used. A torn last line (the export
+    was killed mid-write) is ignored.
+    """
+    if not os.path.exists(state_path):
+        return {}
+    records: dict[str, dict] = {}
+    with open(state_path) as f:
+        lines = f.read().split("\n")
+    try:
+        first = json.loads(lines[0])
+    except (json.JSONDecodeError, IndexError):
+        return {}
+    if {k: first.get(k) for k in header} != header:
+        print(f"note: {state_path} was written by another model or checkpoint "
+              f"({first.get('model_dir')}, {first.get('version')}); embedding everything again", file=sys.stderr)
+        return {}
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by an interrupted write
+        records[record["path"]] = record
+    return records
+
+
+def _reusable(record: dict | None, path: str) -> bool:
+    return record is not None and _file_key(path) == (record.get("size"), record.get("mtime_ns"))
+
+
+def _write_state(state_path: str, header: dict[str, Any], records: Sequence[dict]) -> None:
+    tmp = f"{state_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(header) + "\n")
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    os.replace(tmp, state_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the outputs
+# ---------------------------------------------------------------------------------------------
+
+def _atomic(path: str, write) -> None:
+    """``write(tmp_path)``, then rename onto ``path``: readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(directory, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{ext}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_outputs(*, paths: dict[str, str], rows: Sequence[dict], skipped: Sequence[dict], embedder: Embedder
+                  ) -> None:
+    """Parquet, .npy + .ids.txt and .skipped.csv of an export (each written atomically)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = embedder.dim
+    matrix = (np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows]) if rows
+              else np.zeros((0, dim), dtype=np.float32))
+    offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32) * matrix.shape[1], type=pa.int32())
+    embedding = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=pa.float32()))
+    table = pa.table({
+        "track_id": pa.array([r["track_id"] for r in rows], type=pa.string()),
+        "path": pa.array([r["path"] for r in rows], type=pa.string()),
+        "embedding": embedding,
+        "model": pa.array([embedder.name] * len(rows), type=pa.string()),
+        "duration_s": pa.array([r["duration_s"] for r in rows], type=pa.float64()),
+        "group": pa.array([r["group"] for r in rows], type=pa.string()),
+    })
+    table = table.replace_schema_metadata({
+        "musicsim.model": embedder.name, "musicsim.model_dir": embedder.model_dir,
+        "musicsim.similarity": embedder.similarity, "musicsim.version": embedder.version})
+    _atomic(paths["parquet"], lambda tmp: pq.write_table(table, tmp))
+
+    def write_npy(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, matrix)
+
+    def write_ids(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.writelines(r["track_id"] + "\n" for r in rows)
+
+    def write_skipped(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "track_id", "reason"])
+            for s in skipped:
+                writer.writerow([s["path"], s.get("track_id", ""), s["reason"]])
+
+    _atomic(paths["npy"], write_npy)
+    _atomic(paths["ids"], write_ids)
+    _atomic(paths["skipped"], write_skipped)
+
+
+@dataclass
+class ExportSummary:
+    """What an export did."""
+
+    output: str
+    embedded: int  # tracks in the output
+    newly_embedded: int  # of which embedded by this call (the rest came from the state file)
+    skipped: list[dict]  # {"path", "track_id", "reason"}
+    ignored: int  # files without an audio extension
+    seconds: float
+
+    def __str__(self) -> str:
+        lines = [f"{self.embedded} tracks in {self.output} ({self.newly_embedded} embedded now, "
+                 f"{self.embedded - self.newly_embedded} reused from a previous run) in {self.seconds:.1f}s"]
+        if self.ignored:
+            lines.append(f"{self.ignored} files without an audio extension were ignored")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} skipped (listed in "
+                         f"{output_paths(self.output)['skipped']}):")
+            lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped[:20]]
+            if len(self.skipped) > 20:
+                lines.append(f"  ... and {len(self.skipped) - 20} more")
+        return "\n".join(lines)
+
+
+def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: int = 8,
+                      workers: int | None = None, group_column: str = "auto", progress: bool = True,
+                      embedder: Embedder | None = None) -> ExportSummary:
+    """Embed every file of a folder or manifest with a run's model; resumable.
+
+    Parameters
+    ----------
+    model_dir : the run (``experiments.run``'s model_dir)
+    audio : a folder (recursive), a manifest CSV, or a prepared dataset folder
+    output : ``FILE.parquet`` (see the module docstring for the files written beside it)
+    batch_size, workers : see ``Embedder.embed_paths``
+    group_column : manifest column that becomes ``group`` (``auto`` or ``none``)
+    progress : show a progress bar
+    embedder : an already loaded embedder of ``model_dir`` (saves loading it again)
+
+    Returns
+    -------
+    ExportSummary
+    """
+    from tqdm.auto import tqdm
+
+    started = time.time()
+    embedder = embedder or load_embedder(model_dir)
+    paths = output_paths(output)
+    listing = list_audio(audio, group_column=group_column)
+    header = _state_header(embedder)
+    state = read_state(paths["state"], header=header)
+    todo = [e for e in listing.entries if not _reusable(state.get(e.path), e.path)]
+    reused = len(listing.entries) - len(todo)
+
+    os.makedirs(os.path.dirname(os.path.abspath(paths["state"])), exist_ok=True)
+    if not state:
+        _write_state(paths["state"], header, [])
+    newly_embedded = 0
+    with open(paths["state"], "a") as f, tqdm(total=len(listing.entries), initial=reused, disable=not progress,
+                                               unit="track", desc=f"export ({embedder.name})") as bar:
+        last_flush = time.monotonic()
+        for index, vector, reason in embedder.iter_embeddings(paths=[e.path for e in todo], batch_size=batch_size,
+                                                              workers=workers):
+            entry = todo[index]
+            key = _file_key(entry.path) or (None, None)
+            record = {"path": entry.path, "size": key[0], "mtime_ns": key[1],
+                      "embedding": None if vector is None else [float(x) for x in vector],
+                      "reason": None if vector is not None else str(reason),
+                      "duration_s": file_duration(entry.path) if vector is not None else None}
+            state[entry.path] = record
+            f.write(json.dumps(record) + "\n")
+            newly_embedded += vector is not None
+            bar.update(1)
+            if time.monotonic() - last_flush > FLUSH_EVERY_SECONDS:
+                f.flush()
+                last_flush = time.monotonic()
+
+    rows, skipped = [], list(listing.skipped)
+    for entry in listing.entries:
+        record = state[entry.path]
+        if record["embedding"] is None:
+            skipped.append({"path": entry.path, "track_id": entry.track_id, "reason": record["reason"]})
+        else:
+            rows.append({"track_id": entry.track_id, "path": entry.path, "embedding": record["embedding"],
+                         "duration_s": record["duration_s"], "group": entry.group})
+    write_outputs(paths=paths, rows=rows, skipped=skipped, embedder=embedder)
+    # Compact: keep only the files of this collection, one record each.
+    _write_state(paths["state"], header, [state[e.path] for e in listing.entries])
+    return ExportSummary(output=paths["parquet"], embedded=len(rows), newly_embedded=newly_embedded,
+                         skipped=skipped, ignored=listing.ignored, seconds=time.time() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# SavedModels for serving
+# ---------------------------------------------------------------------------------------------
+
+def mean_pool_in_graph(audio, length, *, pool_size: int):
+    """``musicsim.audio.mean_pool`` on a right-padded batch, in TensorFlow.
+
+    Parameters
+    ----------
+    audio : float32 ``[batch, samples]``, right-padded
+    length : int32 ``[batch]``, real samples of each row
+    pool_size : int >= 1
+
+    Returns
+    -------
+    pooled : float32 ``[batch, ceil(samples / pool_size)]``; each window is the mean of its real
+        samples (a trailing partial window over the samples it has), zero past the real windows
+    pooled_length : int32 ``[batch]``, ``ceil(length / pool_size)``
+    """
+    import tensorflow as tf
+
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+    audio, length = tf.convert_to_tensor(audio, tf.float32), tf.cast(length, tf.int32)
+    if pool_size == 1:
+        return audio, length
+    samples = tf.shape(audio)[1]
+    padded_samples = (samples + pool_size - 1) // pool_size * pool_size
+    padded = tf.pad(audio, [[0, 0], [0, padded_samples - samples]])
+    mask = tf.cast(tf.sequence_mask(length, padded_samples), audio.dtype)
+    windows = tf.reshape(padded * mask, [tf.shape(audio)[0], -1, pool_size])
+    counts = tf.reduce_sum(tf.reshape(mask, [tf.shape(audio)[0], -1, pool_size]), axis=2)
+    pooled = tf.math.divide_no_nan(tf.reduce_sum(windows, axis=2), counts)
+    return pooled, (length + pool_size - 1) // pool_size
+
+
+def export_saved_model(*, model_dir: str, export_dir: str) -> dict[str, str]:
+    """Write SavedModels of a learned run for serving: ``export_dir/pooled`` and (wavenet) ``export_dir/raw``.
+
+    The folder is replaced as a whole (written beside it, then renamed), with ``serving.json``
+    describing the inputs.
+
+    Returns
+    -------
+    dict of name (``pooled``, ``raw``) to SavedModel folder
+
+    Raises
+    ------
+    ValueError
+        For a fitted model (they are not TensorFlow graphs).
+    """
+    import tensorflow as tf
+
+    embedder = load_embedder(model_dir)
+    if not isinstance(embedder, LearnedEmbedder):
+        raise ValueError(f"{model_dir} holds a {embedder.kind} {embedder.name!r} model: only learned models "
+                         "(wavenet, rnn) export a SavedModel; serve fitted models with musicsim.embedder")
+    estimator, channels = embedder.estimator, embedder.channels
+
+    def pooled_receiver():
+        # Placeholders are made here, inside the graph the estimator builds for the export.
+        shape = [None, None] if channels == 1 else [None, None, channels]
+        audio = tf.compat.v1.placeholder(tf.float32, shape, name="audio")
+        length = tf.compat.v1.placeholder(tf.int32, [None], name="length")
+        features = {"audio": audio[:, :, None] if channels == 1 else audio, "length": length}
+        return tf.estimator.export.ServingInputReceiver(features, {"audio": audio, "length": length})
+
+    def raw_receiver():
+        raw = tf.compat.v1.placeholder(tf.float32, [None, None], name="raw_audio")
+        raw_length = tf.compat.v1.placeholder(tf.int32, [None], name="raw_length")
+        pooled, length = mean_pool_in_graph(raw, raw_length, pool_size=embedder.pool_size)
+        return tf.estimator.export.ServingInputReceiver({"audio": pooled[:, :, None], "length": length},
+                                                        {"raw_audio": raw, "raw_length": raw_length})
+
+    receivers = {"pooled": pooled_receiver}
+    if embedder.name == "wavenet":
+        receivers["raw"] = raw_receiver
+    export_dir = os.path.abspath(export_dir)
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(f"--saved_model={export_dir} exists and is not a folder")
+    staging = f"{export_dir}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    os.makedirs(staging)
+    try:
+        for name, receiver in receivers.items():
+            base = os.path.join(staging, f".{name}-base")
+            written = estimator.export_saved_model(base, receiver, checkpoint_path=embedder.checkpoint)
+            os.rename(written.decode() if isinstance(written, bytes) else written, os.path.join(staging, name))
+            shutil.rmtree(base)
+        serving = {**embedder.describe(), "checkpoint": embedder.checkpoint, "signature": "serving_default",
+                   "output": "embedding",
+                   "pooled": {"inputs": {"audio": "float32 [batch, time]" if channels == 1 else
+                                         f"float32 [batch, frames, {channels}] chromagram",
+                                         "length": "int32 [batch]"},
+                              "rate_hz": embedder.sample_rate / embedder.pool_size if channels == 1 else
+                              embedder.sample_rate / float(embedder.params.get("hop_length", 512))},
+                   "sample_rate": embedder.sample_rate, "pool_size": embedder.pool_size,
+                   "max_seconds": embedder.max_seconds}
+        if "raw" in receivers:
+            serving["raw"] = {"inputs": {"raw_audio": "float32 [batch, samples] mono", "raw_length": "int32 [batch]"},
+                              "rate_hz": embedder.sample_rate}
+        with open(os.path.join(staging, "serving.json"), "w") as f:
+            json.dump(serving, f, indent=1)
+        old = None
+        if os.path.isdir(export_dir):
+            old = f"{export_dir}.old-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            os.rename(export_dir, old)
+        os.rename(staging, export_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: os.path.join(export_dir, name) for name in receivers}
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiments.export ...``; returns the exit status."""
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        FLAGS.unparse_flags()
+        FLAGS(argv)
+    except flags.Error as err:
+        print(f"error: {err}\nusage: python -m experiments.export --model_dir=RUN (--audio=DIR|CSV --output=FILE.parquet | "
+              "--saved_model=DIR)", file=sys.stderr)
+        return 2
+    if FLAGS.help:
+        print(__doc__)
+        print(FLAGS.get_help(include_special_flags=False))
+        return 0
+    if not FLAGS.model_dir:
+        print("error: --model_dir is required", file=sys.stderr)
+        return 2
+    if not FLAGS.saved_model and not (FLAGS.audio and FLAGS.output):
+        print("error: give --audio and --output (embeddings), or --saved_model (serving)", file=sys.stderr)
+        return 2
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # estimator INFO lines
+    status = 0
+    try:
+        if FLAGS.saved_model:
+            written = export_saved_model(model_dir=FLAGS.model_dir, export_dir=FLAGS.saved_model)
+            for name, path in written.items():
+                print(f"saved model ({name}): {path}")
+        if FLAGS.audio:
+            summary = export_embeddings(model_dir=FLAGS.model_dir, audio=FLAGS.audio, output=FLAGS.output,
+                                        batch_size=FLAGS.batch_size, workers=FLAGS.workers,
+                                        group_column=FLAGS.group_column, progress=FLAGS.progress)
+            print(summary)
+            if summary.embedded == 0:
+                print("error: no file could be embedded", file=sys.stderr)
+                status = 1
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

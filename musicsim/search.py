@@ -1,0 +1,170 @@
+"""Search the collection: the tracks most similar to a track of the index, or to any audio file.
+
+    python -m musicsim.search --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--diversity=0.0]
+        [--exclude_same_group] [--include_self] [--json]
+
+An index is built by ``python -m musicsim.index build --embeddings=FILE --output=DIR --model_dir=RUN``
+from an export (``experiments.export``). A query by id uses the stored vector and leaves the query
+track out of its results. A query by file embeds it with the model the index was built from (the
+index records its ``model_dir``; see ``musicsim.embedder``); when the file is itself in the index,
+it comes back first with the top score, and ``--exclude_same_group`` leaves out its group.
+
+Prints a table of rank, score, track id, group and path, or with ``--json`` a list of objects
+``{"rank", "track_id", "score", "path", "group"}``, best first. Scores are the index's similarity:
+cosine, or minus the Euclidean distance; higher is more similar either way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from musicsim.index import EmbeddingIndex
+
+
+def _embed_query(index: EmbeddingIndex, *, index_dir: str, query_path: str) -> np.ndarray:
+    """The query file's embedding ``[1, D]`` by the index's model."""
+    from musicsim.embedder import load_embedder
+
+    model_dir = index.model.get("model_dir")
+    if not model_dir:
+        raise ValueError(f"the index {index_dir} was built without a model_dir, so a file cannot be embedded "
+                         "with its model: rebuild it with `python -m musicsim.index build ... --model_dir=RUN`, "
+                         "or query by --track_id")
+    if not os.path.isfile(query_path):
+        raise FileNotFoundError(f"query file {query_path} does not exist")
+    embedder = load_embedder(model_dir)
+    name = index.model.get("name")
+    if name and name != embedder.name:
+        raise ValueError(f"the index {index_dir} holds {name!r} embeddings but its model_dir {model_dir} is a "
+                         f"{embedder.name!r} run")
+    if embedder.dim != index.dim:
+        raise ValueError(f"dimension mismatch: the index {index_dir} holds {index.dim}-d embeddings but "
+                         f"{model_dir} ({embedder.name}) makes {embedder.dim}-d ones; was the index built "
+                         "from another run?")
+    if embedder.similarity != index.similarity:
+        print(f"warning: {model_dir} compares embeddings by {embedder.similarity} but the index uses "
+              f"{index.similarity}", file=sys.stderr)
+    vectors, _, skipped = embedder.embed_paths(paths=[query_path], workers=1, progress=False)
+    if skipped:
+        raise ValueError(f"cannot embed the query {query_path}: {skipped[0][1]}")
+    return vectors
+
+
+def _track_of_path(index: EmbeddingIndex, path: str) -> str | None:
+    """The id of the indexed track whose ``path`` metadata is ``path``, if any."""
+    if "path" not in index.metadata_columns:
+        return None
+    wanted = os.path.realpath(path)
+    for track_id in index.track_ids:
+        stored = index.metadata(track_id=track_id).get("path")
+        if stored and os.path.realpath(str(stored)) == wanted:
+            return track_id
+    return None
+
+
+def search(*, index_dir: str, query_path: str | None = None, track_id: str | None = None, k: int = 10,
+           diversity: float = 0.0, exclude_same_group: bool = False, exclude_self: bool = True,
+           index: EmbeddingIndex | None = None) -> list[dict[str, Any]]:
+    """The ``k`` tracks of an index most similar to one query.
+
+    Parameters
+    ----------
+    index_dir : an index written by ``musicsim.index``
+    query_path : an audio file, embedded with the index's model (exclusive with ``track_id``)
+    track_id : a track of the index, queried by its stored vector
+    k : number of results
+    diversity : float in [0, 1], 0 ranks by similarity only (see ``EmbeddingIndex.search``)
+    exclude_same_group : leave out tracks of the query's group (its album); for a file query, the
+        file must be in the index
+    exclude_self : for a ``track_id`` query, leave the query track out (a file query never does)
+    index : the loaded index of ``index_dir``, to save loading it again
+
+    Returns
+    -------
+    list of dict, best first: ``rank`` (1-based), ``track_id``, ``score`` (float), ``path`` and
+    ``group`` (None when the index has no such metadata)
+
+    Raises
+    ------
+    ValueError
+        For no or two queries, an unknown track id, an index without a model_dir (file query),
+        an embedding dimension that is not the index's, or a file that cannot be embedded.
+    FileNotFoundError
+        If the index or the query file does not exist.
+    """
+    if (query_path is None) == (track_id is None):
+        raise ValueError("give exactly one query: query_path (an audio file) or track_id (a track of the index)")
+    index = index or EmbeddingIndex.load(index_dir)
+    if track_id is not None:
+        if track_id not in index:
+            raise ValueError(f"unknown track id {track_id!r}: the index {index_dir} holds {len(index)} tracks "
+                             f"(e.g. {index.track_ids[:3]})")
+        results = index.search_by_id(track_id=track_id, k=k, exclude_self=exclude_self,
+                                     exclude_same_group=exclude_same_group, diversity=diversity)
+    else:
+        exclude_groups = None
+        if exclude_same_group:
+            if "group" not in index.metadata_columns:
+                raise ValueError(f"exclude_same_group needs 'group' metadata, and the index {index_dir} has none")
+            own = _track_of_path(index, query_path)
+            if own is None:
+                raise ValueError(f"exclude_same_group with a file query needs the file to be in the index, and "
+                                 f"{query_path} is not (its group is unknown)")
+            exclude_groups = [[index.group(track_id=own)]]
+        queries = _embed_query(index, index_dir=index_dir, query_path=query_path)
+        results = index.search(queries=queries, k=k, exclude_groups=exclude_groups, diversity=diversity)[0]
+    has_path, has_group = "path" in index.metadata_columns, "group" in index.metadata_columns
+    return [{"rank": rank, "track_id": found, "score": float(score),
+             "path": index.metadata(track_id=found).get("path") if has_path else None,
+             "group": index.group(track_id=found) if has_group else None}
+            for rank, (found, score) in enumerate(results, start=1)]
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """Results as an aligned text table: rank, score, track id, group, path."""
+    if not results:
+        return "(no results)"
+    id_width = max(8, *(len(str(r["track_id"])) for r in results))
+    group_width = max(5, *(len(str(r["group"] or "")) for r in results))
+    lines = [f"{'rank':>4}  {'score':>8}  {'track_id':<{id_width}}  {'group':<{group_width}}  path"]
+    for r in results:
+        lines.append(f"{r['rank']:>4}  {r['score']:>+8.4f}  {r['track_id']:<{id_width}}  "
+                     f"{str(r['group'] or ''):<{group_width}}  {r['path'] or ''}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m musicsim.search ...``; returns the exit status (2 on a usage or input error)."""
+    parser = argparse.ArgumentParser(prog="python -m musicsim.search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--index", required=True, help="index directory (musicsim.index build)")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", help="an audio file, embedded with the index's model")
+    query.add_argument("--track_id", help="a track of the index")
+    parser.add_argument("-k", "--k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--diversity", type=float, default=0.0,
+                        help="0 ranks by similarity only; up to 1 favours results unlike each other (MMR)")
+    parser.add_argument("--exclude_same_group", action="store_true", help="leave out the query's album/group")
+    parser.add_argument("--include_self", action="store_true", help="keep the query track in --track_id results")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    args = parser.parse_args(argv)
+    # TensorFlow's Python logger (estimator INFO lines), set without importing TensorFlow.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    try:
+        results = search(index_dir=args.index, query_path=args.query, track_id=args.track_id, k=args.k,
+                         diversity=args.diversity, exclude_same_group=args.exclude_same_group,
+                         exclude_self=not args.include_self)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=1) if args.json else format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
