@@ -342,6 +342,10 @@ def run(config: RunConfig) -> dict:
         out = {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
                "embeddings": {}, "eval_metrics": {}}
 
+    # The run may have settled params while running (the LSTM's readout, a fitted model's similarity, the
+    # input rate): record the final ones for export and search.
+    write_json_atomic(os.path.join(config.model_dir, "run.json"),
+                      {"model": config.model, "kind": kind, "config": asdict(config), "dataset": asdict(info)})
     test_labels = out["labels"]["test"]
     relevance = similarity.relevance_matrix(test_labels, test_labels)
     np.fill_diagonal(relevance, 0.0)

@@ -15,6 +15,9 @@ from typing import Callable, Mapping
 import tensorflow as tf
 import tensorflow_ranking as tfr
 
+from musicsim import distribute
+from musicsim.frontends import loss_scale_optimizer
+
 EmbedFn = Callable[..., tf.Tensor]
 SIMILARITIES = ("cosine", "euclidean")
 LOSSES = ("pairwise", "lambda")
@@ -130,11 +133,13 @@ def make_model_fn(embed_fn: EmbedFn) -> Callable:
         learning_rate = float(_hparam(params, "learning_rate"))
         tf.compat.v1.summary.scalar("learning_rate", learning_rate)
         tf.compat.v1.summary.scalar("embedding_norm", tf.reduce_mean(tf.norm(query_embedding, axis=-1)))
-        optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
+        # float16 mixed precision needs loss scaling; otherwise the optimizer comes back unchanged.
+        optimizer = loss_scale_optimizer(tf.compat.v1.train.AdamOptimizer(learning_rate), params=params)
         gradients, variables = zip(*optimizer.compute_gradients(loss))
         clip_norm = float(_hparam(params, "clip_norm"))
         if clip_norm > 0:
-            gradients, global_norm = tf.clip_by_global_norm(gradients, clip_norm)
+            # Under a multi-replica strategy: clip the whole (all-reduced) gradient, not each replica's share.
+            gradients, global_norm = distribute.clip_by_global_norm(gradients, clip_norm=clip_norm)
             tf.compat.v1.summary.scalar("gradient_norm", global_norm)
         train_op = optimizer.apply_gradients(zip(gradients, variables),
                                              global_step=tf.compat.v1.train.get_global_step())
