@@ -1,0 +1,1052 @@
+"""Similarity-search index over track embeddings (paper section 1: "a search engine that, given a
+music, returns the most similar musics").
+
+``EmbeddingIndex`` holds one embedding per track and answers k-nearest-neighbour queries under the
+paper's two similarities:
+
+* ``cosine``: the dot product of unit vectors (vectors are normalised on the way in);
+* ``euclidean``: ``-||a - b||`` (section 5, "Wavenet Variations"), so higher is better for both.
+
+Search is exact by default. Batches of queries run on faiss's flat index: on this project's
+machines faiss's blocked BLAS + heap top-k answers 1000 queries against 100k vectors about 8x faster
+than a numpy matrix product followed by ``argpartition`` (the partition over [Q, N] scores
+dominates), and a flat index is exact too. Fewer than ``NUMPY_MAX_QUERIES`` queries (the
+interactive case) run in numpy, which skips faiss's per-call OpenMP start-up: several times faster
+for one query, and tens of times on a busy machine. ``approximate='ivf'`` or ``'hnsw'`` trades
+recall for speed on large catalogues (see ``benchmarks/search.py`` for the figures). The scores
+returned are exact float32 similarities whatever index found the candidates (euclidean ones are
+recomputed as ``||q - v||``, which stays precise near 0 where faiss's expanded form does not).
+
+On disk an index is one directory::
+
+    DIR/config.json   similarity, dimension, approximate-search parameters, model info, count
+    DIR/tracks.json   track ids and per-track metadata columns (path, group, duration_s, ...)
+    DIR/vectors.npy   [N, D] float32 (unit vectors for cosine)
+    DIR/labels.npy    [N] int64 faiss ids of the rows (only with approximate search)
+    DIR/faiss.index   the trained IVF / HNSW index (only with approximate search)
+
+It is saved atomically (written into a sibling temp directory, then swapped in; the previous
+version is kept at ``DIR.bak`` during the swap, and ``load`` falls back to it).
+
+CLI::
+
+    python -m musicsim.index build --embeddings=FILE --output=DIR [--similarity=cosine]
+        [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME]
+    python -m musicsim.index query --index=DIR --track_id=ID [--k=10] [--exclude_same_group]
+        [--diversity=0.3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import uuid
+import warnings
+from collections import Counter
+from typing import Any, Iterable, Mapping, Sequence
+
+import faiss
+import numpy as np
+
+SIMILARITIES = ("cosine", "euclidean")
+APPROXIMATE_KINDS = ("ivf", "hnsw")
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+TRACKS_FILE = "tracks.json"
+VECTORS_FILE = "vectors.npy"
+LABELS_FILE = "labels.npy"
+FAISS_FILE = "faiss.index"
+BACKUP_SUFFIX = ".bak"
+# IVF: faiss wants >= 39 training points per list; training on more than this many per list
+# costs k-means time without improving the lists noticeably.
+MIN_POINTS_PER_LIST = 39
+DEFAULT_TRAINING_POINTS_PER_LIST = 64
+# Exact search of fewer queries than this runs in numpy (see _numpy_candidates), more in faiss's flat
+# index (blocked BLAS with a heap top-k, faster than numpy's matmul + argpartition for batches).
+NUMPY_MAX_QUERIES = 16
+
+Result = list[tuple[str, float]]
+
+
+def default_nlist(*, count: int) -> int:
+    """Number of IVF lists for ``count`` vectors: about ``4 * sqrt(count)``, at most ``count // 39``."""
+    if count < 1:
+        raise ValueError(f"an IVF index needs at least one vector to train, got count={count}")
+    return int(max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST)))
+
+
+def default_nprobe(*, nlist: int) -> int:
+    """Lists visited per IVF query by default: 1/16 of the lists (at least 1)."""
+    return int(max(1, round(nlist / 16)))
+
+
+def _as_str_list(values: Iterable[Any]) -> list[str]:
+    out = []
+    for value in values:
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        out.append(str(value))
+    return out
+
+
+def _as_group_set(values: Any) -> set:
+    """One query's exclusions: a single str is one value, not an iterable of characters."""
+    if values is None:
+        return set()
+    if isinstance(values, (str, bytes)):
+        return {values.decode("utf-8") if isinstance(values, bytes) else values}
+    return set(values)
+
+
+class EmbeddingIndex:
+    """k-nearest-neighbour search over track embeddings.
+
+    Parameters
+    ----------
+    track_ids : sequence of str, length N
+        Unique, non-empty track ids.
+    vectors : array_like, shape [N, D]
+        One finite embedding per track (cast to float32; normalised to unit length for cosine).
+    similarity : {'cosine', 'euclidean'}
+        Cosine: dot product of unit vectors. Euclidean: ``-||a - b||``.
+    metadata : mapping of str to sequence of length N, optional
+        Per-track columns, e.g. ``path``, ``group`` (album / artist, used by the group exclusions),
+        ``duration_s``. Values must be JSON-serialisable.
+    model : mapping, optional
+        What produced the vectors, e.g. ``{'name': 'wavenet', 'model_dir': '/runs/w1'}``; recorded
+        so a query by audio file can be embedded with the same model, and checked against
+        ``search(query_model=...)``.
+    approximate : {None, 'ivf', 'hnsw'}
+        None for exact search (faiss flat), else an approximate faiss index.
+    nlist : int, optional
+        IVF lists (default ``default_nlist(count=N)``, about ``4 * sqrt(N)``).
+    nprobe : int, optional
+        IVF lists visited per query (default ``default_nprobe(nlist=nlist)``); higher is slower and
+        more exact. Can be overridden per search.
+    hnsw_m : int
+        HNSW graph degree.
+    ef_construction : int
+        HNSW candidate list size while building.
+    ef_search : int
+        HNSW candidate list size while searching (raised to the number of results fetched when
+        that is larger). Can be overridden per search.
+    training_points_per_list : int
+        IVF k-means is trained on at most ``nlist * training_points_per_list`` sampled vectors.
+    seed : int
+        Seed for the IVF training sample and k-means.
+    """
+
+    def __init__(self, *, track_ids: Sequence[str], vectors: np.ndarray, similarity: str = "cosine",
+                 metadata: Mapping[str, Sequence[Any]] | None = None,
+                 model: Mapping[str, Any] | None = None, approximate: str | None = None,
+                 nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32,
+                 ef_construction: int = 80, ef_search: int = 64,
+                 training_points_per_list: int = DEFAULT_TRAINING_POINTS_PER_LIST,
+                 seed: int = 0) -> None:
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if approximate not in (None,) + APPROXIMATE_KINDS:
+            raise ValueError(f"approximate must be None or one of {APPROXIMATE_KINDS}, got {approximate!r}")
+        for name, value in (("hnsw_m", hnsw_m), ("ef_construction", ef_construction),
+                            ("ef_search", ef_search), ("training_points_per_list", training_points_per_list)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in (("nlist", nlist), ("nprobe", nprobe)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.similarity = similarity
+        self.approximate = approximate
+        self.model: dict[str, Any] = dict(model or {})
+        self.nlist = None if nlist is None else int(nlist)
+        self.nprobe = None if nprobe is None else int(nprobe)
+        self.hnsw_m = int(hnsw_m)
+        self.ef_construction = int(ef_construction)
+        self.ef_search = int(ef_search)
+        self.training_points_per_list = int(training_points_per_list)
+        self.seed = int(seed)
+
+        ids = self._check_ids(track_ids, name="track_ids")
+        matrix = self._check_vectors(vectors, count=len(ids), dim=None, name="vectors", ids=ids)
+        self._dim = int(matrix.shape[1])
+        self._ids: list[str] = ids
+        self._row_of: dict[str, int] = {tid: row for row, tid in enumerate(ids)}
+        self._vectors = matrix
+        # faiss id of each row, kept sorted. Flat and HNSW indexes use positions (ids == rows);
+        # only IVF stores explicit ids, which survive removals. (No IndexIDMap: its id translation
+        # is an OpenMP region per call, which costs up to tens of ms per query on a busy machine.)
+        self._labels = np.arange(len(ids), dtype=np.int64)
+        self._next_label = len(ids)
+        self._metadata: dict[str, list[Any]] = self._check_metadata(metadata, count=len(ids))
+        self._group_sizes: Counter | None = None
+        self._squared_norms: np.ndarray | None = None  # [N], for euclidean numpy search
+        self._id_array: np.ndarray | None = None  # [N] object, for fast result lists
+        self._faiss: faiss.Index | None = None
+        self._build_faiss()
+
+    # ------------------------------------------------------------------ basic accessors
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, track_id: object) -> bool:
+        return track_id in self._row_of
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension D."""
+        return self._dim
+
+    @property
+    def track_ids(self) -> list[str]:
+        """Track ids in row order (a copy)."""
+        return list(self._ids)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Stored vectors, shape [N, D] float32 (unit length for cosine); a read-only view."""
+        view = self._vectors.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return sorted(self._metadata)
+
+    def vector(self, *, track_id: str) -> np.ndarray:
+        """The stored vector of one track, shape [D]."""
+        return self._vectors[self._row(track_id)].copy()
+
+    def metadata(self, *, track_id: str) -> dict[str, Any]:
+        """All metadata columns of one track."""
+        row = self._row(track_id)
+        return {column: values[row] for column, values in self._metadata.items()}
+
+    def group(self, *, track_id: str) -> Any:
+        """The track's ``group`` metadata (None when absent)."""
+        row = self._row(track_id)
+        groups = self._metadata.get("group")
+        return None if groups is None else groups[row]
+
+    def summary(self) -> str:
+        """One line describing the index."""
+        mode = "exact" if self.approximate is None else self.approximate
+        if self.approximate == "ivf":
+            mode += f"(nlist={self.nlist}, nprobe={self.nprobe})"
+        elif self.approximate == "hnsw":
+            mode += f"(M={self.hnsw_m}, efSearch={self.ef_search})"
+        model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
+        groups = len(set(g for g in self._metadata.get("group", []) if g is not None))
+        return (f"EmbeddingIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, "
+                f"{groups} groups, model {model}")
+
+    # ------------------------------------------------------------------ validation helpers
+    def _row(self, track_id: str) -> int:
+        try:
+            return self._row_of[track_id]
+        except KeyError:
+            raise ValueError(f"unknown track id {track_id!r} (index holds {len(self)} tracks)") from None
+
+    @staticmethod
+    def _check_ids(track_ids: Sequence[str], *, name: str) -> list[str]:
+        if isinstance(track_ids, (str, bytes)):
+            raise ValueError(f"{name} must be a sequence of track ids, got a single string {track_ids!r}")
+        ids = _as_str_list(track_ids)
+        empty = [i for i, tid in enumerate(ids) if not tid]
+        if empty:
+            raise ValueError(f"{name} has empty ids at positions {empty[:5]}")
+        duplicates = sorted(tid for tid, n in Counter(ids).items() if n > 1)
+        if duplicates:
+            raise ValueError(f"{name} has duplicate ids: {duplicates[:5]}"
+                             f"{' ...' if len(duplicates) > 5 else ''}")
+        return ids
+
+    def _check_vectors(self, vectors: np.ndarray, *, count: int, dim: int | None, name: str,
+                       ids: Sequence[str]) -> np.ndarray:
+        matrix = np.asarray(vectors)
+        if matrix.ndim != 2:
+            raise ValueError(f"{name} must have shape [N, D], got shape {matrix.shape}")
+        if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
+            raise ValueError(f"{name} must be real numbers, got dtype {matrix.dtype}")
+        if matrix.shape[0] != count:
+            raise ValueError(f"{name} has {matrix.shape[0]} rows but {count} track ids were given")
+        if dim is not None and matrix.shape[1] != dim:
+            raise ValueError(f"{name} dimension mismatch: expected {dim} (the index's), got {matrix.shape[1]}")
+        if matrix.shape[1] < 1:
+            raise ValueError(f"{name} must have at least one dimension, got shape {matrix.shape}")
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            bad = [ids[i] for i in np.flatnonzero(~finite)[:5]]
+            raise ValueError(f"{name} has non-finite values (nan/inf) for tracks {bad}")
+        if self.similarity == "cosine":
+            matrix = self._normalise(matrix, name=name, ids=ids)
+        return matrix
+
+    @staticmethod
+    def _normalise(matrix: np.ndarray, *, name: str, ids: Sequence[str] | None) -> np.ndarray:
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        zero = norms[:, 0] == 0
+        if zero.any():
+            which = np.flatnonzero(zero)[:5]
+            where = [ids[i] for i in which] if ids is not None else which.tolist()
+            raise ValueError(f"{name} has zero vectors (cosine similarity is undefined) at {where}")
+        return np.ascontiguousarray(matrix / norms, dtype=np.float32)
+
+    @staticmethod
+    def _check_metadata(metadata: Mapping[str, Sequence[Any]] | None, *, count: int) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = {}
+        for column, values in (metadata or {}).items():
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"metadata column names must be non-empty strings, got {column!r}")
+            if values is None:
+                continue
+            values = [v.item() if isinstance(v, np.generic) else v for v in values]
+            if len(values) != count:
+                raise ValueError(f"metadata column {column!r} has {len(values)} values for {count} tracks")
+            if column == "group":
+                bad = [v for v in values if v is not None and not isinstance(v, (str, int, float, bool))]
+                if bad:
+                    raise ValueError(f"metadata column 'group' must hold strings or numbers (one group per "
+                                     f"track), got {type(bad[0]).__name__} {bad[0]!r}")
+            columns[column] = values
+        return columns
+
+    # ------------------------------------------------------------------ faiss plumbing
+    @property
+    def _metric(self) -> int:
+        return faiss.METRIC_INNER_PRODUCT if self.similarity == "cosine" else faiss.METRIC_L2
+
+    def _flat_quantizer(self) -> faiss.Index:
+        return faiss.IndexFlatIP(self._dim) if self.similarity == "cosine" else faiss.IndexFlatL2(self._dim)
+
+    def _build_faiss(self) -> None:
+        """(Re)build the faiss index over all stored vectors, training IVF if needed."""
+        count = len(self._ids)
+        if self.approximate is None:
+            index = self._flat_quantizer()
+        elif self.approximate == "hnsw":
+            index = faiss.IndexHNSWFlat(self._dim, self.hnsw_m, self._metric)
+            index.hnsw.efConstruction = self.ef_construction
+        else:
+            if count == 0:
+                self._faiss = None  # trained on the first add()
+                return
+            if self.nlist is None:
+                self.nlist = default_nlist(count=count)
+            if self.nlist > count:
+                raise ValueError(f"nlist={self.nlist} is more than the {count} vectors to train on")
+            if self.nprobe is None:
+                self.nprobe = default_nprobe(nlist=self.nlist)
+            index = faiss.IndexIVFFlat(self._flat_quantizer(), self._dim, self.nlist, self._metric)
+            index.cp.seed = self.seed
+            index.cp.spherical = self.similarity == "cosine"
+            if self.nlist * self.training_points_per_list < count:
+                sample_size = self.nlist * self.training_points_per_list
+                sample = np.random.default_rng(self.seed).choice(count, size=sample_size, replace=False)
+                training = self._vectors[np.sort(sample)]
+            else:
+                training = self._vectors
+            index.train(training)
+        if self.approximate == "ivf":
+            index.add_with_ids(self._vectors, self._labels)
+        else:
+            self._labels = np.arange(count, dtype=np.int64)
+            self._next_label = count
+            if count:
+                index.add(self._vectors)
+        self._faiss = index
+
+    def _configure_search(self, *, k_fetch: int, nprobe: int | None, ef_search: int | None) -> None:
+        if self.approximate == "ivf":
+            probe = int(nprobe if nprobe is not None else self.nprobe)
+            if probe < 1:
+                raise ValueError(f"nprobe must be >= 1, got {probe}")
+            self._faiss.nprobe = min(probe, self.nlist)
+        elif self.approximate == "hnsw":
+            ef = int(ef_search if ef_search is not None else self.ef_search)
+            if ef < 1:
+                raise ValueError(f"ef_search must be >= 1, got {ef}")
+            self._faiss.hnsw.efSearch = max(ef, k_fetch)
+
+    def _candidates(self, queries: np.ndarray, *, k_fetch: int, nprobe: int | None,
+                    ef_search: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k_fetch`` candidates of each query, best first.
+
+        Returns
+        -------
+        scores : np.ndarray, shape [Q, k_fetch], float32
+            Cosine: the exact dot products. Euclidean: ``-sqrt`` of faiss's squared distance,
+            which loses precision near 0 (``_exact_scores`` recomputes those that are kept).
+        rows : np.ndarray, shape [Q, k_fetch], int64
+            Rows into the stored vectors, -1 where the index found fewer (approximate only).
+        """
+        if self.approximate is None and len(queries) < NUMPY_MAX_QUERIES:
+            return self._numpy_candidates(queries, k_fetch=k_fetch)
+        self._configure_search(k_fetch=k_fetch, nprobe=nprobe, ef_search=ef_search)
+        distances, labels = self._faiss.search(queries, k_fetch)
+        valid = labels >= 0
+        if self.approximate == "ivf":
+            rows = np.searchsorted(self._labels, labels)
+            rows = np.where(valid, np.minimum(rows, len(self._labels) - 1), -1)
+        else:
+            rows = labels  # flat and HNSW ids are rows
+        if self.similarity == "cosine":
+            scores = distances
+        else:
+            scores = 0.0 - np.sqrt(np.maximum(distances, 0.0))
+        return np.where(valid, scores, -np.inf).astype(np.float32), rows
+
+    def _numpy_candidates(self, queries: np.ndarray, *, k_fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``_candidates`` for a few queries: a matrix-vector product and argpartition, which
+        skips faiss's per-call thread start-up (several times faster for one query on small
+        catalogues, and much faster on a busy machine)."""
+        products = queries @ self._vectors.T  # [Q, N]
+        if self.similarity == "cosine":
+            scores = products
+        else:
+            if self._squared_norms is None:
+                self._squared_norms = np.einsum("nd,nd->n", self._vectors, self._vectors)
+            squared_distances = (self._squared_norms[None, :] - 2.0 * products
+                                 + np.einsum("qd,qd->q", queries, queries)[:, None])
+            scores = 0.0 - np.sqrt(np.maximum(squared_distances, 0.0))
+        count = scores.shape[1]
+        if k_fetch < count:
+            top = np.argpartition(-scores, k_fetch - 1, axis=1)[:, :k_fetch]
+        else:
+            top = np.broadcast_to(np.arange(count), scores.shape)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        return (np.take_along_axis(top_scores, order, axis=1).astype(np.float32),
+                np.take_along_axis(top, order, axis=1).astype(np.int64))
+
+    # ------------------------------------------------------------------ scoring
+    def _exact_scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Similarity of each query to its candidate rows: queries [Q, D], rows [Q, C] -> [Q, C].
+        Computed as ``||q - v||`` for euclidean: exact near 0, where the expanded form is not."""
+        candidates = self._vectors[rows]  # [Q, C, D]
+        if self.similarity == "cosine":
+            return np.einsum("qd,qcd->qc", queries, candidates)
+        return 0.0 - np.linalg.norm(candidates - queries[:, None, :], axis=2)  # 0.0 - : no -0.0
+
+    def _pairwise(self, vectors: np.ndarray) -> np.ndarray:
+        """Similarity between every pair of rows of ``vectors`` [P, D] -> [P, P]."""
+        if self.similarity == "cosine":
+            return vectors @ vectors.T
+        squared = np.sum(vectors * vectors, axis=1)
+        distances = squared[:, None] + squared[None, :] - 2.0 * (vectors @ vectors.T)
+        return 0.0 - np.sqrt(np.maximum(distances, 0.0))
+
+    def _prepare_queries(self, queries: np.ndarray, *, query_model: Mapping[str, Any] | str | None) -> np.ndarray:
+        self.check_model(query_model=query_model)
+        matrix = np.asarray(queries)
+        if matrix.ndim != 2:
+            raise ValueError(f"queries must have shape [Q, D] with D={self._dim}, got shape {matrix.shape}"
+                             " (wrap a single vector as queries=vector[None, :])")
+        if matrix.shape[1] != self._dim:
+            model = self.model.get("name") or self.model.get("model_dir") or "the index's model"
+            raise ValueError(f"query dimension mismatch: expected {self._dim} (embeddings of {model}), "
+                             f"got {matrix.shape[1]}")
+        if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
+            raise ValueError(f"queries must be real numbers, got dtype {matrix.dtype}")
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        if not np.isfinite(matrix).all():
+            raise ValueError("queries have non-finite values (nan/inf) in rows "
+                             f"{np.flatnonzero(~np.isfinite(matrix).all(axis=1))[:5].tolist()}")
+        if self.similarity == "cosine":
+            matrix = self._normalise(matrix, name="queries", ids=None)
+        return matrix
+
+    def check_model(self, *, query_model: Mapping[str, Any] | str | None) -> None:
+        """Raise ValueError when ``query_model`` (a name, or a dict with ``name`` / ``model_dir``)
+        differs from the model the index was built from. None, or keys the index lacks, pass."""
+        if query_model is None:
+            return
+        if isinstance(query_model, str):
+            query_model = {"name": query_model}
+        for key in ("name", "model_dir"):
+            expected, actual = self.model.get(key), query_model.get(key)
+            if expected is None or actual is None:
+                continue
+            if key == "model_dir":
+                same = os.path.abspath(str(expected)) == os.path.abspath(str(actual))
+            else:
+                same = str(expected) == str(actual)
+            if not same:
+                raise ValueError(f"query model mismatch: the index was built from {key}={expected!r}, "
+                                 f"the queries come from {key}={actual!r}; embed the queries with the same model")
+
+    # ------------------------------------------------------------------ search
+    def search(self, *, queries: np.ndarray, k: int = 10,
+               exclude_ids: Sequence[Iterable[str] | str | None] | None = None,
+               exclude_groups: Sequence[Iterable[Any] | str | None] | None = None,
+               diversity: float = 0.0, candidate_pool: int | None = None,
+               nprobe: int | None = None, ef_search: int | None = None,
+               query_model: Mapping[str, Any] | str | None = None) -> list[Result]:
+        """The k most similar tracks to each query.
+
+        Parameters
+        ----------
+        queries : array_like, shape [Q, D]
+            Query embeddings from the index's model.
+        k : int
+            Results per query (fewer only when fewer tracks remain after the exclusions, or when
+            an approximate index finds fewer).
+        exclude_ids : sequence of length Q, optional
+            Per query, track ids to leave out (e.g. the query track itself); a str is one id.
+        exclude_groups : sequence of length Q, optional
+            Per query, ``group`` metadata values to leave out (e.g. the query's own album).
+        diversity : float in [0, 1]
+            0 ranks by similarity only. Above 0, the results are re-ranked by maximal marginal
+            relevance with ``lambda = 1 - diversity`` over a candidate pool: each next result
+            maximises ``lambda * sim(query, c) - (1 - lambda) * max_selected sim(c, s)``.
+        candidate_pool : int, optional
+            Pool size for the diversity re-ranking (default ``max(10 * k, 100)``).
+        nprobe, ef_search : int, optional
+            Per-call overrides of the IVF / HNSW search breadth.
+        query_model : str or mapping, optional
+            The model the queries come from; a mismatch with ``self.model`` raises ValueError.
+
+        Returns
+        -------
+        list of length Q of lists of (track_id, score)
+            Best first; ``score`` is the exact cosine similarity or ``-euclidean distance``.
+        """
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        if not 0.0 <= float(diversity) <= 1.0:
+            raise ValueError(f"diversity must be in [0, 1], got {diversity}")
+        if candidate_pool is not None and int(candidate_pool) < 1:
+            raise ValueError(f"candidate_pool must be >= 1, got {candidate_pool}")
+        matrix = self._prepare_queries(queries, query_model=query_model)
+        query_count = matrix.shape[0]
+        for name, value in (("exclude_ids", exclude_ids), ("exclude_groups", exclude_groups)):
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)):
+                raise ValueError(f"{name} must be a list with one entry per query ({query_count}), "
+                                 f"got the single string {value!r}")
+            if len(value) != query_count:
+                raise ValueError(f"{name} must be a list with one entry per query ({query_count}), "
+                                 f"got {len(value)} entries")
+        if exclude_groups is not None and "group" not in self._metadata:
+            raise ValueError("exclude_groups needs 'group' metadata, and this index has none "
+                             f"(columns: {self.metadata_columns})")
+        count = len(self._ids)
+        if query_count == 0 or count == 0 or self._faiss is None:
+            return [[] for _ in range(query_count)]
+
+        target = k
+        if diversity > 0:
+            target = max(k, int(candidate_pool) if candidate_pool is not None else max(10 * k, 100))
+        target = min(target, count)
+
+        excluded_rows: list[set[int]] = [set() for _ in range(query_count)]
+        excluded_groups: list[set] = [set() for _ in range(query_count)]
+        needed = np.full(query_count, target, dtype=np.int64)
+        if exclude_ids is not None:
+            for q, ids in enumerate(exclude_ids):
+                excluded_rows[q] = {self._row_of[t] for t in _as_group_set(ids) if t in self._row_of}
+                needed[q] += len(excluded_rows[q])
+        if exclude_groups is not None:
+            sizes = self._group_size_counter()
+            for q, groups in enumerate(exclude_groups):
+                excluded_groups[q] = {g for g in _as_group_set(groups) if g is not None}
+                needed[q] += sum(sizes.get(g, 0) for g in excluded_groups[q])
+        needed = np.minimum(needed, count)
+        filtering = exclude_ids is not None or exclude_groups is not None
+
+        if not filtering and diversity == 0:
+            return self._plain_search(matrix, k=min(k, count), nprobe=nprobe, ef_search=ef_search)
+
+        results: list[Result] = [[] for _ in range(query_count)]
+        # Queries needing a similar over-fetch are searched together: bucket by power of two.
+        buckets = np.power(2, np.ceil(np.log2(np.maximum(needed, 1)))).astype(np.int64)
+        groups_column = self._metadata.get("group")
+        for bucket in np.unique(buckets):
+            members = np.flatnonzero(buckets == bucket)
+            k_fetch = int(min(bucket, count))
+            scores, rows = self._candidates(matrix[members], k_fetch=k_fetch, nprobe=nprobe,
+                                            ef_search=ef_search)
+            for position, q in enumerate(members):
+                candidate_scores, candidate_rows = scores[position], rows[position]
+                fetched = k_fetch
+                while True:
+                    kept = self._filter(candidate_rows, excluded_rows[q], excluded_groups[q], groups_column)
+                    returned = int(np.sum(candidate_rows >= 0))
+                    # The group sizes make one fetch enough for exact search; an approximate index
+                    # may come back short, and then a deeper search is tried.
+                    if len(kept) >= target or fetched >= count or returned < fetched:
+                        break
+                    fetched = min(2 * fetched, count)
+                    single_scores, single_rows = self._candidates(matrix[q:q + 1], k_fetch=fetched,
+                                                                  nprobe=nprobe, ef_search=ef_search)
+                    candidate_scores, candidate_rows = single_scores[0], single_rows[0]
+                kept = kept[:target]
+                results[q] = self._rank(matrix[q], candidate_rows[kept], candidate_scores[kept], k=k,
+                                        diversity=float(diversity))
+        return results
+
+    def _plain_search(self, matrix: np.ndarray, *, k: int, nprobe: int | None,
+                      ef_search: int | None) -> list[Result]:
+        """No exclusions, no diversity: vectorised over queries."""
+        scores, rows = self._candidates(matrix, k_fetch=k, nprobe=nprobe, ef_search=ef_search)
+        valid = rows >= 0
+        if self.similarity == "euclidean":
+            scores = np.where(valid, self._exact_scores(matrix, np.where(valid, rows, 0)), -np.inf)
+            order = np.argsort(-scores, axis=1, kind="stable")
+            rows = np.take_along_axis(rows, order, axis=1)
+            scores = np.take_along_axis(scores, order, axis=1)
+            valid = rows >= 0
+        if self._id_array is None:
+            self._id_array = np.asarray(self._ids, dtype=object)
+        id_lists = self._id_array[np.where(valid, rows, 0)].tolist()
+        if valid.all():
+            return [list(zip(ids, row_scores)) for ids, row_scores in zip(id_lists, scores.tolist())]
+        return [[(t, s) for t, s, v in zip(ids, row_scores, row_valid) if v]
+                for ids, row_scores, row_valid in zip(id_lists, scores.tolist(), valid.tolist())]
+
+    @staticmethod
+    def _filter(candidate_rows: np.ndarray, excluded_rows: set[int], excluded_groups: set,
+                groups_column: list[Any] | None) -> np.ndarray:
+        """Positions into ``candidate_rows`` [C] that are found and not excluded."""
+        kept = [i for i, r in enumerate(candidate_rows.tolist()) if r >= 0 and r not in excluded_rows
+                and not (excluded_groups and groups_column[r] in excluded_groups)]
+        return np.asarray(kept, dtype=np.int64)
+
+    def _rank(self, query: np.ndarray, rows: np.ndarray, scores: np.ndarray, *, k: int,
+              diversity: float) -> Result:
+        """Best ``k`` of the candidate ``rows`` [C] (with ``_candidates`` scores [C]) by
+        similarity, or by MMR when ``diversity`` > 0."""
+        if len(rows) == 0:
+            return []
+        if self.similarity == "euclidean":
+            scores = self._exact_scores(query[None, :], rows[None, :])[0]
+        order = np.argsort(-scores, kind="stable")
+        rows, scores = rows[order], scores[order]
+        if diversity > 0 and len(rows) > 1:
+            picked = self._maximal_marginal_relevance(rows, scores, k=k, trade_off=1.0 - diversity)
+            rows, scores = rows[picked], scores[picked]
+        return [(self._ids[r], float(s)) for r, s in zip(rows[:k].tolist(), scores[:k].tolist())]
+
+    def _maximal_marginal_relevance(self, rows: np.ndarray, relevance: np.ndarray, *, k: int,
+                                    trade_off: float) -> np.ndarray:
+        """Greedy MMR: positions into ``rows`` [P] in pick order, at most k of them."""
+        similarity = self._pairwise(self._vectors[rows])  # [P, P]
+        redundancy = np.full(len(rows), -np.inf)
+        available = np.ones(len(rows), dtype=bool)
+        picked: list[int] = []
+        for _ in range(min(k, len(rows))):
+            if picked:
+                value = trade_off * relevance - (1.0 - trade_off) * redundancy
+            else:
+                value = relevance.astype(np.float64)
+            value = np.where(available, value, -np.inf)
+            best = int(np.argmax(value))
+            picked.append(best)
+            available[best] = False
+            redundancy = np.maximum(redundancy, similarity[best])
+        return np.asarray(picked, dtype=np.int64)
+
+    def _group_size_counter(self) -> Counter:
+        if self._group_sizes is None:
+            self._group_sizes = Counter(g for g in self._metadata.get("group", []) if g is not None)
+        return self._group_sizes
+
+    def search_by_id(self, *, track_id: str, k: int = 10, exclude_self: bool = True,
+                     exclude_same_group: bool = False, diversity: float = 0.0,
+                     candidate_pool: int | None = None, nprobe: int | None = None,
+                     ef_search: int | None = None) -> Result:
+        """The k tracks most similar to a track already in the index (see ``search``)."""
+        row = self._row(track_id)
+        exclude_groups = None
+        if exclude_same_group:
+            if "group" not in self._metadata:
+                raise ValueError("exclude_same_group needs 'group' metadata, and this index has none "
+                                 f"(columns: {self.metadata_columns})")
+            exclude_groups = [[self._metadata["group"][row]]]
+        return self.search(queries=self._vectors[row:row + 1], k=k,
+                           exclude_ids=[[track_id]] if exclude_self else None,
+                           exclude_groups=exclude_groups, diversity=diversity,
+                           candidate_pool=candidate_pool, nprobe=nprobe, ef_search=ef_search)[0]
+
+    # ------------------------------------------------------------------ updates
+    def add(self, *, track_ids: Sequence[str], vectors: np.ndarray,
+            metadata: Mapping[str, Sequence[Any]] | None = None) -> None:
+        """Add tracks. Ids already in the index, or repeated, raise ValueError.
+
+        Metadata columns the new tracks lack are filled with None, and new columns are None for
+        the tracks already there.
+        """
+        ids = self._check_ids(track_ids, name="track_ids")
+        present = [t for t in ids if t in self._row_of]
+        if present:
+            raise ValueError(f"track ids already in the index: {present[:5]}")
+        matrix = self._check_vectors(vectors, count=len(ids), dim=self._dim, name="vectors", ids=ids)
+        columns = self._check_metadata(metadata, count=len(ids))
+        if not ids:
+            return
+        labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
+        old_count = len(self._ids)
+        for column in set(self._metadata) | set(columns):
+            existing = self._metadata.get(column, [None] * old_count)
+            self._metadata[column] = existing + columns.get(column, [None] * len(ids))
+        self._vectors = np.ascontiguousarray(np.concatenate([self._vectors, matrix]))
+        self._labels = np.concatenate([self._labels, labels])
+        self._next_label += len(ids)
+        for offset, tid in enumerate(ids):
+            self._row_of[tid] = old_count + offset
+        self._ids.extend(ids)
+        self._group_sizes = None
+        self._squared_norms = None
+        self._id_array = None
+        if self._faiss is None:
+            self._build_faiss()  # IVF that had nothing to train on yet
+        elif self.approximate == "ivf":
+            self._faiss.add_with_ids(matrix, labels)
+        else:
+            self._faiss.add(matrix)  # positions old_count.. == labels
+
+    def remove(self, *, track_ids: Sequence[str]) -> None:
+        """Remove tracks. Unknown or repeated ids raise ValueError (nothing is removed then).
+
+        HNSW graphs cannot delete nodes, so removing from an HNSW index rebuilds the graph.
+        """
+        ids = self._check_ids(track_ids, name="track_ids")
+        unknown = [t for t in ids if t not in self._row_of]
+        if unknown:
+            raise ValueError(f"unknown track ids: {unknown[:5]} (index holds {len(self)} tracks)")
+        if not ids:
+            return
+        drop = np.zeros(len(self._ids), dtype=bool)
+        drop[[self._row_of[t] for t in ids]] = True
+        removed_labels = self._labels[drop]
+        removed_rows = np.flatnonzero(drop).astype(np.int64)
+        keep = ~drop
+        self._vectors = np.ascontiguousarray(self._vectors[keep])
+        self._labels = self._labels[keep]
+        self._ids = [t for t, k in zip(self._ids, keep.tolist()) if k]
+        self._row_of = {t: row for row, t in enumerate(self._ids)}
+        self._metadata = {c: [v for v, k in zip(values, keep.tolist()) if k] for c, values in self._metadata.items()}
+        self._group_sizes = None
+        self._squared_norms = None
+        self._id_array = None
+        if self.approximate == "hnsw":
+            self._build_faiss()
+        elif self.approximate == "ivf":
+            if self._faiss is not None:
+                self._faiss.remove_ids(removed_labels)
+        else:
+            self._faiss.remove_ids(removed_rows)  # compacts in order, like the rows above
+            self._labels = np.arange(len(self._ids), dtype=np.int64)
+            self._next_label = len(self._ids)
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "similarity": self.similarity, "dim": self._dim,
+                "count": len(self._ids), "approximate": self.approximate, "nlist": self.nlist,
+                "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
+                "ef_search": self.ef_search, "training_points_per_list": self.training_points_per_list,
+                "seed": self.seed, "model": self.model, "next_label": self._next_label}
+
+    def save(self, directory: str) -> None:
+        """Write the index to ``directory`` atomically.
+
+        Everything is written into a temp sibling directory first; then the current directory (if
+        any) is renamed to ``directory + '.bak'``, the new one renamed in, and the backup deleted.
+        A crash at any point leaves a loadable index at ``directory`` or its backup.
+        """
+        directory = os.path.abspath(directory)
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ValueError(f"cannot save the index to {directory}: it exists and is not a directory")
+        parent = os.path.dirname(directory)
+        os.makedirs(parent, exist_ok=True)
+        temp = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        backup = directory + BACKUP_SUFFIX
+        os.mkdir(temp)
+        try:
+            self._write_files(temp)
+            if os.path.isdir(directory):
+                if os.path.exists(backup):
+                    shutil.rmtree(backup)  # a stale backup from a finished or crashed earlier save
+                os.rename(directory, backup)
+            elif os.path.exists(backup):
+                shutil.rmtree(backup)  # the only copy is older than what we are about to rename in
+            os.rename(temp, directory)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+
+    def _write_files(self, directory: str) -> None:
+        def write_json(name: str, payload: Any) -> None:
+            with open(os.path.join(directory, name), "w") as f:
+                json.dump(payload, f, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+
+        with open(os.path.join(directory, VECTORS_FILE), "wb") as f:
+            np.save(f, self._vectors)
+            f.flush()
+            os.fsync(f.fileno())
+        if self.approximate is not None and self._faiss is not None:
+            np.save(os.path.join(directory, LABELS_FILE), self._labels)
+            faiss.write_index(self._faiss, os.path.join(directory, FAISS_FILE))
+        write_json(TRACKS_FILE, {"track_ids": self._ids, "metadata": self._metadata})
+        write_json(CONFIG_FILE, self._config())  # last: its presence marks a complete directory
+
+    @classmethod
+    def load(cls, directory: str) -> "EmbeddingIndex":
+        """Read an index written by ``save``; falls back to ``directory + '.bak'`` when a save
+        was interrupted between its two renames."""
+        directory = os.path.abspath(directory)
+        source = directory
+        if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+            backup = directory + BACKUP_SUFFIX
+            if os.path.isfile(os.path.join(backup, CONFIG_FILE)):
+                warnings.warn(f"{directory} is missing or incomplete; loading the backup {backup} "
+                              "left by an interrupted save")
+                source = backup
+            else:
+                raise FileNotFoundError(f"no index at {directory} (no {CONFIG_FILE}, and no backup {backup})")
+        return cls._read(source)
+
+    @classmethod
+    def _read(cls, directory: str) -> "EmbeddingIndex":
+        def read_json(name: str) -> Any:
+            path = os.path.join(directory, name)
+            try:
+                with open(path) as f:
+                    return json.load(f)
+            except (OSError, json.JSONDecodeError) as error:
+                raise ValueError(f"cannot read index file {path}: {error}") from error
+
+        config = read_json(CONFIG_FILE)
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{os.path.join(directory, CONFIG_FILE)}: format_version "
+                             f"{config.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+        tracks = read_json(TRACKS_FILE)
+        vectors_path = os.path.join(directory, VECTORS_FILE)
+        try:
+            vectors = np.load(vectors_path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read index file {vectors_path}: {error}") from error
+        ids = tracks["track_ids"]
+        if vectors.shape != (config["count"], config["dim"]) or len(ids) != config["count"]:
+            raise ValueError(f"{directory}: inconsistent index files: config says {config['count']} x "
+                             f"{config['dim']}, {VECTORS_FILE} has shape {vectors.shape}, "
+                             f"{TRACKS_FILE} has {len(ids)} ids")
+        index = cls.__new__(cls)
+        index.similarity = config["similarity"]
+        index.approximate = config["approximate"]
+        index.model = dict(config.get("model") or {})
+        index.nlist = config["nlist"]
+        index.nprobe = config["nprobe"]
+        index.hnsw_m = config["hnsw_m"]
+        index.ef_construction = config["ef_construction"]
+        index.ef_search = config["ef_search"]
+        index.training_points_per_list = config["training_points_per_list"]
+        index.seed = config["seed"]
+        index._dim = int(config["dim"])
+        index._ids = list(ids)
+        index._row_of = {t: row for row, t in enumerate(index._ids)}
+        index._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        index._metadata = {c: list(v) for c, v in tracks["metadata"].items()}
+        index._group_sizes = None
+        index._squared_norms = None
+        index._id_array = None
+        faiss_path = os.path.join(directory, FAISS_FILE)
+        if index.approximate is not None and os.path.exists(faiss_path):
+            index._labels = np.load(os.path.join(directory, LABELS_FILE), allow_pickle=False)
+            index._next_label = int(config["next_label"])
+            index._faiss = faiss.read_index(faiss_path)
+            if index._faiss.ntotal != len(ids) or len(index._labels) != len(ids):
+                raise ValueError(f"{faiss_path} holds {index._faiss.ntotal} vectors and {LABELS_FILE} "
+                                 f"{len(index._labels)} labels, expected {len(ids)}")
+        else:
+            index._labels = np.arange(len(ids), dtype=np.int64)
+            index._next_label = len(ids)
+            index._build_faiss()
+        return index
+
+
+# ---------------------------------------------------------------------- embeddings files
+def load_embeddings(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
+    """Read an embeddings export.
+
+    Formats:
+
+    * ``.npz`` with ``track_ids`` [N] (str) and ``embeddings`` [N, D], optional ``paths`` [N],
+      ``labels`` [N] (one label string per track, e.g. the album, '|'-joined when several),
+      ``splits`` [N] and ``durations`` [N] (as written by ``experiments.run``);
+    * ``.parquet`` with columns ``track_id``, ``embedding`` (list of float), and optional ``path``,
+      ``model``, ``duration_s``, ``labels`` / ``group`` (as written by ``experiments.export``);
+    * ``.npy`` [N, D] with a sibling ``<stem>.ids.txt`` holding one track id per line.
+
+    Returns
+    -------
+    track_ids : list of str, length N
+    vectors : np.ndarray, shape [N, D], float32
+    metadata : dict of str to list of length N
+        Any of ``path``, ``group`` (from labels), ``split``, ``duration_s``, ``model`` found in
+        the file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"embeddings file {path} does not exist")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npz":
+        track_ids, vectors, metadata = _load_npz(path)
+    elif suffix == ".parquet":
+        track_ids, vectors, metadata = _load_parquet(path)
+    elif suffix == ".npy":
+        track_ids, vectors, metadata = _load_npy(path)
+    else:
+        raise ValueError(f"{path}: unknown embeddings format {suffix!r}; expected .npz, .parquet or "
+                         ".npy (+ .ids.txt)")
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[0] != len(track_ids):
+        raise ValueError(f"{path}: embeddings must be [N, D] with N = {len(track_ids)} track ids, "
+                         f"got shape {vectors.shape}")
+    for column, values in metadata.items():
+        if len(values) != len(track_ids):
+            raise ValueError(f"{path}: {column} has {len(values)} entries for {len(track_ids)} track ids")
+    return track_ids, np.ascontiguousarray(vectors, dtype=np.float32), metadata
+
+
+def _label_strings(values: np.ndarray, *, path: str, name: str) -> list[str]:
+    if values.ndim != 1:
+        raise ValueError(f"{path}: {name} must be one label string per track (shape [N]), got shape {values.shape}")
+    return _as_str_list(values.tolist())
+
+
+def _load_npz(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [name for name in ("track_ids", "embeddings") if name not in archive.files]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing} (has {sorted(archive.files)})")
+        track_ids = _as_str_list(archive["track_ids"].tolist())
+        vectors = archive["embeddings"]
+        metadata: dict[str, list[Any]] = {}
+        if "paths" in archive.files:
+            metadata["path"] = _label_strings(archive["paths"], path=path, name="paths")
+        for name in ("labels", "groups"):
+            if name in archive.files:
+                metadata["group"] = _label_strings(archive[name], path=path, name=name)
+                break
+        if "splits" in archive.files:
+            metadata["split"] = _label_strings(archive["splits"], path=path, name="splits")
+        for name in ("durations", "duration_s"):
+            if name in archive.files:
+                metadata["duration_s"] = [float(v) for v in archive[name].tolist()]
+                break
+        if "model" in archive.files:
+            model = archive["model"]
+            metadata["model"] = ([str(model.item())] * len(track_ids) if model.ndim == 0
+                                 else _label_strings(model, path=path, name="model"))
+    return track_ids, vectors, metadata
+
+
+def _load_parquet(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [name for name in ("track_id", "embedding") if name not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (has {table.column_names})")
+    track_ids = _as_str_list(table.column("track_id").to_pylist())
+    column = table.column("embedding").combine_chunks()
+    if column.null_count:
+        raise ValueError(f"{path}: {column.null_count} rows have no embedding")
+    count = len(column)
+    if count == 0:
+        raise ValueError(f"{path}: no rows")
+    flat = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    if hasattr(column, "value_lengths"):
+        lengths = np.asarray(column.value_lengths().to_numpy(zero_copy_only=False))
+    else:  # fixed-size lists
+        lengths = np.full(count, flat.size // count)
+    if lengths.min() != lengths.max():
+        raise ValueError(f"{path}: embeddings have different lengths ({lengths.min()} to {lengths.max()})")
+    vectors = flat.reshape(count, int(lengths[0]))
+    metadata: dict[str, list[Any]] = {}
+    for source, target in (("path", "path"), ("duration_s", "duration_s"), ("model", "model"),
+                           ("group", "group"), ("labels", "group")):
+        if source in table.column_names and target not in metadata:
+            metadata[target] = table.column(source).to_pylist()
+    if "group" in metadata:  # a list of labels per track becomes one '|'-joined group, as in tracks.csv
+        metadata["group"] = ["|".join(map(str, g)) if isinstance(g, (list, tuple)) else g for g in metadata["group"]]
+    return track_ids, vectors, metadata
+
+
+def _load_npy(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
+    ids_path = os.path.splitext(path)[0] + ".ids.txt"
+    if not os.path.isfile(ids_path):
+        raise FileNotFoundError(f"{path}: a .npy embeddings file needs its track ids in {ids_path} "
+                                "(one per line)")
+    with open(ids_path) as f:
+        track_ids = [line.rstrip("\n") for line in f if line.strip()]
+    return track_ids, np.load(path, allow_pickle=False), {}
+
+
+# ---------------------------------------------------------------------- CLI
+def build_index(*, embeddings: str, output: str, similarity: str = "cosine", approximate: str | None = None,
+                model_dir: str | None = None, model_name: str | None = None) -> EmbeddingIndex:
+    """Build an index from an embeddings file and save it to ``output``."""
+    track_ids, vectors, metadata = load_embeddings(embeddings)
+    models = sorted(set(str(m) for m in metadata.pop("model", []) if m is not None))
+    if len(models) > 1:
+        raise ValueError(f"{embeddings}: embeddings come from several models {models}; build one index per model")
+    if model_name and models and models[0] != model_name:
+        raise ValueError(f"--model={model_name} but {embeddings} says its embeddings come from {models[0]!r}")
+    model = {"name": model_name or (models[0] if models else None),
+             "model_dir": os.path.abspath(model_dir) if model_dir else None,
+             "embeddings": os.path.abspath(embeddings)}
+    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
+                           model={key: value for key, value in model.items() if value is not None},
+                           approximate=approximate)
+    index.save(output)
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m musicsim.index", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build an index from an embeddings file")
+    build.add_argument("--embeddings", required=True, help=".npz, .parquet or .npy (+ .ids.txt)")
+    build.add_argument("--output", required=True, help="index directory to write")
+    build.add_argument("--similarity", choices=SIMILARITIES, default="cosine")
+    build.add_argument("--approximate", choices=APPROXIMATE_KINDS, default=None)
+    build.add_argument("--model_dir", default=None, help="the run the embeddings come from")
+    build.add_argument("--model", default=None, help="model name, if the embeddings file does not say")
+    query = commands.add_parser("query", help="print the tracks most similar to one in the index")
+    query.add_argument("--index", required=True)
+    query.add_argument("--track_id", required=True)
+    query.add_argument("--k", type=int, default=10)
+    query.add_argument("--exclude_same_group", action="store_true")
+    query.add_argument("--diversity", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            index = build_index(embeddings=args.embeddings, output=args.output, similarity=args.similarity,
+                                approximate=args.approximate, model_dir=args.model_dir, model_name=args.model)
+            print(f"{index.summary()} -> {os.path.abspath(args.output)}")
+        else:
+            index = EmbeddingIndex.load(args.index)
+            results = index.search_by_id(track_id=args.track_id, k=args.k,
+                                         exclude_same_group=args.exclude_same_group, diversity=args.diversity)
+            for rank, (track_id, score) in enumerate(results, start=1):
+                group = index.group(track_id=track_id)
+                print(f"{rank:3d}  {score:+.4f}  {track_id}" + (f"  [{group}]" if group is not None else ""))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
