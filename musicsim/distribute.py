@@ -7,8 +7,9 @@ passes to ``tf.estimator.RunConfig(train_distribute=...)``:
   ``num_cpu_replicas`` logical CPU devices when there is no GPU (tests, CPU-only machines);
 - ``"multi_worker"``: synchronous data parallelism over the workers of the cluster described by
   the ``TF_CONFIG`` environment variable (``MultiWorkerMirroredStrategy``), each with its devices.
-  Worker 0 (or the ``chief``) writes the checkpoints; an optional ``evaluator`` task, outside the
-  cluster, evaluates them as they appear (without it, nothing evaluates during training).
+  Worker 0 (or the ``chief``) writes the checkpoints; an optional ``evaluator`` task (listed in the
+  cluster too, but not training) evaluates them as they appear; without one, nothing evaluates
+  during training.
 
 Both must be made before TensorFlow initialises (splitting the CPU and configuring collective ops
 are only possible then): call ``make_strategy`` first thing in the program; ``make_estimator``
@@ -51,8 +52,8 @@ def make_strategy(name: str | None, *, num_cpu_replicas: int | None = None) -> t
 
     Returns
     -------
-    ``tf.distribute.MirroredStrategy``, ``tf.distribute.MultiWorkerMirroredStrategy``, or None (no
-    strategy, or ``"multi_worker"`` on the ``evaluator`` task, which evaluates on one device)
+    ``tf.distribute.MirroredStrategy``, ``tf.distribute.MultiWorkerMirroredStrategy`` (a
+    ``OneDeviceStrategy`` on the multi-worker ``evaluator`` task), or None
 
     Raises
     ------
@@ -93,8 +94,9 @@ def _mirrored(num_cpu_replicas: int | None) -> tf.distribute.MirroredStrategy:
 def _multi_worker() -> tf.distribute.MultiWorkerMirroredStrategy | None:
     config = read_tf_config()  # fail here, clearly, rather than inside the strategy or the estimator
     if config["task"]["type"] == EVALUATOR:
-        # Outside the training cluster: the estimator evaluates each new checkpoint, without a strategy.
-        return None
+        # The evaluator trains nothing (it evaluates each new checkpoint on one device), but the estimator
+        # only runs the multi-worker roles when RunConfig has a train_distribute: any local strategy will do.
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
     try:
         # Made eagerly it configures collective ops and starts this worker's server in the eager context,
         # which the estimator relies on (a graph-mode strategy fails when the estimator copies it).
@@ -154,7 +156,7 @@ def read_tf_config() -> dict:
     ------
     ValueError
         When ``TF_CONFIG`` is unset, not JSON, or does not name this task within a cluster of workers
-        (or as the one ``evaluator``, which is not part of the cluster).
+        (the ``evaluator`` too must be listed, ``"evaluator": ["host:port"]``).
     """
     raw = os.environ.get("TF_CONFIG", "").strip()
     example = f"e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'"
@@ -174,10 +176,8 @@ def read_tf_config() -> dict:
             raise ValueError(f"TF_CONFIG cluster[{job!r}] must be a list of 'host:port' strings, got {addresses!r}")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
         raise ValueError(f"TF_CONFIG has no task {{'type': ..., 'index': ...}} naming this process; {example}")
-    if task["type"] == EVALUATOR:  # not part of the training cluster
-        if task["index"] != 0:
-            raise ValueError(f"TF_CONFIG task index {task['index']!r}: there is one evaluator, index 0")
-        return config
+    if task["type"] == EVALUATOR and task["index"] != 0:
+        raise ValueError(f"TF_CONFIG task index {task['index']!r}: there is one evaluator, index 0")
     if task["type"] not in cluster:
         raise ValueError(f"TF_CONFIG task type {task['type']!r} is not a job of the cluster {sorted(cluster)}")
     if not isinstance(task["index"], int) or not 0 <= task["index"] < len(cluster[task["type"]]):

@@ -994,9 +994,31 @@ def _load_npy(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
 
 
 # ---------------------------------------------------------------------- CLI
-def build_index(*, embeddings: str, output: str, similarity: str = "cosine", approximate: str | None = None,
+def _run_similarity(model_dir: str) -> str | None:
+    """The similarity a run's embeddings are compared with, from its results.json or run.json."""
+    for name in ("results.json", "run.json"):
+        path = os.path.join(model_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                record = json.load(f)
+            similarity = record.get("similarity") or record.get("config", {}).get("params", {}).get("similarity")
+            if similarity in SIMILARITIES:
+                return similarity
+    return None
+
+
+def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,
                 model_dir: str | None = None, model_name: str | None = None) -> EmbeddingIndex:
-    """Build an index from an embeddings file and save it to ``output``."""
+    """Build an index from an embeddings file and save it to ``output``.
+
+    A run's own ``embeddings.npz`` names its run (the folder holding it); ``similarity`` defaults to
+    the one the run's embeddings are meant to be compared with (else cosine).
+    """
+    beside = os.path.dirname(os.path.abspath(embeddings))
+    if model_dir is None and os.path.exists(os.path.join(beside, "run.json")):
+        model_dir = beside
+    if similarity is None:
+        similarity = (_run_similarity(model_dir) if model_dir else None) or "cosine"
     track_ids, vectors, metadata = load_embeddings(embeddings)
     models = sorted(set(str(m) for m in metadata.pop("model", []) if m is not None))
     if len(models) > 1:
@@ -1019,7 +1041,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     build = commands.add_parser("build", help="build an index from an embeddings file")
     build.add_argument("--embeddings", required=True, help=".npz, .parquet or .npy (+ .ids.txt)")
     build.add_argument("--output", required=True, help="index directory to write")
-    build.add_argument("--similarity", choices=SIMILARITIES, default="cosine")
+    build.add_argument("--similarity", choices=SIMILARITIES, default=None,
+                       help="default: the run's own (cosine when unknown)")
     build.add_argument("--approximate", choices=APPROXIMATE_KINDS, default=None)
     build.add_argument("--model_dir", default=None, help="the run the embeddings come from")
     build.add_argument("--model", default=None, help="model name, if the embeddings file does not say")
