@@ -241,7 +241,9 @@ def with_mixed_precision(embed_fn: Callable[..., tf.Tensor]) -> Callable[..., tf
         try:
             embedding = embed_fn(audio, length, params=params, training=training)
         finally:
-            tf.keras.mixed_precision.set_global_policy(previous)
+            # None restores the default policy that follows keras.backend.floatx(), rather than pinning it.
+            unset = previous.name == tf.keras.backend.floatx()
+            tf.keras.mixed_precision.set_global_policy(None if unset else previous)
         return tf.cast(embedding, tf.float32)
 
     return embed
