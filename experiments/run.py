@@ -201,6 +201,9 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
     train_seed = config.seed + training.resume_step(config.model_dir)
     train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, module, tracks, similarity,
                                                                                train_seed=train_seed)
+    from musicsim import distribute
+
+    train_input_fn = distribute.shard_input_fn(train_input_fn)  # each worker its own lists
     estimator = training.make_estimator(model_fn=model_fn, **_estimator_kwargs(config))
     eval_metrics = training.train_and_evaluate(
         estimator=estimator, train_input_fn=train_input_fn, eval_input_fn=eval_input_fn, max_steps=config.max_steps,
@@ -342,6 +345,10 @@ def run(config: RunConfig) -> dict:
         out = {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
                "embeddings": {}, "eval_metrics": {}}
 
+    from musicsim import distribute
+
+    if not distribute.is_chief():  # multi-worker: worker 0 writes the results, the others only train
+        return {}
     # The run may have settled params while running (the LSTM's readout, a fitted model's similarity, the
     # input rate): record the final ones for export and search.
     write_json_atomic(os.path.join(config.model_dir, "run.json"),
@@ -403,6 +410,10 @@ def quiet_tensorflow() -> None:
 
 def main(argv):
     del argv
+    from musicsim import distribute
+
+    # Splitting the CPU into replicas and joining a multi-worker cluster only work before TF initialises.
+    distribute.make_strategy(FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas)
     quiet_tensorflow()
     run(config_from_flags())
 

@@ -25,10 +25,13 @@ gradient (not each replica's share). Evaluation and prediction run on one device
 from __future__ import annotations
 
 import json
+import operator
 import os
 from typing import Callable, Sequence
 
 import tensorflow as tf
+# TF's reader of the estimator's evaluations (what its own early-stopping hooks use); not in the public API.
+from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
 STRATEGIES = ("mirrored", "multi_worker")
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["localhost:12345", "localhost:12346"]}, '
@@ -258,3 +261,77 @@ def without_autograph(model_fn: Callable) -> Callable:
         return unconverted(features, labels, mode, params)
 
     return model_fn_as_is
+
+
+def early_stopping_hook(estimator: tf.estimator.Estimator, *, metric: str, direction: str, patience: int,
+                        every_steps: int) -> tf.estimator.SessionRunHook:
+    """A hook stopping training once eval ``metric`` has not improved for ``patience`` steps.
+
+    TF's own hooks (``stop_if_no_increase_hook`` ...) serve no strategy and multi-worker runs; under
+    a one-machine strategy they fail (TF 2.15's ``make_early_stopping_hook`` tests a generator's
+    truth, so it picks its multi-worker hook for every strategy, whose stop op is then per-replica),
+    and ``StopWithoutImprovementHook`` does the same job there.
+
+    Parameters
+    ----------
+    estimator : the estimator being trained (its eval_dir holds the evaluations)
+    metric : eval metric name, e.g. ``"NDCG@6"``
+    direction : ``"increase"`` (higher is better) or ``"decrease"``
+    patience : steps without improvement before stopping
+    every_steps : look at the evaluations every this many steps, and ignore those before this step
+    """
+    if direction not in ("increase", "decrease"):
+        raise ValueError(f"direction must be 'increase' or 'decrease', got {direction!r}")
+    strategy = estimator.config.train_distribute
+    multi_worker = (tf.distribute.MultiWorkerMirroredStrategy,
+                    tf.compat.v1.distribute.experimental.MultiWorkerMirroredStrategy)
+    if strategy is None or isinstance(strategy, multi_worker):
+        make_hook = (tf.estimator.experimental.stop_if_no_increase_hook if direction == "increase"
+                     else tf.estimator.experimental.stop_if_no_decrease_hook)
+        return make_hook(estimator, metric, min_steps=every_steps, run_every_secs=None, run_every_steps=every_steps,
+                         **{f"max_steps_without_{direction}": patience})
+    return StopWithoutImprovementHook(eval_dir=estimator.eval_dir(), metric=metric, direction=direction,
+                                      patience=patience, min_steps=every_steps, every_steps=every_steps)
+
+
+class StopWithoutImprovementHook(tf.estimator.SessionRunHook):
+    """Request a stop once eval ``metric`` has not improved for ``patience`` steps (one process).
+
+    The rule of TF's ``stop_if_no_increase_hook``: going through the evaluations at step ``>=
+    min_steps`` in order, stop when one comes ``patience`` or more steps after the best so far.
+    """
+
+    def __init__(self, *, eval_dir: str, metric: str, direction: str, patience: int, min_steps: int,
+                 every_steps: int):
+        self._eval_dir, self._metric, self._patience, self._min_steps = eval_dir, metric, patience, min_steps
+        self._better = operator.gt if direction == "increase" else operator.lt
+        self._timer = tf.compat.v1.train.SecondOrStepTimer(every_steps=every_steps)
+        self._global_step = None
+
+    def should_stop(self) -> bool:
+        """Whether the evaluations so far say stop."""
+        best = best_step = None
+        for step, metrics in sorted(read_eval_metrics(self._eval_dir).items()):
+            if step < self._min_steps:
+                continue
+            value = metrics[self._metric]
+            if best is None or self._better(value, best):
+                best, best_step = value, step
+            if step - best_step >= self._patience:
+                tf.compat.v1.logging.info("early stopping: %s has not improved for %d steps (best %s at step %d)",
+                                          self._metric, step - best_step, best, best_step)
+                return True
+        return False
+
+    def begin(self):
+        self._global_step = tf.compat.v1.train.get_global_step()
+
+    def before_run(self, run_context):
+        return tf.compat.v1.train.SessionRunArgs(self._global_step)
+
+    def after_run(self, run_context, run_values):
+        step = int(run_values.results)
+        if self._timer.should_trigger_for_step(step):
+            self._timer.update_last_triggered_step(step)
+            if self.should_stop():
+                run_context.request_stop()

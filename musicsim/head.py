@@ -105,6 +105,22 @@ def embed_lists(embed_fn: EmbedFn, features: Mapping[str, tf.Tensor], *, params:
     return query_embedding, candidate_embedding
 
 
+def make_train_op(loss: tf.Tensor, *, learning_rate: float, clip_norm: float, params: Mapping) -> tf.Operation:
+    """Adam (tf.compat.v1) on ``loss`` with global-norm clipping: the train op of every model_fn here.
+
+    Loss scaling is added for float16 mixed precision; variables the loss does not reach (layers kept
+    only for the checkpoint) are left alone. Summaries: learning rate and gradient norm.
+    """
+    tf.compat.v1.summary.scalar("learning_rate", learning_rate)
+    optimizer = loss_scale_optimizer(tf.compat.v1.train.AdamOptimizer(learning_rate), params=params)
+    gradients, variables = zip(*[(g, v) for g, v in optimizer.compute_gradients(loss) if g is not None])
+    if clip_norm > 0:
+        # Under a multi-replica strategy: clip the whole (all-reduced) gradient, not each replica's share.
+        gradients, global_norm = distribute.clip_by_global_norm(gradients, clip_norm=clip_norm)
+        tf.compat.v1.summary.scalar("gradient_norm", global_norm)
+    return optimizer.apply_gradients(zip(gradients, variables), global_step=tf.compat.v1.train.get_global_step())
+
+
 def make_model_fn(embed_fn: EmbedFn) -> Callable:
     """A ``model_fn`` for ``tf.estimator.Estimator`` around a model's ``embed_fn``.
 
@@ -130,19 +146,9 @@ def make_model_fn(embed_fn: EmbedFn) -> Callable:
             metric_ops = {name: fn(labels, scores, features) for name, fn in make_metric_fns().items()}
             return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metric_ops)
 
-        learning_rate = float(_hparam(params, "learning_rate"))
-        tf.compat.v1.summary.scalar("learning_rate", learning_rate)
         tf.compat.v1.summary.scalar("embedding_norm", tf.reduce_mean(tf.norm(query_embedding, axis=-1)))
-        # float16 mixed precision needs loss scaling; otherwise the optimizer comes back unchanged.
-        optimizer = loss_scale_optimizer(tf.compat.v1.train.AdamOptimizer(learning_rate), params=params)
-        gradients, variables = zip(*optimizer.compute_gradients(loss))
-        clip_norm = float(_hparam(params, "clip_norm"))
-        if clip_norm > 0:
-            # Under a multi-replica strategy: clip the whole (all-reduced) gradient, not each replica's share.
-            gradients, global_norm = distribute.clip_by_global_norm(gradients, clip_norm=clip_norm)
-            tf.compat.v1.summary.scalar("gradient_norm", global_norm)
-        train_op = optimizer.apply_gradients(zip(gradients, variables),
-                                             global_step=tf.compat.v1.train.get_global_step())
+        train_op = make_train_op(loss, learning_rate=float(_hparam(params, "learning_rate")),
+                                 clip_norm=float(_hparam(params, "clip_norm")), params=params)
         return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
     return model_fn

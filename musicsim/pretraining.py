@@ -541,17 +541,8 @@ def make_predictive_model_fn() -> Callable:
                     labels=mu_law_classes(targets[:, 1:], levels=levels), predictions=predicted, weights=weights)
             return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metrics)
 
-        learning_rate = float(_param(params, "learning_rate"))
-        tf.compat.v1.summary.scalar("learning_rate", learning_rate)
-        optimizer = frontends.loss_scale_optimizer(tf.compat.v1.train.AdamOptimizer(learning_rate), params=params)
-        # Only the variables the loss reaches: final/conv and dense{j} exist for the checkpoint, untrained.
-        gradients, variables = zip(*[(g, v) for g, v in optimizer.compute_gradients(loss) if g is not None])
-        clip_norm = float(_param(params, "clip_norm"))
-        if clip_norm > 0:
-            gradients, global_norm = tf.clip_by_global_norm(gradients, clip_norm)
-            tf.compat.v1.summary.scalar("gradient_norm", global_norm)
-        train_op = optimizer.apply_gradients(zip(gradients, variables),
-                                             global_step=tf.compat.v1.train.get_global_step())
+        train_op = head.make_train_op(loss, learning_rate=float(_param(params, "learning_rate")),
+                                      clip_norm=float(_param(params, "clip_norm")), params=params)
         return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
     return model_fn

@@ -82,11 +82,9 @@ def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Cal
         raise ValueError(f"early_stopping direction must be 'increase' or 'decrease', got {direction!r}")
     hooks = []
     if early_stopping_patience > 0:
-        make_hook = (tf.estimator.experimental.stop_if_no_increase_hook if direction == "increase"
-                     else tf.estimator.experimental.stop_if_no_decrease_hook)
-        patience = {f"max_steps_without_{direction}": early_stopping_patience}
-        hooks.append(make_hook(estimator, metric, min_steps=eval_every_steps, run_every_secs=None,
-                               run_every_steps=eval_every_steps, **patience))
+        # TF's early-stopping hooks fail under a one-machine strategy: this picks one that works.
+        hooks.append(distribute_lib.early_stopping_hook(estimator, metric=metric, direction=direction,
+                                                        patience=early_stopping_patience, every_steps=eval_every_steps))
     if max_minutes:
         hooks.append(TimeLimitHook(max_minutes))
     train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=max_steps, hooks=hooks)

@@ -34,6 +34,7 @@ import librosa
 import numpy as np
 import tensorflow as tf
 
+from musicsim import head
 from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio
 from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, crop
@@ -486,16 +487,8 @@ def make_model_fn() -> Callable:
                                                            weights=weights)
             return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops={"mae": mae})
 
-        learning_rate = float(_param(params, "learning_rate"))
-        tf.compat.v1.summary.scalar("learning_rate", learning_rate)
-        optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
-        gradients, variables = zip(*optimizer.compute_gradients(loss))
-        clip_norm = float(_param(params, "clip_norm"))
-        if clip_norm > 0:
-            gradients, global_norm = tf.clip_by_global_norm(gradients, clip_norm)
-            tf.compat.v1.summary.scalar("gradient_norm", global_norm)
-        train_op = optimizer.apply_gradients(zip(gradients, variables),
-                                             global_step=tf.compat.v1.train.get_global_step())
+        train_op = head.make_train_op(loss, learning_rate=float(_param(params, "learning_rate")),
+                                      clip_norm=float(_param(params, "clip_norm")), params=params)
         return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
     return model_fn
