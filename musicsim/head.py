@@ -105,6 +105,15 @@ def embed_lists(embed_fn: EmbedFn, features: Mapping[str, tf.Tensor], *, params:
     return query_embedding, candidate_embedding
 
 
+def predict_spec(embedding: tf.Tensor, features: Mapping[str, tf.Tensor]) -> tf.estimator.EstimatorSpec:
+    """PREDICT: ``embedding`` (and ``track_id`` when fed), with a serving signature returning the embedding."""
+    predictions = {"embedding": embedding}
+    if "track_id" in features:
+        predictions["track_id"] = features["track_id"]
+    return tf.estimator.EstimatorSpec(tf.estimator.ModeKeys.PREDICT, predictions=predictions, export_outputs={
+        "serving_default": tf.estimator.export.PredictOutput({"embedding": embedding})})
+
+
 def make_train_op(loss: tf.Tensor, *, learning_rate: float, clip_norm: float, params: Mapping) -> tf.Operation:
     """Adam (tf.compat.v1) on ``loss`` with global-norm clipping: the train op of every model_fn here.
 
@@ -132,12 +141,8 @@ def make_model_fn(embed_fn: EmbedFn) -> Callable:
         params = dict(params or {})
         training = mode == tf.estimator.ModeKeys.TRAIN
         if mode == tf.estimator.ModeKeys.PREDICT:
-            embedding = embed_fn(features["audio"], features["length"], params=params, training=False)
-            predictions = {"embedding": embedding}
-            if "track_id" in features:
-                predictions["track_id"] = features["track_id"]
-            return tf.estimator.EstimatorSpec(mode, predictions=predictions, export_outputs={
-                "serving_default": tf.estimator.export.PredictOutput({"embedding": embedding})})
+            return predict_spec(embed_fn(features["audio"], features["length"], params=params, training=False),
+                                features)
 
         query_embedding, candidate_embedding = embed_lists(embed_fn, features, params=params, training=training)
         scores = similarity_scores(query_embedding, candidate_embedding, similarity=_hparam(params, "similarity"))

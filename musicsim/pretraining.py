@@ -517,12 +517,7 @@ def make_predictive_model_fn() -> Callable:
         audio = tf.convert_to_tensor(features["audio"], tf.float32)
         length = tf.cast(features["length"], tf.int32)
         if mode == tf.estimator.ModeKeys.PREDICT:
-            embedding = wavenet.embed(audio, length, params=params, training=False)
-            predictions = {"embedding": embedding}
-            if "track_id" in features:
-                predictions["track_id"] = features["track_id"]
-            return tf.estimator.EstimatorSpec(mode, predictions=predictions, export_outputs={
-                "serving_default": tf.estimator.export.PredictOutput({"embedding": embedding})})
+            return head.predict_spec(wavenet.embed(audio, length, params=params, training=False), features)
 
         training = mode == tf.estimator.ModeKeys.TRAIN
         levels = int(_param(params, "quantization_levels"))

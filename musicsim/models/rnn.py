@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import head
-from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio
+from musicsim.features import load_excerpt
+from musicsim.audio import AudioDecodeError
 from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, crop
 
@@ -125,29 +126,11 @@ def chroma_sequence(*, audio: np.ndarray, sample_rate: int, hop_length: int) -> 
     return np.ascontiguousarray(chroma.T, dtype=np.float32)
 
 
-def _decode_excerpt(path: str, *, sample_rate: int, max_seconds: float | None) -> np.ndarray:
-    """The centred ``max_seconds`` excerpt of a file, mono at ``sample_rate``: ``[n]``."""
-    try:
-        info = audio_info(path)
-    except AudioDecodeError:
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            raise
-        # libsndfile cannot read it: load_audio's fallback decodes it whole, then we centre-crop.
-        audio = load_audio(path, sample_rate=sample_rate)
-        keep = None if max_seconds is None else int(max_seconds * sample_rate)
-        if keep is not None and audio.size > keep:
-            start = (audio.size - keep) // 2
-            audio = audio[start:start + keep]
-        return audio
-    offset, duration = centred_excerpt(info.duration, max_seconds)
-    return load_audio(path, sample_rate=sample_rate, offset=offset, duration=duration)
-
-
 def _chroma_of_file(path: str, sample_rate: int, hop_length: int, max_seconds: float | None
                     ) -> tuple[np.ndarray | None, str | None]:
     """(chromagram ``[frames, 12]`` or None, failure reason or None); runs in a worker process."""
     try:
-        audio = _decode_excerpt(path, sample_rate=sample_rate, max_seconds=max_seconds)
+        audio = load_excerpt(path=path, sample_rate=sample_rate, max_seconds=max_seconds)
         return chroma_sequence(audio=audio, sample_rate=sample_rate, hop_length=hop_length), None
     except AudioDecodeError as err:
         return None, err.reason
@@ -462,12 +445,7 @@ def make_model_fn() -> Callable:
         audio = tf.convert_to_tensor(features["audio"], tf.float32)
         length = tf.cast(features["length"], tf.int32)
         if mode == tf.estimator.ModeKeys.PREDICT:
-            embedding = embed(audio, length, params=params, training=False)
-            predictions = {"embedding": embedding}
-            if "track_id" in features:
-                predictions["track_id"] = features["track_id"]
-            return tf.estimator.EstimatorSpec(mode, predictions=predictions, export_outputs={
-                "serving_default": tf.estimator.export.PredictOutput({"embedding": embedding})})
+            return head.predict_spec(embed(audio, length, params=params, training=False), features)
 
         training = mode == tf.estimator.ModeKeys.TRAIN
         sections, section_length, _, _ = split_sections(
