@@ -46,7 +46,7 @@ BASELINES = ("random", "worst")
 # Row order in tables and charts; models not listed follow alphabetically, baselines come last.
 MODEL_ORDER = ("wavenet", "rnn", "librosa", "mfcc")
 # Config keys that do not make two runs different models (runs differing only here are repeats).
-REPEAT_KEYS = ("seed", "model_dir", "workers")
+REPEAT_KEYS = ("seed", "model_dir", "workers", "warm_start_from")
 
 FLOORS_NOTE = (
     "**Reading the numbers.** With 3 similar + 3 non-similar binary candidates per list, NDCG@6 and the "
