@@ -376,10 +376,12 @@ def run(config: RunConfig) -> dict:
     write_json_atomic(os.path.join(config.model_dir, "results.json"), results)
     if out["embeddings"]:
         ids = [i for s in splits for i in out["ids"][s]]
+        source_paths = {e.track_id: e.path for e in read_catalog(config.dataset_dir)}
         np.savez(os.path.join(config.model_dir, "embeddings.npz"), track_ids=np.array(ids),
                  embeddings=np.concatenate([out["embeddings"][s] for s in splits]),
                  splits=np.array([s for s in splits for _ in out["ids"][s]]),
-                 labels=np.array(["|".join(l) for s in splits for l in out["labels"][s]]))
+                 labels=np.array(["|".join(l) for s in splits for l in out["labels"][s]]),
+                 paths=np.array([source_paths.get(i, "") for i in ids]))
     print(format_table(table, title=f"{info.name} test split ({results['sizes']['test']} tracks, "
                                     f"similarity={similarity.name}, {config.eval_repeats} seeds)"))
     written = "results.json and embeddings.npz" if out["embeddings"] else "results.json"
