@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from graph_runner import GraphRunner
 from musicsim import frontends, head
 from musicsim.inputs import TrackSet, make_list_input_fn
 from musicsim.models import wavenet
@@ -24,23 +25,6 @@ LOGMEL = dict(TINY, frontend="logmel", input_sample_rate=1600, n_mels=20)
 STRIDED = dict(TINY, frontend="strided", frontend_stride=5)
 
 
-class GraphRunner:
-    """``build(*placeholders)`` in its own graph (seed 0), evaluated on numpy inputs."""
-
-    def __init__(self, build: Callable, specs: list[tuple[tf.DType, list]]):
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.compat.v1.set_random_seed(0)
-            self.placeholders = [tf.compat.v1.placeholder(dtype, shape) for dtype, shape in specs]
-            self.outputs = build(*self.placeholders)
-            self.session = tf.compat.v1.Session(graph=self.graph)
-            self.session.run(tf.compat.v1.global_variables_initializer())
-
-    def __call__(self, *values):
-        return self.session.run(self.outputs, dict(zip(self.placeholders, values)))
-
-    def close(self) -> None:
-        self.session.close()
 
 
 def frontend_runner(params: Mapping, *, channels: int | None = None) -> GraphRunner:

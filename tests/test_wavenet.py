@@ -12,35 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from graph_runner import GraphRunner
 from musicsim.models import wavenet
 
 TINY = dict(channels=8, skip_channels=16, filter_size=2, dilation_base=2, num_stacks=2, layers_per_stack=3,
             stack_pool_sizes=(3, 4), pooling="max", final_channels=8, final_filter_size=2, dense_layers=())
 
 
-class GraphRunner:
-    """A function built once in its own graph on placeholders, evaluated on numpy inputs.
-
-    Parameters
-    ----------
-    build : ``build(*placeholders) -> tensor or tuple of tensors``
-    specs : (dtype, shape) of each placeholder
-    """
-
-    def __init__(self, build: Callable, specs: list[tuple[tf.DType, list]]):
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            tf.compat.v1.set_random_seed(0)
-            self.placeholders = [tf.compat.v1.placeholder(dtype, shape) for dtype, shape in specs]
-            self.outputs = build(*self.placeholders)
-            self.session = tf.compat.v1.Session(graph=self.graph)
-            self.session.run(tf.compat.v1.global_variables_initializer())
-
-    def __call__(self, *values):
-        return self.session.run(self.outputs, dict(zip(self.placeholders, values)))
-
-    def close(self) -> None:
-        self.session.close()
 
 
 def embed_runner(params: Mapping, *, channels: int | None = None, dtype: tf.DType = tf.float32) -> GraphRunner:
