@@ -390,6 +390,16 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+def check_extraction_settings(*, sample_rate: int, max_seconds: float | None, workers: int | None) -> None:
+    """Raise ValueError for a non-positive sample rate or excerpt length, or fewer than one worker."""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1 or None, got {workers}")
+
+
 def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.ndarray] = "librosa",
                  sample_rate: int = DEFAULT_SAMPLE_RATE, max_seconds: float | None = None,
                  workers: int | None = None, cache_dir: str | None = None,
@@ -424,12 +434,7 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
         The files that could not be used, in ``paths`` order.
     """
     feature_name, fn = _resolve_feature_fn(feature_fn)
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if max_seconds is not None and max_seconds <= 0:
-        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1 or None, got {workers}")
+    check_extraction_settings(sample_rate=sample_rate, max_seconds=max_seconds, workers=workers)
     paths = [os.fspath(p) for p in paths]
     results: dict[int, tuple[np.ndarray | None, str | None]] = {}
     pending: list[int] = []

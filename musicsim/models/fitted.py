@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from musicsim.features import DEFAULT_SAMPLE_RATE, extract_many
+from musicsim.features import DEFAULT_SAMPLE_RATE, check_extraction_settings, extract_many
 
 CONFIG_FILE = "fitted_model.json"
 ARRAYS_FILE = "fitted_model.npz"
@@ -54,12 +54,7 @@ class FittedModel:
 
     def __init__(self, *, sample_rate: int = DEFAULT_SAMPLE_RATE, max_seconds: float | None = DEFAULT_MAX_SECONDS,
                  workers: int | None = None, cache_dir: str | None = None, progress: bool = True):
-        if sample_rate <= 0:
-            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-        if max_seconds is not None and max_seconds <= 0:
-            raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1 or None, got {workers}")
+        check_extraction_settings(sample_rate=sample_rate, max_seconds=max_seconds, workers=workers)
         self.sample_rate = int(sample_rate)
         self.max_seconds = None if max_seconds is None else float(max_seconds)
         self.workers = workers
