@@ -77,7 +77,9 @@ flags.DEFINE_list("augment_gain_db", ["-6", "6"], "contrastive: random gain rang
 flags.DEFINE_float("augment_eq_db", 6.0, "contrastive: random equaliser band gains up to this many dB (0: off).")
 flags.DEFINE_list("augment_snr_db", ["20", "40"], "contrastive: additive noise SNR range in dB (empty: off).")
 flags.DEFINE_float("augment_shift_seconds", 0.05, "contrastive: random time shift up to this (0: off).")
-flags.DEFINE_string("warm_start_from", None, "Fine-tune from this run's checkpoint (a model_dir).")
+flags.DEFINE_list("pretrain_splits", ["train"], "Splits whose audio the self-supervised pretraining reads (labels are "
+                  "never used): train, or e.g. train,eval,test to learn from every track of the catalog.")
+flags.DEFINE_string("warm_start_from", None, "Fine-tune from this run's exported checkpoint (a model_dir).")
 flags.DEFINE_enum("warm_start_vars", "stacks", ["stacks", "all"], "What to warm-start: the WaveNet stacks or every "
                   "variable the checkpoint holds.")
 flags.DEFINE_enum("distribute", None, ["mirrored", "multi_worker"], "Train under a tf.distribute strategy "
@@ -95,7 +97,12 @@ flags.DEFINE_float("variance_ratio", 0.99, "librosa: PCA keeps the components ex
 flags.DEFINE_integer("max_steps", 400, "Training steps (global).")
 flags.DEFINE_float("max_minutes", 10.0, "Stop training after this many minutes (0: no limit).")
 flags.DEFINE_integer("save_checkpoints_steps", 50, "Checkpoint (and evaluate) every N steps.")
-flags.DEFINE_integer("early_stopping_patience", 200, "Stop when eval NDCG@6 has not risen for N steps (0: off).")
+flags.DEFINE_integer("early_stopping_patience", 200, "Stop when the eval --early_stopping_metric has not improved "
+                     "for N steps (0: off).")
+flags.DEFINE_enum("early_stopping_metric", "NDCG@6", ["PC", "NDCG@1", "NDCG@6", "MAP", "loss"], "Eval metric that "
+                  "early stopping and the best checkpoint follow (similarity training; loss must fall, the others rise).")
+flags.DEFINE_enum("export_checkpoint", "best", ["best", "last"], "Embed (export, test, search) with the checkpoint "
+                  "that scored best on the early-stopping metric, or the last one.")
 flags.DEFINE_integer("seed", 0, "Random seed (lists, crops, initialisation).")
 flags.DEFINE_integer("eval_repeats", 5, "Seeds of the test protocol (mean and std are reported).")
 flags.DEFINE_integer("workers", None, "Processes for feature extraction / data prep (default: all cores).")
@@ -126,6 +133,9 @@ class RunConfig:
     eval_repeats: int = 5
     workers: int | None = None
     pretrain: str | None = None  # contrastive | predictive: self-supervised, labels unused
+    pretrain_splits: tuple[str, ...] = ("train",)  # whose audio pretraining reads
+    export_checkpoint: str = "best"  # best | last: the checkpoint that embeds
+    early_stopping_metric: str = "NDCG@6"  # eval metric of similarity training's early stopping
     n_negatives: int = 3
     augmentation: dict = field(default_factory=dict)  # musicsim.pretraining.Augmentation settings
     warm_start_from: str | None = None
@@ -159,7 +169,9 @@ def config_from_flags() -> RunConfig:
         predict_seconds=FLAGS.predict_seconds or None, max_steps=FLAGS.max_steps,
         max_minutes=FLAGS.max_minutes or None, save_checkpoints_steps=FLAGS.save_checkpoints_steps,
         early_stopping_patience=FLAGS.early_stopping_patience, seed=FLAGS.seed, eval_repeats=FLAGS.eval_repeats,
-        workers=FLAGS.workers, pretrain=FLAGS.pretrain, n_negatives=FLAGS.n_negatives,
+        workers=FLAGS.workers, pretrain=FLAGS.pretrain, pretrain_splits=tuple(FLAGS.pretrain_splits),
+        export_checkpoint=FLAGS.export_checkpoint, early_stopping_metric=FLAGS.early_stopping_metric,
+        n_negatives=FLAGS.n_negatives,
         augmentation=dict(gain_db=[float(v) for v in FLAGS.augment_gain_db] or None, eq_db=FLAGS.augment_eq_db,
                           noise_snr_db=[float(v) for v in FLAGS.augment_snr_db] or None,
                           max_shift_seconds=FLAGS.augment_shift_seconds),
@@ -195,6 +207,10 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
         tracks = module.load_splits(config.dataset_dir, splits, params=config.params, workers=config.workers)
     else:
         tracks = {split: TrackSet.from_dataset(config.dataset_dir, split) for split in splits}
+    if config.pretrain:
+        unknown = sorted(set(config.pretrain_splits) - set(splits))
+        if unknown or not config.pretrain_splits:
+            raise app.UsageError(f"--pretrain_splits must name some of {list(splits)}, got {list(config.pretrain_splits)}")
     # The models see the frame rate of their input (logmel needs it to place its mel bands).
     config.params["input_sample_rate"] = tracks["train"].frame_rate
     # A resumed run draws new training lists rather than replaying the first ones again.
@@ -211,24 +227,38 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
         eval_every_steps=config.save_checkpoints_steps, early_stopping=early_stopping)
     print(f"training stopped at step {eval_metrics.get('global_step')}; last eval: "
           + ", ".join(f"{k}={v:.3f}" for k, v in sorted(eval_metrics.items()) if k != "global_step"))
+    metric, direction = early_stopping
+    checkpoint = training.export_checkpoint(config.model_dir, which=config.export_checkpoint, metric=metric,
+                                            direction=direction)
+    print(f"embedding with {os.path.basename(checkpoint)} (the {config.export_checkpoint} checkpoint"
+          + (f" by eval {metric})" if config.export_checkpoint == "best" else ")"))
     if hasattr(module, "embedding_variants") and config.params.get("rnn_embedding") == "all":
-        estimator = _best_variant(config, module, estimator, tracks["eval"], similarity)
+        estimator = _best_variant(config, module, estimator, tracks["eval"], similarity, checkpoint=checkpoint)
     embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
-                                                     seconds=config.predict_seconds) for split in splits}
+                                                     seconds=config.predict_seconds, checkpoint_path=checkpoint)
+                  for split in splits}
     return {"ids": {s: tracks[s].track_ids for s in splits}, "labels": {s: tracks[s].labels for s in splits},
-            "embeddings": embeddings, "eval_metrics": eval_metrics}
+            "embeddings": embeddings, "eval_metrics": eval_metrics, "checkpoint": os.path.basename(checkpoint)}
 
 
 def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
     """``training.make_estimator`` arguments of a run: model, directory, params, warm start, strategy."""
     from musicsim import pretraining
 
+    from musicsim import training
+    from musicsim.embedder import recorded_checkpoint
+
+    keep = training.checkpoints_to_keep(early_stopping_patience=config.early_stopping_patience,
+                                        save_checkpoints_steps=config.save_checkpoints_steps)
     kwargs = dict(model=config.model, model_dir=config.model_dir, params=config.params, seed=config.seed,
                   save_checkpoints_steps=config.save_checkpoints_steps, distribute=config.distribute,
-                  num_cpu_replicas=config.num_cpu_replicas, xla=bool(config.params.get("xla")))
+                  num_cpu_replicas=config.num_cpu_replicas, xla=bool(config.params.get("xla")),
+                  keep_checkpoint_max=keep)
     if config.warm_start_from:
-        kwargs.update(warm_start_from=config.warm_start_from, warm_start_vars=pretraining.warm_start_vars(
-            config.warm_start_vars, checkpoint=config.warm_start_from))
+        # The checkpoint the pretraining run exported (its best), not merely its latest.
+        source = recorded_checkpoint(config.warm_start_from) or config.warm_start_from
+        kwargs.update(warm_start_from=source, warm_start_vars=pretraining.warm_start_vars(
+            config.warm_start_vars, checkpoint=source))
     kwargs.update(overrides)
     return kwargs
 
@@ -244,14 +274,17 @@ def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, tra
         if config.pretrain == "contrastive":
             settings = pretraining.Augmentation(**config.augmentation) if config.augmentation else None
             common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=settings)
-            train_fn = pretraining.make_contrastive_input_fn(tracks=tracks["train"], crop_seconds=config.crop_seconds,
+            # Labels are never read: the audio of every split named can be learned from.
+            pretrain_tracks = TrackSet.concatenate([tracks[split] for split in config.pretrain_splits])
+            train_fn = pretraining.make_contrastive_input_fn(tracks=pretrain_tracks, crop_seconds=config.crop_seconds,
                                                              mode="train", seed=train_seed, **common)
             eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], crop_seconds=config.eval_seconds,
                                                             mode="eval", seed=config.seed, **common)
         else:
             # The stacks run unpooled while pretraining: eval on crops too, whole tracks would not fit.
             common = dict(batch_size=config.batch_size, crop_seconds=config.crop_seconds)
-            train_fn = pretraining.make_predictive_input_fn(tracks=tracks["train"], mode="train", seed=train_seed,
+            pretrain_tracks = TrackSet.concatenate([tracks[split] for split in config.pretrain_splits])
+            train_fn = pretraining.make_predictive_input_fn(tracks=pretrain_tracks, mode="train", seed=train_seed,
                                                             **common)
             eval_fn = pretraining.make_predictive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
                                                            **common)
@@ -268,10 +301,11 @@ def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, tra
                                seed=train_seed, **common),
             make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds, seed=config.seed,
                                **common),
-            (training.EARLY_STOPPING_METRIC, "increase"), None)
+            (config.early_stopping_metric, "decrease" if config.early_stopping_metric == "loss" else "increase"),
+            None)
 
 
-def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity):
+def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity, *, checkpoint: str):
     """The paper's RNN optimisation: read the embedding every way (outputs/states x mean/max/last) from the
     same checkpoint, score each on the eval split, keep the best (by NDCG@6, then catalog mAP)."""
     from musicsim import training
@@ -281,7 +315,8 @@ def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity)
     for embedding, reduce in module.embedding_variants():
         params = dict(config.params, rnn_embedding=embedding, rnn_reduce=reduce)
         variant = training.make_estimator(**_estimator_kwargs(config, params=params))
-        vectors = training.predict_embeddings(estimator=variant, tracks=eval_tracks, seconds=config.predict_seconds)
+        vectors = training.predict_embeddings(estimator=variant, tracks=eval_tracks, seconds=config.predict_seconds,
+                                              checkpoint_path=checkpoint)
         result = evaluation.evaluate(relevance_matrix=relevance, embeddings=vectors,
                                      similarity=params.get("similarity", "cosine"), seeds=[config.seed])
         scored.append(((result["NDCG@6"][0], result["catalog_mAP"][0]), embedding, reduce, variant))
@@ -369,7 +404,7 @@ def run(config: RunConfig) -> dict:
         "test": {k: {"mean": v[0], "std": v[1]} for k, v in table[config.model].items()},
         "baselines": {name: {k: {"mean": v[0], "std": v[1]} for k, v in table[name].items()}
                       for name in registry.BASELINES},
-        "eval_metrics": out["eval_metrics"], "eval_repeats": config.eval_repeats,
+        "eval_metrics": out["eval_metrics"], "checkpoint": out.get("checkpoint"), "eval_repeats": config.eval_repeats,
         "sizes": {split: len(ids) for split, ids in out["ids"].items()},
         "wall_seconds": round(time.time() - started, 1), "config": asdict(config),
     }

@@ -71,6 +71,23 @@ def decode_chroma(path: str, settings: ChromaSettings):
     return DecodeResult(pooled=chroma, seconds=seconds)
 
 
+def recorded_checkpoint(model_dir: str) -> str | None:
+    """The checkpoint a finished run embedded with (``results.json``'s ``checkpoint``), as a path.
+
+    None when the run records none (an older or unfinished run, a fitted model) or when that
+    checkpoint is no longer on disk; callers then use the latest checkpoint.
+    """
+    try:
+        with open(os.path.join(model_dir, RESULTS_FILE)) as f:
+            name = json.load(f).get("checkpoint")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    if not name:
+        return None
+    path = os.path.join(os.path.abspath(model_dir), os.path.basename(str(name)))
+    return path if os.path.exists(path + ".index") else None
+
+
 def read_run_info(model_dir: str) -> dict[str, Any]:
     """What a run recorded: ``{"model", "kind", "config", "dataset"}``.
 
@@ -228,7 +245,8 @@ class LearnedEmbedder(Embedder):
         self.dataset = dict(info.get("dataset") or {})
         self.similarity = str(self.params.get("similarity", "cosine"))
         self.module = registry.learned_module(self.name)
-        self.checkpoint = tf.train.latest_checkpoint(self.model_dir)
+        # The checkpoint the run exported its embeddings with, so a file's vector equals its exported one.
+        self.checkpoint = recorded_checkpoint(self.model_dir) or tf.train.latest_checkpoint(self.model_dir)
         if self.checkpoint is None:
             raise FileNotFoundError(f"{self.model_dir} holds no checkpoint of its {self.name} model: "
                                     "has the run trained yet?")

@@ -4,11 +4,14 @@
 """
 from __future__ import annotations
 
+import operator
+import os
 import time
 from typing import Callable, Mapping
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
 from musicsim import distribute as distribute_lib
 from musicsim import frontends, head
@@ -16,6 +19,7 @@ from musicsim import models as registry
 from musicsim.inputs import TrackSet, make_predict_input_fn
 
 EARLY_STOPPING_METRIC = "NDCG@6"
+EXPORT_CHECKPOINTS = ("best", "last")
 
 
 class TimeLimitHook(tf.estimator.SessionRunHook):
@@ -33,13 +37,14 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
                    save_checkpoints_steps: int = 50, warm_start_from: str | None = None,
                    warm_start_vars: str = ".*", distribute: str | None = None,
                    num_cpu_replicas: int | None = None, model_fn: Callable | None = None,
-                   xla: bool = False) -> tf.estimator.Estimator:
+                   xla: bool = False, keep_checkpoint_max: int = 3) -> tf.estimator.Estimator:
     """An estimator for a learned model: its ``embed`` under the shared ranking head.
 
     ``distribute`` (``"mirrored"``, ``"multi_worker"`` or None) trains under that
     ``tf.distribute`` strategy (see ``musicsim.distribute.make_strategy``, which also takes
     ``num_cpu_replicas``); each replica takes one ``input_fn`` batch per step. ``model_fn`` replaces the
-    model's own (pretraining objectives); ``xla`` compiles the graph with XLA.
+    model's own (pretraining objectives); ``xla`` compiles the graph with XLA. ``keep_checkpoint_max``
+    checkpoints are kept (see `checkpoints_to_keep`: enough to still hold the best one).
     """
     if model_fn is None:
         module = registry.learned_module(model)
@@ -55,7 +60,7 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
     # count is a race; and the estimator refuses a multi-worker eval_distribute.
     config = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=seed,
                                     save_checkpoints_steps=save_checkpoints_steps, save_checkpoints_secs=None,
-                                    keep_checkpoint_max=3, log_step_count_steps=25, save_summary_steps=10,
+                                    keep_checkpoint_max=keep_checkpoint_max, log_step_count_steps=25, save_summary_steps=10,
                                     train_distribute=strategy, eval_distribute=None,
                                     session_config=frontends.session_config(xla=xla))
     warm_start = None
@@ -94,6 +99,60 @@ def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Cal
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
 
 
+def checkpoints_to_keep(*, early_stopping_patience: int, save_checkpoints_steps: int) -> int:
+    """How many checkpoints a run keeps so its best one is still on disk when training stops.
+
+    Early stopping fires ``patience`` steps after the best evaluation, and a time limit stops within
+    ``patience`` steps of it too (otherwise early stopping would have fired first), so the best
+    checkpoint is at most ``patience / save_checkpoints_steps`` checkpoints back; one more for the
+    checkpoint written at the stop. Without early stopping: 3, TF's default is 5.
+    """
+    if save_checkpoints_steps < 1:
+        raise ValueError(f"save_checkpoints_steps must be >= 1, got {save_checkpoints_steps}")
+    if early_stopping_patience <= 0:
+        return 3
+    return max(3, -(-early_stopping_patience // save_checkpoints_steps) + 2)
+
+
+def best_checkpoint(model_dir: str, *, metric: str = EARLY_STOPPING_METRIC, direction: str = "increase"
+                    ) -> str | None:
+    """The checkpoint of ``model_dir`` whose evaluation scored best on ``metric``.
+
+    Only evaluations whose checkpoint is still on disk count; ties go to the earliest step (the same
+    rule as early stopping). Falls back to the latest checkpoint when no evaluation of a kept checkpoint
+    names ``metric``; None when there is no checkpoint at all.
+
+    Parameters
+    ----------
+    model_dir : a run directory (its ``eval/`` holds the estimator's evaluations)
+    metric : eval metric name, e.g. ``"NDCG@6"``
+    direction : ``"increase"`` (higher is better) or ``"decrease"``
+    """
+    if direction not in ("increase", "decrease"):
+        raise ValueError(f"direction must be 'increase' or 'decrease', got {direction!r}")
+    better = operator.gt if direction == "increase" else operator.lt
+    eval_dir = os.path.join(model_dir, "eval")
+    evaluations = read_eval_metrics(eval_dir) if os.path.isdir(eval_dir) else {}
+    best = best_path = None
+    for step, metrics in sorted(evaluations.items()):
+        path = os.path.join(model_dir, f"model.ckpt-{step}")
+        if metric not in metrics or not os.path.exists(path + ".index"):
+            continue
+        if best is None or better(float(metrics[metric]), best):
+            best, best_path = float(metrics[metric]), path
+    return best_path or tf.train.latest_checkpoint(model_dir)
+
+
+def export_checkpoint(model_dir: str, *, which: str, metric: str = EARLY_STOPPING_METRIC,
+                      direction: str = "increase") -> str | None:
+    """The checkpoint a run embeds with: ``"best"`` (`best_checkpoint`) or ``"last"`` (the latest)."""
+    if which not in EXPORT_CHECKPOINTS:
+        raise ValueError(f"export checkpoint must be one of {EXPORT_CHECKPOINTS}, got {which!r}")
+    if which == "last":
+        return tf.train.latest_checkpoint(model_dir)
+    return best_checkpoint(model_dir, metric=metric, direction=direction)
+
+
 def resume_step(model_dir: str) -> int:
     """Global step of the latest checkpoint in ``model_dir`` (0 for a new run)."""
     checkpoint = tf.train.latest_checkpoint(model_dir)
@@ -101,11 +160,12 @@ def resume_step(model_dir: str) -> int:
 
 
 def predict_embeddings(*, estimator: tf.estimator.Estimator, tracks: TrackSet, batch_size: int = 8,
-                       seconds: float | None = None) -> np.ndarray:
-    """Embeddings of every track, in ``tracks`` order: float32 ``[n, dim]``."""
+                       seconds: float | None = None, checkpoint_path: str | None = None) -> np.ndarray:
+    """Embeddings of every track, in ``tracks`` order: float32 ``[n, dim]``, from ``checkpoint_path``
+    (default: the latest checkpoint)."""
     input_fn = make_predict_input_fn(tracks=tracks, batch_size=batch_size, seconds=seconds)
     by_id = {}
-    for prediction in estimator.predict(input_fn, yield_single_examples=True):
+    for prediction in estimator.predict(input_fn, checkpoint_path=checkpoint_path, yield_single_examples=True):
         by_id[prediction["track_id"].decode()] = prediction["embedding"]
     missing = [t for t in tracks.track_ids if t not in by_id]
     if missing:

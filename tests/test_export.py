@@ -75,7 +75,29 @@ def test_embedder_describes_the_run(embedder, tiny_run, run_vectors):
     assert embedder.dim == TINY_WAVENET["final_channels"] == next(iter(run_vectors.values())).shape[0]
     assert embedder.model_dir == os.path.abspath(tiny_run)
     assert (embedder.sample_rate, embedder.pool_size, embedder.max_seconds) == (SAMPLE_RATE, POOL_SIZE, None)
-    assert embedder.version == "model.ckpt-20"
+    with open(os.path.join(tiny_run, "results.json")) as f:
+        exported = json.load(f)["checkpoint"]
+    assert embedder.version == exported and exported in ("model.ckpt-10", "model.ckpt-20")
+
+
+def test_embedder_uses_the_checkpoint_the_run_exported_with(tiny_run, tmp_path, synthetic_dataset):
+    """A copy of the run recording either checkpoint embeds with that one; without a record (or when the
+    recorded checkpoint is gone) it falls back to the latest."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    results_path = copy / "results.json"
+    results = json.loads(results_path.read_text())
+    paths = [e.path for e in read_catalog(synthetic_dataset)[:2]]
+    vectors = {}
+    for recorded, expected in (("model.ckpt-10", "model.ckpt-10"), ("model.ckpt-20", "model.ckpt-20"),
+                               (None, "model.ckpt-20"), ("model.ckpt-999", "model.ckpt-20")):
+        results_path.write_text(json.dumps(dict(results, checkpoint=recorded)))
+        embedder = load_embedder(str(copy))
+        assert embedder.version == expected
+        vectors[recorded] = embedder.embed_paths(paths=paths, workers=1, progress=False)[0]
+    assert not np.allclose(vectors["model.ckpt-10"], vectors["model.ckpt-20"])  # each checkpoint its own vectors
+    for fallback in (None, "model.ckpt-999"):
+        np.testing.assert_allclose(vectors[fallback], vectors["model.ckpt-20"], atol=1e-6)
 
 
 @pytest.mark.parametrize("workers, batch_size, count", [(1, 8, None), (2, 3, 7)])

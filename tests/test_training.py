@@ -150,7 +150,7 @@ def test_make_estimator_rejects_a_fitted_model(tmp_path):
 class ForgetfulEstimator:
     """Stands in for an estimator whose PREDICT loses every track after the first."""
 
-    def predict(self, input_fn, yield_single_examples=True):
+    def predict(self, input_fn, checkpoint_path=None, yield_single_examples=True):
         features = next(iter(input_fn()))
         yield {"track_id": features["track_id"].numpy()[0], "embedding": np.ones(3, np.float32)}
 
@@ -195,3 +195,83 @@ def test_training_learns_the_similarity(splits, tmp_path):
     assert trained["PC"][0] >= 0.9 and trained["PC"][0] >= untrained["PC"][0] + 0.15
     assert trained["NDCG@6"][0] >= random["NDCG@6"][0] + 0.15
     assert trained["MAP"][0] >= random["MAP"][0] + 0.2
+
+
+# ------------------------------------------------------------------------------ best checkpoint
+
+def _fake_run(model_dir, *, evaluations: dict[int, dict[str, float]], kept: tuple[int, ...]) -> None:
+    """A run directory with these evaluations in ``eval/`` and checkpoint files for the ``kept`` steps."""
+    with tf.Graph().as_default():  # the estimator's own (v1) event writer, as its evaluations are written
+        writer = tf.compat.v1.summary.FileWriter(str(model_dir / "eval"))
+        for step, metrics in evaluations.items():
+            summary = tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(tag=name, simple_value=value)
+                                                  for name, value in metrics.items()])
+            writer.add_summary(summary, global_step=step)
+        writer.close()
+    for step in kept:
+        (model_dir / f"model.ckpt-{step}.index").write_bytes(b"")
+    if kept:
+        (model_dir / "checkpoint").write_text(f'model_checkpoint_path: "model.ckpt-{max(kept)}"\n')
+
+
+CURVE = {10: {"NDCG@6": 0.5, "loss": 0.9}, 20: {"NDCG@6": 0.8, "loss": 0.4}, 30: {"NDCG@6": 0.7, "loss": 0.3},
+         40: {"NDCG@6": 0.8, "loss": 0.5}}
+
+
+@pytest.mark.parametrize("metric, direction, kept, expected", [
+    ("NDCG@6", "increase", (10, 20, 30, 40), 20),  # a tie goes to the earliest step, as in early stopping
+    ("loss", "decrease", (10, 20, 30, 40), 30),
+    ("NDCG@6", "increase", (30, 40), 40),  # the best (20) was deleted: the best of those kept
+    ("NDCG@6", "increase", (10, 30), 30),
+    ("MAP", "increase", (10, 20, 30, 40), 40),  # never evaluated: the latest
+])
+def test_best_checkpoint_follows_the_metric_among_kept_checkpoints(tmp_path, metric, direction, kept, expected):
+    _fake_run(tmp_path, evaluations=CURVE, kept=kept)
+    best = training.best_checkpoint(str(tmp_path), metric=metric, direction=direction)
+    assert best == str(tmp_path / f"model.ckpt-{expected}")
+
+
+def test_export_checkpoint_best_or_last(tmp_path):
+    _fake_run(tmp_path, evaluations=CURVE, kept=(10, 20, 30, 40))
+    assert training.export_checkpoint(str(tmp_path), which="best").endswith("model.ckpt-20")
+    assert training.export_checkpoint(str(tmp_path), which="last").endswith("model.ckpt-40")
+    with pytest.raises(ValueError, match="export checkpoint must be one of"):
+        training.export_checkpoint(str(tmp_path), which="median")
+    with pytest.raises(ValueError, match="direction must be"):
+        training.best_checkpoint(str(tmp_path), direction="up")
+
+
+def test_best_checkpoint_of_a_run_without_checkpoints_is_none(tmp_path):
+    assert training.best_checkpoint(str(tmp_path)) is None
+    _fake_run(tmp_path, evaluations=CURVE, kept=())
+    assert training.best_checkpoint(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("patience, every, expected", [(0, 50, 3), (100, 50, 4), (400, 100, 6), (450, 100, 7),
+                                                       (10, 100, 3)])
+def test_checkpoints_to_keep_covers_the_patience(patience, every, expected):
+    assert training.checkpoints_to_keep(early_stopping_patience=patience, save_checkpoints_steps=every) == expected
+
+
+def test_checkpoints_to_keep_refuses_a_bad_interval():
+    with pytest.raises(ValueError, match="save_checkpoints_steps must be >= 1"):
+        training.checkpoints_to_keep(early_stopping_patience=100, save_checkpoints_steps=0)
+
+
+def test_a_trained_run_keeps_and_embeds_with_its_best_checkpoint(splits, tmp_path):
+    """Early stopping with patience: the best evaluated checkpoint is still on disk at the stop, and
+    embedding with it differs from embedding with the last one whenever they differ."""
+    keep = training.checkpoints_to_keep(early_stopping_patience=20, save_checkpoints_steps=5)
+    estimator = training.make_estimator(model="wavenet", model_dir=str(tmp_path), params=TINY, seed=0,
+                                        save_checkpoints_steps=5, keep_checkpoint_max=keep)
+    train, evaluate = input_fns(splits)
+    training.train_and_evaluate(estimator=estimator, train_input_fn=train, eval_input_fn=evaluate, max_steps=40,
+                                early_stopping_patience=20, eval_every_steps=5)
+    evaluations = read_eval_metrics(str(tmp_path / "eval"))
+    best_step = max(sorted(evaluations), key=lambda step: (evaluations[step]["NDCG@6"], -step))
+    best = training.best_checkpoint(str(tmp_path))
+    assert best == str(tmp_path / f"model.ckpt-{best_step}")
+    last = estimator.latest_checkpoint()
+    from_best = training.predict_embeddings(estimator=estimator, tracks=splits["test"], checkpoint_path=best)
+    from_last = training.predict_embeddings(estimator=estimator, tracks=splits["test"])
+    assert np.array_equal(from_best, from_last) == (best == last)
