@@ -66,6 +66,18 @@ class TrackSet:
         return cls(track_ids=[t.track_id for t in tracks], labels=[t.labels for t in tracks],
                    sequences=[t.audio for t in tracks], frame_rate=float(tracks[0].sample_rate))
 
+    @classmethod
+    def concatenate(cls, track_sets: Sequence["TrackSet"]) -> "TrackSet":
+        """The tracks of several sets (e.g. splits) in one set, in order; they must share a frame rate."""
+        if not track_sets:
+            raise ValueError("concatenate needs at least one TrackSet")
+        rates = {float(t.frame_rate) for t in track_sets}
+        if len(rates) > 1:
+            raise ValueError(f"cannot concatenate TrackSets of different frame rates: {sorted(rates)}")
+        return cls(track_ids=[i for t in track_sets for i in t.track_ids],
+                   labels=[l for t in track_sets for l in t.labels],
+                   sequences=[s for t in track_sets for s in t.sequences], frame_rate=rates.pop())
+
     def relevance(self, similarity: Similarity) -> tuple[np.ndarray, np.ndarray]:
         """(relevance ``[n, n]`` float32, binary similar ``[n, n]`` bool), the diagonal excluded (0 / False)."""
         relevance = similarity.relevance_matrix(self.labels, self.labels)

@@ -270,3 +270,18 @@ def test_predict_streams_every_track_once_in_order(seconds, channels):
 def test_invalid_arguments_raise(arguments, message):
     with pytest.raises(ValueError, match=message):
         make_list_input_fn(tracks=coded_tracks(), similarity=SharedLabel(), **arguments)
+
+
+def test_concatenate_track_sets_keeps_order_and_refuses_mixed_rates():
+    first = TrackSet(track_ids=["a", "b"], labels=[("x",), ("y",)],
+                     sequences=[np.zeros(4, np.float32), np.ones(6, np.float32)], frame_rate=100.0)
+    second = TrackSet(track_ids=["c"], labels=[("x",)], sequences=[np.full(5, 2.0, np.float32)], frame_rate=100.0)
+    both = TrackSet.concatenate([first, second])
+    assert both.track_ids == ["a", "b", "c"] and both.labels == [("x",), ("y",), ("x",)]
+    assert [s.shape for s in both.sequences] == [(4, 1), (6, 1), (5, 1)] and both.frame_rate == 100.0
+    assert np.array_equal(both.sequences[2], second.sequences[0])
+    with pytest.raises(ValueError, match="different frame rates"):
+        TrackSet.concatenate([first, TrackSet(track_ids=["d"], labels=[("x",)], sequences=[np.zeros(3)],
+                                              frame_rate=50.0)])
+    with pytest.raises(ValueError, match="at least one TrackSet"):
+        TrackSet.concatenate([])

@@ -579,3 +579,72 @@ def test_runner_hooks_refuse_unknown_names(call, match):
 def test_early_stopping_of_each_kind():
     assert pretraining.pretraining_early_stopping("predictive") == pretraining.EARLY_STOPPING == ("loss", "decrease")
     assert pretraining.pretraining_early_stopping("contrastive") == ("NDCG@6", "increase")
+
+
+# ------------------------------------------------------------------ experiments.run: pretrain, then fine-tune
+
+def run_config(dataset_dir: str, model_dir: str, **overrides):
+    from experiments.run import RunConfig
+
+    settings = dict(model="wavenet", dataset_dir=dataset_dir, model_dir=model_dir, params=dict(TINY),
+                    batch_size=4, crop_seconds=0.5, eval_seconds=1.0, max_steps=6, save_checkpoints_steps=3,
+                    early_stopping_patience=0, max_minutes=2, eval_repeats=1, workers=1)
+    return RunConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def pretrained_on_every_split(synthetic_dataset, tmp_path_factory, request):
+    """experiments.run --pretrain=contrastive --pretrain_splits=train,eval,test: the tracks it read."""
+    from experiments.run import run
+
+    seen = []
+    original = pretraining.make_contrastive_input_fn
+
+    def spy(*, tracks, mode, **kwargs):
+        seen.append((mode, list(tracks.track_ids)))
+        return original(tracks=tracks, mode=mode, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    request.addfinalizer(patch.undo)
+    patch.setattr(pretraining, "make_contrastive_input_fn", spy)
+    model_dir = str(tmp_path_factory.mktemp("pretrained_all"))
+    run(run_config(synthetic_dataset, model_dir, pretrain="contrastive", pretrain_splits=("train", "eval", "test"),
+                   n_negatives=3))
+    patch.undo()
+    return dict(model_dir=model_dir, seen=dict(seen))
+
+
+def test_contrastive_pretraining_reads_the_audio_of_every_split_named(pretrained_on_every_split, synthetic_dataset):
+    from musicsim.dataset import read_catalog
+
+    by_split = {s: [e.track_id for e in read_catalog(synthetic_dataset, split=s)] for s in ("train", "eval", "test")}
+    seen = pretrained_on_every_split["seen"]
+    assert seen["train"] == by_split["train"] + by_split["eval"] + by_split["test"]
+    assert seen["eval"] == by_split["eval"]  # the monitor stays on the eval split
+
+
+def test_fine_tuning_warm_starts_from_the_checkpoint_the_pretraining_run_exported(pretrained_on_every_split,
+                                                                                 synthetic_dataset, tmp_path):
+    import json
+    import os
+
+    from experiments.run import run
+
+    pretrained = pretrained_on_every_split["model_dir"]
+    with open(os.path.join(pretrained, "results.json")) as f:
+        exported = os.path.join(pretrained, json.load(f)["checkpoint"])
+    assert os.path.exists(exported + ".index")
+    model_dir = str(tmp_path / "fine_tuned")
+    run(run_config(synthetic_dataset, model_dir, params=dict(TINY, learning_rate=0.0), max_steps=1,
+                   warm_start_from=pretrained, warm_start_vars="stacks"))
+    for name in stack_names(exported):
+        np.testing.assert_array_equal(tf.train.load_variable(model_dir, name), tf.train.load_variable(exported, name))
+
+
+def test_pretraining_refuses_unknown_splits(synthetic_dataset, tmp_path):
+    from absl import app
+
+    from experiments.run import run
+
+    with pytest.raises(app.UsageError, match="--pretrain_splits must name some of"):
+        run(run_config(synthetic_dataset, str(tmp_path), pretrain="contrastive", pretrain_splits=("train", "valid")))
