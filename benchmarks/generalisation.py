@@ -90,6 +90,12 @@ CONFIGS = {
                                        "--n_negatives=3"),
         description="contrastive pretraining on the train split (labels unused), then the stacks warm-start "
                     "logmel_lambda_cosine"),
+    "logmel_contrastive_all_finetune": WaveNetConfig(
+        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
+        pretrain_flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--pretrain=contrastive",
+                                       "--n_negatives=3", "--pretrain_splits=train,eval,test"),
+        description="as logmel_contrastive_finetune, the contrastive stage reading the audio of every split "
+                    "(labels unused: what a search engine can do with the catalog it indexes)"),
     "raw_paper": WaveNetConfig(
         flags=("--model=wavenet", "--frontend=raw", "--loss=lambda", "--similarity=cosine", "--batch_size=4",
                "--crop_seconds=4"),
@@ -181,9 +187,10 @@ class RunPlan:
 
 
 def plan_runs(*, runs_dir: str, data_dir: str, configs: list[str], seeds: list[int], minutes_per_run: float,
-              workers: int, eval_repeats: int) -> list[RunPlan]:
-    """The fitted models of both protocols first, then per configuration, seed and protocol the WaveNet runs
-    (seeds outermost within a configuration, so a cut time budget leaves both protocols with the same seeds)."""
+              workers: int, eval_repeats: int, protocols: tuple[str, ...] = tuple(PROTOCOLS)) -> list[RunPlan]:
+    """The fitted models of both protocols first, then per configuration, seed and protocol (of
+    ``protocols``) the WaveNet runs (seeds outermost within a configuration, so a cut time budget leaves
+    the protocols with the same seeds)."""
     plans = []
     common = [f"--workers={workers}", f"--eval_repeats={eval_repeats}"]
     for protocol in PROTOCOLS:
@@ -198,7 +205,7 @@ def plan_runs(*, runs_dir: str, data_dir: str, configs: list[str], seeds: list[i
     for name in configs:
         config = CONFIGS[name]
         for seed in seeds[:config.max_seeds]:
-            for protocol in PROTOCOLS:
+            for protocol in (p for p in PROTOCOLS if p in protocols):
                 dataset = dataset_dir(data_dir=data_dir, protocol=protocol, data=config.data)
                 model_dir = os.path.join(runs_dir, protocol, name, f"seed{seed}")
                 flags = [*config.flags, f"--dataset={dataset}", f"--model_dir={model_dir}", f"--seed={seed}",
@@ -421,6 +428,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of the WaveNet configurations")
     parser.add_argument("--configs", default="logmel_lambda_cosine",
                         help=f"comma-separated WaveNet configurations, in order: {', '.join(CONFIGS)}")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS),
+                        help="protocols the WaveNet configurations train on (the fitted models run on both)")
     parser.add_argument("--minutes_per_run", type=float, default=5.0, help="training minutes per WaveNet run")
     parser.add_argument("--time_budget_minutes", type=float, default=None,
                         help="launch no training run that would end past this many minutes from the start")
@@ -433,6 +442,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [c for c in args.config_list if c not in CONFIGS]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
+    args.protocol_list = tuple(p.strip() for p in args.protocols.split(",") if p.strip())
+    if not args.protocol_list or any(p not in PROTOCOLS for p in args.protocol_list):
+        parser.error(f"--protocols: choose some of {list(PROTOCOLS)}, got {args.protocols!r}")
     if not args.seed_list:
         parser.error("--seeds: give at least one seed")
     if args.minutes_per_run <= 0:
@@ -458,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.time_budget_minutes is not None:
         budget = args.time_budget_minutes - (time.monotonic() - started) / 60.0
     plans = plan_runs(runs_dir=runs_dir, data_dir=data_dir, configs=args.config_list, seeds=args.seed_list,
-                      minutes_per_run=args.minutes_per_run, workers=args.workers, eval_repeats=args.eval_repeats)
+                      minutes_per_run=args.minutes_per_run, workers=args.workers, eval_repeats=args.eval_repeats,
+                      protocols=args.protocol_list)
     execute(plans, minutes_per_run=args.minutes_per_run, time_budget_minutes=budget)
     os.makedirs(output, exist_ok=True)
     protocol_reports(plans, output=output)
