@@ -36,6 +36,8 @@ flags.DEFINE_integer("min_shared_tags", None, "Tags in common for two tracks to 
 flags.DEFINE_enum("loss", "lambda", ["lambda", "pairwise"], "LambdaLoss (listwise) or the pairwise hinge loss.")
 flags.DEFINE_enum("similarity", "cosine", ["cosine", "euclidean"], "How embeddings are compared.")
 flags.DEFINE_float("margin", 1.0, "Margin of the pairwise hinge loss.")
+flags.DEFINE_float("score_scale", 1.0, "Multiply the similarity scores by this before the loss (an inverse "
+                   "temperature: cosine scores span only [-1, 1]); rankings and metrics are unchanged.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_float("clip_norm", 5.0, "Clip gradients to this global norm (0: no clipping).")
 flags.DEFINE_float("dropout", 0.0, "Dropout rate.")
@@ -150,7 +152,8 @@ def config_from_flags() -> RunConfig:
         "tensorboard_logs", f"{FLAGS.model}-{os.path.basename(os.path.normpath(dataset_dir))}-"
                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     params = dict(
-        loss=FLAGS.loss, similarity=FLAGS.similarity, margin=FLAGS.margin, learning_rate=FLAGS.learning_rate,
+        loss=FLAGS.loss, similarity=FLAGS.similarity, margin=FLAGS.margin, score_scale=FLAGS.score_scale,
+        learning_rate=FLAGS.learning_rate,
         clip_norm=FLAGS.clip_norm, dropout=FLAGS.dropout,
         channels=FLAGS.channels, skip_channels=FLAGS.skip_channels, filter_size=FLAGS.filter_size,
         dilation_base=FLAGS.dilation_base, num_stacks=FLAGS.num_stacks, layers_per_stack=FLAGS.layers_per_stack,

@@ -27,7 +27,8 @@ METRIC_KEYS = {
     "NDCG@6": (tfr.metrics.RankingMetricKey.NDCG, 6),
     "MAP": (tfr.metrics.RankingMetricKey.MAP, None),
 }
-DEFAULT_HEAD_PARAMS = dict(loss="lambda", similarity="cosine", margin=1.0, learning_rate=1e-3, clip_norm=5.0)
+DEFAULT_HEAD_PARAMS = dict(loss="lambda", similarity="cosine", margin=1.0, learning_rate=1e-3, clip_norm=5.0,
+                           score_scale=1.0)
 
 
 def similarity_scores(query: tf.Tensor, candidates: tf.Tensor, *, similarity: str) -> tf.Tensor:
@@ -84,6 +85,14 @@ def make_metric_fns() -> dict[str, Callable]:
 
 def _hparam(params: Mapping, key: str):
     return params.get(key, DEFAULT_HEAD_PARAMS[key])
+
+
+def score_scale(params: Mapping) -> float:
+    """The factor on the similarity scores before the loss (``score_scale``, > 0; default 1)."""
+    scale = float(_hparam(params, "score_scale"))
+    if not scale > 0:
+        raise ValueError(f"score_scale must be > 0, got {scale}")
+    return scale
 
 
 def embed_lists(embed_fn: EmbedFn, features: Mapping[str, tf.Tensor], *, params: Mapping, training: bool
@@ -146,6 +155,9 @@ def make_model_fn(embed_fn: EmbedFn) -> Callable:
 
         query_embedding, candidate_embedding = embed_lists(embed_fn, features, params=params, training=training)
         scores = similarity_scores(query_embedding, candidate_embedding, similarity=_hparam(params, "similarity"))
+        # Cosine scores lie in [-1, 1]: a logistic loss on them cannot separate pairs by more than 2 logits and
+        # never saturates; a scale (an inverse temperature) lets it. Rankings, so the metrics, are unchanged.
+        scores = scores * score_scale(params)
         loss = ranking_loss(labels, scores, loss=_hparam(params, "loss"), margin=float(_hparam(params, "margin")))
         if mode == tf.estimator.ModeKeys.EVAL:
             metric_ops = {name: fn(labels, scores, features) for name, fn in make_metric_fns().items()}

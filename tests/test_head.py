@@ -319,3 +319,34 @@ def test_model_fn_eval_and_predict_specs():
         spec = model_fn(predict_features, None, tf.estimator.ModeKeys.PREDICT, {})
         assert set(spec.predictions) == {"embedding", "track_id"}
         assert spec.predictions["embedding"].shape.as_list() == [2, 4]
+
+
+def _eval_loss_and_metrics(params: dict) -> tuple[float, dict[str, float]]:
+    """EVAL of the head on `_list_batch` with fixed (seeded) weights: the loss and the metric values."""
+    features, labels = _list_batch(2)
+    model_fn = head.make_model_fn(linear_embed)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(0)
+        spec = model_fn({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels),
+                        tf.estimator.ModeKeys.EVAL, params)
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
+            session.run({name: update for name, (_, update) in spec.eval_metric_ops.items()})
+            values = session.run({name: value for name, (value, _) in spec.eval_metric_ops.items()})
+            return float(session.run(spec.loss)), values
+
+
+@pytest.mark.parametrize("loss", ["lambda", "pairwise"])
+def test_score_scale_changes_the_loss_but_not_the_metrics(loss):
+    """The scale multiplies the scores before the loss: the same ranking, a different loss."""
+    plain_loss, plain_metrics = _eval_loss_and_metrics(dict(loss=loss))
+    scaled_loss, scaled_metrics = _eval_loss_and_metrics(dict(loss=loss, score_scale=10.0))
+    assert scaled_metrics == pytest.approx(plain_metrics)
+    assert abs(scaled_loss - plain_loss) > 1e-3
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_score_scale_must_be_positive(scale):
+    with pytest.raises(ValueError, match="score_scale must be > 0"):
+        _eval_loss_and_metrics(dict(score_scale=scale))
