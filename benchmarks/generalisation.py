@@ -96,6 +96,12 @@ CONFIGS = {
                                        "--n_negatives=3", "--pretrain_splits=train,eval,test"),
         description="as logmel_contrastive_finetune, the contrastive stage reading the audio of every split "
                     "(labels unused: what a search engine can do with the catalog it indexes)"),
+    "logmel_scaled_contrastive_all_finetune": WaveNetConfig(
+        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--score_scale=10", "--warm_start_vars=stacks"),
+        pretrain_flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--score_scale=10",
+                                       "--pretrain=contrastive", "--n_negatives=3", "--pretrain_splits=train,eval,test"),
+        description="as logmel_contrastive_all_finetune, both stages scoring with cosine x 10 (--score_scale) "
+                    "so the logistic loss can separate pairs"),
     "raw_paper": WaveNetConfig(
         flags=("--model=wavenet", "--frontend=raw", "--loss=lambda", "--similarity=cosine", "--batch_size=4",
                "--crop_seconds=4"),
