@@ -20,7 +20,8 @@ test split, by catalog mAP, PC and NDCG@1 (``musicsim.evaluation``):
 
 The learned projection starts from the very features the baseline uses, so if it beats them on the
 track split but not on the album-disjoint split, what limits learned similarity there is the number
-of training albums, not the input or the training time. Nothing is written except each run's estimator directory under ``--runs_dir``.
+of training albums, not the input or the training time. Nothing is written except each run's estimator
+directory under ``--runs_dir``.
 """
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ CONFIGS = {
     "logmel_scaled_contrastive_all_finetune": WaveNetConfig(
         flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--score_scale=10", "--warm_start_vars=stacks"),
         pretrain_flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--score_scale=10",
-                                       "--pretrain=contrastive", "--n_negatives=3", "--pretrain_splits=train,eval,test"),
+                                       "--pretrain=contrastive", "--n_negatives=3",
+                                       "--pretrain_splits=train,eval,test"),
         description="as logmel_contrastive_all_finetune, both stages scoring with cosine x 10 (--score_scale) "
                     "so the logistic loss can separate pairs"),
     "raw_paper": WaveNetConfig(

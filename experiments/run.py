@@ -102,7 +102,8 @@ flags.DEFINE_integer("save_checkpoints_steps", 50, "Checkpoint (and evaluate) ev
 flags.DEFINE_integer("early_stopping_patience", 200, "Stop when the eval --early_stopping_metric has not improved "
                      "for N steps (0: off).")
 flags.DEFINE_enum("early_stopping_metric", "NDCG@6", ["PC", "NDCG@1", "NDCG@6", "MAP", "loss"], "Eval metric that "
-                  "early stopping and the best checkpoint follow (similarity training; loss must fall, the others rise).")
+                  "early stopping and the best checkpoint follow (similarity training; loss must fall, the others "
+                  "rise).")
 flags.DEFINE_enum("export_checkpoint", "best", ["best", "last"], "Embed (export, test, search) with the checkpoint "
                   "that scored best on the early-stopping metric, or the last one.")
 flags.DEFINE_integer("seed", 0, "Random seed (lists, crops, initialisation).")
@@ -213,7 +214,8 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
     if config.pretrain:
         unknown = sorted(set(config.pretrain_splits) - set(splits))
         if unknown or not config.pretrain_splits:
-            raise app.UsageError(f"--pretrain_splits must name some of {list(splits)}, got {list(config.pretrain_splits)}")
+            raise app.UsageError(f"--pretrain_splits must name some of {list(splits)}, "
+                                 f"got {list(config.pretrain_splits)}")
     # The models see the frame rate of their input (logmel needs it to place its mel bands).
     config.params["input_sample_rate"] = tracks["train"].frame_rate
     # A resumed run draws new training lists rather than replaying the first ones again.
@@ -246,9 +248,7 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
 
 def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
     """``training.make_estimator`` arguments of a run: model, directory, params, warm start, strategy."""
-    from musicsim import pretraining
-
-    from musicsim import training
+    from musicsim import pretraining, training
     from musicsim.embedder import recorded_checkpoint
 
     keep = training.checkpoints_to_keep(early_stopping_patience=config.early_stopping_patience,
@@ -268,7 +268,7 @@ def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
 
 def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, train_seed: int):
     """(train input_fn, eval input_fn, early stopping (metric, direction), model_fn or None) of a run."""
-    from musicsim import pretraining, training
+    from musicsim import pretraining
     from musicsim.inputs import make_list_input_fn
 
     if config.pretrain:

@@ -60,7 +60,8 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
     # count is a race; and the estimator refuses a multi-worker eval_distribute.
     config = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=seed,
                                     save_checkpoints_steps=save_checkpoints_steps, save_checkpoints_secs=None,
-                                    keep_checkpoint_max=keep_checkpoint_max, log_step_count_steps=25, save_summary_steps=10,
+                                    keep_checkpoint_max=keep_checkpoint_max, log_step_count_steps=25,
+                                    save_summary_steps=10,
                                     train_distribute=strategy, eval_distribute=None,
                                     session_config=frontends.session_config(xla=xla))
     warm_start = None
@@ -105,7 +106,7 @@ def checkpoints_to_keep(*, early_stopping_patience: int, save_checkpoints_steps:
     Early stopping fires ``patience`` steps after the best evaluation, and a time limit stops within
     ``patience`` steps of it too (otherwise early stopping would have fired first), so the best
     checkpoint is at most ``patience / save_checkpoints_steps`` checkpoints back; one more for the
-    checkpoint written at the stop. Without early stopping: 3, TF's default is 5.
+    checkpoint written at the stop. Without early stopping: 3.
     """
     if save_checkpoints_steps < 1:
         raise ValueError(f"save_checkpoints_steps must be >= 1, got {save_checkpoints_steps}")
