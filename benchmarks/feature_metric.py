@@ -69,7 +69,7 @@ def load_features(dataset_dir: str, *, workers: int) -> dict[str, TrackSet]:
 
 def standardised(track_sets: dict[str, TrackSet]) -> dict[str, TrackSet]:
     """Every split standardised with the train split's mean and standard deviation (constant features: 0)."""
-    train = np.concatenate([s for s in track_sets["train"].sequences])
+    train = np.concatenate(track_sets["train"].sequences)
     mean, scale = train.mean(axis=0), train.std(axis=0)
     scale[scale == 0] = 1.0
     return {split: TrackSet(track_ids=t.track_ids, labels=t.labels, sequences=[(s - mean) / scale for s in t.sequences],

@@ -274,11 +274,11 @@ def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, tra
     if config.pretrain:
         if config.model != "wavenet":
             raise app.UsageError(f"--pretrain trains the WaveNet; got --model={config.model}")
+        # Labels are never read: the audio of every split named can be learned from.
+        pretrain_tracks = TrackSet.concatenate([tracks[split] for split in config.pretrain_splits])
         if config.pretrain == "contrastive":
             settings = pretraining.Augmentation(**config.augmentation) if config.augmentation else None
             common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=settings)
-            # Labels are never read: the audio of every split named can be learned from.
-            pretrain_tracks = TrackSet.concatenate([tracks[split] for split in config.pretrain_splits])
             train_fn = pretraining.make_contrastive_input_fn(tracks=pretrain_tracks, crop_seconds=config.crop_seconds,
                                                              mode="train", seed=train_seed, **common)
             eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], crop_seconds=config.eval_seconds,
@@ -286,7 +286,6 @@ def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, tra
         else:
             # The stacks run unpooled while pretraining: eval on crops too, whole tracks would not fit.
             common = dict(batch_size=config.batch_size, crop_seconds=config.crop_seconds)
-            pretrain_tracks = TrackSet.concatenate([tracks[split] for split in config.pretrain_splits])
             train_fn = pretraining.make_predictive_input_fn(tracks=pretrain_tracks, mode="train", seed=train_seed,
                                                             **common)
             eval_fn = pretraining.make_predictive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
