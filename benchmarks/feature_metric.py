@@ -38,7 +38,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from musicsim import evaluation  # noqa: E402
 from musicsim.dataset import DatasetInfo, read_catalog  # noqa: E402
-from musicsim.features import extract_many  # noqa: E402
 from musicsim.inputs import TrackSet  # noqa: E402
 from musicsim.models.librosa_pca import LibrosaPCAModel  # noqa: E402
 from musicsim.similarity import make_similarity  # noqa: E402
@@ -49,16 +48,13 @@ METRICS = ("catalog_mAP", "PC", "NDCG@1")
 LEARNED = {"learned linear": dict(hidden=[], dropout=0.0), "learned mlp": dict(hidden=[256], dropout=0.5)}
 
 
-def load_features(dataset_dir: str, *, workers: int) -> dict[str, TrackSet]:
-    """Each split's librosa feature vectors as a TrackSet of one-step sequences ``[1, feature_dim]``."""
-    info = DatasetInfo.load(dataset_dir)
-    cache_dir = os.path.join(dataset_dir, "feature_cache")
+def load_features(dataset_dir: str, *, baseline: LibrosaPCAModel) -> dict[str, TrackSet]:
+    """Each split's librosa feature vectors, extracted as the baseline extracts them, as a TrackSet of
+    one-step sequences ``[1, feature_dim]``."""
     track_sets = {}
     for split in SPLITS:
         catalog = read_catalog(dataset_dir, split=split)
-        vectors, ok, skipped = extract_many(paths=[e.path for e in catalog], feature_fn="librosa",
-                                            max_seconds=info.max_seconds, workers=workers, cache_dir=cache_dir,
-                                            progress=False)
+        vectors, ok, skipped = baseline.extract(paths=[e.path for e in catalog])
         for path, reason in skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
         track_sets[split] = TrackSet(track_ids=[catalog[i].track_id for i in ok],
@@ -67,11 +63,9 @@ def load_features(dataset_dir: str, *, workers: int) -> dict[str, TrackSet]:
     return track_sets
 
 
-def standardised(track_sets: dict[str, TrackSet]) -> dict[str, TrackSet]:
-    """Every split standardised with the train split's mean and standard deviation (constant features: 0)."""
-    train = np.concatenate(track_sets["train"].sequences)
-    mean, scale = train.mean(axis=0), train.std(axis=0)
-    scale[scale == 0] = 1.0
+def standardised(track_sets: dict[str, TrackSet], *, baseline: LibrosaPCAModel) -> dict[str, TrackSet]:
+    """Every split standardised as the fitted baseline standardises (the train split's mean and std)."""
+    mean, scale = baseline.scaler_mean.astype(np.float32), baseline.scaler_scale.astype(np.float32)
     return {split: TrackSet(track_ids=t.track_ids, labels=t.labels, sequences=[(s - mean) / scale for s in t.sequences],
                             frame_rate=t.frame_rate) for split, t in track_sets.items()}
 
@@ -96,8 +90,7 @@ def train_projection(track_sets: dict[str, TrackSet], *, similarity, hidden: lis
     from musicsim.inputs import make_list_input_fn
 
     params = dict(loss="lambda", similarity="cosine", score_scale=score_scale, learning_rate=1e-3, clip_norm=5.0,
-                  hidden=hidden,
-                  dropout=dropout, input_dropout=0.2, embedding_size=64)
+                  hidden=hidden, dropout=dropout, input_dropout=0.2, embedding_size=64)
     patience, every = 400, 50
     estimator = training.make_estimator(model="feature_projection", model_fn=head.make_model_fn(embed_projection),
                                         model_dir=model_dir, params=params, seed=seed, save_checkpoints_steps=every,
@@ -123,13 +116,17 @@ def scores(embeddings: np.ndarray, test: TrackSet, *, similarity, kind: str) -> 
 def run_protocol(dataset_dir: str, *, seeds: list[int], runs_dir: str, workers: int, max_steps: int,
                  list_sizes: tuple[int, int] = (3, 3), score_scale: float = 1.0) -> dict[str, list[dict[str, float]]]:
     """{model: one metrics dict per seed (one for the models without training)} on one protocol."""
-    similarity = make_similarity(DatasetInfo.load(dataset_dir).similarity)
-    raw = load_features(dataset_dir, workers=workers)
+    info = DatasetInfo.load(dataset_dir)
+    similarity = make_similarity(info.similarity)
+    # The baseline exactly as experiments.run fits it (same excerpt, same feature cache).
+    baseline = LibrosaPCAModel(max_seconds=info.max_seconds, workers=workers, progress=False,
+                               cache_dir=os.path.join(dataset_dir, "feature_cache"))
+    raw = load_features(dataset_dir, baseline=baseline)
     test = raw["test"]
-    pca = LibrosaPCAModel(progress=False).fit_features(features=np.concatenate(raw["train"].sequences))
-    rows = {"librosa": [scores(pca.embed_features(features=np.concatenate(test.sequences)), test,
+    baseline.fit_features(features=np.concatenate(raw["train"].sequences))
+    rows = {"librosa": [scores(baseline.embed_features(features=np.concatenate(test.sequences)), test,
                                similarity=similarity, kind="euclidean")]}
-    standard = standardised(raw)
+    standard = standardised(raw, baseline=baseline)
     rows["standardised, cosine"] = [scores(np.concatenate(standard["test"].sequences), test, similarity=similarity,
                                            kind="cosine")]
     for name, settings in LEARNED.items():
@@ -138,8 +135,7 @@ def run_protocol(dataset_dir: str, *, seeds: list[int], runs_dir: str, workers: 
             model_dir = os.path.join(runs_dir, os.path.basename(dataset_dir), name.replace(" ", "_"), f"seed{seed}")
             embeddings = train_projection(standard, similarity=similarity, seed=seed, model_dir=model_dir,
                                           max_steps=max_steps, n_similar=list_sizes[0], n_dissimilar=list_sizes[1],
-                                          score_scale=score_scale,
-                                          **settings)
+                                          score_scale=score_scale, **settings)
             rows[name].append(scores(embeddings, test, similarity=similarity, kind="cosine"))
             print(f"  {os.path.basename(dataset_dir)} {name} seed {seed}: "
                   + ", ".join(f"{m} {v:.3f}" for m, v in rows[name][-1].items()), flush=True)
