@@ -321,10 +321,24 @@ def test_model_fn_eval_and_predict_specs():
         assert spec.predictions["embedding"].shape.as_list() == [2, 4]
 
 
+def fixed_embed(audio, length, *, params, training):
+    """Masked mean over time, then a constant map: ``[batch, 2]``.
+
+    The first coordinate (channel 1 - 0.35 channel 0) separates `_list_batch`'s two profiles, the
+    second (channel 2) is shared by both, so the two profiles' embeddings are about 37 degrees apart
+    (cosine ~0.8): the ranking is right but the score gaps are moderate, so scaling the scores changes
+    both losses by a wide margin whatever weights other tests created before.
+    """
+    mask = tf.sequence_mask(length, tf.shape(audio)[1], dtype=audio.dtype)[:, :, None]
+    mean = tf.reduce_sum(audio * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    kernel = tf.constant([[-0.35, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=audio.dtype)
+    return tf.matmul(mean, kernel)
+
+
 def _eval_loss_and_metrics(params: dict) -> tuple[float, dict[str, float]]:
-    """EVAL of the head on `_list_batch` with fixed (seeded) weights: the loss and the metric values."""
+    """EVAL of the head on `_list_batch` with constant weights: the loss and the metric values."""
     features, labels = _list_batch(2)
-    model_fn = head.make_model_fn(linear_embed)
+    model_fn = head.make_model_fn(fixed_embed)
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(0)
@@ -343,7 +357,8 @@ def test_score_scale_changes_the_loss_but_not_the_metrics(loss):
     plain_loss, plain_metrics = _eval_loss_and_metrics(dict(loss=loss))
     scaled_loss, scaled_metrics = _eval_loss_and_metrics(dict(loss=loss, score_scale=10.0))
     assert scaled_metrics == pytest.approx(plain_metrics)
-    assert abs(scaled_loss - plain_loss) > 1e-3
+    assert plain_metrics["PC"] == 1.0  # the constant embedding ranks every list right
+    assert abs(scaled_loss - plain_loss) > 0.05
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0])
