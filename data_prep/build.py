@@ -50,7 +50,7 @@ import numpy as np
 from data_prep.sources import KINDS, SourceListing, SourceTrack, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
 from musicsim.audio import (DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info,
-                            centred_excerpt, load_audio, mean_pool)
+                            centred_excerpt, check_excerpt, iter_audio_blocks, mean_pool_blocks)
 from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog, write_json_atomic
 from musicsim.tfrecords import SPLITS, Track, serialize_track, write_records
 
@@ -90,11 +90,13 @@ class DecodeResult:
 
 
 def pooled_excerpt(path: str, *, settings: DecodeSettings) -> tuple[np.ndarray, float]:
-    """Decode the centred excerpt of one file and mean-pool it.
+    """Decode the centred excerpt of one file and mean-pool it, block by block.
 
     Only the excerpt is read: its offset comes from the header's duration. Files whose header
-    libsndfile cannot read (decoded by audioread, when a backend is installed) are decoded whole
-    and cut in memory.
+    libsndfile cannot read (decoded by audioread, when a backend is installed) are decoded once to
+    count their samples (nothing kept), then again for the excerpt. Decoding and pooling stream
+    (:func:`musicsim.audio.iter_audio_blocks`, :func:`musicsim.audio.mean_pool_blocks`), so memory is
+    bounded by the pooled excerpt, not by the source file.
 
     Returns
     -------
@@ -113,17 +115,15 @@ def pooled_excerpt(path: str, *, settings: DecodeSettings) -> tuple[np.ndarray, 
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             raise
         duration = None
-    if duration is None:
-        audio = load_audio(path, sample_rate=settings.sample_rate, min_seconds=settings.min_seconds)
-        if settings.max_seconds is not None:
-            keep = int(round(settings.max_seconds * settings.sample_rate))
-            start = max(0, (audio.size - keep) // 2)
-            audio = audio[start:start + keep]
-    else:
-        offset, length = centred_excerpt(duration, settings.max_seconds)
-        audio = load_audio(path, sample_rate=settings.sample_rate, offset=offset, duration=length,
-                           min_seconds=settings.min_seconds)
-    return mean_pool(audio, size=settings.pool_size), audio.size / float(settings.sample_rate)
+    if duration is None and settings.max_seconds is not None:
+        samples = sum(block.size for block in iter_audio_blocks(path, sample_rate=settings.sample_rate))
+        duration = samples / float(settings.sample_rate)
+    offset, length = (0.0, None) if duration is None else centred_excerpt(duration, settings.max_seconds)
+    stream = mean_pool_blocks(iter_audio_blocks(path, sample_rate=settings.sample_rate, offset_seconds=offset,
+                                                duration_seconds=length), size=settings.pool_size)
+    check_excerpt(path, samples=stream.samples, peak=stream.peak, sample_rate=settings.sample_rate,
+                  min_seconds=settings.min_seconds)
+    return stream.pooled, stream.samples / float(settings.sample_rate)
 
 
 def decode_track(path: str, settings: DecodeSettings) -> DecodeResult:

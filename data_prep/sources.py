@@ -25,9 +25,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from musicsim.audio import AUDIO_EXTENSIONS  # what album_folders picks up; anything else is listed as ignored
+
 KINDS = ("magnatagatune", "album_folders", "labelled_csv", "manifest")
-# What album_folders picks up; anything else in the tree (cover art, playlists) is listed as ignored.
-AUDIO_EXTENSIONS = (".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff", ".au", ".m4a", ".wma")
 MTAT_ANNOTATIONS = "annotations_final.csv"
 MTAT_FIXED_COLUMNS = ("clip_id", "mp3_path")
 MANIFEST_NAME = "manifest.csv"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -19,6 +20,15 @@ DEFAULT_POOL_SIZE = 5
 SILENCE_PEAK = 1e-4
 # A read that yields less than this share of the frames the header promises counts as truncated.
 TRUNCATED_FRACTION = 0.9
+# Seconds of audio decoded and resampled at a time: memory is bounded by a block, not by the file.
+DEFAULT_BLOCK_SECONDS = 10.0
+# File name extensions taken for audio when a folder is scanned (data preparation, export).
+AUDIO_EXTENSIONS = (".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff", ".au", ".m4a", ".wma")
+# Ogg page layout (RFC 3533): capture pattern, header size before the segment table, end-of-stream flag.
+_OGG_CAPTURE = b"OggS"
+_OGG_HEADER_SIZE = 27
+_OGG_MAX_PAGE = _OGG_HEADER_SIZE + 255 + 255 * 255
+_OGG_EOS_FLAG = 0x04
 
 
 class AudioDecodeError(Exception):
@@ -44,37 +54,65 @@ class AudioInfo:
         return self.frames / float(self.sample_rate)
 
 
-def _audioread_load(path: str, offset: float, duration: float | None, *, sndfile_reason: str = ""
-                    ) -> tuple[np.ndarray, int]:
-    """Fallback for formats libsndfile does not read (m4a, wma, ...) via audioread.
+def _audioread_frames(path: str, *, offset: float, duration: float | None, block_seconds: float,
+                      sndfile_reason: str = "") -> tuple[int, int, Iterator[np.ndarray]]:
+    """Fallback for formats libsndfile does not read (m4a, wma, ...) via audioread, block by block.
 
-    ``sndfile_reason`` (why libsndfile refused the file) goes into the error when
-    audioread fails too: without a backend its own message is empty.
+    ``sndfile_reason`` (why libsndfile refused the file) goes into the error when audioread fails
+    too: without a backend its own message is empty.
+
+    Returns
+    -------
+    file_rate, channels : int
+    blocks : iterator of np.ndarray, float32, shape ``[frames, channels]``
+        The excerpt's frames at ``file_rate``, about ``block_seconds`` at a time.
     """
     import audioread  # librosa's backend; needs ffmpeg or gstreamer on the machine
 
-    try:
-        with audioread.audio_open(path) as f:
-            sr, channels = f.samplerate, f.channels
-            start = int(offset * sr) * channels
-            stop = None if duration is None else start + int(duration * sr) * channels
-            chunks, seen = [], 0
-            for buf in f:
-                block = np.frombuffer(buf, dtype="<i2").astype(np.float32) / 32768.0
-                lo, hi = seen, seen + block.size
-                seen = hi
-                if hi <= start:
-                    continue
-                chunks.append(block[max(0, start - lo): None if stop is None else max(0, stop - lo)])
-                if stop is not None and seen >= stop:
-                    break
-    except Exception as err:  # audioread raises its own hierarchy plus OSError
+    def failure(err: Exception) -> AudioDecodeError:
         detail = f"{type(err).__name__}: {err}".rstrip(": ")
         if sndfile_reason:
-            raise AudioDecodeError(path, f"{sndfile_reason}; audioread fallback: {detail}")
-        raise AudioDecodeError(path, f"not audio or unsupported format ({detail})")
-    data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return data.reshape(-1, channels), sr
+            return AudioDecodeError(path, f"{sndfile_reason}; audioread fallback: {detail}")
+        return AudioDecodeError(path, f"not audio or unsupported format ({detail})")
+
+    try:
+        source = audioread.audio_open(path)
+        file_rate, channels = int(source.samplerate), int(source.channels)
+    except Exception as err:  # audioread raises its own hierarchy plus OSError
+        raise failure(err) from None
+    block_frames = max(1, int(round(block_seconds * file_rate)))
+
+    def blocks() -> Iterator[np.ndarray]:
+        start = int(offset * file_rate) * channels
+        stop = None if duration is None else start + int(duration * file_rate) * channels
+        pending, pending_size, seen = [], 0, 0
+        try:
+            with source:
+                for buf in source:
+                    block = np.frombuffer(buf, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+                    lo, hi = seen, seen + block.size
+                    seen = hi
+                    if hi <= start:
+                        continue
+                    block = block[max(0, start - lo): None if stop is None else max(0, stop - lo)]
+                    pending.append(block)
+                    pending_size += block.size
+                    if pending_size >= block_frames * channels:
+                        whole = np.concatenate(pending)
+                        cut = (whole.size // channels) * channels
+                        yield whole[:cut].reshape(-1, channels)
+                        pending, pending_size = [whole[cut:]], whole.size - cut
+                    if stop is not None and seen >= stop:
+                        break
+        except AudioDecodeError:
+            raise
+        except Exception as err:
+            raise failure(err) from None
+        if pending_size:
+            whole = np.concatenate(pending)
+            yield whole[:(whole.size // channels) * channels].reshape(-1, channels)
+
+    return file_rate, channels, blocks()
 
 
 def _downmix(data: np.ndarray) -> np.ndarray:
@@ -118,13 +156,225 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
                      frames=max(0, int(info.frames)))
 
 
+def _ogg_crc_table() -> tuple[int, ...]:
+    table = []
+    for index in range(256):
+        crc = index << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) if crc & 0x80000000 else (crc << 1)
+        table.append(crc & 0xFFFFFFFF)
+    return tuple(table)
+
+
+_OGG_CRC_TABLE = _ogg_crc_table()
+
+
+def _ogg_crc(data: bytes) -> int:
+    """The Ogg page checksum (CRC-32, polynomial 0x04c11db7, not reflected, initial value 0)."""
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC_TABLE[(crc >> 24) ^ byte]
+    return crc
+
+
+def _ogg_truncation(path: str) -> str | None:
+    """Why an Ogg file is cut short, or None when it is whole (or not Ogg).
+
+    libsndfile counts an Ogg file's frames from its last page, so a cut file reports, and decodes
+    to, the shorter length without any error. A whole stream ends with a page flagged
+    end-of-stream: the last complete page (the one whose checksum holds) must carry that flag.
+    """
+    with open(path, "rb") as f:
+        if f.read(4) != _OGG_CAPTURE:
+            return None
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - _OGG_MAX_PAGE))
+        tail = f.read()
+    position = len(tail)
+    while True:
+        position = tail.rfind(_OGG_CAPTURE, 0, position)
+        if position < 0:
+            return "truncated audio (no complete Ogg page at the end of the file)"
+        header = tail[position:position + _OGG_HEADER_SIZE]
+        if len(header) == _OGG_HEADER_SIZE and header[4] == 0:
+            segments = header[26]
+            table = tail[position + _OGG_HEADER_SIZE:position + _OGG_HEADER_SIZE + segments]
+            page_size = _OGG_HEADER_SIZE + segments + sum(table)
+            page = tail[position:position + page_size]
+            if len(table) == segments and len(page) == page_size:
+                zeroed = page[:22] + b"\0\0\0\0" + page[26:]
+                if _ogg_crc(zeroed) == int.from_bytes(page[22:26], "little"):
+                    if header[5] & _OGG_EOS_FLAG:
+                        return None
+                    return ("truncated audio (the Ogg stream stops before its end-of-stream page: the file "
+                            "was cut short)")
+
+
+def _read_frames(f: sf.SoundFile, frames: int) -> np.ndarray:
+    """The next ``[<= frames, channels]`` float32 frames of ``f``, read with one libsndfile call.
+
+    ``SoundFile.read`` seeks back to its own position after every call; for MP3 that restarts the
+    decoder and garbles the next ~4000 frames, so block-wise reads would differ from one whole read.
+    """
+    out = np.empty((frames, f.channels), np.float32)
+    got = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), frames)
+    sf._error_check(f._errorcode)
+    return out[:got]
+
+
+def _sndfile_frames(path: str, info: AudioInfo, *, start: int, frames: int, block_frames: int
+                    ) -> Iterator[np.ndarray]:
+    """``[n, channels]`` float32 blocks of ``frames`` frames from ``start`` (-1: to the end), read with
+    libsndfile; raises :class:`AudioDecodeError` when the file turns out cut or corrupt."""
+    read = 0
+    try:
+        with sf.SoundFile(path) as f:
+            if start:
+                f.seek(start)
+            while frames < 0 or read < frames:
+                block = _read_frames(f, block_frames if frames < 0 else min(block_frames, frames - read))
+                if not block.shape[0]:
+                    break
+                read += block.shape[0]
+                yield block
+    except AudioDecodeError:
+        raise
+    except Exception as err:
+        raise AudioDecodeError(path, f"truncated or corrupt audio ({err})") from None
+    # A cut-off mp3 decodes cleanly but stops early: compare with what the header promised.
+    promised = (info.frames - start) if frames < 0 else min(frames, info.frames - start)
+    if info.frames and read < TRUNCATED_FRACTION * promised:
+        rate = info.sample_rate
+        raise AudioDecodeError(path, f"truncated audio (decoded {read / rate:.2f}s of the "
+                                     f"{promised / rate:.2f}s the header promises)")
+
+
+def iter_audio_blocks(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RATE,
+                      block_seconds: float = DEFAULT_BLOCK_SECONDS, offset_seconds: float = 0.0,
+                      duration_seconds: float | None = None, mono: bool = True) -> Iterator[np.ndarray]:
+    """Decode an excerpt of an audio file block by block, downmixed and resampled.
+
+    Only the excerpt's frames are read (seek, then read ``block_seconds`` at a time), and the
+    resampling is streamed (``soxr.ResampleStream``), so memory is bounded by one block whatever the
+    file's length. Concatenated, the blocks equal the whole excerpt resampled at once.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Any format libsndfile reads (wav, flac, ogg/vorbis, opus, mp3, ...); other formats go
+        through audioread when a backend is installed.
+    sample_rate : int > 0
+        Output rate in Hz.
+    block_seconds : float > 0
+        Source seconds decoded per block.
+    offset_seconds : float >= 0
+        Start of the excerpt in seconds.
+    duration_seconds : float > 0 or None
+        Length of the excerpt in seconds; ``None`` reads to the end.
+    mono : bool
+        Average the channels. ``False`` keeps them.
+
+    Yields
+    ------
+    np.ndarray, float32, shape ``[n]`` (or ``[channels, n]`` when ``mono=False``)
+        Consecutive pieces of the excerpt at ``sample_rate``; ``n`` is about
+        ``block_seconds * sample_rate`` (the first and last may be shorter, never empty).
+
+    Raises
+    ------
+    ValueError
+        For invalid arguments (at the first ``next``).
+    AudioDecodeError
+        Naming the file and the reason: missing, empty, not audio, offset past the end, truncated
+        or corrupt (possibly after some blocks were yielded: a cut file shows only at its end),
+        non-finite samples, or no frames at all. Too short and silent are the caller's to judge.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if block_seconds <= 0:
+        raise ValueError(f"block_seconds must be positive, got {block_seconds}")
+    if offset_seconds < 0:
+        raise ValueError(f"offset must be >= 0, got {offset_seconds}")
+    if duration_seconds is not None and duration_seconds <= 0:
+        raise ValueError(f"duration must be positive or None, got {duration_seconds}")
+    path = os.fspath(path)
+    try:
+        info = audio_info(path)
+    except AudioDecodeError as err:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise
+        # raises AudioDecodeError itself
+        file_rate, channels, frames_iter = _audioread_frames(
+            path, offset=offset_seconds, duration=duration_seconds, block_seconds=block_seconds,
+            sndfile_reason=err.reason)
+    else:
+        file_rate, channels = info.sample_rate, info.channels
+        start = int(round(offset_seconds * file_rate))
+        if info.frames and start >= info.frames:
+            raise AudioDecodeError(path, f"offset {offset_seconds:.2f}s is past the end ({info.duration:.2f}s)")
+        truncation = _ogg_truncation(path)
+        if truncation:
+            raise AudioDecodeError(path, truncation)
+        frames = -1 if duration_seconds is None else int(round(duration_seconds * file_rate))
+        frames_iter = _sndfile_frames(path, info, start=start, frames=frames,
+                                      block_frames=max(1, int(round(block_seconds * file_rate))))
+    out_channels = 1 if mono else channels
+    resampler = (None if file_rate == sample_rate else
+                 soxr.ResampleStream(file_rate, sample_rate, out_channels, dtype="float32", quality="HQ"))
+    decoded = 0
+    for block in frames_iter:
+        if not np.all(np.isfinite(block)):
+            raise AudioDecodeError(path, "corrupt audio (non-finite samples)")
+        decoded += block.shape[0]
+        block = _downmix(block) if mono else block
+        if resampler is not None:
+            block = resampler.resample_chunk(np.ascontiguousarray(block), last=False)
+        if block.shape[0]:
+            yield block[:, 0].copy() if mono else np.ascontiguousarray(block.T)
+    if decoded == 0:
+        raise AudioDecodeError(path, "truncated or corrupt audio (no frames could be decoded)")
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros((0, out_channels), np.float32), last=True)
+        if tail.shape[0]:
+            yield tail[:, 0].copy() if mono else np.ascontiguousarray(tail.T)
+
+
+def check_excerpt(path: str | os.PathLike, *, samples: int, peak: float, sample_rate: int,
+                  min_seconds: float = 1.0, reject_silence: bool = True) -> None:
+    """Reject a decoded excerpt that is too short or silent.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file, named in the error.
+    samples : int >= 0
+        The excerpt's length at ``sample_rate``.
+    peak : float >= 0
+        Its largest absolute sample.
+    sample_rate : int > 0
+    min_seconds : float >= 0
+    reject_silence : bool
+        Reject a peak under ``SILENCE_PEAK``.
+
+    Raises
+    ------
+    AudioDecodeError
+        "too short" or "silent".
+    """
+    seconds = samples / float(sample_rate)
+    if seconds < min_seconds:
+        raise AudioDecodeError(path, f"too short ({seconds:.2f}s < {min_seconds:.2f}s)")
+    if reject_silence and peak < SILENCE_PEAK:
+        raise AudioDecodeError(path, "silent (peak under -80 dBFS)")
+
+
 def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RATE, mono: bool = True,
                offset: float = 0.0, duration: float | None = None, min_seconds: float = 1.0,
                reject_silence: bool = True) -> np.ndarray:
-    """Decode an excerpt of an audio file, downmixed and resampled.
+    """Decode an excerpt of an audio file, downmixed and resampled (:func:`iter_audio_blocks`, joined).
 
-    Only the frames of the excerpt are read (seek, then read), so a long file
-    costs no more memory than its excerpt.
+    Only the frames of the excerpt are read (seek, then read), and decoded block by block, so a
+    long file costs no more memory than its excerpt at ``sample_rate``.
 
     Parameters
     ----------
@@ -155,56 +405,18 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RAT
     AudioDecodeError
         Naming the file and the reason: missing, empty, not audio, truncated or
         corrupt, too short, or silent. A truncated file is caught when the decoder
-        fails or returns under ``TRUNCATED_FRACTION`` of the frames its header
-        promises; a cut WAV is not (libsndfile fixes up its header on opening, and
-        PCM has no framing to show the cut), so it reads as the shorter file it is.
+        fails, when it returns under ``TRUNCATED_FRACTION`` of the frames its header
+        promises, or (Ogg, whose length libsndfile reads from the last page) when
+        the stream lacks its end-of-stream page; a cut WAV is not (libsndfile fixes
+        up its header on opening, and PCM has no framing to show the cut), so it
+        reads as the shorter file it is.
     """
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
-    if duration is not None and duration <= 0:
-        raise ValueError(f"duration must be positive or None, got {duration}")
-    path = os.fspath(path)
-    try:
-        info = audio_info(path)
-    except AudioDecodeError as err:
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            raise
-        # raises AudioDecodeError itself
-        data, file_rate = _audioread_load(path, offset, duration, sndfile_reason=err.reason)
-    else:
-        file_rate = info.sample_rate
-        start = int(round(offset * file_rate))
-        if info.frames and start >= info.frames:
-            raise AudioDecodeError(path, f"offset {offset:.2f}s is past the end ({info.duration:.2f}s)")
-        frames = -1 if duration is None else int(round(duration * file_rate))
-        try:
-            with sf.SoundFile(path) as f:
-                if start:
-                    f.seek(start)
-                data = f.read(frames=frames, dtype="float32", always_2d=True)
-        except Exception as err:
-            raise AudioDecodeError(path, f"truncated or corrupt audio ({err})")
-        # A cut-off mp3/ogg decodes cleanly but stops early: compare with what the header promised.
-        promised = (info.frames - start) if frames < 0 else min(frames, info.frames - start)
-        if info.frames and data.shape[0] < TRUNCATED_FRACTION * promised:
-            raise AudioDecodeError(path, f"truncated audio (decoded {data.shape[0] / file_rate:.2f}s of the "
-                                         f"{promised / file_rate:.2f}s the header promises)")
-    if data.size == 0:
-        raise AudioDecodeError(path, "truncated or corrupt audio (no frames could be decoded)")
-    if not np.all(np.isfinite(data)):
-        raise AudioDecodeError(path, "corrupt audio (non-finite samples)")
-    data = _downmix(data) if mono else data
-    if file_rate != sample_rate:
-        data = soxr.resample(data, file_rate, sample_rate, quality="HQ")
-    data = np.ascontiguousarray(data.T, dtype=np.float32)  # [channels, n]
-    seconds = data.shape[1] / float(sample_rate)
-    if seconds < min_seconds:
-        raise AudioDecodeError(path, f"too short ({seconds:.2f}s < {min_seconds:.2f}s)")
-    if reject_silence and float(np.max(np.abs(data))) < SILENCE_PEAK:
-        raise AudioDecodeError(path, "silent (peak under -80 dBFS)")
-    return data[0] if mono else data
+    blocks = list(iter_audio_blocks(path, sample_rate=sample_rate, offset_seconds=offset,
+                                    duration_seconds=duration, mono=mono))
+    data = np.concatenate(blocks, axis=-1) if len(blocks) != 1 else blocks[0]
+    check_excerpt(path, samples=data.shape[-1], peak=float(np.max(np.abs(data))) if data.size else 0.0,
+                  sample_rate=sample_rate, min_seconds=min_seconds, reject_silence=reject_silence)
+    return data
 
 
 def centred_excerpt(duration: float, max_seconds: float | None) -> tuple[float, float | None]:
@@ -241,3 +453,51 @@ def mean_pool(audio: np.ndarray, *, size: int = DEFAULT_POOL_SIZE) -> np.ndarray
     if whole < audio.size:
         pooled = np.append(pooled, audio[whole:].mean())
     return pooled.astype(np.float32)
+
+
+@dataclass
+class PooledStream:
+    """A signal mean-pooled block by block: the pooled signal and what the checks need of the source."""
+
+    pooled: np.ndarray  # float32 [ceil(samples / size)]
+    samples: int  # length of the signal before pooling
+    peak: float  # largest absolute sample before pooling
+
+
+def mean_pool_blocks(blocks: Iterable[np.ndarray], *, size: int = DEFAULT_POOL_SIZE) -> PooledStream:
+    """:func:`mean_pool` of the concatenation of ``blocks``, keeping only the pooled signal in memory.
+
+    Each block is pooled as it comes; the samples of a window cut by a block boundary wait for the
+    next block, so the result equals ``mean_pool(np.concatenate(blocks), size=size)`` exactly.
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray, float32, shape ``[n_i]``
+        Consecutive pieces of one signal (e.g. :func:`iter_audio_blocks`).
+    size : int >= 1
+
+    Returns
+    -------
+    PooledStream
+        ``pooled`` has shape ``[ceil(sum(n_i) / size)]``.
+    """
+    if size < 1:
+        raise ValueError(f"pool size must be >= 1, got {size}")
+    pieces, carry, samples, peak = [], np.zeros(0, np.float32), 0, 0.0
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32)
+        if block.ndim != 1:
+            raise ValueError(f"mean_pool_blocks expects 1-D blocks, got shape {block.shape}")
+        if not block.size:
+            continue
+        samples += block.size
+        peak = max(peak, float(np.max(np.abs(block))))
+        signal = np.concatenate([carry, block]) if carry.size else block
+        whole = (signal.size // size) * size
+        if whole:
+            pieces.append(mean_pool(signal[:whole], size=size))
+        carry = signal[whole:].copy()
+    if carry.size:
+        pieces.append(mean_pool(carry, size=size))
+    pooled = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    return PooledStream(pooled=pooled, samples=samples, peak=peak)

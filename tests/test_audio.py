@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from musicsim import audio
 from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio, mean_pool
@@ -123,6 +124,7 @@ def test_offset_and_duration_read_exactly_the_excerpt(ramp_wav, offset, duration
 def test_an_excerpt_seeks_and_reads_only_its_frames(ramp_wav, monkeypatch):
     path, _ = ramp_wav
     calls = {"seek": [], "read": []}
+    real_read_frames = audio._read_frames
 
     class SpySoundFile(sf.SoundFile):
         def seek(self, frames, whence=sf.SEEK_SET):
@@ -130,14 +132,15 @@ def test_an_excerpt_seeks_and_reads_only_its_frames(ramp_wav, monkeypatch):
                 calls["seek"].append(frames)
             return super().seek(frames, whence)
 
-        def read(self, frames=-1, *args, **kwargs):
-            calls["read"].append(frames)
-            return super().read(frames, *args, **kwargs)
+    def spy_read_frames(f, frames):
+        calls["read"].append(frames)
+        return real_read_frames(f, frames)
 
     monkeypatch.setattr(audio.sf, "SoundFile", SpySoundFile)
+    monkeypatch.setattr(audio, "_read_frames", spy_read_frames)
     load_audio(path, sample_rate=16000, offset=2.0, duration=1.5)
-    # Seeks to the offset first, then asks for the excerpt's frames only (soundfile seeks again inside read).
-    assert calls["seek"][0] == 32000
+    # Seeks to the offset, then asks for the excerpt's frames only.
+    assert calls["seek"] == [32000]
     assert calls["read"] == [24000]
 
 
@@ -274,3 +277,129 @@ def test_short_and_silent_pass_when_allowed(tmp_path, encoded):
     silent = _make_bad("silent", str(tmp_path), encoded)
     assert load_audio(short, min_seconds=0.25).size == 8000
     assert not np.any(load_audio(silent, reject_silence=False))
+
+
+def _decode_whole_at_once(path: str, sample_rate: int) -> np.ndarray:
+    """The reference: the whole file read, averaged over channels and resampled in one call."""
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = data.mean(axis=1, dtype=np.float32)
+    return mono if rate == sample_rate else soxr.resample(mono, rate, sample_rate, quality="HQ")
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3"])
+@pytest.mark.parametrize("block_seconds", [0.13, 0.5, 10.0])
+def test_blocks_joined_equal_the_whole_file_resampled_at_once(encoded, ext, block_seconds):
+    expected = _decode_whole_at_once(encoded[ext], 16000)
+
+    blocks = list(audio.iter_audio_blocks(encoded[ext], sample_rate=16000, block_seconds=block_seconds))
+
+    assert all(b.dtype == np.float32 and b.ndim == 1 and b.size for b in blocks)
+    if block_seconds < 1.0:
+        assert len(blocks) > 3
+    joined = np.concatenate(blocks)
+    assert joined.shape == expected.shape
+    np.testing.assert_allclose(joined, expected, atol=1e-6)
+    np.testing.assert_allclose(load_audio(encoded[ext], sample_rate=16000), expected, atol=1e-6)
+
+
+def test_blocks_keep_the_channels_when_asked(encoded):
+    blocks = list(audio.iter_audio_blocks(encoded["wav"], sample_rate=16000, block_seconds=0.3, mono=False))
+    data, rate = sf.read(encoded["wav"], dtype="float32", always_2d=True)
+    expected = soxr.resample(data, rate, 16000, quality="HQ").T
+    joined = np.concatenate(blocks, axis=1)
+    assert all(b.shape[0] == 2 for b in blocks)
+    np.testing.assert_allclose(joined, expected, atol=1e-6)
+
+
+def test_blocks_read_at_most_one_block_of_source_frames_at_a_time(tmp_path, monkeypatch):
+    path = str(tmp_path / "long.wav")
+    sf.write(path, sine(300.0, 44100, 12.0, channels=2), 44100, subtype="FLOAT")
+    asked = []
+    real_read_frames = audio._read_frames
+
+    def spy_read_frames(f, frames):
+        asked.append(frames)
+        return real_read_frames(f, frames)
+
+    monkeypatch.setattr(audio, "_read_frames", spy_read_frames)
+    total = sum(b.size for b in audio.iter_audio_blocks(path, sample_rate=16000, block_seconds=2.0))
+
+    assert len(asked) >= 6 and all(0 < frames <= 2 * 44100 for frames in asked)
+    assert abs(total - 12 * 16000) <= 1
+
+
+def test_blocks_follow_offset_and_duration(ramp_wav):
+    path, ramp = ramp_wav
+    blocks = list(audio.iter_audio_blocks(path, sample_rate=16000, block_seconds=0.25, offset_seconds=0.5,
+                                          duration_seconds=2.0))
+    assert [b.size for b in blocks] == [4000] * 8
+    np.testing.assert_array_equal(np.concatenate(blocks), ramp[8000:40000])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(block_seconds=0.0), "block_seconds"),
+    (dict(sample_rate=0), "sample_rate"),
+    (dict(offset_seconds=-1.0), "offset"),
+    (dict(duration_seconds=0.0), "duration"),
+])
+def test_iter_audio_blocks_invalid_arguments(ramp_wav, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        next(audio.iter_audio_blocks(ramp_wav[0], **kwargs))
+
+
+def _long_ogg(folder, *, seconds: float = 15.0) -> tuple[str, bytes]:
+    """A ``seconds`` long stereo Ogg Vorbis file written by soundfile; returns its path and bytes."""
+    rng = np.random.default_rng(0)
+    wave = sine(440.0, 44100, seconds, amplitude=0.3, channels=2)
+    wave += 0.02 * rng.standard_normal(wave.shape).astype(np.float32)
+    path = str(folder / "whole.ogg")
+    sf.write(path, wave, 44100, format="OGG", subtype="VORBIS")
+    return path, open(path, "rb").read()
+
+
+def test_a_truncated_ogg_is_a_decode_error_not_a_shorter_track(tmp_path):
+    whole, data = _long_ogg(tmp_path)
+    cut = str(tmp_path / "cut.ogg")
+    open(cut, "wb").write(data[:len(data) * 45 // 100])
+    # libsndfile reads the cut file's length from its last page: it promises only what is there.
+    assert audio_info(cut).duration < 0.6 * audio_info(whole).duration
+
+    with pytest.raises(AudioDecodeError, match="truncated") as caught:
+        load_audio(cut)
+
+    assert caught.value.path == cut
+    assert load_audio(whole).size == pytest.approx(15 * 16000, abs=2)
+
+
+def test_an_ogg_cut_exactly_at_a_page_boundary_is_truncated_too(tmp_path):
+    _, data = _long_ogg(tmp_path)
+    cut = str(tmp_path / "cut_at_page.ogg")
+    open(cut, "wb").write(data[:data.rfind(b"OggS", 0, len(data) // 2)])
+    with pytest.raises(AudioDecodeError, match="end-of-stream"):
+        load_audio(cut)
+
+
+def test_an_ogg_with_trailing_bytes_after_its_last_page_still_decodes(tmp_path):
+    whole, data = _long_ogg(tmp_path, seconds=3.0)
+    padded = str(tmp_path / "padded.ogg")
+    open(padded, "wb").write(data + b"\0" * 100)
+    np.testing.assert_array_equal(load_audio(padded), load_audio(whole))
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_pooling_blocks_equals_pooling_the_joined_signal(size):
+    rng = np.random.default_rng(size)
+    signal = rng.standard_normal(10007).astype(np.float32)
+    cuts = np.sort(rng.choice(np.arange(1, signal.size), 40, replace=False))
+    blocks = np.split(signal, cuts) + [np.zeros(0, np.float32)]
+
+    stream = audio.mean_pool_blocks(iter(blocks), size=size)
+
+    np.testing.assert_array_equal(stream.pooled, mean_pool(signal, size=size))
+    assert stream.samples == signal.size
+    assert stream.peak == float(np.max(np.abs(signal)))
+
+
+def test_pooling_no_blocks_is_empty():
+    stream = audio.mean_pool_blocks([], size=5)
+    assert stream.pooled.shape == (0,) and stream.samples == 0 and stream.peak == 0.0
