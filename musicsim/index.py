@@ -28,12 +28,14 @@ On disk an index is one directory::
 It is saved atomically (written into a sibling temp directory, then swapped in; the previous
 version is kept at ``DIR.bak`` during the swap, and ``load`` falls back to it).
 
-CLI::
+CLI (queries: ``python -m musicsim.search``)::
 
     python -m musicsim.index build --embeddings=FILE --output=DIR [--similarity=cosine]
-        [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME]
-    python -m musicsim.index query --index=DIR --track_id=ID [--k=10] [--exclude_same_group]
-        [--diversity=0.3]
+        [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME] [--overwrite]
+    python -m musicsim.index add --index=DIR --embeddings=FILE [--replace]
+    python -m musicsim.index remove --index=DIR --track_id=ID [ID ...]
+
+``build`` replaces DIR only when it is absent, empty or an index (its config.json says so).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -54,12 +57,22 @@ import numpy as np
 SIMILARITIES = ("cosine", "euclidean")
 APPROXIMATE_KINDS = ("ivf", "hnsw")
 FORMAT_VERSION = 1
+# config.json's "format" entry: marks a directory as this project's index, the only kind a save replaces.
+FORMAT_MARKER = "musicsim.index"
 CONFIG_FILE = "config.json"
 TRACKS_FILE = "tracks.json"
 VECTORS_FILE = "vectors.npy"
 LABELS_FILE = "labels.npy"
 FAISS_FILE = "faiss.index"
 BACKUP_SUFFIX = ".bak"
+INDEX_FILES = frozenset({"config.json", "tracks.json", "vectors.npy", "labels.npy", "faiss.index"})
+# Temporary directories of save(): DIR.tmp-<pid>-<8 hex>.
+TEMP_PATTERN = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
+# Diversity re-ranking looks at most this many candidates (and so returns at most this many results):
+# greedy MMR costs O(k * pool * D) time, which a pool of the whole catalogue would make unbounded.
+MAX_DIVERSITY_POOL = 10_000
+# Stored cosine vectors are unit length; a norm further from 1 than this means a damaged vectors.npy.
+UNIT_NORM_TOLERANCE = 1e-3
 # IVF: faiss wants >= 39 training points per list; training on more than this many per list
 # costs k-means time without improving the lists noticeably.
 MIN_POINTS_PER_LIST = 39
@@ -69,6 +82,83 @@ DEFAULT_TRAINING_POINTS_PER_LIST = 64
 NUMPY_MAX_QUERIES = 16
 
 Result = list[tuple[str, float]]
+
+
+class IndexFileError(ValueError):
+    """An index directory or embeddings file that cannot be used; the message names the file and why."""
+
+
+def _is_index_directory(directory: str) -> bool:
+    """True when ``directory`` holds only this project's index files and a config.json that says so."""
+    try:
+        entries = set(os.listdir(directory))
+        with open(os.path.join(directory, CONFIG_FILE)) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict) or not entries <= INDEX_FILES:
+        return False
+    # Indexes written before the marker existed carry format_version, similarity and dim.
+    return (config.get("format") == FORMAT_MARKER
+            or ("format" not in config and {"format_version", "similarity", "dim"} <= set(config)))
+
+
+def check_output_directory(*, directory: str, overwrite: bool = False) -> None:
+    """Raise IndexFileError unless ``directory`` may receive an index: absent, empty, or an index.
+
+    Parameters
+    ----------
+    directory : str
+        Where an index is about to be saved.
+    overwrite : bool
+        Allow replacing any other directory too (its content is deleted).
+    """
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise IndexFileError(f"cannot save the index to {directory}: it exists and is not a directory")
+    if overwrite or not os.listdir(directory) or _is_index_directory(directory):
+        return
+    raise IndexFileError(f"cannot save the index to {directory}: it is a non-empty folder that holds no index "
+                         f"(no {CONFIG_FILE} marked {FORMAT_MARKER!r}, or files an index does not have); "
+                         "choose another --output, or pass --overwrite to replace it")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(*, directory: str) -> list[str]:
+    """Delete the temporary directories a killed ``save`` of ``directory`` left behind.
+
+    Only siblings named ``<directory>.tmp-<pid>-<8 hex>`` whose pid is not a live process are removed.
+
+    Returns
+    -------
+    list of str
+        The removed paths.
+    """
+    parent, base = os.path.split(os.path.abspath(directory))
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(base):
+            continue
+        match = TEMP_PATTERN.fullmatch(name[len(base):])
+        path = os.path.join(parent, name)
+        if match and os.path.isdir(path) and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def default_nlist(*, count: int) -> int:
@@ -433,14 +523,6 @@ class EmbeddingIndex:
             return np.einsum("qd,qcd->qc", queries, candidates)
         return 0.0 - np.linalg.norm(candidates - queries[:, None, :], axis=2)  # 0.0 - : no -0.0
 
-    def _pairwise(self, vectors: np.ndarray) -> np.ndarray:
-        """Similarity between every pair of rows of ``vectors`` [P, D] -> [P, P]."""
-        if self.similarity == "cosine":
-            return vectors @ vectors.T
-        squared = np.sum(vectors * vectors, axis=1)
-        distances = squared[:, None] + squared[None, :] - 2.0 * (vectors @ vectors.T)
-        return 0.0 - np.sqrt(np.maximum(distances, 0.0))
-
     def _prepare_queries(self, queries: np.ndarray, *, query_model: Mapping[str, Any] | str | None) -> np.ndarray:
         self.check_model(query_model=query_model)
         matrix = np.asarray(queries)
@@ -505,7 +587,8 @@ class EmbeddingIndex:
             relevance with ``lambda = 1 - diversity`` over a candidate pool: each next result
             maximises ``lambda * sim(query, c) - (1 - lambda) * max_selected sim(c, s)``.
         candidate_pool : int, optional
-            Pool size for the diversity re-ranking (default ``max(10 * k, 100)``).
+            Pool size for the diversity re-ranking (default ``max(10 * k, 100)``), at most
+            ``MAX_DIVERSITY_POOL``; with diversity, k above that pool cap raises ValueError.
         nprobe, ef_search : int, optional
             Per-call overrides of the IVF / HNSW search breadth.
         query_model : str or mapping, optional
@@ -543,7 +626,11 @@ class EmbeddingIndex:
 
         target = k
         if diversity > 0:
+            if min(k, count) > MAX_DIVERSITY_POOL:
+                raise ValueError(f"diversity re-ranking returns at most {MAX_DIVERSITY_POOL} results, got "
+                                 f"k={k} on {count} tracks: lower k, or search with diversity=0")
             target = max(k, int(candidate_pool) if candidate_pool is not None else max(10 * k, 100))
+            target = min(target, MAX_DIVERSITY_POOL)
         target = min(target, count)
 
         excluded_rows: list[set[int]] = [set() for _ in range(query_count)]
@@ -636,8 +723,12 @@ class EmbeddingIndex:
 
     def _maximal_marginal_relevance(self, rows: np.ndarray, relevance: np.ndarray, *, k: int,
                                     trade_off: float) -> np.ndarray:
-        """Greedy MMR: positions into ``rows`` [P] in pick order, at most k of them."""
-        similarity = self._pairwise(self._vectors[rows])  # [P, P]
+        """Greedy MMR: positions into ``rows`` [P] in pick order, at most k of them.
+
+        Memory is O(P * D): each pick updates every candidate's redundancy with its similarity to
+        the new pick only, never the [P, P] matrix of all pairs."""
+        candidates = self._vectors[rows]  # [P, D]
+        squared = np.einsum("pd,pd->p", candidates, candidates) if self.similarity == "euclidean" else None
         redundancy = np.full(len(rows), -np.inf)
         available = np.ones(len(rows), dtype=bool)
         picked: list[int] = []
@@ -650,7 +741,12 @@ class EmbeddingIndex:
             best = int(np.argmax(value))
             picked.append(best)
             available[best] = False
-            redundancy = np.maximum(redundancy, similarity[best])
+            products = candidates @ candidates[best]  # [P]
+            if self.similarity == "cosine":
+                similarity = products
+            else:
+                similarity = 0.0 - np.sqrt(np.maximum(squared + squared[best] - 2.0 * products, 0.0))
+            redundancy = np.maximum(redundancy, similarity)
         return np.asarray(picked, dtype=np.int64)
 
     def _group_size_counter(self) -> Counter:
@@ -748,26 +844,42 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "similarity": self.similarity, "dim": self._dim,
+        return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "similarity": self.similarity, "dim": self._dim,
                 "count": len(self._ids), "approximate": self.approximate, "nlist": self.nlist,
                 "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
                 "ef_search": self.ef_search, "training_points_per_list": self.training_points_per_list,
                 "seed": self.seed, "model": self.model, "next_label": self._next_label}
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, *, overwrite: bool = False) -> None:
         """Write the index to ``directory`` atomically.
 
         Everything is written into a temp sibling directory first; then the current directory (if
         any) is renamed to ``directory + '.bak'``, the new one renamed in, and the backup deleted.
-        A crash at any point leaves a loadable index at ``directory`` or its backup.
+        A crash at any point leaves a loadable index at ``directory`` or its backup. Temporaries
+        that killed saves of ``directory`` left behind are removed first.
+
+        Parameters
+        ----------
+        directory : str
+            Absent, empty, or an index (recognised by its config.json); anything else is refused.
+        overwrite : bool
+            Replace ``directory`` even when it is not an index (its content is deleted).
+
+        Raises
+        ------
+        IndexFileError
+            If ``directory`` (or its ``.bak`` sibling) is a file or a folder that is not an index.
         """
         directory = os.path.abspath(directory)
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise ValueError(f"cannot save the index to {directory}: it exists and is not a directory")
+        check_output_directory(directory=directory, overwrite=overwrite)
+        backup = directory + BACKUP_SUFFIX
+        if os.path.exists(backup) and not _is_index_directory(backup):
+            raise IndexFileError(f"cannot save the index to {directory}: {backup} exists and is not an index "
+                                 "backup; move it away")
         parent = os.path.dirname(directory)
         os.makedirs(parent, exist_ok=True)
+        remove_stale_temporaries(directory=directory)
         temp = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        backup = directory + BACKUP_SUFFIX
         os.mkdir(temp)
         try:
             self._write_files(temp)
@@ -818,56 +930,125 @@ class EmbeddingIndex:
 
     @classmethod
     def _read(cls, directory: str) -> "EmbeddingIndex":
-        def read_json(name: str) -> Any:
-            path = os.path.join(directory, name)
+        """Read and validate the files of one index directory; any defect is an IndexFileError naming
+        the file (a damaged index must fail on load, not answer nan scores)."""
+        def path_of(name: str) -> str:
+            return os.path.join(directory, name)
+
+        def read_json(name: str) -> dict[str, Any]:
             try:
-                with open(path) as f:
-                    return json.load(f)
-            except (OSError, json.JSONDecodeError) as error:
-                raise ValueError(f"cannot read index file {path}: {error}") from error
+                with open(path_of(name)) as f:
+                    payload = json.load(f)
+            except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                raise IndexFileError(f"cannot read index file {path_of(name)}: {error}") from error
+            if not isinstance(payload, dict):
+                raise IndexFileError(f"index file {path_of(name)} is not a JSON object")
+            return payload
+
+        def entry(payload: dict[str, Any], name: str, key: str, kinds: tuple[type, ...]) -> Any:
+            if key not in payload:
+                raise IndexFileError(f"index file {path_of(name)} has no {key!r} entry")
+            value = payload[key]
+            if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+                raise IndexFileError(f"index file {path_of(name)}: {key!r} is {value!r}, "
+                                     f"expected {' or '.join(k.__name__ for k in kinds)}")
+            return value
+
+        def read_array(name: str) -> np.ndarray:
+            try:
+                return np.load(path_of(name), allow_pickle=False)
+            except Exception as error:  # noqa: BLE001 - numpy raises EOFError, ValueError, OSError, ...
+                raise IndexFileError(f"cannot read index file {path_of(name)}: "
+                                     f"{type(error).__name__}: {error}") from error
 
         config = read_json(CONFIG_FILE)
         if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{os.path.join(directory, CONFIG_FILE)}: format_version "
-                             f"{config.get('format_version')!r}, this code reads {FORMAT_VERSION}")
+            raise IndexFileError(f"{path_of(CONFIG_FILE)}: format_version {config.get('format_version')!r}, "
+                                 f"this code reads {FORMAT_VERSION}")
+        similarity = entry(config, CONFIG_FILE, "similarity", (str,))
+        approximate = entry(config, CONFIG_FILE, "approximate", (str, type(None)))
+        if similarity not in SIMILARITIES or approximate not in (None,) + APPROXIMATE_KINDS:
+            raise IndexFileError(f"{path_of(CONFIG_FILE)}: unknown similarity {similarity!r} or approximate "
+                                 f"{approximate!r}")
+        count = entry(config, CONFIG_FILE, "count", (int,))
+        dim = entry(config, CONFIG_FILE, "dim", (int,))
+        if count < 0 or dim < 1:
+            raise IndexFileError(f"{path_of(CONFIG_FILE)}: count {count} and dim {dim} are not valid")
+        integer_or_none = (int, type(None))
+        settings = {key: entry(config, CONFIG_FILE, key, kinds) for key, kinds in (
+            ("nlist", integer_or_none), ("nprobe", integer_or_none), ("hnsw_m", (int,)),
+            ("ef_construction", (int,)), ("ef_search", (int,)), ("training_points_per_list", (int,)),
+            ("seed", (int,)), ("next_label", (int,)))}
+        model = config.get("model") or {}
+        if not isinstance(model, dict):
+            raise IndexFileError(f"{path_of(CONFIG_FILE)}: 'model' is {model!r}, expected an object")
+        model_dim = model.get("dim")
+        if model_dim is not None and model_dim != dim:
+            raise IndexFileError(f"{path_of(CONFIG_FILE)}: dim {dim} but its model makes {model_dim}-d embeddings")
+
         tracks = read_json(TRACKS_FILE)
-        vectors_path = os.path.join(directory, VECTORS_FILE)
-        try:
-            vectors = np.load(vectors_path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read index file {vectors_path}: {error}") from error
-        ids = tracks["track_ids"]
-        if vectors.shape != (config["count"], config["dim"]) or len(ids) != config["count"]:
-            raise ValueError(f"{directory}: inconsistent index files: config says {config['count']} x "
-                             f"{config['dim']}, {VECTORS_FILE} has shape {vectors.shape}, "
-                             f"{TRACKS_FILE} has {len(ids)} ids")
+        ids = entry(tracks, TRACKS_FILE, "track_ids", (list,))
+        metadata = entry(tracks, TRACKS_FILE, "metadata", (dict,))
+        if len(ids) != count:
+            raise IndexFileError(f"{path_of(TRACKS_FILE)} has {len(ids)} track ids, {CONFIG_FILE} says {count}")
+        if not all(isinstance(t, str) and t for t in ids) or len(set(ids)) != len(ids):
+            raise IndexFileError(f"{path_of(TRACKS_FILE)}: track ids must be unique non-empty strings")
+        for column, values in metadata.items():
+            if not isinstance(values, list) or len(values) != count:
+                raise IndexFileError(f"{path_of(TRACKS_FILE)}: metadata column {column!r} is not a list of "
+                                     f"{count} values")
+
+        vectors = read_array(VECTORS_FILE)
+        if vectors.shape != (count, dim) or vectors.dtype != np.float32:
+            raise IndexFileError(f"{path_of(VECTORS_FILE)} holds {vectors.dtype} {vectors.shape}, "
+                                 f"{CONFIG_FILE} says float32 ({count}, {dim})")
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(~finite))} rows have "
+                                 f"non-finite values (first: track {ids[int(np.argmin(finite))]!r})")
+        if similarity == "cosine" and count:
+            off = np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > UNIT_NORM_TOLERANCE
+            if off.any():
+                raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(off))} rows of a cosine "
+                                     f"index are not unit vectors (first: track {ids[int(np.argmax(off))]!r})")
+
         index = cls.__new__(cls)
-        index.similarity = config["similarity"]
-        index.approximate = config["approximate"]
-        index.model = dict(config.get("model") or {})
-        index.nlist = config["nlist"]
-        index.nprobe = config["nprobe"]
-        index.hnsw_m = config["hnsw_m"]
-        index.ef_construction = config["ef_construction"]
-        index.ef_search = config["ef_search"]
-        index.training_points_per_list = config["training_points_per_list"]
-        index.seed = config["seed"]
-        index._dim = int(config["dim"])
+        index.similarity = similarity
+        index.approximate = approximate
+        index.model = dict(model)
+        index.nlist = settings["nlist"]
+        index.nprobe = settings["nprobe"]
+        index.hnsw_m = settings["hnsw_m"]
+        index.ef_construction = settings["ef_construction"]
+        index.ef_search = settings["ef_search"]
+        index.training_points_per_list = settings["training_points_per_list"]
+        index.seed = settings["seed"]
+        index._dim = dim
         index._ids = list(ids)
         index._row_of = {t: row for row, t in enumerate(index._ids)}
         index._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        index._metadata = {c: list(v) for c, v in tracks["metadata"].items()}
+        index._metadata = {c: list(v) for c, v in metadata.items()}
         index._group_sizes = None
         index._squared_norms = None
         index._id_array = None
-        faiss_path = os.path.join(directory, FAISS_FILE)
-        if index.approximate is not None and os.path.exists(faiss_path):
-            index._labels = np.load(os.path.join(directory, LABELS_FILE), allow_pickle=False)
-            index._next_label = int(config["next_label"])
-            index._faiss = faiss.read_index(faiss_path)
-            if index._faiss.ntotal != len(ids) or len(index._labels) != len(ids):
-                raise ValueError(f"{faiss_path} holds {index._faiss.ntotal} vectors and {LABELS_FILE} "
-                                 f"{len(index._labels)} labels, expected {len(ids)}")
+        faiss_path = path_of(FAISS_FILE)
+        if approximate is not None and os.path.exists(faiss_path):
+            labels = read_array(LABELS_FILE)
+            if labels.shape != (count,) or labels.dtype != np.int64 or (count > 1 and np.any(np.diff(labels) <= 0)):
+                raise IndexFileError(f"{path_of(LABELS_FILE)} holds {labels.dtype} {labels.shape}, expected "
+                                     f"{count} increasing int64 labels")
+            if count and (labels[0] < 0 or labels[-1] >= settings["next_label"]):
+                raise IndexFileError(f"{path_of(LABELS_FILE)}: labels outside [0, next_label)")
+            try:
+                stored = faiss.read_index(faiss_path)
+            except RuntimeError as error:
+                raise IndexFileError(f"cannot read index file {faiss_path}: {str(error).splitlines()[0]}") from error
+            if stored.ntotal != count or stored.d != dim:
+                raise IndexFileError(f"{faiss_path} holds {stored.ntotal} vectors of dimension {stored.d}, "
+                                     f"expected {count} of dimension {dim}")
+            index._labels = labels
+            index._next_label = settings["next_label"]
+            index._faiss = stored
         else:
             index._labels = np.arange(len(ids), dtype=np.int64)
             index._next_label = len(ids)
@@ -886,7 +1067,11 @@ def load_embeddings(path: str) -> tuple[list[str], np.ndarray, dict[str, list[An
       ``splits`` [N] and ``durations`` [N] (as written by ``experiments.run``);
     * ``.parquet`` with columns ``track_id``, ``embedding`` (list of float), and optional ``path``,
       ``model``, ``duration_s``, ``labels`` / ``group`` (as written by ``experiments.export``);
-    * ``.npy`` [N, D] with a sibling ``<stem>.ids.txt`` holding one track id per line.
+    * ``.npy`` [N, D] with a sibling ``<stem>.ids.json`` (a JSON array of N strings; a legacy
+      ``<stem>.ids.txt`` with one id per line is read only when there is no ``.ids.json``).
+
+    Track ids must be unique non-empty strings (a null, empty or repeated id raises ValueError
+    naming the file). What made the vectors is read by ``read_provenance``.
 
     Returns
     -------
@@ -907,7 +1092,8 @@ def load_embeddings(path: str) -> tuple[list[str], np.ndarray, dict[str, list[An
         track_ids, vectors, metadata = _load_npy(path)
     else:
         raise ValueError(f"{path}: unknown embeddings format {suffix!r}; expected .npz, .parquet or "
-                         ".npy (+ .ids.txt)")
+                         ".npy (+ .ids.json)")
+    _check_file_ids(track_ids, path=path)
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[0] != len(track_ids):
         raise ValueError(f"{path}: embeddings must be [N, D] with N = {len(track_ids)} track ids, "
@@ -958,7 +1144,11 @@ def _load_parquet(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]
     missing = [name for name in ("track_id", "embedding") if name not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing columns {missing} (has {table.column_names})")
-    track_ids = _as_str_list(table.column("track_id").to_pylist())
+    raw_ids = table.column("track_id").to_pylist()
+    nulls = [row for row, value in enumerate(raw_ids) if value is None]
+    if nulls:
+        raise ValueError(f"{path}: {len(nulls)} rows have a null track_id (first at row {nulls[0]})")
+    track_ids = _as_str_list(raw_ids)
     column = table.column("embedding").combine_chunks()
     if column.null_count:
         raise ValueError(f"{path}: {column.null_count} rows have no embedding")
@@ -983,88 +1173,298 @@ def _load_parquet(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]
     return track_ids, vectors, metadata
 
 
+def _check_file_ids(track_ids: Sequence[str], *, path: str) -> None:
+    """Raise ValueError naming ``path`` for empty or repeated track ids."""
+    empty = [row for row, tid in enumerate(track_ids) if not tid]
+    if empty:
+        raise ValueError(f"{path}: {len(empty)} track ids are empty (first at row {empty[0]})")
+    duplicates = sorted(tid for tid, n in Counter(track_ids).items() if n > 1)
+    if duplicates:
+        raise ValueError(f"{path}: {len(duplicates)} track ids appear more than once, e.g. {duplicates[:3]}")
+
+
 def _load_npy(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
-    ids_path = os.path.splitext(path)[0] + ".ids.txt"
-    if not os.path.isfile(ids_path):
-        raise FileNotFoundError(f"{path}: a .npy embeddings file needs its track ids in {ids_path} "
-                                "(one per line)")
-    with open(ids_path) as f:
-        track_ids = [line.rstrip("\n") for line in f if line.strip()]
-    return track_ids, np.load(path, allow_pickle=False), {}
+    stem = os.path.splitext(path)[0]
+    json_path, text_path = stem + ".ids.json", stem + ".ids.txt"
+    if os.path.isfile(json_path):
+        try:
+            with open(json_path) as f:
+                track_ids = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read the track ids {json_path}: {error}") from error
+        if not isinstance(track_ids, list) or not all(isinstance(t, str) for t in track_ids):
+            raise ValueError(f"{json_path}: expected a JSON array of track id strings")
+    elif os.path.isfile(text_path):
+        with open(text_path) as f:
+            track_ids = [line.rstrip("\n") for line in f if line.strip()]
+    else:
+        raise FileNotFoundError(f"{path}: a .npy embeddings file needs its track ids in {json_path} "
+                                "(a JSON array of strings)")
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - numpy raises EOFError, ValueError, OSError, ...
+        raise ValueError(f"cannot read embeddings {path}: {type(error).__name__}: {error}") from error
+    return track_ids, vectors, {}
+
+
+def read_provenance(path: str) -> dict[str, str | None]:
+    """What made an embeddings file, as far as the file says.
+
+    Parquet exports carry schema metadata ``musicsim.model`` / ``musicsim.model_dir`` /
+    ``musicsim.similarity``; a ``.npy`` export has ``<stem>.meta.json`` beside it; a run's own
+    ``embeddings.npz`` lies in its run folder (with ``run.json``).
+
+    Returns
+    -------
+    dict
+        ``model``, ``model_dir``, ``similarity``: str, or None when unknown.
+    """
+    found: dict[str, Any] = {}
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            schema_metadata = pq.read_schema(path).metadata or {}
+        except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+            raise ValueError(f"cannot read embeddings {path}: {error}") from error
+        for key in ("model", "model_dir", "similarity"):
+            value = schema_metadata.get(f"musicsim.{key}".encode())
+            found[key] = value.decode("utf-8") if value else None
+    elif suffix == ".npy":
+        meta_path = os.path.splitext(path)[0] + ".meta.json"
+        if os.path.isfile(meta_path):
+            try:
+                with open(meta_path) as f:
+                    meta = json.load(f)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot read {meta_path}: {error}") from error
+            if not isinstance(meta, dict):
+                raise ValueError(f"{meta_path}: expected a JSON object")
+            found = {key: meta.get(key) for key in ("model", "model_dir", "similarity")}
+    elif suffix == ".npz":
+        beside = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(os.path.join(beside, "run.json")):
+            found["model_dir"] = beside
+    model_dir = found.get("model_dir")
+    if model_dir and not os.path.isabs(model_dir):
+        # A relative model_dir was written from some working directory: try here, then beside the file.
+        beside = os.path.join(os.path.dirname(os.path.abspath(path)), model_dir)
+        found["model_dir"] = model_dir if os.path.isdir(model_dir) or not os.path.isdir(beside) else beside
+    return {key: (str(found[key]) if found.get(key) else None) for key in ("model", "model_dir", "similarity")}
 
 
 # ---------------------------------------------------------------------- CLI
 def _run_similarity(model_dir: str) -> str | None:
-    """The similarity a run's embeddings are compared with, from its results.json or run.json."""
-    for name in ("results.json", "run.json"):
+    """The similarity a run's embeddings are compared with, from its results.json or run.json (or a
+    fitted model's fitted_model.json)."""
+    for name in ("results.json", "run.json", "fitted_model.json"):
         path = os.path.join(model_dir, name)
-        if os.path.exists(path):
+        try:
             with open(path) as f:
                 record = json.load(f)
-            similarity = record.get("similarity") or record.get("config", {}).get("params", {}).get("similarity")
-            if similarity in SIMILARITIES:
-                return similarity
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        params = (record.get("config") or {}).get("params") or {} if isinstance(record.get("config"), dict) else {}
+        similarity = record.get("similarity") or params.get("similarity")
+        if similarity in SIMILARITIES:
+            return similarity
     return None
 
 
+def run_embedding_dim(*, model_dir: str) -> int:
+    """The dimension of the embeddings a run (or a saved fitted model) makes.
+
+    Read from ``fitted_model.json``, else the header of the run's ``embeddings.npz``, else the
+    run's recorded hyperparameters through its embedder.
+    """
+    import zipfile
+
+    from musicsim.embedder import FITTED_CONFIG_FILE, load_embedder
+
+    fitted = os.path.join(model_dir, FITTED_CONFIG_FILE)
+    if os.path.isfile(fitted):
+        try:
+            with open(fitted) as f:
+                dim = json.load(f).get("dim")
+            if isinstance(dim, int) and not isinstance(dim, bool):
+                return dim
+        except (OSError, ValueError, AttributeError):
+            pass
+    archive_path = os.path.join(model_dir, "embeddings.npz")
+    if os.path.isfile(archive_path):
+        try:  # the array's header only: the shape without reading the vectors
+            with zipfile.ZipFile(archive_path) as archive, archive.open("embeddings.npy") as member:
+                version = np.lib.format.read_magic(member)
+                shape = np.lib.format._read_array_header(member, version)[0]
+            if len(shape) == 2:
+                return int(shape[1])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            pass
+    return int(load_embedder(model_dir).dim)
+
+
+def _resolve_model(*, embeddings: str, dim: int, file_models: Sequence[str], model_dir: str | None,
+                   model_name: str | None) -> dict[str, Any]:
+    """The model record of an index built from ``embeddings`` ([N, ``dim``] vectors): the run
+    given, else the one the file names; the run must exist, be the file's model and make
+    ``dim``-d embeddings.
+
+    Returns
+    -------
+    dict
+        ``name``, ``model_dir`` (absolute), ``dim``, ``similarity`` (the run's), ``embeddings``;
+        entries that are unknown are left out.
+    """
+    from musicsim.embedder import read_run_info
+
+    provenance = read_provenance(embeddings)
+    source = "--model_dir"
+    if model_dir is None and provenance["model_dir"]:
+        model_dir, source = provenance["model_dir"], f"the metadata of {embeddings}"
+    names = sorted(set(file_models) | ({provenance["model"]} if provenance["model"] else set()))
+    if len(names) > 1:
+        raise ValueError(f"{embeddings}: embeddings come from several models {names}; build one index per model")
+    if model_name and names and names[0] != model_name:
+        raise ValueError(f"--model={model_name} but {embeddings} says its embeddings come from {names[0]!r}")
+    model: dict[str, Any] = {"name": model_name or (names[0] if names else None),
+                             "similarity": provenance["similarity"], "embeddings": os.path.abspath(embeddings)}
+    if model_dir is not None:
+        model_dir = os.path.abspath(model_dir)
+        try:
+            info = read_run_info(model_dir)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"the run {model_dir} (from {source}) cannot be used: {error}") from None
+        run_name = str(info["model"])
+        if model["name"] and model["name"] != run_name:
+            raise ValueError(f"{embeddings} holds {model['name']!r} embeddings but {model_dir} is a {run_name!r} run")
+        run_dim = run_embedding_dim(model_dir=model_dir)
+        if run_dim != dim:
+            raise ValueError(f"dimension mismatch: {embeddings} holds {dim}-d embeddings but the run {model_dir} "
+                             f"({run_name}) makes {run_dim}-d ones; were they exported from another run?")
+        model.update(name=run_name, model_dir=model_dir, dim=run_dim,
+                     similarity=_run_similarity(model_dir) or model["similarity"])
+    return {key: value for key, value in model.items() if value is not None}
+
+
 def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,
-                model_dir: str | None = None, model_name: str | None = None) -> EmbeddingIndex:
+                model_dir: str | None = None, model_name: str | None = None,
+                overwrite: bool = False) -> EmbeddingIndex:
     """Build an index from an embeddings file and save it to ``output``.
 
-    A run's own ``embeddings.npz`` names its run (the folder holding it); ``similarity`` defaults to
-    the one the run's embeddings are meant to be compared with (else cosine).
+    The model is ``model_dir`` when given, else the run the file names (a parquet's or a
+    ``.meta.json``'s ``model_dir``, or the run folder holding an ``embeddings.npz``); it must exist,
+    and make embeddings of the file's dimension. ``similarity`` defaults to the run's (else cosine).
+
+    Raises
+    ------
+    ValueError
+        For a bad file, a run of another model or dimension, or an ``output`` that is a folder
+        other than an index (unless ``overwrite``).
+    FileNotFoundError
+        For a missing file or run.
     """
-    beside = os.path.dirname(os.path.abspath(embeddings))
-    if model_dir is None and os.path.exists(os.path.join(beside, "run.json")):
-        model_dir = beside
-    if similarity is None:
-        similarity = (_run_similarity(model_dir) if model_dir else None) or "cosine"
+    output = os.path.abspath(output)
+    check_output_directory(directory=output, overwrite=overwrite)  # before the expensive part
     track_ids, vectors, metadata = load_embeddings(embeddings)
-    models = sorted(set(str(m) for m in metadata.pop("model", []) if m is not None))
-    if len(models) > 1:
-        raise ValueError(f"{embeddings}: embeddings come from several models {models}; build one index per model")
-    if model_name and models and models[0] != model_name:
-        raise ValueError(f"--model={model_name} but {embeddings} says its embeddings come from {models[0]!r}")
-    model = {"name": model_name or (models[0] if models else None),
-             "model_dir": os.path.abspath(model_dir) if model_dir else None,
-             "embeddings": os.path.abspath(embeddings)}
+    file_models = sorted(set(str(m) for m in metadata.pop("model", []) if m is not None))
+    model = _resolve_model(embeddings=embeddings, dim=int(vectors.shape[1]), file_models=file_models,
+                           model_dir=model_dir, model_name=model_name)
+    if similarity is None:
+        similarity = model.get("similarity") if model.get("similarity") in SIMILARITIES else "cosine"
     index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
-                           model={key: value for key, value in model.items() if value is not None},
+                           model={key: value for key, value in model.items() if key != "similarity"},
                            approximate=approximate)
-    index.save(output)
+    index.save(output, overwrite=overwrite)
+    return index
+
+
+def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
+                 model_dir: str | None = None) -> tuple[EmbeddingIndex, int, int]:
+    """Add the tracks of an embeddings file to a saved index and save it again (atomically).
+
+    The file must come from the index's model (same checks as ``build_index``). Ids already in
+    the index raise ValueError, or with ``replace`` have their vector and metadata replaced.
+
+    Returns
+    -------
+    index : EmbeddingIndex
+        The updated index.
+    added : int
+        New tracks.
+    replaced : int
+        Tracks that were in the index already.
+    """
+    index = EmbeddingIndex.load(index_dir)
+    track_ids, vectors, metadata = load_embeddings(embeddings)
+    file_models = sorted(set(str(m) for m in metadata.pop("model", []) if m is not None))
+    model = _resolve_model(embeddings=embeddings, dim=int(vectors.shape[1]), file_models=file_models,
+                           model_dir=model_dir, model_name=None)
+    for key in ("name", "model_dir"):
+        if key in model and key in index.model and model[key] != index.model[key]:
+            raise ValueError(f"{embeddings} comes from {key}={model[key]!r} but the index {index_dir} holds "
+                             f"embeddings of {key}={index.model[key]!r}")
+    if vectors.shape[1] != index.dim:
+        raise ValueError(f"dimension mismatch: {embeddings} holds {vectors.shape[1]}-d embeddings, the index "
+                         f"{index_dir} {index.dim}-d ones")
+    present = [t for t in track_ids if t in index]
+    if present and not replace:
+        raise ValueError(f"{embeddings}: {len(present)} track ids are already in the index {index_dir}, e.g. "
+                         f"{present[:3]}; pass --replace to replace them")
+    if present:
+        index.remove(track_ids=present)
+    index.add(track_ids=track_ids, vectors=vectors, metadata=metadata)
+    index.save(index_dir)
+    return index, len(track_ids) - len(present), len(present)
+
+
+def remove_from_index(*, index_dir: str, track_ids: Sequence[str]) -> EmbeddingIndex:
+    """Remove tracks from a saved index and save it again (atomically); unknown ids raise ValueError."""
+    index = EmbeddingIndex.load(index_dir)
+    index.remove(track_ids=track_ids)
+    index.save(index_dir)
     return index
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m musicsim.index ...``; returns the exit status (2 on a usage or input error)."""
     parser = argparse.ArgumentParser(prog="python -m musicsim.index", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build an index from an embeddings file")
-    build.add_argument("--embeddings", required=True, help=".npz, .parquet or .npy (+ .ids.txt)")
+    build.add_argument("--embeddings", required=True, help=".npz, .parquet or .npy (+ .ids.json)")
     build.add_argument("--output", required=True, help="index directory to write")
     build.add_argument("--similarity", choices=SIMILARITIES, default=None,
                        help="default: the run's own (cosine when unknown)")
     build.add_argument("--approximate", choices=APPROXIMATE_KINDS, default=None)
-    build.add_argument("--model_dir", default=None, help="the run the embeddings come from")
+    build.add_argument("--model_dir", default=None,
+                       help="the run the embeddings come from (default: the one the embeddings file names)")
     build.add_argument("--model", default=None, help="model name, if the embeddings file does not say")
-    query = commands.add_parser("query", help="print the tracks most similar to one in the index")
-    query.add_argument("--index", required=True)
-    query.add_argument("--track_id", required=True)
-    query.add_argument("--k", type=int, default=10)
-    query.add_argument("--exclude_same_group", action="store_true")
-    query.add_argument("--diversity", type=float, default=0.0)
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace --output even if it is a folder that holds no index")
+    add = commands.add_parser("add", help="add the tracks of an embeddings file to an index")
+    add.add_argument("--index", required=True)
+    add.add_argument("--embeddings", required=True)
+    add.add_argument("--model_dir", default=None, help="the run the embeddings come from, if the file does not say")
+    add.add_argument("--replace", action="store_true", help="replace tracks already in the index")
+    remove = commands.add_parser("remove", help="remove tracks from an index")
+    remove.add_argument("--index", required=True)
+    remove.add_argument("--track_id", required=True, nargs="+", action="extend", help="one or more track ids")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             index = build_index(embeddings=args.embeddings, output=args.output, similarity=args.similarity,
-                                approximate=args.approximate, model_dir=args.model_dir, model_name=args.model)
+                                approximate=args.approximate, model_dir=args.model_dir, model_name=args.model,
+                                overwrite=args.overwrite)
             print(f"{index.summary()} -> {os.path.abspath(args.output)}")
+        elif args.command == "add":
+            index, added, replaced = add_to_index(index_dir=args.index, embeddings=args.embeddings,
+                                                  replace=args.replace, model_dir=args.model_dir)
+            print(f"added {added}, replaced {replaced}: {index.summary()} -> {os.path.abspath(args.index)}")
         else:
-            index = EmbeddingIndex.load(args.index)
-            results = index.search_by_id(track_id=args.track_id, k=args.k,
-                                         exclude_same_group=args.exclude_same_group, diversity=args.diversity)
-            for rank, (track_id, score) in enumerate(results, start=1):
-                group = index.group(track_id=track_id)
-                print(f"{rank:3d}  {score:+.4f}  {track_id}" + (f"  [{group}]" if group is not None else ""))
+            index = remove_from_index(index_dir=args.index, track_ids=args.track_id)
+            print(f"removed {len(set(args.track_id))}: {index.summary()} -> {os.path.abspath(args.index)}")
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

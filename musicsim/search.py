@@ -3,8 +3,8 @@
     python -m musicsim.search --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--diversity=0.0]
         [--exclude_same_group] [--include_self] [--json]
 
-An index is built by ``python -m musicsim.index build --embeddings=FILE --output=DIR --model_dir=RUN``
-from an export (``experiments.export``). A query by id uses the stored vector and leaves the query
+An index is built by ``python -m musicsim.index build --embeddings=FILE --output=DIR`` from an export
+(``experiments.export``), which names the run it came from. A query by id uses the stored vector and leaves the query
 track out of its results. A query by file embeds it with the model the index was built from (the
 index records its ``model_dir``; see ``musicsim.embedder``); when the file is itself in the index,
 it comes back first with the top score, and ``--exclude_same_group`` leaves out its group.
@@ -93,13 +93,19 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
     Raises
     ------
     ValueError
-        For no or two queries, an unknown track id, an index without a model_dir (file query),
-        an embedding dimension that is not the index's, or a file that cannot be embedded.
+        For no or two queries, k < 1, diversity outside [0, 1], an unknown track id, an index
+        without a model_dir (file query), an embedding dimension that is not the index's, a file
+        that cannot be embedded, or a damaged index (``musicsim.index.IndexFileError``, naming the file).
     FileNotFoundError
         If the index or the query file does not exist.
     """
     if (query_path is None) == (track_id is None):
         raise ValueError("give exactly one query: query_path (an audio file) or track_id (a track of the index)")
+    # Checked before loading the index and embedding the file, which take seconds.
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not 0.0 <= float(diversity) <= 1.0:
+        raise ValueError(f"diversity must be in [0, 1], got {diversity}")
     index = index or EmbeddingIndex.load(index_dir)
     if track_id is not None:
         if track_id not in index:

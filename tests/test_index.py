@@ -329,7 +329,7 @@ def test_load_errors(tmp_path):
     directory = tmp_path / "idx"
     EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(str(directory))
     np.save(directory / "vectors.npy", vectors[:4])
-    with pytest.raises(ValueError, match="inconsistent index files"):
+    with pytest.raises(ValueError, match=r"vectors.npy holds float32 \(4, 3\), config.json says float32 \(10, 3\)"):
         EmbeddingIndex.load(str(directory))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
@@ -447,7 +447,7 @@ def test_load_embeddings_errors(tmp_path):
     with pytest.raises(ValueError, match=r"missing arrays \['track_ids'\]"):
         load_embeddings(str(tmp_path / "bad.npz"))
     np.save(tmp_path / "lonely.npy", np.ones((2, 2)))
-    with pytest.raises(FileNotFoundError, match="lonely.ids.txt"):
+    with pytest.raises(FileNotFoundError, match="lonely.ids.json"):
         load_embeddings(str(tmp_path / "lonely.npy"))
     (tmp_path / "short.ids.txt").write_text("a\n")
     np.save(tmp_path / "short.npy", np.ones((2, 2)))
@@ -459,20 +459,33 @@ def test_load_embeddings_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------- CLI
+def write_fitted_model_config(folder, *, name="librosa", dim=5, similarity="euclidean") -> str:
+    """The config a saved fitted model starts with (all that an index build reads of a run)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "fitted_model.json"), "w") as f:
+        json.dump({"name": name, "dim": dim, "similarity": similarity}, f)
+    return str(folder)
+
+
 def test_build_cli_from_npz_stores_groups_and_answers_queries(tmp_path, capsys):
+    from musicsim import search
+
     write_npz(tmp_path / "e.npz", count=30)
     output = tmp_path / "index"
+    run = write_fitted_model_config(tmp_path / "run")
     assert main(["build", f"--embeddings={tmp_path / 'e.npz'}", f"--output={output}", "--similarity=euclidean",
-                 f"--model_dir={tmp_path}", "--model=librosa"]) == 0
+                 f"--model_dir={run}", "--model=librosa"]) == 0
     summary = capsys.readouterr().out
     assert "30 tracks, dim 5, euclidean, exact, 3 groups, model librosa" in summary
     index = EmbeddingIndex.load(str(output))
-    assert index.model["model_dir"] == str(tmp_path) and index.group(track_id="id4") == "album1"
+    assert index.model["model_dir"] == run and index.model["dim"] == 5 and index.group(track_id="id4") == "album1"
     config = json.loads((output / "config.json").read_text())
-    assert config["similarity"] == "euclidean" and config["count"] == 30
-    assert main(["query", f"--index={output}", "--track_id=id4", "--k=3", "--exclude_same_group"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 and all("[album1]" not in line for line in lines)
+    assert config["similarity"] == "euclidean" and config["count"] == 30 and config["format"] == "musicsim.index"
+    assert search.main([f"--index={output}", "--track_id=id4", "-k", "3", "--exclude_same_group", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert len(found) == 3 and all(r["group"] != "album1" for r in found)
+    with pytest.raises(SystemExit):  # queries belong to musicsim.search
+        main(["query", f"--index={output}", "--track_id=id4"])
 
 
 def test_build_cli_from_parquet_takes_model_name_and_approximate(tmp_path, capsys):
