@@ -13,7 +13,8 @@ import importlib
 
 LEARNED_MODELS = {"wavenet": "musicsim.models.wavenet", "rnn": "musicsim.models.rnn"}
 FITTED_MODELS = {"librosa": ("musicsim.models.librosa_pca", "LibrosaPCAModel"),
-                 "mfcc": ("musicsim.models.mfcc", "MFCCModel")}
+                 "mfcc": ("musicsim.models.mfcc", "MFCCModel"),
+                 "musicnn": ("musicsim.models.musicnn", "MusicnnModel")}
 BASELINES = ("random", "worst")
 ALL_MODELS = tuple(LEARNED_MODELS) + tuple(FITTED_MODELS) + BASELINES
 
