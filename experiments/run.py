@@ -95,6 +95,10 @@ flags.DEFINE_enum("rnn_embedding", "all", ["outputs", "states", "all"], "LSTM em
 flags.DEFINE_enum("rnn_reduce", "mean", ["mean", "max", "last"], "How sections are reduced to one vector.")
 # Fitted models.
 flags.DEFINE_float("variance_ratio", 0.99, "librosa: PCA keeps the components explaining this share of variance.")
+flags.DEFINE_enum("musicnn_model", "MSD_musicnn", ["MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg"],
+                  "musicnn: which pretrained tagger (MSD: Million Song Dataset, MTT: MagnaTagATune).")
+flags.DEFINE_enum("musicnn_layer", "penultimate", ["penultimate", "taggram", "maxpool"], "musicnn: the layer "
+                  "averaged over a track's 3 s patches (maxpool: musicnn networks only).")
 # Training control.
 flags.DEFINE_integer("max_steps", 400, "Training steps (global).")
 flags.DEFINE_float("max_minutes", 10.0, "Stop training after this many minutes (0: no limit).")
@@ -161,7 +165,8 @@ def config_from_flags() -> RunConfig:
         stack_pool_sizes=[int(s) for s in FLAGS.stack_pool_sizes], pooling=FLAGS.pooling,
         final_channels=FLAGS.final_channels, dense_layers=[int(s) for s in FLAGS.dense_layers],
         rnn_units=FLAGS.rnn_units, section_frames=FLAGS.section_frames, rnn_embedding=FLAGS.rnn_embedding,
-        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, frontend=FLAGS.frontend,
+        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, musicnn_model=FLAGS.musicnn_model,
+        musicnn_layer=FLAGS.musicnn_layer, frontend=FLAGS.frontend,
         frame_seconds=FLAGS.frame_seconds, hop_seconds=FLAGS.hop_seconds, n_mels=FLAGS.n_mels,
         frontend_stride=FLAGS.frontend_stride,
         mixed_precision=False if FLAGS.mixed_precision == "off" else FLAGS.mixed_precision, xla=FLAGS.xla)
@@ -338,6 +343,9 @@ def _fitted_embeddings(config: RunConfig, splits) -> dict:
                   cache_dir=os.path.join(config.dataset_dir, "feature_cache"))
     if config.model == "librosa":
         kwargs["variance_ratio"] = config.params.get("variance_ratio", 0.99)
+    if config.model == "musicnn":
+        kwargs.update(checkpoint=config.params.get("musicnn_model", "MSD_musicnn"),
+                      layer=config.params.get("musicnn_layer", "penultimate"))
     model = model_cls(**kwargs)
     catalog = {split: read_catalog(config.dataset_dir, split=split) for split in splits}
     model.fit(paths=[e.path for e in catalog["train"]])
