@@ -113,6 +113,9 @@ flags.DEFINE_enum("export_checkpoint", "best", ["best", "last"], "Embed (export,
 flags.DEFINE_integer("seed", 0, "Random seed (lists, crops, initialisation).")
 flags.DEFINE_integer("eval_repeats", 5, "Seeds of the test protocol (mean and std are reported).")
 flags.DEFINE_integer("workers", None, "Processes for feature extraction / data prep (default: all cores).")
+flags.DEFINE_string("rerank", "none", "Also score the test split re-ranked with the catalog itself (no labels): "
+                    "'auto' picks the re-ranking with the best catalog mAP on the eval split, or a setting such as "
+                    "'dba+aqe:k=3,alpha=3' or 'kreciprocal:k=10,k2=3' (musicsim.rerank).")
 
 
 @dataclass
@@ -149,6 +152,7 @@ class RunConfig:
     warm_start_vars: str = "stacks"
     distribute: str | None = None
     num_cpu_replicas: int | None = None
+    rerank: str = "none"  # none | auto | a musicsim.rerank setting: test split also scored re-ranked
 
 
 def config_from_flags() -> RunConfig:
@@ -185,7 +189,7 @@ def config_from_flags() -> RunConfig:
                           noise_snr_db=[float(v) for v in FLAGS.augment_snr_db] or None,
                           max_shift_seconds=FLAGS.augment_shift_seconds),
         warm_start_from=FLAGS.warm_start_from, warm_start_vars=FLAGS.warm_start_vars,
-        distribute=FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas)
+        distribute=FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas, rerank=FLAGS.rerank)
 
 
 DEMO_CORPUS_DIR = os.path.join("data", "demo_corpus")
@@ -366,6 +370,23 @@ def _fitted_embeddings(config: RunConfig, splits) -> dict:
     return out
 
 
+def _rerank(config: RunConfig, out: dict, similarity) -> dict:
+    """The test split's re-ranked score matrix; 'auto' settings are chosen on the eval split only."""
+    from musicsim import rerank
+
+    eval_table, chosen_on = [], "given"
+    if config.rerank == "auto":
+        eval_labels = out["labels"]["eval"]
+        eval_binary = similarity.relevance_matrix(eval_labels, eval_labels) > 0
+        np.fill_diagonal(eval_binary, False)
+        settings, eval_table = rerank.choose_settings(eval_vectors=out["embeddings"]["eval"], eval_binary=eval_binary)
+        chosen_on = "eval"
+    else:
+        settings = rerank.parse_settings(config.rerank)
+    return {"settings": settings, "chosen_on": chosen_on, "eval_table": eval_table,
+            "test_scores": rerank.catalog_scores(vectors=out["embeddings"]["test"], settings=settings)}
+
+
 def run(config: RunConfig) -> dict:
     """Train or fit ``config.model``, evaluate it on the test split, export its embeddings.
 
@@ -408,6 +429,10 @@ def run(config: RunConfig) -> dict:
     if kind != "baseline":
         table[config.model] = evaluation.evaluate(embeddings=out["embeddings"]["test"],
                                                   similarity=config.params.get("similarity", "cosine"), **protocol)
+    reranked = None
+    if kind != "baseline" and config.rerank != "none":
+        reranked = _rerank(config, out, similarity)
+        table[f"{config.model}+rerank"] = evaluation.evaluate(scores=reranked["test_scores"], **protocol)
     results = {
         "model": config.model, "dataset": info.name, "dataset_dir": os.path.abspath(config.dataset_dir),
         "similarity_def": similarity.name, "similarity": config.params.get("similarity", "cosine"),
@@ -418,6 +443,11 @@ def run(config: RunConfig) -> dict:
         "sizes": {split: len(ids) for split, ids in out["ids"].items()},
         "wall_seconds": round(time.time() - started, 1), "config": asdict(config),
     }
+    if reranked is not None:
+        results["rerank"] = {"settings": reranked["settings"].to_json(), "chosen_on": reranked["chosen_on"],
+                             "eval_table": reranked["eval_table"],
+                             "test": {k: {"mean": v[0], "std": v[1]}
+                                      for k, v in table[f"{config.model}+rerank"].items()}}
     write_json_atomic(os.path.join(config.model_dir, "results.json"), results)
     if out["embeddings"]:
         ids = [i for s in splits for i in out["ids"][s]]
