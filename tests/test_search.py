@@ -159,3 +159,33 @@ def test_the_index_and_the_runs_embedder_agree(index_dir, tiny_run):
     embedder = load_embedder(index.model["model_dir"])
     assert (embedder.dim, embedder.similarity, embedder.name) == (index.dim, index.similarity, index.model["name"])
     assert sorted({index.group(track_id=t) for t in index.track_ids}) == sorted(ALBUMS)
+
+
+def test_the_readme_search_flow_runs_as_written(synthetic_dataset, audio_dir, tmp_path):
+    """export CLI -> index build CLI (no --model_dir: the export names its run) -> search CLI by file."""
+    from musicsim.dataset import read_catalog
+    from musicsim.models.mfcc import MFCCModel
+
+    paths = [e.path for e in read_catalog(synthetic_dataset, split="train")][:4]
+    run = str(tmp_path / "mfcc_run")
+    MFCCModel(sample_rate=8000, max_seconds=None, workers=1, progress=False).fit(paths=paths).save(run)
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                              env=environment, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    exported = str(tmp_path / "exports" / "music.parquet")
+    index = str(tmp_path / "indexes" / "music")
+    done = cli("experiments.export", f"--model_dir={run}", f"--audio={audio_dir}", f"--output={exported}",
+               "--workers=1", "--noprogress")
+    assert done.returncode == 0, done.stderr
+    done = cli("musicsim.index", "build", f"--embeddings={exported}", f"--output={index}")
+    assert done.returncode == 0, done.stderr
+    query = os.path.join(audio_dir, TRACK + ".wav")
+    done = cli("musicsim.search", f"--index={index}", f"--query={query}", "-k", "10", "--json")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert len(results) == 10 and results[0]["track_id"] == TRACK
+    assert results[0]["score"] == pytest.approx(0.0, abs=1e-3)  # mfcc: euclidean, the file itself at distance 0
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
