@@ -1,0 +1,443 @@
+"""musicsim.serve (HTTP API), musicsim.playlist, musicsim.catalog_map and musicsim.projector."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+
+from conftest import ALBUM_TIMBRES, render_track
+from musicsim import catalog_map, playlist
+from musicsim.index import EmbeddingIndex
+from musicsim.models.mfcc import MFCCModel
+from musicsim.serve import create_app, main
+
+SAMPLE_RATE = 8000
+ALBUMS = tuple(ALBUM_TIMBRES)
+PER_ALBUM = 4
+
+
+def _write_tracks(root) -> list[str]:
+    """4 synthetic albums x 4 tracks of 2-3 s, WAV, under ``root/<album>/t<k>.wav``."""
+    paths = []
+    for a, album in enumerate(ALBUMS):
+        os.makedirs(root / album, exist_ok=True)
+        for k in range(PER_ALBUM):
+            path = str(root / album / f"t{k}.wav")
+            sf.write(path, render_track(album=album, index=k, seconds=2.0 + 0.5 * (k % 3), sample_rate=SAMPLE_RATE,
+                                        seed=a * 10 + k), SAMPLE_RATE)
+            paths.append(path)
+    return paths
+
+
+def _track_ids(paths: list[str]) -> list[str]:
+    return [f"{os.path.basename(os.path.dirname(p))}/{os.path.splitext(os.path.basename(p))[0]}" for p in paths]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """A real MFCC model fitted on the synthetic albums, and an index of their embeddings (with paths)."""
+    root = tmp_path_factory.mktemp("serve")
+    paths = _write_tracks(root / "audio")
+    model = MFCCModel(sample_rate=SAMPLE_RATE, max_seconds=None, workers=1, progress=False).fit(paths=paths)
+    model.save(str(root / "mfcc"))
+    vectors, ok, skipped = model.embed_paths(paths=paths)
+    assert not skipped and ok == list(range(len(paths)))
+    index = EmbeddingIndex(track_ids=_track_ids(paths), vectors=vectors, similarity=model.similarity,
+                           metadata={"path": paths, "group": [os.path.basename(os.path.dirname(p)) for p in paths],
+                                     "duration_s": [sf.info(p).duration for p in paths]},
+                           model={"name": "mfcc", "model_dir": str(root / "mfcc")})
+    index.save(str(root / "index"))
+    return {"root": root, "paths": paths, "vectors": vectors, "index_dir": str(root / "index")}
+
+
+@pytest.fixture(scope="module")
+def client(catalog):
+    with TestClient(create_app(index_dir=catalog["index_dir"], max_upload_mb=1.0)) as test_client:
+        yield test_client
+
+
+def _copied_index(catalog, tmp_path, *, model: bool = False, extra: dict | None = None) -> tuple[str, list[str]]:
+    """The catalog's audio copied under ``tmp_path`` and indexed with the same vectors; returns (index, paths)."""
+    shutil.copytree(catalog["root"] / "audio", tmp_path / "audio")
+    paths = [str(tmp_path / "audio" / os.path.relpath(p, catalog["root"] / "audio")) for p in catalog["paths"]]
+    ids, vectors = _track_ids(paths), catalog["vectors"]
+    for track_id, (path, vector) in (extra or {}).items():
+        ids, paths, vectors = ids + [track_id], paths + [path], np.vstack([vectors, vector[None, :]])
+    index = EmbeddingIndex(track_ids=ids, vectors=vectors, similarity="euclidean",
+                           metadata={"path": paths, "group": [i.split("/")[0] for i in ids]},
+                           model={"name": "mfcc", "model_dir": str(catalog["root"] / "mfcc")} if model else None)
+    index.save(str(tmp_path / "index"))
+    return str(tmp_path / "index"), paths
+
+
+# ------------------------------------------------------------------------------------- catalog
+
+def test_health_info_and_catalog(client, catalog):
+    assert client.get("/healthz").json() == {"status": "ok", "tracks": 16}
+    info = client.get("/api/info").json()
+    assert (info["tracks"], info["dim"], info["similarity"], info["model"]) == (16, 40, "euclidean", "mfcc")
+    assert info["groups"] == sorted(ALBUMS) and info["file_queries"] and info["with_audio"] == 16
+    page = client.get("/api/tracks", params={"limit": 5, "offset": 3}).json()
+    assert page["total"] == 16 and [t["track_id"] for t in page["tracks"]] == _track_ids(catalog["paths"])[3:8]
+    track = page["tracks"][0]
+    assert track["audio_url"] == "/api/audio/" + track["track_id"].replace("/", "%2F")
+    assert track["duration_s"] == pytest.approx(sf.info(catalog["paths"][3]).duration)
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("LOW_SINE", [f"low_sine/t{k}" for k in range(4)]),        # group, any case
+    ("t3", [f"{album}/t3" for album in ALBUMS]),                # id
+    ("noisy_mid/t1.wav", ["noisy_mid/t1"]),                     # path
+    ("no such thing", []),
+])
+def test_catalog_search_matches_id_path_or_group(client, query, expected):
+    answer = client.get("/api/tracks", params={"q": query}).json()
+    assert answer["total"] == len(expected) and sorted(t["track_id"] for t in answer["tracks"]) == sorted(expected)
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 5000}, {"offset": -1}, {"limit": "many"}])
+def test_catalog_rejects_bad_parameters(client, params):
+    response = client.get("/api/tracks", params=params)
+    assert response.status_code == 400 and "bad parameters" in response.json()["error"]
+
+
+# ------------------------------------------------------------------------------------- similar
+
+def test_similar_by_id_answers_like_the_index(client, catalog):
+    index = EmbeddingIndex.load(catalog["index_dir"])
+    for diversity, exclude in ((0.0, False), (0.5, False), (0.0, True)):
+        answer = client.get("/api/similar/low_sine/t1", params={"k": 6, "diversity": diversity,
+                                                                "exclude_same_group": exclude}).json()
+        expected = index.search_by_id(track_id="low_sine/t1", k=6, diversity=diversity, exclude_same_group=exclude)
+        assert answer["query"]["track_id"] == "low_sine/t1"
+        assert [(r["track_id"], r["rank"]) for r in answer["results"]] == [(t, i + 1) for i, (t, _) in enumerate(expected)]
+        np.testing.assert_allclose([r["score"] for r in answer["results"]], [s for _, s in expected], rtol=1e-6)
+        assert all(r["audio_url"] and r["group"] == r["track_id"].split("/")[0] for r in answer["results"])
+        if exclude:
+            assert all(r["group"] != "low_sine" for r in answer["results"])
+    # Timbre is what the MFCCs see: the nearest track shares the album.
+    assert client.get("/api/similar/low_sine/t1?k=1").json()["results"][0]["group"] == "low_sine"
+    # An encoded slash is the same id.
+    assert client.get("/api/similar/low_sine%2Ft1?k=3").json()["query"]["track_id"] == "low_sine/t1"
+
+
+@pytest.mark.parametrize("url, status", [
+    ("/api/similar/low_sine/t99", 404), ("/api/similar/nothing", 404),
+    ("/api/similar/low_sine/t1?k=0", 400), ("/api/similar/low_sine/t1?k=x", 400),
+    ("/api/similar/low_sine/t1?diversity=1.5", 400), ("/api/no/such/route", 404),
+])
+def test_errors_are_json_with_their_status(client, url, status):
+    response = client.get(url)
+    assert response.status_code == status and response.headers["content-type"] == "application/json"
+    assert response.json()["status"] == status and response.json()["error"]
+    assert client.get("/healthz").status_code == 200  # and the server still answers
+
+
+# ------------------------------------------------------------------------------------- uploads
+
+def _upload_dir(client) -> str:
+    return client.app.state.service.upload_dir
+
+
+def test_upload_finds_the_file_itself_first_and_leaves_nothing_behind(client, catalog):
+    path = catalog["paths"][9]  # noisy_mid/t1
+    with open(path, "rb") as f:
+        multipart = client.post("/api/similar", params={"k": 4}, files={"file": ("mine.wav", f, "audio/wav")})
+    assert multipart.status_code == 200, multipart.text
+    results = multipart.json()["results"]
+    assert results[0]["track_id"] == "noisy_mid/t1" and results[0]["score"] == pytest.approx(0.0, abs=1e-4)
+    assert multipart.json()["query"] == {"file": "mine.wav"}
+    with open(path, "rb") as f:
+        raw = client.post("/api/similar?k=4", content=f.read(), headers={"Content-Type": "application/octet-stream"})
+    assert [r["track_id"] for r in raw.json()["results"]] == [r["track_id"] for r in results]
+    assert os.listdir(_upload_dir(client)) == []
+
+
+def test_upload_content_is_checked_by_decoding_not_by_name(client, catalog, tmp_path):
+    # A real WAV named .txt is audio; text named .wav is not.
+    with open(catalog["paths"][0], "rb") as f:
+        assert client.post("/api/similar", files={"file": ("notes.txt", f, "text/plain")}).status_code == 200
+    response = client.post("/api/similar", files={"file": ("song.wav", b"just some text, " * 200, "audio/wav")})
+    assert response.status_code == 415 and "song.wav" in response.json()["error"]
+    assert client.post("/api/similar", files={"file": ("empty.wav", b"", "audio/wav")}).status_code == 415
+    # Real audio the model cannot use (too short to embed) is 422.
+    sf.write(tmp_path / "short.wav", np.sin(np.arange(400) / 3.0).astype(np.float32) * 0.5, SAMPLE_RATE)
+    response = client.post("/api/similar", files={"file": ("short.wav", (tmp_path / "short.wav").read_bytes())})
+    assert response.status_code == 422 and "short.wav" in response.json()["error"]
+    assert os.listdir(_upload_dir(client)) == []
+
+
+def test_upload_over_the_limit_is_413(catalog):
+    with TestClient(create_app(index_dir=catalog["index_dir"], max_upload_mb=0.01)) as small:
+        body = b"\0" * 20_000  # over 10 KiB
+        assert small.post("/api/similar", files={"file": ("big.wav", body)}).status_code == 413
+        response = small.post("/api/similar", content=body, headers={"Content-Type": "audio/wav"})
+        assert response.status_code == 413 and "limit" in response.json()["error"]
+        huge = small.post("/api/similar", content=b"\0" * 200_000, headers={"Content-Type": "audio/wav"})
+        assert huge.status_code == 413
+        assert os.listdir(_upload_dir(small)) == []
+        assert small.get("/api/similar/low_sine/t0").status_code == 200
+
+
+def test_upload_to_an_index_without_a_model_is_400(catalog, tmp_path):
+    index_dir, paths = _copied_index(catalog, tmp_path)
+    with TestClient(create_app(index_dir=index_dir)) as no_model:
+        with open(paths[0], "rb") as f:
+            response = no_model.post("/api/similar", files={"file": ("a.wav", f)})
+        assert response.status_code == 400 and "model_dir" in response.json()["error"]
+        assert no_model.get("/api/info").json()["file_queries"] is False
+
+
+# ------------------------------------------------------------------------------------- audio
+
+def test_audio_streams_with_ranges(client, catalog):
+    data = open(catalog["paths"][0], "rb").read()
+    whole = client.get("/api/audio/low_sine%2Ft0")
+    assert whole.status_code == 200 and whole.content == data
+    assert whole.headers["content-type"] == "audio/wav" and whole.headers["accept-ranges"] == "bytes"
+    part = client.get("/api/audio/low_sine/t0", headers={"Range": "bytes=100-1099"})
+    assert part.status_code == 206 and part.content == data[100:1100]
+    assert part.headers["content-range"] == f"bytes 100-1099/{len(data)}"
+    tail = client.get("/api/audio/low_sine/t0", headers={"Range": "bytes=-64"})
+    assert tail.status_code == 206 and tail.content == data[-64:]
+    beyond = client.get("/api/audio/low_sine/t0", headers={"Range": f"bytes={len(data) + 10}-"})
+    assert beyond.status_code == 416
+
+
+def test_audio_content_type_follows_the_indexed_file(catalog, tmp_path):
+    flac = str(tmp_path / "extra.flac")
+    sf.write(flac, render_track(album="low_sine", index=1, seconds=1.0, sample_rate=SAMPLE_RATE, seed=5), SAMPLE_RATE)
+    index_dir, _ = _copied_index(catalog, tmp_path, extra={"low_sine/flac": (flac, catalog["vectors"][0])})
+    with TestClient(create_app(index_dir=index_dir)) as served:
+        response = served.get("/api/audio/low_sine/flac")
+        assert response.headers["content-type"] == "audio/flac" and response.content == open(flac, "rb").read()
+
+
+def test_no_request_path_reaches_the_file_system(catalog, tmp_path):
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"RIFF private bytes, never to be served")
+    index_dir, paths = _copied_index(catalog, tmp_path)
+    audio = tmp_path / "audio"
+    os.symlink(secret, audio / "low_sine" / "planted.wav")  # beside the indexed audio, not in the index
+    with TestClient(create_app(index_dir=index_dir)) as served:
+        attempts = ["/api/audio/low_sine/planted", "/api/audio/low_sine%2Fplanted", "/api/audio/..%2F..%2Fsecret",
+                    "/api/audio/../secret.wav", f"/api/audio/{secret}", f"/api/audio/{str(secret).replace('/', '%2F')}",
+                    "/api/audio/low_sine/t0/../../../secret.wav", "/api/audio/low_sine/t0.wav",
+                    f"/api/audio/{paths[0]}", "/api/audio/%2E%2E%2Fsecret.wav", "/static/..%2Fserve.py",
+                    "/static/../serve.py", "/api/audio/"]
+        for url in attempts:
+            response = served.get(url)
+            assert response.status_code == 404, url
+            assert b"private bytes" not in response.content and b"import" not in response.content, url
+        # An indexed file replaced by a symlink after start-up is not what was indexed: refused.
+        os.unlink(paths[1])
+        os.symlink(secret, paths[1])
+        response = served.get("/api/audio/low_sine/t1")
+        assert response.status_code == 404 and b"private bytes" not in response.content
+        assert served.get("/api/audio/low_sine/t0").status_code == 200
+
+
+# ------------------------------------------------------------------------------------- playlists
+
+def _random_index(*, count: int = 40, dim: int = 8, similarity: str = "cosine") -> EmbeddingIndex:
+    rng = np.random.default_rng(3)
+    return EmbeddingIndex(track_ids=[f"t{i:02d}" for i in range(count)], vectors=rng.standard_normal((count, dim)),
+                          similarity=similarity, metadata={"group": [f"g{i % 5}" for i in range(count)]})
+
+
+def _sim(index, a, b):
+    return float(a @ b) if index.similarity == "cosine" else -float(np.linalg.norm(a - b))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "euclidean"])
+def test_radio_walks_to_the_nearest_unused_blend_of_last_and_seed(similarity):
+    index = _random_index(similarity=similarity)
+    walk = playlist.radio(index=index, seed="t07", n=12)
+    ids = [entry["track_id"] for entry in walk]
+    assert ids[0] == "t07" and len(ids) == 12 and len(set(ids)) == 12
+    vectors = {t: index.vector(track_id=t) for t in index.track_ids}
+    for step in range(1, 12):
+        blend = 0.6 * vectors[ids[step - 1]] + 0.4 * vectors["t07"]
+        if similarity == "cosine":
+            blend = blend / np.linalg.norm(blend)
+        unused = [t for t in index.track_ids if t not in ids[:step]]
+        assert ids[step] == max(unused, key=lambda t: _sim(index, blend, vectors[t]))
+        assert walk[step]["score_to_last"] == pytest.approx(_sim(index, vectors[ids[step - 1]], vectors[ids[step]]),
+                                                            abs=1e-5)
+
+
+def test_radio_diversity_moves_away_from_what_was_played():
+    index = _random_index()
+    plain = [e["track_id"] for e in playlist.radio(index=index, seed="t00", n=6)]
+    diverse = [e["track_id"] for e in playlist.radio(index=index, seed="t00", n=6, diversity=1.0)]
+    assert len(set(diverse)) == 6 and diverse != plain
+    # At diversity 1 the second track is, of the 20 nearest, the least like the seed.
+    seed = index.vector(track_id="t00")
+    candidates = [t for t, _ in index.search_by_id(track_id="t00", k=20)]
+    assert diverse[1] == min(candidates, key=lambda t: float(seed @ index.vector(track_id=t)))
+    assert len(playlist.radio(index=index, seed="t00", n=500)) == 40  # never more than the catalog
+
+
+def test_morph_goes_from_one_track_to_the_other_through_interpolated_targets():
+    index = _random_index()
+    path = playlist.morph(index=index, source="t01", target="t30", n=8)
+    ids = [entry["track_id"] for entry in path]
+    assert ids[0] == "t01" and ids[-1] == "t30" and len(ids) == 8 and len(set(ids)) == 8
+    start, end = index.vector(track_id="t01"), index.vector(track_id="t30")
+    for step in range(1, 7):
+        aim = (1 - step / 7) * start + step / 7 * end
+        aim = aim / np.linalg.norm(aim)
+        unused = [t for t in index.track_ids if t not in ids[:step] and t != "t30"]
+        assert ids[step] == max(unused, key=lambda t: float(aim @ index.vector(track_id=t)))
+        assert path[step]["alpha"] == pytest.approx(step / 7)
+
+
+def test_playlist_endpoint(client):
+    radio = client.get("/api/playlist", params={"seed": "high_pulse/t2", "n": 10}).json()
+    ids = [t["track_id"] for t in radio["tracks"]]
+    assert radio["kind"] == "radio" and ids[0] == "high_pulse/t2" and len(set(ids)) == 10
+    assert all(t["audio_url"] for t in radio["tracks"])
+    morph = client.get("/api/playlist", params={"from": "low_sine/t0", "to": "high_pulse/t3", "n": 6}).json()
+    ids = [t["track_id"] for t in morph["tracks"]]
+    assert morph["kind"] == "morph" and (ids[0], ids[-1]) == ("low_sine/t0", "high_pulse/t3") and len(set(ids)) == 6
+    for params, status in (({"seed": "nope"}, 404), ({}, 400), ({"from": "low_sine/t0"}, 400),
+                           ({"from": "low_sine/t0", "to": "low_sine/t0"}, 400),
+                           ({"seed": "low_sine/t0", "from": "low_sine/t1", "to": "low_sine/t2"}, 400),
+                           ({"seed": "low_sine/t0", "n": 0}, 400), ({"seed": "low_sine/t0", "diversity": -1}, 400)):
+        response = client.get("/api/playlist", params=params)
+        assert response.status_code == status, params
+        assert response.json()["error"]
+
+
+# ------------------------------------------------------------------------------------- map
+
+def test_map_is_computed_once_and_cached_beside_the_index(catalog, tmp_path, monkeypatch):
+    index_dir, _ = _copied_index(catalog, tmp_path)
+    with TestClient(create_app(index_dir=index_dir)) as served:
+        answer = served.get("/api/map").json()
+    assert answer["method"] == "pca" and answer["track_ids"] == _track_ids(catalog["paths"])
+    coordinates = np.column_stack([answer["x"], answer["y"]])
+    assert coordinates.shape == (16, 2) and np.abs(coordinates).max() == pytest.approx(1.0)
+    # PCA: the first axis is the direction of largest variance of the vectors.
+    vectors = EmbeddingIndex.load(index_dir).vectors.astype(np.float64)
+    centred = vectors - vectors.mean(axis=0)
+    first = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+    assert abs(np.corrcoef(first, coordinates[:, 0])[0, 1]) == pytest.approx(1.0, abs=1e-4)
+    cached = [name for name in os.listdir(index_dir) if name.startswith("map-pca-")]
+    assert len(cached) == 1 and not [n for n in os.listdir(index_dir) if n.endswith(".tmp")]
+
+    def no_recomputation(**kwargs):
+        raise AssertionError("the cached map should have been read")
+
+    monkeypatch.setattr(catalog_map, "project", no_recomputation)
+    with TestClient(create_app(index_dir=index_dir)) as again:
+        np.testing.assert_allclose(again.get("/api/map").json()["x"], answer["x"], atol=1e-5)
+
+
+def test_map_cache_is_named_for_the_content_and_only_written_into_an_index(tmp_path, monkeypatch):
+    index = _random_index(count=12)
+    other = EmbeddingIndex(track_ids=index.track_ids, vectors=index.vectors[::-1], similarity="cosine")
+    index.save(str(tmp_path / "index"))
+    first = catalog_map.cache_path(index=index, index_dir=str(tmp_path / "index"), method="pca")
+    assert first != catalog_map.cache_path(index=other, index_dir=str(tmp_path / "index"), method="pca")
+    assert first != catalog_map.cache_path(index=index, index_dir=str(tmp_path / "index"), method="umap")
+    (tmp_path / "plain").mkdir()
+    coordinates = catalog_map.catalog_map(index=index, index_dir=str(tmp_path / "plain"))
+    assert coordinates.shape == (12, 2) and os.listdir(tmp_path / "plain") == []
+
+    def read_only(**kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(catalog_map.tempfile, "mkstemp", read_only)  # as on a read-only file system
+    with pytest.warns(UserWarning, match="cannot cache"):
+        uncached = catalog_map.catalog_map(index=index, index_dir=str(tmp_path / "index"))
+    np.testing.assert_allclose(uncached, coordinates, atol=1e-6)
+    assert not [n for n in os.listdir(tmp_path / "index") if n.startswith(("map-", ".map-"))]
+
+
+def test_umap_map_keeps_groups_apart():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 16)) * 6
+    vectors = np.vstack([centre + rng.standard_normal((15, 16)) for centre in centres])
+    coordinates = catalog_map.project(vectors=vectors, method="umap")
+    assert coordinates.shape == (45, 2) and np.isfinite(coordinates).all()
+    groups = np.repeat(np.arange(3), 15)
+    means = np.stack([coordinates[groups == g].mean(axis=0) for g in range(3)])
+    spread = max(np.linalg.norm(coordinates[groups == g] - means[g], axis=1).mean() for g in range(3))
+    gaps = min(np.linalg.norm(means[a] - means[b]) for a in range(3) for b in range(a + 1, 3))
+    assert gaps > 2 * spread
+
+
+# ------------------------------------------------------------------------------------- page and spec
+
+def test_page_static_files_and_offline_docs(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/static/app.js">' in page.text and "/static/style.css" in page.text
+    for name, media in (("app.js", "text/javascript"), ("style.css", "text/css"), ("docs.js", "text/javascript")):
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200 and response.headers["content-type"].startswith(media)
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    for text in (page.text, docs.text, client.get("/static/app.js").text):
+        assert "http://" not in text and "https://" not in text and "cdn" not in text.lower()
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/tracks", "/api/similar/{track_id}", "/api/similar", "/api/audio/{track_id}",
+                 "/api/playlist", "/api/map", "/healthz"):
+        assert path in spec["paths"], path
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    assert main([f"--index={tmp_path / 'none'}"]) == 2
+    assert "no index at" in capsys.readouterr().err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert main([f"--index={tmp_path / 'broken'}"]) == 2
+    assert "cannot read index file" in capsys.readouterr().err
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def test_cli_serves_on_localhost_by_default(catalog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={catalog['index_dir']}",
+                                f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        import httpx
+
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("the server did not start")
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/similar/low_sine%2Ft0?k=2", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
