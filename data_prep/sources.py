@@ -20,10 +20,13 @@ Kinds:
 """
 from __future__ import annotations
 
+import collections
 import csv
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from musicsim.audio import AUDIO_EXTENSIONS  # what album_folders picks up; anything else is listed as ignored
 
@@ -89,21 +92,57 @@ def _skip(path: str, track_id: str, reason: str) -> dict:
     return {"path": path, "track_id": track_id, "reason": reason}
 
 
+def _content_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _finish(listing: SourceListing) -> SourceListing:
-    """Skip tracks whose file is missing and repeated track ids (the first one listed wins)."""
-    first_path: dict[str, str] = {}
-    kept = []
+    """Skip tracks whose file is missing, files listed twice, repeated track ids and files whose content
+    repeats an earlier one (the first one listed wins).
+
+    Identical content is found by hashing only the files whose size another listed file shares.
+    """
+    first_id: dict[str, str] = {}  # track_id -> its path
+    first_path: dict[str, str] = {}  # real path -> its track_id
+    present = []
     for track in listing.tracks:
-        if track.track_id in first_path:
-            listing.skipped.append(_skip(track.path, track.track_id,
-                                         f"duplicate track_id {track.track_id!r} (first listed for "
-                                         f"{first_path[track.track_id]})"))
-        elif not os.path.isfile(track.path):
+        real = os.path.realpath(track.path)
+        if not os.path.isfile(track.path):
             reason = "is a directory, not an audio file" if os.path.isdir(track.path) else "file not found"
             listing.skipped.append(_skip(track.path, track.track_id, reason))
+        elif track.track_id in first_id and os.path.realpath(first_id[track.track_id]) == real:
+            listing.skipped.append(_skip(track.path, track.track_id, "the same file is listed twice"))
+        elif track.track_id in first_id:
+            listing.skipped.append(_skip(track.path, track.track_id,
+                                         f"duplicate track_id {track.track_id!r} (first listed for "
+                                         f"{first_id[track.track_id]})"))
+        elif real in first_path:
+            listing.skipped.append(_skip(track.path, track.track_id, f"the same file is listed twice (first as "
+                                                                     f"track_id {first_path[real]!r})"))
         else:
-            first_path[track.track_id] = track.path
-            kept.append(track)
+            first_id[track.track_id] = track.path
+            first_path[real] = track.track_id
+            present.append(track)
+    sizes = collections.Counter(os.path.getsize(t.path) for t in present)
+    first_content: dict[str, SourceTrack] = {}
+    kept = []
+    for track in present:
+        size = os.path.getsize(track.path)
+        if size and sizes[size] > 1:
+            try:
+                digest = _content_digest(track.path)
+            except OSError:
+                digest = None  # unreadable: the decoder reports why
+            if digest in first_content:
+                original = first_content[digest]
+                listing.skipped.append(_skip(track.path, track.track_id,
+                                             f"duplicate: the same content as {original.path} (track_id "
+                                             f"{original.track_id!r})"))
+                continue
+            if digest is not None:
+                first_content[digest] = track
+        kept.append(track)
     listing.tracks = kept
     return listing
 
@@ -123,12 +162,30 @@ def _sniff_delimiter(header_line: str) -> str:
 
 
 def _read_csv_rows(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and ``(line number, fields)`` rows of a CSV whose fields may or may not be double-quoted."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        first = f.readline()
-        f.seek(0)
-        reader = csv.reader(f, delimiter=_sniff_delimiter(first), quotechar='"')
-        rows = [(reader.line_num, row) for row in reader]
+    """Header and ``(line number, fields)`` rows of a CSV whose fields may or may not be double-quoted.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``: empty, binary, not UTF-8 text, or not parseable as CSV.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            reader = csv.reader(f, delimiter=_sniff_delimiter(first), quotechar='"')
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as err:
+        with open(path, "rb") as f:
+            binary = b"\0" in f.read(1 << 16)
+        what = "a binary file, not a CSV" if binary else "not UTF-8 text"
+        raise ValueError(f"{path}: {what} (byte 0x{err.object[err.start]:02x} at offset {err.start} is not "
+                         "UTF-8); save the CSV as UTF-8") from None
+    except csv.Error as err:
+        detail = "a binary file, not a CSV" if "NUL" in str(err) else "not a readable CSV"
+        raise ValueError(f"{path}: {detail} ({err})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not rows:
         raise ValueError(f"{path}: empty file, expected a header row")
     header = [h.strip() for h in rows[0][1]]
@@ -180,22 +237,68 @@ def list_magnatagatune(*, root: str, audio_root: str | None = None) -> SourceLis
     return _finish(listing)
 
 
-def list_album_folders(*, root: str) -> SourceListing:
-    """FilmMusic layout ``ROOT/<album>/<track>.<ext>``: label = album, track id = ``<album>__<track>``.
+def track_ids_from_paths(paths: Sequence[str], *, base: str) -> list[str]:
+    """Unique, readable track ids of distinct files: each path relative to ``base``, ``/``-separated.
 
-    Files in sub-folders of an album belong to it (``<album>__<sub>__<track>``). Hidden files, files
-    directly under ROOT and files without an audio extension are listed as ignored.
+    ``base/Песни/01.ogg`` -> ``Песни/01``: Unicode, spaces and punctuation are kept, so distinct files
+    never share an id. Files that would share one because they differ only by extension
+    (``t.flac``, ``t.ogg``) keep their extensions (``t.flac``). A file outside ``base`` is named by
+    its absolute path.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Absolute paths of distinct files.
+    base : str
+        The folder ids are relative to.
+
+    Returns
+    -------
+    list of str, one id per path
+    """
+    def relative(path: str) -> str:
+        rel = os.path.relpath(path, base)
+        return (path if rel.startswith(os.pardir) else rel).replace(os.sep, "/")
+
+    stems = [os.path.splitext(relative(path))[0] for path in paths]
+    counts = collections.Counter(os.path.splitext(rel)[0] for rel in {relative(path) for path in paths})
+    return [relative(path) if counts[stem] > 1 else stem for path, stem in zip(paths, stems)]
+
+
+def list_album_folders(*, root: str) -> SourceListing:
+    """FilmMusic layout ``ROOT/<album>/<track>.<ext>``: label = album, track id = ``<album>/<track>``
+    (:func:`track_ids_from_paths`).
+
+    Files in sub-folders of an album belong to it (``<album>/<sub>/<track>``). Hidden files, files
+    directly under ROOT and files without an audio extension are listed as ignored; a folder that
+    cannot be read (permission denied, I/O error) is listed as skipped, with the reason.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``root`` is not a folder.
+    ValueError
+        When ``root`` itself cannot be read.
     """
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"album folder root not found or not a directory: {root}")
     listing = SourceListing(kind="album_folders", tracks=[], similarity="album", multi_label=False)
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(err: OSError) -> None:
+        folder = os.path.abspath(err.filename or root)
+        if folder == root:
+            raise ValueError(f"album folder root {root} cannot be read: {err.strerror or err}") from err
+        listing.skipped.append(_skip(folder, "", f"folder could not be read ({err.strerror or err}); "
+                                                 "its files were left out"))
+
+    found: list[tuple[str, str]] = []  # (path, album)
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = os.path.relpath(dirpath, root)
         for filename in sorted(filenames):
             path = os.path.join(dirpath, filename)
-            stem, ext = os.path.splitext(filename)
+            ext = os.path.splitext(filename)[1]
             if filename.startswith("."):
                 continue
             if rel_dir == ".":
@@ -204,9 +307,10 @@ def list_album_folders(*, root: str) -> SourceListing:
             if ext.lower() not in AUDIO_EXTENSIONS:
                 listing.ignored.append({"path": path, "reason": f"extension {ext or '(none)'!r} is not audio"})
                 continue
-            album, *sub = rel_dir.split(os.sep)
-            track_id = "__".join([safe_name(album)] + [safe_name(s) for s in sub] + [safe_name(stem)])
-            listing.tracks.append(SourceTrack(track_id=track_id, labels=(album,), path=path))
+            found.append((path, rel_dir.split(os.sep)[0]))
+    ids = track_ids_from_paths([path for path, _ in found], base=root)
+    listing.tracks = [SourceTrack(track_id=track_id, labels=(album,), path=path)
+                      for (path, album), track_id in zip(found, ids)]
     return _finish(listing)
 
 
@@ -252,17 +356,13 @@ def list_manifest(*, manifest: str) -> SourceListing:
     return _finish(listing)
 
 
-def _track_id_from_path(path: str, base: str) -> str:
-    """``a/b/c.ogg`` -> ``a__b__c``, relative to ``base`` when the file is under it."""
-    rel = os.path.relpath(path, base)
-    if rel.startswith(os.pardir):
-        rel = path.lstrip(os.sep)
-    return "__".join(safe_name(part) for part in os.path.splitext(rel)[0].split(os.sep))
-
-
 def _list_rows(listing: SourceListing, csv_path: str, base: str, header: list[str],
                rows: list[tuple[int, list[str]]], *, label_column: str) -> None:
-    """Append the rows of a path/label CSV to ``listing``: one label per track."""
+    """Append the rows of a path/label CSV to ``listing``: one label per track.
+
+    A row without a ``track_id`` is named by its path (:func:`track_ids_from_paths`, relative to ``base``).
+    """
+    pending: list[tuple[str, str, str, int]] = []  # (path, track_id or "" to derive, label, line)
     for line, row in rows:
         if len(row) != len(header):
             listing.skipped.append(_skip(csv_path, "", f"line {line}: {len(row)} fields, header has {len(header)}"))
@@ -272,8 +372,11 @@ def _list_rows(listing: SourceListing, csv_path: str, base: str, header: list[st
             listing.skipped.append(_skip(csv_path, record.get("track_id", ""), f"line {line}: empty path"))
             continue
         path = _resolve(record["path"], base)
-        track_id = record.get("track_id") or _track_id_from_path(path, base)
-        if not record[label_column]:
+        pending.append((path, record.get("track_id", ""), record[label_column], line))
+    derived = iter(track_ids_from_paths([path for path, track_id, _, _ in pending if not track_id], base=base))
+    for path, track_id, label, line in pending:
+        track_id = track_id or next(derived)
+        if not label:
             listing.skipped.append(_skip(path, track_id, f"line {line}: no label in column {label_column!r}"))
             continue
-        listing.tracks.append(SourceTrack(track_id=track_id, labels=(record[label_column],), path=path))
+        listing.tracks.append(SourceTrack(track_id=track_id, labels=(label,), path=path))

@@ -1,0 +1,233 @@
+"""data_prep faults a new user runs into: colliding track ids, unreadable folders, undecodable CSVs,
+truncated Ogg files, concurrent builds into one folder, and decoding workers outliving their build."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_prep import build, sources
+from data_prep.build import prepare
+from musicsim.dataset import read_catalog
+from musicsim.tfrecords import SPLITS, iter_records, shard_paths
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = dict(sample_rate=8000, pool_size=5, workers=1, progress=False, verbose=False)
+FORMATS = {"wav": dict(format="WAV", subtype="PCM_16"), "flac": dict(format="FLAC", subtype="PCM_16"),
+           "ogg": dict(format="OGG", subtype="VORBIS")}
+
+
+def write_tone(path, *, seconds: float = 1.5, frequency: float = 440.0, rate: int = 16000, seed: int = 0) -> str:
+    """A sine plus seeded noise (no two files alike), in the format of ``path``'s extension."""
+    path = str(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t = np.arange(int(round(seconds * rate))) / rate
+    noise = 0.05 * np.random.default_rng(seed).standard_normal(t.size)
+    sf.write(path, (0.4 * np.sin(2 * np.pi * frequency * t) + noise).astype(np.float32), rate,
+             **FORMATS[os.path.splitext(path)[1][1:]])
+    return path
+
+
+def records_per_split(output: str) -> dict[str, int]:
+    return {split: sum(1 for _ in iter_records(shard_paths(output, split))) for split in SPLITS}
+
+
+# ---------------------------------------------------------------- track ids
+
+
+# Distinct files whose names the old sanitiser mapped to one id.
+COLLIDING = ["Песни/01.ogg", "Музыка/01.ogg", "mix/my track.wav", "mix/my_track.wav", "mix/t.flac", "mix/t.ogg"]
+
+
+@pytest.fixture
+def colliding_tree(tmp_path) -> str:
+    root = tmp_path / "albums"
+    for i, relative in enumerate(COLLIDING):
+        write_tone(root / relative, frequency=200 + 40 * i, seed=i)
+    for i in range(3):  # every album needs a few tracks for the split
+        for album in ("Песни", "Музыка"):
+            write_tone(root / album / f"extra{i}.wav", frequency=700 + 30 * i, seed=100 + i + 10 * len(album))
+    return str(root)
+
+
+def test_album_folder_ids_keep_unicode_and_never_collide(colliding_tree):
+    listing = sources.list_album_folders(root=colliding_tree)
+
+    ids = {t.track_id: os.path.relpath(t.path, colliding_tree) for t in listing.tracks}
+    assert listing.skipped == []
+    assert len(ids) == len(listing.tracks) == len(COLLIDING) + 6
+    assert ids["Песни/01"] == "Песни/01.ogg" and ids["Музыка/01"] == "Музыка/01.ogg"
+    assert ids["mix/my track"] == "mix/my track.wav" and ids["mix/my_track"] == "mix/my_track.wav"
+    # Same stem, two formats: the extension tells them apart.
+    assert ids["mix/t.flac"] == "mix/t.flac" and ids["mix/t.ogg"] == "mix/t.ogg"
+
+
+def test_album_folder_build_keeps_every_album(colliding_tree, tmp_path):
+    output = str(tmp_path / "out")
+
+    report = prepare(dataset="album_folders", input_path=colliding_tree, output=output, **FAST)
+
+    catalog = read_catalog(output)
+    assert report["skipped"] == [] and report["tracks"] == len(catalog) == len(COLLIDING) + 6
+    assert {e.labels[0] for e in catalog} == {"Песни", "Музыка", "mix"}
+    assert sum(records_per_split(output).values()) == len(catalog)
+    with open(os.path.join(output, "tracks.csv"), encoding="utf-8") as f:
+        assert "Песни/01" in {row["track_id"] for row in csv.DictReader(f)}
+
+
+def test_a_real_duplicate_is_reported_as_the_same_content(colliding_tree, tmp_path):
+    copy = os.path.join(colliding_tree, "mix", "copy.ogg")  # "mix" is listed before the Cyrillic albums
+    shutil.copy(os.path.join(colliding_tree, "Песни", "01.ogg"), copy)
+    output = str(tmp_path / "out")
+
+    report = prepare(dataset="album_folders", input_path=colliding_tree, output=output, **FAST)
+
+    assert [(s["track_id"], s["reason"]) for s in report["skipped"]] == [
+        ("Песни/01", f"duplicate: the same content as {copy} (track_id 'mix/copy')")]
+    assert report["tracks"] == len(COLLIDING) + 6
+
+
+def test_labelled_csv_ids_derived_from_paths_never_collide(colliding_tree, tmp_path):
+    csv_path = tmp_path / "songs.csv"  # beside the "albums" folder: paths relative to it
+    rows = [(f"albums/{relative}", f"g{i % 3}") for i, relative in enumerate(COLLIDING)]
+    rows.append((f"albums/{COLLIDING[0]}", "g0"))  # the same file twice
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("path", "genre")] + rows)
+
+    listing = sources.list_labelled_csv(csv_path=str(csv_path), label_column="genre")
+
+    assert sorted(t.track_id for t in listing.tracks) == sorted(
+        f"albums/{relative}" for relative in ["Песни/01", "Музыка/01", "mix/my track", "mix/my_track", "mix/t.flac",
+                                              "mix/t.ogg"])
+    assert [s["reason"] for s in listing.skipped] == ["the same file is listed twice"]
+
+
+def test_explicit_ids_repeated_for_another_file_are_reported_with_the_first(tmp_path):
+    first = write_tone(tmp_path / "a.wav", seed=1)
+    second = write_tone(tmp_path / "b.wav", seed=2)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"path,track_id,label_album\n{first},x,alpha\n{second},x,beta\n", encoding="utf-8")
+
+    listing = sources.list_manifest(manifest=str(manifest))
+
+    assert [t.path for t in listing.tracks] == [first]
+    assert listing.skipped == [{"path": second, "track_id": "x",
+                                "reason": f"duplicate track_id 'x' (first listed for {first})"}]
+
+
+# ---------------------------------------------------------------- unreadable folders
+
+
+def _deny_listing(monkeypatch, denied: str) -> None:
+    """Make ``os.scandir`` of one folder fail as a permission error does (tests run as root)."""
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.path.abspath(os.fspath(path)) == denied:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_an_unreadable_album_folder_is_reported_not_dropped(colliding_tree, tmp_path, monkeypatch):
+    denied = os.path.join(colliding_tree, "mix")
+    _deny_listing(monkeypatch, denied)
+    output = str(tmp_path / "out")
+
+    report = prepare(dataset="album_folders", input_path=colliding_tree, output=output,
+                     **dict(FAST, verbose=True))
+
+    assert report["tracks"] == 8  # the two readable albums
+    assert report["skipped"] == [{"path": denied, "track_id": "",
+                                  "reason": "folder could not be read (Permission denied); its files were left out"}]
+    assert json.load(open(os.path.join(output, "report.json")))["skipped"] == report["skipped"]
+    assert "skipped none" not in report["summary"]
+
+
+def test_an_unreadable_root_is_an_error_naming_it(colliding_tree, monkeypatch):
+    _deny_listing(monkeypatch, colliding_tree)
+    with pytest.raises(ValueError, match=f"{colliding_tree} cannot be read: Permission denied"):
+        sources.list_album_folders(root=colliding_tree)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root reads folders whatever their permissions: chmod cannot deny it")
+def test_a_chmod_000_album_folder_is_reported(colliding_tree):
+    denied = os.path.join(colliding_tree, "mix")
+    os.chmod(denied, 0)
+    try:
+        listing = sources.list_album_folders(root=colliding_tree)
+    finally:
+        os.chmod(denied, 0o755)
+    assert [s["path"] for s in listing.skipped] == [denied]
+
+
+# ---------------------------------------------------------------- CSVs that are not UTF-8 text
+
+
+def _latin1_labelled_csv(folder) -> str:
+    write_tone(folder / "café.wav")
+    path = folder / "songs.csv"
+    path.write_bytes("path,genre\ncafé.wav,chanson\n".encode("latin-1"))
+    return str(path)
+
+
+def _binary_manifest(folder) -> str:
+    path = folder / "manifest.csv"
+    path.write_bytes(b"path,track_id,label_album\n" + bytes(range(256)) * 4)
+    return str(path)
+
+
+def _latin1_mtat(folder) -> str:
+    path = folder / sources.MTAT_ANNOTATIONS
+    path.write_bytes("clip_id\tguitar\tmp3_path\n1\t1\t0/café-0-29.mp3\n".encode("latin-1"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("kind,make,file_name,what", [
+    ("labelled_csv", _latin1_labelled_csv, "songs.csv", "not UTF-8 text (byte 0xe9"),
+    ("manifest", _binary_manifest, "manifest.csv", "a binary file, not a CSV"),
+    ("magnatagatune", _latin1_mtat, sources.MTAT_ANNOTATIONS, "not UTF-8 text (byte 0xe9"),
+])
+def test_an_undecodable_csv_is_an_error_naming_the_file(tmp_path, kind, make, file_name, what):
+    input_path = make(tmp_path)
+    with pytest.raises(ValueError) as caught:
+        sources.list_source(kind, input_path=input_path)
+    assert str(caught.value).startswith(f"{tmp_path / file_name}: {what}")
+
+    command = [sys.executable, "-m", "data_prep.build", f"--dataset={kind}", f"--input={input_path}",
+               f"--output={tmp_path / 'out'}", "--noprogress"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert f"data_prep.build: error: {tmp_path / file_name}: {what}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- truncated Ogg
+
+
+def test_a_truncated_ogg_is_skipped_with_its_reason(tmp_path):
+    root = tmp_path / "albums"
+    for album in ("a", "b"):
+        for i in range(4):
+            write_tone(root / album / f"t{i}.wav", frequency=300 + 50 * i, seed=i + (10 if album == "b" else 0))
+    whole = write_tone(tmp_path / "whole.ogg", seconds=15.0, rate=44100, seed=7)
+    data = open(whole, "rb").read()
+    cut = root / "a" / "cut.ogg"
+    cut.write_bytes(data[:len(data) * 45 // 100])  # libsndfile reads this as a complete 6-7 s file
+
+    report = prepare(dataset="album_folders", input_path=str(root), output=str(tmp_path / "out"), **FAST)
+
+    assert report["tracks"] == 8
+    assert [(s["track_id"], s["reason"].split(" (")[0]) for s in report["skipped"]] == [("a/cut", "truncated audio")]
