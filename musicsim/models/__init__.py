@@ -4,7 +4,8 @@ Two kinds (see the architecture note):
 
 - learned models (``wavenet``, ``rnn``) are an ``embed`` function plugged into the one ranking
   head (``musicsim.head.make_model_fn``) and trained with tf.estimator;
-- fitted models (``librosa``, ``mfcc``) offer ``fit`` / ``embed_paths`` / ``save`` / ``load``;
+- fitted models (``librosa``, ``mfcc``, ``musicnn``, ``fusion``) offer ``fit`` / ``tune`` /
+  ``embed_paths`` / ``save`` / ``load``;
 - ``random`` and ``worst`` are baselines that only exist inside the evaluation protocol.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ import importlib
 LEARNED_MODELS = {"wavenet": "musicsim.models.wavenet", "rnn": "musicsim.models.rnn"}
 FITTED_MODELS = {"librosa": ("musicsim.models.librosa_pca", "LibrosaPCAModel"),
                  "mfcc": ("musicsim.models.mfcc", "MFCCModel"),
-                 "musicnn": ("musicsim.models.musicnn", "MusicnnModel")}
+                 "musicnn": ("musicsim.models.musicnn", "MusicnnModel"),
+                 "fusion": ("musicsim.models.fusion", "FusionModel")}
 BASELINES = ("random", "worst")
 ALL_MODELS = tuple(LEARNED_MODELS) + tuple(FITTED_MODELS) + BASELINES
 

@@ -127,6 +127,11 @@ class FittedModel:
         self.fitted = True
         return self
 
+    def tune(self, *, features: np.ndarray, binary: np.ndarray) -> "FittedModel":
+        """Choose settings on the eval split (``features`` ``[n, feature_dim]``, ``binary`` ``[n, n]``
+        similar or not); most models have none to choose and keep what they have."""
+        return self
+
     def embed_features(self, *, features: np.ndarray) -> np.ndarray:
         """Embeddings of precomputed features: ``[n, feature_dim]`` -> float32 ``[n, dim]``."""
         self._check_fitted()
