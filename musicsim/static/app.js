@@ -264,6 +264,18 @@ async function loadMap() {
   }
 }
 
+function viewRange(values) {
+  if (!viewRange.cache) viewRange.cache = new WeakMap();
+  if (viewRange.cache.has(values)) return viewRange.cache.get(values);
+  const sorted = Float64Array.from(values).sort();
+  const at = (share) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.round(share * (sorted.length - 1))))];
+  let low = at(0.02), high = at(0.98);
+  const margin = (high - low) * 0.06 || 1;
+  const range = [low - margin, high + margin];
+  viewRange.cache.set(values, range);
+  return range;
+}
+
 function drawMap() {
   const canvas = $("map");
   const map = state.map;
@@ -278,13 +290,17 @@ function drawMap() {
   const pad = 14;
   const count = map.x.length;
   const radius = count > 20000 ? 1.2 : count > 2000 ? 2 : 4;
+  // The view spans the central 96% of each axis (a few outliers would squeeze the rest into a corner);
+  // points beyond it sit on the edge.
+  const [x0, x1] = viewRange(map.x), [y0, y1] = viewRange(map.y);
+  const place = (value, low, high, size) => pad + Math.min(1, Math.max(0, (value - low) / (high - low))) * (size - 2 * pad);
   state.mapPoints = new Array(count);
   for (let i = 0; i < count; i++) {
-    const x = pad + (map.x[i] + 1) / 2 * (width - 2 * pad);
-    const y = pad + (1 - (map.y[i] + 1) / 2) * (height - 2 * pad);
+    const x = place(map.x[i], x0, x1, width);
+    const y = height - place(map.y[i], y0, y1, height);
     state.mapPoints[i] = [x, y];
     context.fillStyle = colourOf(map.groups[i]);
-    context.globalAlpha = state.highlighted.size && !state.highlighted.has(map.track_ids[i]) ? 0.45 : 0.95;
+    context.globalAlpha = state.highlighted.size && !state.highlighted.has(map.track_ids[i]) ? 0.6 : 0.95;
     context.beginPath();
     context.arc(x, y, radius, 0, 2 * Math.PI);
     context.fill();
