@@ -23,7 +23,18 @@ $(STAMP):
 demo: venv
 	$(VENV)/bin/python -m experiments.run
 
+# The browser test drives headless Chromium: installed here when missing (as root, with apt-get), else it skips.
 test: venv
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get) for tests/test_browser.py"; \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+	      || echo "could not install chromium: tests/test_browser.py will skip"; \
+	  else \
+	    echo "chromium or chromedriver missing (needs root and apt-get to install): tests/test_browser.py will skip"; \
+	  fi; \
+	fi
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: venv

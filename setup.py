@@ -7,6 +7,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["musicsim", "musicsim.*", "data_prep", "data_prep.*",
                                     "experiments", "experiments.*"]),
+    package_data={"musicsim": ["static/*"]},  # the web page of musicsim.serve
     # Exact versions live in requirements.lock (installed by `make`); these are the direct needs.
     install_requires=[
         "tensorflow==2.15.1", "tensorflow-estimator==2.15.0", "tensorflow-ranking==0.5.5",
