@@ -441,3 +441,32 @@ def test_cli_serves_on_localhost_by_default(catalog):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+# ------------------------------------------------------------------------------------- TensorBoard projector
+
+def test_projector_files_are_what_the_tensorboard_plugin_reads(tmp_path):
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_plugin
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    from musicsim.projector import write_projector
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((7, 5)).astype(np.float32)
+    ids = [f"album{i % 2}__t{i}" for i in range(7)]
+    groups = ["album0", "album1|live", "album0", "album1|live", "album0", "with\ttab", "album0"]
+    config_path = write_projector(log_dir=str(tmp_path), track_ids=ids, embeddings=vectors, groups=groups)
+    config = text_format.Parse(open(config_path).read(), ProjectorConfig())
+    (embedding,) = config.embeddings
+    assert list(embedding.tensor_shape) == [7, 5]
+    tensor_path = projector_plugin._rel_to_abs_asset_path(embedding.tensor_path, config_path)
+    np.testing.assert_allclose(projector_plugin._read_tensor_tsv_file(tensor_path), vectors, rtol=1e-6)
+    rows = open(projector_plugin._rel_to_abs_asset_path(embedding.metadata_path, config_path)).read().splitlines()
+    assert rows[0] == "track\tgroup" and len(rows) == 8
+    assert [row.split("\t") for row in rows[1:3]] == [[ids[0], "album0"], [ids[1], "album1|live"]]
+    assert rows[6] == f"{ids[5]}\twith tab"  # a tab inside a value would add a column
+    # A run without event files (a fitted model) gets one, so the plugin lists it as a run.
+    assert [n for n in os.listdir(tmp_path) if n.startswith("events.out.tfevents.")]
+    with pytest.raises(ValueError, match="7 embeddings but 6 track ids"):
+        write_projector(log_dir=str(tmp_path), track_ids=ids[:6], embeddings=vectors)
