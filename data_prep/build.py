@@ -17,8 +17,14 @@ rerun keeps every shard whose sidecar matches, so an interrupted build resumes w
 a finished one costs only the listing. ``dataset.json`` is written last: it marks a finished build.
 
 A file that cannot be used (missing, empty, not audio, truncated, too short, silent, a decoder
-error, a duplicate id) is skipped and listed with its reason in ``DIR/report.json``; it never
-stops the run.
+error, a duplicate id or content) or a folder that cannot be read is skipped and listed with its
+reason in ``DIR/report.json``; it never stops the run. Decoding streams (``musicsim.audio.iter_audio_blocks``),
+so memory is bounded by the pooled excerpt, not by the source file's length.
+
+One build at a time writes into a folder (``data_prep.lock``: ``DIR/.build.lock`` names its pid and
+host; a dead owner's lock is taken over); a second one refuses. A non-empty folder that is not a
+dataset folder of this project is refused before anything is written to it. Decoding workers end
+when the build does, even when it is killed.
 
 ``--runner`` other than ``local`` runs the per-file work (decode, resample, pool, serialize) as an
 Apache Beam pipeline (``data_prep.beam_pipeline``) that writes ``DIR/{split}/part-SSSSS-of-NNNNN.tfrecord``
@@ -40,6 +46,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -47,6 +54,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from data_prep.lock import (NotADatasetFolderError, OutputLock, OutputLockedError, check_output_folder,
+                            claim_output_folder)
 from data_prep.sources import KINDS, SourceListing, SourceTrack, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
 from musicsim.audio import (DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info,
@@ -68,6 +77,8 @@ RUNNERS = (LOCAL_RUNNER,) + BEAM_RUNNERS
 BEAM_SHARD_PREFIX = "part"
 # experiments.run reads the fitted models' per-track feature cache from DIR/<this>.
 FEATURE_CACHE_DIRNAME = "feature_cache"
+# How often a decoding worker checks that the build that started it is still alive.
+PARENT_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,30 @@ def decode_track(path: str, settings: DecodeSettings) -> DecodeResult:
     return DecodeResult(pooled=pooled, seconds=seconds)
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this process as soon as its parent is gone (killed, even by SIGKILL).
+
+    A pool worker otherwise waits on its task queue for ever once the build dies; a daemon thread
+    polls the parent pid, which changes when the worker is re-parented.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _decode_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes that end when this process does."""
+    # fork is unsafe once TensorFlow has started threads
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
 def _run_alone(decode: Callable, path: str, settings: DecodeSettings) -> DecodeResult:
     """Decode one file in a fresh one-worker pool: tells which file kills its worker process."""
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _decode_pool(1) as pool:
         try:
             return pool.submit(decode, path, settings).result()
         except BrokenProcessPool:
@@ -162,11 +194,10 @@ def decode_in_order(paths: Sequence[str], *, settings: DecodeSettings, workers: 
         for path in paths:
             yield decode(path, settings)
         return
-    context = multiprocessing.get_context("spawn")  # fork is unsafe once TensorFlow has started threads
     workers = min(workers, len(paths))
     todo = collections.deque(paths)
     in_flight: collections.deque = collections.deque()
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    pool = _decode_pool(workers)
     try:
         while todo or in_flight:
             while todo and len(in_flight) < 4 * workers:
@@ -181,7 +212,7 @@ def decode_in_order(paths: Sequence[str], *, settings: DecodeSettings, workers: 
                 pool.shutdown(wait=False, cancel_futures=True)
                 for suspect in suspects:
                     yield _run_alone(decode, suspect, settings)
-                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+                pool = _decode_pool(workers)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -463,6 +494,10 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         For invalid arguments, an unusable index file or a source listing no track.
     FileNotFoundError
         When the input does not exist.
+    data_prep.lock.OutputLockedError
+        When another build is writing into ``output``.
+    data_prep.lock.NotADatasetFolderError
+        When ``output`` holds files that are not a dataset of this project (nothing is written).
     """
     started = time.time()
     if dataset not in DATASET_KINDS:
@@ -513,6 +548,7 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
     workers = workers or _available_cores()
     output = os.path.abspath(output)
     name = name or os.path.basename(output.rstrip(os.sep))
+    check_output_folder(output)  # before any work: a folder of someone else's files is never touched
 
     if dataset == "demo":
         from data_prep.demo import build_demo_corpus, default_cache_dir  # apt only when asked for
@@ -533,43 +569,49 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
                               min_seconds=float(min_seconds))
     plans = plan_shards(tracks=listing.tracks, split_of=split_of, settings=settings, shard_size=shard_size)
 
-    os.makedirs(output, exist_ok=True)
-    info_path = os.path.join(output, "dataset.json")
-    if os.path.exists(info_path):
-        os.remove(info_path)  # written again last: until then the folder is a build in progress
-    feature_spec = None if features is None else FeatureSpec.for_dataset(name=features, output=output,
-                                                                          max_seconds=max_seconds)
-    if runner == LOCAL_RUNNER:
-        built = _build_local(plans=plans, settings=settings, output=output, workers=workers, name=name,
-                             progress=progress)
-        if feature_spec is not None:
-            built.feature_failures = _cache_features_local(entries=built.entries, spec=feature_spec,
-                                                           workers=workers, progress=progress)
-    else:
-        from data_prep.beam_pipeline import build_with_beam  # apache_beam only when asked for
+    # One build per folder at a time; the lock is held until dataset.json marks the build finished.
+    lock = OutputLock(output).acquire()
+    try:
+        claim_output_folder(output)
+        info_path = os.path.join(output, "dataset.json")
+        if os.path.exists(info_path):
+            os.remove(info_path)  # written again last: until then the folder is a build in progress
+        feature_spec = None if features is None else FeatureSpec.for_dataset(name=features, output=output,
+                                                                              max_seconds=max_seconds)
+        if runner == LOCAL_RUNNER:
+            built = _build_local(plans=plans, settings=settings, output=output, workers=workers, name=name,
+                                 progress=progress)
+            if feature_spec is not None:
+                built.feature_failures = _cache_features_local(entries=built.entries, spec=feature_spec,
+                                                               workers=workers, progress=progress)
+        else:
+            from data_prep.beam_pipeline import build_with_beam  # apache_beam only when asked for
 
-        built = build_with_beam(plans=plans, settings=settings, output=output, runner=runner,
-                                beam_args=beam_args, workers=workers, features=feature_spec)
-    entries, skipped = built.entries, list(listing.skipped) + built.skipped
-    write_catalog(output, entries)
-    report = _report(listing=listing, entries=entries, skipped=skipped, name=name, dataset=dataset, output=output,
-                     written=built.written, reused=built.reused, wall_seconds=time.time() - started)
-    report["runner"] = runner
-    if runner != LOCAL_RUNNER:
-        report["beam_options"] = built.beam_options
-    if feature_spec is not None:
-        report["features"] = dict(asdict(feature_spec), tracks=len(entries) - len(built.feature_failures),
-                                  failed=sorted(built.feature_failures, key=lambda f: f["path"]))
-    write_json_atomic(os.path.join(output, "report.json"), report)
-    DatasetInfo(name=name, kind=dataset, sample_rate=sample_rate, pool_size=pool_size, max_seconds=max_seconds,
-                similarity=listing.similarity, min_shared_tags=min_shared_tags, split_by=split_by,
-                split_seed=split_seed,
-                extra={"input": os.path.abspath(input_path) if input_path else listing.extra.get("demo_cache"),
-                       "split_fractions": SPLIT_FRACTIONS, "shard_size": shard_size, "min_seconds": min_seconds,
-                       "multi_label": listing.multi_label,
-                       "stratified_on": "labels, rarest first (iterative stratification)"
-                       if split_by == "track" else "whole labels per split",
-                       "source": listing.extra}).save(output)
+            built = build_with_beam(plans=plans, settings=settings, output=output, runner=runner,
+                                    beam_args=beam_args, workers=workers, features=feature_spec)
+        entries, skipped = built.entries, list(listing.skipped) + built.skipped
+        write_catalog(output, entries)
+        report = _report(listing=listing, entries=entries, skipped=skipped, name=name, dataset=dataset,
+                         output=output, written=built.written, reused=built.reused,
+                         wall_seconds=time.time() - started)
+        report["runner"] = runner
+        if runner != LOCAL_RUNNER:
+            report["beam_options"] = built.beam_options
+        if feature_spec is not None:
+            report["features"] = dict(asdict(feature_spec), tracks=len(entries) - len(built.feature_failures),
+                                      failed=sorted(built.feature_failures, key=lambda f: f["path"]))
+        write_json_atomic(os.path.join(output, "report.json"), report)
+        DatasetInfo(name=name, kind=dataset, sample_rate=sample_rate, pool_size=pool_size,
+                    max_seconds=max_seconds, similarity=listing.similarity, min_shared_tags=min_shared_tags,
+                    split_by=split_by, split_seed=split_seed,
+                    extra={"input": os.path.abspath(input_path) if input_path else listing.extra.get("demo_cache"),
+                           "split_fractions": SPLIT_FRACTIONS, "shard_size": shard_size,
+                           "min_seconds": min_seconds, "multi_label": listing.multi_label,
+                           "stratified_on": "labels, rarest first (iterative stratification)"
+                           if split_by == "track" else "whole labels per split",
+                           "source": listing.extra}).save(output)
+    finally:
+        lock.release()
     if verbose:
         print(report["summary"], flush=True)
     return report
@@ -593,7 +635,8 @@ def main(argv: Sequence[str]) -> None:
                          min_shared_tags=f.min_shared_tags, split_by=f.split_by, shard_size=f.shard_size,
                          min_seconds=f.min_seconds, name=f.name, progress=f.progress, runner=f.runner,
                          beam_args=list(argv[1:]), features=f.features, extended=f.extended)
-    except (ValueError, FileNotFoundError, DemoBuildError) as err:  # bad arguments or input: no traceback
+    except (ValueError, FileNotFoundError, DemoBuildError, OutputLockedError,
+            NotADatasetFolderError) as err:  # bad arguments, input or output folder: no traceback
         print(f"data_prep.build: error: {err}", file=sys.stderr)
         sys.exit(2)
     if report["tracks"] == 0:

@@ -252,7 +252,7 @@ def test_labelled_csv_listing(genre_csv):
 
 
 def test_labelled_csv_build_by_genre(genre_csv, tmp_path):
-    output = str(tmp_path / "zalo")
+    output = str(tmp_path / "zalo_prepared")  # not the source folder: that is not a dataset folder
     report = prepare(dataset="labelled_csv", input_path=genre_csv, output=output, label_column="genre", **FAST)
 
     assert DatasetInfo.load(output).similarity == "genre"

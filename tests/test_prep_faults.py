@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep import build, sources
+from data_prep import build, lock, sources
 from data_prep.build import prepare
 from musicsim.dataset import read_catalog
 from musicsim.tfrecords import SPLITS, iter_records, shard_paths
@@ -46,7 +46,8 @@ def records_per_split(output: str) -> dict[str, int]:
 
 
 # Distinct files whose names the old sanitiser mapped to one id.
-COLLIDING = ["Песни/01.ogg", "Музыка/01.ogg", "mix/my track.wav", "mix/my_track.wav", "mix/t.flac", "mix/t.ogg"]
+COLLIDING = ["Песни/01.ogg", "Музыка/01.ogg", "mix/my track.wav", "mix/my_track.wav", "mix/t.flac",
+             "mix/t.ogg"]
 
 
 @pytest.fixture
@@ -106,9 +107,8 @@ def test_labelled_csv_ids_derived_from_paths_never_collide(colliding_tree, tmp_p
 
     listing = sources.list_labelled_csv(csv_path=str(csv_path), label_column="genre")
 
-    assert sorted(t.track_id for t in listing.tracks) == sorted(
-        f"albums/{relative}" for relative in ["Песни/01", "Музыка/01", "mix/my track", "mix/my_track", "mix/t.flac",
-                                              "mix/t.ogg"])
+    expected = ["Песни/01", "Музыка/01", "mix/my track", "mix/my_track", "mix/t.flac", "mix/t.ogg"]
+    assert sorted(t.track_id for t in listing.tracks) == sorted(f"albums/{relative}" for relative in expected)
     assert [s["reason"] for s in listing.skipped] == ["the same file is listed twice"]
 
 
@@ -231,3 +231,175 @@ def test_a_truncated_ogg_is_skipped_with_its_reason(tmp_path):
 
     assert report["tracks"] == 8
     assert [(s["track_id"], s["reason"].split(" (")[0]) for s in report["skipped"]] == [("a/cut", "truncated audio")]
+
+
+# ---------------------------------------------------------------- one build per output folder
+
+
+@pytest.fixture
+def small_tree(tmp_path) -> str:
+    root = tmp_path / "small"
+    for a, album in enumerate(("a", "b", "c")):
+        for i in range(4):
+            write_tone(root / album / f"t{i}.wav", frequency=250 + 60 * a + 15 * i, seed=10 * a + i)
+    return str(root)
+
+
+def _build_command(tree: str, output: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "data_prep.build", "--dataset=album_folders", f"--input={tree}",
+            f"--output={output}", "--noprogress", "--sample_rate=8000", *extra]
+
+
+def test_a_second_build_into_a_locked_folder_refuses_with_exit_2(small_tree, tmp_path):
+    output = str(tmp_path / "out")
+    with lock.OutputLock(output) as held:  # as a build running in this process holds it
+        owner = json.load(open(held.path))
+        assert (owner["pid"], owner["host"]) == (os.getpid(), socket.gethostname())
+
+        result = subprocess.run(_build_command(small_tree, output), cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=300)
+
+        assert result.returncode == 2, result.stderr
+        assert (f"data_prep.build: error: {output} is being built by another data_prep.build (pid {os.getpid()} "
+                f"on host {socket.gethostname()}") in result.stderr
+        assert "Traceback" not in result.stderr
+        assert sorted(os.listdir(output)) == [lock.LOCK_NAME]  # the refused build wrote nothing
+    assert not os.path.exists(held.path)
+
+
+def test_the_lock_is_held_while_the_build_writes(small_tree, tmp_path, monkeypatch):
+    output = str(tmp_path / "out")
+    seen = []
+    real_write_catalog = build.write_catalog
+
+    def write_catalog(dataset_dir, entries):
+        seen.append(json.load(open(os.path.join(dataset_dir, lock.LOCK_NAME)))["pid"])
+        with pytest.raises(lock.OutputLockedError, match="is being built by another"):
+            lock.OutputLock(dataset_dir).acquire()
+        real_write_catalog(dataset_dir, entries)
+
+    monkeypatch.setattr(build, "write_catalog", write_catalog)
+    prepare(dataset="album_folders", input_path=small_tree, output=output, **FAST)
+
+    assert seen == [os.getpid()]
+    assert not os.path.exists(os.path.join(output, lock.LOCK_NAME))
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(small_tree, tmp_path):
+    output = str(tmp_path / "out")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.makedirs(output)
+    with open(os.path.join(output, lock.LOCK_NAME), "w") as f:
+        json.dump({"pid": dead.pid, "host": socket.gethostname(), "start": None, "time": time.time() - 60,
+                   "token": "old"}, f)
+
+    report = prepare(dataset="album_folders", input_path=small_tree, output=output, **FAST)
+
+    assert report["tracks"] == 12
+    assert not os.path.exists(os.path.join(output, lock.LOCK_NAME))
+
+
+def test_a_lock_of_a_live_pid_reused_by_another_process_is_stale(tmp_path):
+    # This process is alive, but it did not write the lock: its start time differs.
+    output = str(tmp_path / "out")
+    os.makedirs(output)
+    with open(os.path.join(output, lock.LOCK_NAME), "w") as f:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "start": "1", "time": 0, "token": "old"}, f)
+    if lock._process_start(os.getpid()) is None:
+        pytest.skip("no /proc: process start times are unknown here")
+    with lock.OutputLock(output) as held:
+        assert json.load(open(held.path))["token"] == held.token
+
+
+def test_a_lock_held_on_another_host_is_refused(tmp_path):
+    output = str(tmp_path / "out")
+    os.makedirs(output)
+    with open(os.path.join(output, lock.LOCK_NAME), "w") as f:
+        json.dump({"pid": 1, "host": "elsewhere.example", "start": None, "time": 0, "token": "x"}, f)
+    with pytest.raises(lock.OutputLockedError, match="pid 1 on host elsewhere.example"):
+        lock.OutputLock(output).acquire()
+
+
+def test_a_folder_of_other_files_is_refused_and_left_untouched(small_tree, tmp_path):
+    output = tmp_path / "my documents"
+    (output / "train").mkdir(parents=True)
+    (output / "notes.txt").write_text("mine")
+    (output / "train" / "shard-00007.json").write_text("also mine")
+    (output / "x.tmp-1").write_text("mine too")
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
+
+    with pytest.raises(lock.NotADatasetFolderError, match="is not empty and is not a dataset folder"):
+        prepare(dataset="album_folders", input_path=small_tree, output=str(output), **FAST)
+
+    assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
+    result = subprocess.run(_build_command(small_tree, str(output)), cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and f"{output} is not empty and is not a dataset folder" in result.stderr
+
+
+def test_an_interrupted_build_is_still_ours_and_resumes(small_tree, tmp_path, monkeypatch):
+    output = str(tmp_path / "out")
+    monkeypatch.setattr(build, "write_catalog", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(dataset="album_folders", input_path=small_tree, output=output, **FAST)
+    assert not os.path.exists(os.path.join(output, "dataset.json"))
+    monkeypatch.undo()
+
+    report = prepare(dataset="album_folders", input_path=small_tree, output=output, **FAST)
+
+    assert report["tracks"] == 12 and report["shards"]["reused"] == report["shards"]["total"]
+
+
+# ---------------------------------------------------------------- workers end with their build
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a re-parented child nobody reaps is dead, whatever kill(0) says)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc to find the worker processes")
+def test_workers_end_when_the_build_is_killed(tmp_path):
+    tree = tmp_path / "long"
+    for a, album in enumerate(("a", "b")):
+        for i in range(8):  # enough decoding that the build is still running when it is killed
+            write_tone(tree / album / f"t{i}.wav", seconds=40.0, rate=22050, frequency=300 + 40 * i + 7 * a,
+                       seed=10 * a + i)
+    run = subprocess.Popen(_build_command(str(tree), str(tmp_path / "out"), "--workers=2"), cwd=REPO_ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(_children(run.pid)) < 3 and time.time() < deadline and run.poll() is None:
+            time.sleep(0.05)  # 2 workers and multiprocessing's resource tracker
+        children = _children(run.pid)
+        assert len(children) >= 3 and run.poll() is None, "the build ended before its workers could be seen"
+        time.sleep(0.5)
+    finally:
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+
+    deadline = time.time() + 10
+    while any(_running(pid) for pid in children) and time.time() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in children if _running(pid)]
+    for pid in survivors:  # leave nothing behind, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
