@@ -32,6 +32,7 @@ CLI (queries: ``python -m musicsim.search``)::
 
     python -m musicsim.index build --embeddings=FILE --output=DIR [--similarity=cosine]
         [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME] [--overwrite]
+        [--backend=faiss|milvus --uri=PATH.db|http://host:19530 --collection=NAME]
     python -m musicsim.index add --index=DIR --embeddings=FILE [--replace]
     python -m musicsim.index remove --index=DIR --track_id=ID [ID ...]
 
@@ -49,13 +50,15 @@ import sys
 import uuid
 import warnings
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import faiss
 import numpy as np
 
-SIMILARITIES = ("cosine", "euclidean")
-APPROXIMATE_KINDS = ("ivf", "hnsw")
+from musicsim.index_backends import (APPROXIMATE_KINDS, BACKENDS, MAX_DIVERSITY_POOL, SIMILARITIES,  # noqa: F401
+                                     IndexBackend, IndexFileError, Result, _as_group_set, _as_str_list,
+                                     maximal_marginal_relevance)
+
 FORMAT_VERSION = 1
 # config.json's "format" entry: marks a directory as this project's index, the only kind a save replaces.
 FORMAT_MARKER = "musicsim.index"
@@ -68,9 +71,6 @@ BACKUP_SUFFIX = ".bak"
 INDEX_FILES = frozenset({"config.json", "tracks.json", "vectors.npy", "labels.npy", "faiss.index"})
 # Temporary directories of save(): DIR.tmp-<pid>-<8 hex>.
 TEMP_PATTERN = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
-# Diversity re-ranking looks at most this many candidates (and so returns at most this many results):
-# greedy MMR costs O(k * pool * D) time, which a pool of the whole catalogue would make unbounded.
-MAX_DIVERSITY_POOL = 10_000
 # Stored cosine vectors are unit length; a norm further from 1 than this means a damaged vectors.npy.
 UNIT_NORM_TOLERANCE = 1e-3
 # IVF: faiss wants >= 39 training points per list; training on more than this many per list
@@ -80,13 +80,6 @@ DEFAULT_TRAINING_POINTS_PER_LIST = 64
 # Exact search of fewer queries than this runs in numpy (see _numpy_candidates), more in faiss's flat
 # index (blocked BLAS with a heap top-k, faster than numpy's matmul + argpartition for batches).
 NUMPY_MAX_QUERIES = 16
-
-Result = list[tuple[str, float]]
-
-
-class IndexFileError(ValueError):
-    """An index directory or embeddings file that cannot be used; the message names the file and why."""
-
 
 def _is_index_directory(directory: str) -> bool:
     """True when ``directory`` holds only this project's index files and a config.json that says so."""
@@ -161,6 +154,54 @@ def remove_stale_temporaries(*, directory: str) -> list[str]:
     return removed
 
 
+def save_index_directory(*, directory: str, write_files: Callable[[str], None], overwrite: bool = False) -> None:
+    """Write an index directory atomically.
+
+    ``write_files(temp)`` writes everything into a temp sibling directory first; then the current
+    directory (if any) is renamed to ``directory + '.bak'``, the new one renamed in, and the backup
+    deleted. A crash at any point leaves a loadable index at ``directory`` or its backup.
+    Temporaries that killed saves of ``directory`` left behind are removed first.
+
+    Raises
+    ------
+    IndexFileError
+        If ``directory`` (or its ``.bak`` sibling) is a file or a folder that is not an index
+        (``overwrite`` allows replacing ``directory`` anyway).
+    """
+    directory = os.path.abspath(directory)
+    check_output_directory(directory=directory, overwrite=overwrite)
+    backup = directory + BACKUP_SUFFIX
+    if os.path.exists(backup) and not _is_index_directory(backup):
+        raise IndexFileError(f"cannot save the index to {directory}: {backup} exists and is not an index "
+                             "backup; move it away")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(directory=directory)
+    temp = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.mkdir(temp)
+    try:
+        write_files(temp)
+        if os.path.isdir(directory):
+            if os.path.exists(backup):
+                shutil.rmtree(backup)  # a stale backup from a finished or crashed earlier save
+            os.rename(directory, backup)
+        elif os.path.exists(backup):
+            shutil.rmtree(backup)  # the only copy is older than what we are about to rename in
+        os.rename(temp, directory)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_json_synced(path: str, payload: Any) -> None:
+    """Write JSON to ``path`` and fsync it (the files of an index being saved)."""
+    with open(path, "w") as f:
+        json.dump(payload, f, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def default_nlist(*, count: int) -> int:
     """Number of IVF lists for ``count`` vectors: about ``4 * sqrt(count)``, at most ``count // 39``."""
     if count < 1:
@@ -173,26 +214,10 @@ def default_nprobe(*, nlist: int) -> int:
     return int(max(1, round(nlist / 16)))
 
 
-def _as_str_list(values: Iterable[Any]) -> list[str]:
-    out = []
-    for value in values:
-        if isinstance(value, bytes):
-            value = value.decode("utf-8")
-        out.append(str(value))
-    return out
+class EmbeddingIndex(IndexBackend):
+    """k-nearest-neighbour search over track embeddings, on faiss (the default backend).
 
-
-def _as_group_set(values: Any) -> set:
-    """One query's exclusions: a single str is one value, not an iterable of characters."""
-    if values is None:
-        return set()
-    if isinstance(values, (str, bytes)):
-        return {values.decode("utf-8") if isinstance(values, bytes) else values}
-    return set(values)
-
-
-class EmbeddingIndex:
-    """k-nearest-neighbour search over track embeddings.
+    The shared argument checks and ``search_by_id`` come from ``IndexBackend``.
 
     Parameters
     ----------
@@ -276,20 +301,14 @@ class EmbeddingIndex:
         self._faiss: faiss.Index | None = None
         self._build_faiss()
 
+    backend = "faiss"
+
     # ------------------------------------------------------------------ basic accessors
     def __len__(self) -> int:
         return len(self._ids)
 
     def __contains__(self, track_id: object) -> bool:
         return track_id in self._row_of
-
-    def __repr__(self) -> str:
-        return self.summary()
-
-    @property
-    def dim(self) -> int:
-        """Embedding dimension D."""
-        return self._dim
 
     @property
     def track_ids(self) -> list[str]:
@@ -322,6 +341,14 @@ class EmbeddingIndex:
         groups = self._metadata.get("group")
         return None if groups is None else groups[row]
 
+    def track_id_of_path(self, *, path: str) -> str | None:
+        """The id of the track whose ``path`` metadata is the file ``path`` (by real path), if any."""
+        wanted = os.path.realpath(path)
+        for track_id, stored in zip(self._ids, self._metadata.get("path", [])):
+            if stored and os.path.realpath(str(stored)) == wanted:
+                return track_id
+        return None
+
     def summary(self) -> str:
         """One line describing the index."""
         mode = "exact" if self.approximate is None else self.approximate
@@ -331,7 +358,7 @@ class EmbeddingIndex:
             mode += f"(M={self.hnsw_m}, efSearch={self.ef_search})"
         model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
         groups = len(set(g for g in self._metadata.get("group", []) if g is not None))
-        return (f"EmbeddingIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, "
+        return (f"EmbeddingIndex (faiss): {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, "
                 f"{groups} groups, model {model}")
 
     # ------------------------------------------------------------------ validation helpers
@@ -341,72 +368,6 @@ class EmbeddingIndex:
         except KeyError:
             raise ValueError(f"unknown track id {track_id!r} (index holds {len(self)} tracks)") from None
 
-    @staticmethod
-    def _check_ids(track_ids: Sequence[str], *, name: str) -> list[str]:
-        if isinstance(track_ids, (str, bytes)):
-            raise ValueError(f"{name} must be a sequence of track ids, got a single string {track_ids!r}")
-        ids = _as_str_list(track_ids)
-        empty = [i for i, tid in enumerate(ids) if not tid]
-        if empty:
-            raise ValueError(f"{name} has empty ids at positions {empty[:5]}")
-        duplicates = sorted(tid for tid, n in Counter(ids).items() if n > 1)
-        if duplicates:
-            raise ValueError(f"{name} has duplicate ids: {duplicates[:5]}"
-                             f"{' ...' if len(duplicates) > 5 else ''}")
-        return ids
-
-    def _check_vectors(self, vectors: np.ndarray, *, count: int, dim: int | None, name: str,
-                       ids: Sequence[str]) -> np.ndarray:
-        matrix = np.asarray(vectors)
-        if matrix.ndim != 2:
-            raise ValueError(f"{name} must have shape [N, D], got shape {matrix.shape}")
-        if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
-            raise ValueError(f"{name} must be real numbers, got dtype {matrix.dtype}")
-        if matrix.shape[0] != count:
-            raise ValueError(f"{name} has {matrix.shape[0]} rows but {count} track ids were given")
-        if dim is not None and matrix.shape[1] != dim:
-            raise ValueError(f"{name} dimension mismatch: expected {dim} (the index's), got {matrix.shape[1]}")
-        if matrix.shape[1] < 1:
-            raise ValueError(f"{name} must have at least one dimension, got shape {matrix.shape}")
-        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        finite = np.isfinite(matrix).all(axis=1)
-        if not finite.all():
-            bad = [ids[i] for i in np.flatnonzero(~finite)[:5]]
-            raise ValueError(f"{name} has non-finite values (nan/inf) for tracks {bad}")
-        if self.similarity == "cosine":
-            matrix = self._normalise(matrix, name=name, ids=ids)
-        return matrix
-
-    @staticmethod
-    def _normalise(matrix: np.ndarray, *, name: str, ids: Sequence[str] | None) -> np.ndarray:
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        zero = norms[:, 0] == 0
-        if zero.any():
-            which = np.flatnonzero(zero)[:5]
-            where = [ids[i] for i in which] if ids is not None else which.tolist()
-            raise ValueError(f"{name} has zero vectors (cosine similarity is undefined) at {where}")
-        return np.ascontiguousarray(matrix / norms, dtype=np.float32)
-
-    @staticmethod
-    def _check_metadata(metadata: Mapping[str, Sequence[Any]] | None, *, count: int) -> dict[str, list[Any]]:
-        columns: dict[str, list[Any]] = {}
-        for column, values in (metadata or {}).items():
-            if not isinstance(column, str) or not column:
-                raise ValueError(f"metadata column names must be non-empty strings, got {column!r}")
-            if values is None:
-                continue
-            values = [v.item() if isinstance(v, np.generic) else v for v in values]
-            if len(values) != count:
-                raise ValueError(f"metadata column {column!r} has {len(values)} values for {count} tracks")
-            if column == "group":
-                bad = [v for v in values if v is not None and not isinstance(v, (str, int, float, bool))]
-                if bad:
-                    raise ValueError(f"metadata column 'group' must hold strings or numbers (one group per "
-                                     f"track), got {type(bad[0]).__name__} {bad[0]!r}")
-            columns[column] = values
-        return columns
-
-    # ------------------------------------------------------------------ faiss plumbing
     @property
     def _metric(self) -> int:
         return faiss.METRIC_INNER_PRODUCT if self.similarity == "cosine" else faiss.METRIC_L2
@@ -523,45 +484,6 @@ class EmbeddingIndex:
             return np.einsum("qd,qcd->qc", queries, candidates)
         return 0.0 - np.linalg.norm(candidates - queries[:, None, :], axis=2)  # 0.0 - : no -0.0
 
-    def _prepare_queries(self, queries: np.ndarray, *, query_model: Mapping[str, Any] | str | None) -> np.ndarray:
-        self.check_model(query_model=query_model)
-        matrix = np.asarray(queries)
-        if matrix.ndim != 2:
-            raise ValueError(f"queries must have shape [Q, D] with D={self._dim}, got shape {matrix.shape}"
-                             " (wrap a single vector as queries=vector[None, :])")
-        if matrix.shape[1] != self._dim:
-            model = self.model.get("name") or self.model.get("model_dir") or "the index's model"
-            raise ValueError(f"query dimension mismatch: expected {self._dim} (embeddings of {model}), "
-                             f"got {matrix.shape[1]}")
-        if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
-            raise ValueError(f"queries must be real numbers, got dtype {matrix.dtype}")
-        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-        if not np.isfinite(matrix).all():
-            raise ValueError("queries have non-finite values (nan/inf) in rows "
-                             f"{np.flatnonzero(~np.isfinite(matrix).all(axis=1))[:5].tolist()}")
-        if self.similarity == "cosine":
-            matrix = self._normalise(matrix, name="queries", ids=None)
-        return matrix
-
-    def check_model(self, *, query_model: Mapping[str, Any] | str | None) -> None:
-        """Raise ValueError when ``query_model`` (a name, or a dict with ``name`` / ``model_dir``)
-        differs from the model the index was built from. None, or keys the index lacks, pass."""
-        if query_model is None:
-            return
-        if isinstance(query_model, str):
-            query_model = {"name": query_model}
-        for key in ("name", "model_dir"):
-            expected, actual = self.model.get(key), query_model.get(key)
-            if expected is None or actual is None:
-                continue
-            if key == "model_dir":
-                same = os.path.abspath(str(expected)) == os.path.abspath(str(actual))
-            else:
-                same = str(expected) == str(actual)
-            if not same:
-                raise ValueError(f"query model mismatch: the index was built from {key}={expected!r}, "
-                                 f"the queries come from {key}={actual!r}; embed the queries with the same model")
-
     # ------------------------------------------------------------------ search
     def search(self, *, queries: np.ndarray, k: int = 10,
                exclude_ids: Sequence[Iterable[str] | str | None] | None = None,
@@ -599,39 +521,15 @@ class EmbeddingIndex:
         list of length Q of lists of (track_id, score)
             Best first; ``score`` is the exact cosine similarity or ``-euclidean distance``.
         """
-        if isinstance(k, bool) or int(k) != k or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
-        if not 0.0 <= float(diversity) <= 1.0:
-            raise ValueError(f"diversity must be in [0, 1], got {diversity}")
-        if candidate_pool is not None and int(candidate_pool) < 1:
-            raise ValueError(f"candidate_pool must be >= 1, got {candidate_pool}")
-        matrix = self._prepare_queries(queries, query_model=query_model)
+        k, matrix = self._check_search_arguments(queries=queries, k=k, exclude_ids=exclude_ids,
+                                                 exclude_groups=exclude_groups, diversity=diversity,
+                                                 candidate_pool=candidate_pool, query_model=query_model)
         query_count = matrix.shape[0]
-        for name, value in (("exclude_ids", exclude_ids), ("exclude_groups", exclude_groups)):
-            if value is None:
-                continue
-            if isinstance(value, (str, bytes)):
-                raise ValueError(f"{name} must be a list with one entry per query ({query_count}), "
-                                 f"got the single string {value!r}")
-            if len(value) != query_count:
-                raise ValueError(f"{name} must be a list with one entry per query ({query_count}), "
-                                 f"got {len(value)} entries")
-        if exclude_groups is not None and "group" not in self._metadata:
-            raise ValueError("exclude_groups needs 'group' metadata, and this index has none "
-                             f"(columns: {self.metadata_columns})")
         count = len(self._ids)
         if query_count == 0 or count == 0 or self._faiss is None:
             return [[] for _ in range(query_count)]
 
-        target = k
-        if diversity > 0:
-            if min(k, count) > MAX_DIVERSITY_POOL:
-                raise ValueError(f"diversity re-ranking returns at most {MAX_DIVERSITY_POOL} results, got "
-                                 f"k={k} on {count} tracks: lower k, or search with diversity=0")
-            target = max(k, int(candidate_pool) if candidate_pool is not None else max(10 * k, 100))
-            target = min(target, MAX_DIVERSITY_POOL)
-        target = min(target, count)
+        target = self._fetch_target(k=k, count=count, diversity=float(diversity), candidate_pool=candidate_pool)
 
         excluded_rows: list[set[int]] = [set() for _ in range(query_count)]
         excluded_groups: list[set] = [set() for _ in range(query_count)]
@@ -717,59 +615,15 @@ class EmbeddingIndex:
         order = np.argsort(-scores, kind="stable")
         rows, scores = rows[order], scores[order]
         if diversity > 0 and len(rows) > 1:
-            picked = self._maximal_marginal_relevance(rows, scores, k=k, trade_off=1.0 - diversity)
+            picked = maximal_marginal_relevance(candidates=self._vectors[rows], relevance=scores, k=k,
+                                                trade_off=1.0 - diversity, similarity=self.similarity)
             rows, scores = rows[picked], scores[picked]
         return [(self._ids[r], float(s)) for r, s in zip(rows[:k].tolist(), scores[:k].tolist())]
-
-    def _maximal_marginal_relevance(self, rows: np.ndarray, relevance: np.ndarray, *, k: int,
-                                    trade_off: float) -> np.ndarray:
-        """Greedy MMR: positions into ``rows`` [P] in pick order, at most k of them.
-
-        Memory is O(P * D): each pick updates every candidate's redundancy with its similarity to
-        the new pick only, never the [P, P] matrix of all pairs."""
-        candidates = self._vectors[rows]  # [P, D]
-        squared = np.einsum("pd,pd->p", candidates, candidates) if self.similarity == "euclidean" else None
-        redundancy = np.full(len(rows), -np.inf)
-        available = np.ones(len(rows), dtype=bool)
-        picked: list[int] = []
-        for _ in range(min(k, len(rows))):
-            if picked:
-                value = trade_off * relevance - (1.0 - trade_off) * redundancy
-            else:
-                value = relevance.astype(np.float64)
-            value = np.where(available, value, -np.inf)
-            best = int(np.argmax(value))
-            picked.append(best)
-            available[best] = False
-            products = candidates @ candidates[best]  # [P]
-            if self.similarity == "cosine":
-                similarity = products
-            else:
-                similarity = 0.0 - np.sqrt(np.maximum(squared + squared[best] - 2.0 * products, 0.0))
-            redundancy = np.maximum(redundancy, similarity)
-        return np.asarray(picked, dtype=np.int64)
 
     def _group_size_counter(self) -> Counter:
         if self._group_sizes is None:
             self._group_sizes = Counter(g for g in self._metadata.get("group", []) if g is not None)
         return self._group_sizes
-
-    def search_by_id(self, *, track_id: str, k: int = 10, exclude_self: bool = True,
-                     exclude_same_group: bool = False, diversity: float = 0.0,
-                     candidate_pool: int | None = None, nprobe: int | None = None,
-                     ef_search: int | None = None) -> Result:
-        """The k tracks most similar to a track already in the index (see ``search``)."""
-        row = self._row(track_id)
-        exclude_groups = None
-        if exclude_same_group:
-            if "group" not in self._metadata:
-                raise ValueError("exclude_same_group needs 'group' metadata, and this index has none "
-                                 f"(columns: {self.metadata_columns})")
-            exclude_groups = [[self._metadata["group"][row]]]
-        return self.search(queries=self._vectors[row:row + 1], k=k,
-                           exclude_ids=[[track_id]] if exclude_self else None,
-                           exclude_groups=exclude_groups, diversity=diversity,
-                           candidate_pool=candidate_pool, nprobe=nprobe, ef_search=ef_search)[0]
 
     # ------------------------------------------------------------------ updates
     def add(self, *, track_ids: Sequence[str], vectors: np.ndarray,
@@ -844,19 +698,14 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
-        return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "similarity": self.similarity, "dim": self._dim,
+        return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "backend": self.backend, "similarity": self.similarity, "dim": self._dim,
                 "count": len(self._ids), "approximate": self.approximate, "nlist": self.nlist,
                 "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
                 "ef_search": self.ef_search, "training_points_per_list": self.training_points_per_list,
                 "seed": self.seed, "model": self.model, "next_label": self._next_label}
 
     def save(self, directory: str, *, overwrite: bool = False) -> None:
-        """Write the index to ``directory`` atomically.
-
-        Everything is written into a temp sibling directory first; then the current directory (if
-        any) is renamed to ``directory + '.bak'``, the new one renamed in, and the backup deleted.
-        A crash at any point leaves a loadable index at ``directory`` or its backup. Temporaries
-        that killed saves of ``directory`` left behind are removed first.
+        """Write the index to ``directory`` atomically (see ``save_index_directory``).
 
         Parameters
         ----------
@@ -870,37 +719,11 @@ class EmbeddingIndex:
         IndexFileError
             If ``directory`` (or its ``.bak`` sibling) is a file or a folder that is not an index.
         """
-        directory = os.path.abspath(directory)
-        check_output_directory(directory=directory, overwrite=overwrite)
-        backup = directory + BACKUP_SUFFIX
-        if os.path.exists(backup) and not _is_index_directory(backup):
-            raise IndexFileError(f"cannot save the index to {directory}: {backup} exists and is not an index "
-                                 "backup; move it away")
-        parent = os.path.dirname(directory)
-        os.makedirs(parent, exist_ok=True)
-        remove_stale_temporaries(directory=directory)
-        temp = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.mkdir(temp)
-        try:
-            self._write_files(temp)
-            if os.path.isdir(directory):
-                if os.path.exists(backup):
-                    shutil.rmtree(backup)  # a stale backup from a finished or crashed earlier save
-                os.rename(directory, backup)
-            elif os.path.exists(backup):
-                shutil.rmtree(backup)  # the only copy is older than what we are about to rename in
-            os.rename(temp, directory)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-        shutil.rmtree(backup, ignore_errors=True)
+        save_index_directory(directory=directory, write_files=self._write_files, overwrite=overwrite)
 
     def _write_files(self, directory: str) -> None:
         def write_json(name: str, payload: Any) -> None:
-            with open(os.path.join(directory, name), "w") as f:
-                json.dump(payload, f, default=str)
-                f.flush()
-                os.fsync(f.fileno())
+            write_json_synced(os.path.join(directory, name), payload)
 
         with open(os.path.join(directory, VECTORS_FILE), "wb") as f:
             np.save(f, self._vectors)
@@ -913,9 +736,18 @@ class EmbeddingIndex:
         write_json(CONFIG_FILE, self._config())  # last: its presence marks a complete directory
 
     @classmethod
-    def load(cls, directory: str) -> "EmbeddingIndex":
-        """Read an index written by ``save``; falls back to ``directory + '.bak'`` when a save
-        was interrupted between its two renames."""
+    def load(cls, directory: str) -> IndexBackend:
+        """Open the index saved in ``directory``: this faiss index, or the backend its config.json
+        names (``musicsim.index_milvus.MilvusIndex``). Falls back to ``directory + '.bak'`` when a
+        save was interrupted between its two renames.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no index at ``directory``.
+        IndexFileError
+            If a file of the index is missing, damaged or inconsistent (the message names it).
+        """
         directory = os.path.abspath(directory)
         source = directory
         if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
@@ -929,7 +761,7 @@ class EmbeddingIndex:
         return cls._read(source)
 
     @classmethod
-    def _read(cls, directory: str) -> "EmbeddingIndex":
+    def _read(cls, directory: str) -> IndexBackend:
         """Read and validate the files of one index directory; any defect is an IndexFileError naming
         the file (a damaged index must fail on load, not answer nan scores)."""
         def path_of(name: str) -> str:
@@ -965,6 +797,13 @@ class EmbeddingIndex:
         if config.get("format_version") != FORMAT_VERSION:
             raise IndexFileError(f"{path_of(CONFIG_FILE)}: format_version {config.get('format_version')!r}, "
                                  f"this code reads {FORMAT_VERSION}")
+        backend = config.get("backend", "faiss")
+        if backend == "milvus":
+            from musicsim.index_milvus import MilvusIndex
+
+            return MilvusIndex.open(config=config, config_path=path_of(CONFIG_FILE))
+        if backend != "faiss":
+            raise IndexFileError(f"{path_of(CONFIG_FILE)}: unknown backend {backend!r} (this code has {BACKENDS})")
         similarity = entry(config, CONFIG_FILE, "similarity", (str,))
         approximate = entry(config, CONFIG_FILE, "approximate", (str, type(None)))
         if similarity not in SIMILARITIES or approximate not in (None,) + APPROXIMATE_KINDS:
@@ -1350,13 +1189,15 @@ def _resolve_model(*, embeddings: str, dim: int, file_models: Sequence[str], mod
 
 
 def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,
-                model_dir: str | None = None, model_name: str | None = None,
-                overwrite: bool = False) -> EmbeddingIndex:
+                model_dir: str | None = None, model_name: str | None = None, overwrite: bool = False,
+                backend: str = "faiss", uri: str | None = None, collection: str | None = None) -> IndexBackend:
     """Build an index from an embeddings file and save it to ``output``.
 
     The model is ``model_dir`` when given, else the run the file names (a parquet's or a
     ``.meta.json``'s ``model_dir``, or the run folder holding an ``embeddings.npz``); it must exist,
     and make embeddings of the file's dimension. ``similarity`` defaults to the run's (else cosine).
+    ``backend='milvus'`` puts the vectors in the Milvus ``collection`` at ``uri`` (a ``PATH.db``
+    Milvus Lite file or ``http://host:19530``), and ``output`` records where.
 
     Raises
     ------
@@ -1366,6 +1207,12 @@ def build_index(*, embeddings: str, output: str, similarity: str | None = None, 
     FileNotFoundError
         For a missing file or run.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "milvus" and not (uri and collection):
+        raise ValueError("the milvus backend needs --uri (a PATH.db file or http://host:19530) and --collection")
+    if backend == "faiss" and (uri or collection):
+        raise ValueError("--uri and --collection are for --backend=milvus")
     output = os.path.abspath(output)
     check_output_directory(directory=output, overwrite=overwrite)  # before the expensive part
     track_ids, vectors, metadata = load_embeddings(embeddings)
@@ -1374,15 +1221,27 @@ def build_index(*, embeddings: str, output: str, similarity: str | None = None, 
                            model_dir=model_dir, model_name=model_name)
     if similarity is None:
         similarity = model.get("similarity") if model.get("similarity") in SIMILARITIES else "cosine"
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
-                           model={key: value for key, value in model.items() if key != "similarity"},
-                           approximate=approximate)
-    index.save(output, overwrite=overwrite)
+    arguments = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
+                     model={key: value for key, value in model.items() if key != "similarity"},
+                     approximate=approximate)
+    if backend == "milvus":
+        from musicsim.index_milvus import MilvusIndex, is_local_uri
+
+        if is_local_uri(uri) and os.path.commonpath([output, os.path.abspath(uri)]) == output:
+            raise ValueError(f"--uri={uri} lies inside --output={output}: keep the Milvus Lite file outside the "
+                             "index directory")
+        index: IndexBackend = MilvusIndex(uri=uri, collection=collection, overwrite=overwrite, **arguments)
+    else:
+        index = EmbeddingIndex(**arguments)
+    try:
+        index.save(output, overwrite=overwrite)
+    finally:
+        index.close()
     return index
 
 
 def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
-                 model_dir: str | None = None) -> tuple[EmbeddingIndex, int, int]:
+                 model_dir: str | None = None) -> tuple[IndexBackend, int, int]:
     """Add the tracks of an embeddings file to a saved index and save it again (atomically).
 
     The file must come from the index's model (same checks as ``build_index``). Ids already in
@@ -1413,18 +1272,24 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
     if present and not replace:
         raise ValueError(f"{embeddings}: {len(present)} track ids are already in the index {index_dir}, e.g. "
                          f"{present[:3]}; pass --replace to replace them")
-    if present:
-        index.remove(track_ids=present)
-    index.add(track_ids=track_ids, vectors=vectors, metadata=metadata)
-    index.save(index_dir)
+    try:
+        if present:
+            index.remove(track_ids=present)
+        index.add(track_ids=track_ids, vectors=vectors, metadata=metadata)
+        index.save(index_dir)
+    finally:
+        index.close()
     return index, len(track_ids) - len(present), len(present)
 
 
-def remove_from_index(*, index_dir: str, track_ids: Sequence[str]) -> EmbeddingIndex:
+def remove_from_index(*, index_dir: str, track_ids: Sequence[str]) -> IndexBackend:
     """Remove tracks from a saved index and save it again (atomically); unknown ids raise ValueError."""
     index = EmbeddingIndex.load(index_dir)
-    index.remove(track_ids=track_ids)
-    index.save(index_dir)
+    try:
+        index.remove(track_ids=track_ids)
+        index.save(index_dir)
+    finally:
+        index.close()
     return index
 
 
@@ -1442,7 +1307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="the run the embeddings come from (default: the one the embeddings file names)")
     build.add_argument("--model", default=None, help="model name, if the embeddings file does not say")
     build.add_argument("--overwrite", action="store_true",
-                       help="replace --output even if it is a folder that holds no index")
+                       help="replace --output even if it is a folder that holds no index (and, for milvus, "
+                            "an existing --collection)")
+    build.add_argument("--backend", choices=BACKENDS, default="faiss")
+    build.add_argument("--uri", default=None, help="milvus: a PATH.db Milvus Lite file, or http://host:19530")
+    build.add_argument("--collection", default=None, help="milvus: the collection to create")
     add = commands.add_parser("add", help="add the tracks of an embeddings file to an index")
     add.add_argument("--index", required=True)
     add.add_argument("--embeddings", required=True)
@@ -1456,7 +1325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "build":
             index = build_index(embeddings=args.embeddings, output=args.output, similarity=args.similarity,
                                 approximate=args.approximate, model_dir=args.model_dir, model_name=args.model,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, backend=args.backend, uri=args.uri,
+                                collection=args.collection)
             print(f"{index.summary()} -> {os.path.abspath(args.output)}")
         elif args.command == "add":
             index, added, replaced = add_to_index(index_dir=args.index, embeddings=args.embeddings,

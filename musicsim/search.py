@@ -25,9 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from musicsim.index import EmbeddingIndex
+from musicsim.index_backends import IndexBackend
 
 
-def _embed_query(index: EmbeddingIndex, *, index_dir: str, query_path: str) -> np.ndarray:
+def _embed_query(index: IndexBackend, *, index_dir: str, query_path: str) -> np.ndarray:
     """The query file's embedding ``[1, D]`` by the index's model."""
     from musicsim.embedder import load_embedder
 
@@ -56,21 +57,9 @@ def _embed_query(index: EmbeddingIndex, *, index_dir: str, query_path: str) -> n
     return vectors
 
 
-def _track_of_path(index: EmbeddingIndex, path: str) -> str | None:
-    """The id of the indexed track whose ``path`` metadata is ``path``, if any."""
-    if "path" not in index.metadata_columns:
-        return None
-    wanted = os.path.realpath(path)
-    for track_id in index.track_ids:
-        stored = index.metadata(track_id=track_id).get("path")
-        if stored and os.path.realpath(str(stored)) == wanted:
-            return track_id
-    return None
-
-
 def search(*, index_dir: str, query_path: str | None = None, track_id: str | None = None, k: int = 10,
            diversity: float = 0.0, exclude_same_group: bool = False, exclude_self: bool = True,
-           index: EmbeddingIndex | None = None) -> list[dict[str, Any]]:
+           index: IndexBackend | None = None) -> list[dict[str, Any]]:
     """The ``k`` tracks of an index most similar to one query.
 
     Parameters
@@ -83,7 +72,7 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
     exclude_same_group : leave out tracks of the query's group (its album); for a file query, the
         file must be in the index
     exclude_self : for a ``track_id`` query, leave the query track out (a file query never does)
-    index : the loaded index of ``index_dir``, to save loading it again
+    index : the loaded index of ``index_dir`` (either backend), to save loading it again
 
     Returns
     -------
@@ -106,11 +95,23 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not 0.0 <= float(diversity) <= 1.0:
         raise ValueError(f"diversity must be in [0, 1], got {diversity}")
-    index = index or EmbeddingIndex.load(index_dir)
+    opened = index is None
+    if index is None:
+        index = EmbeddingIndex.load(index_dir)
+    try:
+        return _search_loaded(index, index_dir=index_dir, query_path=query_path, track_id=track_id, k=k,
+                              diversity=diversity, exclude_same_group=exclude_same_group, exclude_self=exclude_self)
+    finally:
+        if opened:
+            index.close()
+
+
+def _search_loaded(index: IndexBackend, *, index_dir: str, query_path: str | None, track_id: str | None, k: int,
+                   diversity: float, exclude_same_group: bool, exclude_self: bool) -> list[dict[str, Any]]:
+    """``search`` on an opened index."""
     if track_id is not None:
         if track_id not in index:
-            raise ValueError(f"unknown track id {track_id!r}: the index {index_dir} holds {len(index)} tracks "
-                             f"(e.g. {index.track_ids[:3]})")
+            raise ValueError(f"unknown track id {track_id!r}: the index {index_dir} holds {len(index)} tracks")
         results = index.search_by_id(track_id=track_id, k=k, exclude_self=exclude_self,
                                      exclude_same_group=exclude_same_group, diversity=diversity)
     else:
@@ -118,18 +119,17 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
         if exclude_same_group:
             if "group" not in index.metadata_columns:
                 raise ValueError(f"exclude_same_group needs 'group' metadata, and the index {index_dir} has none")
-            own = _track_of_path(index, query_path)
+            own = index.track_id_of_path(path=query_path)
             if own is None:
                 raise ValueError(f"exclude_same_group with a file query needs the file to be in the index, and "
                                  f"{query_path} is not (its group is unknown)")
             exclude_groups = [[index.group(track_id=own)]]
         queries = _embed_query(index, index_dir=index_dir, query_path=query_path)
         results = index.search(queries=queries, k=k, exclude_groups=exclude_groups, diversity=diversity)[0]
-    has_path, has_group = "path" in index.metadata_columns, "group" in index.metadata_columns
-    return [{"rank": rank, "track_id": found, "score": float(score),
-             "path": index.metadata(track_id=found).get("path") if has_path else None,
-             "group": index.group(track_id=found) if has_group else None}
-            for rank, (found, score) in enumerate(results, start=1)]
+    described = [(found, float(score), index.metadata(track_id=found)) for found, score in results]
+    return [{"rank": rank, "track_id": found, "score": score, "path": metadata.get("path"),
+             "group": metadata.get("group")}
+            for rank, (found, score, metadata) in enumerate(described, start=1)]
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:

@@ -1,0 +1,359 @@
+"""The interface every similarity-search index implements, and what the implementations share.
+
+Two backends implement ``IndexBackend``:
+
+* ``faiss`` (``musicsim.index.EmbeddingIndex``, the default): vectors in memory, exact (flat) or
+  IVF / HNSW search, saved as files in the index directory;
+* ``milvus`` (``musicsim.index_milvus.MilvusIndex``): vectors in a Milvus collection, either a
+  Milvus Lite file (embedded, one process at a time) or a Milvus server (``http://host:19530``);
+  the index directory holds only its ``config.json``, naming the collection.
+
+Both take the same arguments and raise the same errors: ids are unique non-empty strings, vectors
+[N, D] finite (unit length for cosine), queries [Q, D] of the index's dimension; ``search``
+excludes ids and groups per query and re-ranks by maximal marginal relevance (``diversity``).
+``musicsim.index.EmbeddingIndex.load(DIR)`` opens either kind, as the directory's config.json says.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from collections import Counter
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+SIMILARITIES = ("cosine", "euclidean")
+APPROXIMATE_KINDS = ("ivf", "hnsw")
+BACKENDS = ("faiss", "milvus")
+# Diversity re-ranking looks at most this many candidates (and so returns at most this many results):
+# greedy MMR costs O(k * pool * D) time, which a pool of the whole catalogue would make unbounded.
+MAX_DIVERSITY_POOL = 10_000
+
+Result = list[tuple[str, float]]
+
+
+class IndexFileError(ValueError):
+    """An index directory or embeddings file that cannot be used; the message names the file and why."""
+
+
+def _as_str_list(values: Iterable[Any]) -> list[str]:
+    out = []
+    for value in values:
+        if isinstance(value, bytes):
+            value = value.decode("utf-8")
+        out.append(str(value))
+    return out
+
+
+def _as_group_set(values: Any) -> set:
+    """One query's exclusions: a single str is one value, not an iterable of characters."""
+    if values is None:
+        return set()
+    if isinstance(values, (str, bytes)):
+        return {values.decode("utf-8") if isinstance(values, bytes) else values}
+    return set(values)
+
+
+def similarities_to(*, vectors: np.ndarray, vector: np.ndarray, similarity: str,
+                    squared_norms: np.ndarray | None = None) -> np.ndarray:
+    """Similarity of each row of ``vectors`` [P, D] to ``vector`` [D]: a dot product (cosine, unit
+    rows) or ``-||v - vector||`` (euclidean); shape [P]."""
+    products = vectors @ vector
+    if similarity == "cosine":
+        return products
+    if squared_norms is None:
+        squared_norms = np.einsum("pd,pd->p", vectors, vectors)
+    return 0.0 - np.sqrt(np.maximum(squared_norms + float(vector @ vector) - 2.0 * products, 0.0))
+
+
+def maximal_marginal_relevance(*, candidates: np.ndarray, relevance: np.ndarray, k: int, trade_off: float,
+                               similarity: str) -> np.ndarray:
+    """Greedy MMR over candidate vectors.
+
+    Each next pick maximises ``trade_off * relevance - (1 - trade_off) * max_picked sim(c, s)``.
+    Memory is O(P * D): each pick updates every candidate's redundancy with its similarity to the
+    new pick only, never a [P, P] matrix of all pairs.
+
+    Parameters
+    ----------
+    candidates : np.ndarray, shape [P, D]
+        Candidate vectors (unit rows for cosine).
+    relevance : np.ndarray, shape [P]
+        Similarity of each candidate to the query.
+    k : int
+        Picks to make (at most P).
+    trade_off : float in [0, 1]
+        1 ranks by relevance only.
+    similarity : {'cosine', 'euclidean'}
+
+    Returns
+    -------
+    np.ndarray, shape [min(k, P)], int64
+        Positions into ``candidates`` in pick order.
+    """
+    squared = np.einsum("pd,pd->p", candidates, candidates) if similarity == "euclidean" else None
+    redundancy = np.full(len(candidates), -np.inf)
+    available = np.ones(len(candidates), dtype=bool)
+    picked: list[int] = []
+    for _ in range(min(k, len(candidates))):
+        if picked:
+            value = trade_off * relevance - (1.0 - trade_off) * redundancy
+        else:
+            value = relevance.astype(np.float64)
+        value = np.where(available, value, -np.inf)
+        best = int(np.argmax(value))
+        picked.append(best)
+        available[best] = False
+        redundancy = np.maximum(redundancy, similarities_to(vectors=candidates, vector=candidates[best],
+                                                            similarity=similarity, squared_norms=squared))
+    return np.asarray(picked, dtype=np.int64)
+
+
+class IndexBackend(abc.ABC):
+    """k-nearest-neighbour search over track embeddings: what every backend offers.
+
+    Subclasses set ``similarity`` (str), ``model`` (dict), ``approximate`` (None, 'ivf', 'hnsw')
+    and ``_dim`` (int), and implement the abstract methods; argument checks are shared here so
+    every backend refuses bad input with the same errors.
+    """
+
+    backend = "abstract"
+    similarity: str
+    model: dict[str, Any]
+    approximate: str | None
+    _dim: int
+
+    # ------------------------------------------------------------------ what a backend implements
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of tracks."""
+
+    @abc.abstractmethod
+    def __contains__(self, track_id: object) -> bool:
+        """Whether a track id is in the index."""
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension D."""
+        return self._dim
+
+    @property
+    @abc.abstractmethod
+    def track_ids(self) -> list[str]:
+        """Every track id."""
+
+    @property
+    @abc.abstractmethod
+    def metadata_columns(self) -> list[str]:
+        """Names of the per-track metadata columns (e.g. ``path``, ``group``)."""
+
+    @abc.abstractmethod
+    def vector(self, *, track_id: str) -> np.ndarray:
+        """The stored vector of one track, shape [D]; ValueError for an unknown id."""
+
+    @abc.abstractmethod
+    def metadata(self, *, track_id: str) -> dict[str, Any]:
+        """All metadata columns of one track; ValueError for an unknown id."""
+
+    def group(self, *, track_id: str) -> Any:
+        """The track's ``group`` metadata (None when absent)."""
+        return self.metadata(track_id=track_id).get("group")
+
+    @abc.abstractmethod
+    def track_id_of_path(self, *, path: str) -> str | None:
+        """The id of the track whose ``path`` metadata is the file ``path`` (by real path), if any."""
+
+    @abc.abstractmethod
+    def summary(self) -> str:
+        """One line describing the index."""
+
+    @abc.abstractmethod
+    def search(self, *, queries: np.ndarray, k: int = 10,
+               exclude_ids: Sequence[Iterable[str] | str | None] | None = None,
+               exclude_groups: Sequence[Iterable[Any] | str | None] | None = None,
+               diversity: float = 0.0, candidate_pool: int | None = None,
+               nprobe: int | None = None, ef_search: int | None = None,
+               query_model: Mapping[str, Any] | str | None = None) -> list[Result]:
+        """The k most similar tracks to each query [Q, D]; see ``EmbeddingIndex.search``."""
+
+    @abc.abstractmethod
+    def add(self, *, track_ids: Sequence[str], vectors: np.ndarray,
+            metadata: Mapping[str, Sequence[Any]] | None = None) -> None:
+        """Add tracks [N] with vectors [N, D]; ids already present raise ValueError."""
+
+    @abc.abstractmethod
+    def remove(self, *, track_ids: Sequence[str]) -> None:
+        """Remove tracks; unknown ids raise ValueError (and nothing is removed)."""
+
+    @abc.abstractmethod
+    def save(self, directory: str, *, overwrite: bool = False) -> None:
+        """Write the index directory atomically (``EmbeddingIndex.load`` opens it)."""
+
+    def close(self) -> None:
+        """Release what the index holds open (a database connection); the default holds nothing."""
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    # ------------------------------------------------------------------ shared
+    def search_by_id(self, *, track_id: str, k: int = 10, exclude_self: bool = True,
+                     exclude_same_group: bool = False, diversity: float = 0.0,
+                     candidate_pool: int | None = None, nprobe: int | None = None,
+                     ef_search: int | None = None) -> Result:
+        """The k tracks most similar to a track already in the index (see ``search``)."""
+        query = self.vector(track_id=track_id)
+        exclude_groups = None
+        if exclude_same_group:
+            if "group" not in self.metadata_columns:
+                raise ValueError("exclude_same_group needs 'group' metadata, and this index has none "
+                                 f"(columns: {self.metadata_columns})")
+            exclude_groups = [[self.group(track_id=track_id)]]
+        return self.search(queries=query[None, :], k=k, exclude_ids=[[track_id]] if exclude_self else None,
+                           exclude_groups=exclude_groups, diversity=diversity,
+                           candidate_pool=candidate_pool, nprobe=nprobe, ef_search=ef_search)[0]
+
+    def _check_search_arguments(self, *, queries: np.ndarray, k: int,
+                                exclude_ids: Sequence[Iterable[str] | str | None] | None,
+                                exclude_groups: Sequence[Iterable[Any] | str | None] | None,
+                                diversity: float, candidate_pool: int | None,
+                                query_model: Mapping[str, Any] | str | None) -> tuple[int, np.ndarray]:
+        """Validate ``search``'s arguments; returns k as int and the prepared queries [Q, D] float32."""
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        if not 0.0 <= float(diversity) <= 1.0:
+            raise ValueError(f"diversity must be in [0, 1], got {diversity}")
+        if candidate_pool is not None and int(candidate_pool) < 1:
+            raise ValueError(f"candidate_pool must be >= 1, got {candidate_pool}")
+        matrix = self._prepare_queries(queries, query_model=query_model)
+        query_count = matrix.shape[0]
+        for name, value in (("exclude_ids", exclude_ids), ("exclude_groups", exclude_groups)):
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)):
+                raise ValueError(f"{name} must be a list with one entry per query ({query_count}), "
+                                 f"got the single string {value!r}")
+            if len(value) != query_count:
+                raise ValueError(f"{name} must be a list with one entry per query ({query_count}), "
+                                 f"got {len(value)} entries")
+        if exclude_groups is not None and "group" not in self.metadata_columns:
+            raise ValueError("exclude_groups needs 'group' metadata, and this index has none "
+                             f"(columns: {self.metadata_columns})")
+        return k, matrix
+
+    @staticmethod
+    def _fetch_target(*, k: int, count: int, diversity: float, candidate_pool: int | None) -> int:
+        """Candidates to rank per query: k, or the diversity pool (capped at ``MAX_DIVERSITY_POOL``)."""
+        target = k
+        if diversity > 0:
+            if min(k, count) > MAX_DIVERSITY_POOL:
+                raise ValueError(f"diversity re-ranking returns at most {MAX_DIVERSITY_POOL} results, got "
+                                 f"k={k} on {count} tracks: lower k, or search with diversity=0")
+            target = max(k, int(candidate_pool) if candidate_pool is not None else max(10 * k, 100))
+            target = min(target, MAX_DIVERSITY_POOL)
+        target = min(target, count)
+        return target
+
+    @staticmethod
+    def _check_ids(track_ids: Sequence[str], *, name: str) -> list[str]:
+        if isinstance(track_ids, (str, bytes)):
+            raise ValueError(f"{name} must be a sequence of track ids, got a single string {track_ids!r}")
+        ids = _as_str_list(track_ids)
+        empty = [i for i, tid in enumerate(ids) if not tid]
+        if empty:
+            raise ValueError(f"{name} has empty ids at positions {empty[:5]}")
+        duplicates = sorted(tid for tid, n in Counter(ids).items() if n > 1)
+        if duplicates:
+            raise ValueError(f"{name} has duplicate ids: {duplicates[:5]}"
+                             f"{' ...' if len(duplicates) > 5 else ''}")
+        return ids
+
+    def _check_vectors(self, vectors: np.ndarray, *, count: int, dim: int | None, name: str,
+                       ids: Sequence[str]) -> np.ndarray:
+        matrix = np.asarray(vectors)
+        if matrix.ndim != 2:
+            raise ValueError(f"{name} must have shape [N, D], got shape {matrix.shape}")
+        if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
+            raise ValueError(f"{name} must be real numbers, got dtype {matrix.dtype}")
+        if matrix.shape[0] != count:
+            raise ValueError(f"{name} has {matrix.shape[0]} rows but {count} track ids were given")
+        if dim is not None and matrix.shape[1] != dim:
+            raise ValueError(f"{name} dimension mismatch: expected {dim} (the index's), got {matrix.shape[1]}")
+        if matrix.shape[1] < 1:
+            raise ValueError(f"{name} must have at least one dimension, got shape {matrix.shape}")
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            bad = [ids[i] for i in np.flatnonzero(~finite)[:5]]
+            raise ValueError(f"{name} has non-finite values (nan/inf) for tracks {bad}")
+        if self.similarity == "cosine":
+            matrix = self._normalise(matrix, name=name, ids=ids)
+        return matrix
+
+    @staticmethod
+    def _normalise(matrix: np.ndarray, *, name: str, ids: Sequence[str] | None) -> np.ndarray:
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        zero = norms[:, 0] == 0
+        if zero.any():
+            which = np.flatnonzero(zero)[:5]
+            where = [ids[i] for i in which] if ids is not None else which.tolist()
+            raise ValueError(f"{name} has zero vectors (cosine similarity is undefined) at {where}")
+        return np.ascontiguousarray(matrix / norms, dtype=np.float32)
+
+    @staticmethod
+    def _check_metadata(metadata: Mapping[str, Sequence[Any]] | None, *, count: int) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = {}
+        for column, values in (metadata or {}).items():
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"metadata column names must be non-empty strings, got {column!r}")
+            if values is None:
+                continue
+            values = [v.item() if isinstance(v, np.generic) else v for v in values]
+            if len(values) != count:
+                raise ValueError(f"metadata column {column!r} has {len(values)} values for {count} tracks")
+            if column == "group":
+                bad = [v for v in values if v is not None and not isinstance(v, (str, int, float, bool))]
+                if bad:
+                    raise ValueError(f"metadata column 'group' must hold strings or numbers (one group per "
+                                     f"track), got {type(bad[0]).__name__} {bad[0]!r}")
+            columns[column] = values
+        return columns
+
+    def _prepare_queries(self, queries: np.ndarray, *, query_model: Mapping[str, Any] | str | None) -> np.ndarray:
+        self.check_model(query_model=query_model)
+        matrix = np.asarray(queries)
+        if matrix.ndim != 2:
+            raise ValueError(f"queries must have shape [Q, D] with D={self._dim}, got shape {matrix.shape}"
+                             " (wrap a single vector as queries=vector[None, :])")
+        if matrix.shape[1] != self._dim:
+            model = self.model.get("name") or self.model.get("model_dir") or "the index's model"
+            raise ValueError(f"query dimension mismatch: expected {self._dim} (embeddings of {model}), "
+                             f"got {matrix.shape[1]}")
+        if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
+            raise ValueError(f"queries must be real numbers, got dtype {matrix.dtype}")
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        if not np.isfinite(matrix).all():
+            raise ValueError("queries have non-finite values (nan/inf) in rows "
+                             f"{np.flatnonzero(~np.isfinite(matrix).all(axis=1))[:5].tolist()}")
+        if self.similarity == "cosine":
+            matrix = self._normalise(matrix, name="queries", ids=None)
+        return matrix
+
+    def check_model(self, *, query_model: Mapping[str, Any] | str | None) -> None:
+        """Raise ValueError when ``query_model`` (a name, or a dict with ``name`` / ``model_dir``)
+        differs from the model the index was built from. None, or keys the index lacks, pass."""
+        if query_model is None:
+            return
+        if isinstance(query_model, str):
+            query_model = {"name": query_model}
+        for key in ("name", "model_dir"):
+            expected, actual = self.model.get(key), query_model.get(key)
+            if expected is None or actual is None:
+                continue
+            if key == "model_dir":
+                same = os.path.abspath(str(expected)) == os.path.abspath(str(actual))
+            else:
+                same = str(expected) == str(actual)
+            if not same:
+                raise ValueError(f"query model mismatch: the index was built from {key}={expected!r}, "
+                                 f"the queries come from {key}={actual!r}; embed the queries with the same model")

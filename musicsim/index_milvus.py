@@ -1,0 +1,469 @@
+"""The Milvus backend of the similarity-search index (``--backend=milvus``).
+
+The vectors live in a Milvus collection: a local path ending in ``.db`` runs Milvus Lite embedded
+(one process at a time on a file), an ``http://host:19530`` URI uses a Milvus standalone or
+cluster. One row per track holds the vector (unit length for cosine), the track id (primary key),
+its group, path, the model's name and run, and any other metadata columns (JSON). Exclusion of ids
+and groups is a filter expression of the search itself; the scores returned are recomputed
+exactly from the stored vectors, as the faiss backend does. Search is exact (FLAT) by default;
+``approximate='ivf'`` (IVF_FLAT) and ``'hnsw'`` take the faiss backend's parameter names.
+
+The index directory holds only ``config.json``: backend, URI, collection, similarity, dimension,
+approximate-search parameters, model and metadata columns. ``add`` and ``remove`` change the
+collection at once; ``save`` records the new state in the directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from musicsim.index_backends import (APPROXIMATE_KINDS, SIMILARITIES, IndexBackend, IndexFileError, Result,
+                                     _as_group_set, maximal_marginal_relevance, similarities_to)
+
+# Milvus answers at most this many results per query (its topk limit).
+MAX_RESULTS = 16_384
+MAX_STRING_LENGTH = 65_535
+INSERT_BATCH = 2_000  # rows per insert call: well under the 64 MB gRPC message limit at D <= 2048
+FILTER_BATCH = 1_000  # ids per "in [...]" lookup
+FIELDS = ("track_id", "vector", "group", "path", "model", "model_dir", "extra")
+REMOTE_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+
+
+def is_local_uri(uri: str) -> bool:
+    """True for a Milvus Lite file path, False for a server URI."""
+    return not uri.startswith(REMOTE_SCHEMES)
+
+
+def milvus_string(value: str) -> str:
+    """``value`` as a double-quoted Milvus filter literal (backslash, quote, newline, CR and tab escaped)."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+               .replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def milvus_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(milvus_string(v) for v in values) + "]"
+
+
+@contextlib.contextmanager
+def _quiet_pymilvus() -> Iterator[None]:
+    """pymilvus logs every failed call at ERROR (and iterators at WARNING); errors reach the caller
+    as exceptions with their reason, so the log lines only repeat them."""
+    logger = logging.getLogger("pymilvus")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _lite_file_locked(path: str) -> bool:
+    """Whether another process holds Milvus Lite's lock on the data directory ``path``."""
+    lock_path = os.path.join(path, "LOCK")
+    if not os.path.isfile(lock_path):
+        return False
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def connect(*, uri: str) -> Any:
+    """A ``pymilvus.MilvusClient`` for ``uri``.
+
+    Raises
+    ------
+    IndexFileError
+        If pymilvus is missing, a local path does not end in ``.db``, another process holds the
+        Milvus Lite file, or the server cannot be reached.
+    """
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as error:
+        raise IndexFileError(f"the milvus backend needs pymilvus (and milvus-lite for a local file): {error}") from error
+    if is_local_uri(uri):
+        if not uri.endswith(".db"):
+            raise IndexFileError(f"a Milvus Lite file path must end in .db, got {uri!r} (or give http://host:19530)")
+        uri = os.path.abspath(uri)
+        os.makedirs(os.path.dirname(uri), exist_ok=True)
+    try:
+        with _quiet_pymilvus():
+            return MilvusClient(uri=uri)
+    except Exception as error:  # noqa: BLE001 - pymilvus raises several unrelated types here
+        if is_local_uri(uri) and _lite_file_locked(uri):
+            raise IndexFileError(f"cannot open the Milvus Lite file {uri}: another process has it open "
+                                 "(Milvus Lite allows one process at a time on a file)") from error
+        raise IndexFileError(f"cannot open Milvus at {uri}: {error}") from error
+
+
+class MilvusIndex(IndexBackend):
+    """k-nearest-neighbour search over track embeddings held in a Milvus collection.
+
+    Parameters
+    ----------
+    uri : str
+        A Milvus Lite file (``PATH.db``) or a server URI (``http://host:19530``).
+    collection : str
+        Collection name; an existing one is refused unless ``overwrite``.
+    track_ids, vectors, similarity, metadata, model, approximate, nlist, nprobe, hnsw_m,
+    ef_construction, ef_search
+        As for ``musicsim.index.EmbeddingIndex``. ``group`` and ``path`` metadata are stored as
+        strings; other columns as JSON values.
+    overwrite : bool
+        Drop an existing collection of that name first.
+    """
+
+    backend = "milvus"
+
+    def __init__(self, *, uri: str, collection: str, track_ids: Sequence[str], vectors: np.ndarray,
+                 similarity: str = "cosine", metadata: Mapping[str, Sequence[Any]] | None = None,
+                 model: Mapping[str, Any] | None = None, approximate: str | None = None,
+                 nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32,
+                 ef_construction: int = 80, ef_search: int = 64, overwrite: bool = False) -> None:
+        from musicsim.index import default_nlist, default_nprobe
+
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if approximate not in (None,) + APPROXIMATE_KINDS:
+            raise ValueError(f"approximate must be None or one of {APPROXIMATE_KINDS}, got {approximate!r}")
+        for name, value in (("hnsw_m", hnsw_m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in (("nlist", nlist), ("nprobe", nprobe)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not collection or not collection.replace("_", "a").isalnum() or collection[0].isdigit():
+            raise ValueError(f"a Milvus collection name is letters, digits and _ (not first a digit), got {collection!r}")
+        self.similarity = similarity
+        self.approximate = approximate
+        self.model = dict(model or {})
+        self.hnsw_m, self.ef_construction, self.ef_search = int(hnsw_m), int(ef_construction), int(ef_search)
+        ids = self._check_ids(track_ids, name="track_ids")
+        matrix = self._check_vectors(vectors, count=len(ids), dim=None, name="vectors", ids=ids)
+        columns = self._check_metadata(metadata, count=len(ids))
+        self._dim = int(matrix.shape[1])
+        self.nlist = nlist
+        if approximate == "ivf" and nlist is None:
+            self.nlist = default_nlist(count=max(len(ids), 1))
+        self.nprobe = nprobe if nprobe is not None or self.nlist is None else default_nprobe(nlist=self.nlist)
+        self.uri = os.path.abspath(uri) if is_local_uri(uri) else uri
+        self.collection = collection
+        self._columns: list[str] = sorted(columns)
+        self._client = connect(uri=self.uri)
+        with _quiet_pymilvus():
+            if self._client.has_collection(collection):
+                if not overwrite:
+                    raise ValueError(f"the collection {collection!r} already exists at {self.uri}; choose another "
+                                     "--collection, or pass --overwrite to replace it")
+                self._client.drop_collection(collection)
+            self._create_collection()
+        self._count = 0
+        self._insert(ids, matrix, columns)
+
+    # ------------------------------------------------------------------ collection plumbing
+    @property
+    def _metric(self) -> str:
+        return "IP" if self.similarity == "cosine" else "L2"
+
+    def _create_collection(self) -> None:
+        from pymilvus import DataType
+
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("track_id", DataType.VARCHAR, is_primary=True, max_length=MAX_STRING_LENGTH)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
+        for name in ("group", "path", "model", "model_dir"):
+            schema.add_field(name, DataType.VARCHAR, max_length=MAX_STRING_LENGTH, nullable=True)
+        schema.add_field("extra", DataType.JSON, nullable=True)
+        index_params = self._client.prepare_index_params()
+        if self.approximate == "ivf":
+            index_params.add_index(field_name="vector", index_type="IVF_FLAT", metric_type=self._metric,
+                                   params={"nlist": int(self.nlist)})
+        elif self.approximate == "hnsw":
+            index_params.add_index(field_name="vector", index_type="HNSW", metric_type=self._metric,
+                                   params={"M": self.hnsw_m, "efConstruction": self.ef_construction})
+        else:
+            index_params.add_index(field_name="vector", index_type="FLAT", metric_type=self._metric)
+        self._client.create_collection(self.collection, schema=schema, index_params=index_params,
+                                       consistency_level="Strong")
+
+    def _insert(self, ids: list[str], matrix: np.ndarray, columns: dict[str, list[Any]]) -> None:
+        extra_columns = [c for c in columns if c not in ("group", "path")]
+        name, model_dir = self.model.get("name"), self.model.get("model_dir")
+        for start in range(0, len(ids), INSERT_BATCH):
+            rows = []
+            for row in range(start, min(start + INSERT_BATCH, len(ids))):
+                group = columns.get("group", [None] * len(ids))[row]
+                path = columns.get("path", [None] * len(ids))[row]
+                extra = {c: columns[c][row] for c in extra_columns}
+                rows.append({"track_id": ids[row], "vector": matrix[row].tolist(),
+                             "group": None if group is None else str(group),
+                             "path": None if path is None else str(path),
+                             "model": None if name is None else str(name),
+                             "model_dir": None if model_dir is None else str(model_dir),
+                             "extra": json.loads(json.dumps(extra, default=str)) if extra else None})
+            with _quiet_pymilvus():
+                self._client.insert(self.collection, rows)
+        self._count += len(ids)
+
+    def _get(self, ids: Sequence[str], *, fields: Sequence[str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        with _quiet_pymilvus():
+            for start in range(0, len(ids), FILTER_BATCH):
+                found.extend(self._client.get(self.collection, ids=list(ids[start:start + FILTER_BATCH]),
+                                              output_fields=list(fields)))
+        return found
+
+    def _present(self, ids: Sequence[str]) -> list[str]:
+        return [str(row["track_id"]) for row in self._get(ids, fields=["track_id"])]
+
+    def _row(self, track_id: str, *, fields: Sequence[str]) -> dict[str, Any]:
+        rows = self._get([track_id], fields=fields) if isinstance(track_id, str) and track_id else []
+        if not rows:
+            raise ValueError(f"unknown track id {track_id!r} (index holds {len(self)} tracks)")
+        return rows[0]
+
+    def _count_rows(self) -> int:
+        with _quiet_pymilvus():
+            answer = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(answer[0]["count(*)"])
+
+    # ------------------------------------------------------------------ accessors
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, track_id: object) -> bool:
+        return isinstance(track_id, str) and bool(track_id) and bool(self._present([track_id]))
+
+    @property
+    def track_ids(self) -> list[str]:
+        ids: list[str] = []
+        with _quiet_pymilvus():
+            iterator = self._client.query_iterator(self.collection, batch_size=5_000, filter="",
+                                                   output_fields=["track_id"])
+            try:
+                while batch := iterator.next():
+                    ids.extend(str(row["track_id"]) for row in batch)
+            finally:
+                iterator.close()
+        return ids
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return list(self._columns)
+
+    def vector(self, *, track_id: str) -> np.ndarray:
+        return np.asarray(self._row(track_id, fields=["vector"])["vector"], dtype=np.float32)
+
+    def metadata(self, *, track_id: str) -> dict[str, Any]:
+        row = self._row(track_id, fields=["group", "path", "extra"])
+        extra = row.get("extra") or {}
+        values = {"group": row.get("group"), "path": row.get("path")}
+        return {column: values[column] if column in values else extra.get(column) for column in self._columns}
+
+    def track_id_of_path(self, *, path: str) -> str | None:
+        if "path" not in self._columns:
+            return None
+        wanted = os.path.realpath(path)
+        spellings = sorted({path, os.path.abspath(path), wanted})
+        with _quiet_pymilvus():
+            rows = self._client.query(self.collection, filter=f"path in {milvus_list(spellings)}",
+                                      output_fields=["track_id", "path"])
+        for row in rows:
+            if os.path.realpath(str(row["path"])) == wanted:
+                return str(row["track_id"])
+        return None
+
+    def summary(self) -> str:
+        mode = "exact" if self.approximate is None else self.approximate
+        if self.approximate == "ivf":
+            mode += f"(nlist={self.nlist}, nprobe={self.nprobe})"
+        elif self.approximate == "hnsw":
+            mode += f"(M={self.hnsw_m}, efSearch={self.ef_search})"
+        model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
+        return (f"MilvusIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, collection "
+                f"{self.collection} at {self.uri}, model {model}")
+
+    # ------------------------------------------------------------------ search
+    def _filter_expression(self, *, exclude_ids: Any, exclude_groups: Any) -> str:
+        clauses = []
+        ids = sorted(str(t) for t in _as_group_set(exclude_ids))
+        if ids:
+            clauses.append(f"track_id not in {milvus_list(ids)}")
+        groups = sorted(str(g) for g in _as_group_set(exclude_groups) if g is not None)
+        if groups:
+            clauses.append(f"(group is null or group not in {milvus_list(groups)})")
+        return " and ".join(clauses)
+
+    def search(self, *, queries: np.ndarray, k: int = 10,
+               exclude_ids: Sequence[Iterable[str] | str | None] | None = None,
+               exclude_groups: Sequence[Iterable[Any] | str | None] | None = None,
+               diversity: float = 0.0, candidate_pool: int | None = None,
+               nprobe: int | None = None, ef_search: int | None = None,
+               query_model: Mapping[str, Any] | str | None = None) -> list[Result]:
+        """The k most similar tracks to each query; same arguments and results as
+        ``EmbeddingIndex.search``. At most ``MAX_RESULTS`` candidates per query (Milvus's limit)."""
+        k, matrix = self._check_search_arguments(queries=queries, k=k, exclude_ids=exclude_ids,
+                                                 exclude_groups=exclude_groups, diversity=diversity,
+                                                 candidate_pool=candidate_pool, query_model=query_model)
+        query_count, count = matrix.shape[0], len(self)
+        if query_count == 0 or count == 0:
+            return [[] for _ in range(query_count)]
+        target = self._fetch_target(k=k, count=count, diversity=float(diversity), candidate_pool=candidate_pool)
+        if target > MAX_RESULTS:
+            raise ValueError(f"the milvus backend returns at most {MAX_RESULTS} results per query, got k={k}")
+        params: dict[str, Any] = {"metric_type": self._metric, "params": {}}
+        if self.approximate == "ivf":
+            probe = int(nprobe if nprobe is not None else self.nprobe)
+            if probe < 1:
+                raise ValueError(f"nprobe must be >= 1, got {probe}")
+            params["params"]["nprobe"] = min(probe, int(self.nlist))
+        elif self.approximate == "hnsw":
+            ef = int(ef_search if ef_search is not None else self.ef_search)
+            if ef < 1:
+                raise ValueError(f"ef_search must be >= 1, got {ef}")
+            params["params"]["ef"] = max(ef, target)
+        expressions = [self._filter_expression(exclude_ids=None if exclude_ids is None else exclude_ids[q],
+                                               exclude_groups=None if exclude_groups is None else exclude_groups[q])
+                       for q in range(query_count)]
+        results: list[Result] = [[] for _ in range(query_count)]
+        # Queries with the same filter (typically none) go to Milvus in one call.
+        for expression in dict.fromkeys(expressions):
+            members = [q for q, e in enumerate(expressions) if e == expression]
+            with _quiet_pymilvus():
+                answers = self._client.search(self.collection, data=[matrix[q] for q in members], limit=target,
+                                              filter=expression, output_fields=["vector"], search_params=params)
+            for q, hits in zip(members, answers):
+                results[q] = self._rank(matrix[q], hits, k=k, diversity=float(diversity))
+        return results
+
+    def _rank(self, query: np.ndarray, hits: Sequence[Mapping[str, Any]], *, k: int, diversity: float) -> Result:
+        """Exact scores of Milvus's candidates (recomputed from the stored vectors), best first,
+        re-ranked by MMR when ``diversity`` > 0."""
+        if not hits:
+            return []
+        ids = [str(hit["id"] if "id" in hit else hit["track_id"]) for hit in hits]
+        candidates = np.asarray([hit["entity"]["vector"] for hit in hits], dtype=np.float32)
+        scores = similarities_to(vectors=candidates, vector=query, similarity=self.similarity)
+        order = np.argsort(-scores, kind="stable")
+        if diversity > 0 and len(order) > 1:
+            picked = maximal_marginal_relevance(candidates=candidates[order], relevance=scores[order], k=k,
+                                                trade_off=1.0 - diversity, similarity=self.similarity)
+            order = order[picked]
+        return [(ids[i], float(scores[i])) for i in order[:k].tolist()]
+
+    # ------------------------------------------------------------------ updates
+    def add(self, *, track_ids: Sequence[str], vectors: np.ndarray,
+            metadata: Mapping[str, Sequence[Any]] | None = None) -> None:
+        """Add tracks (written to the collection at once). Ids already in the index, or repeated,
+        raise ValueError."""
+        ids = self._check_ids(track_ids, name="track_ids")
+        present = self._present(ids)
+        if present:
+            raise ValueError(f"track ids already in the index: {present[:5]}")
+        matrix = self._check_vectors(vectors, count=len(ids), dim=self._dim, name="vectors", ids=ids)
+        columns = self._check_metadata(metadata, count=len(ids))
+        if not ids:
+            return
+        self._insert(ids, matrix, columns)
+        self._columns = sorted(set(self._columns) | set(columns))
+
+    def remove(self, *, track_ids: Sequence[str]) -> None:
+        """Remove tracks (from the collection at once). Unknown or repeated ids raise ValueError
+        (nothing is removed then)."""
+        ids = self._check_ids(track_ids, name="track_ids")
+        present = set(self._present(ids))
+        unknown = [t for t in ids if t not in present]
+        if unknown:
+            raise ValueError(f"unknown track ids: {unknown[:5]} (index holds {len(self)} tracks)")
+        if not ids:
+            return
+        with _quiet_pymilvus():
+            for start in range(0, len(ids), FILTER_BATCH):
+                self._client.delete(self.collection, ids=ids[start:start + FILTER_BATCH])
+        self._count -= len(ids)
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict[str, Any]:
+        from musicsim.index import FORMAT_MARKER, FORMAT_VERSION
+
+        return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "backend": self.backend,
+                "uri": self.uri, "collection": self.collection, "similarity": self.similarity,
+                "dim": self._dim, "count": len(self), "approximate": self.approximate, "nlist": self.nlist,
+                "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
+                "ef_search": self.ef_search, "model": self.model, "metadata_columns": self._columns}
+
+    def save(self, directory: str, *, overwrite: bool = False) -> None:
+        """Write ``directory/config.json`` atomically, naming the collection (which Milvus keeps).
+
+        Raises
+        ------
+        IndexFileError
+            If ``directory`` is a folder other than an index, or the Milvus Lite file lies inside it.
+        """
+        from musicsim.index import CONFIG_FILE, save_index_directory, write_json_synced
+
+        directory = os.path.abspath(directory)
+        if is_local_uri(self.uri) and os.path.commonpath([directory, self.uri]) == directory:
+            raise IndexFileError(f"cannot save the index to {directory}: its Milvus Lite file {self.uri} lies "
+                                 "inside it; keep the .db file outside the index directory")
+        save_index_directory(directory=directory, overwrite=overwrite,
+                             write_files=lambda temp: write_json_synced(os.path.join(temp, CONFIG_FILE), self._config()))
+
+    @classmethod
+    def open(cls, *, config: Mapping[str, Any], config_path: str) -> "MilvusIndex":
+        """The index a milvus ``config.json`` (already read from ``config_path``) describes.
+
+        Raises
+        ------
+        IndexFileError
+            For a config without its entries, a collection that does not exist, or one whose
+            vectors have another dimension.
+        """
+        for key, kinds in (("uri", (str,)), ("collection", (str,)), ("similarity", (str,)), ("dim", (int,)),
+                           ("metadata_columns", (list,))):
+            if not isinstance(config.get(key), kinds):
+                raise IndexFileError(f"index file {config_path}: {key!r} is missing or not a {kinds[0].__name__}")
+        index = cls.__new__(cls)
+        index.uri, index.collection = config["uri"], config["collection"]
+        index.similarity, index._dim = config["similarity"], int(config["dim"])
+        index.approximate = config.get("approximate")
+        if index.similarity not in SIMILARITIES or index.approximate not in (None,) + APPROXIMATE_KINDS:
+            raise IndexFileError(f"index file {config_path}: unknown similarity {index.similarity!r} or "
+                                 f"approximate {index.approximate!r}")
+        index.nlist, index.nprobe = config.get("nlist"), config.get("nprobe")
+        index.hnsw_m = int(config.get("hnsw_m", 32))
+        index.ef_construction = int(config.get("ef_construction", 80))
+        index.ef_search = int(config.get("ef_search", 64))
+        index.model = dict(config.get("model") or {})
+        index._columns = [str(c) for c in config["metadata_columns"]]
+        index._client = connect(uri=index.uri)
+        with _quiet_pymilvus():
+            if not index._client.has_collection(index.collection):
+                raise IndexFileError(f"index file {config_path} names the collection {index.collection!r}, which "
+                                     f"does not exist at {index.uri}")
+            fields = {f["name"]: f for f in index._client.describe_collection(index.collection)["fields"]}
+            stored_dim = (fields.get("vector") or {}).get("params", {}).get("dim")
+            if stored_dim is None or int(stored_dim) != index._dim or "track_id" not in fields:
+                raise IndexFileError(f"index file {config_path}: the collection {index.collection!r} at {index.uri} "
+                                     f"holds {stored_dim}-d vectors, the index {index._dim}-d ones")
+            index._client.load_collection(index.collection)
+        index._count = index._count_rows()
+        return index
+
+    def close(self) -> None:
+        """Close the connection to Milvus (for Milvus Lite, frees the file for other processes)."""
+        client = getattr(self, "_client", None)
+        if client is not None:
+            with _quiet_pymilvus():
+                client.close()
+            self._client = None

@@ -1,0 +1,226 @@
+"""The same behaviour from every index backend: faiss (EmbeddingIndex) and Milvus (MilvusIndex on a
+Milvus Lite file). Exact search must agree with faiss, exclusions, updates and persistence must act
+alike, and bad input must get the same errors."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from musicsim import search as search_module
+from musicsim.index import EmbeddingIndex, IndexFileError, main
+
+HAVE_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
+BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
+    not HAVE_MILVUS, reason="pymilvus / milvus-lite cannot be imported here"))]
+
+
+def catalogue(*, count: int, dim: int, seed: int = 0, groups: int = 25) -> tuple[list[str], np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    return ([f"track{i:05d}" for i in range(count)], rng.standard_normal((count, dim)).astype(np.float32),
+            [f"album{i % groups}" for i in range(count)])
+
+
+def make_index(backend: str, folder, **arguments):
+    """An index of ``backend`` over ``arguments`` (EmbeddingIndex's); Milvus's lives in folder/milvus.db."""
+    if backend == "faiss":
+        return EmbeddingIndex(**arguments)
+    from musicsim.index_milvus import MilvusIndex
+
+    return MilvusIndex(uri=str(folder / "milvus.db"), collection="tracks", **arguments)
+
+
+@pytest.fixture
+def opened():
+    """Closes the indexes a test opens (Milvus Lite keeps its file locked while open)."""
+    indexes = []
+    yield indexes.append
+    for index in indexes:
+        index.close()
+
+
+def ids_of(results):
+    return [[track_id for track_id, _ in result] for result in results]
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "euclidean"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_search_gives_the_same_top_k_as_faiss(backend, similarity, tmp_path, opened):
+    ids, vectors, groups = catalogue(count=3000, dim=16)
+    queries = np.random.default_rng(1).standard_normal((20, 16)).astype(np.float32)
+    reference = EmbeddingIndex(track_ids=ids, vectors=vectors, similarity=similarity)
+    index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, similarity=similarity,
+                       metadata={"group": groups})
+    opened(index)
+    assert len(index) == 3000 and index.dim == 16
+    expected = reference.search(queries=queries, k=10)
+    found = index.search(queries=queries, k=10)
+    assert ids_of(found) == ids_of(expected)
+    np.testing.assert_allclose([[s for _, s in r] for r in found], [[s for _, s in r] for r in expected],
+                               rtol=1e-5, atol=1e-5)
+    # Diversity re-ranks the same candidate pool the same way.
+    assert ids_of(index.search(queries=queries[:3], k=5, diversity=0.5)) == \
+        ids_of(reference.search(queries=queries[:3], k=5, diversity=0.5))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exclusion_by_id_and_by_group(backend, tmp_path, opened):
+    ids, vectors, groups = catalogue(count=500, dim=8, groups=10)
+    groups[7] = None  # a track without a group is never excluded by a group
+    reference = EmbeddingIndex(track_ids=ids, vectors=vectors, metadata={"group": groups})
+    index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, metadata={"group": groups})
+    opened(index)
+    queries = vectors[[0, 1, 7]]
+    exclude_ids = [[ids[0], ids[3]], [ids[1]], []]
+    exclude_groups = [["album0"], ["album1", "album2"], ["album3"]]
+    found = index.search(queries=queries, k=20, exclude_ids=exclude_ids, exclude_groups=exclude_groups)
+    assert ids_of(found) == ids_of(reference.search(queries=queries, k=20, exclude_ids=exclude_ids,
+                                                    exclude_groups=exclude_groups))
+    for result, excluded, excluded_groups in zip(found, exclude_ids, exclude_groups):
+        assert len(result) == 20
+        assert not {t for t, _ in result} & set(excluded)
+        assert all(groups[ids.index(t)] not in excluded_groups for t, _ in result)
+    assert found[2][0][0] == ids[7]  # the group-less query track itself, first
+    by_id = index.search_by_id(track_id=ids[5], k=10, exclude_same_group=True)
+    assert ids_of([by_id]) == ids_of([reference.search_by_id(track_id=ids[5], k=10, exclude_same_group=True)])
+    assert ids[5] not in ids_of([by_id])[0] and all(groups[ids.index(t)] != "album5" for t, _ in by_id)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_then_search_finds_the_track_and_remove_then_never_returns_it(backend, tmp_path, opened):
+    ids, vectors, groups = catalogue(count=400, dim=8)
+    index = make_index(backend, tmp_path, track_ids=ids[:300], vectors=vectors[:300],
+                       metadata={"group": groups[:300]})
+    opened(index)
+    index.add(track_ids=ids[300:], vectors=vectors[300:], metadata={"group": groups[300:], "path": ["/a.ogg"] * 100})
+    assert len(index) == 400 and ids[350] in index
+    assert index.search(queries=vectors[350:351], k=1)[0][0][0] == ids[350]
+    assert index.metadata(track_id=ids[350]) == {"group": groups[350], "path": "/a.ogg"}
+    assert index.metadata(track_id=ids[3])["path"] is None
+    index.remove(track_ids=[ids[350], ids[10]])
+    assert len(index) == 398 and ids[350] not in index and ids[10] not in index
+    everything = index.search(queries=vectors[[350, 10]], k=400)
+    assert all(len(r) == 398 and ids[350] not in [t for t, _ in r] and ids[10] not in [t for t, _ in r]
+               for r in everything)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_saved_index_reopens_with_the_same_answers(backend, tmp_path, opened):
+    ids, vectors, groups = catalogue(count=600, dim=12)
+    index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, similarity="euclidean",
+                       metadata={"group": groups, "path": [f"/m/{t}.ogg" for t in ids]},
+                       model={"name": "mfcc", "dim": 12})
+    before = index.search(queries=vectors[:5], k=7, exclude_groups=[["album1"]] * 5)
+    index.save(str(tmp_path / "idx"))
+    index.close()
+    config = json.loads((tmp_path / "idx" / "config.json").read_text())
+    assert config["backend"] == backend and config["format"] == "musicsim.index"
+    reopened = EmbeddingIndex.load(str(tmp_path / "idx"))
+    opened(reopened)
+    assert (type(reopened).__name__, reopened.backend) == (type(index).__name__, backend)
+    assert (len(reopened), reopened.dim, reopened.similarity, reopened.model) == (600, 12, "euclidean", index.model)
+    assert reopened.search(queries=vectors[:5], k=7, exclude_groups=[["album1"]] * 5) == before
+    assert reopened.track_id_of_path(path=f"/m/{ids[9]}.ogg") == ids[9]
+    assert sorted(reopened.track_ids) == ids
+    assert reopened.metadata_columns == ["group", "path"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unknown_ids_and_wrong_dimensions_get_the_same_errors(backend, tmp_path, opened):
+    ids, vectors, groups = catalogue(count=50, dim=6)
+    index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, metadata={"group": groups})
+    opened(index)
+    with pytest.raises(ValueError, match=r"unknown track id 'nope' \(index holds 50 tracks\)"):
+        index.search_by_id(track_id="nope")
+    with pytest.raises(ValueError, match=r"unknown track ids: \['nope'\]"):
+        index.remove(track_ids=[ids[0], "nope"])
+    assert ids[0] in index  # nothing was removed
+    with pytest.raises(ValueError, match="query dimension mismatch: expected 6"):
+        index.search(queries=np.ones((1, 5)))
+    with pytest.raises(ValueError, match="vectors dimension mismatch: expected 6"):
+        index.add(track_ids=["new"], vectors=np.ones((1, 7)))
+    with pytest.raises(ValueError, match=r"track ids already in the index: \['track00001'\]"):
+        index.add(track_ids=[ids[1]], vectors=np.ones((1, 6)))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(queries=vectors[:1], k=0)
+    with pytest.raises(ValueError, match="diversity must be in"):
+        index.search(queries=vectors[:1], diversity=2.0)
+    assert len(index) == 50
+
+
+# ---------------------------------------------------------------------------- milvus only
+needs_milvus = pytest.mark.skipif(not HAVE_MILVUS, reason="pymilvus / milvus-lite cannot be imported here")
+
+
+def write_parquet(path, *, ids, vectors, groups) -> str:
+    table = pa.table({"track_id": ids, "embedding": pa.array([list(v) for v in vectors], type=pa.list_(pa.float32())),
+                      "group": groups, "path": [f"/music/{t}.ogg" for t in ids]})
+    pq.write_table(table.replace_schema_metadata({"musicsim.model": "mfcc"}), str(path))
+    return str(path)
+
+
+@needs_milvus
+def test_milvus_through_the_command_lines(tmp_path, capsys):
+    ids, vectors, groups = catalogue(count=200, dim=8)
+    first = write_parquet(tmp_path / "a.parquet", ids=ids[:150], vectors=vectors[:150], groups=groups[:150])
+    more = write_parquet(tmp_path / "b.parquet", ids=ids[150:], vectors=vectors[150:], groups=groups[150:])
+    uri, directory = str(tmp_path / "db" / "music.db"), str(tmp_path / "idx")
+    assert main(["build", f"--embeddings={first}", f"--output={directory}", "--backend=milvus", f"--uri={uri}",
+                 "--collection=music"]) == 0
+    assert "MilvusIndex: 150 tracks, dim 8, cosine, exact, collection music" in capsys.readouterr().out
+    # a second build into the same collection is refused
+    assert main(["build", f"--embeddings={first}", f"--output={tmp_path / 'idx2'}", "--backend=milvus",
+                 f"--uri={uri}", "--collection=music"]) == 2
+    assert "the collection 'music' already exists" in capsys.readouterr().err
+    assert main(["add", f"--index={directory}", f"--embeddings={more}"]) == 0
+    assert main(["remove", f"--index={directory}", "--track_id", ids[160]]) == 0
+    capsys.readouterr()
+    assert search_module.main([f"--index={directory}", f"--track_id={ids[170]}", "-k", "5",
+                               "--exclude_same_group", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    reference = EmbeddingIndex(track_ids=[t for t in ids if t != ids[160]],
+                               vectors=np.delete(vectors, 160, axis=0),
+                               metadata={"group": [g for i, g in enumerate(groups) if i != 160]})
+    assert [r["track_id"] for r in results] == \
+        [t for t, _ in reference.search_by_id(track_id=ids[170], k=5, exclude_same_group=True)]
+    assert all(r["group"] != groups[170] and r["path"] == f"/music/{r['track_id']}.ogg" for r in results)
+    assert json.loads((tmp_path / "idx" / "config.json").read_text())["count"] == 199
+
+
+@needs_milvus
+def test_a_second_process_on_a_milvus_lite_file_fails_clearly(tmp_path, opened):
+    ids, vectors, _ = catalogue(count=20, dim=4)
+    index = make_index("milvus", tmp_path, track_ids=ids, vectors=vectors)
+    opened(index)
+    index.save(str(tmp_path / "idx"))
+    code = ("import sys\nfrom musicsim.index import EmbeddingIndex\n"
+            "try:\n    EmbeddingIndex.load(sys.argv[1])\nexcept ValueError as error:\n    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert "another process has it open (Milvus Lite allows one process at a time" in done.stdout, done.stderr
+
+
+@needs_milvus
+def test_milvus_index_errors(tmp_path, opened):
+    from musicsim.index_milvus import MilvusIndex
+
+    ids, vectors, _ = catalogue(count=20, dim=4)
+    with pytest.raises(IndexFileError, match="must end in .db"):
+        MilvusIndex(uri=str(tmp_path / "milvus"), collection="c", track_ids=ids, vectors=vectors)
+    index = make_index("milvus", tmp_path, track_ids=ids, vectors=vectors)
+    opened(index)
+    with pytest.raises(IndexFileError, match="lies inside it"):
+        index.save(str(tmp_path))
+    index.save(str(tmp_path / "idx"))
+    index.close()
+    config = json.loads((tmp_path / "idx" / "config.json").read_text())
+    (tmp_path / "idx" / "config.json").write_text(json.dumps(dict(config, collection="gone")))
+    with pytest.raises(IndexFileError, match="names the collection 'gone', which does not exist"):
+        EmbeddingIndex.load(str(tmp_path / "idx"))
