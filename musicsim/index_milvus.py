@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+from collections import Counter
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -33,6 +34,9 @@ INSERT_BATCH = 2_000  # rows per insert call: well under the 64 MB gRPC message 
 FILTER_BATCH = 1_000  # ids per "in [...]" lookup
 FIELDS = ("track_id", "vector", "group", "path", "model", "model_dir", "extra")
 REMOTE_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+# Open MilvusIndex objects per Milvus Lite file in this process: the embedded server (and the file's
+# lock) is released when the last one closes, so that another process can open the file.
+_LITE_USERS: Counter = Counter()
 
 
 def is_local_uri(uri: str) -> bool:
@@ -98,7 +102,10 @@ def connect(*, uri: str) -> Any:
         os.makedirs(os.path.dirname(uri), exist_ok=True)
     try:
         with _quiet_pymilvus():
-            return MilvusClient(uri=uri)
+            client = MilvusClient(uri=uri)
+        if is_local_uri(uri):
+            _LITE_USERS[uri] += 1
+        return client
     except Exception as error:  # noqa: BLE001 - pymilvus raises several unrelated types here
         if is_local_uri(uri) and _lite_file_locked(uri):
             raise IndexFileError(f"cannot open the Milvus Lite file {uri}: another process has it open "
@@ -463,7 +470,15 @@ class MilvusIndex(IndexBackend):
     def close(self) -> None:
         """Close the connection to Milvus (for Milvus Lite, frees the file for other processes)."""
         client = getattr(self, "_client", None)
-        if client is not None:
-            with _quiet_pymilvus():
-                client.close()
-            self._client = None
+        if client is None:
+            return
+        with _quiet_pymilvus():
+            client.close()
+        self._client = None
+        if is_local_uri(self.uri):
+            _LITE_USERS[self.uri] -= 1
+            if _LITE_USERS[self.uri] <= 0:
+                del _LITE_USERS[self.uri]
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)

@@ -205,6 +205,11 @@ def test_a_second_process_on_a_milvus_lite_file_fails_clearly(tmp_path, opened):
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True,
                           timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "another process has it open (Milvus Lite allows one process at a time" in done.stdout, done.stderr
+    index.close()  # frees the file: now the other process can open it
+    code = "import sys\nfrom musicsim.index import EmbeddingIndex\nprint(len(EmbeddingIndex.load(sys.argv[1])))\n"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.strip() == "20", done.stderr
 
 
 @needs_milvus
