@@ -214,6 +214,26 @@ class SearchService:
                 self._embedder = embedder
             return self._embedder
 
+    def warm_up(self) -> None:
+        """Load the model and embed a generated tone once, so the first upload does not pay for the
+        model's loading and its libraries' first-call compilation; failures are logged, not raised."""
+        import soundfile as sf
+
+        try:
+            embedder = self.embedder()
+            rate = 22050
+            tone = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(3 * rate) / rate) * np.linspace(0.2, 1.0, 3 * rate)
+            handle, path = tempfile.mkstemp(dir=self.upload_dir, prefix="warm-up-", suffix=".wav")
+            os.close(handle)
+            try:
+                sf.write(path, tone.astype(np.float32), rate)
+                with self._embed_lock:
+                    embedder.embed_paths(paths=[path], workers=1, progress=False)
+            finally:
+                os.unlink(path)
+        except Exception as error:  # noqa: BLE001 - the first real upload reports the problem
+            logging.getLogger("musicsim.serve").warning("model warm-up failed: %s", error)
+
     def similar_to_file(self, *, path: str, name: str, k: int, diversity: float) -> dict[str, Any]:
         """Neighbours of an audio file (an upload saved at ``path``; ``name`` is what the client called it)."""
         from musicsim.audio import AudioDecodeError, load_audio
@@ -352,8 +372,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(*, index_dir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, map_method: str = "pca",
-               index: EmbeddingIndex | None = None):
+               index: EmbeddingIndex | None = None, warm_up: bool = False) -> FastAPI:
     """The FastAPI application serving ``index_dir`` (see the module docstring for the endpoints).
+
+    ``warm_up`` loads the index's model in a background thread at start-up (``SearchService.warm_up``)
+    instead of on the first file query.
 
     Raises
     ------
@@ -364,7 +387,9 @@ def create_app(*, index_dir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, 
     static = load_static_files()
 
     @asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if warm_up and service.index.model.get("model_dir"):
+            threading.Thread(target=service.warm_up, name="model-warm-up", daemon=True).start()
         yield
         service.close()
 
@@ -484,8 +509,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"error: --port must be in [0, 65535], got {args.port}", file=sys.stderr)
         return 2
+    from threadpoolctl import threadpool_limits
+
+    # Requests run concurrently on the server's threads: BLAS threads of their own would only fight
+    # them for the cores (and spin), which costs both latency and throughput on a busy machine.
+    threadpool_limits(limits=1, user_api="blas")
     try:
-        app = create_app(index_dir=args.index, max_upload_mb=args.max_upload_mb, map_method=args.map)
+        app = create_app(index_dir=args.index, max_upload_mb=args.max_upload_mb, map_method=args.map, warm_up=True)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -187,6 +187,23 @@ def test_upload_over_the_limit_is_413(catalog):
         assert small.get("/api/similar/low_sine/t0").status_code == 200
 
 
+def test_warm_up_loads_the_model_in_the_background_once(catalog):
+    with TestClient(create_app(index_dir=catalog["index_dir"], warm_up=True)) as warm:
+        service = warm.app.state.service
+        deadline = time.time() + 60
+        while service._embedder is None and time.time() < deadline:
+            time.sleep(0.1)
+        loaded = service._embedder
+        assert loaded is not None and loaded.name == "mfcc"
+        with open(catalog["paths"][4], "rb") as f:
+            assert warm.post("/api/similar", files={"file": ("a.wav", f)}).json()["results"][0]["track_id"] == "bright_square/t0"
+        assert service._embedder is loaded  # kept, not reloaded per request
+        deadline = time.time() + 30
+        while os.listdir(service.upload_dir) and time.time() < deadline:
+            time.sleep(0.1)
+        assert os.listdir(service.upload_dir) == []
+
+
 def test_upload_to_an_index_without_a_model_is_400(catalog, tmp_path):
     index_dir, paths = _copied_index(catalog, tmp_path)
     with TestClient(create_app(index_dir=index_dir)) as no_model:
@@ -219,6 +236,20 @@ def test_audio_content_type_follows_the_indexed_file(catalog, tmp_path):
     with TestClient(create_app(index_dir=index_dir)) as served:
         response = served.get("/api/audio/low_sine/flac")
         assert response.headers["content-type"] == "audio/flac" and response.content == open(flac, "rb").read()
+
+
+def test_any_track_id_round_trips_through_its_urls(catalog, tmp_path):
+    odd = "Åland/sång #1 ?&+.flac"  # ids are relative paths: Unicode, spaces, URL delimiters
+    flac = str(tmp_path / "odd.flac")
+    sf.write(flac, render_track(album="noisy_mid", index=2, seconds=1.0, sample_rate=SAMPLE_RATE, seed=6), SAMPLE_RATE)
+    index_dir, _ = _copied_index(catalog, tmp_path, extra={odd: (flac, catalog["vectors"][8])})
+    with TestClient(create_app(index_dir=index_dir)) as served:
+        (track,) = served.get("/api/tracks", params={"q": "sång"}).json()["tracks"]
+        assert track["track_id"] == odd and track["title"] == "odd"
+        assert served.get(track["audio_url"]).content == open(flac, "rb").read()
+        answer = served.get("/api/similar/" + track["audio_url"].rsplit("/", 1)[1], params={"k": 2}).json()
+        assert answer["query"]["track_id"] == odd
+        assert served.get("/api/playlist", params={"seed": odd, "n": 3}).json()["tracks"][0]["track_id"] == odd
 
 
 def test_no_request_path_reaches_the_file_system(catalog, tmp_path):
