@@ -480,14 +480,18 @@ def run(config: RunConfig) -> dict:
     if out["embeddings"]:
         ids = [i for s in splits for i in out["ids"][s]]
         source_paths = {e.track_id: e.path for e in read_catalog(config.dataset_dir)}
-        np.savez(os.path.join(config.model_dir, "embeddings.npz"), track_ids=np.array(ids),
-                 embeddings=np.concatenate([out["embeddings"][s] for s in splits]),
-                 splits=np.array([s for s in splits for _ in out["ids"][s]]),
-                 labels=np.array(["|".join(l) for s in splits for l in out["labels"][s]]),
+        vectors = np.concatenate([out["embeddings"][s] for s in splits])
+        labels = ["|".join(l) for s in splits for l in out["labels"][s]]
+        np.savez(os.path.join(config.model_dir, "embeddings.npz"), track_ids=np.array(ids), embeddings=vectors,
+                 splits=np.array([s for s in splits for _ in out["ids"][s]]), labels=np.array(labels),
                  paths=np.array([source_paths.get(i, "") for i in ids]))
+        from musicsim.projector import write_projector
+
+        # The run's embedding map in TensorBoard's projector tab.
+        write_projector(log_dir=config.model_dir, track_ids=ids, embeddings=vectors, groups=labels)
     print(format_table(table, title=f"{info.name} test split ({results['sizes']['test']} tracks, "
                                     f"similarity={similarity.name}, {config.eval_repeats} seeds)"))
-    written = "results.json and embeddings.npz" if out["embeddings"] else "results.json"
+    written = "results.json, embeddings.npz and projector files" if out["embeddings"] else "results.json"
     print(f"wrote {written} to {config.model_dir} in {results['wall_seconds']:.0f}s; "
           f"TensorBoard: tensorboard --logdir {os.path.dirname(os.path.abspath(config.model_dir))}")
     return results
@@ -520,7 +524,26 @@ def main(argv):
     # Splitting the CPU into replicas and joining a multi-worker cluster only work before TF initialises.
     distribute.make_strategy(FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas)
     quiet_tensorflow()
-    run(config_from_flags())
+    config = config_from_flags()
+    if run(config) and FLAGS.dataset == "demo":
+        build_serving_index(model_dir=config.model_dir)
+
+
+def build_serving_index(*, model_dir: str) -> str | None:
+    """Index a run's ``embeddings.npz`` into ``model_dir/index`` and print the command that serves it.
+
+    Returns the index directory, or None when the run exported no embeddings (a baseline).
+    """
+    from musicsim.index import build_index
+
+    embeddings = os.path.join(model_dir, "embeddings.npz")
+    if not os.path.isfile(embeddings):
+        return None
+    output = os.path.join(model_dir, "index")
+    index = build_index(embeddings=embeddings, output=output, model_dir=model_dir)
+    print(f"indexed {len(index)} tracks into {output}; search them in a browser with:\n"
+          f"  python -m musicsim.serve --index={output}")
+    return output
 
 
 if __name__ == "__main__":
