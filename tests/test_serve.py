@@ -501,3 +501,26 @@ def test_projector_files_are_what_the_tensorboard_plugin_reads(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.startswith("events.out.tfevents.")]
     with pytest.raises(ValueError, match="7 embeddings but 6 track ids"):
         write_projector(log_dir=str(tmp_path), track_ids=ids[:6], embeddings=vectors)
+
+
+def test_a_run_writes_its_projector_files_and_the_demo_index_it_serves(synthetic_dataset, tmp_path, capsys):
+    from tensorboard.plugins.projector import projector_plugin
+
+    from experiments.run import RunConfig, build_serving_index, run
+
+    model_dir = str(tmp_path / "mfcc-run")
+    run(RunConfig(model="mfcc", dataset_dir=synthetic_dataset, model_dir=model_dir, workers=1, eval_repeats=2))
+    with np.load(os.path.join(model_dir, "embeddings.npz")) as saved:
+        ids, vectors, labels = saved["track_ids"].tolist(), saved["embeddings"], saved["labels"].tolist()
+    tensor = projector_plugin._read_tensor_tsv_file(os.path.join(model_dir, "projector", "embeddings.tsv"))
+    np.testing.assert_allclose(tensor, vectors, rtol=1e-5, atol=1e-6)
+    rows = open(os.path.join(model_dir, "projector", "metadata.tsv")).read().splitlines()[1:]
+    assert [row.split("\t") for row in rows] == [[i, label] for i, label in zip(ids, labels)]
+    assert os.path.isfile(os.path.join(model_dir, "projector_config.pbtxt"))
+
+    index_dir = build_serving_index(model_dir=model_dir)
+    assert f"python -m musicsim.serve --index={index_dir}" in capsys.readouterr().out
+    with TestClient(create_app(index_dir=index_dir)) as served:
+        answer = served.get(f"/api/similar/{ids[0]}", params={"k": 3}).json()
+        assert len(answer["results"]) == 3 and served.get(answer["results"][0]["audio_url"]).status_code == 200
+        assert served.get("/api/info").json()["file_queries"] is True
