@@ -7,11 +7,16 @@ Embeddings of a whole collection (a folder, searched recursively, or a CSV manif
 
 writes ``FILE.parquet`` (columns ``track_id``, ``path``, ``embedding`` list<float32>, ``model``,
 ``duration_s``, and ``group``: the album folder or the manifest's label, for
-``musicsim.search --exclude_same_group``), ``FILE.npy`` ``[N, D]`` + ``FILE.ids.txt`` for numpy
-users, and ``FILE.skipped.csv`` (each file that could not be embedded, with the reason). All are
-written atomically (temp file + rename). Progress is appended to ``FILE.state.jsonl`` as files are
-embedded, so an interrupted or repeated export embeds only what is new or changed (a file is
-known by its path, size and modification time, and the state by the model's checkpoint).
+``musicsim.search --exclude_same_group``), ``FILE.npy`` ``[N, D]`` + ``FILE.ids.json`` (a JSON array of
+the N track ids) + ``FILE.meta.json`` (``model``, ``model_dir``, ``similarity``, ``version``) for numpy
+users, and ``FILE.skipped.csv`` (each file or folder that could not be used, with the reason). They
+are all written to temporary files first and renamed into place only when the export succeeded: a
+failed export (nothing could be embedded) leaves the previous outputs as they were. Progress is
+appended to ``FILE.state.jsonl`` as files are embedded, so an interrupted or repeated export embeds
+only what is new or changed (a file is known by its path, size and modification time, and the state
+by the model's checkpoint); the state is compacted only after a successful export. Long files are
+embedded in windows of ``--window_seconds`` (default: what the run recorded, see
+``musicsim.embedder``), so memory per file is bounded.
 Then ``python -m musicsim.index build --embeddings=FILE.parquet --output=INDEX --model_dir=RUN``.
 
 A manifest is a CSV with a ``path`` column (relative to the CSV's folder, or absolute), an
@@ -28,7 +33,9 @@ writes ``DIR/pooled`` (inputs ``audio`` float32 ``[batch, time]`` of mean-pooled
 ``length`` int32 ``[batch]``; for the rnn, ``audio`` is a chromagram ``[batch, frames, 12]``),
 ``DIR/raw`` (wavenet: ``raw_audio`` float32 ``[batch, samples]`` mono at the run's decode rate and
 ``raw_length`` int32 ``[batch]``, mean-pooled inside the graph) and ``DIR/serving.json`` (what
-the inputs must be). Both answer ``signatures["serving_default"]`` with ``embedding``
+the inputs must be), plus ``DIR/musicsim_export.json``, the manifest of what it wrote. An existing
+``DIR`` is replaced only when it holds such an export and nothing else; any other non-empty folder is
+refused (exit 2) unless ``--overwrite`` is given. Both answer ``signatures["serving_default"]`` with ``embedding``
 ``[batch, D]``, callable with no project code: ``tf.saved_model.load(DIR + "/raw")``.
 """
 from __future__ import annotations
@@ -42,11 +49,12 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import flags
 
+from musicsim.audio import AUDIO_EXTENSIONS
 from musicsim.embedder import Embedder, LearnedEmbedder, file_duration, load_embedder
 
 # Private flag values: experiments.run defines flags of the same names on the global FLAGS, and
@@ -55,23 +63,34 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("model_dir", None, "The run to export (experiments.run's model_dir).", flag_values=FLAGS)
 flags.DEFINE_string("audio", None, "A folder of audio files (searched recursively), a manifest CSV with a "
                     "'path' column, or a prepared dataset folder.", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "Embeddings file to write, FILE.parquet (also FILE.npy, FILE.ids.txt, "
-                    "FILE.skipped.csv).", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Embeddings file to write, FILE.parquet (also FILE.npy, FILE.ids.json, "
+                    "FILE.meta.json, FILE.skipped.csv).", flag_values=FLAGS)
 flags.DEFINE_string("saved_model", None, "Write SavedModels for serving into this folder (learned models).",
                     flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 8, "Tracks per prediction batch.", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Let --saved_model replace a non-empty folder that is not this project's "
+                  "own export.", flag_values=FLAGS)
+flags.DEFINE_float("window_seconds", None, "Embed long audio in windows of this many seconds (default: what the "
+                   "run recorded; 0: whole files).", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 8, "Tracks (or windows of long tracks) per prediction batch.", flag_values=FLAGS)
 flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).", flag_values=FLAGS)
 flags.DEFINE_string("group_column", "auto", "Manifest column that becomes 'group' ('auto': group, labels, "
                     "label_album or album; 'none': no group).", flag_values=FLAGS)
 flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=FLAGS)
 flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
 
-# What a folder export picks up (matched case-insensitively).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aiff", ".aif")
 AUTO_GROUP_COLUMNS = ("group", "labels", "label_album", "album")
 STATE_FORMAT_VERSION = 1
 # How often the state file is flushed to disk while embedding.
 FLUSH_EVERY_SECONDS = 5.0
+# Written into a SavedModel export folder: what it holds, so a later export knows the folder is its own.
+SAVED_MODEL_MANIFEST = "musicsim_export.json"
+SAVED_MODEL_KIND = "musicsim.saved_model"
+# Manifest track ids that stand for a missing value (spreadsheet and dataframe exports write these).
+NULL_TRACK_IDS = ("", "null", "none", "nan", "na", "n/a")
+
+
+class EmptyInputError(ValueError):
+    """The collection holds nothing to embed (an empty or unmounted folder, a manifest without usable rows)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,10 +143,24 @@ def list_folder(root: str) -> Listing:
 
     ``group`` is the file's folder relative to ``root`` (None for files directly in ``root``).
     Two files that differ only by extension (``a.wav``, ``a.mp3``) keep the extension in their ids.
+    A folder that cannot be listed (permission denied, I/O error) is skipped with its reason.
+
+    Raises
+    ------
+    ValueError
+        If ``root`` itself cannot be listed.
     """
     root = os.path.abspath(root)
-    found, ignored = [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
+    found, ignored, unreadable = [], 0, []
+
+    def unlistable(err: OSError) -> None:
+        folder = os.path.abspath(err.filename or root)
+        if folder == root:
+            raise ValueError(f"--audio={root} cannot be read: {err.strerror or err}") from err
+        unreadable.append({"path": folder, "track_id": "", "unreadable_folder": True,
+                           "reason": f"folder could not be read ({err.strerror or err}); its files were left out"})
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in sorted(filenames):
             if filename.startswith("."):
@@ -147,26 +180,36 @@ def list_folder(root: str) -> Listing:
         folder = os.path.relpath(os.path.dirname(path), root)
         entries.append(AudioEntry(track_id=track_id, path=path,
                                   group=None if folder == "." else folder.replace(os.sep, "/")))
-    return Listing(entries=entries, ignored=ignored)
+    return Listing(entries=entries, skipped=unreadable, ignored=ignored)
 
 
 def list_manifest(csv_path: str, *, group_column: str = "auto") -> Listing:
     """The files of a manifest CSV (see the module docstring).
 
+    A row whose ``track_id`` is empty or a null spelling (``null``, ``NaN``, ...) is skipped with
+    its line, as is a row without a path.
+
     Raises
     ------
     ValueError
-        If the CSV has no ``path`` column, or ``group_column`` names a column it lacks.
+        If the CSV cannot be read or is not UTF-8 text, has no ``path`` column, or ``group_column``
+        names a column it lacks.
     """
     csv_path = os.path.abspath(csv_path)
     base = os.path.dirname(csv_path)
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        header_line = f.readline()
-        f.seek(0)
-        delimiter = max(("\t", ",", ";"), key=header_line.count)
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        rows = list(reader)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            header_line = f.readline()
+            f.seek(0)
+            delimiter = max(("\t", ",", ";"), key=header_line.count)
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"manifest {csv_path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} "
+                         f"at offset {err.start}): save it as UTF-8") from None
+    except (OSError, csv.Error) as err:
+        raise ValueError(f"manifest {csv_path} cannot be read: {err}") from None
     if "path" not in header:
         raise ValueError(f"manifest {csv_path} has no 'path' column (columns: {header})")
     if group_column == "auto":
@@ -182,6 +225,10 @@ def list_manifest(csv_path: str, *, group_column: str = "auto") -> Listing:
                                     "reason": f"line {line}: empty path"})
             continue
         path = os.path.normpath(row["path"] if os.path.isabs(row["path"]) else os.path.join(base, row["path"]))
+        if "track_id" in header and row.get("track_id", "").lower() in NULL_TRACK_IDS:
+            listing.skipped.append({"path": path, "track_id": row.get("track_id", ""),
+                                    "reason": f"{csv_path} line {line}: empty or null track_id"})
+            continue
         track_id = row.get("track_id") or _id_from_path(path, base)
         group = (row.get(group_column) or None) if group_column != "none" else None
         listing.entries.append(AudioEntry(track_id=track_id, path=path, group=group))
@@ -211,7 +258,7 @@ def output_paths(output: str) -> dict[str, str]:
     if not output.lower().endswith(".parquet"):
         output += ".parquet"
     stem = output[: -len(".parquet")]
-    return {"parquet": output, "npy": stem + ".npy", "ids": stem + ".ids.txt",
+    return {"parquet": output, "npy": stem + ".npy", "ids": stem + ".ids.json", "meta": stem + ".meta.json",
             "skipped": stem + ".skipped.csv", "state": stem + ".state.jsonl"}
 
 
@@ -224,8 +271,10 @@ def _file_key(path: str) -> tuple[int, int] | None:
 
 
 def _state_header(embedder: Embedder) -> dict[str, Any]:
-    return {"format_version": STATE_FORMAT_VERSION, "model": embedder.name, "model_dir": embedder.model_dir,
-            "version": embedder.version, "dim": embedder.dim}
+    # The window length is part of it: a model that is not exact over windows embeds differently.
+    return {"format_version": STATE_FORMAT_VERSION, "model": embedder.name,
+            "model_dir": os.path.abspath(embedder.model_dir), "version": embedder.version, "dim": embedder.dim,
+            "window_seconds": embedder.window_seconds}
 
 
 def read_state(state_path: str, *, header: dict[str, Any]) -> dict[str, dict]:
@@ -275,24 +324,43 @@ def _write_state(state_path: str, header: dict[str, Any], records: Sequence[dict
 # Writing the outputs
 # ---------------------------------------------------------------------------------------------
 
-def _atomic(path: str, write) -> None:
-    """``write(tmp_path)``, then rename onto ``path``: readers never see half a file."""
+def _temporary_sibling(path: str) -> str:
+    """A fresh hidden name beside ``path`` with the same extension (renamed onto ``path`` when complete)."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
-    tmp = os.path.join(directory, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{ext}")
+    return os.path.join(directory, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{ext}")
+
+
+def _replace_all(writers: dict[str, Callable[[str], None]]) -> None:
+    """Write every file to a temporary sibling, then rename them all into place.
+
+    Nothing is renamed until every file was written, so a failure part way leaves the previous
+    files as they were (and no temporary file behind).
+    """
+    written: dict[str, str] = {}
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path, write in writers.items():
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            written[path] = _temporary_sibling(path)
+            write(written[path])
+        for path, tmp in written.items():
+            os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in written.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
         raise
+
+
+def provenance(embedder: Embedder) -> dict[str, str]:
+    """What made an export: ``model``, ``model_dir`` (absolute), ``similarity``, ``version``."""
+    return {"model": embedder.name, "model_dir": os.path.abspath(embedder.model_dir),
+            "similarity": embedder.similarity, "version": embedder.version}
 
 
 def write_outputs(*, paths: dict[str, str], rows: Sequence[dict], skipped: Sequence[dict], embedder: Embedder
                   ) -> None:
-    """Parquet, .npy + .ids.txt and .skipped.csv of an export (each written atomically)."""
+    """Parquet, .npy + .ids.json + .meta.json and .skipped.csv of an export, swapped in together."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -309,29 +377,29 @@ def write_outputs(*, paths: dict[str, str], rows: Sequence[dict], skipped: Seque
         "duration_s": pa.array([r["duration_s"] for r in rows], type=pa.float64()),
         "group": pa.array([r["group"] for r in rows], type=pa.string()),
     })
-    table = table.replace_schema_metadata({
-        "musicsim.model": embedder.name, "musicsim.model_dir": embedder.model_dir,
-        "musicsim.similarity": embedder.similarity, "musicsim.version": embedder.version})
-    _atomic(paths["parquet"], lambda tmp: pq.write_table(table, tmp))
+    made_by = provenance(embedder)
+    table = table.replace_schema_metadata({f"musicsim.{key}": value for key, value in made_by.items()})
 
     def write_npy(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, matrix)
 
-    def write_ids(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.writelines(r["track_id"] + "\n" for r in rows)
+    def write_json(value: Any) -> Callable[[str], None]:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(value, f, ensure_ascii=False)
+        return write
 
     def write_skipped(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "track_id", "reason"])
             for s in skipped:
                 writer.writerow([s["path"], s.get("track_id", ""), s["reason"]])
 
-    _atomic(paths["npy"], write_npy)
-    _atomic(paths["ids"], write_ids)
-    _atomic(paths["skipped"], write_skipped)
+    _replace_all({paths["parquet"]: lambda tmp: pq.write_table(table, tmp), paths["npy"]: write_npy,
+                  paths["ids"]: write_json([r["track_id"] for r in rows]), paths["meta"]: write_json(made_by),
+                  paths["skipped"]: write_skipped})
 
 
 @dataclass
@@ -344,15 +412,20 @@ class ExportSummary:
     skipped: list[dict]  # {"path", "track_id", "reason"}
     ignored: int  # files without an audio extension
     seconds: float
+    written: bool = True  # False: nothing could be embedded, and the outputs were left as they were
 
     def __str__(self) -> str:
-        lines = [f"{self.embedded} tracks in {self.output} ({self.newly_embedded} embedded now, "
-                 f"{self.embedded - self.newly_embedded} reused from a previous run) in {self.seconds:.1f}s"]
+        if self.written:
+            lines = [f"{self.embedded} tracks in {self.output} ({self.newly_embedded} embedded now, "
+                     f"{self.embedded - self.newly_embedded} reused from a previous run) in {self.seconds:.1f}s"]
+        else:
+            lines = [f"no file could be embedded in {self.seconds:.1f}s: {self.output} and the files beside it "
+                     "were left as they were"]
         if self.ignored:
             lines.append(f"{self.ignored} files without an audio extension were ignored")
         if self.skipped:
-            lines.append(f"{len(self.skipped)} skipped (listed in "
-                         f"{output_paths(self.output)['skipped']}):")
+            listed = f" (listed in {output_paths(self.output)['skipped']})" if self.written else ""
+            lines.append(f"{len(self.skipped)} skipped{listed}:")
             lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped[:20]]
             if len(self.skipped) > 20:
                 lines.append(f"  ... and {len(self.skipped) - 20} more")
@@ -361,8 +434,11 @@ class ExportSummary:
 
 def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: int = 8,
                       workers: int | None = None, group_column: str = "auto", progress: bool = True,
-                      embedder: Embedder | None = None) -> ExportSummary:
+                      embedder: Embedder | None = None, window_seconds: float | None = None) -> ExportSummary:
     """Embed every file of a folder or manifest with a run's model; resumable.
+
+    The outputs are replaced only when at least one file was embedded; otherwise they, and the
+    state's earlier records, are kept as they were (``ExportSummary.written`` is False).
 
     Parameters
     ----------
@@ -373,17 +449,33 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
     group_column : manifest column that becomes ``group`` (``auto`` or ``none``)
     progress : show a progress bar
     embedder : an already loaded embedder of ``model_dir`` (saves loading it again)
+    window_seconds : window length for long audio, overriding the run's (0: whole files; see
+        ``musicsim.embedder.load_embedder``); ignored when ``embedder`` is given
 
     Returns
     -------
     ExportSummary
+
+    Raises
+    ------
+    EmptyInputError
+        If the collection holds no audio file to embed (nothing is written).
+    ValueError, FileNotFoundError
+        For a missing or unreadable collection.
     """
     from tqdm.auto import tqdm
 
     started = time.time()
-    embedder = embedder or load_embedder(model_dir)
     paths = output_paths(output)
+    # Listed before the model is loaded: bad input is told at once and touches no output.
     listing = list_audio(audio, group_column=group_column)
+    if not listing.entries:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in listing.skipped[:5])
+        raise EmptyInputError(
+            f"--audio={audio} holds no audio file to embed (extensions: {' '.join(AUDIO_EXTENSIONS)}"
+            + (f"; {listing.ignored} other files ignored" if listing.ignored else "")
+            + (f"; {reasons}" if reasons else "") + "): is it the right folder, and is it mounted?")
+    embedder = embedder or load_embedder(model_dir, window_seconds=window_seconds)
     header = _state_header(embedder)
     state = read_state(paths["state"], header=header)
     todo = [e for e in listing.entries if not _reusable(state.get(e.path), e.path)]
@@ -420,9 +512,17 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
         else:
             rows.append({"track_id": entry.track_id, "path": entry.path, "embedding": record["embedding"],
                          "duration_s": record["duration_s"], "group": entry.group})
+    if not rows:  # a failed export replaces nothing and keeps every record it had
+        return ExportSummary(output=paths["parquet"], embedded=0, newly_embedded=0, skipped=skipped,
+                             ignored=listing.ignored, seconds=time.time() - started, written=False)
     write_outputs(paths=paths, rows=rows, skipped=skipped, embedder=embedder)
-    # Compact: keep only the files of this collection, one record each.
-    _write_state(paths["state"], header, [state[e.path] for e in listing.entries])
+    # Compact: keep the files of this collection, one record each, and those under folders that could
+    # not be read this time (they are still there, only out of reach).
+    unreadable = tuple(s["path"].rstrip(os.sep) + os.sep for s in listing.skipped if s.get("unreadable_folder"))
+    listed = {e.path for e in listing.entries}
+    kept = [state[e.path] for e in listing.entries]
+    kept += [r for p, r in state.items() if p not in listed and unreadable and p.startswith(unreadable)]
+    _write_state(paths["state"], header, kept)
     return ExportSummary(output=paths["parquet"], embedded=len(rows), newly_embedded=newly_embedded,
                          skipped=skipped, ignored=listing.ignored, seconds=time.time() - started)
 
@@ -463,11 +563,47 @@ def mean_pool_in_graph(audio, length, *, pool_size: int):
     return pooled, (length + pool_size - 1) // pool_size
 
 
-def export_saved_model(*, model_dir: str, export_dir: str) -> dict[str, str]:
+def is_own_saved_model_export(folder: str) -> bool:
+    """Whether ``folder`` holds a SavedModel export of this project and nothing else.
+
+    Recognised by its manifest (``SAVED_MODEL_MANIFEST``), which lists what the export wrote: a
+    file added to the folder since makes it no longer only ours.
+    """
+    try:
+        with open(os.path.join(folder, SAVED_MODEL_MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+        present = set(os.listdir(folder))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("kind") != SAVED_MODEL_KIND:
+        return False
+    return present <= set(manifest.get("entries") or []) | {SAVED_MODEL_MANIFEST}
+
+
+def _check_replaceable(export_dir: str, *, overwrite: bool) -> None:
+    """Refuse to replace a folder that is neither empty nor this project's own export (unless ``overwrite``)."""
+    if not os.path.exists(export_dir):
+        return
+    if not os.path.isdir(export_dir):
+        raise ValueError(f"--saved_model={export_dir} exists and is not a folder")
+    try:
+        entries = os.listdir(export_dir)
+    except OSError as err:
+        raise ValueError(f"--saved_model={export_dir} cannot be read: {err.strerror or err}") from None
+    if entries and not overwrite and not is_own_saved_model_export(export_dir):
+        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ValueError(f"--saved_model={export_dir} is a non-empty folder that is not a SavedModel export of "
+                         f"this project (it holds {shown}; no {SAVED_MODEL_MANIFEST} listing them): "
+                         "choose another folder, or give --overwrite to replace it")
+
+
+def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = False) -> dict[str, str]:
     """Write SavedModels of a learned run for serving: ``export_dir/pooled`` and (wavenet) ``export_dir/raw``.
 
-    The folder is replaced as a whole (written beside it, then renamed), with ``serving.json``
-    describing the inputs.
+    The export is written into a temporary sibling folder, then swapped in for ``export_dir``, with
+    ``serving.json`` describing the inputs and ``SAVED_MODEL_MANIFEST`` listing what was written.
+    An existing ``export_dir`` is replaced only when it is empty or holds such an export and
+    nothing else, or when ``overwrite`` is given.
 
     Returns
     -------
@@ -476,10 +612,13 @@ def export_saved_model(*, model_dir: str, export_dir: str) -> dict[str, str]:
     Raises
     ------
     ValueError
-        For a fitted model (they are not TensorFlow graphs).
+        For a fitted model (they are not TensorFlow graphs), or an ``export_dir`` that is not
+        this project's to replace.
     """
     import tensorflow as tf
 
+    export_dir = os.path.abspath(export_dir)
+    _check_replaceable(export_dir, overwrite=overwrite)
     embedder = load_embedder(model_dir)
     if not isinstance(embedder, LearnedEmbedder):
         raise ValueError(f"{model_dir} holds a {embedder.kind} {embedder.name!r} model: only learned models "
@@ -504,9 +643,6 @@ def export_saved_model(*, model_dir: str, export_dir: str) -> dict[str, str]:
     receivers = {"pooled": pooled_receiver}
     if embedder.name == "wavenet":
         receivers["raw"] = raw_receiver
-    export_dir = os.path.abspath(export_dir)
-    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
-        raise ValueError(f"--saved_model={export_dir} exists and is not a folder")
     staging = f"{export_dir}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     os.makedirs(staging)
     try:
@@ -529,6 +665,9 @@ def export_saved_model(*, model_dir: str, export_dir: str) -> dict[str, str]:
                               "rate_hz": embedder.sample_rate}
         with open(os.path.join(staging, "serving.json"), "w") as f:
             json.dump(serving, f, indent=1)
+        entries = sorted(os.listdir(staging))  # before the manifest itself exists
+        with open(os.path.join(staging, SAVED_MODEL_MANIFEST), "w", encoding="utf-8") as f:
+            json.dump({"kind": SAVED_MODEL_KIND, "entries": entries, **provenance(embedder)}, f, indent=1)
         old = None
         if os.path.isdir(export_dir):
             old = f"{export_dir}.old-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -570,16 +709,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         if FLAGS.saved_model:
-            written = export_saved_model(model_dir=FLAGS.model_dir, export_dir=FLAGS.saved_model)
+            written = export_saved_model(model_dir=FLAGS.model_dir, export_dir=FLAGS.saved_model,
+                                         overwrite=FLAGS.overwrite)
             for name, path in written.items():
                 print(f"saved model ({name}): {path}")
         if FLAGS.audio:
             summary = export_embeddings(model_dir=FLAGS.model_dir, audio=FLAGS.audio, output=FLAGS.output,
                                         batch_size=FLAGS.batch_size, workers=FLAGS.workers,
-                                        group_column=FLAGS.group_column, progress=FLAGS.progress)
+                                        group_column=FLAGS.group_column, progress=FLAGS.progress,
+                                        window_seconds=FLAGS.window_seconds)
             print(summary)
-            if summary.embedded == 0:
-                print("error: no file could be embedded", file=sys.stderr)
+            if not summary.written:
+                print(f"error: no file could be embedded; {summary.output} was left as it was", file=sys.stderr)
                 status = 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

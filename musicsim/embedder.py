@@ -8,15 +8,28 @@ model, whatever its kind, behind one small interface::
 
 - learned ``wavenet``: each file is decoded exactly as ``data_prep.build`` prepared the run's
   dataset (mono at its decode rate, the centred ``max_seconds`` excerpt, mean-pooled by its
-  ``pool_size``), in worker processes, then embedded by batched ``estimator.predict`` from the
-  run's latest checkpoint;
+  ``pool_size``), then embedded by batched ``estimator.predict`` from the run's exported
+  checkpoint. Audio longer than a window (``window_seconds``) is embedded window by window, each
+  window with the receptive field of audio before it, and the windows' pooled features are combined
+  as the model pools time (max, or length-weighted mean) before the dense layers: the result equals
+  the whole excerpt's embedding (up to float rounding), while memory is bounded by a window. Long
+  files are also decoded block by block (``musicsim.audio.iter_audio_blocks``), short ones in
+  worker processes;
 - learned ``rnn``: the same decoding at ``chroma_sample_rate``, then the chromagram
-  (``musicsim.models.rnn.chroma_sequence``), as ``rnn.load_tracks`` computes it;
-- fitted (``librosa``, ``mfcc``): the saved ``FittedModel``'s own ``embed_paths``.
+  (``musicsim.models.rnn.chroma_sequence``), as ``rnn.load_tracks`` computes it. A long file's
+  chromagram is computed a window at a time (each with an STFT frame of audio either side, so the
+  frames are those of the whole file), then the LSTM reads it whole (12 values per frame, about
+  1/2000 of the audio). Windowed differs from whole in one place: librosa estimates the tuning of
+  each window rather than of the whole file;
+- fitted (``librosa``, ``mfcc``): the saved ``FittedModel``'s own ``embed_paths`` (a long file's
+  features are the length-weighted mean of its windows' feature vectors: means are exact, the
+  other statistics and the tuning estimate are those of windows, not of the whole file).
 
-So a track's vector equals the one the run exported to ``embeddings.npz`` (when the run embedded
-whole excerpts, ``predict_seconds`` unset). Files that cannot be used are skipped with their
-reason; they never stop a batch.
+``window_seconds`` is what the run recorded (``experiments.run --window_seconds``), else its
+longer training length (``eval_seconds`` or ``crop_seconds``); ``load_embedder(...,
+window_seconds=S)`` overrides it (0: whole files). So a track's vector equals the one the run
+exported to ``embeddings.npz`` (when the run embedded whole excerpts, ``predict_seconds`` unset).
+Files that cannot be used are skipped with their reason; they never stop a batch.
 """
 from __future__ import annotations
 
@@ -29,6 +42,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from musicsim import models as registry
+from musicsim.audio import AudioDecodeError
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -36,6 +50,13 @@ FITTED_CONFIG_FILE = "fitted_model.json"
 DEFAULT_MIN_SECONDS = 1.0
 # Files handed to a fitted model's embed_paths at a time: results stream out chunk by chunk.
 FITTED_CHUNK = 64
+# Excerpts longer than this are decoded block by block in this process instead of whole in a worker
+# (a worker's result is held whole, and up to 4 per worker are in flight).
+STREAM_ABOVE_SECONDS = 120.0
+# Seconds decoded at a time when a long file is streamed.
+STREAM_BLOCK_SECONDS = 10.0
+# Default window of the models whose windowed embedding differs from the whole one (rnn, fitted).
+INEXACT_MIN_WINDOW_SECONDS = 120.0
 
 EmbedResult = tuple[int, "np.ndarray | None", "str | None"]  # (index into paths, vector [D] or None, reason)
 
@@ -47,28 +68,100 @@ class ChromaSettings:
     sample_rate: int
     hop_length: int
     max_seconds: float | None
+    window_seconds: float | None = None  # the chromagram is computed this many seconds at a time
+    min_seconds: float = 0.0
+
+
+def windowed_chroma(*, blocks: Iterator[np.ndarray], sample_rate: int, hop_length: int, window_samples: int
+                    ) -> tuple[np.ndarray, int, float]:
+    """The chromagram of a streamed signal, computed a window at a time.
+
+    Each window is extended by half an STFT frame (rounded up to a hop) on either side, and only
+    the frames centred inside the window are kept, so every frame is the whole signal's frame (the
+    first and last windows are padded at the signal's edges just as the whole signal is). Only the
+    tuning differs: librosa estimates it per window. The last window is one to two windows long:
+    a signal under two windows is computed whole.
+
+    Parameters
+    ----------
+    blocks : iterator of float32 ``[n_i]`` pieces of the signal
+    sample_rate, hop_length : int > 0
+    window_samples : int > 0
+        Window length; rounded up to a multiple of ``hop_length``.
+
+    Returns
+    -------
+    chroma : float32 ``[1 + n // hop_length, 12]``
+    samples : int, ``n``
+    peak : float, the largest absolute sample
+    """
+    from musicsim.models.rnn import N_FFT, chroma_sequence
+
+    window = -(-max(window_samples, hop_length) // hop_length) * hop_length
+    margin = -(-(N_FFT // 2) // hop_length) * hop_length
+    frames: list[np.ndarray] = []
+    buffer, buffer_start, own_start, total, peak = np.zeros(0, np.float32), 0, 0, 0, 0.0
+    for block in blocks:
+        block = np.asarray(block, np.float32).reshape(-1)
+        if block.size:
+            peak = max(peak, float(np.max(np.abs(block))))
+        total += block.size
+        buffer = np.concatenate([buffer, block])
+        # A window is cut once a whole window more (and half a frame) has arrived after it, so the last
+        # window is one to two windows long and a signal under two windows is computed in one piece.
+        while buffer_start + buffer.size > own_start + 2 * window + margin:
+            lo = max(0, own_start - margin)
+            segment = buffer[lo - buffer_start: own_start + window + margin - buffer_start]
+            chroma = chroma_sequence(audio=segment, sample_rate=sample_rate, hop_length=hop_length)
+            first = (own_start - lo) // hop_length
+            frames.append(chroma[first:first + window // hop_length])
+            own_start += window
+            keep_from = max(0, own_start - margin)
+            buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
+    if total:
+        # The last window: every frame centred from its start to the end of the signal.
+        lo = max(0, own_start - margin)
+        chroma = chroma_sequence(audio=buffer[lo - buffer_start:], sample_rate=sample_rate, hop_length=hop_length)
+        frames.append(chroma[(own_start - lo) // hop_length:])
+    chroma = np.concatenate(frames) if frames else np.zeros((0, 12), np.float32)
+    return chroma, total, peak
 
 
 def decode_chroma(path: str, settings: ChromaSettings):
     """The chromagram of a file's centred excerpt, as a ``data_prep.build.DecodeResult``.
 
     Module-level so worker processes can unpickle it. ``pooled`` holds the chromagram
-    float32 ``[frames, 12]``; failures become the result's ``reason``, never an exception.
+    float32 ``[frames, 12]``; failures become the result's ``reason``, never an exception. The
+    excerpt is decoded block by block and its chromagram computed a window at a time
+    (`windowed_chroma`), so memory is bounded by a window, not by the file.
     """
     from data_prep.build import DecodeResult
-    from musicsim.audio import AudioDecodeError
-    from musicsim.features import load_excerpt
-    from musicsim.models.rnn import chroma_sequence
+    from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks
 
     try:
-        audio = load_excerpt(path=path, sample_rate=settings.sample_rate, max_seconds=settings.max_seconds)
-        seconds = audio.size / float(settings.sample_rate)
-        chroma = chroma_sequence(audio=audio, sample_rate=settings.sample_rate, hop_length=settings.hop_length)
+        try:
+            offset, duration = centred_excerpt(audio_info(path).duration, settings.max_seconds)
+        except AudioDecodeError:
+            offset, duration = 0.0, None  # formats only audioread reads: their length shows once decoded
+        if duration is None and settings.max_seconds is not None:
+            from musicsim.features import load_excerpt
+
+            audio = load_excerpt(path=path, sample_rate=settings.sample_rate, max_seconds=settings.max_seconds)
+            blocks: Iterator[np.ndarray] = iter([audio])
+        else:
+            blocks = iter_audio_blocks(path, sample_rate=settings.sample_rate, offset_seconds=offset,
+                                       duration_seconds=duration, block_seconds=STREAM_BLOCK_SECONDS)
+        window = (settings.window_seconds or math.inf) * settings.sample_rate
+        chroma, samples, peak = windowed_chroma(blocks=blocks, sample_rate=settings.sample_rate,
+                                                hop_length=settings.hop_length,
+                                                window_samples=int(min(window, 2 ** 62)))
+        check_excerpt(path, samples=samples, peak=peak, sample_rate=settings.sample_rate,
+                      min_seconds=settings.min_seconds)
     except AudioDecodeError as err:
         return DecodeResult(pooled=None, seconds=0.0, reason=err.reason)
     except Exception as err:  # noqa: BLE001 - one bad file must never stop a batch
         return DecodeResult(pooled=None, seconds=0.0, reason=f"chromagram failed ({type(err).__name__}: {err})")
-    return DecodeResult(pooled=chroma, seconds=seconds)
+    return DecodeResult(pooled=chroma, seconds=samples / float(settings.sample_rate))
 
 
 def recorded_checkpoint(model_dir: str) -> str | None:
@@ -143,12 +236,15 @@ class Embedder:
         How the run compares embeddings: ``cosine`` or ``euclidean``.
     model_dir : str
         The run directory (absolute).
+    window_seconds : float or None
+        Long audio is embedded this many seconds at a time (None: whole excerpts).
     """
 
     name: str
     kind: str
     similarity: str
     model_dir: str
+    window_seconds: float | None = None
 
     @property
     def dim(self) -> int:
@@ -209,9 +305,9 @@ class Embedder:
         return embeddings, ok_indices, skipped
 
     def describe(self) -> dict[str, Any]:
-        """JSON-friendly summary: name, kind, similarity, dim, model_dir, version."""
+        """JSON-friendly summary: name, kind, similarity, dim, model_dir, version, window_seconds."""
         return {"name": self.name, "kind": self.kind, "similarity": self.similarity, "dim": self.dim,
-                "model_dir": self.model_dir, "version": self.version}
+                "model_dir": self.model_dir, "version": self.version, "window_seconds": self.window_seconds}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, dim={self.dim}, {self.similarity}, {self.model_dir})"
@@ -230,12 +326,131 @@ def _check_batching(*, batch_size: int, workers: int | None) -> None:
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
 
 
+def default_window_seconds(config: dict[str, Any], *, exact: bool) -> float | None:
+    """The window a run's long audio is embedded in; None: whole files.
+
+    The run's recorded ``window_seconds``, else the longer of its training crop and eval length
+    (the lengths the model learned from). For a model that is not ``exact`` over windows (rnn,
+    fitted) at least ``INEXACT_MIN_WINDOW_SECONDS``, so ordinary tracks (under two windows, which
+    are embedded in one piece) embed exactly as the run embedded them.
+    """
+    recorded = config.get("window_seconds")
+    if recorded is not None:
+        return float(recorded) if float(recorded) > 0 else None
+    lengths = [float(config[key]) for key in ("eval_seconds", "crop_seconds") if config.get(key)]
+    if not exact:
+        lengths.append(INEXACT_MIN_WINDOW_SECONDS)
+    return max(lengths) if lengths else None
+
+
+def _resolve_window(config: dict[str, Any], override: float | None, *, exact: bool) -> float | None:
+    if override is None:
+        return default_window_seconds(config, exact=exact)
+    if not math.isfinite(float(override)) or float(override) < 0:
+        raise ValueError(f"window_seconds must be >= 0 (0: whole files), got {override!r}")
+    return float(override) if float(override) > 0 else None
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One window of a file, as fed to the windowed model: its samples and where its own part starts."""
+
+    index: int  # into the paths
+    audio: np.ndarray  # float32 [steps]: context, the window itself, lookahead
+    skip: int  # final-conv steps of the context
+    last: bool  # the file's last window
+
+
+def iter_window_rows(*, index: int, chunks: Iterator[np.ndarray], window: int, context: int, lookahead: int,
+                     unit: int) -> Iterator[_Row]:
+    """Cut a streamed sequence into rows of `musicsim.models.wavenet.window_features`.
+
+    Window ``k`` owns steps ``[k * window, (k + 1) * window)``; its row starts ``context`` steps
+    earlier (at 0 for the first windows) and ends ``lookahead`` steps later (or at the end). Only
+    about one row of the sequence is held at a time.
+
+    Parameters
+    ----------
+    index : int, the file's index, copied into each row
+    chunks : iterator of float32 ``[n_i]`` consecutive pieces of the sequence
+    window, context, unit : int, steps; ``window`` and ``context`` multiples of ``unit``
+    lookahead : int >= 0, steps
+
+    Yields
+    ------
+    _Row, the last one with ``last=True`` (none when the sequence is empty)
+    """
+    buffer, buffer_start, own_start = np.zeros(0, np.float32), 0, 0
+    pending: _Row | None = None  # held back one step: only the next chunk tells whether it was the last
+    for chunk in chunks:
+        buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
+        while buffer_start + buffer.size > own_start + window + lookahead:
+            if pending is not None:
+                yield pending
+            lo = max(0, own_start - context)
+            pending = _Row(index=index, audio=buffer[lo - buffer_start: own_start + window + lookahead - buffer_start],
+                           skip=(own_start - lo) // unit, last=False)
+            own_start += window
+            keep_from = max(0, own_start - context)
+            buffer, buffer_start = buffer[keep_from - buffer_start:].copy(), keep_from
+    end = buffer_start + buffer.size
+    if own_start < end:
+        if pending is not None:
+            yield pending
+        lo = max(0, own_start - context)
+        yield _Row(index=index, audio=buffer[lo - buffer_start:], skip=(own_start - lo) // unit, last=True)
+    elif pending is not None:
+        yield _Row(index=pending.index, audio=pending.audio, skip=pending.skip, last=True)
+
+
+def iter_pooled_blocks(path: str, *, sample_rate: int, pool_size: int, max_seconds: float | None,
+                       min_seconds: float, block_seconds: float = STREAM_BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """A file's centred ``max_seconds`` excerpt, decoded block by block and mean-pooled by ``pool_size``.
+
+    Concatenated, the blocks equal ``data_prep.build.pooled_excerpt``'s pooled excerpt; memory is
+    bounded by one block.
+
+    Yields
+    ------
+    float32 ``[m_i]`` pooled pieces
+
+    Raises
+    ------
+    AudioDecodeError
+        As ``musicsim.audio.iter_audio_blocks``, and, once the excerpt has ended, when it was too
+        short or silent (``musicsim.audio.check_excerpt``).
+    """
+    from musicsim.audio import centred_excerpt, check_excerpt, iter_audio_blocks, mean_pool
+
+    seconds = file_duration(path)
+    if seconds is None and max_seconds is not None:
+        # A format only audioread reads: its length is counted by decoding it once (nothing kept).
+        seconds = sum(b.size for b in iter_audio_blocks(path, sample_rate=sample_rate)) / float(sample_rate)
+    offset, duration = centred_excerpt(seconds or 0.0, max_seconds)
+    carry, samples, peak = np.zeros(0, np.float32), 0, 0.0
+    for block in iter_audio_blocks(path, sample_rate=sample_rate, offset_seconds=offset, duration_seconds=duration,
+                                   block_seconds=block_seconds):
+        samples += block.size
+        peak = max(peak, float(np.max(np.abs(block))))
+        block = np.concatenate([carry, block])
+        whole = block.size // pool_size * pool_size  # the pooling windows must fall where the whole file's do
+        carry = block[whole:]
+        if whole:
+            yield mean_pool(block[:whole], size=pool_size)
+    check_excerpt(path, samples=samples, peak=peak, sample_rate=sample_rate, min_seconds=min_seconds)
+    if carry.size:
+        yield mean_pool(carry, size=pool_size)
+
+
 class LearnedEmbedder(Embedder):
-    """A trained estimator run (wavenet or rnn), embedding from its latest checkpoint."""
+    """A trained estimator run (wavenet or rnn), embedding from its exported checkpoint.
+
+    ``window_seconds`` (see the module docstring): None embeds whole excerpts.
+    """
 
     kind = "learned"
 
-    def __init__(self, *, model_dir: str, info: dict[str, Any]):
+    def __init__(self, *, model_dir: str, info: dict[str, Any], window_seconds: float | None = None):
         import tensorflow as tf
 
         self.model_dir = os.path.abspath(model_dir)
@@ -256,7 +471,9 @@ class LearnedEmbedder(Embedder):
         for key in ("sample_rate", "pool_size"):
             if self.name == "wavenet" and key not in self.dataset:
                 raise ValueError(f"{self.model_dir}/{RUN_FILE} does not record the dataset's {key}")
+        self.window_seconds = _resolve_window(self.config, window_seconds, exact=self.name == "wavenet")
         self._estimator = None
+        self._window_estimator = None
 
     @property
     def dim(self) -> int:
@@ -289,15 +506,21 @@ class LearnedEmbedder(Embedder):
         value = self.dataset.get("max_seconds")
         return None if value is None else float(value)
 
+    @property
+    def min_seconds(self) -> float:
+        """Shortest excerpt the dataset accepted, in seconds."""
+        return float((self.dataset.get("extra") or {}).get("min_seconds", DEFAULT_MIN_SECONDS))
+
     def _decoder(self):
         """(decode function, its settings) for ``data_prep.build.decode_in_order``."""
         from data_prep.build import DecodeSettings, decode_track
 
-        min_seconds = float((self.dataset.get("extra") or {}).get("min_seconds", DEFAULT_MIN_SECONDS))
+        min_seconds = self.min_seconds
         if self.name == "rnn":
             hop = int(self.params.get("hop_length", self.module.DEFAULT_PARAMS["hop_length"]))
             return decode_chroma, ChromaSettings(sample_rate=self.sample_rate, hop_length=hop,
-                                                 max_seconds=self.max_seconds)
+                                                 max_seconds=self.max_seconds, window_seconds=self.window_seconds,
+                                                 min_seconds=DEFAULT_MIN_SECONDS)
         return decode_track, DecodeSettings(sample_rate=self.sample_rate, pool_size=self.pool_size,
                                             max_seconds=self.max_seconds, min_seconds=min_seconds)
 
@@ -313,13 +536,20 @@ class LearnedEmbedder(Embedder):
 
     def iter_embeddings(self, *, paths: Sequence[str], batch_size: int = 8, workers: int | None = None
                         ) -> Iterator[EmbedResult]:
-        import tensorflow as tf
-        from data_prep.build import decode_in_order
-
         paths = _check_paths(paths)
         _check_batching(batch_size=batch_size, workers=workers)
         if not paths:
             return
+        if self.name == "wavenet":
+            yield from self._iter_windowed(paths=paths, batch_size=batch_size, workers=workers)
+        else:
+            yield from self._iter_whole(paths=paths, batch_size=batch_size, workers=workers)
+
+    def _iter_whole(self, *, paths: list[str], batch_size: int, workers: int | None) -> Iterator[EmbedResult]:
+        """Each file's sequence in one piece through ``estimator.predict`` (the rnn's chromagram)."""
+        import tensorflow as tf
+        from data_prep.build import decode_in_order
+
         decode, settings = self._decoder()
         workers = int(workers or os.cpu_count() or 1)
         failures: dict[int, str] = {}
@@ -355,17 +585,149 @@ class LearnedEmbedder(Embedder):
             yield skipped, None, failures.get(skipped, "no embedding was returned")
 
 
+    def _window_sizes(self) -> dict[str, int]:
+        """``window``, ``context``, ``lookahead``, ``unit`` in pooled steps (``window`` 0: whole excerpts)."""
+        from musicsim.models import wavenet
+
+        params = dict(self.params)
+        params.setdefault("input_sample_rate", self.sample_rate / self.pool_size)
+        geometry = wavenet.window_geometry(params)
+        unit = geometry["unit"]
+        window = 0
+        if self.window_seconds is not None:
+            steps = self.window_seconds * self.sample_rate / self.pool_size
+            window = max(1, math.ceil(steps / unit)) * unit
+        return {**geometry, "window": window}
+
+    @property
+    def window_estimator(self):
+        """An estimator over the run's checkpoints whose PREDICT gives `wavenet.window_features`."""
+        if self._window_estimator is None:
+            import tensorflow as tf
+
+            from musicsim import training
+            from musicsim.models import wavenet
+
+            def model_fn(features, labels, mode, params):
+                pooled, count = wavenet.window_features(features["audio"], features["length"], features["skip"],
+                                                        params=dict(params))
+                return tf.estimator.EstimatorSpec(mode, predictions={
+                    "features": pooled, "count": count, "index": features["index"], "last": features["last"]})
+
+            self._window_estimator = training.make_estimator(model=self.name, model_dir=self.model_dir,
+                                                             params=self.params, model_fn=model_fn,
+                                                             seed=int(self.config.get("seed", 0)))
+        return self._window_estimator
+
+    def _iter_windowed(self, *, paths: list[str], batch_size: int, workers: int | None) -> Iterator[EmbedResult]:
+        """WaveNet over windows of each file, combined exactly (see the module docstring).
+
+        Short excerpts are decoded in worker processes; longer ones (over ``STREAM_ABOVE_SECONDS``,
+        or of unknown length) block by block here, while the workers decode ahead.
+        """
+        import tensorflow as tf
+        from data_prep.build import decode_in_order
+        from musicsim.models import wavenet
+
+        decode, settings = self._decoder()
+        sizes = self._window_sizes()
+        workers = int(workers or os.cpu_count() or 1)
+        failures: dict[int, str] = {}
+
+        def excerpt_seconds(path: str) -> float:
+            duration = file_duration(path)
+            if duration is None:  # not audio, or a format only audioread reads: its length is unknown
+                duration = math.inf if os.path.isfile(path) and os.path.getsize(path) > 0 else 0.0
+            return duration if self.max_seconds is None else min(duration, self.max_seconds)
+
+        streamed = {i for i, p in enumerate(paths) if excerpt_seconds(p) > STREAM_ABOVE_SECONDS}
+        decoded = decode_in_order([p for i, p in enumerate(paths) if i not in streamed], settings=settings,
+                                  workers=workers, decode=decode)
+
+        def pooled_chunks(index: int) -> Iterator[np.ndarray]:
+            if index in streamed:
+                yield from iter_pooled_blocks(paths[index], sample_rate=self.sample_rate, pool_size=self.pool_size,
+                                              max_seconds=self.max_seconds, min_seconds=self.min_seconds)
+                return
+            result = next(decoded)
+            if result.pooled is None:
+                raise AudioDecodeError(paths[index], result.reason or "could not be decoded")
+            yield np.asarray(result.pooled, dtype=np.float32)
+
+        def rows() -> Iterator[dict]:
+            for index in range(len(paths)):
+                window = sizes["window"]
+                emitted = False
+                try:
+                    chunks = pooled_chunks(index)
+                    if not window:  # whole excerpts: one row each
+                        whole = np.concatenate(list(chunks))
+                        found = [_Row(index=index, audio=whole, skip=0, last=True)] if whole.size else []
+                    else:
+                        found = iter_window_rows(index=index, chunks=chunks, window=window, context=sizes["context"],
+                                                 lookahead=sizes["lookahead"], unit=sizes["unit"])
+                    for row in found:
+                        emitted = True
+                        yield row
+                except AudioDecodeError as err:
+                    failures[index] = err.reason
+                except Exception as err:  # noqa: BLE001 - one bad file must never stop a batch
+                    failures[index] = f"{type(err).__name__}: {err}"
+                if emitted and index in failures:
+                    # Its windows are already on their way: a closing row tells the combiner to drop them.
+                    yield _Row(index=index, audio=np.zeros(sizes["unit"], np.float32), skip=0, last=True)
+
+        def generate():
+            # Runs in TF's input thread: the decoding processes work ahead of the model.
+            for row in rows():
+                yield {"audio": row.audio[:, None], "length": np.int32(row.audio.size), "skip": np.int32(row.skip),
+                       "index": np.int32(row.index), "last": np.bool_(row.last)}
+
+        signature = {"audio": tf.TensorSpec([None, 1], tf.float32), "length": tf.TensorSpec([], tf.int32),
+                     "skip": tf.TensorSpec([], tf.int32), "index": tf.TensorSpec([], tf.int32),
+                     "last": tf.TensorSpec([], tf.bool)}
+
+        def input_fn(params=None):
+            # Every row is at most one window (with its context) long: a batch pads to that, not to a file.
+            return tf.data.Dataset.from_generator(generate, output_signature=signature).padded_batch(
+                int(batch_size)).prefetch(2)
+
+        dense = wavenet.dense_weights(self.params, checkpoint=self.checkpoint)
+        next_index, parts = 0, []
+        for prediction in self.window_estimator.predict(input_fn, checkpoint_path=self.checkpoint,
+                                                        yield_single_examples=True):
+            index = int(prediction["index"])
+            for skipped in range(next_index, index):  # files that failed before giving a window
+                yield skipped, None, failures.get(skipped, "no embedding was returned")
+            next_index = index
+            parts.append((np.asarray(prediction["features"], np.float32), int(prediction["count"])))
+            if not bool(prediction["last"]):
+                continue
+            if index in failures:
+                yield index, None, failures[index]
+            else:
+                pooled = wavenet.combine_windows(np.stack([f for f, _ in parts]), np.array([c for _, c in parts]),
+                                                 params=self.params)
+                vector = wavenet.apply_dense_layers(pooled[None, :], weights=dense)
+                yield index, vector[0], None
+            parts, next_index = [], index + 1
+        for skipped in range(next_index, len(paths)):
+            yield skipped, None, failures.get(skipped, "no embedding was returned")
+
+
 class FittedEmbedder(Embedder):
     """A fitted model (librosa, mfcc) saved in the run directory."""
 
     kind = "fitted"
 
-    def __init__(self, *, model_dir: str, info: dict[str, Any]):
+    def __init__(self, *, model_dir: str, info: dict[str, Any], window_seconds: float | None = None):
         self.model_dir = os.path.abspath(model_dir)
         self.name = str(info["model"])
         self.model = registry.fitted_class(self.name).load(self.model_dir)
         self.similarity = str(self.model.similarity)
         self.model.progress = False
+        self.window_seconds = _resolve_window(dict(info.get("config") or {}), window_seconds, exact=False)
+        self.model.window_seconds = self.window_seconds
         cache_dir = self.model.cache_dir
         if cache_dir and not os.path.isdir(os.path.dirname(os.path.abspath(cache_dir))):
             self.model.cache_dir = None  # the run's dataset has moved: extract without a cache
@@ -398,8 +760,11 @@ class FittedEmbedder(Embedder):
                     yield start + offset, None, next(reasons, "could not be embedded")
 
 
-def load_embedder(model_dir: str) -> Embedder:
+def load_embedder(model_dir: str, *, window_seconds: float | None = None) -> Embedder:
     """The embedder of a finished run (``experiments.run``) or a saved fitted model.
+
+    ``window_seconds`` overrides the window long audio is embedded in (0: whole files; None: the
+    run's, see `default_window_seconds`).
 
     Raises
     ------
@@ -412,9 +777,9 @@ def load_embedder(model_dir: str) -> Embedder:
     info = read_run_info(model_dir)
     kind = registry.kind_of(str(info["model"]))
     if kind == "learned":
-        return LearnedEmbedder(model_dir=model_dir, info=info)
+        return LearnedEmbedder(model_dir=model_dir, info=info, window_seconds=window_seconds)
     if kind == "fitted":
-        return FittedEmbedder(model_dir=model_dir, info=info)
+        return FittedEmbedder(model_dir=model_dir, info=info, window_seconds=window_seconds)
     raise ValueError(f"{model_dir} is a {info['model']!r} baseline run: baselines only exist inside the "
                      "evaluation protocol and embed no audio")
 

@@ -45,7 +45,7 @@ import librosa
 import numpy as np
 import scipy.stats
 
-from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio
+from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks, load_audio
 
 DEFAULT_SAMPLE_RATE = 22050
 N_FFT = 2048
@@ -304,12 +304,14 @@ def load_excerpt(*, path: str, sample_rate: int, max_seconds: float | None) -> n
 
 
 def _cache_paths(*, cache_dir: str, path: str, feature_name: str, sample_rate: int,
-                 max_seconds: float | None) -> tuple[str, str]:
+                 max_seconds: float | None, window_seconds: float | None = None) -> tuple[str, str]:
     """(features .npy, failure .json) cache files of one track; the key changes with the file."""
     stat = os.stat(path)
-    key = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, feature_name,
-                      int(sample_rate), None if max_seconds is None else float(max_seconds),
-                      FEATURES_VERSION])
+    parts = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, feature_name,
+             int(sample_rate), None if max_seconds is None else float(max_seconds), FEATURES_VERSION]
+    if window_seconds is not None:  # only then: the keys of whole-excerpt entries stay what they were
+        parts.append(["window_seconds", float(window_seconds)])
+    key = json.dumps(parts)
     digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
     folder = os.path.join(cache_dir, "".join(c if c.isalnum() or c in "._-" else "_" for c in feature_name))
     return os.path.join(folder, digest + ".npy"), os.path.join(folder, digest + ".failed.json")
@@ -338,13 +340,66 @@ def _write_atomic(path: str, write: Callable[[str], None]) -> None:
     os.replace(tmp, path)  # readers (and concurrent workers) never see half a file
 
 
+def windowed_features(*, path: str, feature_fn: Callable[..., np.ndarray], sample_rate: int,
+                      max_seconds: float | None, window_seconds: float, min_seconds: float = 1.0) -> np.ndarray:
+    """A file's feature vector computed a window at a time: the length-weighted mean of its windows'.
+
+    The excerpt is decoded block by block and cut into windows of ``window_seconds``; the last
+    window takes the rest (one to two windows long), so an excerpt under two windows is computed in
+    one piece, exactly as ``feature_fn`` on the whole excerpt. Longer ones differ from the whole: a
+    mean over frames is the same, but the other statistics (median, min, max, std, skewness,
+    kurtosis) and librosa's tuning estimate are those of each window, averaged. Memory is bounded by
+    two windows, not by the file.
+
+    Returns
+    -------
+    np.ndarray, float64, shape ``[dim]``
+
+    Raises
+    ------
+    AudioDecodeError
+        Naming the file and why it cannot be used (as `load_excerpt`).
+    """
+    try:
+        offset, duration = centred_excerpt(audio_info(path).duration, max_seconds)
+    except AudioDecodeError:
+        # Formats only audioread reads: their length shows once decoded, so the excerpt is cut whole.
+        if max_seconds is not None:
+            audio = load_excerpt(path=path, sample_rate=sample_rate, max_seconds=max_seconds)
+            return np.asarray(feature_fn(audio=audio, sample_rate=sample_rate), dtype=np.float64)
+        offset, duration = 0.0, None
+    window = max(1, int(round(window_seconds * sample_rate)))
+    buffer = np.zeros(0, np.float32)
+    total, peak, vectors, weights = 0, 0.0, [], []
+    for block in iter_audio_blocks(path, sample_rate=sample_rate, offset_seconds=offset, duration_seconds=duration):
+        total += block.size
+        peak = max(peak, float(np.max(np.abs(block))))
+        buffer = np.concatenate([buffer, block])
+        while buffer.size >= 2 * window:  # keep at least a window back: the rest joins the last one
+            vectors.append(np.asarray(feature_fn(audio=buffer[:window], sample_rate=sample_rate), np.float64))
+            weights.append(window)
+            buffer = buffer[window:]
+    check_excerpt(path, samples=total, peak=peak, sample_rate=sample_rate, min_seconds=min_seconds)
+    vectors.append(np.asarray(feature_fn(audio=buffer, sample_rate=sample_rate), np.float64))
+    weights.append(buffer.size)
+    return np.average(np.stack(vectors), axis=0, weights=np.asarray(weights, np.float64))
+
+
 def _extract_one(index: int, path: str, feature_name: str, feature_fn: Callable[..., np.ndarray],
                  sample_rate: int, max_seconds: float | None,
-                 cache_dir: str | None) -> tuple[int, np.ndarray | None, str | None]:
-    """(index, features or None, failure reason or None) of one file; runs in a worker."""
+                 cache_dir: str | None, window_seconds: float | None = None
+                 ) -> tuple[int, np.ndarray | None, str | None]:
+    """(index, features or None, failure reason or None) of one file; runs in a worker.
+
+    ``window_seconds``: compute long excerpts a window at a time (`windowed_features`).
+    """
     try:
-        audio = load_excerpt(path=path, sample_rate=sample_rate, max_seconds=max_seconds)
-        features = np.asarray(feature_fn(audio=audio, sample_rate=sample_rate), dtype=np.float64)
+        if window_seconds is None:
+            audio = load_excerpt(path=path, sample_rate=sample_rate, max_seconds=max_seconds)
+            features = np.asarray(feature_fn(audio=audio, sample_rate=sample_rate), dtype=np.float64)
+        else:
+            features = windowed_features(path=path, feature_fn=feature_fn, sample_rate=sample_rate,
+                                         max_seconds=max_seconds, window_seconds=window_seconds)
         if features.ndim != 1:
             raise ValueError(f"feature function returned shape {features.shape}, expected a vector")
         if not np.all(np.isfinite(features)):
@@ -353,7 +408,8 @@ def _extract_one(index: int, path: str, feature_name: str, feature_fn: Callable[
         # The file itself is unusable: remembered (keyed on its size and mtime) so reruns skip it.
         if cache_dir is not None:
             _, failed_path = _cache_paths(cache_dir=cache_dir, path=path, feature_name=feature_name,
-                                          sample_rate=sample_rate, max_seconds=max_seconds)
+                                          sample_rate=sample_rate, max_seconds=max_seconds,
+                                          window_seconds=window_seconds)
 
             def write_reason(tmp: str) -> None:
                 with open(tmp, "w") as f:
@@ -365,7 +421,7 @@ def _extract_one(index: int, path: str, feature_name: str, feature_fn: Callable[
         return index, None, f"feature extraction failed ({type(err).__name__}: {err})"
     if cache_dir is not None:
         npy_path, _ = _cache_paths(cache_dir=cache_dir, path=path, feature_name=feature_name,
-                                   sample_rate=sample_rate, max_seconds=max_seconds)
+                                   sample_rate=sample_rate, max_seconds=max_seconds, window_seconds=window_seconds)
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
@@ -403,7 +459,8 @@ def check_extraction_settings(*, sample_rate: int, max_seconds: float | None, wo
 def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.ndarray] = "librosa",
                  sample_rate: int = DEFAULT_SAMPLE_RATE, max_seconds: float | None = None,
                  workers: int | None = None, cache_dir: str | None = None,
-                 progress: bool = True) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+                 progress: bool = True, window_seconds: float | None = None
+                 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Feature vectors of many files, in parallel, cached per track; bad files are skipped.
 
     Parameters
@@ -424,6 +481,9 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
         remembered too, until they change.
     progress : bool
         Show a tqdm progress bar.
+    window_seconds : float > 0 or None
+        Compute excerpts of two windows or more a window at a time, in bounded memory (see
+        `windowed_features`); None computes each excerpt whole.
 
     Returns
     -------
@@ -435,13 +495,16 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
     """
     feature_name, fn = _resolve_feature_fn(feature_fn)
     check_extraction_settings(sample_rate=sample_rate, max_seconds=max_seconds, workers=workers)
+    if window_seconds is not None and not window_seconds > 0:
+        raise ValueError(f"window_seconds must be positive or None, got {window_seconds}")
     paths = [os.fspath(p) for p in paths]
     results: dict[int, tuple[np.ndarray | None, str | None]] = {}
     pending: list[int] = []
     for index, path in enumerate(paths):
         if cache_dir is not None and os.path.isfile(path):
             npy_path, failed_path = _cache_paths(cache_dir=cache_dir, path=path, feature_name=feature_name,
-                                                 sample_rate=sample_rate, max_seconds=max_seconds)
+                                                 sample_rate=sample_rate, max_seconds=max_seconds,
+                                                 window_seconds=window_seconds)
             features, reason = _read_cache(npy_path, failed_path)
             if features is not None or reason is not None:
                 results[index] = (features, reason)
@@ -451,7 +514,7 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
     from tqdm.auto import tqdm  # imported here: only extraction runs need it
 
     workers = min(workers or os.cpu_count() or 1, max(1, len(pending)))
-    args = [(i, paths[i], feature_name, fn, sample_rate, max_seconds, cache_dir) for i in pending]
+    args = [(i, paths[i], feature_name, fn, sample_rate, max_seconds, cache_dir, window_seconds) for i in pending]
     with tqdm(total=len(paths), initial=len(results), disable=not progress, unit="track",
               desc=f"{feature_name} features") as bar:
         if workers == 1:

@@ -60,6 +60,8 @@ class FittedModel:
         self.workers = workers
         self.cache_dir = cache_dir
         self.progress = progress
+        # Embedding only (not a saved setting): compute long excerpts a window at a time, in bounded memory.
+        self.window_seconds: float | None = None
         self.fitted = False
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -98,7 +100,7 @@ class FittedModel:
         """This model's feature vectors of files: ``(features [n_ok, feature_dim], ok_indices, skipped)``."""
         return extract_many(paths=paths, feature_fn=self.feature_fn, sample_rate=self.sample_rate,
                             max_seconds=self.max_seconds, workers=self.workers, cache_dir=self.cache_dir,
-                            progress=self.progress)
+                            progress=self.progress, window_seconds=self.window_seconds)
 
     def fit(self, *, paths: list[str]) -> "FittedModel":
         """Fit on the train split's files; files that cannot be decoded are left out.

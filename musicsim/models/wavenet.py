@@ -128,20 +128,11 @@ def wavenet_layer(x: tf.Tensor, *, dilation: int, params: Mapping, name: str) ->
     return residual, skip
 
 
-@frontends.with_mixed_precision
-def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool) -> tf.Tensor:
-    """Embed pooled audio.
+def _final_sequence(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Front end, stacks and final conv: ``[batch, steps, final_channels]`` and the real steps ``[batch]``.
 
-    Parameters
-    ----------
-    audio : float32 ``[batch, time]`` or ``[batch, time, channels]``, right-padded
-    length : int ``[batch]``, real steps of each track
-    params : hyperparameters (see ``DEFAULT_PARAMS``)
-    training : enables dropout
-
-    Returns
-    -------
-    float32 ``[batch, final_channels]`` (or the last dense layer's size)
+    Everything before the global pooling over time; each step sees only the audio before it.
     """
     # raw: the audio as one channel; logmel / strided: fewer steps, more channels, new lengths.
     audio, length = frontends.apply_frontend(audio, length, params={**DEFAULT_PARAMS, **params}, training=training)
@@ -160,14 +151,175 @@ def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: boo
     features = tf.nn.relu(tf.concat(skips, axis=-1))
     final = tf.keras.layers.Conv1D(int(_param(params, "final_channels")), int(_param(params, "final_filter_size")),
                                    padding="causal", name="final/conv")(features)
-    embedding = global_pool(final, length, pooling=pooling)
+    return final, length
+
+
+def _dense_head(embedding: tf.Tensor, *, params: Mapping, training: bool) -> tf.Tensor:
+    """The optional dense layers after the global pooling (the paper's late improvement)."""
     dropout = float(_param(params, "dropout"))
-    for j, units in enumerate(_dense_sizes(params)):
+    sizes = _dense_sizes(params)
+    for j, units in enumerate(sizes):
         if dropout > 0:
             embedding = tf.keras.layers.Dropout(dropout, name=f"dense{j}/dropout")(embedding, training=training)
-        embedding = tf.keras.layers.Dense(units, activation=tf.nn.relu if j < len(_dense_sizes(params)) - 1 else None,
+        embedding = tf.keras.layers.Dense(units, activation=tf.nn.relu if j < len(sizes) - 1 else None,
                                           name=f"dense{j}")(embedding)
     return embedding
+
+
+@frontends.with_mixed_precision
+def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool) -> tf.Tensor:
+    """Embed pooled audio.
+
+    Parameters
+    ----------
+    audio : float32 ``[batch, time]`` or ``[batch, time, channels]``, right-padded
+    length : int ``[batch]``, real steps of each track
+    params : hyperparameters (see ``DEFAULT_PARAMS``)
+    training : enables dropout
+
+    Returns
+    -------
+    float32 ``[batch, final_channels]`` (or the last dense layer's size)
+    """
+    final, length = _final_sequence(audio, length, params=params, training=training)
+    embedding = global_pool(final, length, pooling=str(_param(params, "pooling")))
+    return _dense_head(embedding, params=params, training=training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Long audio in windows
+# ---------------------------------------------------------------------------------------------
+
+def window_geometry(params: Mapping) -> dict[str, int]:
+    """How a long input can be cut into windows that embed exactly as the whole input does.
+
+    All sizes are in input steps (the model's input samples, e.g. mean-pooled audio):
+
+    - ``unit``: input steps per step of the final conv's output. Windows start and end on
+      multiples of it, so every pooling window of the stacks falls where it falls in the whole input;
+    - ``context``: steps of audio before a window that its first output steps depend on (the
+      receptive field, rounded up to a ``unit``): the causal convolutions then see what they see
+      in the whole input, and the context's own outputs are left out of the pooling;
+    - ``lookahead``: steps after a window that its last frames read (logmel: a frame is longer
+      than its hop; 0 otherwise).
+
+    Returns
+    -------
+    dict with int ``unit``, ``context``, ``lookahead``
+    """
+    merged = {**DEFAULT_PARAMS, **params}
+    frontend = str(merged["frontend"])
+    if frontend == "raw":
+        step, lookahead = 1, 0
+    elif frontend == "strided":
+        step, lookahead = int(merged["frontend_stride"]), 0
+    elif frontend == "logmel":
+        settings = frontends.logmel_settings(merged)
+        step, lookahead = settings["hop_length"], settings["frame_length"] - settings["hop_length"]
+    else:
+        raise ValueError(f"unknown frontend {frontend!r}")
+    reduction = min_length_steps(params)
+    # One extra unit: the field of a final step reaches back from the end of its own unit.
+    context_steps = (math.ceil(receptive_field(params) / reduction) + 1) * reduction
+    return {"unit": step * reduction, "context": step * context_steps, "lookahead": lookahead}
+
+
+def window_features(audio: tf.Tensor, length: tf.Tensor, skip: tf.Tensor, *, params: Mapping
+                    ) -> tuple[tf.Tensor, tf.Tensor]:
+    """The pre-dense pooled features of windows of a longer input, to be combined across windows.
+
+    Each row is a window with its context before it (see `window_geometry`); the first ``skip``
+    final-conv steps belong to the context and are left out. Combining the rows of one input by
+    the elementwise max (``pooling="max"``) or the ``count``-weighted mean (``"avg"``), then
+    `apply_dense_layers`, gives the embedding of the whole input.
+
+    Parameters
+    ----------
+    audio : float32 ``[batch, time]`` or ``[batch, time, channels]``, right-padded
+    length : int ``[batch]``, real steps of each row
+    skip : int ``[batch]``, final-conv steps of each row's context
+    params : hyperparameters (see ``DEFAULT_PARAMS``)
+
+    Returns
+    -------
+    features : float32 ``[batch, final_channels]``, pooled over the window's own steps (zeros when
+        it has none)
+    count : int32 ``[batch]``, the window's own final-conv steps
+    """
+    lengths: dict[str, tf.Tensor] = {}
+
+    def final_sequence(audio, length, *, params, training):
+        final, lengths["final"] = _final_sequence(audio, length, params=params, training=training)
+        return final
+
+    final = frontends.with_mixed_precision(final_sequence)(audio, length, params=params, training=False)
+    final_length = tf.cast(lengths["final"], tf.int32)
+    skip = tf.cast(tf.reshape(skip, [-1]), tf.int32)
+    steps = tf.range(tf.shape(final)[1])[None, :]
+    own = (steps >= skip[:, None]) & (steps < final_length[:, None])
+    count = tf.reduce_sum(tf.cast(own, tf.int32), axis=1)
+    mask = own[:, :, None]
+    if str(_param(params, "pooling")) == "max":
+        pooled = tf.reduce_max(tf.where(mask, final, final.dtype.min), axis=1)
+        pooled = tf.where(count[:, None] > 0, pooled, tf.zeros_like(pooled))
+    else:
+        total = tf.reduce_sum(tf.where(mask, final, tf.zeros_like(final)), axis=1)
+        pooled = total / tf.maximum(tf.cast(count, final.dtype), 1.0)[:, None]
+    return pooled, count
+
+
+def combine_windows(features: "np.ndarray", counts: "np.ndarray", *, params: Mapping) -> "np.ndarray":
+    """Pool the `window_features` of one input's windows into its pre-dense embedding.
+
+    Parameters
+    ----------
+    features : float32 ``[windows, final_channels]``
+    counts : int ``[windows]``
+
+    Returns
+    -------
+    float32 ``[final_channels]``: the max over the windows that have steps (``pooling="max"``), or
+    their ``counts``-weighted mean (``"avg"``), which is the pooling over the whole input.
+    """
+    import numpy as np
+
+    features, counts = np.asarray(features, np.float32), np.asarray(counts, np.int64)
+    if not np.any(counts > 0):
+        return np.zeros(features.shape[1], np.float32)
+    if str(_param(params, "pooling")) == "max":
+        return features[counts > 0].max(axis=0)
+    weights = counts.astype(np.float64) / counts.sum()
+    return (weights @ features.astype(np.float64)).astype(np.float32)
+
+
+def dense_weights(params: Mapping, *, checkpoint: str) -> list[tuple["np.ndarray", "np.ndarray"]]:
+    """(kernel ``[in, out]``, bias ``[out]``) of each of `embed`'s dense layers in a checkpoint."""
+    reader = tf.train.load_checkpoint(checkpoint)
+    return [(reader.get_tensor(f"dense{j}/kernel"), reader.get_tensor(f"dense{j}/bias"))
+            for j in range(len(_dense_sizes(params)))]
+
+
+def apply_dense_layers(embedding: "np.ndarray", *, weights: Sequence[tuple["np.ndarray", "np.ndarray"]]
+                       ) -> "np.ndarray":
+    """`embed`'s dense layers at inference (no dropout) on pooled features, in numpy.
+
+    Parameters
+    ----------
+    embedding : float32 ``[batch, final_channels]``
+    weights : `dense_weights` of the run's checkpoint (empty: no dense layers)
+
+    Returns
+    -------
+    float32 ``[batch, embedding_size(params)]`` (the input unchanged when there are no dense layers)
+    """
+    import numpy as np
+
+    x = np.asarray(embedding, np.float32)
+    for j, (kernel, bias) in enumerate(weights):
+        x = x @ kernel + bias
+        if j < len(weights) - 1:  # relu between the layers, the last one linear (as in embed)
+            x = np.maximum(x, 0.0)
+    return x.astype(np.float32)
 
 
 def _dense_sizes(params: Mapping) -> list[int]:
