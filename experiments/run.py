@@ -50,6 +50,8 @@ flags.DEFINE_integer("batch_size", 4, "Lists per training batch.")
 flags.DEFINE_float("crop_seconds", 4.0, "Random crop of each track while training.")
 flags.DEFINE_float("eval_seconds", 10.0, "Centred crop for the estimator's eval lists (0: whole tracks).")
 flags.DEFINE_float("predict_seconds", 0.0, "Centred crop when exporting embeddings (0: whole tracks).")
+flags.DEFINE_float("window_seconds", None, "Export and search embed long audio in windows this long (default: the "
+                   "longer of --crop_seconds and --eval_seconds; 0: whole files).")
 # WaveNet.
 flags.DEFINE_integer("channels", 32, "WaveNet residual channels.")
 flags.DEFINE_integer("skip_channels", 32, "WaveNet skip channels.")
@@ -141,6 +143,7 @@ class RunConfig:
     crop_seconds: float = 4.0
     eval_seconds: float | None = 10.0
     predict_seconds: float | None = None
+    window_seconds: float | None = None  # musicsim.embedder's window for long audio (None: its default)
     max_steps: int = 400
     max_minutes: float | None = 10.0
     save_checkpoints_steps: int = 50
@@ -186,7 +189,8 @@ def config_from_flags() -> RunConfig:
         min_shared_tags=FLAGS.min_shared_tags, params=params, list_kind=FLAGS.list_kind,
         n_similar=FLAGS.n_similar, n_dissimilar=FLAGS.n_dissimilar, batch_size=FLAGS.batch_size,
         crop_seconds=FLAGS.crop_seconds, eval_seconds=FLAGS.eval_seconds or None,
-        predict_seconds=FLAGS.predict_seconds or None, max_steps=FLAGS.max_steps,
+        predict_seconds=FLAGS.predict_seconds or None, window_seconds=FLAGS.window_seconds,
+        max_steps=FLAGS.max_steps,
         max_minutes=FLAGS.max_minutes or None, save_checkpoints_steps=FLAGS.save_checkpoints_steps,
         early_stopping_patience=FLAGS.early_stopping_patience, seed=FLAGS.seed, eval_repeats=FLAGS.eval_repeats,
         workers=FLAGS.workers, pretrain=FLAGS.pretrain, pretrain_splits=tuple(FLAGS.pretrain_splits),
