@@ -85,6 +85,7 @@ def served(tmp_path_factory):
                              "duration_s": [sf.info(p).duration for p in paths]},
                    model={"name": "mfcc", "model_dir": str(root / "mfcc")}).save(str(root / "index"))
     server = ServerThread(create_app(index_dir=str(root / "index")))
+    server.paths = paths
     yield server
     server.stop()
 
@@ -126,6 +127,19 @@ def test_search_select_neighbours_and_play_in_chromium(served, tmp_path):
 
         driver.find_element(By.ID, "radio-selected").click()
         wait_for(lambda: len(rows("#playlist li[role=option]")) == 15, what="the radio playlist")
+        # Played through: when a track ends, the next one of the playlist starts.
+        queue = [row.get_attribute("data-id") for row in rows("#playlist li[role=option]")]
+        driver.find_element(By.ID, "play-all").click()
+        wait_for(lambda: audio("!a.paused && a.readyState >= 2 && isFinite(a.duration)"), what="the playlist's first track")
+        assert audio("decodeURIComponent(a.src)").endswith(queue[0])
+        driver.execute_script("const a = document.getElementById('player'); a.currentTime = a.duration - 0.2;")
+        wait_for(lambda: audio("decodeURIComponent(a.src)").endswith(queue[1]) and audio("!a.paused"),
+                 what="the next track after the first ended")
+
+        # A chosen file is uploaded and its neighbours listed; its own track comes first.
+        driver.find_element(By.ID, "file-input").send_keys(str(served.paths[5]))
+        wait_for(lambda: "the file “t1.wav”" in driver.find_element(By.ID, "neighbours-title").text, what="the file query")
+        assert rows("#neighbour-list li[role=option]")[0].get_attribute("data-id") == "bright_square/t1"
         wait_for(lambda: "PCA of 16 tracks" in driver.find_element(By.ID, "map-method").text, what="the map")
         driver.save_screenshot(str(tmp_path / "page.png"))
         assert os.path.getsize(tmp_path / "page.png") > 10_000
