@@ -41,7 +41,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-from data_prep.sources import safe_name
+from data_prep.sources import file_sha256, repeated_content, safe_name
 import numpy as np
 
 from musicsim.audio import DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
@@ -272,14 +272,6 @@ def download_package(package: str, workdir: str) -> tuple[str, str]:
     return os.path.join(workdir, debs[0]), version
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy_atomic(source, destination: str) -> None:
     """Copy a readable binary stream to ``destination`` through a temp file and rename."""
     os.makedirs(os.path.dirname(destination), exist_ok=True)
@@ -435,7 +427,7 @@ def curate_tracks(*, files: dict[str, str], min_track_seconds: float = MIN_TRACK
         if seconds < min_track_seconds:
             left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
             continue
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if digest in kept_by_hash:
             left_out["duplicate"].append(f"{track}: same bytes as {kept_by_hash[digest]} (sha256 {digest[:12]})")
             continue
@@ -541,7 +533,7 @@ def unpack_source(*, deb_path: str, version: str, source: DemoSource | CuratedSo
                      "label_instrument": "", "duration_s": f"{seconds:.2f}", "source_package": source.package,
                      "source_version": version, "source_member": member, "clip_offset_s": "",
                      "license": source.license})
-    info = {"package": source.package, "version": version, "deb_sha256": _sha256(deb_path),
+    info = {"package": source.package, "version": version, "deb_sha256": file_sha256(deb_path),
             "deb_mb": round(os.path.getsize(deb_path) / 1e6, 1), "tracks": len(rows),
             "minutes": round(sum(float(r["duration_s"]) for r in rows) / 60.0, 1),
             **({"matched": len(members)} if curated else {}), **left_out}
@@ -712,20 +704,11 @@ def same_bytes_rows(*, corpus_dir: str, rows: Sequence[dict]) -> list[dict]:
     list of dict
         ``{"path", "track_id", "same_as" (the kept row's path), "sha256"}`` per row to drop.
     """
-    by_size: dict[int, list[dict]] = {}
-    for row in sorted(rows, key=lambda r: r["path"]):
-        by_size.setdefault(os.path.getsize(os.path.join(corpus_dir, row["path"])), []).append(row)
-    duplicates = []
-    for same_size in by_size.values():
-        first_of: dict[str, str] = {}
-        for row in same_size if len(same_size) > 1 else ():
-            digest = _sha256(os.path.join(corpus_dir, row["path"]))
-            if digest in first_of:
-                duplicates.append({"path": row["path"], "track_id": row["track_id"], "same_as": first_of[digest],
-                                   "sha256": digest})
-            else:
-                first_of[digest] = row["path"]
-    return sorted(duplicates, key=lambda d: d["path"])
+    by_path = {os.path.join(corpus_dir, row["path"]): row for row in sorted(rows, key=lambda r: r["path"])}
+    repeats = repeated_content(list(by_path))
+    return sorted(({"path": by_path[path]["path"], "track_id": by_path[path]["track_id"],
+                    "same_as": by_path[first]["path"], "sha256": digest}
+                   for path, (first, digest) in repeats.items()), key=lambda d: d["path"])
 
 
 def _remove_unlisted_audio(cache_dir: str, listed: set[str]) -> None:

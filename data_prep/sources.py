@@ -92,9 +92,44 @@ def _skip(path: str, track_id: str, reason: str) -> dict:
     return {"path": path, "track_id": track_id, "reason": reason}
 
 
-def _content_digest(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The sha256 hex digest of a file's bytes (read in chunks: memory stays small)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def repeated_content(paths: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Files whose bytes repeat those of a file earlier in ``paths``.
+
+    Only files whose size another one shares are hashed, so a listing without duplicates costs a
+    ``stat`` per file. Empty and unreadable files are left to the decoder to report.
+
+    Returns
+    -------
+    dict
+        ``path -> (the first path with the same bytes, their sha256)`` for each repeat.
+    """
+    sizes = {}
+    for path in paths:
+        try:
+            sizes[path] = os.path.getsize(path)
+        except OSError:
+            continue
+    counts = collections.Counter(sizes.values())
+    first_of: dict[str, str] = {}
+    repeats = {}
+    for path in paths:
+        if not sizes.get(path) or counts[sizes[path]] < 2:
+            continue
+        try:
+            digest = file_sha256(path)
+        except OSError:
+            continue
+        if digest in first_of:
+            repeats[path] = (first_of[digest], digest)
+        else:
+            first_of[digest] = path
+    return repeats
 
 
 def _finish(listing: SourceListing) -> SourceListing:
@@ -124,25 +159,16 @@ def _finish(listing: SourceListing) -> SourceListing:
             first_id[track.track_id] = track.path
             first_path[real] = track.track_id
             present.append(track)
-    sizes = collections.Counter(os.path.getsize(t.path) for t in present)
-    first_content: dict[str, SourceTrack] = {}
+    repeats = repeated_content([t.path for t in present])
+    id_of = {t.path: t.track_id for t in present}
     kept = []
     for track in present:
-        size = os.path.getsize(track.path)
-        if size and sizes[size] > 1:
-            try:
-                digest = _content_digest(track.path)
-            except OSError:
-                digest = None  # unreadable: the decoder reports why
-            if digest in first_content:
-                original = first_content[digest]
-                listing.skipped.append(_skip(track.path, track.track_id,
-                                             f"duplicate: the same content as {original.path} (track_id "
-                                             f"{original.track_id!r})"))
-                continue
-            if digest is not None:
-                first_content[digest] = track
-        kept.append(track)
+        if track.path in repeats:
+            original = repeats[track.path][0]
+            listing.skipped.append(_skip(track.path, track.track_id, f"duplicate: the same content as {original} "
+                                                                     f"(track_id {id_of[original]!r})"))
+        else:
+            kept.append(track)
     listing.tracks = kept
     return listing
 
