@@ -166,6 +166,18 @@ def latency_by_id(port: int, ids: list[str], *, count: int) -> np.ndarray:
     return np.asarray(times)
 
 
+def latency_of(port: int, path: str, *, count: int) -> np.ndarray:
+    """Seconds per sequential GET of ``path`` over one keep-alive connection: shape [count]."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        request(port, "GET", path, connection=connection)
+        times.append(time.perf_counter() - started)
+    connection.close()
+    return np.asarray(times)
+
+
 def _client_process(port: int, ids: list[str], threads: int, seconds: float, queue) -> None:
     counts, errors = [0] * threads, [0] * threads
     stop_at = time.time() + seconds
@@ -280,6 +292,18 @@ def main() -> int:
             ids = [f"synthetic/{i:06d}" for i in range(args.tracks)]
             request(server.port, "GET", "/api/similar/synthetic%2F000000?k=10")  # first-request set-up
             before = server.rss_mb()
+            index = EmbeddingIndex.load(synthetic)
+            in_process = []
+            for track_id in ids[::max(1, args.tracks // args.queries)][:args.queries]:
+                started = time.perf_counter()
+                index.search_by_id(track_id=track_id, k=10)
+                in_process.append(time.perf_counter() - started)
+            del index
+            print(f"synthetic index: the same query in-process (EmbeddingIndex.search_by_id, no HTTP): "
+                  f"p50 {1000 * np.median(in_process):.1f} ms")
+            floor = latency_of(server.port, "/healthz", count=args.queries)
+            print(f"HTTP floor (GET /healthz): p50 {1000 * np.percentile(floor, 50):.1f} ms, "
+                  f"p99 {1000 * np.percentile(floor, 99):.1f} ms")
             report_by_id(f"synthetic index ({args.tracks} tracks)", latency_by_id(server.port, ids, count=args.queries))
             rate, done, errors = throughput(server.port, ids, clients=args.clients, seconds=args.seconds)
             after = server.rss_mb()
