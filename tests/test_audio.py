@@ -403,3 +403,44 @@ def test_pooling_blocks_equals_pooling_the_joined_signal(size):
 def test_pooling_no_blocks_is_empty():
     stream = audio.mean_pool_blocks([], size=5)
     assert stream.pooled.shape == (0,) and stream.samples == 0 and stream.peak == 0.0
+
+
+class _RawPcmBackend:
+    """audioread's interface over a headerless 16-bit PCM file: what a backend (ffmpeg, gstreamer)
+    hands back for a format libsndfile does not read, in audioread's small buffers."""
+
+    def __init__(self, path: str, *, samplerate: int, channels: int):
+        self.path, self.samplerate, self.channels = path, samplerate, channels
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
+            while chunk := f.read(4098):  # not a whole number of frames: blocks must re-align them
+                yield chunk
+
+
+def test_the_audioread_fallback_streams_the_same_excerpt(tmp_path, monkeypatch):
+    import audioread
+
+    rate, channels = 22050, 2
+    wave = sine(440.0, rate, 3.0, amplitude=0.5, channels=channels)
+    wave[:, 1] *= 0.5
+    pcm = np.round(wave * 32767).astype("<i2")
+    path = str(tmp_path / "song.m4a")  # libsndfile cannot read headerless PCM: the fallback decodes it
+    pcm.tofile(path)
+    monkeypatch.setattr(audioread, "audio_open", lambda p: _RawPcmBackend(p, samplerate=rate, channels=channels))
+    as_float = pcm.astype(np.float32) / np.float32(32768.0)
+
+    blocks = list(audio.iter_audio_blocks(path, sample_rate=16000, block_seconds=0.2, offset_seconds=0.5,
+                                          duration_seconds=2.0))
+
+    excerpt = as_float[int(0.5 * rate):int(0.5 * rate) + int(2.0 * rate)]
+    expected = soxr.resample(excerpt.mean(axis=1, dtype=np.float32), rate, 16000, quality="HQ")
+    assert len(blocks) >= 8
+    np.testing.assert_allclose(np.concatenate(blocks), expected, atol=1e-6)
+    np.testing.assert_allclose(load_audio(path, sample_rate=16000, offset=0.5, duration=2.0), expected, atol=1e-6)
