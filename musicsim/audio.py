@@ -178,18 +178,21 @@ def _ogg_crc(data: bytes) -> int:
 
 
 def _ogg_truncation(path: str) -> str | None:
-    """Why an Ogg file is cut short, or None when it is whole (or not Ogg).
+    """Why an Ogg file cannot be decoded whole (cut short, or unreadable), or None when it can (or is not Ogg).
 
     libsndfile counts an Ogg file's frames from its last page, so a cut file reports, and decodes
     to, the shorter length without any error. A whole stream ends with a page flagged
     end-of-stream: the last complete page (the one whose checksum holds) must carry that flag.
     """
-    with open(path, "rb") as f:
-        if f.read(4) != _OGG_CAPTURE:
-            return None
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - _OGG_MAX_PAGE))
-        tail = f.read()
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != _OGG_CAPTURE:
+                return None
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _OGG_MAX_PAGE))
+            tail = f.read()
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
     position = len(tail)
     while True:
         position = tail.rfind(_OGG_CAPTURE, 0, position)
