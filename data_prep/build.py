@@ -59,7 +59,8 @@ from data_prep.lock import (NotADatasetFolderError, OutputLock, OutputLockedErro
 from data_prep.sources import KINDS, SourceListing, SourceTrack, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
 from musicsim.audio import (DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info,
-                            centred_excerpt, check_excerpt, iter_audio_blocks, mean_pool_blocks)
+                            UnsupportedHeaderError, centred_excerpt, check_excerpt, iter_audio_blocks,
+                            mean_pool_blocks)
 from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog, write_json_atomic
 from musicsim.tfrecords import SPLITS, Track, serialize_track, write_records
 
@@ -122,9 +123,7 @@ def pooled_excerpt(path: str, *, settings: DecodeSettings) -> tuple[np.ndarray, 
     """
     try:
         duration = audio_info(path).duration
-    except AudioDecodeError:
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            raise
+    except UnsupportedHeaderError:
         duration = None
     if duration is None and settings.max_seconds is not None:
         samples = sum(block.size for block in iter_audio_blocks(path, sample_rate=settings.sample_rate))

@@ -40,6 +40,10 @@ class AudioDecodeError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+class UnsupportedHeaderError(AudioDecodeError):
+    """libsndfile cannot parse the header of a readable, non-empty file: a fallback decoder may."""
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What a file's header says, before decoding."""
@@ -137,7 +141,8 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     Raises
     ------
     AudioDecodeError
-        If the file is missing, empty or not a readable audio file.
+        If the file is missing, empty, cannot be read (permissions, I/O error) or is not an audio
+        file libsndfile reads (then :class:`UnsupportedHeaderError`).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -147,9 +152,14 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     if os.path.getsize(path) == 0:
         raise AudioDecodeError(path, "empty file (0 bytes)")
     try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:  # libsndfile would only say "System error"
+        raise AudioDecodeError(path, f"cannot be read ({err.strerror or err})") from None
+    try:
         info = sf.info(path)
     except Exception as err:
-        raise AudioDecodeError(path, f"not audio or unsupported format ({err})")
+        raise UnsupportedHeaderError(path, f"not audio or unsupported format ({err})")
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioDecodeError(path, "header has no sample rate or channels")
     return AudioInfo(path=path, sample_rate=int(info.samplerate), channels=int(info.channels),
@@ -303,9 +313,7 @@ def iter_audio_blocks(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAM
     path = os.fspath(path)
     try:
         info = audio_info(path)
-    except AudioDecodeError as err:
-        if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            raise
+    except UnsupportedHeaderError as err:
         # raises AudioDecodeError itself
         file_rate, channels, frames_iter = _audioread_frames(
             path, offset=offset_seconds, duration=duration_seconds, block_seconds=block_seconds,

@@ -444,3 +444,18 @@ def test_the_audioread_fallback_streams_the_same_excerpt(tmp_path, monkeypatch):
     assert len(blocks) >= 8
     np.testing.assert_allclose(np.concatenate(blocks), expected, atol=1e-6)
     np.testing.assert_allclose(load_audio(path, sample_rate=16000, offset=0.5, duration=2.0), expected, atol=1e-6)
+
+
+def test_an_unreadable_file_says_so_rather_than_not_audio(encoded, monkeypatch):
+    real_open = open
+
+    def denying_open(path, *args, **kwargs):  # tests run as root: chmod cannot deny a read
+        if os.fspath(path) == encoded["flac"]:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "open", denying_open, raising=False)
+    for read in (audio_info, load_audio):
+        with pytest.raises(AudioDecodeError, match=r"cannot be read \(Permission denied\)") as caught:
+            read(encoded["flac"])
+        assert caught.value.path == encoded["flac"]
