@@ -129,6 +129,8 @@ class SearchService:
         self.groups = sorted({str(t["group"]) for t in self._tracks if t["group"] is not None})
         self._embedder = None
         self._embed_lock = threading.Lock()
+        # What /healthz says of the upload model: none, not loaded, loading, ready, or failed: why.
+        self.model_state = "not loaded" if self.index.model.get("model_dir") else "none"
         self._map: np.ndarray | None = None
         self._map_lock = threading.Lock()
         # Uploads live here, readable by this user only, removed with the service.
@@ -203,15 +205,18 @@ class SearchService:
                                     "... --model_dir=RUN`, or query by track id")
         with self._embed_lock:
             if self._embedder is None:
+                self.model_state = "loading"
                 try:
                     embedder = load_embedder(model_dir)
                     self.index.check_model(query_model={"name": embedder.name, "model_dir": embedder.model_dir})
+                    if embedder.dim != self.index.dim:
+                        raise ValueError(f"it makes {embedder.dim}-d embeddings but the index holds "
+                                         f"{self.index.dim}-d ones")
                 except (OSError, ValueError) as error:
+                    self.model_state = f"failed: {error}"
                     raise ServiceError(500, f"cannot load the index's model {model_dir}: {error}") from error
-                if embedder.dim != self.index.dim:
-                    raise ServiceError(500, f"the model {model_dir} makes {embedder.dim}-d embeddings but the "
-                                            f"index holds {self.index.dim}-d ones")
                 self._embedder = embedder
+                self.model_state = "ready"
             return self._embedder
 
     def warm_up(self) -> None:
@@ -221,6 +226,7 @@ class SearchService:
 
         try:
             embedder = self.embedder()
+            self.model_state = "loading"
             rate = 22050
             tone = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(3 * rate) / rate) * np.linspace(0.2, 1.0, 3 * rate)
             handle, path = tempfile.mkstemp(dir=self.upload_dir, prefix="warm-up-", suffix=".wav")
@@ -231,8 +237,11 @@ class SearchService:
                     embedder.embed_paths(paths=[path], workers=1, progress=False)
             finally:
                 os.unlink(path)
+            self.model_state = "ready"
         except Exception as error:  # noqa: BLE001 - the first real upload reports the problem
             logging.getLogger("musicsim.serve").warning("model warm-up failed: %s", error)
+            if self._embedder is not None:
+                self.model_state = "ready"  # loaded; only the warm-up embedding failed
 
     def similar_to_file(self, *, path: str, name: str, k: int, diversity: float) -> dict[str, Any]:
         """Neighbours of an audio file (an upload saved at ``path``; ``name`` is what the client called it)."""
@@ -436,9 +445,9 @@ def create_app(*, index_dir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, 
     def static_file(name: str) -> Response:
         return static_response(name)
 
-    @app.get("/healthz", summary="Liveness and the number of tracks")
+    @app.get("/healthz", summary="Liveness, the number of tracks and the state of the upload model")
     def healthz() -> JSONResponse:
-        return JSONResponse({"status": "ok", "tracks": len(service.track_ids)})
+        return JSONResponse({"status": "ok", "tracks": len(service.track_ids), "model": service.model_state})
 
     @app.get("/api/info", summary="The index: size, similarity, model, groups, upload limit")
     def info() -> JSONResponse:
