@@ -268,7 +268,8 @@ def report_by_id(name: str, times: np.ndarray) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--audio", default=None, help="a folder of audio files (default: the demo corpus, else generated)")
+    parser.add_argument("--audio", default=None,
+                        help="a folder of audio files (default: the demo corpus, else generated)")
     parser.add_argument("--tracks", type=int, default=100_000, help="synthetic index size")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30.0, help="throughput run length")

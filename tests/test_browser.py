@@ -95,16 +95,24 @@ def test_search_select_neighbours_and_play_in_chromium(served, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     driver = headless_chromium(profile_dir=str(tmp_path / "profile"))
+
+    def rows(css: str) -> list:
+        return driver.find_elements(By.CSS_SELECTOR, css)
+
+    def audio(script: str):
+        """Evaluates ``script`` with ``a`` the page's <audio> element."""
+        return driver.execute_script(f"const a = document.getElementById('player'); return {script};")
+
     try:
         driver.get(served.url)
-        rows = lambda css: driver.find_elements(By.CSS_SELECTOR, css)  # noqa: E731
         wait_for(lambda: len(rows("#track-list li[role=option]")) == 16, what="the catalog")
         assert "16 tracks" in driver.find_element(By.ID, "index-summary").text
 
         search = driver.find_element(By.ID, "search-input")
         search.send_keys("noisy", Keys.ENTER)
         wait_for(lambda: len(rows("#track-list li[role=option]")) == 4, what="the search results")
-        assert {row.get_attribute("data-id").split("/")[0] for row in rows("#track-list li[role=option]")} == {"noisy_mid"}
+        found = rows("#track-list li[role=option]")
+        assert {row.get_attribute("data-id").split("/")[0] for row in found} == {"noisy_mid"}
 
         rows("#track-list li[role=option]")[1].click()
         wait_for(lambda: len(rows("#neighbour-list li[role=option]")) == 10, what="the neighbours")
@@ -114,7 +122,6 @@ def test_search_select_neighbours_and_play_in_chromium(served, tmp_path):
         assert "noisy_mid/t1" not in [row.get_attribute("data-id") for row in neighbours]
 
         driver.find_element(By.ID, "play-selected").click()
-        audio = lambda script: driver.execute_script(f"const a = document.getElementById('player'); return {script};")  # noqa: E731
         wait_for(lambda: audio("!a.paused && a.readyState >= 2 && a.currentTime > 0.1"), what="playback")
         assert audio("a.src").endswith("/api/audio/noisy_mid%2Ft1") and audio("a.error") is None
 
@@ -130,7 +137,8 @@ def test_search_select_neighbours_and_play_in_chromium(served, tmp_path):
         # Played through: when a track ends, the next one of the playlist starts.
         queue = [row.get_attribute("data-id") for row in rows("#playlist li[role=option]")]
         driver.find_element(By.ID, "play-all").click()
-        wait_for(lambda: audio("!a.paused && a.readyState >= 2 && isFinite(a.duration)"), what="the playlist's first track")
+        wait_for(lambda: audio("!a.paused && a.readyState >= 2 && isFinite(a.duration)"),
+                 what="the playlist's first track")
         assert audio("decodeURIComponent(a.src)").endswith(queue[0])
         driver.execute_script("const a = document.getElementById('player'); a.currentTime = a.duration - 0.2;")
         wait_for(lambda: audio("decodeURIComponent(a.src)").endswith(queue[1]) and audio("!a.paused"),
@@ -138,7 +146,8 @@ def test_search_select_neighbours_and_play_in_chromium(served, tmp_path):
 
         # A chosen file is uploaded and its neighbours listed; its own track comes first.
         driver.find_element(By.ID, "file-input").send_keys(str(served.paths[5]))
-        wait_for(lambda: "the file “t1.wav”" in driver.find_element(By.ID, "neighbours-title").text, what="the file query")
+        wait_for(lambda: "the file “t1.wav”" in driver.find_element(By.ID, "neighbours-title").text,
+                 what="the file query")
         assert rows("#neighbour-list li[role=option]")[0].get_attribute("data-id") == "bright_square/t1"
         wait_for(lambda: "PCA of 16 tracks" in driver.find_element(By.ID, "map-method").text, what="the map")
         driver.save_screenshot(str(tmp_path / "page.png"))

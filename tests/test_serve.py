@@ -118,7 +118,8 @@ def test_similar_by_id_answers_like_the_index(client, catalog):
                                                                 "exclude_same_group": exclude}).json()
         expected = index.search_by_id(track_id="low_sine/t1", k=6, diversity=diversity, exclude_same_group=exclude)
         assert answer["query"]["track_id"] == "low_sine/t1"
-        assert [(r["track_id"], r["rank"]) for r in answer["results"]] == [(t, i + 1) for i, (t, _) in enumerate(expected)]
+        assert [(r["track_id"], r["rank"]) for r in answer["results"]] == [
+            (t, i + 1) for i, (t, _) in enumerate(expected)]
         np.testing.assert_allclose([r["score"] for r in answer["results"]], [s for _, s in expected], rtol=1e-6)
         assert all(r["audio_url"] and r["group"] == r["track_id"].split("/")[0] for r in answer["results"])
         if exclude:
@@ -196,7 +197,8 @@ def test_warm_up_loads_the_model_in_the_background_once(catalog):
         loaded = service._embedder
         assert loaded is not None and loaded.name == "mfcc" and not os.listdir(service.upload_dir)
         with open(catalog["paths"][4], "rb") as f:
-            assert warm.post("/api/similar", files={"file": ("a.wav", f)}).json()["results"][0]["track_id"] == "bright_square/t0"
+            answer = warm.post("/api/similar", files={"file": ("a.wav", f)}).json()
+        assert answer["results"][0]["track_id"] == "bright_square/t0"
         assert service._embedder is loaded  # kept, not reloaded per request
         deadline = time.time() + 30
         while os.listdir(service.upload_dir) and time.time() < deadline:
