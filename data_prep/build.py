@@ -296,19 +296,29 @@ def track_record(*, track: SourceTrack, pooled: np.ndarray, settings: DecodeSett
                                  pool_size=settings.pool_size))
 
 
-def _write_shard(plan: ShardPlan, results: Sequence[DecodeResult], *, output: str,
+def _write_shard(plan: ShardPlan, results: Iterator[DecodeResult], *, output: str,
                  settings: DecodeSettings) -> dict:
-    """Write one shard's TFRecord file, then its sidecar (so a sidecar always means a whole shard)."""
-    records, kept, skipped = [], [], []
-    for track, result in zip(plan.tracks, results):
-        if result.pooled is None:
-            skipped.append({"path": track.path, "track_id": track.track_id, "reason": result.reason})
-            continue
-        records.append(track_record(track=track, pooled=result.pooled, settings=settings))
-        kept.append({"track_id": track.track_id, "labels": list(track.labels), "path": track.path,
-                     "duration_s": result.seconds})
+    """Write one shard's TFRecord file, then its sidecar (so a sidecar always means a whole shard).
+
+    ``results`` is consumed one per track of the plan while the file is written, so only the track
+    being serialized is held, not the whole shard.
+    """
+    kept, skipped = [], []
+
+    def records() -> Iterator[bytes]:
+        for track, result in zip(plan.tracks, results):  # tracks first: no result is taken past the shard
+            if result.pooled is None:
+                skipped.append({"path": track.path, "track_id": track.track_id, "reason": result.reason})
+                continue
+            yield track_record(track=track, pooled=result.pooled, settings=settings)
+            kept.append({"track_id": track.track_id, "labels": list(track.labels), "path": track.path,
+                         "duration_s": result.seconds})
+
     os.makedirs(os.path.join(output, plan.split), exist_ok=True)
-    write_records(plan.record_path(output), records)
+    write_records(plan.record_path(output), records())
+    if len(kept) + len(skipped) != len(plan.tracks):
+        raise RuntimeError(f"{plan.record_path(output)}: the decoder gave {len(kept) + len(skipped)} results for "
+                           f"{len(plan.tracks)} tracks")
     sidecar = {"key": plan.key, "split": plan.split, "tracks": kept, "skipped": skipped}
     write_json_atomic(plan.sidecar_path(output), sidecar)
     return sidecar
@@ -393,14 +403,18 @@ def _build_local(*, plans: Sequence[ShardPlan], settings: DecodeSettings, output
     with tqdm(total=len(paths), unit="track", desc=f"preparing {name}", disable=not progress or not paths,
               file=sys.stderr, dynamic_ncols=True) as bar:
         results = decode_in_order(paths, settings=settings, workers=workers)
+
+        def counted() -> Iterator[DecodeResult]:
+            for result in results:
+                bar.update(1)
+                yield result
+
+        stream = counted()
         try:
             for plan in pending:
-                shard_results = []
-                for _ in plan.tracks:
-                    shard_results.append(next(results))
-                    bar.update(1)
-                sidecars[id(plan)] = _write_shard(plan, shard_results, output=output, settings=settings)
+                sidecars[id(plan)] = _write_shard(plan, stream, output=output, settings=settings)
         finally:
+            stream.close()
             results.close()
 
     entries, skipped = [], []

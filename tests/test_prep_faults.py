@@ -403,3 +403,31 @@ def test_workers_end_when_the_build_is_killed(tmp_path):
     for pid in survivors:  # leave nothing behind, then fail
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
+
+
+# ---------------------------------------------------------------- memory bounded by a track, not a shard
+
+
+def test_a_shard_is_written_as_its_tracks_decode_not_held_whole(small_tree, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    alive, most_alive = set(), [0]
+    real_decode_in_order = build.decode_in_order
+
+    def watched_decode_in_order(paths, **kwargs):
+        for result in real_decode_in_order(paths, **kwargs):
+            gc.collect()
+            most_alive[0] = max(most_alive[0], len(alive) + 1)
+            if result.pooled is not None:
+                key = id(result.pooled)
+                alive.add(key)
+                weakref.finalize(result.pooled, alive.discard, key)
+            yield result
+
+    monkeypatch.setattr(build, "decode_in_order", watched_decode_in_order)
+    report = prepare(dataset="album_folders", input_path=small_tree, output=str(tmp_path / "out"), shard_size=6,
+                     **FAST)
+
+    assert report["tracks"] == 12 and report["shards"]["total"] >= 2
+    assert most_alive[0] <= 2  # the track being written and the next one: never the shard's 6
