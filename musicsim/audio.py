@@ -223,12 +223,18 @@ def _ogg_truncation(path: str) -> str | None:
                             "was cut short)")
 
 
+# soundfile's C bindings, used by _read_frames (present in soundfile 0.10 to 0.14).
+_DIRECT_READ = all(hasattr(sf, name) for name in ("_snd", "_ffi", "_error_check"))
+
+
 def _read_frames(f: sf.SoundFile, frames: int) -> np.ndarray:
     """The next ``[<= frames, channels]`` float32 frames of ``f``, read with one libsndfile call.
 
     ``SoundFile.read`` seeks back to its own position after every call; for MP3 that restarts the
     decoder and garbles the next ~4000 frames, so block-wise reads would differ from one whole read.
     """
+    if not _DIRECT_READ:  # another soundfile release: its public read, MP3 caveat and all
+        return f.read(frames=frames, dtype="float32", always_2d=True)
     out = np.empty((frames, f.channels), np.float32)
     got = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), frames)
     sf._error_check(f._errorcode)
