@@ -179,9 +179,15 @@ def check_output_folder(folder: str) -> None:
         Naming ``folder`` and a few of its entries.
     """
     folder = os.path.abspath(folder)
-    if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, CLAIM_NAME)):
+    if not os.path.exists(folder) or os.path.exists(os.path.join(folder, CLAIM_NAME)):
         return
-    entries = sorted(name for name in os.listdir(folder) if name != LOCK_NAME and not name.startswith(LOCK_NAME + "."))
+    if not os.path.isdir(folder):
+        raise NotADatasetFolderError(f"{folder} is a file, not a folder: choose a new or empty --output folder")
+    try:
+        names = os.listdir(folder)
+    except OSError as err:
+        raise NotADatasetFolderError(f"{folder} cannot be read ({err.strerror or err})") from None
+    entries = sorted(name for name in names if name != LOCK_NAME and not name.startswith(LOCK_NAME + "."))
     if entries and not _is_our_dataset_info(os.path.join(folder, DATASET_INFO_NAME)):
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise NotADatasetFolderError(

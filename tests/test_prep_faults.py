@@ -431,3 +431,11 @@ def test_a_shard_is_written_as_its_tracks_decode_not_held_whole(small_tree, tmp_
 
     assert report["tracks"] == 12 and report["shards"]["total"] >= 2
     assert most_alive[0] <= 2  # the track being written and the next one: never the shard's 6
+
+
+def test_an_output_that_is_a_file_is_refused_untouched(small_tree, tmp_path):
+    output = tmp_path / "out.txt"
+    output.write_text("a file")
+    with pytest.raises(lock.NotADatasetFolderError, match="is a file, not a folder"):
+        prepare(dataset="album_folders", input_path=small_tree, output=str(output), **FAST)
+    assert output.read_text() == "a file"
