@@ -1,8 +1,11 @@
 """Dataset adapters: turn each source layout into one list of labelled audio files (paper 5.1.1).
 
 Every adapter returns a :class:`SourceListing`: the tracks to prepare, each with an id, its labels and
-its absolute path, plus the rows it had to skip (missing file, duplicate id, no label, malformed row)
-with the reason. Problems with one row never stop a listing; a missing or malformed index file does.
+its absolute path, plus the rows it had to skip (missing file, a file listed twice, duplicate id, the
+same content as another file, no label, malformed row, unreadable folder) with the reason. Problems
+with one row never stop a listing; a missing, malformed or undecodable (not UTF-8) index file does.
+Ids an adapter derives from paths (:func:`track_ids_from_paths`) are the relative paths, Unicode kept,
+so distinct files never share one.
 
 Kinds:
 
@@ -11,7 +14,7 @@ Kinds:
     fields may be double-quoted) and the mp3s under ROOT (or ``audio_root``). Labels: the tags set
     to 1. The clips cut from one song share a group, so they land in one split.
 ``album_folders``
-    ``ROOT/<album>/<track>.<ext>`` (FilmMusic). Label: the album folder.
+    ``ROOT/<album>/<track>.<ext>`` (FilmMusic). Label: the album folder; id ``<album>/<track>``.
 ``labelled_csv``
     A CSV with ``path`` (relative to the CSV's folder, or absolute), a label column and optionally
     ``track_id`` (zalo: ``genre``).
