@@ -7,6 +7,10 @@ For each catalogue size N it builds, on N random unit vectors of dimension d:
 * ``ivf``: ``EmbeddingIndex(approximate='ivf')`` at several ``nprobe``;
 * ``hnsw``: ``EmbeddingIndex(approximate='hnsw')`` at several ``efSearch``;
 
+and, with ``--backend=faiss,milvus``, the same searches on ``MilvusIndex`` (a Milvus Lite file in a
+temporary folder, or ``--milvus_uri``): ``milvus`` exact (FLAT), and ``milvus-ivf`` / ``milvus-hnsw``
+when ``ivf`` / ``hnsw`` are among the methods; recall is always against exact faiss;
+
 and prints one table row per (method, setting): build seconds, queries/s one query at a time
 (median over queries of the best of ``--repeats``), queries/s in one batch (best of
 ``--repeats``), recall@10 against exact, and batched speed-up over exact. The machine may be
@@ -16,15 +20,22 @@ shared: best-of timings are the ones least slowed down by other processes.
 nearly equidistant from every other) or ``clustered`` (points and queries drawn around 1000
 random centres, closer to real embeddings, where neighbours are well separated).
 
+The last column is the resident memory of the process after that method's build (MB), and the
+peak so far; Milvus Lite runs inside the process, so its memory is counted there too.
+
 Usage::
 
     python benchmarks/search.py --sizes=10000,100000,1000000 --dim=128 --data=uniform
+    python benchmarks/search.py --backend=faiss,milvus --sizes=10000,100000 --dim=64 --methods=exact
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
 import sys
+import tempfile
 import time
 
 import faiss
@@ -67,6 +78,13 @@ def timed(function, *, repeats: int = 1) -> tuple[float, object]:
     return best, value
 
 
+def memory_mb() -> tuple[float, float]:
+    """(resident, peak resident) memory of this process in MB."""
+    with open("/proc/self/status") as f:
+        resident_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return resident_kb / 1024.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def recall_at(found: list[list[str]], truth: list[list[str]], *, k: int) -> float:
     return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
 
@@ -97,7 +115,7 @@ def interleaved_qps(searches: dict, queries: np.ndarray, *, single_count: int,
             for name in searches}
 
 
-def index_qps(index: EmbeddingIndex, queries: np.ndarray, *, single_count: int, k: int, repeats: int,
+def index_qps(index, queries: np.ndarray, *, single_count: int, k: int, repeats: int,
               **search_args) -> tuple[float, float, list[list[str]]]:
     """(single-query qps, batched qps, result ids of the batch)."""
     index.search(queries=queries[:8], k=k, **search_args)  # warm-up
@@ -127,23 +145,34 @@ def main() -> None:
     parser.add_argument("--hnsw_max_size", type=int, default=10**7,
                         help="skip HNSW above this size (its build is the slow part)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="faiss", help="comma-separated: faiss, milvus")
+    parser.add_argument("--milvus_uri", default=None,
+                        help="a Milvus server (http://host:19530); default: a Milvus Lite file in a temp folder")
+    parser.add_argument("--milvus_max_size", type=int, default=10**6,
+                        help="skip Milvus above this size")
     args = parser.parse_args()
     methods = args.methods.split(",")
+    backends = args.backend.split(",")
+    unknown = sorted(set(backends) - {"faiss", "milvus"})
+    if unknown:
+        parser.error(f"unknown backends {unknown}")
     k = args.k
     data = args.data + (f" (noise {args.cluster_noise})" if args.data == "clustered" else "")
     print(f"# {data} unit vectors, d={args.dim}, k={k}, {args.queries} batched / {args.single_queries} "
           f"single queries, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, "
           f"{os.cpu_count()} cpus")
-    header = f"{'N':>8} {'method':<10} {'setting':<14} {'build_s':>8} {'qps_single':>11} {'qps_batch':>10} " \
-             f"{'recall@10':>9} {'x_exact':>8}"
+    header = f"{'N':>8} {'method':<11} {'setting':<14} {'build_s':>8} {'qps_single':>11} {'qps_batch':>10} " \
+             f"{'recall@10':>9} {'x_exact':>8} {'rss/peak_MB':>13}"
     print(header)
     print("-" * len(header))
 
-    def row(count, method, setting, build_s, single, batch, recall, exact_batch):
+    def row(count, method, setting, build_s, single, batch, recall, exact_batch, memory=None):
         speedup = f"{batch / exact_batch:8.1f}" if exact_batch else f"{'':>8}"
         recall_text = f"{recall:9.3f}" if recall is not None else f"{'':>9}"
-        print(f"{count:>8} {method:<10} {setting:<14} {build_s:8.2f} {single:11.0f} {batch:10.0f} "
-              f"{recall_text} {speedup}", flush=True)
+        resident, peak = memory or memory_mb()
+        print(f"{count:>8} {method:<11} {setting:<14} {build_s:8.2f} {single:11.{0 if single >= 10 else 2}f} "
+              f"{batch:10.{0 if batch >= 10 else 2}f} "
+              f"{recall_text} {speedup} {resident:6.0f}/{peak:<6.0f}", flush=True)
 
     for count in [int(s) for s in args.sizes.split(",")]:
         vectors, queries = make_data(kind=args.data, count=count, query_count=args.queries, dim=args.dim,
@@ -151,6 +180,7 @@ def main() -> None:
         track_ids = [f"t{i:07d}" for i in range(count)]
         # exact is always built: it is the ground truth for recall and the speed reference
         exact_build_s, exact = timed(lambda: EmbeddingIndex(track_ids=track_ids, vectors=vectors))
+        exact_memory = memory_mb()
         truth = [[t for t, _ in r] for r in exact.search(queries=queries, k=k)]
         searches = {"exact": lambda q: exact.search(queries=q, k=k)}
         if "faiss-flat" in methods:
@@ -162,10 +192,15 @@ def main() -> None:
         if "faiss-flat" in methods:
             row(count, "faiss-flat", "IndexFlatIP", flat_build_s, *speeds["faiss-flat"], None, None)
             del flat, searches["faiss-flat"]
-        if "exact" in methods:
+        if "exact" in methods and "faiss" in backends:
             agree = recall_at(flat_ids, truth, k=k) if "faiss-flat" in methods else None
-            row(count, "exact", "default", exact_build_s, *speeds["exact"], agree, exact_batch)
+            row(count, "exact", "default", exact_build_s, *speeds["exact"], agree, exact_batch, exact_memory)
         del exact, searches
+        if "milvus" in backends and count <= args.milvus_max_size:
+            milvus_rows(count=count, vectors=vectors, queries=queries, track_ids=track_ids, truth=truth,
+                        exact_batch=exact_batch, methods=methods, args=args, row=row)
+        if "faiss" not in backends:
+            continue
         if "ivf" in methods:
             build_s, ivf = timed(lambda: EmbeddingIndex(track_ids=track_ids, vectors=vectors, approximate="ivf"))
             for nprobe in [int(v) for v in args.nprobe.split(",")]:
@@ -185,6 +220,44 @@ def main() -> None:
                 row(count, "hnsw", f"M={args.hnsw_m},ef={ef}", build_s, single, batch,
                     recall_at(found, truth, k=k), exact_batch)
             del hnsw
+
+
+def milvus_rows(*, count: int, vectors: np.ndarray, queries: np.ndarray, track_ids: list[str],
+                truth: list[list[str]], exact_batch: float, methods: list[str], args: argparse.Namespace,
+                row) -> None:
+    """Build ``MilvusIndex`` (exact, and IVF / HNSW when asked) over the catalogue and print its rows."""
+    from musicsim.index_milvus import MilvusIndex
+
+    folder = tempfile.mkdtemp(prefix="milvus-bench-")
+    uri = args.milvus_uri or os.path.join(folder, "bench.db")
+    kinds = [("milvus", None, [None])]
+    if "ivf" in methods:
+        kinds.append(("milvus-ivf", "ivf", [int(v) for v in args.nprobe.split(",")]))
+    if "hnsw" in methods:
+        kinds.append(("milvus-hnsw", "hnsw", [int(v) for v in args.ef_search.split(",")]))
+    try:
+        for method, approximate, sweep in kinds:
+            build_s, index = timed(lambda: MilvusIndex(uri=uri, collection="bench", track_ids=track_ids,
+                                                       vectors=vectors, approximate=approximate,
+                                                       hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+                                                       overwrite=True))
+            memory = memory_mb()
+            try:
+                for value in sweep:
+                    if approximate == "ivf" and value > index.nlist:
+                        continue
+                    search_args = {"nprobe": value} if approximate == "ivf" else (
+                        {"ef_search": value} if approximate == "hnsw" else {})
+                    single, batch, found = index_qps(index, queries, single_count=args.single_queries, k=args.k,
+                                                     repeats=args.repeats, **search_args)
+                    setting = {"ivf": f"nl={index.nlist},np={value}", "hnsw": f"M={args.hnsw_m},ef={value}"}.get(
+                        approximate, "FLAT")
+                    row(count, method, setting, build_s, single, batch, recall_at(found, truth, k=args.k),
+                        exact_batch, memory)
+            finally:
+                index.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,18 @@ recomputed as ``||q - v||``, which stays precise near 0 where faiss's expanded f
 
 On disk an index is one directory::
 
-    DIR/config.json   similarity, dimension, approximate-search parameters, model info, count
+    DIR/config.json   "format": "musicsim.index", backend, similarity, dimension, approximate-search
+                      parameters, model (name, model_dir, dim), count
     DIR/tracks.json   track ids and per-track metadata columns (path, group, duration_s, ...)
     DIR/vectors.npy   [N, D] float32 (unit vectors for cosine)
     DIR/labels.npy    [N] int64 faiss ids of the rows (only with approximate search)
     DIR/faiss.index   the trained IVF / HNSW index (only with approximate search)
 
 It is saved atomically (written into a sibling temp directory, then swapped in; the previous
-version is kept at ``DIR.bak`` during the swap, and ``load`` falls back to it).
+version is kept at ``DIR.bak`` during the swap, and ``load`` falls back to it). ``load`` checks
+every file (counts, dimensions, finite unit vectors, the faiss index) and raises ``IndexFileError``
+naming the one at fault. A Milvus index (``musicsim.index_milvus``) keeps only config.json here;
+``EmbeddingIndex.load`` opens either backend.
 
 CLI (queries: ``python -m musicsim.search``)::
 
@@ -698,7 +702,8 @@ class EmbeddingIndex(IndexBackend):
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
-        return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "backend": self.backend, "similarity": self.similarity, "dim": self._dim,
+        return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "backend": self.backend,
+                "similarity": self.similarity, "dim": self._dim,
                 "count": len(self._ids), "approximate": self.approximate, "nlist": self.nlist,
                 "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
                 "ef_search": self.ef_search, "training_points_per_list": self.training_points_per_list,

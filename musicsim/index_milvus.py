@@ -94,7 +94,8 @@ def connect(*, uri: str) -> Any:
     try:
         from pymilvus import MilvusClient
     except ImportError as error:
-        raise IndexFileError(f"the milvus backend needs pymilvus (and milvus-lite for a local file): {error}") from error
+        raise IndexFileError("the milvus backend needs pymilvus (and milvus-lite for a local file): "
+                             f"{error}") from error
     if is_local_uri(uri):
         if not uri.endswith(".db"):
             raise IndexFileError(f"a Milvus Lite file path must end in .db, got {uri!r} (or give http://host:19530)")
@@ -150,7 +151,8 @@ class MilvusIndex(IndexBackend):
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not collection or not collection.replace("_", "a").isalnum() or collection[0].isdigit():
-            raise ValueError(f"a Milvus collection name is letters, digits and _ (not first a digit), got {collection!r}")
+            raise ValueError("a Milvus collection name is letters, digits and _ (not first a digit), "
+                             f"got {collection!r}")
         self.similarity = similarity
         self.approximate = approximate
         self.model = dict(model or {})
@@ -423,8 +425,10 @@ class MilvusIndex(IndexBackend):
         if is_local_uri(self.uri) and os.path.commonpath([directory, self.uri]) == directory:
             raise IndexFileError(f"cannot save the index to {directory}: its Milvus Lite file {self.uri} lies "
                                  "inside it; keep the .db file outside the index directory")
-        save_index_directory(directory=directory, overwrite=overwrite,
-                             write_files=lambda temp: write_json_synced(os.path.join(temp, CONFIG_FILE), self._config()))
+        def write_files(temp: str) -> None:
+            write_json_synced(os.path.join(temp, CONFIG_FILE), self._config())
+
+        save_index_directory(directory=directory, overwrite=overwrite, write_files=write_files)
 
     @classmethod
     def open(cls, *, config: Mapping[str, Any], config_path: str) -> "MilvusIndex":
