@@ -97,6 +97,33 @@ def crop(sequence: np.ndarray, frames: int | None, rng: np.random.Generator | No
     return sequence[start:start + frames]
 
 
+def crop_grid(*, length: int, frames: int | None, hop: int | None) -> np.ndarray:
+    """Starts of a track's fixed crops: every ``hop`` steps, or the centred one; ``[0]`` when shorter.
+
+    A finite set of crops lets what is computed per crop (a teacher's targets) be computed once.
+
+    Parameters
+    ----------
+    length : int >= 0
+        The track's steps.
+    frames : int >= 1 or None
+        Crop length in steps (None: the whole track).
+    hop : int >= 1 or None
+        Steps between crop starts; None: only the centred crop (as ``crop`` without ``rng``).
+
+    Returns
+    -------
+    np.ndarray, int64, shape ``[n_crops]``, n_crops >= 1
+    """
+    if frames is None or length <= frames:
+        return np.zeros(1, dtype=np.int64)
+    if hop is None:
+        return np.array([(length - frames) // 2], dtype=np.int64)
+    if hop < 1:
+        raise ValueError(f"hop must be >= 1 or None, got {hop}")
+    return np.arange(0, length - frames + 1, hop, dtype=np.int64)
+
+
 def _stack_padded(sequences: Sequence[np.ndarray], channels: int) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.array([s.shape[0] for s in sequences], dtype=np.int32)
     out = np.zeros((len(sequences), max(1, lengths.max(initial=0)), channels), dtype=np.float32)

@@ -267,3 +267,22 @@ def test_run_on_a_tiny_dataset_scores_exports_and_embeds_through_the_fitted_path
     vectors, ok, skipped = embedder.embed_paths(paths=[str(paths[5])])
     assert ok == [0] and not skipped
     np.testing.assert_allclose(vectors[0], embeddings[5], atol=1e-5)
+
+
+def test_teacher_gives_each_crop_its_own_patch_mean(musicnn_files):
+    teacher = musicnn.MusicnnTeacher(layer="taggram")
+    # More patches than one network call takes, in crops of different lengths (34, 1 and 2 patches).
+    crops = [_clip(34 * musicnn.PATCH_SECONDS, seed=20), _clip(2.0, seed=21), _clip(6.5, seed=22)]
+    targets = teacher(crops=crops, frame_rate=16000)
+    assert targets.shape == (3, 50)
+    for crop, target in zip(crops, targets):
+        expected = musicnn.track_embedding(network=teacher.network, layer="taggram", blocks=[crop])
+        np.testing.assert_allclose(target, expected, atol=1e-6)
+    # Audio at another rate (and with channels) is downmixed and resampled to 16 kHz first.
+    import soxr
+
+    stereo = np.stack([crops[2], 0.5 * crops[2]], axis=1)
+    at_16k = soxr.resample(stereo.mean(axis=1), 11025, 16000)
+    expected = musicnn.track_embedding(network=teacher.network, layer="taggram", blocks=[at_16k])
+    np.testing.assert_allclose(teacher(crops=[stereo], frame_rate=11025)[0], expected, atol=1e-6)
+    assert teacher.whole_patches(4.0) == musicnn.PATCH_SECONDS and teacher.whole_patches(1.0) == musicnn.PATCH_SECONDS

@@ -648,3 +648,165 @@ def test_pretraining_refuses_unknown_splits(synthetic_dataset, tmp_path):
 
     with pytest.raises(app.UsageError, match="--pretrain_splits must name some of"):
         run(run_config(synthetic_dataset, str(tmp_path), pretrain="contrastive", pretrain_splits=("train", "valid")))
+
+
+# ------------------------------------------------------------------ distillation from the musicnn teacher
+
+DISTILL_RATE = 3200.0  # the pooled rate of a 16 kHz dataset
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """The real MSD_musicnn teacher (penultimate layer); skipped where its wheel cannot be fetched."""
+    from musicsim.models.musicnn import MusicnnTeacher
+    from musicsim.pretrained import PretrainedFetchError
+
+    teacher = MusicnnTeacher()
+    try:
+        teacher.network
+    except PretrainedFetchError as err:
+        pytest.skip(f"the musicnn wheel cannot be fetched from the package index here: {err}")
+    return teacher
+
+
+def chord_tracks(count: int, *, seconds: float, rate: float = DISTILL_RATE) -> TrackSet:
+    """Tracks whose content changes over time (a chord whose root steps every second), so crops differ."""
+    rng = np.random.default_rng(5)
+    t = np.arange(int(seconds * rate)) / rate
+    sequences = []
+    for _ in range(count):
+        roots = 110.0 * 2 ** (rng.integers(0, 12, size=int(seconds) + 1) / 12.0)
+        root = roots[np.minimum(t.astype(int), roots.size - 1)]
+        phase = 2 * np.pi * np.cumsum(root) / rate
+        audio = sum(np.sin(k * phase) / k for k in (1, 2, 3, 5)) + 0.02 * rng.standard_normal(t.size)
+        sequences.append((0.4 * audio / np.max(np.abs(audio))).astype(np.float32))
+    return TrackSet(track_ids=[f"c{i}" for i in range(count)], labels=[("x",)] * count, sequences=sequences,
+                    frame_rate=rate)
+
+
+class CountingTeacher:
+    """Passes crops to a real teacher and counts them."""
+
+    def __init__(self, teacher):
+        self.teacher, self.key, self.dim, self.crops = teacher, teacher.key, teacher.dim, 0
+
+    def __call__(self, *, crops, frame_rate):
+        self.crops += len(crops)
+        return self.teacher(crops=crops, frame_rate=frame_rate)
+
+
+def test_crop_grid_by_hand():
+    from musicsim.inputs import crop_grid
+
+    assert crop_grid(length=10, frames=4, hop=3).tolist() == [0, 3, 6]
+    assert crop_grid(length=10, frames=4, hop=None).tolist() == [3]
+    assert crop_grid(length=3, frames=4, hop=1).tolist() == [0]
+    assert crop_grid(length=10, frames=None, hop=2).tolist() == [0]
+
+
+def test_distillation_input_fn_pairs_each_crop_with_the_teacher_target_of_that_crop(teacher):
+    tracks = chord_tracks(3, seconds=6.0)
+    crop_seconds = teacher.whole_patches(3.0)
+    data = pretraining.distillation_set(tracks=tracks, crop_seconds=crop_seconds, hop_seconds=1.0, teacher=teacher)
+    assert [s.size for s in data.starts] == [4, 4, 4]
+    batches = pretraining.make_distillation_input_fn(data=data, mode="train", batch_size=3, seed=0)().take(4)
+    drawn = set()
+    for features, labels in batches:
+        audio, length = features["audio"].numpy(), features["length"].numpy()
+        crops = [audio[i, :length[i]] for i in range(len(length))]
+        expected = (teacher(crops=crops, frame_rate=DISTILL_RATE) - data.mean) / data.scale
+        np.testing.assert_allclose(labels.numpy(), expected, atol=1e-4)
+        for crop_audio in crops:  # which track and start each crop is
+            matches = [(t, int(s)) for t in range(3) for s in data.starts[t]
+                       if np.array_equal(tracks.sequences[t][s:s + data.frames], crop_audio)]
+            assert len(matches) == 1
+            drawn.add(matches[0])
+    assert len(drawn) > 3  # random crops, not one per track
+    # Crops of one track differ, so their targets do: pairing crop and target is not vacuous.
+    assert np.abs(data.targets[0][0] - data.targets[0][3]).max() > 0.1
+    # The standardisation is the crops' own: mean 0 over every crop.
+    np.testing.assert_allclose(np.concatenate(data.targets).mean(axis=0), 0.0, atol=1e-4)
+
+
+def test_teacher_targets_are_computed_once_and_cached_by_track_and_crop(teacher, tmp_path):
+    tracks = chord_tracks(2, seconds=5.0)
+    counting = CountingTeacher(teacher)
+    settings = dict(tracks=tracks, crop_seconds=teacher.whole_patches(3.0), teacher=counting, cache_dir=str(tmp_path))
+    first = pretraining.distillation_set(hop_seconds=1.0, **settings)
+    assert counting.crops == 6
+    again = pretraining.distillation_set(hop_seconds=1.0, **settings)
+    assert counting.crops == 6  # every target came from the cache
+    for a, b in zip(first.targets, again.targets):
+        np.testing.assert_array_equal(a, b)
+    pretraining.distillation_set(hop_seconds=None, **settings)  # other crops: computed
+    assert counting.crops == 8
+    changed = TrackSet(track_ids=tracks.track_ids, labels=tracks.labels, frame_rate=tracks.frame_rate,
+                       sequences=[tracks.sequences[0] * 0.5, tracks.sequences[1]])
+    pretraining.distillation_set(hop_seconds=1.0, **{**settings, "tracks": changed})  # other audio: computed
+    assert counting.crops == 11
+
+
+def test_distillation_loss_by_hand():
+    predictions = tf.constant([[1.0, 0.0], [0.0, 2.0]])
+    targets = tf.constant([[1.0, 1.0], [0.0, -1.0]])
+    cosine = pretraining.distillation_loss(predictions=predictions, targets=targets, kind="cosine")
+    np.testing.assert_allclose(cosine.numpy(), ((1 - 1 / math.sqrt(2)) + 2.0) / 2, rtol=1e-6)
+    mse = pretraining.distillation_loss(predictions=predictions, targets=targets, kind="mse")
+    np.testing.assert_allclose(mse.numpy(), (0 + 1 + 0 + 9) / 4, rtol=1e-6)
+    with pytest.raises(ValueError, match="distill_loss"):
+        pretraining.distillation_loss(predictions=predictions, targets=targets, kind="l1")
+
+
+@pytest.fixture(scope="module")
+def distilled_run(teacher, tmp_path_factory):
+    """A tiny distillation run: 40 steps on 400 Hz tracks, evaluated before and after."""
+    tracks = chord_tracks(4, seconds=5.0, rate=RATE)
+    crop_seconds = teacher.whole_patches(3.0)
+    train_fn, eval_fn = pretraining.make_distillation_input_fns(
+        train_tracks=tracks, eval_tracks=tracks, teacher=teacher, crop_seconds=crop_seconds, hop_seconds=0.5,
+        batch_size=4, progress=False)
+    model_dir = str(tmp_path_factory.mktemp("distilled"))
+    run = estimator(pretraining.pretraining_model_fn("distill"), model_dir,
+                    dict(TINY, learning_rate=1e-2, distill_loss="cosine"))
+    run.train(train_fn, steps=1)
+    before = run.evaluate(eval_fn)
+    run.train(train_fn, steps=39)
+    return dict(model_dir=model_dir, before=before, after=run.evaluate(eval_fn))
+
+
+def test_distillation_brings_the_student_towards_the_teacher(distilled_run):
+    before, after = distilled_run["before"], distilled_run["after"]
+    assert after["global_step"] == 40
+    assert after["loss"] < before["loss"] - 0.1
+    np.testing.assert_allclose(after["cosine"], 1.0 - after["loss"], atol=1e-5)
+
+
+def test_warm_start_from_a_distilled_run_loads_the_stacks(distilled_run, tmp_path):
+    pretrained = distilled_run["model_dir"]
+    assert any(n.startswith("distill/projection/") for n in trainable_names(pretrained))
+    run = fine_tune(str(tmp_path), pretrained=pretrained,
+                    vars_regex=pretraining.warm_start_vars("stacks", checkpoint=pretrained))
+    assert run.get_variable_value("global_step") == 1
+    for name in stack_names(pretrained):
+        np.testing.assert_array_equal(run.get_variable_value(name), tf.train.load_variable(pretrained, name))
+    assert not np.array_equal(run.get_variable_value("final/conv/kernel"),
+                              tf.train.load_variable(pretrained, "final/conv/kernel"))
+    assert not any(n.startswith("distill/") for n in trainable_names(str(tmp_path)))
+
+
+def test_run_distills_from_every_split_named_and_caches_the_targets(teacher, tmp_path):
+    import os
+
+    from conftest import write_synthetic_dataset
+    from experiments.run import run
+    from musicsim.dataset import read_catalog
+
+    dataset_dir = write_synthetic_dataset(str(tmp_path / "data"))  # its own: the run writes a cache there
+    results = run(run_config(dataset_dir, str(tmp_path / "distilled"), pretrain="distill", crop_seconds=3.0,
+                             pretrain_splits=("train", "eval", "test"),
+                             params=dict(TINY, distill_loss="mse", distill_hop_seconds=1.0)))
+    assert results["eval_metrics"]["global_step"] == 6 and np.isfinite(results["eval_metrics"]["loss"])
+    assert results["sizes"] == {"train": 16, "eval": 8, "test": 8}  # the student embeds and is scored
+    # One cache entry per track of every split (its grid crops), plus one per eval track (its centred crop).
+    cached = os.listdir(os.path.join(dataset_dir, "teacher_cache", teacher.key))
+    assert len(cached) == len(read_catalog(dataset_dir)) + 8

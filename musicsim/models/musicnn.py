@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from sklearn.preprocessing import StandardScaler
@@ -280,6 +280,89 @@ def track_embedding(*, network: MusicnnNetwork, layer: str, blocks: Iterable[np.
         total = outputs.sum(axis=0) if total is None else total + outputs.sum(axis=0)
         count += outputs.shape[0]
     return total / count
+
+
+PATCH_SECONDS = PATCH_SAMPLES / SAMPLE_RATE
+
+
+class MusicnnTeacher:
+    """A musicnn layer's mean over the 3 s patches of in-memory crops: a distillation teacher.
+
+    Parameters
+    ----------
+    checkpoint : str
+        One of `musicsim.pretrained.MUSICNN_CHECKPOINTS`.
+    layer : str
+        One of the checkpoint's `LAYER_DIMS`.
+    pretrained_cache : str or None
+        Cache root of the pretrained weights.
+    network : MusicnnNetwork or None
+        An already loaded network of ``checkpoint`` (else loaded on first use).
+    """
+
+    def __init__(self, *, checkpoint: str = "MSD_musicnn", layer: str = "penultimate",
+                 pretrained_cache: str | None = None, network: MusicnnNetwork | None = None):
+        if checkpoint not in ARCHITECTURES:
+            raise ValueError(f"unknown musicnn checkpoint {checkpoint!r}: expected one of {list(ARCHITECTURES)}")
+        if layer not in LAYER_DIMS[ARCHITECTURES[checkpoint]]:
+            raise ValueError(f"{checkpoint} has no layer {layer!r}: expected one of "
+                             f"{list(LAYER_DIMS[ARCHITECTURES[checkpoint]])}")
+        self.checkpoint, self.layer, self.pretrained_cache = checkpoint, layer, pretrained_cache
+        self._network = network
+
+    @property
+    def key(self) -> str:
+        """Names what the teacher computes (for caches of its outputs)."""
+        return f"musicnn-{self.checkpoint}-{self.layer}-v{EMBEDDING_VERSION}"
+
+    @property
+    def dim(self) -> int:
+        return LAYER_DIMS[ARCHITECTURES[self.checkpoint]][self.layer]
+
+    @property
+    def network(self) -> MusicnnNetwork:
+        if self._network is None:
+            self._network = MusicnnNetwork.from_checkpoint(checkpoint=self.checkpoint, cache_dir=self.pretrained_cache)
+        return self._network
+
+    @staticmethod
+    def whole_patches(seconds: float) -> float:
+        """``seconds`` rounded to a whole number (>= 1) of 3 s patches: a crop the teacher sees entirely."""
+        return max(1, int(round(seconds / PATCH_SECONDS))) * PATCH_SECONDS
+
+    def __call__(self, *, crops: Sequence[np.ndarray], frame_rate: float) -> np.ndarray:
+        """The layer mean of each crop.
+
+        Parameters
+        ----------
+        crops : sequence of np.ndarray, shape ``[T_i]`` or ``[T_i, channels]`` (channels averaged)
+            Audio at ``frame_rate``; resampled to 16 kHz when the rate differs.
+        frame_rate : float > 0
+
+        Returns
+        -------
+        np.ndarray, float32, shape ``[len(crops), dim]``
+        """
+        import soxr
+
+        patches, owners = [], []
+        for index, crop in enumerate(crops):
+            audio = np.asarray(crop, dtype=np.float32)
+            audio = audio.mean(axis=1) if audio.ndim == 2 else audio
+            if float(frame_rate) != SAMPLE_RATE:
+                audio = soxr.resample(audio, float(frame_rate), SAMPLE_RATE, quality="HQ").astype(np.float32)
+            for block in iter_patch_blocks(blocks=[audio]):
+                patches.append(block)
+                owners.extend([index] * block.shape[0])
+        owners = np.asarray(owners, dtype=np.int64)
+        sums = np.zeros((len(crops), self.dim), dtype=np.float64)
+        if patches:
+            patches = np.concatenate(patches)
+            for start in range(0, patches.shape[0], 4 * BLOCK_PATCHES):
+                outputs = self.network(patches=patches[start:start + 4 * BLOCK_PATCHES])[self.layer]
+                np.add.at(sums, owners[start:start + 4 * BLOCK_PATCHES], outputs.astype(np.float64))
+        counts = np.bincount(owners, minlength=len(crops))[:, None]
+        return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
 class _Measured:
