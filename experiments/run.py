@@ -50,6 +50,8 @@ flags.DEFINE_integer("batch_size", 4, "Lists per training batch.")
 flags.DEFINE_float("crop_seconds", 4.0, "Random crop of each track while training.")
 flags.DEFINE_float("eval_seconds", 10.0, "Centred crop for the estimator's eval lists (0: whole tracks).")
 flags.DEFINE_float("predict_seconds", 0.0, "Centred crop when exporting embeddings (0: whole tracks).")
+flags.DEFINE_float("window_seconds", None, "Export and search embed long audio in windows this long (default: the "
+                   "longer of --crop_seconds and --eval_seconds; 0: whole files).")
 # WaveNet.
 flags.DEFINE_integer("channels", 32, "WaveNet residual channels.")
 flags.DEFINE_integer("skip_channels", 32, "WaveNet skip channels.")
@@ -71,9 +73,13 @@ flags.DEFINE_enum("mixed_precision", "off", ["off", "auto", "float16", "bfloat16
                   "precision (auto: float16 on GPU with loss scaling, bfloat16 on CPU); variables stay float32.")
 flags.DEFINE_boolean("xla", False, "Compile the graph with XLA (global JIT).")
 # Pretraining and fine-tuning.
-flags.DEFINE_enum("pretrain", None, ["contrastive", "predictive"], "Self-supervised pretraining of the WaveNet instead "
-                  "of similarity training: contrastive (two crops of a track are similar, other tracks not) or "
-                  "predictive (next-step prediction). Labels are not used.")
+flags.DEFINE_enum("pretrain", None, ["contrastive", "predictive", "distill"], "Self-supervised pretraining of the "
+                  "WaveNet instead of similarity training: contrastive (two crops of a track are similar, other tracks "
+                  "not), predictive (next-step prediction) or distill (reproduce the pretrained --musicnn_model's "
+                  "--musicnn_layer vector of each crop; crops are rounded to whole 3 s patches). Labels are not used.")
+flags.DEFINE_enum("distill_loss", "cosine", ["cosine", "mse"], "distill: loss against the standardised teacher vector.")
+flags.DEFINE_float("distill_hop_seconds", 1.0, "distill: seconds between the fixed crops of a track whose teacher "
+                   "targets are computed once and cached (in the dataset's teacher_cache).")
 flags.DEFINE_integer("n_negatives", 3, "contrastive: other tracks of the batch per list (batch_size must exceed it).")
 flags.DEFINE_list("augment_gain_db", ["-6", "6"], "contrastive: random gain range in dB (empty: off).")
 flags.DEFINE_float("augment_eq_db", 6.0, "contrastive: random equaliser band gains up to this many dB (0: off).")
@@ -95,6 +101,8 @@ flags.DEFINE_enum("rnn_embedding", "all", ["outputs", "states", "all"], "LSTM em
 flags.DEFINE_enum("rnn_reduce", "mean", ["mean", "max", "last"], "How sections are reduced to one vector.")
 # Fitted models.
 flags.DEFINE_float("variance_ratio", 0.99, "librosa: PCA keeps the components explaining this share of variance.")
+flags.DEFINE_list("fusion_runs", [], "fusion: the runs (model_dirs, trained or fitted on this dataset or any) whose "
+                  "standardised embeddings are concatenated; block weights are chosen on the eval split.")
 flags.DEFINE_enum("musicnn_model", "MSD_musicnn", ["MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg"],
                   "musicnn: which pretrained tagger (MSD: Million Song Dataset, MTT: MagnaTagATune).")
 flags.DEFINE_enum("musicnn_layer", "penultimate", ["penultimate", "taggram", "maxpool"], "musicnn: the layer "
@@ -135,6 +143,7 @@ class RunConfig:
     crop_seconds: float = 4.0
     eval_seconds: float | None = 10.0
     predict_seconds: float | None = None
+    window_seconds: float | None = None  # musicsim.embedder's window for long audio (None: its default)
     max_steps: int = 400
     max_minutes: float | None = 10.0
     save_checkpoints_steps: int = 50
@@ -169,8 +178,9 @@ def config_from_flags() -> RunConfig:
         stack_pool_sizes=[int(s) for s in FLAGS.stack_pool_sizes], pooling=FLAGS.pooling,
         final_channels=FLAGS.final_channels, dense_layers=[int(s) for s in FLAGS.dense_layers],
         rnn_units=FLAGS.rnn_units, section_frames=FLAGS.section_frames, rnn_embedding=FLAGS.rnn_embedding,
-        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, musicnn_model=FLAGS.musicnn_model,
-        musicnn_layer=FLAGS.musicnn_layer, frontend=FLAGS.frontend,
+        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, fusion_runs=list(FLAGS.fusion_runs), musicnn_model=FLAGS.musicnn_model,
+        musicnn_layer=FLAGS.musicnn_layer, distill_loss=FLAGS.distill_loss,
+        distill_hop_seconds=FLAGS.distill_hop_seconds, frontend=FLAGS.frontend,
         frame_seconds=FLAGS.frame_seconds, hop_seconds=FLAGS.hop_seconds, n_mels=FLAGS.n_mels,
         frontend_stride=FLAGS.frontend_stride,
         mixed_precision=False if FLAGS.mixed_precision == "off" else FLAGS.mixed_precision, xla=FLAGS.xla)
@@ -179,7 +189,8 @@ def config_from_flags() -> RunConfig:
         min_shared_tags=FLAGS.min_shared_tags, params=params, list_kind=FLAGS.list_kind,
         n_similar=FLAGS.n_similar, n_dissimilar=FLAGS.n_dissimilar, batch_size=FLAGS.batch_size,
         crop_seconds=FLAGS.crop_seconds, eval_seconds=FLAGS.eval_seconds or None,
-        predict_seconds=FLAGS.predict_seconds or None, max_steps=FLAGS.max_steps,
+        predict_seconds=FLAGS.predict_seconds or None, window_seconds=FLAGS.window_seconds,
+        max_steps=FLAGS.max_steps,
         max_minutes=FLAGS.max_minutes or None, save_checkpoints_steps=FLAGS.save_checkpoints_steps,
         early_stopping_patience=FLAGS.early_stopping_patience, seed=FLAGS.seed, eval_repeats=FLAGS.eval_repeats,
         workers=FLAGS.workers, pretrain=FLAGS.pretrain, pretrain_splits=tuple(FLAGS.pretrain_splits),
@@ -292,6 +303,16 @@ def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, tra
                                                              mode="train", seed=train_seed, **common)
             eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], crop_seconds=config.eval_seconds,
                                                             mode="eval", seed=config.seed, **common)
+        elif config.pretrain == "distill":
+            from musicsim.models.musicnn import MusicnnTeacher
+
+            teacher = MusicnnTeacher(checkpoint=config.params.get("musicnn_model", "MSD_musicnn"),
+                                     layer=config.params.get("musicnn_layer", "penultimate"))
+            train_fn, eval_fn = pretraining.make_distillation_input_fns(
+                train_tracks=pretrain_tracks, eval_tracks=tracks["eval"], teacher=teacher,
+                crop_seconds=None if config.crop_seconds is None else teacher.whole_patches(config.crop_seconds),
+                hop_seconds=float(config.params.get("distill_hop_seconds", 1.0)), batch_size=config.batch_size,
+                cache_dir=os.path.join(config.dataset_dir, "teacher_cache"), seed=train_seed, eval_seed=config.seed)
         else:
             # The stacks run unpooled while pretraining: eval on crops too, whole tracks would not fit.
             common = dict(batch_size=config.batch_size, crop_seconds=config.crop_seconds)
@@ -339,8 +360,8 @@ def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity,
     return best
 
 
-def _fitted_embeddings(config: RunConfig, splits) -> dict:
-    """Fit a fitted model on the train split's source files, then embed every split."""
+def _fitted_embeddings(config: RunConfig, splits, similarity) -> dict:
+    """Fit a fitted model on the train split's source files, tune it on eval, then embed every split."""
     model_cls = registry.fitted_class(config.model)
     info = DatasetInfo.load(config.dataset_dir)
     kwargs = dict(max_seconds=info.max_seconds, workers=config.workers,
@@ -350,22 +371,33 @@ def _fitted_embeddings(config: RunConfig, splits) -> dict:
     if config.model == "musicnn":
         kwargs.update(checkpoint=config.params.get("musicnn_model", "MSD_musicnn"),
                       layer=config.params.get("musicnn_layer", "penultimate"))
+    if config.model == "fusion":  # each run decodes its own way: no excerpt or cache of the dataset's
+        kwargs = dict(runs=config.params.get("fusion_runs") or [], workers=config.workers)
     model = model_cls(**kwargs)
     catalog = {split: read_catalog(config.dataset_dir, split=split) for split in splits}
-    model.fit(paths=[e.path for e in catalog["train"]])
-    model.save(config.model_dir)
     # One pass over every split's files: the worker pool starts once.
     entries = [e for split in splits for e in catalog[split]]
-    vectors, ok, skipped = model.embed_paths(paths=[e.path for e in entries])
+    features, ok, skipped = model.extract(paths=[e.path for e in entries])
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     kept = [entries[i] for i in ok]
+    rows = {split: [j for j, e in enumerate(kept) if e.split == split] for split in splits}
+    if len(rows["train"]) < 2:
+        reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:5])
+        raise ValueError(f"{config.model}: need at least 2 usable train tracks, got {len(rows['train'])}"
+                         + (f" (skipped: {reasons})" if reasons else ""))
+    model.fit_features(features=features[rows["train"]])
+    eval_labels = [kept[j].labels for j in rows["eval"]]
+    eval_binary = similarity.relevance_matrix(eval_labels, eval_labels) > 0
+    np.fill_diagonal(eval_binary, False)
+    model.tune(features=features[rows["eval"]], binary=eval_binary)  # eval only: test never takes part
+    model.save(config.model_dir)
+    vectors = model.embed_features(features=features)
     out = {"ids": {}, "labels": {}, "embeddings": {}, "eval_metrics": {}}
     for split in splits:
-        rows = [j for j, e in enumerate(kept) if e.split == split]
-        out["ids"][split] = [kept[j].track_id for j in rows]
-        out["labels"][split] = [kept[j].labels for j in rows]
-        out["embeddings"][split] = vectors[rows]
+        out["ids"][split] = [kept[j].track_id for j in rows[split]]
+        out["labels"][split] = [kept[j].labels for j in rows[split]]
+        out["embeddings"][split] = vectors[rows[split]]
     config.params["similarity"] = model.similarity
     return out
 
@@ -405,7 +437,7 @@ def run(config: RunConfig) -> dict:
     if kind == "learned":
         out = _learned_embeddings(config, similarity, splits)
     elif kind == "fitted":
-        out = _fitted_embeddings(config, splits)
+        out = _fitted_embeddings(config, splits, similarity)
     else:
         test = read_catalog(config.dataset_dir, split="test")
         out = {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
@@ -452,14 +484,18 @@ def run(config: RunConfig) -> dict:
     if out["embeddings"]:
         ids = [i for s in splits for i in out["ids"][s]]
         source_paths = {e.track_id: e.path for e in read_catalog(config.dataset_dir)}
-        np.savez(os.path.join(config.model_dir, "embeddings.npz"), track_ids=np.array(ids),
-                 embeddings=np.concatenate([out["embeddings"][s] for s in splits]),
-                 splits=np.array([s for s in splits for _ in out["ids"][s]]),
-                 labels=np.array(["|".join(l) for s in splits for l in out["labels"][s]]),
+        vectors = np.concatenate([out["embeddings"][s] for s in splits])
+        labels = ["|".join(l) for s in splits for l in out["labels"][s]]
+        np.savez(os.path.join(config.model_dir, "embeddings.npz"), track_ids=np.array(ids), embeddings=vectors,
+                 splits=np.array([s for s in splits for _ in out["ids"][s]]), labels=np.array(labels),
                  paths=np.array([source_paths.get(i, "") for i in ids]))
+        from musicsim.projector import write_projector
+
+        # The run's embedding map in TensorBoard's projector tab.
+        write_projector(log_dir=config.model_dir, track_ids=ids, embeddings=vectors, groups=labels)
     print(format_table(table, title=f"{info.name} test split ({results['sizes']['test']} tracks, "
                                     f"similarity={similarity.name}, {config.eval_repeats} seeds)"))
-    written = "results.json and embeddings.npz" if out["embeddings"] else "results.json"
+    written = "results.json, embeddings.npz and projector files" if out["embeddings"] else "results.json"
     print(f"wrote {written} to {config.model_dir} in {results['wall_seconds']:.0f}s; "
           f"TensorBoard: tensorboard --logdir {os.path.dirname(os.path.abspath(config.model_dir))}")
     return results
@@ -492,7 +528,26 @@ def main(argv):
     # Splitting the CPU into replicas and joining a multi-worker cluster only work before TF initialises.
     distribute.make_strategy(FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas)
     quiet_tensorflow()
-    run(config_from_flags())
+    config = config_from_flags()
+    if run(config) and FLAGS.dataset == "demo":
+        build_serving_index(model_dir=config.model_dir)
+
+
+def build_serving_index(*, model_dir: str) -> str | None:
+    """Index a run's ``embeddings.npz`` into ``model_dir/index`` and print the command that serves it.
+
+    Returns the index directory, or None when the run exported no embeddings (a baseline).
+    """
+    from musicsim.index import build_index
+
+    embeddings = os.path.join(model_dir, "embeddings.npz")
+    if not os.path.isfile(embeddings):
+        return None
+    output = os.path.join(model_dir, "index")
+    index = build_index(embeddings=embeddings, output=output, model_dir=model_dir)
+    print(f"indexed {len(index)} tracks into {output}; search them in a browser with:\n"
+          f"  python -m musicsim.serve --index={output}")
+    return output
 
 
 if __name__ == "__main__":
