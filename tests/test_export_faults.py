@@ -334,3 +334,30 @@ def test_chromagram_in_windows_has_the_whole_files_frames():
     assert samples == signal.size and peak == pytest.approx(float(np.max(np.abs(signal))))
     assert windowed.shape == whole.shape
     np.testing.assert_allclose(windowed, whole, atol=1e-5)
+
+
+def test_fitted_features_in_windows_are_bounded_and_exact_under_two_windows(tmp_path):
+    """Under two windows the features are the whole excerpt's; longer, the means over frames still agree
+    while the other statistics are the windows' (so the vectors differ)."""
+    from musicsim import features as F
+
+    rate = 8000
+    t = np.arange(int(7.0 * rate)) / rate
+    signal = (0.4 * np.sin(2 * np.pi * (200 + 40 * np.floor(t)) * t)
+              + 0.05 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+    path = str(tmp_path / "track.wav")
+    sf.write(path, signal, rate)
+    audio = load_audio(path, sample_rate=rate)
+    whole = F.mfcc_mean_std(audio=audio, sample_rate=rate)
+    same = F.windowed_features(path=path, feature_fn=F.mfcc_mean_std, sample_rate=rate, max_seconds=None,
+                               window_seconds=4.0)
+    np.testing.assert_allclose(same, whole, rtol=1e-6, atol=1e-6)
+    windowed = F.windowed_features(path=path, feature_fn=F.mfcc_mean_std, sample_rate=rate, max_seconds=None,
+                                   window_seconds=2.0)
+    half = whole.size // 2  # mfcc_mean_std: the means, then the standard deviations
+    np.testing.assert_allclose(windowed[:half], whole[:half], rtol=0.05, atol=0.5)
+    assert not np.allclose(windowed[half:], whole[half:], rtol=1e-3)
+    vectors, ok, skipped = F.extract_many(paths=[path, str(tmp_path / "none.wav")], feature_fn="mfcc",
+                                          sample_rate=rate, workers=1, progress=False, window_seconds=2.0)
+    assert ok == [0] and skipped == [(str(tmp_path / "none.wav"), "file not found")]
+    np.testing.assert_allclose(vectors[0], windowed, rtol=1e-6)
