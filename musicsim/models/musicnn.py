@@ -19,7 +19,8 @@ mean over its patches of one layer:
 - ``maxpool``: the back-end's max over time of the 753 front- and mid-end features (musicnn only).
 
 The train split's mean and standard deviation standardise each dimension; tracks are compared by
-cosine. Nothing is trained; batch-norm runs in inference mode.
+cosine. Nothing is trained; batch-norm runs in inference mode. `MusicnnTeacher` gives the same
+layer means for in-memory crops: the targets of distillation (`musicsim.pretraining`).
 """
 from __future__ import annotations
 
