@@ -361,3 +361,38 @@ def test_fitted_features_in_windows_are_bounded_and_exact_under_two_windows(tmp_
                                           sample_rate=rate, workers=1, progress=False, window_seconds=2.0)
     assert ok == [0] and skipped == [(str(tmp_path / "none.wav"), "file not found")]
     np.testing.assert_allclose(vectors[0], windowed, rtol=1e-6)
+
+
+def test_rnn_decoding_streams_and_matches_the_runs_chromagram(tmp_path):
+    """The rnn's input decoded block by block equals rnn.load_tracks' chromagram for a track under two windows."""
+    from musicsim.embedder import ChromaSettings, decode_chroma
+    from musicsim.features import load_excerpt
+    from musicsim.models.rnn import chroma_sequence
+
+    rate = 11025
+    t = np.arange(int(25.0 * 44100)) / 44100
+    path = str(tmp_path / "song.wav")
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 44100)
+    settings = ChromaSettings(sample_rate=rate, hop_length=512, max_seconds=20.0, window_seconds=15.0, min_seconds=1.0)
+    result = decode_chroma(path, settings)
+    expected = chroma_sequence(audio=load_excerpt(path=path, sample_rate=rate, max_seconds=20.0), sample_rate=rate,
+                               hop_length=512)
+    np.testing.assert_allclose(result.pooled, expected, atol=1e-5)
+    assert result.seconds == pytest.approx(20.0, abs=1e-3)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    assert "empty file" in decode_chroma(str(tmp_path / "empty.wav"), settings).reason
+
+
+def test_export_window_flag_overrides_the_runs_window(tiny_run, music, tmp_path):
+    """--window_seconds=0 embeds whole files; WaveNet gives the same vectors as in the run's 1 s windows, and
+    the state records the window, so a changed window is not mixed with the old one's vectors."""
+    vectors = {}
+    for flag in ("", "--window_seconds=0"):
+        output = str(tmp_path / f"out{flag.replace('-', '_').replace('=', '')}.parquet")
+        assert export.main(["export", f"--model_dir={tiny_run}", f"--audio={music}", f"--output={output}",
+                            "--workers=1", "--noprogress", *filter(None, [flag])]) == 0
+        with open(output_paths(output)["state"]) as f:
+            header = json.loads(f.readline())
+        vectors[header["window_seconds"]] = np.load(output_paths(output)["npy"])
+    assert sorted(vectors, key=str) == [1.0, None]
+    np.testing.assert_allclose(vectors[1.0], vectors[None], rtol=1e-5, atol=1e-6)
