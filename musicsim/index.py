@@ -1180,7 +1180,8 @@ def _resolve_model(*, embeddings: str, dim: int, file_models: Sequence[str], mod
         try:
             info = read_run_info(model_dir)
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"the run {model_dir} (from {source}) cannot be used: {error}") from None
+            hint = "" if source == "--model_dir" else "; name the run with --model_dir=RUN"
+            raise FileNotFoundError(f"the run {model_dir} (from {source}) cannot be used: {error}{hint}") from None
         run_name = str(info["model"])
         if model["name"] and model["name"] != run_name:
             raise ValueError(f"{embeddings} holds {model['name']!r} embeddings but {model_dir} is a {run_name!r} run")

@@ -71,6 +71,23 @@ def test_exact_search_gives_the_same_top_k_as_faiss(backend, similarity, tmp_pat
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_ivf_takes_the_same_parameters_and_visiting_every_list_is_exact(backend, tmp_path, opened):
+    ids, vectors, _ = catalogue(count=2000, dim=8)
+    queries = np.random.default_rng(2).standard_normal((10, 8)).astype(np.float32)
+    index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, approximate="ivf", nlist=8, nprobe=2)
+    index.save(str(tmp_path / "idx"))
+    index.close()
+    reopened = EmbeddingIndex.load(str(tmp_path / "idx"))  # Milvus Lite searches its IVF lists once reopened
+    opened(reopened)
+    assert (reopened.approximate, reopened.nlist, reopened.nprobe) == ("ivf", 8, 2)
+    exact = EmbeddingIndex(track_ids=ids, vectors=vectors).search(queries=queries, k=10)
+    assert ids_of(reopened.search(queries=queries, k=10, nprobe=8)) == ids_of(exact)
+    narrow = ids_of(reopened.search(queries=queries, k=10, nprobe=1))
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(narrow, ids_of(exact))])
+    assert recall < 1.0  # one list of eight: the IVF lists are really used
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_exclusion_by_id_and_by_group(backend, tmp_path, opened):
     ids, vectors, groups = catalogue(count=500, dim=8, groups=10)
     groups[7] = None  # a track without a group is never excluded by a group
