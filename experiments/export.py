@@ -463,8 +463,6 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
     ValueError, FileNotFoundError
         For a missing or unreadable collection.
     """
-    from tqdm.auto import tqdm
-
     started = time.time()
     paths = output_paths(output)
     # Listed before the model is loaded: bad input is told at once and touches no output.
@@ -482,11 +480,31 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
     reused = len(listing.entries) - len(todo)
 
     os.makedirs(os.path.dirname(os.path.abspath(paths["state"])), exist_ok=True)
+    # A state this export cannot use (another model's, or unreadable) is kept until the export succeeds.
+    progress_path = paths["state"]
     if not state:
-        _write_state(paths["state"], header, [])
+        if os.path.exists(paths["state"]):
+            progress_path = _temporary_sibling(paths["state"])
+        _write_state(progress_path, header, [])
+    try:
+        return _embed_and_write(embedder=embedder, listing=listing, todo=todo, state=state, header=header,
+                                paths=paths, progress_path=progress_path, reused=reused, batch_size=batch_size,
+                                workers=workers, progress=progress, started=started)
+    finally:
+        if progress_path != paths["state"] and os.path.exists(progress_path):
+            os.remove(progress_path)
+
+
+def _embed_and_write(*, embedder: Embedder, listing: Listing, todo: list[AudioEntry], state: dict[str, dict],
+                     header: dict[str, Any], paths: dict[str, str], progress_path: str, reused: int,
+                     batch_size: int, workers: int | None, progress: bool, started: float) -> ExportSummary:
+    """Embed ``todo`` (appending each record to ``progress_path``), then write the outputs when any file
+    was embedded and compact the state into ``paths["state"]``."""
+    from tqdm.auto import tqdm
+
     newly_embedded = 0
-    with open(paths["state"], "a") as f, tqdm(total=len(listing.entries), initial=reused, disable=not progress,
-                                               unit="track", desc=f"export ({embedder.name})") as bar:
+    with open(progress_path, "a") as f, tqdm(total=len(listing.entries), initial=reused, disable=not progress,
+                                             unit="track", desc=f"export ({embedder.name})") as bar:
         last_flush = time.monotonic()
         for index, vector, reason in embedder.iter_embeddings(paths=[e.path for e in todo], batch_size=batch_size,
                                                               workers=workers):

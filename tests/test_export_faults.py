@@ -106,8 +106,26 @@ def test_a_failed_re_export_keeps_the_good_outputs_and_state(tiny_run, music, tm
     for name in ("parquet", "npy", "ids", "meta", "skipped"):
         assert _snapshot(paths)[name] == good[name]
     state = export.read_state(paths["state"], header=export._state_header(load_embedder(tiny_run)))
-    assert {os.path.join(str(music), p) for p in ("low_sine/t0.wav", "low_sine/t1.wav", "noisy_mid/t2.wav")} <= set(state)
+    kept = {os.path.join(str(music), p) for p in ("low_sine/t0.wav", "low_sine/t1.wav", "noisy_mid/t2.wav")}
+    assert kept <= set(state)
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+
+
+def test_another_models_state_survives_a_failed_export(tiny_run, tmp_path, embedder):
+    output = str(tmp_path / "lib.parquet")
+    state_path = output_paths(output)["state"]
+    foreign = {"format_version": 1, "model": "wavenet", "model_dir": "/runs/other", "version": "model.ckpt-5",
+               "dim": 16, "window_seconds": None}
+    export._write_state(state_path, foreign, [{"path": "/music/a.wav", "size": 1, "mtime_ns": 2,
+                                               "embedding": [0.5] * 16, "reason": None, "duration_s": 3.0}])
+    before = open(state_path, "rb").read()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.wav").write_bytes(b"")
+    summary = export_embeddings(model_dir=tiny_run, audio=str(broken), output=output, workers=1, progress=False,
+                                embedder=embedder)
+    assert not summary.written and open(state_path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["broken", "lib.state.jsonl"]
 
 
 def test_outputs_name_the_run_and_ids_survive_any_file_name(tiny_run, music, tmp_path, embedder):
