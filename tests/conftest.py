@@ -8,7 +8,10 @@ import pytest
 import soundfile as sf
 
 from musicsim.audio import load_audio, mean_pool
-from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog
+import dataclasses
+import shutil
+
+from musicsim.dataset import CatalogEntry, DatasetInfo, read_catalog, write_catalog
 from musicsim.tfrecords import Track, serialize_track, write_records
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -69,3 +72,18 @@ def write_synthetic_dataset(root: str, *, albums=tuple(ALBUM_TIMBRES), per_album
 def synthetic_dataset(tmp_path_factory) -> str:
     """A prepared dataset of 4 synthetic albums x 8 tracks (pooled rate 1.6 kHz)."""
     return write_synthetic_dataset(str(tmp_path_factory.mktemp("synthetic")))
+
+
+def copy_with_test_labels_permuted(dataset_dir: str, output_dir: str, *, seed: int) -> str:
+    """A copy of a prepared dataset whose test split's labels are shuffled among its tracks.
+
+    What is chosen on the eval split must not change; what is measured on test must.
+    """
+    shutil.copytree(dataset_dir, output_dir)
+    entries = read_catalog(output_dir)
+    test_rows = [i for i, e in enumerate(entries) if e.split == "test"]
+    permuted = np.random.default_rng(seed).permutation([entries[i].labels for i in test_rows])
+    for i, labels in zip(test_rows, permuted):
+        entries[i] = dataclasses.replace(entries[i], labels=tuple(labels))
+    write_catalog(output_dir, entries)
+    return output_dir

@@ -1,12 +1,11 @@
 """--model=fusion: runs' standardised embeddings, weighted on eval, one vector per track."""
-import dataclasses
 import os
-import shutil
 
 import numpy as np
 import pytest
+from conftest import copy_with_test_labels_permuted
 
-from musicsim.dataset import read_catalog, write_catalog
+from musicsim.dataset import read_catalog
 
 
 def _run(model: str, dataset_dir: str, model_dir: str, **overrides) -> dict:
@@ -60,14 +59,7 @@ def test_weights_are_chosen_on_eval_never_test(fusion_run, component_runs, synth
 
     model_dir, _ = fusion_run
     weights = FittedModel.load(model_dir).weights
-    dataset_dir = str(tmp_path / "prepared")
-    shutil.copytree(synthetic_dataset, dataset_dir)
-    entries = read_catalog(dataset_dir)
-    test_rows = [i for i, e in enumerate(entries) if e.split == "test"]
-    permuted = np.random.default_rng(1).permutation([entries[i].labels for i in test_rows])
-    for i, labels in zip(test_rows, permuted):
-        entries[i] = dataclasses.replace(entries[i], labels=tuple(labels))
-    write_catalog(dataset_dir, entries)
+    dataset_dir = copy_with_test_labels_permuted(synthetic_dataset, str(tmp_path / "prepared"), seed=1)
     shuffled_dir = str(tmp_path / "fusion")
     _run("fusion", dataset_dir, shuffled_dir, params={"fusion_runs": component_runs})
     np.testing.assert_array_equal(FittedModel.load(shuffled_dir).weights, weights)

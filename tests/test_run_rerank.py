@@ -1,14 +1,12 @@
 """experiments.run --rerank: the test split also scored re-ranked, settings chosen on eval only."""
-import dataclasses
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
+from conftest import copy_with_test_labels_permuted
 
 from musicsim import evaluation, rerank
-from musicsim.dataset import read_catalog, write_catalog
 
 
 def _run(dataset_dir: str, model_dir: str, *, rerank_setting: str) -> dict:
@@ -49,14 +47,7 @@ def test_auto_rerank_is_chosen_on_eval_and_scored_on_test(auto_run):
 def test_test_labels_never_reach_the_choice(auto_run, synthetic_dataset, tmp_path):
     """Permuting the test split's labels changes the test figures, never the chosen settings."""
     _, results = auto_run
-    dataset_dir = str(tmp_path / "prepared")
-    shutil.copytree(synthetic_dataset, dataset_dir)
-    entries = read_catalog(dataset_dir)
-    test_rows = [i for i, e in enumerate(entries) if e.split == "test"]
-    permuted = np.random.default_rng(0).permutation([entries[i].labels for i in test_rows])
-    for i, labels in zip(test_rows, permuted):
-        entries[i] = dataclasses.replace(entries[i], labels=tuple(labels))
-    write_catalog(dataset_dir, entries)
+    dataset_dir = copy_with_test_labels_permuted(synthetic_dataset, str(tmp_path / "prepared"), seed=0)
     shuffled = _run(dataset_dir, str(tmp_path / "mfcc"), rerank_setting="auto")
     assert shuffled["rerank"]["settings"] == results["rerank"]["settings"]
     assert shuffled["rerank"]["eval_table"] == results["rerank"]["eval_table"]
