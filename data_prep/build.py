@@ -46,7 +46,6 @@ import json
 import multiprocessing
 import os
 import sys
-import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -62,6 +61,7 @@ from musicsim.audio import (DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, AudioDecodeE
                             UnsupportedHeaderError, centred_excerpt, check_excerpt, iter_audio_blocks,
                             mean_pool_blocks)
 from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog, write_json_atomic
+from musicsim.workers import exit_with_parent
 from musicsim.tfrecords import SPLITS, Track, serialize_track, write_records
 
 DATASET_KINDS = KINDS + ("demo",)
@@ -78,8 +78,6 @@ RUNNERS = (LOCAL_RUNNER,) + BEAM_RUNNERS
 BEAM_SHARD_PREFIX = "part"
 # experiments.run reads the fitted models' per-track feature cache from DIR/<this>.
 FEATURE_CACHE_DIRNAME = "feature_cache"
-# How often a decoding worker checks that the build that started it is still alive.
-PARENT_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -147,25 +145,11 @@ def decode_track(path: str, settings: DecodeSettings) -> DecodeResult:
     return DecodeResult(pooled=pooled, seconds=seconds)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: end this process as soon as its parent is gone (killed, even by SIGKILL).
-
-    A pool worker otherwise waits on its task queue for ever once the build dies; a daemon thread
-    polls the parent pid, which changes when the worker is re-parented.
-    """
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
 def _decode_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     """A pool of ``workers`` spawned processes that end when this process does."""
     # fork is unsafe once TensorFlow has started threads
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                                  initializer=exit_with_parent, initargs=(os.getpid(),))
 
 
 def _run_alone(decode: Callable, path: str, settings: DecodeSettings) -> DecodeResult:

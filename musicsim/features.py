@@ -46,6 +46,7 @@ import numpy as np
 import scipy.stats
 
 from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks, load_audio
+from musicsim.workers import exit_with_parent
 
 DEFAULT_SAMPLE_RATE = 22050
 N_FFT = 2048
@@ -524,7 +525,8 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
                 bar.update(1)
         else:
             context = _worker_context()
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                        initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_extract_one, *arg): arg[0] for arg in args}
                 for future in concurrent.futures.as_completed(futures):
                     try:

@@ -13,6 +13,7 @@ import shutil
 
 from musicsim.dataset import CatalogEntry, DatasetInfo, read_catalog, write_catalog
 from musicsim.tfrecords import Track, serialize_track, write_records
+from musicsim.workers import process_alive
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -87,3 +88,54 @@ def copy_with_test_labels_permuted(dataset_dir: str, output_dir: str, *, seed: i
         entries[i] = dataclasses.replace(entries[i], labels=tuple(labels))
     write_catalog(output_dir, entries)
     return output_dir
+
+
+def _parent_pids() -> dict[int, int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return parents
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, and theirs: a fork server's workers)."""
+    parents = _parent_pids()
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def assert_workers_die_with(command: list[str], *, cwd: str, min_processes: int) -> None:
+    """Start ``command``, wait until it has ``min_processes`` processes below it, SIGKILL it, and
+    check that every one of them ends within seconds (a worker must never outlive its parent)."""
+    import signal
+    import subprocess
+    import time
+
+    run = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(descendant_pids(run.pid)) < min_processes and time.time() < deadline and run.poll() is None:
+            time.sleep(0.05)
+        workers = descendant_pids(run.pid)
+        assert len(workers) >= min_processes and run.poll() is None, \
+            f"the command ended before its workers could be seen ({len(workers)} processes)"
+        time.sleep(0.5)
+    finally:
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+    deadline = time.time() + 10
+    while any(process_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if process_alive(pid)]
+    for pid in survivors:  # leave nothing behind, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []

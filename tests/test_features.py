@@ -264,3 +264,22 @@ def failing_features(*, audio: np.ndarray, sample_rate: int) -> np.ndarray:
 def test_extract_many_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         F.extract_many(paths=[], **{"feature_fn": "mfcc", **kwargs})
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc to find the worker processes")
+def test_extraction_workers_end_when_their_parent_is_killed(tmp_path):
+    """A killed run that was extracting features leaves no worker (nor fork server) behind."""
+    import sys
+
+    from conftest import assert_workers_die_with
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):  # enough extraction that the parent is still working when it is killed
+        paths.append(str(tmp_path / f"t{i}.wav"))
+        sf.write(paths[-1], (0.1 * rng.standard_normal(22050 * 40)).astype(np.float32), 22050)
+    script = ("import sys; from musicsim import features; "
+              "features.extract_many(paths=sys.argv[1:], feature_fn='librosa', workers=2, progress=False)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # the fork server, its 2 workers and multiprocessing's resource tracker
+    assert_workers_die_with([sys.executable, "-c", script, *paths], cwd=repo, min_processes=4)

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import assert_workers_die_with
 
 from data_prep import build, lock, sources
 from data_prep.build import prepare
@@ -354,28 +354,6 @@ def test_an_interrupted_build_is_still_ours_and_resumes(small_tree, tmp_path, mo
 # ---------------------------------------------------------------- workers end with their build
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a re-parented child nobody reaps is dead, whatever kill(0) says)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc to find the worker processes")
 def test_workers_end_when_the_build_is_killed(tmp_path):
     tree = tmp_path / "long"
@@ -383,26 +361,9 @@ def test_workers_end_when_the_build_is_killed(tmp_path):
         for i in range(8):  # enough decoding that the build is still running when it is killed
             write_tone(tree / album / f"t{i}.wav", seconds=40.0, rate=22050, frequency=300 + 40 * i + 7 * a,
                        seed=10 * a + i)
-    run = subprocess.Popen(_build_command(str(tree), str(tmp_path / "out"), "--workers=2"), cwd=REPO_ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while len(_children(run.pid)) < 3 and time.time() < deadline and run.poll() is None:
-            time.sleep(0.05)  # 2 workers and multiprocessing's resource tracker
-        children = _children(run.pid)
-        assert len(children) >= 3 and run.poll() is None, "the build ended before its workers could be seen"
-        time.sleep(0.5)
-    finally:
-        os.kill(run.pid, signal.SIGKILL)
-        run.wait()
-
-    deadline = time.time() + 10
-    while any(_running(pid) for pid in children) and time.time() < deadline:
-        time.sleep(0.1)
-    survivors = [pid for pid in children if _running(pid)]
-    for pid in survivors:  # leave nothing behind, then fail
-        os.kill(pid, signal.SIGKILL)
-    assert survivors == []
+    # 2 workers and multiprocessing's resource tracker
+    assert_workers_die_with(_build_command(str(tree), str(tmp_path / "out"), "--workers=2"), cwd=REPO_ROOT,
+                            min_processes=3)
 
 
 # ---------------------------------------------------------------- memory bounded by a track, not a shard
