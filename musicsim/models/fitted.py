@@ -221,3 +221,37 @@ class FittedModel:
         state = f"dim={self.dim}" if self.fitted else "unfitted"
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
         return f"{type(self).__name__}({args}) [{state}]"
+
+
+class StandardisedModel(FittedModel):
+    """A fitted model whose embedding is its features standardised on the train split.
+
+    Zero-variance dimensions keep scale 1 (sklearn's rule), so they map to 0 rather than NaN (e.g. a
+    ReLU unit silent on every train track).
+    """
+
+    scaler_mean: np.ndarray | None = None  # [dim]
+    scaler_scale: np.ndarray | None = None  # [dim]
+
+    def _check_dim(self, features: np.ndarray) -> None:
+        if features.shape[1] != self.dim:
+            raise ValueError(f"{self.name}: expected {self.dim}-d features, got {features.shape[1]}")
+
+    def _fit_features(self, features: np.ndarray) -> None:
+        from sklearn.preprocessing import StandardScaler
+
+        self._check_dim(features)
+        scaler = StandardScaler().fit(features)
+        self.scaler_mean = scaler.mean_.astype(np.float64)
+        self.scaler_scale = scaler.scale_.astype(np.float64)
+
+    def _transform(self, features: np.ndarray) -> np.ndarray:
+        self._check_dim(features)
+        return (features - self.scaler_mean) / self.scaler_scale
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"scaler_mean": self.scaler_mean, "scaler_scale": self.scaler_scale}
+
+    def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.scaler_mean = arrays["scaler_mean"]
+        self.scaler_scale = arrays["scaler_scale"]

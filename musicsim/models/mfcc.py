@@ -6,14 +6,11 @@ compared by Euclidean distance.
 """
 from __future__ import annotations
 
-import numpy as np
-from sklearn.preprocessing import StandardScaler
-
 from musicsim.features import N_MFCC
-from musicsim.models.fitted import FittedModel
+from musicsim.models.fitted import StandardisedModel
 
 
-class MFCCModel(FittedModel):
+class MFCCModel(StandardisedModel):
     """MFCC mean/std (40-d) -> standardise with train statistics.
 
     Parameters
@@ -25,31 +22,6 @@ class MFCCModel(FittedModel):
     name = "mfcc"
     feature_fn = "mfcc"
 
-    def __init__(self, **settings):
-        super().__init__(**settings)
-        self.scaler_mean: np.ndarray | None = None  # [40]
-        self.scaler_scale: np.ndarray | None = None  # [40]
-
     @property
     def dim(self) -> int:
         return 2 * N_MFCC
-
-    def _fit_features(self, features: np.ndarray) -> None:
-        if features.shape[1] != self.dim:
-            raise ValueError(f"mfcc: expected {self.dim}-d features, got {features.shape[1]}")
-        # Zero-variance dimensions keep scale 1 (sklearn), so they map to 0 rather than NaN.
-        scaler = StandardScaler().fit(features)
-        self.scaler_mean = scaler.mean_.astype(np.float64)
-        self.scaler_scale = scaler.scale_.astype(np.float64)
-
-    def _transform(self, features: np.ndarray) -> np.ndarray:
-        if features.shape[1] != self.dim:
-            raise ValueError(f"mfcc: expected {self.dim}-d features, got {features.shape[1]}")
-        return (features - self.scaler_mean) / self.scaler_scale
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"scaler_mean": self.scaler_mean, "scaler_scale": self.scaler_scale}
-
-    def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.scaler_mean = arrays["scaler_mean"]
-        self.scaler_scale = arrays["scaler_scale"]

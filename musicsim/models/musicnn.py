@@ -29,11 +29,10 @@ import sys
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from sklearn.preprocessing import StandardScaler
 
 from musicsim.audio import (AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks)
 from musicsim.features import _cache_paths, _read_cache, _write_atomic
-from musicsim.models.fitted import FittedModel
+from musicsim.models.fitted import StandardisedModel
 from musicsim.pretrained import MUSICNN_CHECKPOINTS, musicnn_checkpoint
 
 SAMPLE_RATE = 16000
@@ -380,7 +379,7 @@ class _Measured:
 
 
 # -- the fitted model -----------------------------------------------------------------------------
-class MusicnnModel(FittedModel):
+class MusicnnModel(StandardisedModel):
     """A musicnn layer, mean over 3 s patches -> standardised with train statistics; cosine.
 
     Parameters
@@ -417,8 +416,6 @@ class MusicnnModel(FittedModel):
         self.min_seconds = float(min_seconds)
         self.pretrained_cache = pretrained_cache
         self._network: MusicnnNetwork | None = None
-        self.scaler_mean: np.ndarray | None = None  # [dim]
-        self.scaler_scale: np.ndarray | None = None  # [dim]
 
     @property
     def feature_fn(self) -> str:  # the feature cache's folder and key
@@ -507,26 +504,6 @@ class MusicnnModel(FittedModel):
         if cache is not None:
             _write_atomic(cache[0], lambda tmp: _write_npy(tmp, features))
         return features, None
-
-    def _fit_features(self, features: np.ndarray) -> None:
-        if features.shape[1] != self.dim:
-            raise ValueError(f"musicnn: expected {self.dim}-d features, got {features.shape[1]}")
-        # Zero-variance dimensions keep scale 1 (sklearn; e.g. a ReLU unit silent on every train track).
-        scaler = StandardScaler().fit(features)
-        self.scaler_mean = scaler.mean_.astype(np.float64)
-        self.scaler_scale = scaler.scale_.astype(np.float64)
-
-    def _transform(self, features: np.ndarray) -> np.ndarray:
-        if features.shape[1] != self.dim:
-            raise ValueError(f"musicnn: expected {self.dim}-d features, got {features.shape[1]}")
-        return (features - self.scaler_mean) / self.scaler_scale
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        return {"scaler_mean": self.scaler_mean, "scaler_scale": self.scaler_scale}
-
-    def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self.scaler_mean = arrays["scaler_mean"]
-        self.scaler_scale = arrays["scaler_scale"]
 
 
 def _write_json(path: str, payload: dict) -> None:
