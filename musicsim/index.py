@@ -355,11 +355,7 @@ class EmbeddingIndex(IndexBackend):
 
     def summary(self) -> str:
         """One line describing the index."""
-        mode = "exact" if self.approximate is None else self.approximate
-        if self.approximate == "ivf":
-            mode += f"(nlist={self.nlist}, nprobe={self.nprobe})"
-        elif self.approximate == "hnsw":
-            mode += f"(M={self.hnsw_m}, efSearch={self.ef_search})"
+        mode = self.search_mode()
         model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
         groups = len(set(g for g in self._metadata.get("group", []) if g is not None))
         return (f"EmbeddingIndex (faiss): {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, "

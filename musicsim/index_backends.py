@@ -163,6 +163,15 @@ class IndexBackend(abc.ABC):
     def track_id_of_path(self, *, path: str) -> str | None:
         """The id of the track whose ``path`` metadata is the file ``path`` (by real path), if any."""
 
+    def search_mode(self) -> str:
+        """``exact``, or the approximate structure with its parameters, for summaries."""
+        mode = "exact" if self.approximate is None else self.approximate
+        if self.approximate == "ivf":
+            mode += f"(nlist={self.nlist}, nprobe={self.nprobe})"
+        elif self.approximate == "hnsw":
+            mode += f"(M={self.hnsw_m}, efSearch={self.ef_search})"
+        return mode
+
     @abc.abstractmethod
     def summary(self) -> str:
         """One line describing the index."""

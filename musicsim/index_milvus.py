@@ -300,11 +300,7 @@ class MilvusIndex(IndexBackend):
         return None
 
     def summary(self) -> str:
-        mode = "exact" if self.approximate is None else self.approximate
-        if self.approximate == "ivf":
-            mode += f"(nlist={self.nlist}, nprobe={self.nprobe})"
-        elif self.approximate == "hnsw":
-            mode += f"(M={self.hnsw_m}, efSearch={self.ef_search})"
+        mode = self.search_mode()
         model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
         return (f"MilvusIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, collection "
                 f"{self.collection} at {self.uri}, model {model}")
