@@ -521,21 +521,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     # Requests run concurrently on the server's threads: BLAS threads of their own would only fight
-    # them for the cores (and spin), which costs both latency and throughput on a busy machine.
-    threadpool_limits(limits=1, user_api="blas")
-    try:
-        app = create_app(index_dir=args.index, max_upload_mb=args.max_upload_mb, map_method=args.map, warm_up=True)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    import uvicorn
+    # them for the cores (and spin), which costs both latency and throughput on a busy machine. The
+    # limit is lifted when serving ends, so a caller of main() keeps its own BLAS threads.
+    with threadpool_limits(limits=1, user_api="blas"):
+        try:
+            app = create_app(index_dir=args.index, max_upload_mb=args.max_upload_mb, map_method=args.map,
+                             warm_up=True)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        import uvicorn
 
-    if not _is_loopback(args.host):
-        print(f"warning: binding to {args.host}: the service is reachable from other machines", file=sys.stderr)
-    service = app.state.service
-    print(f"{service.index.summary()}\nserving {service.index_dir} on http://{args.host}:{args.port}/ "
-          f"(API spec: /openapi.json)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+        if not _is_loopback(args.host):
+            print(f"warning: binding to {args.host}: the service is reachable from other machines", file=sys.stderr)
+        service = app.state.service
+        print(f"{service.index.summary()}\nserving {service.index_dir} on http://{args.host}:{args.port}/ "
+              f"(API spec: /openapi.json)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
     return 0
 
 

@@ -527,3 +527,15 @@ def test_a_run_writes_its_projector_files_and_the_demo_index_it_serves(synthetic
         answer = served.get(f"/api/similar/{ids[0]}", params={"k": 3}).json()
         assert len(answer["results"]) == 3 and served.get(answer["results"][0]["audio_url"]).status_code == 200
         assert served.get("/api/info").json()["file_queries"] is True
+
+
+def test_main_leaves_the_callers_blas_threads_as_they_were(tmp_path):
+    """The one-BLAS-thread limit is the server's: a failed main() must not keep it for its caller."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> list[int]:
+        return sorted(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+
+    before = blas_threads()
+    assert main([f"--index={tmp_path / 'none'}"]) == 2
+    assert blas_threads() == before
