@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import logging
 import os
 import re
 import shutil
@@ -56,7 +57,10 @@ import warnings
 from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import faiss
+# faiss's loader logs each CPU variant it could not load at INFO; under absl's INFO logging (experiments.run)
+# that printed three ModuleNotFoundError lines on every index build.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 import numpy as np
 
 from musicsim.index_backends import (APPROXIMATE_KINDS, BACKENDS, MAX_DIVERSITY_POOL, SIMILARITIES,  # noqa: F401
