@@ -33,7 +33,7 @@ import numpy as np
 from musicsim.audio import (AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks)
 from musicsim.features import _cache_paths, _read_cache, _write_atomic
 from musicsim.models.fitted import StandardisedModel
-from musicsim.pretrained import MUSICNN_CHECKPOINTS, musicnn_checkpoint
+from musicsim.pretrained import musicnn_checkpoint
 
 SAMPLE_RATE = 16000
 N_FFT = 512
@@ -402,11 +402,8 @@ class MusicnnModel(StandardisedModel):
 
     def __init__(self, *, checkpoint: str = "MSD_musicnn", layer: str = "penultimate", min_seconds: float = 1.0,
                  pretrained_cache: str | None = None, sample_rate: int = SAMPLE_RATE, **settings: Any):
-        if checkpoint not in ARCHITECTURES:
-            raise ValueError(f"unknown musicnn checkpoint {checkpoint!r}: expected one of {list(MUSICNN_CHECKPOINTS)}")
-        architecture = ARCHITECTURES[checkpoint]
-        if layer not in LAYER_DIMS[architecture]:
-            raise ValueError(f"{checkpoint} has no layer {layer!r}: expected one of {list(LAYER_DIMS[architecture])}")
+        # The teacher checks the checkpoint and layer and owns the network: one loader for both uses.
+        teacher = MusicnnTeacher(checkpoint=checkpoint, layer=layer, pretrained_cache=pretrained_cache)
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"musicnn networks take {SAMPLE_RATE} Hz audio, got sample_rate={sample_rate}")
         if min_seconds < 0:
@@ -415,7 +412,7 @@ class MusicnnModel(StandardisedModel):
         self.checkpoint, self.layer = checkpoint, layer
         self.min_seconds = float(min_seconds)
         self.pretrained_cache = pretrained_cache
-        self._network: MusicnnNetwork | None = None
+        self.teacher = teacher
 
     @property
     def feature_fn(self) -> str:  # the feature cache's folder and key
@@ -427,15 +424,12 @@ class MusicnnModel(StandardisedModel):
 
     @property
     def dim(self) -> int:
-        return LAYER_DIMS[ARCHITECTURES[self.checkpoint]][self.layer]
+        return self.teacher.dim
 
     @property
     def network(self) -> MusicnnNetwork:
         """The trained network, loaded on first use."""
-        if self._network is None:
-            self._network = MusicnnNetwork.from_checkpoint(checkpoint=self.checkpoint,
-                                                           cache_dir=self.pretrained_cache)
-        return self._network
+        return self.teacher.network
 
     def embed_file(self, *, path: str) -> np.ndarray:
         """The unstandardised layer mean of one file's excerpt: float64 ``[dim]``.
