@@ -40,7 +40,7 @@ from musicsim import evaluation  # noqa: E402
 from musicsim.dataset import DatasetInfo, read_catalog  # noqa: E402
 from musicsim.inputs import TrackSet  # noqa: E402
 from musicsim.models.librosa_pca import LibrosaPCAModel  # noqa: E402
-from musicsim.similarity import make_similarity  # noqa: E402
+from musicsim.relevance import make_relevance  # noqa: E402
 
 PROTOCOLS = {"track": "track split (paper)", "label": "album-disjoint split"}
 SPLITS = ("train", "eval", "test")
@@ -82,7 +82,7 @@ def embed_projection(audio, length, *, params, training):
     return tf.keras.layers.Dense(params["embedding_size"], name="projection")(hidden)
 
 
-def train_projection(track_sets: dict[str, TrackSet], *, similarity, hidden: list[int], dropout: float, seed: int,
+def train_projection(track_sets: dict[str, TrackSet], *, relevance_def, hidden: list[int], dropout: float, seed: int,
                      model_dir: str, max_steps: int, n_similar: int = 3, n_dissimilar: int = 3,
                      score_scale: float = 1.0) -> np.ndarray:
     """Train one learned projection with the project's pipeline; its test-split embeddings ``[n, 64]``."""
@@ -96,7 +96,7 @@ def train_projection(track_sets: dict[str, TrackSet], *, similarity, hidden: lis
                                         model_dir=model_dir, params=params, seed=seed, save_checkpoints_steps=every,
                                         keep_checkpoint_max=training.checkpoints_to_keep(
                                             early_stopping_patience=patience, save_checkpoints_steps=every))
-    lists = dict(similarity=similarity, batch_size=8, crop_seconds=None)
+    lists = dict(relevance_def=relevance_def, batch_size=8, crop_seconds=None)
     # Training lists may be longer than the paper's 3 + 3; the eval lists (early stopping) stay 3 + 3.
     training.train_and_evaluate(
         estimator=estimator, max_steps=max_steps, early_stopping_patience=patience, eval_every_steps=every,
@@ -107,8 +107,8 @@ def train_projection(track_sets: dict[str, TrackSet], *, similarity, hidden: lis
                                        checkpoint_path=training.best_checkpoint(model_dir))
 
 
-def scores(embeddings: np.ndarray, test: TrackSet, *, similarity, kind: str) -> dict[str, float]:
-    relevance, _ = test.relevance(similarity)
+def scores(embeddings: np.ndarray, test: TrackSet, *, relevance_def, kind: str) -> dict[str, float]:
+    relevance, _ = test.relevance(relevance_def)
     result = evaluation.evaluate(relevance_matrix=relevance, embeddings=embeddings, similarity=kind)
     return {m: result[m][0] for m in METRICS}
 
@@ -117,7 +117,7 @@ def run_protocol(dataset_dir: str, *, seeds: list[int], runs_dir: str, workers: 
                  list_sizes: tuple[int, int] = (3, 3), score_scale: float = 1.0) -> dict[str, list[dict[str, float]]]:
     """{model: one metrics dict per seed (one for the models without training)} on one protocol."""
     info = DatasetInfo.load(dataset_dir)
-    similarity = make_similarity(info.similarity)
+    relevance_def = make_relevance(info.relevance)
     # The baseline exactly as experiments.run fits it (same excerpt, same feature cache).
     baseline = LibrosaPCAModel(max_seconds=info.max_seconds, workers=workers, progress=False,
                                cache_dir=os.path.join(dataset_dir, "feature_cache"))
@@ -125,18 +125,18 @@ def run_protocol(dataset_dir: str, *, seeds: list[int], runs_dir: str, workers: 
     test = raw["test"]
     baseline.fit_features(features=np.concatenate(raw["train"].sequences))
     rows = {"librosa": [scores(baseline.embed_features(features=np.concatenate(test.sequences)), test,
-                               similarity=similarity, kind="euclidean")]}
+                               relevance_def=relevance_def, kind="euclidean")]}
     standard = standardised(raw, baseline=baseline)
-    rows["standardised, cosine"] = [scores(np.concatenate(standard["test"].sequences), test, similarity=similarity,
+    rows["standardised, cosine"] = [scores(np.concatenate(standard["test"].sequences), test, relevance_def=relevance_def,
                                            kind="cosine")]
     for name, settings in LEARNED.items():
         rows[name] = []
         for seed in seeds:
             model_dir = os.path.join(runs_dir, os.path.basename(dataset_dir), name.replace(" ", "_"), f"seed{seed}")
-            embeddings = train_projection(standard, similarity=similarity, seed=seed, model_dir=model_dir,
+            embeddings = train_projection(standard, relevance_def=relevance_def, seed=seed, model_dir=model_dir,
                                           max_steps=max_steps, n_similar=list_sizes[0], n_dissimilar=list_sizes[1],
                                           score_scale=score_scale, **settings)
-            rows[name].append(scores(embeddings, test, similarity=similarity, kind="cosine"))
+            rows[name].append(scores(embeddings, test, relevance_def=relevance_def, kind="cosine"))
             print(f"  {os.path.basename(dataset_dir)} {name} seed {seed}: "
                   + ", ".join(f"{m} {v:.3f}" for m, v in rows[name][-1].items()), flush=True)
     return rows

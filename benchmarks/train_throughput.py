@@ -25,14 +25,14 @@ def measure(pool_size: int, steps: int, batch_size: int, crop_seconds: float) ->
 
     from musicsim import training
     from musicsim.inputs import TrackSet, make_list_input_fn
-    from musicsim.similarity import make_similarity
+    from musicsim.relevance import make_relevance
 
     rng = np.random.default_rng(0)
     rate = DECODE_RATE / pool_size
     tracks = TrackSet(track_ids=[f"t{i}" for i in range(24)], labels=[(f"a{i % 4}",) for i in range(24)],
                       sequences=[rng.standard_normal(int(rate * 2 * crop_seconds)).astype(np.float32) * 0.1
                                  for _ in range(24)], frame_rate=rate)
-    input_fn = make_list_input_fn(tracks=tracks, similarity=make_similarity("album"), mode="train",
+    input_fn = make_list_input_fn(tracks=tracks, relevance_def=make_relevance("album"), mode="train",
                                   batch_size=batch_size, crop_seconds=crop_seconds)
     with tempfile.TemporaryDirectory() as model_dir:
         estimator = training.make_estimator(model="wavenet", model_dir=model_dir, params={},

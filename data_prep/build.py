@@ -599,7 +599,7 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
                                       failed=sorted(built.feature_failures, key=lambda f: f["path"]))
         write_json_atomic(os.path.join(output, "report.json"), report)
         DatasetInfo(name=name, kind=dataset, sample_rate=sample_rate, pool_size=pool_size,
-                    max_seconds=max_seconds, similarity=listing.similarity, min_shared_tags=min_shared_tags,
+                    max_seconds=max_seconds, relevance=listing.relevance, min_shared_tags=min_shared_tags,
                     split_by=split_by, split_seed=split_seed,
                     extra={"input": os.path.abspath(input_path) if input_path else listing.extra.get("demo_cache"),
                            "split_fractions": SPLIT_FRACTIONS, "shard_size": shard_size,
@@ -655,7 +655,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("pool_size", DEFAULT_POOL_SIZE, "Mean-pooling window (samples).")
     flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores).")
     flags.DEFINE_string("label_column", "genre", "labelled_csv: the label column.")
-    flags.DEFINE_integer("min_shared_tags", 2, "Tag similarity: shared tags needed to be similar.")
+    flags.DEFINE_integer("min_shared_tags", 2, "Tag relevance: shared tags needed to be similar.")
     flags.DEFINE_enum("split_by", "track", list(SPLIT_BY), "track: stratified tracks; label: disjoint labels.")
     flags.DEFINE_integer("shard_size", DEFAULT_SHARD_SIZE, "Tracks per TFRecord shard.")
     flags.DEFINE_float("min_seconds", DEFAULT_MIN_SECONDS, "Skip excerpts shorter than this.")

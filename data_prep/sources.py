@@ -57,7 +57,7 @@ class SourceListing:
 
     kind: str
     tracks: list[SourceTrack]
-    similarity: str  # musicsim.similarity name: album, genre, label or tags
+    relevance: str  # musicsim.relevance name: album, genre, label or tags
     multi_label: bool
     skipped: list[dict] = field(default_factory=list)  # {"path", "track_id", "reason"}
     ignored: list[dict] = field(default_factory=list)  # {"path", "reason"}: not audio, never a track
@@ -248,7 +248,7 @@ def list_magnatagatune(*, root: str, audio_root: str | None = None) -> SourceLis
         raise ValueError(f"{annotations}: missing column(s) {missing}; header starts {header[:4]}")
     id_col, path_col = header.index("clip_id"), header.index("mp3_path")
     tag_cols = [(i, name) for i, name in enumerate(header) if name not in MTAT_FIXED_COLUMNS]
-    listing = SourceListing(kind="magnatagatune", tracks=[], similarity="tags", multi_label=True,
+    listing = SourceListing(kind="magnatagatune", tracks=[], relevance="tags", multi_label=True,
                             extra={"tags": len(tag_cols), "annotations": annotations, "audio_root": audio_root,
                                    "groups": "song (mp3_path without -<start>-<end>.mp3)"})
     for line, row in rows:
@@ -312,7 +312,7 @@ def list_album_folders(*, root: str) -> SourceListing:
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"album folder root not found or not a directory: {root}")
-    listing = SourceListing(kind="album_folders", tracks=[], similarity="album", multi_label=False)
+    listing = SourceListing(kind="album_folders", tracks=[], relevance="album", multi_label=False)
 
     def unreadable(err: OSError) -> None:
         folder = os.path.abspath(err.filename or root)
@@ -343,8 +343,8 @@ def list_album_folders(*, root: str) -> SourceListing:
     return _finish(listing)
 
 
-def _similarity_for_column(column: str) -> str:
-    # musicsim.similarity knows album, genre and label: any other column is a generic shared label.
+def _relevance_for_column(column: str) -> str:
+    # musicsim.relevance knows album, genre and label: any other column is a generic shared label.
     return column.lower() if column.lower() in ("album", "genre") else "label"
 
 
@@ -363,7 +363,7 @@ def list_labelled_csv(*, csv_path: str, label_column: str = "genre") -> SourceLi
         if column not in header:
             raise ValueError(f"{csv_path}: no column {column!r} (columns: {header}); "
                              "set --label_column to the column holding the labels")
-    listing = SourceListing(kind="labelled_csv", tracks=[], similarity=_similarity_for_column(label_column),
+    listing = SourceListing(kind="labelled_csv", tracks=[], relevance=_relevance_for_column(label_column),
                             multi_label=False, extra={"label_column": label_column, "csv": csv_path})
     _list_rows(listing, csv_path, base, header, rows, label_column=label_column)
     return _finish(listing)
@@ -379,7 +379,7 @@ def list_manifest(*, manifest: str) -> SourceListing:
     missing = [c for c in ("path", "track_id", "label_album") if c not in header]
     if missing:
         raise ValueError(f"{manifest}: missing column(s) {missing} (columns: {header})")
-    listing = SourceListing(kind="manifest", tracks=[], similarity="album", multi_label=False,
+    listing = SourceListing(kind="manifest", tracks=[], relevance="album", multi_label=False,
                             extra={"manifest": manifest})
     _list_rows(listing, manifest, os.path.dirname(manifest), header, rows, label_column="label_album")
     return _finish(listing)

@@ -38,7 +38,7 @@ from absl import app, flags
 
 from musicsim import evaluation
 from musicsim.dataset import LABEL_SEPARATOR, DatasetInfo
-from musicsim.similarity import make_similarity
+from musicsim.relevance import make_relevance
 
 METRICS = ("PC", "NDCG@1", "NDCG@6", "MAP", "catalog_mAP", "P@10")
 SKEW_METRICS = ("skew/PC", "skew/NDCG@1", "skew/NDCG@6", "skew/MAP")
@@ -64,7 +64,7 @@ class Run:
     model: str
     dataset: str
     dataset_dir: str
-    similarity_def: str
+    relevance_def: str
     similarity: str  # cosine | euclidean, how the model's embeddings are compared
     test: dict[str, tuple[float, float]]
     baselines: dict[str, dict[str, tuple[float, float]]]
@@ -142,13 +142,13 @@ def load_run(run_dir: str) -> Run:
         raise ValueError(f"{path} lacks {missing}: not written by experiments.run")
     config = results.get("config") or {}
     dataset_dir = os.path.abspath(results["dataset_dir"])
-    similarity_def = results.get("similarity_def")
-    if similarity_def is None:
-        similarity_def = DatasetInfo.load(dataset_dir).similarity
+    relevance_def = results.get("relevance", results.get("similarity_def"))  # runs made before the rename
+    if relevance_def is None:
+        relevance_def = DatasetInfo.load(dataset_dir).relevance
     return Run(
         run_dir=run_dir, model=str(results["model"]),
         dataset=str(results.get("dataset") or os.path.basename(dataset_dir)), dataset_dir=dataset_dir,
-        similarity_def=str(similarity_def),
+        relevance_def=str(relevance_def),
         similarity=str(results.get("similarity") or (config.get("params") or {}).get("similarity", "cosine")),
         test=_metric_table(results["test"], path=path, key="test"),
         baselines={name: _metric_table(table, path=path, key=f"baselines/{name}")
@@ -252,9 +252,9 @@ class _Skew:
         self.notes = notes
         self.embeddings = load_test_embeddings(reference)
         min_shared_tags = reference.config.get("min_shared_tags")
-        if not min_shared_tags and reference.similarity_def.startswith("tags"):
+        if not min_shared_tags and reference.relevance_def.startswith("tags"):
             min_shared_tags = DatasetInfo.load(reference.dataset_dir).min_shared_tags
-        self.similarity = make_similarity(reference.similarity_def, min_shared_tags=min_shared_tags or 2)
+        self.similarity = make_relevance(reference.relevance_def, min_shared_tags=min_shared_tags or 2)
 
     def _protocol(self, track_ids: list[str], *, run: Run) -> dict:
         """Relevance and reference scores on ``track_ids`` (a subset of the reference's test tracks)."""
@@ -473,7 +473,7 @@ def build_report(*, run_dirs: list[str], output_dir: str, reference: str | None 
     Returns
     -------
     pandas.DataFrame, one row per (dataset, model, variant), random and worst included; columns
-    ``dataset, similarity_def, dataset_dir, model, variant, runs, test_tracks, skew_test_tracks``, then
+    ``dataset, relevance_def, dataset_dir, model, variant, runs, test_tracks, skew_test_tracks``, then
     ``"<metric> mean"`` and ``"<metric> std"`` for each metric of ``METRICS`` and ``SKEW_METRICS`` (NaN
     where not computed). ``runs`` counts the runs aggregated in the row (distinct evaluations for a
     baseline); ``skew_test_tracks`` the test tracks shared with the reference (None without skew figures).
@@ -486,7 +486,7 @@ def build_report(*, run_dirs: list[str], output_dir: str, reference: str | None 
     runs = [load_run(run_dir) for run_dir in run_dirs]
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        groups.setdefault((run.dataset_dir, run.similarity_def), []).append(run)
+        groups.setdefault((run.dataset_dir, run.relevance_def), []).append(run)
     labels = _dataset_labels(groups)
     os.makedirs(output_dir, exist_ok=True)
 
@@ -495,7 +495,7 @@ def build_report(*, run_dirs: list[str], output_dir: str, reference: str | None 
         label, notes = labels[key], []
         rows = _dataset_rows(groups[key], reference=reference, notes=notes)
         for row in rows:
-            record = {"dataset": label, "similarity_def": key[1], "dataset_dir": key[0], "model": row.model,
+            record = {"dataset": label, "relevance_def": key[1], "dataset_dir": key[0], "model": row.model,
                       "variant": row.variant, "runs": len(row.runs), "test_tracks": row.test_tracks,
                       "skew_test_tracks": row.skew_tracks}
             for metric in METRICS + SKEW_METRICS:

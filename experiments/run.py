@@ -21,7 +21,7 @@ from musicsim import evaluation
 from musicsim import models as registry
 from musicsim.dataset import DatasetInfo, read_catalog, write_json_atomic
 from musicsim.inputs import TrackSet
-from musicsim.similarity import make_similarity
+from musicsim.relevance import make_relevance
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "wavenet", list(registry.ALL_MODELS), "Which model to run.")
@@ -29,7 +29,7 @@ flags.DEFINE_string("dataset", "demo", "A prepared dataset DIR (data_prep.build)
                     "(built and prepared on first use).")
 flags.DEFINE_string("model_dir", None, "Run directory (default tensorboard_logs/<model>-<dataset>-<timestamp>). "
                     "Rerunning with the same directory resumes from its latest checkpoint.")
-flags.DEFINE_string("similarity_def", None, "Similarity definition: album, genre, label, tags, tags_graded "
+flags.DEFINE_string("relevance", None, "Label relevance definition (musicsim.relevance): album, genre, label, tags, tags_graded "
                     "(default: the dataset's).")
 flags.DEFINE_integer("min_shared_tags", None, "Tags in common for two tracks to be similar (tag datasets).")
 # The head.
@@ -133,7 +133,7 @@ class RunConfig:
     model: str
     dataset_dir: str
     model_dir: str
-    similarity_def: str | None = None
+    relevance: str | None = None
     min_shared_tags: int | None = None
     params: dict = field(default_factory=dict)  # head + model hyperparameters, estimator ``params``
     list_kind: str | None = None
@@ -185,7 +185,7 @@ def config_from_flags() -> RunConfig:
         frontend_stride=FLAGS.frontend_stride,
         mixed_precision=False if FLAGS.mixed_precision == "off" else FLAGS.mixed_precision, xla=FLAGS.xla)
     return RunConfig(
-        model=FLAGS.model, dataset_dir=dataset_dir, model_dir=model_dir, similarity_def=FLAGS.similarity_def,
+        model=FLAGS.model, dataset_dir=dataset_dir, model_dir=model_dir, relevance=FLAGS.relevance,
         min_shared_tags=FLAGS.min_shared_tags, params=params, list_kind=FLAGS.list_kind,
         n_similar=FLAGS.n_similar, n_dissimilar=FLAGS.n_dissimilar, batch_size=FLAGS.batch_size,
         crop_seconds=FLAGS.crop_seconds, eval_seconds=FLAGS.eval_seconds or None,
@@ -222,7 +222,7 @@ def resolve_dataset(name_or_dir: str) -> str:
     return DEMO_DATASET_DIR
 
 
-def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
+def _learned_embeddings(config: RunConfig, relevance_def, splits) -> dict:
     """Train a learned model (resuming from model_dir), then embed every split."""
     from musicsim import training
 
@@ -240,7 +240,7 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
     config.params["input_sample_rate"] = tracks["train"].frame_rate
     # A resumed run draws new training lists rather than replaying the first ones again.
     train_seed = config.seed + training.resume_step(config.model_dir)
-    train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, module, tracks, similarity,
+    train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, module, tracks, relevance_def,
                                                                                train_seed=train_seed)
     from musicsim import distribute
 
@@ -258,7 +258,7 @@ def _learned_embeddings(config: RunConfig, similarity, splits) -> dict:
     print(f"embedding with {os.path.basename(checkpoint)} (the {config.export_checkpoint} checkpoint"
           + (f" by eval {metric})" if config.export_checkpoint == "best" else ")"))
     if hasattr(module, "embedding_variants") and config.params.get("rnn_embedding") == "all":
-        estimator = _best_variant(config, module, estimator, tracks["eval"], similarity, checkpoint=checkpoint)
+        estimator = _best_variant(config, module, estimator, tracks["eval"], relevance_def, checkpoint=checkpoint)
     embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
                                                      seconds=config.predict_seconds, checkpoint_path=checkpoint)
                   for split in splits}
@@ -286,7 +286,7 @@ def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
     return kwargs
 
 
-def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, train_seed: int):
+def _training_inputs(config: RunConfig, module, tracks: dict, relevance_def, *, train_seed: int):
     """(train input_fn, eval input_fn, early stopping (metric, direction), model_fn or None) of a run."""
     from musicsim import pretraining
     from musicsim.inputs import make_list_input_fn
@@ -327,7 +327,7 @@ def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, tra
         return (module.make_input_fn(tracks=tracks["train"], mode="train", seed=train_seed, **own),
                 module.make_input_fn(tracks=tracks["eval"], mode="eval", **own), module.EARLY_STOPPING, None)
     list_kind = config.list_kind or ("pairwise" if config.params.get("loss") == "pairwise" else "listwise")
-    common = dict(similarity=similarity, kind=list_kind, n_similar=config.n_similar,
+    common = dict(relevance_def=relevance_def, kind=list_kind, n_similar=config.n_similar,
                   n_dissimilar=config.n_dissimilar, batch_size=config.batch_size)
     return (make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
                                seed=train_seed, **common),
@@ -337,12 +337,12 @@ def _training_inputs(config: RunConfig, module, tracks: dict, similarity, *, tra
             None)
 
 
-def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity, *, checkpoint: str):
+def _best_variant(config: RunConfig, module, estimator, eval_tracks, relevance_def, *, checkpoint: str):
     """The paper's RNN optimisation: read the embedding every way (outputs/states x mean/max/last) from the
     same checkpoint, score each on the eval split, keep the best (by NDCG@6, then catalog mAP)."""
     from musicsim import training
 
-    relevance, _ = eval_tracks.relevance(similarity)
+    relevance, _ = eval_tracks.relevance(relevance_def)
     scored = []
     for embedding, reduce in module.embedding_variants():
         params = dict(config.params, rnn_embedding=embedding, rnn_reduce=reduce)
@@ -360,7 +360,7 @@ def _best_variant(config: RunConfig, module, estimator, eval_tracks, similarity,
     return best
 
 
-def _fitted_embeddings(config: RunConfig, splits, similarity) -> dict:
+def _fitted_embeddings(config: RunConfig, splits, relevance_def) -> dict:
     """Fit a fitted model on the train split's source files, tune it on eval, then embed every split."""
     model_cls = registry.fitted_class(config.model)
     info = DatasetInfo.load(config.dataset_dir)
@@ -388,7 +388,7 @@ def _fitted_embeddings(config: RunConfig, splits, similarity) -> dict:
                          + (f" (skipped: {reasons})" if reasons else ""))
     model.fit_features(features=features[rows["train"]])
     eval_labels = [kept[j].labels for j in rows["eval"]]
-    eval_binary = similarity.relevance_matrix(eval_labels, eval_labels) > 0
+    eval_binary = relevance_def.relevance_matrix(eval_labels, eval_labels) > 0
     np.fill_diagonal(eval_binary, False)
     model.tune(features=features[rows["eval"]], binary=eval_binary)  # eval only: test never takes part
     model.save(config.model_dir)
@@ -402,14 +402,14 @@ def _fitted_embeddings(config: RunConfig, splits, similarity) -> dict:
     return out
 
 
-def _rerank(config: RunConfig, out: dict, similarity) -> dict:
+def _rerank(config: RunConfig, out: dict, relevance_def) -> dict:
     """The test split's re-ranked score matrix; 'auto' settings are chosen on the eval split only."""
     from musicsim import rerank
 
     eval_table, chosen_on = [], "given"
     if config.rerank == "auto":
         eval_labels = out["labels"]["eval"]
-        eval_binary = similarity.relevance_matrix(eval_labels, eval_labels) > 0
+        eval_binary = relevance_def.relevance_matrix(eval_labels, eval_labels) > 0
         np.fill_diagonal(eval_binary, False)
         settings, eval_table = rerank.choose_settings(eval_vectors=out["embeddings"]["eval"], eval_binary=eval_binary)
         chosen_on = "eval"
@@ -428,16 +428,16 @@ def run(config: RunConfig) -> dict:
     started = time.time()
     os.makedirs(config.model_dir, exist_ok=True)
     info = DatasetInfo.load(config.dataset_dir)
-    similarity = make_similarity(config.similarity_def or info.similarity,
+    relevance_def = make_relevance(config.relevance or info.relevance,
                                  min_shared_tags=config.min_shared_tags or info.min_shared_tags)
     kind = registry.kind_of(config.model)
     splits = ("train", "eval", "test")
     write_json_atomic(os.path.join(config.model_dir, "run.json"),
                       {"model": config.model, "kind": kind, "config": asdict(config), "dataset": asdict(info)})
     if kind == "learned":
-        out = _learned_embeddings(config, similarity, splits)
+        out = _learned_embeddings(config, relevance_def, splits)
     elif kind == "fitted":
-        out = _fitted_embeddings(config, splits, similarity)
+        out = _fitted_embeddings(config, splits, relevance_def)
     else:
         test = read_catalog(config.dataset_dir, split="test")
         out = {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
@@ -452,7 +452,7 @@ def run(config: RunConfig) -> dict:
     write_json_atomic(os.path.join(config.model_dir, "run.json"),
                       {"model": config.model, "kind": kind, "config": asdict(config), "dataset": asdict(info)})
     test_labels = out["labels"]["test"]
-    relevance = similarity.relevance_matrix(test_labels, test_labels)
+    relevance = relevance_def.relevance_matrix(test_labels, test_labels)
     np.fill_diagonal(relevance, 0.0)
     seeds = list(range(config.eval_repeats))
     protocol = dict(relevance_matrix=relevance, seeds=seeds, n_similar=config.n_similar,
@@ -463,11 +463,11 @@ def run(config: RunConfig) -> dict:
                                                   similarity=config.params.get("similarity", "cosine"), **protocol)
     reranked = None
     if kind != "baseline" and config.rerank != "none":
-        reranked = _rerank(config, out, similarity)
+        reranked = _rerank(config, out, relevance_def)
         table[f"{config.model}+rerank"] = evaluation.evaluate(scores=reranked["test_scores"], **protocol)
     results = {
         "model": config.model, "dataset": info.name, "dataset_dir": os.path.abspath(config.dataset_dir),
-        "similarity_def": similarity.name, "similarity": config.params.get("similarity", "cosine"),
+        "relevance": relevance_def.name, "similarity": config.params.get("similarity", "cosine"),
         "test": {k: {"mean": v[0], "std": v[1]} for k, v in table[config.model].items()},
         "baselines": {name: {k: {"mean": v[0], "std": v[1]} for k, v in table[name].items()}
                       for name in registry.BASELINES},
@@ -494,7 +494,7 @@ def run(config: RunConfig) -> dict:
         # The run's embedding map in TensorBoard's projector tab.
         write_projector(log_dir=config.model_dir, track_ids=ids, embeddings=vectors, groups=labels)
     print(format_table(table, title=f"{info.name} test split ({results['sizes']['test']} tracks, "
-                                    f"similarity={similarity.name}, {config.eval_repeats} seeds)"))
+                                    f"similarity={relevance_def.name}, {config.eval_repeats} seeds)"))
     written = "results.json, embeddings.npz and projector files" if out["embeddings"] else "results.json"
     print(f"wrote {written} to {config.model_dir} in {results['wall_seconds']:.0f}s; "
           f"TensorBoard: tensorboard --logdir {os.path.dirname(os.path.abspath(config.model_dir))}")

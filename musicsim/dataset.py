@@ -26,7 +26,7 @@ class DatasetInfo:
     sample_rate: int  # decode rate, before pooling
     pool_size: int
     max_seconds: float | None
-    similarity: str = "album"  # default similarity definition for this dataset
+    relevance: str = "album"  # default label relevance definition (musicsim.relevance) for this dataset
     min_shared_tags: int = 2
     split_by: str = "track"
     split_seed: int = 0
@@ -46,7 +46,10 @@ class DatasetInfo:
             raise FileNotFoundError(f"{dataset_dir} is not a prepared dataset (no dataset.json); "
                                     "run `python -m data_prep.build` first")
         with open(path) as f:
-            return cls(**json.load(f))
+            recorded = json.load(f)
+        if "similarity" in recorded:  # datasets prepared before the label definition was called relevance
+            recorded["relevance"] = recorded.pop("similarity")
+        return cls(**recorded)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ One call evaluates any model on a set of ``N`` tracks (normally the test split):
     results["NDCG@6"]  # -> (mean over seeds, std over seeds)
 
 ``relevance_matrix[i, j]`` is the relevance of track ``j`` to query track ``i`` (from
-``musicsim.similarity``: 0/1, or graded); its binary view ``relevance > 0`` says who is similar.
+``musicsim.relevance``: 0/1, or graded); its binary view ``relevance > 0`` says who is similar.
 The model is given by exactly one of ``embeddings`` (+ ``similarity``: ``cosine`` or
 ``euclidean`` = ``-||a - b||``, paper 5.2), ``baseline`` (``random``: uniform random scores;
 ``worst``: ``-relevance``, the worst ranking possible), ``scores`` (a full ``[N, N]`` score

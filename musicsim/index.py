@@ -1055,7 +1055,7 @@ def read_provenance(path: str) -> dict[str, str | None]:
     """What made an embeddings file, as far as the file says.
 
     Parquet exports carry schema metadata ``musicsim.model`` / ``musicsim.model_dir`` /
-    ``musicsim.similarity``; a ``.npy`` export has ``<stem>.meta.json`` beside it; a run's own
+    ``musicsim.relevance``; a ``.npy`` export has ``<stem>.meta.json`` beside it; a run's own
     ``embeddings.npz`` lies in its run folder (with ``run.json``).
 
     Returns

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import tfrecords
-from musicsim.similarity import Similarity
+from musicsim.relevance import Relevance
 
 TRAIN, EVAL, PREDICT = "train", "eval", "predict"
 PADDING_LABEL = -1.0
@@ -78,11 +78,11 @@ class TrackSet:
                    labels=[l for t in track_sets for l in t.labels],
                    sequences=[s for t in track_sets for s in t.sequences], frame_rate=rates.pop())
 
-    def relevance(self, similarity: Similarity) -> tuple[np.ndarray, np.ndarray]:
+    def relevance(self, relevance_def: Relevance) -> tuple[np.ndarray, np.ndarray]:
         """(relevance ``[n, n]`` float32, binary similar ``[n, n]`` bool), the diagonal excluded (0 / False)."""
-        relevance = similarity.relevance_matrix(self.labels, self.labels)
+        relevance = relevance_def.relevance_matrix(self.labels, self.labels)
         np.fill_diagonal(relevance, 0.0)
-        return relevance, similarity.is_similar(relevance)
+        return relevance, relevance_def.is_similar(relevance)
 
     def frames(self, seconds: float | None) -> int | None:
         return None if seconds is None else max(1, int(round(seconds * self.frame_rate)))
@@ -178,7 +178,7 @@ def _list_signature(channels: int):
             tf.TensorSpec([None], tf.float32))
 
 
-def make_list_input_fn(*, tracks: TrackSet, similarity: Similarity, mode: str, batch_size: int = 4,
+def make_list_input_fn(*, tracks: TrackSet, relevance_def: Relevance, mode: str, batch_size: int = 4,
                        kind: str = "listwise", n_similar: int = 3, n_dissimilar: int = 3,
                        crop_seconds: float | None = 3.0, eval_seconds: float | None = None, seed: int = 0,
                        lists=None) -> Callable[[], tf.data.Dataset]:
@@ -187,7 +187,7 @@ def make_list_input_fn(*, tracks: TrackSet, similarity: Similarity, mode: str, b
     Parameters
     ----------
     tracks : the split's tracks
-    similarity : the similarity definition giving each candidate's relevance
+    relevance_def : the label relevance definition (``musicsim.relevance``) giving each candidate's relevance
     mode : ``"train"`` (endless random lists of random crops, shuffled) or ``"eval"`` (one fixed,
         seeded list per eligible query, centred ``eval_seconds`` crops or whole tracks)
     kind : ``"listwise"`` (``n_similar`` + ``n_dissimilar`` candidates) or ``"pairwise"`` (a
@@ -204,7 +204,7 @@ def make_list_input_fn(*, tracks: TrackSet, similarity: Similarity, mode: str, b
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if kind == "pairwise":
         n_similar, n_dissimilar = 1, 1
-    relevance, binary = tracks.relevance(similarity)
+    relevance, binary = tracks.relevance(relevance_def)
 
     if mode == TRAIN:
         frames = tracks.frames(crop_seconds)

@@ -65,7 +65,7 @@ def write_synthetic_dataset(root: str, *, albums=tuple(ALBUM_TIMBRES), per_album
         write_records(os.path.join(dataset_dir, split, "shard-00000.tfrecord"), records)
     write_catalog(dataset_dir, entries)
     DatasetInfo(name="synthetic", kind="album_folders", sample_rate=sample_rate, pool_size=pool_size,
-                max_seconds=None, similarity="album").save(dataset_dir)
+                max_seconds=None, relevance="album").save(dataset_dir)
     return dataset_dir
 
 

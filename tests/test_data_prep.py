@@ -86,7 +86,7 @@ def album_tree(tmp_path_factory) -> str:
 def test_album_folders_listing(album_tree):
     listing = sources.list_album_folders(root=album_tree)
 
-    assert listing.similarity == "album" and not listing.multi_label
+    assert listing.relevance == "album" and not listing.multi_label
     assert len(listing.tracks) == 13 and listing.skipped == []
     by_id = {t.track_id: t for t in listing.tracks}
     assert by_id["Epic Trailer/Track 03"].labels == ("Epic Trailer",)
@@ -100,7 +100,7 @@ def test_album_folders_build_round_trip_is_bit_exact(album_tree, tmp_path):
     report = prepare(dataset="album_folders", input_path=album_tree, output=output, max_seconds=1.0, **FAST)
 
     info = DatasetInfo.load(output)
-    assert (info.name, info.kind, info.similarity, info.sample_rate, info.pool_size, info.max_seconds) == (
+    assert (info.name, info.kind, info.relevance, info.sample_rate, info.pool_size, info.max_seconds) == (
         "films", "album_folders", "album", 8000, 5, 1.0)
     catalog = read_catalog(output)
     assert report["tracks"] == len(catalog) == 13 and report["skipped"] == []
@@ -175,7 +175,7 @@ def test_magnatagatune_listing(tmp_path, quoted):
 
     listing = sources.list_magnatagatune(root=root)
 
-    assert listing.similarity == "tags" and listing.multi_label
+    assert listing.relevance == "tags" and listing.multi_label
     assert {t.track_id: set(t.labels) for t in listing.tracks} == {str(c): set(tags) for c, _, _, tags in MTAT_CLIPS}
     assert listing.extra["tags"] == 188
     assert [(s["track_id"], s["reason"]) for s in listing.skipped] == [("99", "file not found")]
@@ -190,7 +190,7 @@ def test_magnatagatune_build_keeps_songs_in_one_split_and_refuses_split_by_label
     report = prepare(dataset="magnatagatune", input_path=root, output=output, min_shared_tags=3, **FAST)
 
     info = DatasetInfo.load(output)
-    assert (info.similarity, info.min_shared_tags, info.kind) == ("tags", 3, "magnatagatune")
+    assert (info.relevance, info.min_shared_tags, info.kind) == ("tags", 3, "magnatagatune")
     catalog = {e.track_id: e for e in read_catalog(output)}
     assert len(catalog) == 10 and catalog["14"].labels == ("techno", "drums", "electronic", "fast")
     assert catalog["47"].labels == ()
@@ -237,7 +237,7 @@ def genre_csv(tmp_path) -> str:
 def test_labelled_csv_listing(genre_csv):
     listing = sources.list_labelled_csv(csv_path=genre_csv, label_column="genre")
 
-    assert listing.similarity == "genre"
+    assert listing.relevance == "genre"
     ids = {t.track_id: t for t in listing.tracks}
     assert ids["audio/rap_2"].labels == ("rap",)
     assert ids["audio/rap_2"].path == os.path.join(os.path.dirname(genre_csv), "audio", "rap_2.wav")
@@ -715,7 +715,7 @@ def test_prepare_demo_defaults_to_60_second_excerpts(fake_debs, tmp_path, monkey
     report = prepare(dataset="demo", input_path=cache, output=str(tmp_path / "demo"), **FAST)
 
     info = DatasetInfo.load(str(tmp_path / "demo"))
-    assert (info.kind, info.max_seconds, info.similarity) == ("demo", 60.0, "album")
+    assert (info.kind, info.max_seconds, info.relevance) == ("demo", 60.0, "album")
     assert report["tracks"] == 9 and report["skipped"] == []
 
 

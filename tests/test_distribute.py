@@ -280,7 +280,7 @@ def _one_step_against_one_replica(synthetic_dir: str, work: str) -> dict:
     """One step on one replica with 8 lists, then on two replicas with 4 lists each, from the same weights."""
     from musicsim import training
     from musicsim.inputs import TRAIN, TrackSet, make_list_input_fn
-    from musicsim.similarity import SharedLabel
+    from musicsim.relevance import SharedLabel
 
     # Synthetic albums of 4 training tracks: every list has 3 similar and 3 other candidates, 9 pairs,
     # so the mean over 8 lists is the mean of two 4-list means. The hinge loss is that mean over pairs.
@@ -289,7 +289,7 @@ def _one_step_against_one_replica(synthetic_dir: str, work: str) -> dict:
     params = dict(TINY, loss="pairwise", clip_norm=clip_norm)
 
     def lists(batch_size: int):
-        return make_list_input_fn(tracks=tracks, similarity=SharedLabel(), mode=TRAIN, batch_size=batch_size,
+        return make_list_input_fn(tracks=tracks, relevance_def=SharedLabel(), mode=TRAIN, batch_size=batch_size,
                                   crop_seconds=0.25, seed=0)
 
     one_dir, two_dir = os.path.join(work, "one"), os.path.join(work, "two")
@@ -322,14 +322,14 @@ def _train_evaluate_predict(corpus_dir: str, work: str) -> dict:
     """Two replicas train for a few steps on the corpus, evaluate, and embed the test split."""
     from musicsim import training
     from musicsim.inputs import EVAL, TRAIN, TrackSet, make_list_input_fn
-    from musicsim.similarity import SharedLabel
+    from musicsim.relevance import SharedLabel
 
     splits = {split: TrackSet.from_dataset(corpus_dir, split) for split in ("train", "eval", "test")}
     album = SharedLabel()
     pulled: list = []
-    train_input_fn = _counted(make_list_input_fn(tracks=splits["train"], similarity=album, mode=TRAIN,
+    train_input_fn = _counted(make_list_input_fn(tracks=splits["train"], relevance_def=album, mode=TRAIN,
                                                  batch_size=2, crop_seconds=0.25), pulled)
-    eval_input_fn = make_list_input_fn(tracks=splits["eval"], similarity=album, mode=EVAL, batch_size=4,
+    eval_input_fn = make_list_input_fn(tracks=splits["eval"], relevance_def=album, mode=EVAL, batch_size=4,
                                        eval_seconds=0.5)
     estimator = training.make_estimator(model="wavenet", model_dir=os.path.join(work, "run"), params=TINY,
                                         distribute="mirrored", save_checkpoints_steps=1000)

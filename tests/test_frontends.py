@@ -16,7 +16,7 @@ from graph_runner import GraphRunner
 from musicsim import frontends, head
 from musicsim.inputs import TrackSet, make_list_input_fn
 from musicsim.models import wavenet
-from musicsim.similarity import make_similarity
+from musicsim.relevance import make_relevance
 
 TINY = dict(channels=8, skip_channels=16, filter_size=2, dilation_base=2, num_stacks=2, layers_per_stack=3,
             stack_pool_sizes=(2, 3), pooling="max", final_channels=8, final_filter_size=2, dense_layers=())
@@ -258,7 +258,7 @@ def sine_tracks(*, sample_rate: int, seconds: float, per_album: int = 3) -> Trac
 ], ids=["logmel-xla", "strided-pool1-bfloat16", "strided-pool1-float16"])
 def test_estimator_train_steps_run(tmp_path, sample_rate, params, xla):
     tracks = sine_tracks(sample_rate=sample_rate, seconds=0.5)
-    input_fn = make_list_input_fn(tracks=tracks, similarity=make_similarity("album"), mode="train", batch_size=2,
+    input_fn = make_list_input_fn(tracks=tracks, relevance_def=make_relevance("album"), mode="train", batch_size=2,
                                   n_similar=2, n_dissimilar=2, crop_seconds=0.5)
     params = dict(params, input_sample_rate=sample_rate, loss="pairwise")
     config = tf.estimator.RunConfig(tf_random_seed=0, session_config=frontends.session_config(xla=xla))

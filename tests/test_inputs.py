@@ -13,7 +13,7 @@ import pytest
 from musicsim import inputs, tfrecords
 from musicsim.evaluation import make_ranking_lists
 from musicsim.inputs import EVAL, TRAIN, TrackSet, crop, make_list_input_fn, make_predict_input_fn, sample_train_lists
-from musicsim.similarity import SharedLabel, TagOverlap
+from musicsim.relevance import SharedLabel, TagOverlap
 
 # Album A and B: 4 tracks, C: 2 (a query with 1 similar track, fewer than n_similar), D: 1 (never a query).
 ALBUMS = ["A", "A", "A", "A", "B", "B", "B", "B", "C", "C", "D"]
@@ -153,7 +153,7 @@ def test_sample_train_lists_needs_an_eligible_query():
 def test_train_lists(kind, n_similar, n_dissimilar):
     tracks = coded_tracks()
     relevance, binary = tracks.relevance(SharedLabel())
-    input_fn = make_list_input_fn(tracks=tracks, similarity=SharedLabel(), mode=TRAIN, batch_size=4, kind=kind,
+    input_fn = make_list_input_fn(tracks=tracks, relevance_def=SharedLabel(), mode=TRAIN, batch_size=4, kind=kind,
                                   n_similar=n_similar, n_dissimilar=n_dissimilar, crop_seconds=0.25, seed=3)
     size = 2 if kind == "pairwise" else n_similar + n_dissimilar  # pairwise: one similar, one not
     elements = list_elements(input_fn, n_batches=12)
@@ -174,7 +174,7 @@ def test_train_lists(kind, n_similar, n_dissimilar):
 
 def test_train_crops_vary_and_keep_whole_short_tracks():
     tracks = coded_tracks()
-    input_fn = make_list_input_fn(tracks=tracks, similarity=SharedLabel(), mode=TRAIN, batch_size=8,
+    input_fn = make_list_input_fn(tracks=tracks, relevance_def=SharedLabel(), mode=TRAIN, batch_size=8,
                                   crop_seconds=0.4, seed=0)
     starts, lengths = set(), {}
     for features, _ in list_elements(input_fn, n_batches=10):
@@ -191,7 +191,7 @@ def test_graded_relevance_reaches_the_labels():
     similarity = TagOverlap(min_shared_tags=2, graded=True)
     tracks = coded_tracks(albums=tags, lengths=[20] * len(tags))
     relevance, _ = tracks.relevance(similarity)
-    input_fn = make_list_input_fn(tracks=tracks, similarity=similarity, mode=TRAIN, batch_size=4, crop_seconds=None)
+    input_fn = make_list_input_fn(tracks=tracks, relevance_def=similarity, mode=TRAIN, batch_size=4, crop_seconds=None)
     seen = set()
     for features, labels in list_elements(input_fn, n_batches=8):
         check_list(tracks, features, labels, relevance=relevance, frames=None, centred=True)
@@ -206,7 +206,7 @@ def test_eval_lists_equal_the_given_lists_and_are_fixed():
     tracks = coded_tracks()
     relevance, binary = tracks.relevance(SharedLabel())
     lists = make_ranking_lists(relevance_matrix=relevance, binary=binary, n_similar=3, n_dissimilar=3, seed=11)
-    input_fn = make_list_input_fn(tracks=tracks, similarity=SharedLabel(), mode=EVAL, batch_size=3,
+    input_fn = make_list_input_fn(tracks=tracks, relevance_def=SharedLabel(), mode=EVAL, batch_size=3,
                                   eval_seconds=None, lists=lists)
     first, second = list_elements(input_fn), list_elements(input_fn)
     assert len(first) == len(lists.query) == 10
@@ -226,7 +226,7 @@ def test_default_eval_lists_are_the_protocol_lists(kind):
     relevance, binary = tracks.relevance(SharedLabel())
     n = 1 if kind == "pairwise" else 3
     lists = make_ranking_lists(relevance_matrix=relevance, binary=binary, n_similar=n, n_dissimilar=n, seed=5)
-    input_fn = make_list_input_fn(tracks=tracks, similarity=SharedLabel(), mode=EVAL, kind=kind, batch_size=4,
+    input_fn = make_list_input_fn(tracks=tracks, relevance_def=SharedLabel(), mode=EVAL, kind=kind, batch_size=4,
                                   eval_seconds=0.2, seed=5)
     elements = list_elements(input_fn)
     assert len(elements) == len(lists.query)
@@ -269,7 +269,7 @@ def test_predict_streams_every_track_once_in_order(seconds, channels):
 ])
 def test_invalid_arguments_raise(arguments, message):
     with pytest.raises(ValueError, match=message):
-        make_list_input_fn(tracks=coded_tracks(), similarity=SharedLabel(), **arguments)
+        make_list_input_fn(tracks=coded_tracks(), relevance_def=SharedLabel(), **arguments)
 
 
 def test_concatenate_track_sets_keeps_order_and_refuses_mixed_rates():

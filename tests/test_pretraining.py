@@ -16,7 +16,7 @@ import tensorflow as tf
 from musicsim import pretraining, training
 from musicsim.inputs import TrackSet, make_list_input_fn, make_predict_input_fn
 from musicsim.models import wavenet
-from musicsim.similarity import make_similarity
+from musicsim.relevance import make_relevance
 
 tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
 
@@ -506,7 +506,7 @@ def fine_tune(model_dir: str, *, pretrained: str, vars_regex: str, params: dict 
     tracks = sine_tracks(FREQUENCIES, seconds=2.0, albums=2)
     run = training.make_estimator(model="wavenet", model_dir=model_dir, params=dict(params or TINY, learning_rate=0.0),
                                   seed=1, warm_start_from=pretrained, warm_start_vars=vars_regex)
-    run.train(make_list_input_fn(tracks=tracks, similarity=make_similarity("album"), mode="train", batch_size=2,
+    run.train(make_list_input_fn(tracks=tracks, relevance_def=make_relevance("album"), mode="train", batch_size=2,
                                  n_similar=1, n_dissimilar=1, crop_seconds=0.5), steps=1)
     return run
 

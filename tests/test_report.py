@@ -27,7 +27,7 @@ def write_dataset(root) -> str:
                              path=f"/x/train{i}.wav") for i in range(8)]
     write_catalog(dataset_dir, entries)
     DatasetInfo(name="tiny", kind="album_folders", sample_rate=8000, pool_size=5, max_seconds=None,
-                similarity="album").save(dataset_dir)
+                relevance="album").save(dataset_dir)
     return dataset_dir
 
 
@@ -72,7 +72,7 @@ def write_run(root, name, *, model, dataset_dir, vectors=None, similarity="cosin
                                    **common)
     config = {"model": model, "dataset_dir": dataset_dir, "model_dir": run_dir, "seed": seed, "eval_repeats": 2,
               "n_similar": 3, "n_dissimilar": 3, "params": {"similarity": similarity, "learning_rate": 0.001}}
-    results = {"model": model, "dataset": "tiny", "dataset_dir": dataset_dir, "similarity_def": "album",
+    results = {"model": model, "dataset": "tiny", "dataset_dir": dataset_dir, "relevance": "album",
                "similarity": similarity, "test": as_json(test),
                "baselines": {b: as_json(t) for b, t in baselines.items()},
                "sizes": {"train": 8, "eval": 0, "test": len(test_ids)}, "config": config}
@@ -136,7 +136,7 @@ def test_table_rows_and_columns(built):
     assert list(zip(table["model"], table["variant"])) == [
         ("wavenet", "similarity=cosine"), ("wavenet", "similarity=euclidean"), ("rnn", ""), ("librosa", ""),
         ("random", ""), ("worst", "")]
-    assert set(table["dataset"]) == {"tiny"} and set(table["similarity_def"]) == {"album"}
+    assert set(table["dataset"]) == {"tiny"} and set(table["relevance_def"]) == {"album"}
     for metric in report.METRICS + report.SKEW_METRICS:
         assert f"{metric} mean" in table.columns and f"{metric} std" in table.columns
     assert row(table, "wavenet", "similarity=cosine")["runs"] == 2
@@ -328,7 +328,7 @@ def _incomplete(tmp_path):
 def _bad_metric(tmp_path):
     os.makedirs(tmp_path / "run")
     (tmp_path / "run" / "results.json").write_text(json.dumps(
-        {"model": "wavenet", "dataset_dir": str(tmp_path), "similarity_def": "album", "test": {"PC": 0.5}}))
+        {"model": "wavenet", "dataset_dir": str(tmp_path), "relevance": "album", "test": {"PC": 0.5}}))
     return [str(tmp_path / "run")]
 
 

@@ -14,7 +14,7 @@ from tensorflow_estimator.python.estimator.early_stopping import read_eval_metri
 
 from musicsim import evaluation, training
 from musicsim.inputs import EVAL, TRAIN, TrackSet, make_list_input_fn
-from musicsim.similarity import SharedLabel
+from musicsim.relevance import SharedLabel
 
 TINY = dict(channels=8, skip_channels=8, filter_size=2, dilation_base=2, num_stacks=2, layers_per_stack=3,
             stack_pool_sizes=(4, 4), pooling="max", final_channels=16, loss="lambda", similarity="cosine",
@@ -50,9 +50,9 @@ def counted(input_fn, counter: list):
 
 def input_fns(splits, *, seed: int = 0, crop_seconds: float = 0.25):
     album = SharedLabel()
-    train = make_list_input_fn(tracks=splits["train"], similarity=album, mode=TRAIN, batch_size=4,
+    train = make_list_input_fn(tracks=splits["train"], relevance_def=album, mode=TRAIN, batch_size=4,
                                crop_seconds=crop_seconds, seed=seed)
-    evaluate = make_list_input_fn(tracks=splits["eval"], similarity=album, mode=EVAL, batch_size=8, eval_seconds=0.5)
+    evaluate = make_list_input_fn(tracks=splits["eval"], relevance_def=album, mode=EVAL, batch_size=8, eval_seconds=0.5)
     return train, evaluate
 
 

@@ -1,4 +1,4 @@
-"""Pluggable similarity definitions (paper 3.1, Problem 2).
+"""Label relevance definitions (paper 3.1, Problem 2: which tracks count as similar).
 
 A track carries a set of string labels (one album, one genre, or many tags).
 A definition turns the labels of a query and of candidates into relevance:
@@ -28,7 +28,7 @@ def multi_hot(label_sets: Sequence[Iterable[str]], vocabulary: dict[str, int] | 
     return matrix, vocabulary
 
 
-class Similarity:
+class Relevance:
     """Base class: relevance of candidates to a query, from their labels."""
 
     name = "base"
@@ -64,7 +64,7 @@ class Similarity:
         return self.relevance_matrix([query], candidates)[0]
 
 
-class SharedLabel(Similarity):
+class SharedLabel(Relevance):
     """Similar when the tracks share a label: same album (FilmMusic) or same genre (zalo)."""
 
     def __init__(self, *, name: str = "album"):
@@ -74,7 +74,7 @@ class SharedLabel(Similarity):
         return (shared > 0).astype(np.float32)
 
 
-class TagOverlap(Similarity):
+class TagOverlap(Relevance):
     """Similarity from shared tags (MagnaTagATune, paper 3.1.2 "third approach").
 
     Binary: 1 when at least ``min_shared_tags`` tags are shared. Graded: the number
@@ -96,12 +96,12 @@ class TagOverlap(Similarity):
         return enough.astype(np.float32)
 
 
-def make_similarity(name: str, *, min_shared_tags: int = 2) -> Similarity:
-    """Build a similarity definition by name: ``album``, ``genre``, ``label``, ``tags``, ``tags_graded``."""
+def make_relevance(name: str, *, min_shared_tags: int = 2) -> Relevance:
+    """Build a label relevance definition by name: ``album``, ``genre``, ``label``, ``tags``, ``tags_graded``."""
     if name in ("album", "genre", "label"):
         return SharedLabel(name=name)
     if name == "tags":
         return TagOverlap(min_shared_tags=min_shared_tags, graded=False)
     if name == "tags_graded":
         return TagOverlap(min_shared_tags=min_shared_tags, graded=True)
-    raise ValueError(f"unknown similarity {name!r}: expected album, genre, label, tags or tags_graded")
+    raise ValueError(f"unknown relevance definition {name!r}: expected album, genre, label, tags or tags_graded")
