@@ -37,12 +37,12 @@ import pandas as pd
 from absl import app, flags
 
 from musicsim import evaluation
+from musicsim.evaluation import BASELINES
 from musicsim.dataset import LABEL_SEPARATOR, DatasetInfo
 from musicsim.relevance import make_relevance
 
 METRICS = ("PC", "NDCG@1", "NDCG@6", "MAP", "catalog_mAP", "P@10")
 SKEW_METRICS = ("skew/PC", "skew/NDCG@1", "skew/NDCG@6", "skew/MAP")
-BASELINES = ("random", "worst")
 # Row order in tables and charts; models not listed follow alphabetically, baselines come last.
 MODEL_ORDER = ("wavenet", "rnn", "librosa", "mfcc")
 # Config keys that do not make two runs different models (runs differing only here are repeats).

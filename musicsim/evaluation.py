@@ -51,10 +51,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from musicsim import metrics
+from musicsim.similarity import SIMILARITIES, check_similarity  # noqa: F401  (SIMILARITIES: part of this API)
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-SIMILARITIES = ("cosine", "euclidean")
 BASELINES = ("random", "worst")
 LIST_METRICS = ("PC", "NDCG@1", "NDCG@6", "MAP")
 
@@ -319,12 +319,6 @@ def _embeddings(embeddings: np.ndarray) -> np.ndarray:
     return embeddings
 
 
-def _check_similarity(similarity: str) -> str:
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    return similarity
-
-
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     # A zero vector stays zero (cosine 0 with everything) instead of dividing by zero.
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
@@ -345,7 +339,7 @@ def similarity_matrix(*, embeddings: np.ndarray, similarity: str = "cosine") -> 
     np.ndarray, float64 ``[N, N]``, row = query.
     """
     embeddings = _embeddings(embeddings)
-    if _check_similarity(similarity) == "cosine":
+    if check_similarity(similarity) == "cosine":
         unit = _unit_rows(embeddings)
         return unit @ unit.T
     squared_norms = (embeddings ** 2).sum(axis=1)
@@ -381,7 +375,7 @@ def embedding_scorer(*, embeddings: np.ndarray, similarity: str = "cosine") -> S
     similarity : ``cosine`` or ``euclidean`` (``-||a - b||``); same values as ``similarity_matrix``.
     """
     embeddings = _embeddings(embeddings)
-    similarity = _check_similarity(similarity)
+    similarity = check_similarity(similarity)
     unit = _unit_rows(embeddings)
 
     def scorer(query_idx: np.ndarray, candidate_idx: np.ndarray) -> np.ndarray:

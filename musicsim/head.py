@@ -17,9 +17,9 @@ import tensorflow_ranking as tfr
 
 from musicsim import distribute
 from musicsim.frontends import loss_scale_optimizer
+from musicsim.similarity import SIMILARITIES
 
 EmbedFn = Callable[..., tf.Tensor]
-SIMILARITIES = ("cosine", "euclidean")
 LOSSES = ("pairwise", "lambda")
 METRIC_KEYS = {
     "PC": (tfr.metrics.RankingMetricKey.ORDERED_PAIR_ACCURACY, None),

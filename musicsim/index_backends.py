@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-SIMILARITIES = ("cosine", "euclidean")
+from musicsim.similarity import SIMILARITIES  # noqa: F401  (re-exported to the index modules)
+
 APPROXIMATE_KINDS = ("ivf", "hnsw")
 BACKENDS = ("faiss", "milvus")
 # Diversity re-ranking looks at most this many candidates (and so returns at most this many results):

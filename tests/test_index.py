@@ -13,7 +13,7 @@ import pytest
 from musicsim import index as index_module
 from musicsim.index import EmbeddingIndex, load_embeddings, main
 
-SIMILARITIES = ("cosine", "euclidean")
+from musicsim.similarity import SIMILARITIES
 
 
 def random_catalogue(*, count: int = 300, dim: int = 24, seed: int = 0) -> tuple[list[str], np.ndarray]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import importlib
 
+from musicsim import evaluation
+
 LEARNED_MODELS = {"wavenet": "musicsim.models.wavenet", "rnn": "musicsim.models.rnn"}
 FITTED_MODELS = {"librosa": ("musicsim.models.librosa_pca", "LibrosaPCAModel"),
                  "mfcc": ("musicsim.models.mfcc", "MFCCModel"),
                  "musicnn": ("musicsim.models.musicnn", "MusicnnModel"),
                  "fusion": ("musicsim.models.fusion", "FusionModel")}
-BASELINES = ("random", "worst")
+BASELINES = evaluation.BASELINES  # the protocol owns its baselines
 ALL_MODELS = tuple(LEARNED_MODELS) + tuple(FITTED_MODELS) + BASELINES
 
 
