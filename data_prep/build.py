@@ -53,8 +53,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from data_prep.lock import (NotADatasetFolderError, OutputLock, OutputLockedError, check_output_folder,
-                            claim_output_folder)
+from data_prep.lock import OutputLock, OutputLockedError, check_output_folder, claim_output_folder
 from data_prep.sources import KINDS, SourceListing, SourceTrack, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
 from musicsim.audio import (DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info,
@@ -493,7 +492,7 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         When the input does not exist.
     data_prep.lock.OutputLockedError
         When another build is writing into ``output``.
-    data_prep.lock.NotADatasetFolderError
+    musicsim.owned.NotOurFolderError
         When ``output`` holds files that are not a dataset of this project (nothing is written).
     """
     started = time.time()
@@ -632,8 +631,8 @@ def main(argv: Sequence[str]) -> None:
                          min_shared_tags=f.min_shared_tags, split_by=f.split_by, shard_size=f.shard_size,
                          min_seconds=f.min_seconds, name=f.name, progress=f.progress, runner=f.runner,
                          beam_args=list(argv[1:]), features=f.features, extended=f.extended)
-    except (ValueError, FileNotFoundError, DemoBuildError, OutputLockedError,
-            NotADatasetFolderError) as err:  # bad arguments, input or output folder: no traceback
+    except (ValueError, FileNotFoundError, DemoBuildError,
+            OutputLockedError) as err:  # bad arguments, input or output folder (NotOurFolderError): no traceback
         print(f"data_prep.build: error: {err}", file=sys.stderr)
         sys.exit(2)
     if report["tracks"] == 0:

@@ -6,9 +6,9 @@ racing builds wins. A lock whose owner is gone (same host, no such process, or a
 the same pid) is stale: the next build takes it over. A lock held on another host cannot be checked
 from here, so it is refused with instructions.
 
-``DIR/.musicsim-dataset`` marks a folder as a dataset folder of ``data_prep.build`` from the start of
-its first build (``dataset.json`` only appears once a build finishes), so a build refuses to write
-into, and never deletes from, a non-empty folder that is not one.
+``DIR/musicsim.json`` (``musicsim.owned``, kind ``"dataset"``) marks a folder as a dataset folder of
+``data_prep.build`` from the start of its first build (``dataset.json`` only appears once a build
+finishes), so a build refuses to write into, and never deletes from, a non-empty folder that is not one.
 """
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ import socket
 import time
 import uuid
 
+from musicsim.owned import check_replaceable, owned_kind, write_manifest
+
 LOCK_NAME = ".build.lock"
-CLAIM_NAME = ".musicsim-dataset"
+DATASET_KIND = "dataset"  # the kind in the folder's musicsim.owned manifest
+CLAIM_NAME = ".musicsim-dataset"  # the mark of dataset folders claimed before the manifest existed
 DATASET_INFO_NAME = "dataset.json"
 # Keys every dataset.json that data_prep.build writes has (musicsim.dataset.DatasetInfo).
 _DATASET_INFO_KEYS = {"name", "kind", "sample_rate", "pool_size"}
@@ -27,10 +30,6 @@ _DATASET_INFO_KEYS = {"name", "kind", "sample_rate", "pool_size"}
 
 class OutputLockedError(Exception):
     """Another build holds the output folder's lock; the message names it and what to do."""
-
-
-class NotADatasetFolderError(Exception):
-    """The output folder holds files that no build of this project wrote."""
 
 
 def _process_start(pid: int) -> str | None:
@@ -158,48 +157,42 @@ class OutputLock:
         self.release()
 
 
-def _is_our_dataset_info(path: str) -> bool:
+def _is_legacy_dataset(folder: str) -> bool:
+    """A dataset folder written before the manifest: the claim mark, or a complete ``dataset.json``."""
+    if os.path.exists(os.path.join(folder, CLAIM_NAME)):
+        return True
     try:
-        with open(path) as f:
+        with open(os.path.join(folder, DATASET_INFO_NAME)) as f:
             info = json.load(f)
     except (OSError, ValueError):
         return False
     return isinstance(info, dict) and _DATASET_INFO_KEYS <= set(info)
 
 
+def _is_lock_file(name: str) -> bool:
+    return name == LOCK_NAME or name.startswith(LOCK_NAME + ".")
+
+
 def check_output_folder(folder: str) -> None:
     """Refuse a non-empty ``folder`` that is not a dataset folder; writes nothing.
 
-    A folder is one when it holds the claim mark or a ``dataset.json`` written by ``data_prep.build``
-    (datasets built before the mark existed). A missing or empty folder is fine.
+    A folder is one when its manifest (``musicsim.owned``) says kind ``"dataset"``, or it holds the
+    claim mark or a ``dataset.json`` of ``data_prep.build`` (datasets built before the manifest). A
+    missing or empty folder (lock files aside) is fine.
 
     Raises
     ------
-    NotADatasetFolderError
+    musicsim.owned.NotOurFolderError
         Naming ``folder`` and a few of its entries.
     """
-    folder = os.path.abspath(folder)
-    if not os.path.exists(folder) or os.path.exists(os.path.join(folder, CLAIM_NAME)):
-        return
-    if not os.path.isdir(folder):
-        raise NotADatasetFolderError(f"{folder} is a file, not a folder: choose a new or empty --output folder")
-    try:
-        names = os.listdir(folder)
-    except OSError as err:
-        raise NotADatasetFolderError(f"{folder} cannot be read ({err.strerror or err})") from None
-    entries = sorted(name for name in names if name != LOCK_NAME and not name.startswith(LOCK_NAME + "."))
-    if entries and not _is_our_dataset_info(os.path.join(folder, DATASET_INFO_NAME)):
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise NotADatasetFolderError(
-            f"{folder} is not empty and is not a dataset folder of data_prep.build (it holds {shown}; no "
-            f"{DATASET_INFO_NAME} or {CLAIM_NAME} of ours): nothing was written; choose a new or empty "
-            "--output folder")
+    check_replaceable(os.path.abspath(folder), kind=DATASET_KIND, overwrite=False, legacy=_is_legacy_dataset,
+                      ignore=_is_lock_file, description="a dataset folder of data_prep.build",
+                      remedy="choose a new or empty --output folder")
 
 
 def claim_output_folder(folder: str) -> None:
     """:func:`check_output_folder`, then mark ``folder`` as a dataset folder (hold its lock)."""
     check_output_folder(folder)
-    claim = os.path.join(os.path.abspath(folder), CLAIM_NAME)
-    if not os.path.exists(claim):
-        with open(claim, "w") as f:
-            f.write("This folder is a dataset prepared by musicsim's data_prep.build.\n")
+    folder = os.path.abspath(folder)
+    if owned_kind(folder) != DATASET_KIND:
+        write_manifest(folder, kind=DATASET_KIND)

@@ -19,6 +19,7 @@ from conftest import assert_workers_die_with
 from data_prep import build, lock, sources
 from data_prep.build import prepare
 from musicsim.dataset import read_catalog
+from musicsim.owned import NotOurFolderError, owned_kind
 from musicsim.tfrecords import SPLITS, iter_records, shard_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,13 +330,27 @@ def test_a_folder_of_other_files_is_refused_and_left_untouched(small_tree, tmp_p
     (output / "x.tmp-1").write_text("mine too")
     before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file()}
 
-    with pytest.raises(lock.NotADatasetFolderError, match="is not empty and is not a dataset folder"):
+    with pytest.raises(NotOurFolderError, match="is not empty and is not a dataset folder"):
         prepare(dataset="album_folders", input_path=small_tree, output=str(output), **FAST)
 
     assert {p: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before
     result = subprocess.run(_build_command(small_tree, str(output)), cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2 and f"{output} is not empty and is not a dataset folder" in result.stderr
+
+
+@pytest.mark.parametrize("legacy_mark", [lock.CLAIM_NAME, lock.DATASET_INFO_NAME])
+def test_a_dataset_folder_marked_before_the_manifest_is_still_ours(tmp_path, legacy_mark):
+    output = tmp_path / "old"
+    (output / "train").mkdir(parents=True)
+    (output / "train" / "shard-00000.tfrecord").write_bytes(b"")
+    mark = {"name": "old", "kind": "album_folders", "sample_rate": 16000, "pool_size": 5}
+    (output / legacy_mark).write_text(json.dumps(mark) if legacy_mark == lock.DATASET_INFO_NAME else "claimed")
+
+    lock.claim_output_folder(str(output))
+
+    assert owned_kind(str(output)) == lock.DATASET_KIND
+    lock.check_output_folder(str(output))
 
 
 def test_an_interrupted_build_is_still_ours_and_resumes(small_tree, tmp_path, monkeypatch):
@@ -397,6 +412,6 @@ def test_a_shard_is_written_as_its_tracks_decode_not_held_whole(small_tree, tmp_
 def test_an_output_that_is_a_file_is_refused_untouched(small_tree, tmp_path):
     output = tmp_path / "out.txt"
     output.write_text("a file")
-    with pytest.raises(lock.NotADatasetFolderError, match="is a file, not a folder"):
+    with pytest.raises(NotOurFolderError, match="is a file, not a folder"):
         prepare(dataset="album_folders", input_path=small_tree, output=str(output), **FAST)
     assert output.read_text() == "a file"
