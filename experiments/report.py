@@ -40,6 +40,7 @@ from musicsim import evaluation
 from musicsim.evaluation import BASELINES
 from musicsim.dataset import LABEL_SEPARATOR, DatasetInfo
 from musicsim.relevance import make_relevance
+from musicsim.rundir import RunDir
 
 METRICS = ("PC", "NDCG@1", "NDCG@6", "MAP", "catalog_mAP", "P@10")
 SKEW_METRICS = ("skew/PC", "skew/NDCG@1", "skew/NDCG@6", "skew/MAP")
@@ -73,11 +74,11 @@ class Run:
 
     @property
     def embeddings_path(self) -> str:
-        return os.path.join(self.run_dir, "embeddings.npz")
+        return RunDir(self.run_dir).embeddings_path
 
     @property
     def has_embeddings(self) -> bool:
-        return os.path.exists(self.embeddings_path)
+        return RunDir(self.run_dir).has_embeddings()
 
     @property
     def seeds(self) -> list[int]:
@@ -127,20 +128,17 @@ def load_run(run_dir: str) -> Run:
     ValueError
         When ``results.json`` is not valid JSON or lacks ``model``, ``dataset_dir`` or ``test``.
     """
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.isfile(path):
+    run = RunDir(run_dir)
+    path = run.results_path
+    if not run.finished():
         reason = "does not exist" if not os.path.isdir(run_dir) else "has no results.json"
         raise FileNotFoundError(f"run directory {run_dir} {reason}: expected a finished "
                                 "`python -m experiments.run --model_dir=...` run (it writes results.json last)")
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    results = run.results()
     missing = [key for key in ("model", "dataset_dir", "test") if key not in results]
     if missing:
         raise ValueError(f"{path} lacks {missing}: not written by experiments.run")
-    config = results.get("config") or {}
+    config = run.config() if run.exists() else (results.get("config") or {})
     dataset_dir = os.path.abspath(results["dataset_dir"])
     relevance_def = results.get("relevance", results.get("similarity_def"))  # runs made before the rename
     if relevance_def is None:
@@ -159,16 +157,10 @@ def load_run(run_dir: str) -> Run:
 def load_test_embeddings(run: Run) -> TestEmbeddings:
     """The test split of ``run``'s ``embeddings.npz`` (keys track_ids, embeddings, splits, labels)."""
     path = run.embeddings_path
-    with np.load(path) as npz:
-        missing = [key for key in ("track_ids", "embeddings", "splits", "labels") if key not in npz.files]
-        if missing:
-            raise ValueError(f"{path} lacks {missing}: not written by experiments.run")
-        is_test = npz["splits"] == "test"
-        track_ids = [str(t) for t in npz["track_ids"][is_test]]
-        vectors = np.asarray(npz["embeddings"][is_test], dtype=np.float64)
-        labels = [tuple(l for l in str(s).split(LABEL_SEPARATOR) if l) for s in npz["labels"][is_test]]
-    if len(track_ids) != len(vectors) or vectors.ndim != 2:
-        raise ValueError(f"{path}: {len(track_ids)} test track ids but embeddings of shape {vectors.shape}")
+    test = RunDir(run.run_dir).embeddings().split("test")
+    track_ids = test.track_ids
+    vectors = np.asarray(test.vectors, dtype=np.float64)
+    labels = [tuple(l for l in s.split(LABEL_SEPARATOR) if l) for s in test.labels]
     if not track_ids:
         raise ValueError(f"{path} holds no test-split embeddings")
     return TestEmbeddings(track_ids=track_ids, vectors=vectors, labels=labels)
@@ -184,7 +176,7 @@ def expand_run_dirs(patterns: list[str]) -> list[str]:
     for pattern in patterns:
         if glob.has_magic(pattern):
             matches = sorted(m for m in glob.glob(pattern) if os.path.isdir(m))
-            finished = [m for m in matches if os.path.isfile(os.path.join(m, "results.json"))]
+            finished = [m for m in matches if RunDir(m).finished()]
             for skipped in sorted(set(matches) - set(finished)):
                 print(f"skipping {skipped}: no results.json (unfinished run?)", file=sys.stderr)
             if not finished:

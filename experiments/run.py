@@ -8,20 +8,21 @@ on the same lists, and its embeddings are exported to ``model_dir/embeddings.npz
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 from absl import app, flags
 
 from musicsim import evaluation
 from musicsim import models as registry
-from musicsim.dataset import DatasetInfo, read_catalog, write_json_atomic
+from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.inputs import TrackSet
 from musicsim.relevance import make_relevance
+from musicsim.rundir import RunConfigMismatch, RunDir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "wavenet", list(registry.ALL_MODELS), "Which model to run.")
@@ -222,8 +223,11 @@ def resolve_dataset(name_or_dir: str) -> str:
     return DEMO_DATASET_DIR
 
 
-def _learned_embeddings(config: RunConfig, relevance_def, splits) -> dict:
-    """Train a learned model (resuming from model_dir), then embed every split."""
+def _learned_embeddings(config: RunConfig, relevance_def, splits, *, record_config: Callable[[], None]) -> dict:
+    """Train a learned model (resuming from model_dir), then embed every split.
+
+    ``record_config`` writes the run's config once its inputs have settled it, before training.
+    """
     from musicsim import training
 
     module = registry.learned_module(config.model)
@@ -238,6 +242,7 @@ def _learned_embeddings(config: RunConfig, relevance_def, splits) -> dict:
                                  f"got {list(config.pretrain_splits)}")
     # The models see the frame rate of their input (logmel needs it to place its mel bands).
     config.params["input_sample_rate"] = tracks["train"].frame_rate
+    record_config()
     # A resumed run draws new training lists rather than replaying the first ones again.
     train_seed = config.seed + training.resume_step(config.model_dir)
     train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, module, tracks, relevance_def,
@@ -257,20 +262,21 @@ def _learned_embeddings(config: RunConfig, relevance_def, splits) -> dict:
                                             direction=direction)
     print(f"embedding with {os.path.basename(checkpoint)} (the {config.export_checkpoint} checkpoint"
           + (f" by eval {metric})" if config.export_checkpoint == "best" else ")"))
+    settled_params = {}
     if hasattr(module, "embedding_variants") and config.params.get("rnn_embedding") == "all":
-        estimator = _best_variant(config, module, estimator, tracks["eval"], relevance_def, checkpoint=checkpoint)
+        estimator, settled_params = _best_variant(config, module, tracks["eval"], relevance_def,
+                                                  checkpoint=checkpoint)
     embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
                                                      seconds=config.predict_seconds, checkpoint_path=checkpoint)
                   for split in splits}
     return {"ids": {s: tracks[s].track_ids for s in splits}, "labels": {s: tracks[s].labels for s in splits},
-            "embeddings": embeddings, "eval_metrics": eval_metrics, "checkpoint": os.path.basename(checkpoint)}
+            "embeddings": embeddings, "eval_metrics": eval_metrics, "checkpoint": checkpoint,
+            "settled_params": settled_params}
 
 
 def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
     """``training.make_estimator`` arguments of a run: model, directory, params, warm start, strategy."""
     from musicsim import pretraining, training
-    from musicsim.embedder import recorded_checkpoint
-
     keep = training.checkpoints_to_keep(early_stopping_patience=config.early_stopping_patience,
                                         save_checkpoints_steps=config.save_checkpoints_steps)
     kwargs = dict(model=config.model, model_dir=config.model_dir, params=config.params, seed=config.seed,
@@ -279,7 +285,7 @@ def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
                   keep_checkpoint_max=keep)
     if config.warm_start_from:
         # The checkpoint the pretraining run exported (its best), not merely its latest.
-        source = recorded_checkpoint(config.warm_start_from) or config.warm_start_from
+        source = RunDir(config.warm_start_from).checkpoint() or config.warm_start_from
         kwargs.update(warm_start_from=source, warm_start_vars=pretraining.warm_start_vars(
             config.warm_start_vars, checkpoint=source))
     kwargs.update(overrides)
@@ -337,9 +343,12 @@ def _training_inputs(config: RunConfig, module, tracks: dict, relevance_def, *, 
             None)
 
 
-def _best_variant(config: RunConfig, module, estimator, eval_tracks, relevance_def, *, checkpoint: str):
+def _best_variant(config: RunConfig, module, eval_tracks, relevance_def, *, checkpoint: str) -> tuple[Any, dict]:
     """The paper's RNN optimisation: read the embedding every way (outputs/states x mean/max/last) from the
-    same checkpoint, score each on the eval split, keep the best (by NDCG@6, then catalog mAP)."""
+    same checkpoint, score each on the eval split, keep the best (by NDCG@6, then catalog mAP).
+
+    Returns the best variant's estimator and the params it settles (``rnn_embedding``, ``rnn_reduce``).
+    """
     from musicsim import training
 
     relevance, _ = eval_tracks.relevance(relevance_def)
@@ -356,8 +365,7 @@ def _best_variant(config: RunConfig, module, estimator, eval_tracks, relevance_d
               f"catalog mAP={result['catalog_mAP'][0]:.3f}")
     _, embedding, reduce, best = max(scored, key=lambda item: item[0])
     print(f"best rnn embedding: {embedding} reduced by {reduce}")
-    config.params.update(rnn_embedding=embedding, rnn_reduce=reduce)
-    return best
+    return best, {"rnn_embedding": embedding, "rnn_reduce": reduce}
 
 
 def _fitted_embeddings(config: RunConfig, splits, relevance_def) -> dict:
@@ -398,7 +406,6 @@ def _fitted_embeddings(config: RunConfig, splits, relevance_def) -> dict:
         out["ids"][split] = [kept[j].track_id for j in rows[split]]
         out["labels"][split] = [kept[j].labels for j in rows[split]]
         out["embeddings"][split] = vectors[rows[split]]
-    config.params["similarity"] = model.similarity
     return out
 
 
@@ -432,13 +439,19 @@ def run(config: RunConfig) -> dict:
                                  min_shared_tags=config.min_shared_tags or info.min_shared_tags)
     kind = registry.kind_of(config.model)
     splits = ("train", "eval", "test")
-    write_json_atomic(os.path.join(config.model_dir, "run.json"),
-                      {"model": config.model, "kind": kind, "config": asdict(config), "dataset": asdict(info)})
+    run_dir = RunDir(config.model_dir)
+
+    def record_config() -> None:
+        run_dir.write_config(asdict(config), model=config.model, kind=kind, dataset=asdict(info))
+
     if kind == "learned":
-        out = _learned_embeddings(config, relevance_def, splits)
+        out = _learned_embeddings(config, relevance_def, splits, record_config=record_config)
     elif kind == "fitted":
+        config.params["similarity"] = registry.fitted_class(config.model).similarity
+        record_config()
         out = _fitted_embeddings(config, splits, relevance_def)
     else:
+        record_config()
         test = read_catalog(config.dataset_dir, split="test")
         out = {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
                "embeddings": {}, "eval_metrics": {}}
@@ -447,10 +460,6 @@ def run(config: RunConfig) -> dict:
 
     if not distribute.is_chief():  # multi-worker: worker 0 writes the results, the others only train
         return {}
-    # The run may have settled params while running (the LSTM's readout, a fitted model's similarity, the
-    # input rate): record the final ones for export and search.
-    write_json_atomic(os.path.join(config.model_dir, "run.json"),
-                      {"model": config.model, "kind": kind, "config": asdict(config), "dataset": asdict(info)})
     test_labels = out["labels"]["test"]
     relevance = relevance_def.relevance_matrix(test_labels, test_labels)
     np.fill_diagonal(relevance, 0.0)
@@ -471,24 +480,26 @@ def run(config: RunConfig) -> dict:
         "test": {k: {"mean": v[0], "std": v[1]} for k, v in table[config.model].items()},
         "baselines": {name: {k: {"mean": v[0], "std": v[1]} for k, v in table[name].items()}
                       for name in registry.BASELINES},
-        "eval_metrics": out["eval_metrics"], "checkpoint": out.get("checkpoint"), "eval_repeats": config.eval_repeats,
+        "eval_metrics": out["eval_metrics"], "eval_repeats": config.eval_repeats,
+        "checkpoint": os.path.basename(out["checkpoint"]) if out.get("checkpoint") else None,
         "sizes": {split: len(ids) for split, ids in out["ids"].items()},
-        "wall_seconds": round(time.time() - started, 1), "config": asdict(config),
+        "wall_seconds": round(time.time() - started, 1),
+        # Chosen once trained (the LSTM's readout): run.json holds the config as it was before training.
+        "settled_params": out.get("settled_params") or {},
     }
     if reranked is not None:
         results["rerank"] = {"settings": reranked["settings"].to_json(), "chosen_on": reranked["chosen_on"],
                              "eval_table": reranked["eval_table"],
                              "test": {k: {"mean": v[0], "std": v[1]}
                                       for k, v in table[f"{config.model}+rerank"].items()}}
-    write_json_atomic(os.path.join(config.model_dir, "results.json"), results)
+    run_dir.write_results(results)
     if out["embeddings"]:
         ids = [i for s in splits for i in out["ids"][s]]
         source_paths = {e.track_id: e.path for e in read_catalog(config.dataset_dir)}
         vectors = np.concatenate([out["embeddings"][s] for s in splits])
         labels = ["|".join(l) for s in splits for l in out["labels"][s]]
-        np.savez(os.path.join(config.model_dir, "embeddings.npz"), track_ids=np.array(ids), embeddings=vectors,
-                 splits=np.array([s for s in splits for _ in out["ids"][s]]), labels=np.array(labels),
-                 paths=np.array([source_paths.get(i, "") for i in ids]))
+        run_dir.write_embeddings(track_ids=ids, vectors=vectors, splits=[s for s in splits for _ in out["ids"][s]],
+                                 labels=labels, paths=[source_paths.get(i, "") for i in ids])
         from musicsim.projector import write_projector
 
         # The run's embedding map in TensorBoard's projector tab.
@@ -529,7 +540,12 @@ def main(argv):
     distribute.make_strategy(FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas)
     quiet_tensorflow()
     config = config_from_flags()
-    if run(config) and FLAGS.dataset == "demo":
+    try:
+        results = run(config)
+    except RunConfigMismatch as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if results and FLAGS.dataset == "demo":
         build_serving_index(model_dir=config.model_dir)
 
 
@@ -540,9 +556,10 @@ def build_serving_index(*, model_dir: str) -> str | None:
     """
     from musicsim.index import build_index
 
-    embeddings = os.path.join(model_dir, "embeddings.npz")
-    if not os.path.isfile(embeddings):
+    run_dir = RunDir(model_dir)
+    if not run_dir.has_embeddings():
         return None
+    embeddings = run_dir.embeddings_path
     output = os.path.join(model_dir, "index")
     index = build_index(embeddings=embeddings, output=output, model_dir=model_dir)
     print(f"indexed {len(index)} tracks into {output}; search them in a browser with:\n"

@@ -33,7 +33,6 @@ Files that cannot be used are skipped with their reason; they never stop a batch
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -43,10 +42,8 @@ import numpy as np
 
 from musicsim import models as registry
 from musicsim.audio import AudioDecodeError
+from musicsim.rundir import RUN_FILE, RunDir, read_run_info
 
-RUN_FILE = "run.json"
-RESULTS_FILE = "results.json"
-FITTED_CONFIG_FILE = "fitted_model.json"
 DEFAULT_MIN_SECONDS = 1.0
 # Files handed to a fitted model's embed_paths at a time: results stream out chunk by chunk.
 FITTED_CHUNK = 64
@@ -162,65 +159,6 @@ def decode_chroma(path: str, settings: ChromaSettings):
     except Exception as err:  # noqa: BLE001 - one bad file must never stop a batch
         return DecodeResult(pooled=None, seconds=0.0, reason=f"chromagram failed ({type(err).__name__}: {err})")
     return DecodeResult(pooled=chroma, seconds=samples / float(settings.sample_rate))
-
-
-def recorded_checkpoint(model_dir: str) -> str | None:
-    """The checkpoint a finished run embedded with (``results.json``'s ``checkpoint``), as a path.
-
-    None when the run records none (an older or unfinished run, a fitted model) or when that
-    checkpoint is no longer on disk; callers then use the latest checkpoint.
-    """
-    try:
-        with open(os.path.join(model_dir, RESULTS_FILE)) as f:
-            name = json.load(f).get("checkpoint")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-    if not name:
-        return None
-    path = os.path.join(os.path.abspath(model_dir), os.path.basename(str(name)))
-    return path if os.path.exists(path + ".index") else None
-
-
-def read_run_info(model_dir: str) -> dict[str, Any]:
-    """What a run recorded: ``{"model", "kind", "config", "dataset"}``.
-
-    ``results.json`` (written when the run finished) wins over ``run.json`` (written when it
-    started) for the config: a run may settle hyperparameters while it runs (the rnn's best
-    embedding variant, a fitted model's similarity).
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``model_dir`` holds neither a run nor a saved fitted model.
-    ValueError
-        If the run's files cannot be read.
-    """
-    run_path = os.path.join(model_dir, RUN_FILE)
-    fitted_path = os.path.join(model_dir, FITTED_CONFIG_FILE)
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model_dir {model_dir} does not exist")
-    if not os.path.exists(run_path):
-        if os.path.exists(fitted_path):  # a fitted model saved outside experiments.run
-            with open(fitted_path) as f:
-                name = json.load(f).get("name")
-            return {"model": name, "kind": "fitted", "config": {"params": {}}, "dataset": {}}
-        raise FileNotFoundError(f"{model_dir} holds no run (no {RUN_FILE}): train one with "
-                                "`python -m experiments.run --model_dir=...`")
-    try:
-        with open(run_path) as f:
-            info = json.load(f)
-        results_path = os.path.join(model_dir, RESULTS_FILE)
-        if os.path.exists(results_path):
-            with open(results_path) as f:
-                final_config = json.load(f).get("config")
-            if final_config:
-                info["config"] = final_config
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read the run recorded in {model_dir}: {err}") from err
-    for key in ("model", "kind", "config"):
-        if key not in info:
-            raise ValueError(f"{run_path} has no {key!r} entry")
-    return info
 
 
 class Embedder:
@@ -461,7 +399,7 @@ class LearnedEmbedder(Embedder):
         self.similarity = str(self.params.get("similarity", "cosine"))
         self.module = registry.learned_module(self.name)
         # The checkpoint the run exported its embeddings with, so a file's vector equals its exported one.
-        self.checkpoint = recorded_checkpoint(self.model_dir) or tf.train.latest_checkpoint(self.model_dir)
+        self.checkpoint = RunDir(self.model_dir).checkpoint() or tf.train.latest_checkpoint(self.model_dir)
         if self.checkpoint is None:
             raise FileNotFoundError(f"{self.model_dir} holds no checkpoint of its {self.name} model: "
                                     "has the run trained yet?")
