@@ -1,23 +1,30 @@
-"""The one ranking head every learned model shares (paper 2.2, 3.3).
+"""The one head every learned model trains under (paper 2.2, 3.3), its objective injected.
 
-A model only says how it embeds audio (``embed_fn(audio, length, *, params, training)``); this
-head scores candidates by the similarity of their embedding to the query's, and answers the three
-estimator modes:
+A model only says how it embeds audio (``embed_fn(audio, length, *, params, training)``); an
+:class:`Objective` says what it is trained for (as TF-Ranking's ``create_ranking_head(loss_fn,
+eval_metric_fns, optimizer)``): its logits, loss, eval metrics and optimizer. The head answers the
+three estimator modes the same way for every objective:
 
-- TRAIN: the ranking loss (pairwise hinge, equation 2, or LambdaLoss) and an Adam train op;
-- EVAL: the loss and the paper's metrics PC, NDCG@1, NDCG@6, MAP (TF-Ranking metric ops);
-- PREDICT: ``embedding`` and ``track_id``.
+- TRAIN: the objective's loss and its optimizer's train op (global-norm clipping, loss scaling);
+- EVAL: the loss and the objective's metrics;
+- PREDICT: ``embedding`` (``embed_fn``) and ``track_id``.
+
+The paper's objective (:func:`ranking_objective`, the default) scores candidates by the
+similarity of their embedding to the query's: the ranking loss (pairwise hinge, equation 2, or
+LambdaLoss) and the paper's metrics PC, NDCG@1, NDCG@6, MAP (TF-Ranking metric ops).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import tensorflow as tf
 import tensorflow_ranking as tfr
 
 from musicsim import distribute
 from musicsim.frontends import loss_scale_optimizer
-from musicsim.similarity import SIMILARITIES
+from musicsim.params import ParamsConfig, ParamsError
+from musicsim.similarity import SIMILARITIES, check_similarity
 
 EmbedFn = Callable[..., tf.Tensor]
 LOSSES = ("pairwise", "lambda")
@@ -27,8 +34,38 @@ METRIC_KEYS = {
     "NDCG@6": (tfr.metrics.RankingMetricKey.NDCG, 6),
     "MAP": (tfr.metrics.RankingMetricKey.MAP, None),
 }
-DEFAULT_HEAD_PARAMS = dict(loss="lambda", similarity="cosine", margin=1.0, learning_rate=1e-3, clip_norm=5.0,
-                           score_scale=1.0)
+
+
+@dataclass(frozen=True)
+class HeadConfig(ParamsConfig):
+    """The head's hyperparameters: the ranking objective's and the optimizer every objective shares.
+
+    Attributes
+    ----------
+    loss : ``"lambda"`` (LambdaLoss) or ``"pairwise"`` (hinge, equation 2)
+    similarity : ``"cosine"`` or ``"euclidean"``, how embeddings are compared
+    margin : margin of the pairwise hinge loss
+    learning_rate : Adam's learning rate
+    clip_norm : clip gradients to this global norm (<= 0: no clipping)
+    score_scale : factor (> 0) on the similarity scores before the loss
+    """
+
+    loss: str = "lambda"
+    similarity: str = "cosine"
+    margin: float = 1.0
+    learning_rate: float = 1e-3
+    clip_norm: float = 5.0
+    score_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ParamsError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        try:
+            check_similarity(self.similarity)
+        except ValueError as err:
+            raise ParamsError(str(err)) from None
+        if not float(self.score_scale) > 0:
+            raise ParamsError(f"score_scale must be > 0, got {self.score_scale}")
 
 
 def similarity_scores(query: tf.Tensor, candidates: tf.Tensor, *, similarity: str) -> tf.Tensor:
@@ -59,6 +96,14 @@ def pairwise_hinge_loss(labels: tf.Tensor, scores: tf.Tensor, *, margin: float =
 
     With ``s = -d`` this is the paper's ``max(0, 1 - d(q, m-) + d(q, m+))`` (equation 2); candidates
     with a negative label are padding and form no pair.
+
+    Parameters
+    ----------
+    labels, scores : float32 ``[batch, list]``
+
+    Returns
+    -------
+    float32 scalar (0 when no pair is ordered)
     """
     valid = labels >= 0
     more_relevant = (labels[:, :, None] > labels[:, None, :]) & valid[:, :, None] & valid[:, None, :]
@@ -68,7 +113,12 @@ def pairwise_hinge_loss(labels: tf.Tensor, scores: tf.Tensor, *, margin: float =
 
 
 def ranking_loss(labels: tf.Tensor, scores: tf.Tensor, *, loss: str, margin: float = 1.0) -> tf.Tensor:
-    """The training loss: ``pairwise`` hinge or ``lambda`` (LambdaLoss, NDCG-weighted, TF-Ranking)."""
+    """The training loss: ``pairwise`` hinge or ``lambda`` (LambdaLoss, NDCG-weighted, TF-Ranking).
+
+    Parameters
+    ----------
+    labels, scores : float32 ``[batch, list]``; a negative label marks padding
+    """
     if loss == "pairwise":
         return pairwise_hinge_loss(labels, scores, margin=margin)
     if loss == "lambda":
@@ -81,18 +131,6 @@ def ranking_loss(labels: tf.Tensor, scores: tf.Tensor, *, loss: str, margin: flo
 def make_metric_fns() -> dict[str, Callable]:
     """The paper's metrics as named TF-Ranking metric fns ``(labels, predictions, features) -> (value, update)``."""
     return {name: tfr.metrics.make_ranking_metric_fn(key, topn=topn) for name, (key, topn) in METRIC_KEYS.items()}
-
-
-def _hparam(params: Mapping, key: str):
-    return params.get(key, DEFAULT_HEAD_PARAMS[key])
-
-
-def score_scale(params: Mapping) -> float:
-    """The factor on the similarity scores before the loss (``score_scale``, > 0; default 1)."""
-    scale = float(_hparam(params, "score_scale"))
-    if not scale > 0:
-        raise ValueError(f"score_scale must be > 0, got {scale}")
-    return scale
 
 
 def embed_lists(embed_fn: EmbedFn, features: Mapping[str, tf.Tensor], *, params: Mapping, training: bool
@@ -123,14 +161,17 @@ def predict_spec(embedding: tf.Tensor, features: Mapping[str, tf.Tensor]) -> tf.
         "serving_default": tf.estimator.export.PredictOutput({"embedding": embedding})})
 
 
-def make_train_op(loss: tf.Tensor, *, learning_rate: float, clip_norm: float, params: Mapping) -> tf.Operation:
-    """Adam (tf.compat.v1) on ``loss`` with global-norm clipping: the train op of every model_fn here.
+def make_train_op(loss: tf.Tensor, *, learning_rate: float, clip_norm: float, params: Mapping,
+                  optimizer_fn: Callable[[float], tf.compat.v1.train.Optimizer] | None = None) -> tf.Operation:
+    """The train op of every objective: ``optimizer_fn(learning_rate)`` (default Adam, tf.compat.v1) on
+    ``loss`` with global-norm clipping.
 
     Loss scaling is added for float16 mixed precision; variables the loss does not reach (layers kept
     only for the checkpoint) are left alone. Summaries: learning rate and gradient norm.
     """
     tf.compat.v1.summary.scalar("learning_rate", learning_rate)
-    optimizer = loss_scale_optimizer(tf.compat.v1.train.AdamOptimizer(learning_rate), params=params)
+    optimizer_fn = optimizer_fn or tf.compat.v1.train.AdamOptimizer
+    optimizer = loss_scale_optimizer(optimizer_fn(learning_rate), params=params)
     gradients, variables = zip(*[(g, v) for g, v in optimizer.compute_gradients(loss) if g is not None])
     if clip_norm > 0:
         # Under a multi-replica strategy: clip the whole (all-reduced) gradient, not each replica's share.
@@ -139,33 +180,103 @@ def make_train_op(loss: tf.Tensor, *, learning_rate: float, clip_norm: float, pa
     return optimizer.apply_gradients(zip(gradients, variables), global_step=tf.compat.v1.train.get_global_step())
 
 
-def make_model_fn(embed_fn: EmbedFn) -> Callable:
-    """A ``model_fn`` for ``tf.estimator.Estimator`` around a model's ``embed_fn``.
+@dataclass(frozen=True)
+class Objective:
+    """What a learned model is trained for, injected into :func:`make_model_fn`.
 
-    Hyperparameters come in the estimator's ``params``: the head's (``loss``, ``similarity``,
-    ``margin``, ``learning_rate``, ``clip_norm``) and the model's own.
+    The three callables play the parts of TF-Ranking's ``logits_fn``, ``loss_fn`` and
+    ``eval_metric_fns``; ``logits`` and ``labels`` are whatever the objective needs (tensors or
+    dicts of tensors), passed unchanged from ``logits_fn`` to the loss and the metrics.
+
+    Attributes
+    ----------
+    name : a short name (``"ranking"``, ``"next_frame"``, ...)
+    logits_fn : ``(embed_fn, features, labels, *, params, training) -> (logits, labels)``; builds the
+        model's outputs for TRAIN and EVAL (it may add TRAIN summaries when ``training``)
+    loss_fn : ``(labels, logits, *, params) -> float32 scalar``
+    eval_metric_fns : ``{name: (labels, logits, *, params) -> (value, update_op)}``, the EVAL metrics
+    optimizer_fn : ``learning_rate -> tf.compat.v1.train.Optimizer`` (default Adam); the learning rate
+        and the clipping norm are the head's (:class:`HeadConfig`)
     """
+
+    name: str
+    logits_fn: Callable[..., tuple[Any, Any]]
+    loss_fn: Callable[..., tf.Tensor]
+    eval_metric_fns: Mapping[str, Callable[..., tuple[tf.Tensor, tf.Operation]]] = field(default_factory=dict)
+    optimizer_fn: Callable[[float], tf.compat.v1.train.Optimizer] = tf.compat.v1.train.AdamOptimizer
+
+
+def _ranking_logits(embed_fn: EmbedFn, features: Mapping[str, tf.Tensor], labels: tf.Tensor, *, params: Mapping,
+                    training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    config = HeadConfig.from_params(params)
+    query_embedding, candidate_embedding = embed_lists(embed_fn, features, params=params, training=training)
+    scores = similarity_scores(query_embedding, candidate_embedding, similarity=config.similarity)
+    # Cosine scores lie in [-1, 1]: a logistic loss on them cannot separate pairs by more than 2 logits and
+    # never saturates; a scale (an inverse temperature) lets it. Rankings, so the metrics, are unchanged.
+    scores = scores * float(config.score_scale)
+    if training:
+        tf.compat.v1.summary.scalar("embedding_norm", tf.reduce_mean(tf.norm(query_embedding, axis=-1)))
+    return scores, labels
+
+
+def _ranking_loss(labels: tf.Tensor, scores: tf.Tensor, *, params: Mapping) -> tf.Tensor:
+    config = HeadConfig.from_params(params)
+    return ranking_loss(labels, scores, loss=config.loss, margin=float(config.margin))
+
+
+def _ranking_metric(metric_fn: Callable) -> Callable:
+    def metric(labels: tf.Tensor, scores: tf.Tensor, *, params: Mapping):
+        del params
+        return metric_fn(labels, scores, None)
+
+    return metric
+
+
+def ranking_objective() -> Objective:
+    """The paper's objective: lists ranked by the similarity of embeddings to the query's.
+
+    Features are the listwise contract of ``musicsim.inputs`` (``query_audio``, ``query_length``,
+    ``candidate_audio``, ``candidate_length``), labels the candidates' relevance ``[batch, list]``
+    (-1: padding). Loss: :func:`ranking_loss` of ``params["loss"]`` on the scaled similarity scores;
+    EVAL metrics: PC, NDCG@1, NDCG@6, MAP (TF-Ranking).
+
+    >>> sorted(ranking_objective().eval_metric_fns)
+    ['MAP', 'NDCG@1', 'NDCG@6', 'PC']
+    """
+    return Objective(name="ranking", logits_fn=_ranking_logits, loss_fn=_ranking_loss,
+                     eval_metric_fns={name: _ranking_metric(fn) for name, fn in make_metric_fns().items()})
+
+
+def make_model_fn(embed_fn: EmbedFn, *, objective: Objective | None = None) -> Callable:
+    """The ``model_fn`` for ``tf.estimator.Estimator`` of a model's ``embed_fn`` trained for ``objective``.
+
+    Parameters
+    ----------
+    embed_fn : ``embed_fn(audio [batch, time, ch], length [batch], *, params, training) -> [batch, dim]``
+    objective : what TRAIN and EVAL compute (default :func:`ranking_objective`); PREDICT always
+        returns ``embed_fn``'s ``embedding`` of ``features["audio"]`` and the ``track_id``
+
+    Hyperparameters come in the estimator's ``params``, settled: the head's (:class:`HeadConfig`),
+    the model's and the objective's own.
+    """
+    objective = objective or ranking_objective()
 
     def model_fn(features, labels, mode, params):
         params = dict(params or {})
-        training = mode == tf.estimator.ModeKeys.TRAIN
         if mode == tf.estimator.ModeKeys.PREDICT:
             return predict_spec(embed_fn(features["audio"], features["length"], params=params, training=False),
                                 features)
 
-        query_embedding, candidate_embedding = embed_lists(embed_fn, features, params=params, training=training)
-        scores = similarity_scores(query_embedding, candidate_embedding, similarity=_hparam(params, "similarity"))
-        # Cosine scores lie in [-1, 1]: a logistic loss on them cannot separate pairs by more than 2 logits and
-        # never saturates; a scale (an inverse temperature) lets it. Rankings, so the metrics, are unchanged.
-        scores = scores * score_scale(params)
-        loss = ranking_loss(labels, scores, loss=_hparam(params, "loss"), margin=float(_hparam(params, "margin")))
+        training = mode == tf.estimator.ModeKeys.TRAIN
+        logits, labels = objective.logits_fn(embed_fn, features, labels, params=params, training=training)
+        loss = objective.loss_fn(labels, logits, params=params)
         if mode == tf.estimator.ModeKeys.EVAL:
-            metric_ops = {name: fn(labels, scores, features) for name, fn in make_metric_fns().items()}
+            metric_ops = {name: fn(labels, logits, params=params) for name, fn in objective.eval_metric_fns.items()}
             return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metric_ops)
 
-        tf.compat.v1.summary.scalar("embedding_norm", tf.reduce_mean(tf.norm(query_embedding, axis=-1)))
-        train_op = make_train_op(loss, learning_rate=float(_hparam(params, "learning_rate")),
-                                 clip_norm=float(_hparam(params, "clip_norm")), params=params)
+        config = HeadConfig.from_params(params)
+        train_op = make_train_op(loss, learning_rate=float(config.learning_rate), clip_norm=float(config.clip_norm),
+                                 params=params, optimizer_fn=objective.optimizer_fn)
         return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
 
     return model_fn

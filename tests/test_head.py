@@ -294,7 +294,8 @@ def test_model_fn_train_op_lowers_the_loss(loss, similarity):
         tf.compat.v1.set_random_seed(0)
         tf.compat.v1.train.get_or_create_global_step()
         spec = model_fn({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels),
-                        tf.estimator.ModeKeys.TRAIN, dict(loss=loss, similarity=similarity, learning_rate=0.05))
+                        tf.estimator.ModeKeys.TRAIN,
+                        head.HeadConfig(loss=loss, similarity=similarity, learning_rate=0.05).to_params())
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(tf.compat.v1.global_variables_initializer())
             first = session.run(spec.loss)
@@ -310,13 +311,13 @@ def test_model_fn_eval_and_predict_specs():
     model_fn = head.make_model_fn(linear_embed)
     with tf.Graph().as_default():
         spec = model_fn({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels),
-                        tf.estimator.ModeKeys.EVAL, {})
+                        tf.estimator.ModeKeys.EVAL, head.HeadConfig().to_params())
         assert set(spec.eval_metric_ops) == {"PC", "NDCG@1", "NDCG@6", "MAP"}
         assert spec.train_op is None
     with tf.Graph().as_default():
         predict_features = dict(audio=tf.constant(features["query_audio"]), length=tf.constant([6, 4]),
                                 track_id=tf.constant(["a", "b"]))
-        spec = model_fn(predict_features, None, tf.estimator.ModeKeys.PREDICT, {})
+        spec = model_fn(predict_features, None, tf.estimator.ModeKeys.PREDICT, head.HeadConfig().to_params())
         assert set(spec.predictions) == {"embedding", "track_id"}
         assert spec.predictions["embedding"].shape.as_list() == [2, 4]
 
@@ -343,7 +344,7 @@ def _eval_loss_and_metrics(params: dict) -> tuple[float, dict[str, float]]:
     with graph.as_default():
         tf.compat.v1.set_random_seed(0)
         spec = model_fn({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels),
-                        tf.estimator.ModeKeys.EVAL, params)
+                        tf.estimator.ModeKeys.EVAL, {**head.HeadConfig().to_params(), **params})
         with tf.compat.v1.Session(graph=graph) as session:
             session.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
             session.run({name: update for name, (_, update) in spec.eval_metric_ops.items()})
@@ -365,3 +366,80 @@ def test_score_scale_changes_the_loss_but_not_the_metrics(loss):
 def test_score_scale_must_be_positive(scale):
     with pytest.raises(ValueError, match="score_scale must be > 0"):
         _eval_loss_and_metrics(dict(score_scale=scale))
+
+
+def test_head_config_refuses_a_bad_value():
+    with pytest.raises(ValueError, match="score_scale must be > 0"):
+        head.HeadConfig(score_scale=0.0)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        head.HeadConfig(loss="hinge")
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        head.HeadConfig(similarity="dot")
+
+
+def test_model_fn_refuses_params_missing_a_head_key():
+    """A missing head key is an error naming it, not a silent default."""
+    features, labels = _list_batch(1)
+    params = head.HeadConfig().to_params()
+    del params["margin"]
+    with tf.Graph().as_default():
+        with pytest.raises(ValueError, match=r"HeadConfig needs params \['margin'\]"):
+            head.make_model_fn(linear_embed)({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels),
+                                             tf.estimator.ModeKeys.EVAL, params)
+
+
+def _mean_square_objective(optimizer_calls: list) -> head.Objective:
+    """Embed the query only; loss: the mean square of its embedding minus 1; metric: that mean."""
+
+    def logits_fn(embed_fn, features, labels, *, params, training):
+        return embed_fn(features["query_audio"], features["query_length"], params=params, training=training), labels
+
+    def loss_fn(labels, logits, *, params):
+        return tf.reduce_mean(tf.square(logits - 1.0))
+
+    def optimizer_fn(learning_rate):
+        optimizer_calls.append(learning_rate)
+        return tf.compat.v1.train.GradientDescentOptimizer(learning_rate)
+
+    return head.Objective(name="mean_square", logits_fn=logits_fn, loss_fn=loss_fn, optimizer_fn=optimizer_fn,
+                          eval_metric_fns={"mean": lambda labels, logits, *, params: tf.compat.v1.metrics.mean(
+                              logits)})
+
+
+def test_model_fn_trains_the_injected_objective():
+    features, labels = _list_batch(0)
+    calls = []
+    model_fn = head.make_model_fn(linear_embed, objective=_mean_square_objective(calls))
+    params = head.HeadConfig(learning_rate=0.1, clip_norm=0.0).to_params()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(0)
+        tf.compat.v1.train.get_or_create_global_step()
+        spec = model_fn({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels),
+                        tf.estimator.ModeKeys.TRAIN, params)
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            first = session.run(spec.loss)
+            for _ in range(60):
+                session.run(spec.train_op)
+            last = session.run(spec.loss)
+    assert calls == [0.1]  # the optimizer is the objective's, the learning rate the head's
+    assert first > 0.1 and last < 1e-3 * first
+
+
+def test_model_fn_evaluates_the_injected_objective():
+    features, labels = _list_batch(2)
+    model_fn = head.make_model_fn(fixed_embed, objective=_mean_square_objective([]))
+    with tf.Graph().as_default():
+        spec = model_fn({k: tf.constant(v) for k, v in features.items()}, tf.constant(labels),
+                        tf.estimator.ModeKeys.EVAL, head.HeadConfig().to_params())
+        assert set(spec.eval_metric_ops) == {"mean"}
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.local_variables_initializer())
+            session.run(spec.eval_metric_ops["mean"][1])
+            loss, mean = session.run([spec.loss, spec.eval_metric_ops["mean"][0]])
+    lengths = features["query_length"]
+    means = np.stack([features["query_audio"][b, :n].mean(axis=0) for b, n in enumerate(lengths)])
+    embedding = means @ np.array([[-0.35, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    assert mean == pytest.approx(embedding.mean(), rel=1e-5)
+    assert loss == pytest.approx(np.mean((embedding - 1.0) ** 2), rel=1e-5)
