@@ -19,32 +19,66 @@ turns on XLA auto-clustering for an estimator.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Mapping
 
 import tensorflow as tf
 
+from musicsim.params import ParamsConfig, ParamsError, fill_defaults
+
 FRONTENDS = ("raw", "logmel", "strided")
 MIXED_PRECISION_DTYPES = ("float16", "bfloat16")
 
-DEFAULT_FRONTEND_PARAMS = dict(
-    frontend="raw",  # raw | logmel | strided
-    input_sample_rate=None,  # Hz of the audio the model receives (decode rate / pool size); logmel needs it
-    frame_seconds=0.064,  # logmel: STFT frame; the FFT size is the next power of two in samples
-    hop_seconds=0.032,  # logmel: hop between frames
-    n_mels=64,
-    fmin=0.0,
-    fmax=None,  # None: the Nyquist frequency of input_sample_rate
-    log_scale=10000.0,  # logmel values are log1p(log_scale * mel magnitude): silence and padding are 0
-    mel_affine=False,  # logmel: a learned per-bin scale and offset (batch-independent normalisation)
-    frontend_stride=8,  # strided: kernel = stride, in input samples
-    mixed_precision=False,  # False | True or "auto" (float16 on GPU, bfloat16 on CPU) | "float16" | "bfloat16"
-)
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig(ParamsConfig):
+    """The front end's hyperparameters, and the precision and compilation of the model's graph.
+
+    Attributes
+    ----------
+    frontend : ``"raw"``, ``"logmel"`` or ``"strided"``
+    input_sample_rate : Hz of the audio the model receives (decode rate / pool size); logmel needs it
+    frame_seconds, hop_seconds : logmel: STFT frame (the FFT size is the next power of two in samples)
+        and hop between frames
+    n_mels, fmin, fmax : logmel: mel bins and their range in Hz (``fmax`` None: the Nyquist frequency)
+    log_scale : logmel values are ``log1p(log_scale * mel magnitude)``: silence and padding are 0
+    mel_affine : logmel: a learned per-bin scale and offset (a normalisation reading no batch statistic)
+    frontend_stride : strided: kernel = stride, in input samples
+    mixed_precision : False, True or ``"auto"`` (float16 on GPU, bfloat16 on CPU), ``"float16"`` or
+        ``"bfloat16"`` (see :func:`mixed_precision_dtype`)
+    xla : compile the estimator's graph with XLA (:func:`session_config`)
+    """
+
+    frontend: str = "raw"
+    input_sample_rate: float | None = None
+    frame_seconds: float = 0.064
+    hop_seconds: float = 0.032
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float | None = None
+    log_scale: float = 10000.0
+    mel_affine: bool = False
+    frontend_stride: int = 8
+    mixed_precision: bool | str = False
+    xla: bool = False
+
+    def __post_init__(self):
+        if self.frontend not in FRONTENDS:
+            raise ParamsError(f"params['frontend'] must be one of {FRONTENDS}, got {self.frontend!r}")
+
+
+def config_of(params: Mapping) -> FrontendConfig:
+    """The front end's config in ``params``; keys it lacks take :class:`FrontendConfig`'s defaults
+    (a run's params are settled before training: this serves graph functions called on their own)."""
+    return FrontendConfig.from_params(fill_defaults(params, configs=[FrontendConfig]))
+
+
+# Transitional: readers not yet on FrontendConfig / config_of (removed once none is left).
+DEFAULT_FRONTEND_PARAMS = FrontendConfig().to_params()
 
 
 def _param(params: Mapping, key: str):
-    value = params.get(key, DEFAULT_FRONTEND_PARAMS[key])
-    return DEFAULT_FRONTEND_PARAMS[key] if value is None and key != "input_sample_rate" else value
+    return getattr(config_of(params), key)
 
 
 def _zero_past(x: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
@@ -66,12 +100,13 @@ def logmel_settings(params: Mapping) -> dict:
     dict with ``sample_rate`` (Hz), ``frame_length``, ``hop_length``, ``fft_length`` (samples),
     ``n_mels``, ``fmin``, ``fmax`` (Hz)
     """
-    sample_rate = _param(params, "input_sample_rate")
+    config = config_of(params)
+    sample_rate = config.input_sample_rate
     if sample_rate is None or float(sample_rate) <= 0:
         raise ValueError("frontend='logmel' needs params['input_sample_rate'] > 0, the rate of the audio the model "
                          f"receives (decode rate / pool size); got {sample_rate!r}")
     sample_rate = float(sample_rate)
-    frame_seconds, hop_seconds = float(_param(params, "frame_seconds")), float(_param(params, "hop_seconds"))
+    frame_seconds, hop_seconds = float(config.frame_seconds), float(config.hop_seconds)
     frame_length = int(round(frame_seconds * sample_rate))
     hop_length = int(round(hop_seconds * sample_rate))
     if frame_length < 2:
@@ -79,11 +114,11 @@ def logmel_settings(params: Mapping) -> dict:
     if not 1 <= hop_length <= frame_length:
         raise ValueError(f"hop_seconds={hop_seconds} is {hop_length} samples at {sample_rate:g} Hz: "
                          f"need 1 <= hop <= frame ({frame_length} samples)")
-    n_mels = int(_param(params, "n_mels"))
+    n_mels = int(config.n_mels)
     if n_mels < 1:
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")
     nyquist = sample_rate / 2.0
-    fmin, fmax = float(_param(params, "fmin")), float(_param(params, "fmax") or nyquist)
+    fmin, fmax = float(config.fmin), float(config.fmax or nyquist)
     if fmax > nyquist:
         raise ValueError(f"fmax={fmax:g} Hz is above the Nyquist frequency {nyquist:g} Hz of input_sample_rate")
     if not 0.0 <= fmin < fmax:
@@ -129,8 +164,9 @@ def logmel(audio: tf.Tensor, lengths: tf.Tensor, *, params: Mapping) -> tuple[tf
                                                        upper_edge_hertz=s["fmax"])
     mel = tf.tensordot(spectrogram, mel_matrix, axes=1)
     mel.set_shape([None, None, s["n_mels"]])
-    features = tf.math.log1p(float(_param(params, "log_scale")) * mel)
-    if bool(_param(params, "mel_affine")):
+    config = config_of(params)
+    features = tf.math.log1p(float(config.log_scale) * mel)
+    if bool(config.mel_affine):
         # Per-bin scale and offset, learned: a normalisation that reads no batch statistic.
         features = tf.keras.layers.DepthwiseConv1D(1, depthwise_initializer="ones", name="frontend/mel_affine")(
             features)
@@ -154,7 +190,7 @@ def strided(audio: tf.Tensor, lengths: tf.Tensor, *, params: Mapping) -> tuple[t
     -------
     ``[batch, ceil(time / stride), channels]`` (steps past a track's end are 0), int32 ``[batch]``
     """
-    stride = int(_param(params, "frontend_stride"))
+    stride = int(config_of(params).frontend_stride)
     if stride < 1:
         raise ValueError(f"frontend_stride must be >= 1, got {stride}")
     if params.get("channels") is None:
@@ -179,7 +215,7 @@ def apply_frontend(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, trai
     audio : float ``[batch, time]`` or ``[batch, time, channels]``, right-padded
     length : int ``[batch]``, real samples of each track
     params : ``frontend`` (``raw`` | ``logmel`` | ``strided``) and that front end's settings
-        (see ``DEFAULT_FRONTEND_PARAMS``)
+        (see :class:`FrontendConfig`)
     training : unused by the current front ends (kept for a front end with dropout or augmentation)
 
     Returns
@@ -192,7 +228,7 @@ def apply_frontend(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, trai
     if audio.shape.rank != 3:
         raise ValueError(f"audio must be [batch, time] or [batch, time, channels], got rank {audio.shape.rank}")
     length = tf.cast(tf.reshape(length, [-1]), tf.int32)
-    frontend = str(_param(params, "frontend"))
+    frontend = str(config_of(params).frontend)
     if frontend == "raw":
         return audio, length
     if frontend == "logmel":
@@ -211,7 +247,7 @@ def mixed_precision_dtype(params: Mapping) -> str | None:
     ``True`` / ``"auto"`` pick float16 where a GPU is visible and bfloat16 on CPU (float16 convs are
     slow on CPU; bfloat16 has float32's range, so it needs no loss scaling).
     """
-    value = params.get("mixed_precision", False)
+    value = config_of(params).mixed_precision
     if value in (False, None, "", "false", "False", "none", "off", 0):
         return None
     if value in (True, "true", "True", "auto", "on", 1):

@@ -260,7 +260,7 @@ def test_estimator_train_steps_run(tmp_path, sample_rate, params, xla):
     tracks = sine_tracks(sample_rate=sample_rate, seconds=0.5)
     input_fn = make_list_input_fn(tracks=tracks, relevance_def=make_relevance("album"), mode="train", batch_size=2,
                                   n_similar=2, n_dissimilar=2, crop_seconds=0.5)
-    params = dict(params, input_sample_rate=sample_rate, loss="pairwise")
+    params = {**head.HeadConfig(loss="pairwise").to_params(), **params, "input_sample_rate": sample_rate}
     config = tf.estimator.RunConfig(tf_random_seed=0, session_config=frontends.session_config(xla=xla))
     estimator = tf.estimator.Estimator(model_fn=head.make_model_fn(wavenet.embed), model_dir=str(tmp_path),
                                        params=params, config=config)
@@ -273,3 +273,12 @@ def test_estimator_train_steps_run(tmp_path, sample_rate, params, xla):
     assert bool(frontend_variables) == (params["frontend"] == "strided")
     # float16 trains under a dynamic loss scale; the other precisions need none.
     assert any("loss_scale" in n for n in names) == (params.get("mixed_precision") == "float16")
+
+
+def test_frontend_config_holds_the_defaults_and_refuses_bad_values():
+    assert frontends.config_of({}) == frontends.FrontendConfig()
+    assert frontends.config_of({"n_mels": 32, "channels": 9}) == frontends.FrontendConfig(n_mels=32)
+    with pytest.raises(ValueError, match=r"FrontendConfig needs params \['frontend', 'input_sample_rate'"):
+        frontends.FrontendConfig.from_params({"channels": 9})
+    with pytest.raises(ValueError, match="params\\['frontend'\\] must be one of"):
+        frontends.FrontendConfig(frontend="cqt")
