@@ -227,7 +227,7 @@ def milvus_rows(*, count: int, vectors: np.ndarray, queries: np.ndarray, track_i
                 truth: list[list[str]], exact_batch: float, methods: list[str], args: argparse.Namespace,
                 row) -> None:
     """Build ``MilvusIndex`` (exact, and IVF / HNSW when asked) over the catalogue and print its rows."""
-    from musicsim.index_milvus import MilvusIndex
+    from musicsim.index.milvus import MilvusIndex
 
     folder = tempfile.mkdtemp(prefix="milvus-bench-")
     uri = args.milvus_uri or os.path.join(folder, "bench.db")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from musicsim import index as index_module
-from musicsim.index import EmbeddingIndex, load_embeddings, main
+from musicsim.index import storage
+from musicsim.index import EmbeddingIndex, embedding_file_writers, load_embeddings, main, read_provenance
+from musicsim.index.embeddings_io import PROVENANCE_KEYS
 
 from musicsim.similarity import SIMILARITIES
 
@@ -314,7 +317,7 @@ def test_crash_while_writing_keeps_previous_index(tmp_path, monkeypatch):
     def failing_dump(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_module.json, "dump", failing_dump)
+    monkeypatch.setattr(storage.json, "dump", failing_dump)
     with pytest.raises(OSError, match="disk full"):
         EmbeddingIndex(track_ids=track_ids[:5], vectors=vectors[:5]).save(directory)
     monkeypatch.undo()
@@ -473,29 +476,86 @@ def test_build_cli_from_npz_stores_groups_and_answers_queries(tmp_path, capsys):
     write_npz(tmp_path / "e.npz", count=30)
     output = tmp_path / "index"
     run = write_fitted_model_config(tmp_path / "run")
-    assert main(["build", f"--embeddings={tmp_path / 'e.npz'}", f"--output={output}", "--similarity=euclidean",
-                 f"--model_dir={run}", "--model=librosa"]) == 0
+    assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--output={output}",
+                 "--similarity=euclidean", f"--model_dir={run}", "--model=librosa"]) == 0
     summary = capsys.readouterr().out
     assert "30 tracks, dim 5, euclidean, exact, 3 groups, model librosa" in summary
     index = EmbeddingIndex.load(str(output))
     assert index.model["model_dir"] == run and index.model["dim"] == 5 and index.group(track_id="id4") == "album1"
     config = json.loads((output / "config.json").read_text())
     assert config["similarity"] == "euclidean" and config["count"] == 30 and config["format"] == "musicsim.index"
-    assert search.main([f"--index={output}", "--track_id=id4", "-k", "3", "--exclude_same_group", "--json"]) == 0
+    assert search.main(["musicsim-search", f"--index={output}", "--track_id=id4", "-k", "3", "--exclude_same_group",
+                        "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert len(found) == 3 and all(r["group"] != "album1" for r in found)
-    with pytest.raises(SystemExit):  # queries belong to musicsim.search
-        main(["query", f"--index={output}", "--track_id=id4"])
+    assert main(["musicsim-index", "query", f"--index={output}", "--track_id=id4"]) == 2  # musicsim.search's
+    assert "expected a command, one of ['add', 'build', 'remove'], got 'query'" in capsys.readouterr().err
 
 
 def test_build_cli_from_parquet_takes_model_name_and_approximate(tmp_path, capsys):
     write_parquet(tmp_path / "e.parquet", count=100)
-    assert main(["build", f"--embeddings={tmp_path / 'e.parquet'}", f"--output={tmp_path / 'ix'}",
+    assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.parquet'}", f"--output={tmp_path / 'ix'}",
                  "--approximate=hnsw"]) == 0
     assert "100 tracks, dim 5, cosine, hnsw(M=32, efSearch=64), 0 groups, model wavenet" in capsys.readouterr().out
     assert EmbeddingIndex.load(str(tmp_path / "ix")).metadata(track_id="id7")["duration_s"] == 7.0
     # a mismatching --model and a missing file are reported, not raised
-    assert main(["build", f"--embeddings={tmp_path / 'e.parquet'}", f"--output={tmp_path / 'ix2'}",
+    assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.parquet'}", f"--output={tmp_path / 'ix2'}",
                  "--model=rnn"]) == 2
     assert "--model=rnn but" in capsys.readouterr().err
-    assert main(["build", f"--embeddings={tmp_path / 'none.npz'}", f"--output={tmp_path / 'ix3'}"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'none.npz'}",
+                 f"--output={tmp_path / 'ix3'}"]) == 2
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "expected a command, one of ['add', 'build', 'remove'], got None"),
+    (["build", "--output=OUT"], "build needs --embeddings"),
+    (["add", "--index=OUT", "--embeddings=E", "--similarity=cosine"], "add does not take --similarity"),
+    (["build", "--embeddings=E", "--output=OUT", "stray"], "build does not take arguments ['stray']"),
+    (["build", "--embeddings=E", "--output=OUT", "--similarity=dot"], "flag --similarity=dot: value should be one of"),
+    (["build", "--embeddings=E", "--output=OUT", "--no_such_flag"], "Unknown command line flag 'no_such_flag'"),
+])
+def test_cli_usage_errors_exit_2_naming_the_problem(tmp_path, capsys, arguments, message):
+    arguments = [a.replace("OUT", str(tmp_path / "idx")).replace("=E", f"={tmp_path / 'e.npz'}") for a in arguments]
+    assert main(["musicsim-index", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "usage: python -m musicsim.index build" in error
+    assert not (tmp_path / "idx").exists()
+
+
+def test_cli_help_and_module_entry_point(tmp_path, capsys):
+    assert main(["musicsim-index", "--help"]) == 0
+    assert "--embeddings" in capsys.readouterr().out
+    write_npz(tmp_path / "e.npz", count=6)
+    run = write_fitted_model_config(tmp_path / "run")
+    # python -m runs absl's app.run: a flag value it cannot parse is exit 2, a good build exit 0.
+    command = [sys.executable, "-m", "musicsim.index", "build", f"--embeddings={tmp_path / 'e.npz'}",
+               f"--output={tmp_path / 'idx'}", f"--model_dir={run}"]
+    done = subprocess.run(command + ["--approximate=lsh"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--approximate=lsh" in done.stderr and not (tmp_path / "idx").exists()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "6 tracks, dim 5, euclidean" in done.stdout
+    assert len(EmbeddingIndex.load(str(tmp_path / "idx"))) == 6
+
+
+def test_the_export_writer_and_the_reader_agree(tmp_path):
+    """embedding_file_writers (what experiments.export writes) read back by load_embeddings and read_provenance."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((5, 4)).astype(np.float32)
+    track_ids = ["a/1", "a/2", "b/1", "b/2", "c\n1"]
+    provenance = {"model": "mfcc", "model_dir": str(tmp_path / "run"), "similarity": "euclidean", "version": "7"}
+    writers = embedding_file_writers(parquet=str(tmp_path / "e.parquet"), npy=str(tmp_path / "e.npy"),
+                                     track_ids=track_ids, vectors=vectors, paths=[f"/m/{i}.wav" for i in range(5)],
+                                     durations=[1.0, 2.0, 3.0, 4.0, 5.5], groups=["a", "a", "b", "b", None],
+                                     provenance=provenance)
+    assert sorted(os.path.basename(p) for p in writers) == ["e.ids.json", "e.meta.json", "e.npy", "e.parquet"]
+    for path, write in writers.items():
+        write(path)
+    for name in ("e.parquet", "e.npy"):
+        ids, loaded, metadata = load_embeddings(str(tmp_path / name))
+        assert ids == track_ids
+        np.testing.assert_array_equal(loaded, vectors)
+        assert read_provenance(str(tmp_path / name)) == {key: provenance[key] for key in PROVENANCE_KEYS}
+    assert metadata == {}  # the .npy carries vectors and ids only
+    _, _, metadata = load_embeddings(str(tmp_path / "e.parquet"))
+    assert metadata == {"path": [f"/m/{i}.wav" for i in range(5)], "duration_s": [1.0, 2.0, 3.0, 4.0, 5.5],
+                        "model": ["mfcc"] * 5, "group": ["a", "a", "b", "b", None]}

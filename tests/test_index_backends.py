@@ -32,7 +32,7 @@ def make_index(backend: str, folder, **arguments):
     """An index of ``backend`` over ``arguments`` (EmbeddingIndex's); Milvus's lives in folder/milvus.db."""
     if backend == "faiss":
         return EmbeddingIndex(**arguments)
-    from musicsim.index_milvus import MilvusIndex
+    from musicsim.index.milvus import MilvusIndex
 
     return MilvusIndex(uri=str(folder / "milvus.db"), collection="tracks", **arguments)
 
@@ -189,17 +189,17 @@ def test_milvus_through_the_command_lines(tmp_path, capsys):
     first = write_parquet(tmp_path / "a.parquet", ids=ids[:150], vectors=vectors[:150], groups=groups[:150])
     more = write_parquet(tmp_path / "b.parquet", ids=ids[150:], vectors=vectors[150:], groups=groups[150:])
     uri, directory = str(tmp_path / "db" / "music.db"), str(tmp_path / "idx")
-    assert main(["build", f"--embeddings={first}", f"--output={directory}", "--backend=milvus", f"--uri={uri}",
-                 "--collection=music"]) == 0
+    assert main(["musicsim-index", "build", f"--embeddings={first}", f"--output={directory}", "--backend=milvus",
+                 f"--uri={uri}", "--collection=music"]) == 0
     assert "MilvusIndex: 150 tracks, dim 8, cosine, exact, collection music" in capsys.readouterr().out
     # a second build into the same collection is refused
-    assert main(["build", f"--embeddings={first}", f"--output={tmp_path / 'idx2'}", "--backend=milvus",
-                 f"--uri={uri}", "--collection=music"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={first}", f"--output={tmp_path / 'idx2'}",
+                 "--backend=milvus", f"--uri={uri}", "--collection=music"]) == 2
     assert "the collection 'music' already exists" in capsys.readouterr().err
-    assert main(["add", f"--index={directory}", f"--embeddings={more}"]) == 0
-    assert main(["remove", f"--index={directory}", "--track_id", ids[160]]) == 0
+    assert main(["musicsim-index", "add", f"--index={directory}", f"--embeddings={more}"]) == 0
+    assert main(["musicsim-index", "remove", f"--index={directory}", "--track_id", ids[160]]) == 0
     capsys.readouterr()
-    assert search_module.main([f"--index={directory}", f"--track_id={ids[170]}", "-k", "5",
+    assert search_module.main(["musicsim-search", f"--index={directory}", f"--track_id={ids[170]}", "-k", "5",
                                "--exclude_same_group", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     reference = EmbeddingIndex(track_ids=[t for t in ids if t != ids[160]],
@@ -231,7 +231,7 @@ def test_a_second_process_on_a_milvus_lite_file_fails_clearly(tmp_path, opened):
 
 @needs_milvus
 def test_milvus_index_errors(tmp_path, opened):
-    from musicsim.index_milvus import MilvusIndex
+    from musicsim.index.milvus import MilvusIndex
 
     ids, vectors, _ = catalogue(count=20, dim=4)
     with pytest.raises(IndexFileError, match="must end in .db"):

@@ -49,16 +49,16 @@ def test_build_refuses_a_folder_that_is_not_an_index_and_keeps_its_files(tmp_pat
     folder = tmp_path / "V"
     (folder / "sub").mkdir(parents=True)
     (folder / "notes.txt").write_text("x")
-    assert main(["build", f"--embeddings={embeddings}", f"--output={folder}"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={folder}"]) == 2
     assert "non-empty folder that holds no index" in capsys.readouterr().err
     assert sorted(os.listdir(folder)) == ["notes.txt", "sub"] and (folder / "notes.txt").read_text() == "x"
     # An index with a stray file of someone else's is not replaced either.
-    assert main(["build", f"--embeddings={embeddings}", f"--output={tmp_path / 'I'}"]) == 0
+    assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={tmp_path / 'I'}"]) == 0
     (tmp_path / "I" / "mine.txt").write_text("keep")
-    assert main(["build", f"--embeddings={embeddings}", f"--output={tmp_path / 'I'}"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={tmp_path / 'I'}"]) == 2
     assert (tmp_path / "I" / "mine.txt").read_text() == "keep"
     # --overwrite allows it.
-    assert main(["build", f"--embeddings={embeddings}", f"--output={folder}", "--overwrite"]) == 0
+    assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={folder}", "--overwrite"]) == 0
     assert len(EmbeddingIndex.load(str(folder))) == len(ids) and not (folder / "notes.txt").exists()
 
 
@@ -148,7 +148,7 @@ def test_a_damaged_index_fails_on_load_naming_the_file(tmp_path, capsys, case):
     name = _damage(directory, case)
     with pytest.raises(IndexFileError, match=str(directory / name)):
         EmbeddingIndex.load(str(directory))
-    assert search_module.main([f"--index={directory}", f"--track_id={ids[0]}"]) == 2
+    assert search_module.main(["musicsim-search", f"--index={directory}", f"--track_id={ids[0]}"]) == 2
     assert f"error: " in (err := capsys.readouterr().err) and name in err and "Traceback" not in err
 
 
@@ -165,7 +165,7 @@ def test_a_null_track_id_in_a_parquet_is_refused(tmp_path, capsys):
     path = write_parquet(tmp_path / "e.parquet", track_ids=[ids[0], None, *ids[2:]], vectors=vectors)
     with pytest.raises(ValueError, match=r"e.parquet: 1 rows have a null track_id \(first at row 1\)"):
         load_embeddings(path)
-    assert main(["build", f"--embeddings={path}", f"--output={tmp_path / 'idx'}"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={path}", f"--output={tmp_path / 'idx'}"]) == 2
     assert "null track_id" in capsys.readouterr().err and not (tmp_path / "idx").exists()
 
 
@@ -203,11 +203,11 @@ def test_build_takes_the_run_from_the_npy_meta_file_and_checks_its_dimension(tmp
     (tmp_path / "e.meta.json").write_text(json.dumps({"model": "mfcc", "model_dir": run,
                                                       "similarity": "euclidean", "version": "1"}))
     assert read_provenance(str(tmp_path / "e.npy"))["model_dir"] == run
-    assert main(["build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx'}"]) == 0
+    assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx'}"]) == 0
     index = EmbeddingIndex.load(str(tmp_path / "idx"))
     assert (index.model["model_dir"], index.model["name"], index.similarity) == (run, "mfcc", "euclidean")
     other = fitted_run(tmp_path / "run40", dim=40)
-    assert main(["build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx2'}",
+    assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx2'}",
                  f"--model_dir={other}"]) == 2
     assert "holds 6-d embeddings but the run" in capsys.readouterr().err and not (tmp_path / "idx2").exists()
 
@@ -216,7 +216,7 @@ def test_build_refuses_a_run_that_does_not_exist(tmp_path, capsys):
     ids, vectors = catalogue()
     path = write_parquet(tmp_path / "e.parquet", track_ids=ids, vectors=vectors,
                          schema_metadata={"musicsim.model": "mfcc", "musicsim.model_dir": str(tmp_path / "gone")})
-    assert main(["build", f"--embeddings={path}", f"--output={tmp_path / 'idx'}"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={path}", f"--output={tmp_path / 'idx'}"]) == 2
     err = capsys.readouterr().err
     assert f"the run {tmp_path / 'gone'} (from the metadata of {path}) cannot be used" in err
 
@@ -226,7 +226,8 @@ def test_build_refuses_a_run_of_another_model(tmp_path, capsys):
     path = write_parquet(tmp_path / "e.parquet", track_ids=ids, vectors=vectors,
                          schema_metadata={"musicsim.model": "mfcc"})
     run = fitted_run(tmp_path / "run", name="librosa")
-    assert main(["build", f"--embeddings={path}", f"--output={tmp_path / 'idx'}", f"--model_dir={run}"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={path}", f"--output={tmp_path / 'idx'}",
+                 f"--model_dir={run}"]) == 2
     assert "holds 'mfcc' embeddings but" in capsys.readouterr().err
 
 
@@ -253,21 +254,24 @@ def test_diversity_with_k_beyond_the_pool_cap_is_a_clear_error(tmp_path, capsys)
     # k beyond a small catalogue is fine: every track, diversified
     assert len(index.search(queries=vectors[:1], k=10, diversity=0.3)[0]) == 10
     index.save(str(tmp_path / "idx"))
-    assert search_module.main([f"--index={tmp_path / 'idx'}", f"--track_id={ids[0]}", "-k", "1000000",
-                               "--diversity=0.3"]) == 2
+    assert search_module.main(["musicsim-search", f"--index={tmp_path / 'idx'}", f"--track_id={ids[0]}",
+                               "-k", "1000000", "--diversity=0.3"]) == 2
     assert "at most" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arguments, message", [(["-k", "0"], "k must be a positive integer"),
                                                 (["--diversity=1.5"], "diversity must be in"),
                                                 (["--diversity=-0.1"], "diversity must be in"),
-                                                (["--track_id=nope"], "unknown track id 'nope'")])
+                                                (["--track_id=nope"], "unknown track id 'nope'"),
+                                                (["-k", "ten"], "flag --k=ten: invalid literal"),
+                                                (["--query=/no/such.wav"], "give one query: --query=FILE or"),
+                                                (["--no_such_flag"], "Unknown command line flag")])
 def test_search_cli_bad_parameters_exit_2(tmp_path, capsys, arguments, message):
     ids, vectors = catalogue()
     EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "idx"))
     if not any(a.startswith("--track_id") for a in arguments):
         arguments = [f"--track_id={ids[0]}", *arguments]
-    assert search_module.main([f"--index={tmp_path / 'idx'}", *arguments]) == 2
+    assert search_module.main(["musicsim-search", f"--index={tmp_path / 'idx'}", *arguments]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -280,21 +284,21 @@ def test_add_and_remove_commands(tmp_path, capsys):
     more = write_parquet(tmp_path / "b.parquet", track_ids=ids[15:], vectors=vectors[15:] + 1.0,
                          schema_metadata=metadata)
     directory = tmp_path / "idx"
-    assert main(["build", f"--embeddings={first}", f"--output={directory}"]) == 0
-    assert main(["add", f"--index={directory}", f"--embeddings={more}"]) == 2
+    assert main(["musicsim-index", "build", f"--embeddings={first}", f"--output={directory}"]) == 0
+    assert main(["musicsim-index", "add", f"--index={directory}", f"--embeddings={more}"]) == 2
     assert "5 track ids are already in the index" in capsys.readouterr().err
     assert len(EmbeddingIndex.load(str(directory))) == 20  # nothing changed
-    assert main(["add", f"--index={directory}", f"--embeddings={more}", "--replace"]) == 0
+    assert main(["musicsim-index", "add", f"--index={directory}", f"--embeddings={more}", "--replace"]) == 0
     assert "added 10, replaced 5" in capsys.readouterr().out
     index = EmbeddingIndex.load(str(directory))
     assert len(index) == 30
     np.testing.assert_allclose(index.vector(track_id=ids[16]), vectors[16] + 1.0)
     assert index.search(queries=vectors[25:26] + 1.0, k=1)[0][0][0] == ids[25]  # the new track is found
-    assert main(["remove", f"--index={directory}", "--track_id", ids[25], ids[3]]) == 0
+    assert main(["musicsim-index", "remove", f"--index={directory}", "--track_id", ids[25], ids[3]]) == 0
     index = EmbeddingIndex.load(str(directory))
     assert len(index) == 28 and ids[25] not in index and ids[3] not in index
     assert ids[25] not in [t for t, _ in index.search(queries=vectors[25:26] + 1.0, k=28)[0]]
-    assert main(["remove", f"--index={directory}", "--track_id=nope"]) == 2
+    assert main(["musicsim-index", "remove", f"--index={directory}", "--track_id=nope"]) == 2
     assert "unknown track ids: ['nope']" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "idx")) == ["config.json", "tracks.json", "vectors.npy"]
 
@@ -304,13 +308,13 @@ def test_add_refuses_another_model_or_dimension(tmp_path, capsys):
     run = fitted_run(tmp_path / "run")
     first = write_parquet(tmp_path / "a.parquet", track_ids=ids, vectors=vectors,
                           schema_metadata={"musicsim.model": "mfcc", "musicsim.model_dir": run})
-    assert main(["build", f"--embeddings={first}", f"--output={tmp_path / 'idx'}"]) == 0
+    assert main(["musicsim-index", "build", f"--embeddings={first}", f"--output={tmp_path / 'idx'}"]) == 0
     other = fitted_run(tmp_path / "other")
     wrong_run = write_parquet(tmp_path / "b.parquet", track_ids=["n1"], vectors=vectors[:1],
                               schema_metadata={"musicsim.model": "mfcc", "musicsim.model_dir": other})
-    assert main(["add", f"--index={tmp_path / 'idx'}", f"--embeddings={wrong_run}"]) == 2
+    assert main(["musicsim-index", "add", f"--index={tmp_path / 'idx'}", f"--embeddings={wrong_run}"]) == 2
     assert "but the index" in capsys.readouterr().err
     wrong_dim = write_parquet(tmp_path / "c.parquet", track_ids=["n2"], vectors=np.ones((1, 3), np.float32))
-    assert main(["add", f"--index={tmp_path / 'idx'}", f"--embeddings={wrong_dim}"]) == 2
+    assert main(["musicsim-index", "add", f"--index={tmp_path / 'idx'}", f"--embeddings={wrong_dim}"]) == 2
     assert "dimension mismatch" in capsys.readouterr().err
     assert len(EmbeddingIndex.load(str(tmp_path / "idx"))) == 10

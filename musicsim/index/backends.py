@@ -2,9 +2,9 @@
 
 Two backends implement ``IndexBackend``:
 
-* ``faiss`` (``musicsim.index.EmbeddingIndex``, the default): vectors in memory, exact (flat) or
+* ``faiss`` (``musicsim.index.faiss_index.EmbeddingIndex``, the default): vectors in memory, exact (flat) or
   IVF / HNSW search, saved as files in the index directory;
-* ``milvus`` (``musicsim.index_milvus.MilvusIndex``): vectors in a Milvus collection, either a
+* ``milvus`` (``musicsim.index.milvus.MilvusIndex``): vectors in a Milvus collection, either a
   Milvus Lite file (embedded, one process at a time) or a Milvus server (``http://host:19530``);
   the index directory holds only its ``config.json``, naming the collection.
 
@@ -16,6 +16,7 @@ excludes ids and groups per query and re-ranks by maximal marginal relevance (``
 from __future__ import annotations
 
 import abc
+import math
 import os
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,8 +30,22 @@ BACKENDS = ("faiss", "milvus")
 # Diversity re-ranking looks at most this many candidates (and so returns at most this many results):
 # greedy MMR costs O(k * pool * D) time, which a pool of the whole catalogue would make unbounded.
 MAX_DIVERSITY_POOL = 10_000
+# IVF: faiss wants >= 39 training points per list.
+MIN_POINTS_PER_LIST = 39
 
 Result = list[tuple[str, float]]
+
+
+def default_nlist(*, count: int) -> int:
+    """Number of IVF lists for ``count`` vectors: about ``4 * sqrt(count)``, at most ``count // 39``."""
+    if count < 1:
+        raise ValueError(f"an IVF index needs at least one vector to train, got count={count}")
+    return int(max(1, min(round(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST)))
+
+
+def default_nprobe(*, nlist: int) -> int:
+    """Lists visited per IVF query by default: 1/16 of the lists (at least 1)."""
+    return int(max(1, round(nlist / 16)))
 
 
 class IndexFileError(ValueError):

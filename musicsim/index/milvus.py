@@ -31,7 +31,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from musicsim.index_backends import (APPROXIMATE_KINDS, SIMILARITIES, IndexBackend, IndexFileError, Result,
+from musicsim.index import storage
+from musicsim.index.backends import (APPROXIMATE_KINDS, SIMILARITIES, IndexBackend, IndexFileError, Result,
+                                     default_nlist, default_nprobe,
                                      _as_group_set, maximal_marginal_relevance, similarities_to)
 
 # Milvus answers at most this many results per query (its topk limit).
@@ -132,7 +134,7 @@ class MilvusIndex(IndexBackend):
         Collection name; an existing one is refused unless ``overwrite``.
     track_ids, vectors, similarity, metadata, model, approximate, nlist, nprobe, hnsw_m,
     ef_construction, ef_search
-        As for ``musicsim.index.EmbeddingIndex``. ``group`` and ``path`` metadata are stored as
+        As for ``musicsim.index.faiss_index.EmbeddingIndex``. ``group`` and ``path`` metadata are stored as
         strings; other columns as JSON values.
     overwrite : bool
         Drop an existing collection of that name first.
@@ -145,8 +147,6 @@ class MilvusIndex(IndexBackend):
                  model: Mapping[str, Any] | None = None, approximate: str | None = None,
                  nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 64, overwrite: bool = False) -> None:
-        from musicsim.index import default_nlist, default_nprobe
-
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if approximate not in (None,) + APPROXIMATE_KINDS:
@@ -406,13 +406,11 @@ class MilvusIndex(IndexBackend):
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
-        from musicsim.index import FORMAT_MARKER, FORMAT_VERSION
-
-        return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "backend": self.backend,
-                "uri": self.uri, "collection": self.collection, "similarity": self.similarity,
-                "dim": self._dim, "count": len(self), "approximate": self.approximate, "nlist": self.nlist,
-                "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
-                "ef_search": self.ef_search, "model": self.model, "metadata_columns": self._columns}
+        return storage.config_entries(
+            backend=self.backend, similarity=self.similarity, dim=self._dim, count=len(self), model=self.model,
+            uri=self.uri, collection=self.collection, approximate=self.approximate, nlist=self.nlist,
+            nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
+            ef_search=self.ef_search, metadata_columns=self._columns)
 
     def save(self, directory: str, *, overwrite: bool = False) -> None:
         """Write ``directory/config.json`` atomically, naming the collection (which Milvus keeps).
@@ -422,7 +420,6 @@ class MilvusIndex(IndexBackend):
         IndexFileError
             If ``directory`` is a folder other than an index, or the Milvus Lite file lies inside it.
         """
-        from musicsim.index import CONFIG_FILE, save_index_directory, write_json_synced
 
         directory = os.path.abspath(directory)
         if is_local_uri(self.uri) and os.path.commonpath([directory, self.uri]) == directory:
@@ -432,9 +429,9 @@ class MilvusIndex(IndexBackend):
             self._client.flush(self.collection)  # the rows on disk before the directory names them
 
         def write_files(temp: str) -> None:
-            write_json_synced(os.path.join(temp, CONFIG_FILE), self._config())
+            storage.write_json_synced(os.path.join(temp, storage.CONFIG_FILE), self._config())
 
-        save_index_directory(directory=directory, overwrite=overwrite, write_files=write_files)
+        storage.save_index_directory(directory=directory, overwrite=overwrite, write_files=write_files)
 
     @classmethod
     def open(cls, *, config: Mapping[str, Any], config_path: str) -> "MilvusIndex":

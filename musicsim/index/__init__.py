@@ -1,0 +1,39 @@
+"""Similarity-search index over track embeddings (paper section 1: "a search engine that, given a
+music, returns the most similar musics").
+
+The package's rooms:
+
+* ``backends``: the interface every index implements (``IndexBackend``), what the implementations
+  share (argument checks, maximal marginal relevance, ``IndexFileError``);
+* ``faiss_index``: ``EmbeddingIndex``, the default backend: exact (numpy / faiss flat) or IVF / HNSW
+  search in memory; ``EmbeddingIndex.load(DIR)`` opens either backend;
+* ``milvus``: ``MilvusIndex``, vectors in a Milvus Lite file or a Milvus server;
+* ``storage``: the index directory on disk (its files, their validation, the atomic save);
+* ``embeddings_io``: the embeddings files an export writes and the index reads (.parquet, .npy +
+  .ids.json + .meta.json, a run's embeddings.npz), and what a run directory says of them;
+* ``build``: building and updating a saved index from embeddings files;
+* ``cli``: ``python -m musicsim.index build | add | remove`` (queries: ``python -m musicsim.search``).
+
+>>> import numpy as np
+>>> from musicsim.index import EmbeddingIndex
+>>> index = EmbeddingIndex(track_ids=["a", "b", "c"], vectors=np.eye(3), similarity="cosine")
+>>> [track_id for track_id, _ in index.search_by_id(track_id="a", k=2, exclude_self=False)][0]
+'a'
+"""
+from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, MAX_DIVERSITY_POOL, SIMILARITIES,
+                                     IndexBackend, IndexFileError, Result, default_nlist, default_nprobe,
+                                     maximal_marginal_relevance)
+from musicsim.index.build import add_to_index, build_index, remove_from_index
+from musicsim.index.cli import main, run
+from musicsim.index.embeddings_io import (embedding_file_writers, load_embeddings, read_provenance,
+                                          run_embedding_dim, run_similarity)
+from musicsim.index.faiss_index import EmbeddingIndex
+from musicsim.index.storage import (CONFIG_FILE, FORMAT_MARKER, FORMAT_VERSION, check_output_directory,
+                                    remove_stale_temporaries, save_index_directory, write_json_synced)
+
+__all__ = ["APPROXIMATE_KINDS", "BACKENDS", "CONFIG_FILE", "FORMAT_MARKER", "FORMAT_VERSION", "MAX_DIVERSITY_POOL",
+           "SIMILARITIES", "EmbeddingIndex", "IndexBackend", "IndexFileError", "Result", "add_to_index",
+           "build_index", "check_output_directory", "default_nlist", "default_nprobe", "embedding_file_writers",
+           "load_embeddings", "main", "maximal_marginal_relevance", "read_provenance", "remove_from_index",
+           "remove_stale_temporaries", "run", "run_embedding_dim", "run_similarity", "save_index_directory",
+           "write_json_synced"]

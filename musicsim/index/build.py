@@ -1,0 +1,172 @@
+"""Building and updating a saved index from embeddings files (what ``python -m musicsim.index`` runs).
+
+``build_index`` checks that the embeddings come from the run they name (or the one given): it must
+exist, be of the file's model and make embeddings of the file's dimension; the index records that
+run, so a query by audio file is embedded by the same model.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from musicsim.index.backends import BACKENDS, SIMILARITIES, IndexBackend
+from musicsim.index.embeddings_io import load_embeddings, read_provenance, run_embedding_dim, run_similarity
+from musicsim.index.faiss_index import EmbeddingIndex
+from musicsim.index.storage import check_output_directory
+from musicsim.rundir import read_run_info
+
+
+def _resolve_model(*, embeddings: str, dim: int, file_models: Sequence[str], model_dir: str | None,
+                   model_name: str | None) -> dict[str, Any]:
+    """The model record of an index built from ``embeddings`` ([N, ``dim``] vectors): the run
+    given, else the one the file names; the run must exist, be the file's model and make
+    ``dim``-d embeddings.
+
+    Returns
+    -------
+    dict
+        ``name``, ``model_dir`` (absolute), ``dim``, ``similarity`` (the run's), ``embeddings``;
+        entries that are unknown are left out.
+    """
+    provenance = read_provenance(embeddings)
+    source = "--model_dir"
+    if model_dir is None and provenance["model_dir"]:
+        model_dir, source = provenance["model_dir"], f"the metadata of {embeddings}"
+    names = sorted(set(file_models) | ({provenance["model"]} if provenance["model"] else set()))
+    if len(names) > 1:
+        raise ValueError(f"{embeddings}: embeddings come from several models {names}; build one index per model")
+    if model_name and names and names[0] != model_name:
+        raise ValueError(f"--model={model_name} but {embeddings} says its embeddings come from {names[0]!r}")
+    model: dict[str, Any] = {"name": model_name or (names[0] if names else None),
+                             "similarity": provenance["similarity"], "embeddings": os.path.abspath(embeddings)}
+    if model_dir is not None:
+        model_dir = os.path.abspath(model_dir)
+        try:
+            info = read_run_info(model_dir)
+        except FileNotFoundError as error:
+            hint = "" if source == "--model_dir" else "; name the run with --model_dir=RUN"
+            raise FileNotFoundError(f"the run {model_dir} (from {source}) cannot be used: {error}{hint}") from None
+        run_name = str(info["model"])
+        if model["name"] and model["name"] != run_name:
+            raise ValueError(f"{embeddings} holds {model['name']!r} embeddings but {model_dir} is a {run_name!r} run")
+        run_dim = run_embedding_dim(model_dir=model_dir)
+        if run_dim != dim:
+            raise ValueError(f"dimension mismatch: {embeddings} holds {dim}-d embeddings but the run {model_dir} "
+                             f"({run_name}) makes {run_dim}-d ones; were they exported from another run?")
+        model.update(name=run_name, model_dir=model_dir, dim=run_dim,
+                     similarity=run_similarity(model_dir=model_dir) or model["similarity"])
+    return {key: value for key, value in model.items() if value is not None}
+
+
+def _read_with_model(*, embeddings: str, model_dir: str | None, model_name: str | None
+                     ) -> tuple[list[str], np.ndarray, dict[str, list[Any]], dict[str, Any]]:
+    """An embeddings file (``load_embeddings``) and the model record of its vectors (``_resolve_model``);
+    the file's ``model`` column goes into the record, not into the tracks' metadata."""
+    track_ids, vectors, metadata = load_embeddings(embeddings)
+    file_models = sorted(set(str(m) for m in metadata.pop("model", []) if m is not None))
+    model = _resolve_model(embeddings=embeddings, dim=int(vectors.shape[1]), file_models=file_models,
+                           model_dir=model_dir, model_name=model_name)
+    return track_ids, vectors, metadata, model
+
+
+def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,
+                model_dir: str | None = None, model_name: str | None = None, overwrite: bool = False,
+                backend: str = "faiss", uri: str | None = None, collection: str | None = None) -> IndexBackend:
+    """Build an index from an embeddings file and save it to ``output``.
+
+    The model is ``model_dir`` when given, else the run the file names (a parquet's or a
+    ``.meta.json``'s ``model_dir``, or the run folder holding an ``embeddings.npz``); it must exist,
+    and make embeddings of the file's dimension. ``similarity`` defaults to the run's (else cosine).
+    ``backend='milvus'`` puts the vectors in the Milvus ``collection`` at ``uri`` (a ``PATH.db``
+    Milvus Lite file or ``http://host:19530``), and ``output`` records where.
+
+    Raises
+    ------
+    ValueError
+        For a bad file, a run of another model or dimension, or an ``output`` that is a folder
+        other than an index (unless ``overwrite``).
+    FileNotFoundError
+        For a missing file or run.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "milvus" and not (uri and collection):
+        raise ValueError("the milvus backend needs --uri (a PATH.db file or http://host:19530) and --collection")
+    if backend == "faiss" and (uri or collection):
+        raise ValueError("--uri and --collection are for --backend=milvus")
+    output = os.path.abspath(output)
+    check_output_directory(directory=output, overwrite=overwrite)  # before the expensive part
+    track_ids, vectors, metadata, model = _read_with_model(embeddings=embeddings, model_dir=model_dir,
+                                                           model_name=model_name)
+    if similarity is None:
+        similarity = model.get("similarity") if model.get("similarity") in SIMILARITIES else "cosine"
+    arguments = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
+                     model={key: value for key, value in model.items() if key != "similarity"},
+                     approximate=approximate)
+    if backend == "milvus":
+        from musicsim.index.milvus import MilvusIndex, is_local_uri
+
+        if is_local_uri(uri) and os.path.commonpath([output, os.path.abspath(uri)]) == output:
+            raise ValueError(f"--uri={uri} lies inside --output={output}: keep the Milvus Lite file outside the "
+                             "index directory")
+        index: IndexBackend = MilvusIndex(uri=uri, collection=collection, overwrite=overwrite, **arguments)
+    else:
+        index = EmbeddingIndex(**arguments)
+    try:
+        index.save(output, overwrite=overwrite)
+    finally:
+        index.close()
+    return index
+
+
+def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
+                 model_dir: str | None = None) -> tuple[IndexBackend, int, int]:
+    """Add the tracks of an embeddings file to a saved index and save it again (atomically).
+
+    The file must come from the index's model (same checks as ``build_index``). Ids already in
+    the index raise ValueError, or with ``replace`` have their vector and metadata replaced.
+
+    Returns
+    -------
+    index : EmbeddingIndex
+        The updated index.
+    added : int
+        New tracks.
+    replaced : int
+        Tracks that were in the index already.
+    """
+    index = EmbeddingIndex.load(index_dir)
+    track_ids, vectors, metadata, model = _read_with_model(embeddings=embeddings, model_dir=model_dir,
+                                                           model_name=None)
+    for key in ("name", "model_dir"):
+        if key in model and key in index.model and model[key] != index.model[key]:
+            raise ValueError(f"{embeddings} comes from {key}={model[key]!r} but the index {index_dir} holds "
+                             f"embeddings of {key}={index.model[key]!r}")
+    if vectors.shape[1] != index.dim:
+        raise ValueError(f"dimension mismatch: {embeddings} holds {vectors.shape[1]}-d embeddings, the index "
+                         f"{index_dir} {index.dim}-d ones")
+    present = [t for t in track_ids if t in index]
+    if present and not replace:
+        raise ValueError(f"{embeddings}: {len(present)} track ids are already in the index {index_dir}, e.g. "
+                         f"{present[:3]}; pass --replace to replace them")
+    try:
+        if present:
+            index.remove(track_ids=present)
+        index.add(track_ids=track_ids, vectors=vectors, metadata=metadata)
+        index.save(index_dir)
+    finally:
+        index.close()
+    return index, len(track_ids) - len(present), len(present)
+
+
+def remove_from_index(*, index_dir: str, track_ids: Sequence[str]) -> IndexBackend:
+    """Remove tracks from a saved index and save it again (atomically); unknown ids raise ValueError."""
+    index = EmbeddingIndex.load(index_dir)
+    try:
+        index.remove(track_ids=track_ids)
+        index.save(index_dir)
+    finally:
+        index.close()
+    return index

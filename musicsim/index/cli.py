@@ -1,0 +1,154 @@
+"""The index command line, and the absl flag handling the search-side commands share.
+
+    python -m musicsim.index build --embeddings=FILE --output=DIR [--similarity=cosine]
+        [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME] [--overwrite]
+        [--backend=faiss|milvus --uri=PATH.db|http://host:19530 --collection=NAME]
+    python -m musicsim.index add --index=DIR --embeddings=FILE [--model_dir=RUN] [--replace]
+    python -m musicsim.index remove --index=DIR --track_id=ID [--track_id=ID ...]   (or --track_id ID [ID ...])
+
+``build`` replaces DIR only when it is absent, empty or an index (its config.json says so).
+Queries are ``python -m musicsim.search``'s.
+
+Each command keeps its flags in a ``FlagValues`` of its own: ``experiments.run`` defines flags of
+the same names (``--similarity``, ``--model_dir``) on absl's global ``FLAGS``, and both are imported
+into one process by the demo and the tests.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from absl import app, flags
+
+from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS, SIMILARITIES
+
+USAGE = ("usage: python -m musicsim.index build --embeddings=FILE --output=DIR [...]\n"
+         "       python -m musicsim.index add --index=DIR --embeddings=FILE [--replace]\n"
+         "       python -m musicsim.index remove --index=DIR --track_id=ID [ID ...]")
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("embeddings", None, "build, add: the embeddings file, .parquet, .npz or .npy (+ .ids.json).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("output", None, "build: the index directory to write.", flag_values=FLAGS)
+flags.DEFINE_string("index", None, "add, remove: the index directory to change.", flag_values=FLAGS)
+flags.DEFINE_enum("similarity", None, list(SIMILARITIES), "build: how embeddings are compared (default: the run's "
+                  "own, cosine when unknown).", flag_values=FLAGS)
+flags.DEFINE_enum("approximate", None, list(APPROXIMATE_KINDS), "build: approximate search (default: exact).",
+                  flag_values=FLAGS)
+flags.DEFINE_string("model_dir", None, "build, add: the run the embeddings come from (default: the one the "
+                    "embeddings file names).", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "build: the model name, if the embeddings file does not say.", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "build: replace --output even if it is a folder that holds no index (and, "
+                  "for milvus, an existing --collection).", flag_values=FLAGS)
+flags.DEFINE_enum("backend", "faiss", list(BACKENDS), "build: where the vectors live.", flag_values=FLAGS)
+flags.DEFINE_string("uri", None, "build, milvus: a PATH.db Milvus Lite file, or http://host:19530.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("collection", None, "build, milvus: the collection to create.", flag_values=FLAGS)
+flags.DEFINE_bool("replace", False, "add: replace tracks already in the index.", flag_values=FLAGS)
+flags.DEFINE_multi_string("track_id", [], "remove: a track id (repeat the flag, or list more ids after it).",
+                          flag_values=FLAGS)
+flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
+
+# The flags each command takes, besides --help; any other given is a usage error.
+COMMAND_FLAGS = {
+    "build": ({"embeddings", "output"}, {"similarity", "approximate", "model_dir", "model", "overwrite", "backend",
+                                         "uri", "collection"}),
+    "add": ({"index", "embeddings"}, {"model_dir", "replace"}),
+    "remove": ({"index", "track_id"}, set()),
+}
+
+
+def parse_command_line(flag_values: flags.FlagValues, argv: Sequence[str], *, doc: str,
+                       usage: str) -> list[str] | int:
+    """Parse ``argv`` (the program name first, as ``app.run`` passes it) into ``flag_values``.
+
+    Parameters
+    ----------
+    flag_values : absl.flags.FlagValues
+        The command's own flags; it must define ``help``.
+    argv : sequence of str
+        The command line, program name first.
+    doc : str
+        What ``--help`` prints above the flags (the command's module docstring).
+    usage : str
+        What a usage error prints under its message.
+
+    Returns
+    -------
+    list of str or int
+        The positional arguments after the program name; or the exit status when the command
+        should stop: 0 after ``--help``, 2 after a bad flag or value (its message on stderr).
+    """
+    try:
+        flag_values.unparse_flags()
+        positional = flag_values(list(argv))[1:]
+    except flags.Error as error:
+        print(f"error: {error}\n{usage}", file=sys.stderr)
+        return 2
+    if flag_values.help:
+        print(doc)
+        print(flag_values.get_help(include_special_flags=False))
+        return 0
+    return positional
+
+
+def _program_name_only(argv: list[str]) -> list[str]:
+    """``app.run``'s flag parser for a command whose flags are its own: absl's global flags get the
+    program name alone (and WARNING verbosity, the quiet output these commands always had)."""
+    flags.FLAGS([argv[0], "--verbosity=-1"])
+    return argv
+
+
+def run_command(main: Callable[[list[str]], int]) -> NoReturn:
+    """Run ``main(argv)`` under ``absl.app.run`` and exit with the status it returns."""
+    app.run(main, flags_parser=_program_name_only)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m musicsim.index COMMAND ...`` (``argv`` program name first); returns the exit status
+    (2 on a usage or input error)."""
+    from musicsim.index.build import add_to_index, build_index, remove_from_index
+
+    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    if isinstance(positional, int):
+        return positional
+    command, extra = (positional[0], positional[1:]) if positional else (None, [])
+    if command not in COMMAND_FLAGS:
+        print(f"error: expected a command, one of {sorted(COMMAND_FLAGS)}, got {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    required, optional = COMMAND_FLAGS[command]
+    given = {name for name in FLAGS if FLAGS[name].present and name != "help"}
+    missing, foreign = sorted(required - given), sorted(given - required - optional)
+    if extra and command != "remove":  # remove --track_id A B C: the ids after the first
+        foreign.append(f"arguments {extra}")
+    if missing or foreign:
+        problems = ([f"{command} needs --{', --'.join(missing)}"] if missing else []) + (
+            [f"{command} does not take {', '.join(f if f.startswith('arguments') else '--' + f for f in foreign)}"]
+            if foreign else [])
+        print(f"error: {'; '.join(problems)}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        if command == "build":
+            index = build_index(embeddings=FLAGS.embeddings, output=FLAGS.output, similarity=FLAGS.similarity,
+                                approximate=FLAGS.approximate, model_dir=FLAGS.model_dir, model_name=FLAGS.model,
+                                overwrite=FLAGS.overwrite, backend=FLAGS.backend, uri=FLAGS.uri,
+                                collection=FLAGS.collection)
+            print(f"{index.summary()} -> {os.path.abspath(FLAGS.output)}")
+        elif command == "add":
+            index, added, replaced = add_to_index(index_dir=FLAGS.index, embeddings=FLAGS.embeddings,
+                                                  replace=FLAGS.replace, model_dir=FLAGS.model_dir)
+            print(f"added {added}, replaced {replaced}: {index.summary()} -> {os.path.abspath(FLAGS.index)}")
+        else:
+            track_ids = list(FLAGS.track_id) + extra
+            index = remove_from_index(index_dir=FLAGS.index, track_ids=track_ids)
+            print(f"removed {len(set(track_ids))}: {index.summary()} -> {os.path.abspath(FLAGS.index)}")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run() -> NoReturn:
+    """The ``musicsim-index`` console script."""
+    run_command(main)

@@ -1,0 +1,360 @@
+"""An index directory on disk: its files, their validation, and the atomic save.
+
+A faiss index directory::
+
+    DIR/config.json   "format": "musicsim.index", backend, similarity, dimension, approximate-search
+                      parameters, model (name, model_dir, dim), count
+    DIR/tracks.json   track ids and per-track metadata columns (path, group, duration_s, ...)
+    DIR/vectors.npy   [N, D] float32 (unit vectors for cosine)
+    DIR/labels.npy    [N] int64 faiss ids of the rows (only with approximate search)
+    DIR/faiss.index   the trained IVF / HNSW index (only with approximate search)
+
+A Milvus index keeps only ``config.json`` here (naming its collection). A directory is saved
+atomically (written into a sibling temp directory, then swapped in; the previous version is kept at
+``DIR.bak`` during the swap, and ``read_config`` falls back to it). ``read_faiss_files`` checks every
+file (counts, dimensions, finite unit vectors, the faiss index) and raises ``IndexFileError`` naming
+the one at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+import warnings
+from typing import Any, Callable
+
+# faiss's loader logs each CPU variant it could not load at INFO; under absl's INFO logging (experiments.run)
+# that printed three ModuleNotFoundError lines on every index build.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS, SIMILARITIES, IndexFileError  # noqa: E402
+from musicsim.workers import process_alive  # noqa: E402
+
+FORMAT_VERSION = 1
+# config.json's "format" entry: marks a directory as this project's index, the only kind a save replaces.
+FORMAT_MARKER = "musicsim.index"
+CONFIG_FILE = "config.json"
+TRACKS_FILE = "tracks.json"
+VECTORS_FILE = "vectors.npy"
+LABELS_FILE = "labels.npy"
+FAISS_FILE = "faiss.index"
+BACKUP_SUFFIX = ".bak"
+INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, LABELS_FILE, FAISS_FILE})
+# Temporary directories of save(): DIR.tmp-<pid>-<8 hex>.
+TEMP_PATTERN = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
+# Stored cosine vectors are unit length; a norm further from 1 than this means a damaged vectors.npy.
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def _is_index_directory(directory: str) -> bool:
+    """True when ``directory`` holds only this project's index files and a config.json that says so."""
+    try:
+        entries = set(os.listdir(directory))
+        with open(os.path.join(directory, CONFIG_FILE)) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict) or not entries <= INDEX_FILES:
+        return False
+    # Indexes written before the marker existed carry format_version, similarity and dim.
+    return (config.get("format") == FORMAT_MARKER
+            or ("format" not in config and {"format_version", "similarity", "dim"} <= set(config)))
+
+
+def check_output_directory(*, directory: str, overwrite: bool = False) -> None:
+    """Raise IndexFileError unless ``directory`` may receive an index: absent, empty, or an index.
+
+    Parameters
+    ----------
+    directory : str
+        Where an index is about to be saved.
+    overwrite : bool
+        Allow replacing any other directory too (its content is deleted).
+    """
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise IndexFileError(f"cannot save the index to {directory}: it exists and is not a directory")
+    if overwrite or not os.listdir(directory) or _is_index_directory(directory):
+        return
+    raise IndexFileError(f"cannot save the index to {directory}: it is a non-empty folder that holds no index "
+                         f"(no {CONFIG_FILE} marked {FORMAT_MARKER!r}, or files an index does not have); "
+                         "choose another --output, or pass --overwrite to replace it")
+
+
+def remove_stale_temporaries(*, directory: str) -> list[str]:
+    """Delete the temporary directories a killed ``save`` of ``directory`` left behind.
+
+    Only siblings named ``<directory>.tmp-<pid>-<8 hex>`` whose pid is not a live process are removed.
+
+    Returns
+    -------
+    list of str
+        The removed paths.
+    """
+    parent, base = os.path.split(os.path.abspath(directory))
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(base):
+            continue
+        match = TEMP_PATTERN.fullmatch(name[len(base):])
+        path = os.path.join(parent, name)
+        pid = int(match.group(1)) if match else None
+        if match and os.path.isdir(path) and pid != os.getpid() and not process_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def save_index_directory(*, directory: str, write_files: Callable[[str], None], overwrite: bool = False) -> None:
+    """Write an index directory atomically.
+
+    ``write_files(temp)`` writes everything into a temp sibling directory first; then the current
+    directory (if any) is renamed to ``directory + '.bak'``, the new one renamed in, and the backup
+    deleted. A crash at any point leaves a loadable index at ``directory`` or its backup.
+    Temporaries that killed saves of ``directory`` left behind are removed first.
+
+    Raises
+    ------
+    IndexFileError
+        If ``directory`` (or its ``.bak`` sibling) is a file or a folder that is not an index
+        (``overwrite`` allows replacing ``directory`` anyway).
+    """
+    directory = os.path.abspath(directory)
+    check_output_directory(directory=directory, overwrite=overwrite)
+    backup = directory + BACKUP_SUFFIX
+    if os.path.exists(backup) and not _is_index_directory(backup):
+        raise IndexFileError(f"cannot save the index to {directory}: {backup} exists and is not an index "
+                             "backup; move it away")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    remove_stale_temporaries(directory=directory)
+    temp = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.mkdir(temp)
+    try:
+        write_files(temp)
+        if os.path.isdir(directory):
+            if os.path.exists(backup):
+                shutil.rmtree(backup)  # a stale backup from a finished or crashed earlier save
+            os.rename(directory, backup)
+        elif os.path.exists(backup):
+            shutil.rmtree(backup)  # the only copy is older than what we are about to rename in
+        os.rename(temp, directory)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_json_synced(path: str, payload: Any) -> None:
+    """Write JSON to ``path`` and fsync it (the files of an index being saved)."""
+    with open(path, "w") as f:
+        json.dump(payload, f, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def config_entries(*, backend: str, similarity: str, dim: int, count: int, model: dict[str, Any],
+                   **settings: Any) -> dict[str, Any]:
+    """The config.json of an index: the marker, the format version, and what describes the index.
+
+    Parameters
+    ----------
+    backend, similarity, dim, count, model
+        Entries every backend writes.
+    **settings
+        Backend-specific entries (approximate-search parameters, the Milvus collection, ...).
+    """
+    return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "backend": backend,
+            "similarity": similarity, "dim": dim, "count": count, **settings, "model": model}
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise IndexFileError(f"cannot read index file {path}: {error}") from error
+    if not isinstance(payload, dict):
+        raise IndexFileError(f"index file {path} is not a JSON object")
+    return payload
+
+
+def read_config(directory: str) -> tuple[str, dict[str, Any]]:
+    """The directory an index is read from and its config.json, checked for this format version.
+
+    Falls back to ``directory + '.bak'`` when a save was interrupted between its two renames.
+
+    Returns
+    -------
+    source : str
+        ``directory`` (absolute), or its backup.
+    config : dict
+        The parsed config.json.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no index at ``directory``.
+    IndexFileError
+        If config.json cannot be read, is of another format version or names an unknown backend.
+    """
+    directory = os.path.abspath(directory)
+    source = directory
+    if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
+        backup = directory + BACKUP_SUFFIX
+        if os.path.isfile(os.path.join(backup, CONFIG_FILE)):
+            warnings.warn(f"{directory} is missing or incomplete; loading the backup {backup} "
+                          "left by an interrupted save")
+            source = backup
+        else:
+            raise FileNotFoundError(f"no index at {directory} (no {CONFIG_FILE}, and no backup {backup})")
+    config_path = os.path.join(source, CONFIG_FILE)
+    config = _read_json(config_path)
+    if config.get("format_version") != FORMAT_VERSION:
+        raise IndexFileError(f"{config_path}: format_version {config.get('format_version')!r}, "
+                             f"this code reads {FORMAT_VERSION}")
+    if config.get("backend", "faiss") not in BACKENDS:
+        raise IndexFileError(f"{config_path}: unknown backend {config.get('backend')!r} (this code has {BACKENDS})")
+    return source, config
+
+
+@dataclasses.dataclass
+class FaissFiles:
+    """The validated content of a faiss index directory.
+
+    ``vectors`` is [N, D] float32; ``labels`` [N] int64 and ``faiss_index`` are None when the
+    directory holds no trained approximate index (it is then rebuilt from the vectors).
+    """
+
+    similarity: str
+    approximate: str | None
+    model: dict[str, Any]
+    settings: dict[str, int | None]  # nlist, nprobe, hnsw_m, ef_construction, ef_search, ..., next_label
+    track_ids: list[str]
+    metadata: dict[str, list[Any]]
+    vectors: np.ndarray
+    labels: np.ndarray | None = None
+    faiss_index: faiss.Index | None = None
+
+
+def write_faiss_files(directory: str, *, config: dict[str, Any], track_ids: list[str],
+                      metadata: dict[str, list[Any]], vectors: np.ndarray, labels: np.ndarray | None,
+                      faiss_index: faiss.Index | None) -> None:
+    """Write a faiss index's files into ``directory`` (config.json last: it marks a complete directory).
+
+    ``labels`` and ``faiss_index`` are written only when both are given (an approximate index).
+    """
+    with open(os.path.join(directory, VECTORS_FILE), "wb") as f:
+        np.save(f, vectors)
+        f.flush()
+        os.fsync(f.fileno())
+    if labels is not None and faiss_index is not None:
+        np.save(os.path.join(directory, LABELS_FILE), labels)
+        faiss.write_index(faiss_index, os.path.join(directory, FAISS_FILE))
+    write_json_synced(os.path.join(directory, TRACKS_FILE), {"track_ids": track_ids, "metadata": metadata})
+    write_json_synced(os.path.join(directory, CONFIG_FILE), config)
+
+
+def read_faiss_files(directory: str, *, config: dict[str, Any]) -> FaissFiles:
+    """Read and validate the files of one faiss index directory (whose config.json is ``config``).
+
+    Any defect is an IndexFileError naming the file: a damaged index must fail on load, not answer
+    nan scores.
+    """
+    def path_of(name: str) -> str:
+        return os.path.join(directory, name)
+
+    def entry(payload: dict[str, Any], name: str, key: str, kinds: tuple[type, ...]) -> Any:
+        if key not in payload:
+            raise IndexFileError(f"index file {path_of(name)} has no {key!r} entry")
+        value = payload[key]
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+            raise IndexFileError(f"index file {path_of(name)}: {key!r} is {value!r}, "
+                                 f"expected {' or '.join(k.__name__ for k in kinds)}")
+        return value
+
+    def read_array(name: str) -> np.ndarray:
+        try:
+            return np.load(path_of(name), allow_pickle=False)
+        except Exception as error:  # noqa: BLE001 - numpy raises EOFError, ValueError, OSError, ...
+            raise IndexFileError(f"cannot read index file {path_of(name)}: "
+                                 f"{type(error).__name__}: {error}") from error
+
+    similarity = entry(config, CONFIG_FILE, "similarity", (str,))
+    approximate = entry(config, CONFIG_FILE, "approximate", (str, type(None)))
+    if similarity not in SIMILARITIES or approximate not in (None,) + APPROXIMATE_KINDS:
+        raise IndexFileError(f"{path_of(CONFIG_FILE)}: unknown similarity {similarity!r} or approximate "
+                             f"{approximate!r}")
+    count = entry(config, CONFIG_FILE, "count", (int,))
+    dim = entry(config, CONFIG_FILE, "dim", (int,))
+    if count < 0 or dim < 1:
+        raise IndexFileError(f"{path_of(CONFIG_FILE)}: count {count} and dim {dim} are not valid")
+    integer_or_none = (int, type(None))
+    settings = {key: entry(config, CONFIG_FILE, key, kinds) for key, kinds in (
+        ("nlist", integer_or_none), ("nprobe", integer_or_none), ("hnsw_m", (int,)),
+        ("ef_construction", (int,)), ("ef_search", (int,)), ("training_points_per_list", (int,)),
+        ("seed", (int,)), ("next_label", (int,)))}
+    model = config.get("model") or {}
+    if not isinstance(model, dict):
+        raise IndexFileError(f"{path_of(CONFIG_FILE)}: 'model' is {model!r}, expected an object")
+    model_dim = model.get("dim")
+    if model_dim is not None and model_dim != dim:
+        raise IndexFileError(f"{path_of(CONFIG_FILE)}: dim {dim} but its model makes {model_dim}-d embeddings")
+
+    tracks = _read_json(path_of(TRACKS_FILE))
+    ids = entry(tracks, TRACKS_FILE, "track_ids", (list,))
+    metadata = entry(tracks, TRACKS_FILE, "metadata", (dict,))
+    if len(ids) != count:
+        raise IndexFileError(f"{path_of(TRACKS_FILE)} has {len(ids)} track ids, {CONFIG_FILE} says {count}")
+    if not all(isinstance(t, str) and t for t in ids) or len(set(ids)) != len(ids):
+        raise IndexFileError(f"{path_of(TRACKS_FILE)}: track ids must be unique non-empty strings")
+    for column, values in metadata.items():
+        if not isinstance(values, list) or len(values) != count:
+            raise IndexFileError(f"{path_of(TRACKS_FILE)}: metadata column {column!r} is not a list of "
+                                 f"{count} values")
+
+    vectors = read_array(VECTORS_FILE)
+    if vectors.shape != (count, dim) or vectors.dtype != np.float32:
+        raise IndexFileError(f"{path_of(VECTORS_FILE)} holds {vectors.dtype} {vectors.shape}, "
+                             f"{CONFIG_FILE} says float32 ({count}, {dim})")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(~finite))} rows have "
+                             f"non-finite values (first: track {ids[int(np.argmin(finite))]!r})")
+    if similarity == "cosine" and count:
+        off = np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > UNIT_NORM_TOLERANCE
+        if off.any():
+            raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(off))} rows of a cosine "
+                                 f"index are not unit vectors (first: track {ids[int(np.argmax(off))]!r})")
+    files = FaissFiles(similarity=similarity, approximate=approximate, model=dict(model), settings=settings,
+                       track_ids=list(ids), metadata={c: list(v) for c, v in metadata.items()},
+                       vectors=np.ascontiguousarray(vectors, dtype=np.float32))
+
+    faiss_path = path_of(FAISS_FILE)
+    if approximate is not None and os.path.exists(faiss_path):
+        labels = read_array(LABELS_FILE)
+        if labels.shape != (count,) or labels.dtype != np.int64 or (count > 1 and np.any(np.diff(labels) <= 0)):
+            raise IndexFileError(f"{path_of(LABELS_FILE)} holds {labels.dtype} {labels.shape}, expected "
+                                 f"{count} increasing int64 labels")
+        if count and (labels[0] < 0 or labels[-1] >= settings["next_label"]):
+            raise IndexFileError(f"{path_of(LABELS_FILE)}: labels outside [0, next_label)")
+        try:
+            stored = faiss.read_index(faiss_path)
+        except RuntimeError as error:
+            raise IndexFileError(f"cannot read index file {faiss_path}: {str(error).splitlines()[0]}") from error
+        if stored.ntotal != count or stored.d != dim:
+            raise IndexFileError(f"{faiss_path} holds {stored.ntotal} vectors of dimension {stored.d}, "
+                                 f"expected {count} of dimension {dim}")
+        files.labels, files.faiss_index = labels, stored
+    return files
