@@ -4,7 +4,7 @@ The driver (``data_prep.build.prepare``) lists the source, assigns the splits an
 as for the local runner; this module runs the per-file work on a Beam runner::
 
     Create([(split, SourceTrack), ...]) | Reshuffle
-        | ParDo(DecodeTrackFn)  -> one output per split: serialized records (build.track_record)
+        | ParDo(DecodeTrackFn)  -> one output per split: serialized records (shards.track_record)
                                    "kept":    catalog rows (JSON)
                                    "skipped": {"path", "track_id", "reason"} (JSON)
         records of each split   | WriteToTFRecord(DIR/<split>/part, ".tfrecord", num_shards)
@@ -14,8 +14,8 @@ as for the local runner; this module runs the per-file work on a Beam runner::
 then the driver writes ``tracks.csv``, ``report.json`` and ``dataset.json`` with ``build``'s code.
 Each split gets as many shards as the local build would (``ceil(tracks / shard_size)``), named
 ``part-SSSSS-of-NNNNN.tfrecord``; records are spread over them at random, so only the set of records
-of a split is fixed, and it is the local build's, byte for byte: both call ``build.decode_track``
-and ``build.track_record``.
+of a split is fixed, and it is the local build's, byte for byte: both call ``musicsim.audio.decode_track``
+and ``data_prep.shards.track_record``.
 
 ``DirectRunner`` means Beam's local portable engine (``FnApiRunner``) in ``multi_processing`` mode
 with ``--workers`` processes, unless the Beam options say otherwise. It is built here rather than
@@ -41,9 +41,9 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
                                                   WorkerOptions)
 from apache_beam.runners.runner import PipelineState
 
-from data_prep.build import (BEAM_RUNNERS, BEAM_SHARD_PREFIX, BuiltShards, DecodeSettings, FeatureSpec, ShardPlan,
-                             decode_track, track_record)
+from data_prep.shards import BEAM_RUNNERS, BEAM_SHARD_PREFIX, BuiltShards, FeatureSpec, ShardPlan, track_record
 from data_prep.sources import SourceTrack
+from musicsim.audio import DecodeSettings, decode_track
 from musicsim.dataset import CatalogEntry
 from musicsim.tfrecords import SPLITS
 
@@ -91,8 +91,8 @@ class DecodeTrackFn(beam.DoFn):
 def cache_track_features(*, path: str, spec: FeatureSpec) -> str | None:
     """Compute one file's feature vector into ``spec.cache_dir`` unless it is cached already.
 
-    Uses ``musicsim.features``' private ``_cache_paths``, ``_read_cache`` and ``_extract_one``, so
-    the entry is exactly the one ``extract_many`` would write and read back.
+    Through ``musicsim.features.FeatureCache`` and ``extract_one``, so the entry is exactly the one
+    ``extract_many`` would write and read back.
 
     Returns
     -------
@@ -103,14 +103,14 @@ def cache_track_features(*, path: str, spec: FeatureSpec) -> str | None:
 
     if not os.path.isfile(path):
         return "file not found"
-    feature_name, feature_fn = features._resolve_feature_fn(spec.name)
-    npy_path, failed_path = features._cache_paths(cache_dir=spec.cache_dir, path=path, feature_name=feature_name,
-                                                  sample_rate=spec.sample_rate, max_seconds=spec.max_seconds)
-    vector, reason = features._read_cache(npy_path, failed_path)
+    feature_name, feature_fn = features.resolve_feature_fn(spec.name)
+    cache = features.FeatureCache(cache_dir=spec.cache_dir, feature_name=feature_name, sample_rate=spec.sample_rate,
+                                  max_seconds=spec.max_seconds)
+    vector, reason = cache.read(path)
     if vector is not None or reason is not None:
         return reason
-    _, vector, reason = features._extract_one(0, path, feature_name, feature_fn, spec.sample_rate,
-                                              spec.max_seconds, spec.cache_dir)
+    _, reason = features.extract_one(path=path, feature_fn=feature_fn, sample_rate=spec.sample_rate,
+                                     max_seconds=spec.max_seconds, cache=cache)
     return reason
 
 
@@ -176,7 +176,7 @@ def pipeline_options(*, runner: str, beam_args: Sequence[str], workers: int) -> 
     Parameters
     ----------
     runner : str
-        One of ``data_prep.build.BEAM_RUNNERS``.
+        One of ``data_prep.shards.BEAM_RUNNERS``.
     beam_args : sequence of str
         Beam flags (``--direct_num_workers=4``, ``--flink_master=host:8081``, ...).
     workers : int >= 1
@@ -264,12 +264,12 @@ def build_with_beam(*, plans: Sequence[ShardPlan], settings: DecodeSettings, out
     Parameters
     ----------
     plans : sequence of ShardPlan
-        ``data_prep.build.plan_shards``' plan: its tracks and, per split, its number of shards.
+        ``data_prep.shards.plan_shards``' plan: its tracks and, per split, its number of shards.
     settings : DecodeSettings
     output : str
         Local (or mounted) dataset folder, absolute.
     runner : str
-        One of ``data_prep.build.BEAM_RUNNERS``.
+        One of ``data_prep.shards.BEAM_RUNNERS``.
     beam_args : sequence of str
         Beam pipeline options.
     workers : int >= 1

@@ -38,205 +38,29 @@ runners) into ``DIR/feature_cache``, the cache ``experiments.run`` reads, so fit
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import glob
-import hashlib
 import json
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Sequence
-
-import numpy as np
+from dataclasses import asdict
+from typing import Iterator, Sequence
 
 from data_prep.lock import OutputLock, OutputLockedError, check_output_folder, claim_output_folder
-from data_prep.sources import KINDS, SourceListing, SourceTrack, list_manifest, list_source
+from data_prep.shards import (BEAM_RUNNERS, BEAM_SHARD_PREFIX, LOCAL_RUNNER, RUNNERS, BuiltShards, FeatureSpec,
+                              ShardPlan, plan_shards, track_record)
+from data_prep.sources import KINDS, SourceListing, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
-from musicsim.audio import (DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info,
-                            UnsupportedHeaderError, centred_excerpt, check_excerpt, iter_audio_blocks,
-                            mean_pool_blocks)
+from musicsim.audio import DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, DecodeResult, DecodeSettings
 from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog, write_json_atomic
-from musicsim.workers import exit_with_parent
-from musicsim.tfrecords import SPLITS, Track, serialize_track, write_records
+from musicsim.tfrecords import SPLITS, write_records
+from musicsim.workers import decode_in_order
 
 DATASET_KINDS = KINDS + ("demo",)
 DEFAULT_SHARD_SIZE = 32
 DEFAULT_MIN_SECONDS = 1.0
 DEMO_MAX_SECONDS = 60.0
-# Part of every shard's key: bump when the bytes a shard holds would change for the same inputs.
-SHARD_FORMAT_VERSION = 1
 _SHARD_GLOB = "shard-*"
-LOCAL_RUNNER = "local"
-BEAM_RUNNERS = ("DirectRunner", "FlinkRunner", "SparkRunner", "DataflowRunner")
-RUNNERS = (LOCAL_RUNNER,) + BEAM_RUNNERS
-# Beam's WriteToTFRecord names shards <prefix>-SSSSS-of-NNNNN.tfrecord.
-BEAM_SHARD_PREFIX = "part"
-# experiments.run reads the fitted models' per-track feature cache from DIR/<this>.
-FEATURE_CACHE_DIRNAME = "feature_cache"
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    """How every track is decoded; part of each shard's key."""
-
-    sample_rate: int
-    pool_size: int
-    max_seconds: float | None  # None: the whole track
-    min_seconds: float
-
-
-@dataclass
-class DecodeResult:
-    """What a worker sends back for one file: the pooled excerpt, or why there is none."""
-
-    pooled: np.ndarray | None  # float32 [ceil(seconds * sample_rate / pool_size)]
-    seconds: float  # length of the decoded excerpt, before pooling
-    reason: str = ""
-
-
-def pooled_excerpt(path: str, *, settings: DecodeSettings) -> tuple[np.ndarray, float]:
-    """Decode the centred excerpt of one file and mean-pool it, block by block.
-
-    Only the excerpt is read: its offset comes from the header's duration. Files whose header
-    libsndfile cannot read (decoded by audioread, when a backend is installed) are decoded once to
-    count their samples (nothing kept), then again for the excerpt. Decoding and pooling stream
-    (:func:`musicsim.audio.iter_audio_blocks`, :func:`musicsim.audio.mean_pool_blocks`), so memory is
-    bounded by the pooled excerpt, not by the source file.
-
-    Returns
-    -------
-    pooled : np.ndarray, float32, shape ``[ceil(n / pool_size)]``
-    seconds : float
-        ``n / sample_rate``, the excerpt's length before pooling.
-
-    Raises
-    ------
-    AudioDecodeError
-        Naming the file and the reason.
-    """
-    try:
-        duration = audio_info(path).duration
-    except UnsupportedHeaderError:
-        duration = None
-    if duration is None and settings.max_seconds is not None:
-        samples = sum(block.size for block in iter_audio_blocks(path, sample_rate=settings.sample_rate))
-        duration = samples / float(settings.sample_rate)
-    offset, length = (0.0, None) if duration is None else centred_excerpt(duration, settings.max_seconds)
-    stream = mean_pool_blocks(iter_audio_blocks(path, sample_rate=settings.sample_rate, offset_seconds=offset,
-                                                duration_seconds=length), size=settings.pool_size)
-    check_excerpt(path, samples=stream.samples, peak=stream.peak, sample_rate=settings.sample_rate,
-                  min_seconds=settings.min_seconds)
-    return stream.pooled, stream.samples / float(settings.sample_rate)
-
-
-def decode_track(path: str, settings: DecodeSettings) -> DecodeResult:
-    """:func:`pooled_excerpt` that never raises: any failure becomes a :class:`DecodeResult` reason."""
-    try:
-        pooled, seconds = pooled_excerpt(path, settings=settings)
-    except AudioDecodeError as err:
-        return DecodeResult(pooled=None, seconds=0.0, reason=err.reason)
-    except Exception as err:  # a decoder bug must cost one file, not the build
-        return DecodeResult(pooled=None, seconds=0.0, reason=f"{type(err).__name__}: {err}")
-    return DecodeResult(pooled=pooled, seconds=seconds)
-
-
-def _decode_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """A pool of ``workers`` spawned processes that end when this process does."""
-    # fork is unsafe once TensorFlow has started threads
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=exit_with_parent, initargs=(os.getpid(),))
-
-
-def _run_alone(decode: Callable, path: str, settings: DecodeSettings) -> DecodeResult:
-    """Decode one file in a fresh one-worker pool: tells which file kills its worker process."""
-    with _decode_pool(1) as pool:
-        try:
-            return pool.submit(decode, path, settings).result()
-        except BrokenProcessPool:
-            return DecodeResult(pooled=None, seconds=0.0,
-                                reason="the decoder crashed its worker process (BrokenProcessPool)")
-
-
-def decode_in_order(paths: Sequence[str], *, settings: DecodeSettings, workers: int,
-                    decode: Callable[[str, DecodeSettings], DecodeResult] = decode_track
-                    ) -> Iterator[DecodeResult]:
-    """Decode ``paths`` in ``workers`` processes and yield the results in the order of ``paths``.
-
-    At most ``4 * workers`` files are in flight, so memory stays bounded however many are left.
-    A file that kills its worker process (a crashing decoder) is found by retrying the files that
-    were in flight one by one, and reported; the pool is restarted and the run goes on.
-    ``workers=1`` decodes in this process. ``decode`` must be a module-level function (it is
-    pickled to spawned workers).
-    """
-    if workers <= 1 or len(paths) <= 1:
-        for path in paths:
-            yield decode(path, settings)
-        return
-    workers = min(workers, len(paths))
-    todo = collections.deque(paths)
-    in_flight: collections.deque = collections.deque()
-    pool = _decode_pool(workers)
-    try:
-        while todo or in_flight:
-            while todo and len(in_flight) < 4 * workers:
-                path = todo.popleft()
-                in_flight.append((path, pool.submit(decode, path, settings)))
-            path, future = in_flight.popleft()
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                suspects = [path] + [p for p, _ in in_flight]
-                in_flight.clear()
-                pool.shutdown(wait=False, cancel_futures=True)
-                for suspect in suspects:
-                    yield _run_alone(decode, suspect, settings)
-                pool = _decode_pool(workers)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-@dataclass
-class ShardPlan:
-    """One shard to write: its tracks (sorted by id) and the key its sidecar must match to be reused."""
-
-    split: str
-    index: int
-    tracks: list[SourceTrack]
-    key: str
-
-    def record_path(self, output: str) -> str:
-        return os.path.join(output, self.split, f"shard-{self.index:05d}.tfrecord")
-
-    def sidecar_path(self, output: str) -> str:
-        return os.path.join(output, self.split, f"shard-{self.index:05d}.json")
-
-
-def _file_stamp(path: str) -> list[int]:
-    """Size and mtime: a changed source file gives its shard a new key."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return [-1, -1]
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def plan_shards(*, tracks: Sequence[SourceTrack], split_of: dict[str, str], settings: DecodeSettings,
-                shard_size: int) -> list[ShardPlan]:
-    """Cut each split's tracks, sorted by id, into shards of ``shard_size`` and key each shard."""
-    plans = []
-    for split in SPLITS:
-        members = sorted((t for t in tracks if split_of[t.track_id] == split), key=lambda t: t.track_id)
-        for index, start in enumerate(range(0, len(members), shard_size)):
-            chunk = members[start:start + shard_size]
-            payload = {"format": SHARD_FORMAT_VERSION, "settings": asdict(settings), "split": split,
-                       "tracks": [[t.track_id, list(t.labels), t.path, _file_stamp(t.path)] for t in chunk]}
-            key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-            plans.append(ShardPlan(split=split, index=index, tracks=chunk, key=key))
-    return plans
 
 
 def _read_sidecar(plan: ShardPlan, output: str) -> dict | None:
@@ -262,21 +86,6 @@ def _remove_stale_files(output: str, plans: Sequence[ShardPlan]) -> None:
                     os.remove(path)
     for path in glob.glob(os.path.join(output, "*.tmp-*")):
         os.remove(path)
-
-
-def track_record(*, track: SourceTrack, pooled: np.ndarray, settings: DecodeSettings) -> bytes:
-    """The serialized ``tf.train.Example`` of one decoded track: what every runner writes for it.
-
-    Parameters
-    ----------
-    track : SourceTrack
-    pooled : np.ndarray, float32, shape ``[n]``
-        Its pooled excerpt (:func:`pooled_excerpt`).
-    settings : DecodeSettings
-    """
-    return serialize_track(Track(track_id=track.track_id, labels=track.labels, audio=pooled,
-                                 sample_rate=settings.sample_rate // settings.pool_size,
-                                 pool_size=settings.pool_size))
 
 
 def _write_shard(plan: ShardPlan, results: Iterator[DecodeResult], *, output: str,
@@ -342,36 +151,6 @@ def _available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Which per-track feature vectors a build caches, keyed as ``musicsim.features.extract_many`` keys them."""
-
-    name: str  # a musicsim.features.FEATURE_FUNCTIONS name: the fitted model's feature_fn
-    sample_rate: int  # the fitted models' decode rate
-    max_seconds: float | None  # the dataset's excerpt, as experiments.run passes it
-    cache_dir: str
-
-    @classmethod
-    def for_dataset(cls, *, name: str, output: str, max_seconds: float | None) -> "FeatureSpec":
-        """The cache ``experiments.run --model=<name>`` reads for the dataset in ``output``."""
-        from musicsim.features import DEFAULT_SAMPLE_RATE as FEATURE_SAMPLE_RATE
-
-        return cls(name=name, sample_rate=FEATURE_SAMPLE_RATE, max_seconds=max_seconds,
-                   cache_dir=os.path.join(output, FEATURE_CACHE_DIRNAME))
-
-
-@dataclass
-class BuiltShards:
-    """What a runner wrote: the catalog rows, the files it skipped and its shard counts."""
-
-    entries: list[CatalogEntry]
-    skipped: list[dict]  # {"path", "track_id", "reason"}
-    written: int
-    reused: int
-    feature_failures: list[dict] = field(default_factory=list)  # {"path", "reason"}
-    beam_options: list[str] = field(default_factory=list)
 
 
 def _build_local(*, plans: Sequence[ShardPlan], settings: DecodeSettings, output: str, workers: int, name: str,

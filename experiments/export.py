@@ -361,34 +361,14 @@ def provenance(embedder: Embedder) -> dict[str, str]:
 def write_outputs(*, paths: dict[str, str], rows: Sequence[dict], skipped: Sequence[dict], embedder: Embedder
                   ) -> None:
     """Parquet, .npy + .ids.json + .meta.json and .skipped.csv of an export, swapped in together."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from musicsim.index.embeddings_io import embedding_file_writers
 
-    dim = embedder.dim
     matrix = (np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in rows]) if rows
-              else np.zeros((0, dim), dtype=np.float32))
-    offsets = pa.array(np.arange(len(rows) + 1, dtype=np.int32) * matrix.shape[1], type=pa.int32())
-    embedding = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=pa.float32()))
-    table = pa.table({
-        "track_id": pa.array([r["track_id"] for r in rows], type=pa.string()),
-        "path": pa.array([r["path"] for r in rows], type=pa.string()),
-        "embedding": embedding,
-        "model": pa.array([embedder.name] * len(rows), type=pa.string()),
-        "duration_s": pa.array([r["duration_s"] for r in rows], type=pa.float64()),
-        "group": pa.array([r["group"] for r in rows], type=pa.string()),
-    })
-    made_by = provenance(embedder)
-    table = table.replace_schema_metadata({f"musicsim.{key}": value for key, value in made_by.items()})
-
-    def write_npy(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, matrix)
-
-    def write_json(value: Any) -> Callable[[str], None]:
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(value, f, ensure_ascii=False)
-        return write
+              else np.zeros((0, embedder.dim), dtype=np.float32))
+    writers = embedding_file_writers(parquet=paths["parquet"], npy=paths["npy"],
+                                     track_ids=[r["track_id"] for r in rows], vectors=matrix,
+                                     paths=[r["path"] for r in rows], durations=[r["duration_s"] for r in rows],
+                                     groups=[r["group"] for r in rows], provenance=provenance(embedder))
 
     def write_skipped(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -397,9 +377,7 @@ def write_outputs(*, paths: dict[str, str], rows: Sequence[dict], skipped: Seque
             for s in skipped:
                 writer.writerow([s["path"], s.get("track_id", ""), s["reason"]])
 
-    _replace_all({paths["parquet"]: lambda tmp: pq.write_table(table, tmp), paths["npy"]: write_npy,
-                  paths["ids"]: write_json([r["track_id"] for r in rows]), paths["meta"]: write_json(made_by),
-                  paths["skipped"]: write_skipped})
+    _replace_all({**writers, paths["skipped"]: write_skipped})
 
 
 @dataclass

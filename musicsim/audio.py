@@ -1,11 +1,23 @@
-"""Audio decoding, downmixing, resampling and mean pooling (paper 4.3 "Pre-processing").
+"""Audio decoding, downmixing, resampling and mean pooling (paper 4.3 "Pre-processing"): the one decoder.
 
 Every decoded signal is mono float32 at one sample rate, whatever the file's
 format, channel count or rate: otherwise a model can tell albums apart by their
 encoding rather than their music.
+
+Layers, each built on the one above:
+
+- a file, block by block: :func:`audio_info`, :func:`iter_audio_blocks` (seek, decode, downmix,
+  resample), :func:`load_audio`;
+- the centred excerpt of a track: :func:`centred_excerpt`, :func:`iter_excerpt_blocks`,
+  :func:`load_excerpt`, checked by :func:`check_excerpt` (:class:`MeasuredBlocks`);
+- model inputs: mean pooling (:func:`mean_pool`, :func:`iter_mean_pooled`, :func:`iter_pooled_blocks`,
+  :func:`pooled_excerpt`, :func:`decode_track`) and chromagrams (:func:`chroma_sequence`,
+  :func:`windowed_chroma`, :func:`decode_chroma`). ``decode_track`` and ``decode_chroma`` never
+  raise: they return a :class:`DecodeResult`, for worker pools (``musicsim.workers.decode_in_order``).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -472,20 +484,51 @@ def mean_pool(audio: np.ndarray, *, size: int = DEFAULT_POOL_SIZE) -> np.ndarray
     return pooled.astype(np.float32)
 
 
-@dataclass
-class PooledStream:
-    """A signal mean-pooled block by block: the pooled signal and what the checks need of the source."""
+class MeasuredBlocks:
+    """A signal's blocks, passed through while their samples and peak are counted.
 
-    pooled: np.ndarray  # float32 [ceil(samples / size)]
-    samples: int  # length of the signal before pooling
-    peak: float  # largest absolute sample before pooling
+    Given ``path``, the excerpt is checked (:func:`check_excerpt`) as soon as the blocks end, so a
+    consumer never reaches the end of a too-short or silent excerpt.
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray, float32, shape ``[n_i]``
+        Consecutive pieces of one signal (e.g. :func:`iter_audio_blocks`).
+    path : str, optional
+        The file the blocks come from: check the excerpt once they end.
+    sample_rate : int > 0
+        Their rate (only used for the check).
+    min_seconds : float >= 0
+        Shortest acceptable excerpt (only used for the check).
+    """
+
+    def __init__(self, blocks: Iterable[np.ndarray], *, path: str | os.PathLike | None = None,
+                 sample_rate: int = DEFAULT_SAMPLE_RATE, min_seconds: float = 1.0):
+        self.blocks, self.path, self.sample_rate, self.min_seconds = blocks, path, sample_rate, min_seconds
+        self.samples, self.peak = 0, 0.0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in self.blocks:
+            if block.size:
+                self.samples += block.size
+                self.peak = max(self.peak, float(np.max(np.abs(block))))
+            yield block
+        if self.path is not None:
+            check_excerpt(self.path, samples=self.samples, peak=self.peak, sample_rate=self.sample_rate,
+                          min_seconds=self.min_seconds)
+
+    @property
+    def seconds(self) -> float:
+        """Length of the blocks seen so far, in seconds."""
+        return self.samples / float(self.sample_rate)
 
 
-def mean_pool_blocks(blocks: Iterable[np.ndarray], *, size: int = DEFAULT_POOL_SIZE) -> PooledStream:
-    """:func:`mean_pool` of the concatenation of ``blocks``, keeping only the pooled signal in memory.
+def iter_mean_pooled(blocks: Iterable[np.ndarray], *, size: int = DEFAULT_POOL_SIZE) -> Iterator[np.ndarray]:
+    """:func:`mean_pool` of the concatenation of ``blocks``, a piece at a time.
 
     Each block is pooled as it comes; the samples of a window cut by a block boundary wait for the
-    next block, so the result equals ``mean_pool(np.concatenate(blocks), size=size)`` exactly.
+    next block, so the pieces, concatenated, equal ``mean_pool(np.concatenate(blocks), size=size)``
+    exactly, and memory is bounded by one block.
 
     Parameters
     ----------
@@ -493,28 +536,323 @@ def mean_pool_blocks(blocks: Iterable[np.ndarray], *, size: int = DEFAULT_POOL_S
         Consecutive pieces of one signal (e.g. :func:`iter_audio_blocks`).
     size : int >= 1
 
-    Returns
-    -------
-    PooledStream
-        ``pooled`` has shape ``[ceil(sum(n_i) / size)]``.
+    Yields
+    ------
+    np.ndarray, float32, shape ``[m_j]``
+        Pooled pieces; together ``ceil(sum(n_i) / size)`` values.
+
+    Examples
+    --------
+    >>> pieces = iter_mean_pooled([np.arange(3, dtype=np.float32), np.arange(3, 7, dtype=np.float32)], size=2)
+    >>> np.concatenate(list(pieces))
+    array([0.5, 2.5, 4.5, 6. ], dtype=float32)
     """
     if size < 1:
         raise ValueError(f"pool size must be >= 1, got {size}")
-    pieces, carry, samples, peak = [], np.zeros(0, np.float32), 0, 0.0
+    carry = np.zeros(0, np.float32)
     for block in blocks:
         block = np.asarray(block, dtype=np.float32)
         if block.ndim != 1:
-            raise ValueError(f"mean_pool_blocks expects 1-D blocks, got shape {block.shape}")
+            raise ValueError(f"iter_mean_pooled expects 1-D blocks, got shape {block.shape}")
         if not block.size:
             continue
-        samples += block.size
-        peak = max(peak, float(np.max(np.abs(block))))
         signal = np.concatenate([carry, block]) if carry.size else block
-        whole = (signal.size // size) * size
+        whole = (signal.size // size) * size  # the pooling windows must fall where the whole signal's do
         if whole:
-            pieces.append(mean_pool(signal[:whole], size=size))
+            yield mean_pool(signal[:whole], size=size)
         carry = signal[whole:].copy()
     if carry.size:
-        pieces.append(mean_pool(carry, size=size))
+        yield mean_pool(carry, size=size)
+
+
+def file_duration(path: str | os.PathLike) -> float | None:
+    """A file's duration in seconds from its header; None when the header cannot be read (or says 0)."""
+    try:
+        seconds = audio_info(path).duration
+    except AudioDecodeError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def iter_excerpt_blocks(path: str | os.PathLike, *, sample_rate: int, max_seconds: float | None,
+                        block_seconds: float = DEFAULT_BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """A file's centred ``max_seconds`` excerpt (:func:`centred_excerpt`), decoded block by block.
+
+    Only the excerpt is read: its offset comes from the header's duration. A file whose header
+    gives no duration (a format only audioread reads) is decoded once to count its samples
+    (nothing kept), then again for the excerpt.
+
+    Parameters
+    ----------
+    path : str or path-like
+    sample_rate : int > 0
+        Output rate in Hz.
+    max_seconds : float > 0 or None
+        Excerpt length; None: the whole file.
+    block_seconds : float > 0
+        Source seconds decoded per block.
+
+    Yields
+    ------
+    np.ndarray, float32, shape ``[n_i]``
+        As :func:`iter_audio_blocks`. Too short and silent are the caller's to judge.
+
+    Raises
+    ------
+    AudioDecodeError
+        As :func:`iter_audio_blocks`.
+    """
+    seconds = file_duration(path)
+    if seconds is None and max_seconds is not None:
+        seconds = sum(block.size for block in iter_audio_blocks(path, sample_rate=sample_rate)) / float(sample_rate)
+    offset, duration = centred_excerpt(seconds or 0.0, max_seconds)
+    yield from iter_audio_blocks(path, sample_rate=sample_rate, offset_seconds=offset, duration_seconds=duration,
+                                 block_seconds=block_seconds)
+
+
+def load_excerpt(*, path: str | os.PathLike, sample_rate: int, max_seconds: float | None,
+                 min_seconds: float = 1.0) -> np.ndarray:
+    """The centred ``max_seconds`` excerpt of a file in one array (:func:`iter_excerpt_blocks`, joined).
+
+    Returns
+    -------
+    np.ndarray, float32, shape ``[n]``
+
+    Raises
+    ------
+    AudioDecodeError
+        Naming the file and why it cannot be used (unreadable, too short, silent, ...).
+    """
+    blocks = list(MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=sample_rate, max_seconds=max_seconds),
+                                 path=path, sample_rate=sample_rate, min_seconds=min_seconds))
+    return np.concatenate(blocks) if len(blocks) != 1 else blocks[0]
+
+
+def iter_pooled_blocks(path: str | os.PathLike, *, sample_rate: int, pool_size: int, max_seconds: float | None,
+                       min_seconds: float, block_seconds: float = DEFAULT_BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """A file's centred ``max_seconds`` excerpt, decoded block by block and mean-pooled by ``pool_size``.
+
+    Concatenated, the blocks equal :func:`pooled_excerpt`'s pooled excerpt; memory is bounded by
+    one block.
+
+    Yields
+    ------
+    np.ndarray, float32, shape ``[m_i]``
+        Pooled pieces; together ``ceil(n / pool_size)`` values for an excerpt of ``n`` samples.
+
+    Raises
+    ------
+    AudioDecodeError
+        As :func:`iter_audio_blocks`, and, once the excerpt has ended, when it was too short or
+        silent (:func:`check_excerpt`).
+    """
+    blocks = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=sample_rate, max_seconds=max_seconds,
+                                                block_seconds=block_seconds),
+                            path=path, sample_rate=sample_rate, min_seconds=min_seconds)
+    yield from iter_mean_pooled(blocks, size=pool_size)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How every track of a dataset is decoded (part of each shard's key)."""
+
+    sample_rate: int
+    pool_size: int
+    max_seconds: float | None  # None: the whole track
+    min_seconds: float
+
+
+@dataclass
+class DecodeResult:
+    """What a decoder (possibly in a worker process) returns for one file: its input, or why there is none."""
+
+    pooled: np.ndarray | None  # the model input: float32 pooled audio [m], or a chromagram [frames, 12]
+    seconds: float  # length of the decoded excerpt, before pooling
+    reason: str = ""
+
+
+def pooled_excerpt(path: str | os.PathLike, *, settings: DecodeSettings) -> tuple[np.ndarray, float]:
+    """Decode the centred excerpt of one file and mean-pool it, block by block (:func:`iter_pooled_blocks`).
+
+    Memory is bounded by the pooled excerpt, not by the source file.
+
+    Returns
+    -------
+    pooled : np.ndarray, float32, shape ``[ceil(n / pool_size)]``
+    seconds : float
+        ``n / sample_rate``, the excerpt's length before pooling.
+
+    Raises
+    ------
+    AudioDecodeError
+        Naming the file and the reason.
+    """
+    blocks = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=settings.sample_rate,
+                                                max_seconds=settings.max_seconds),
+                            path=path, sample_rate=settings.sample_rate, min_seconds=settings.min_seconds)
+    pieces = list(iter_mean_pooled(blocks, size=settings.pool_size))
     pooled = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return PooledStream(pooled=pooled, samples=samples, peak=peak)
+    return pooled, blocks.seconds
+
+
+def decode_track(path: str, settings: DecodeSettings) -> DecodeResult:
+    """:func:`pooled_excerpt` that never raises: any failure becomes a :class:`DecodeResult` reason.
+
+    Module-level so worker processes can unpickle it (``musicsim.workers.decode_in_order``).
+    """
+    try:
+        pooled, seconds = pooled_excerpt(path, settings=settings)
+    except AudioDecodeError as err:
+        return DecodeResult(pooled=None, seconds=0.0, reason=err.reason)
+    except Exception as err:  # a decoder bug must cost one file, not the run
+        return DecodeResult(pooled=None, seconds=0.0, reason=f"{type(err).__name__}: {err}")
+    return DecodeResult(pooled=pooled, seconds=seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# Chromagrams (the LSTM's input, paper 4.2)
+# --------------------------------------------------------------------------------------------
+
+# STFT size of the chromagram.
+CHROMA_N_FFT = 2048
+
+
+def chroma_sequence(*, audio: np.ndarray, sample_rate: int, hop_length: int) -> np.ndarray:
+    """The STFT chromagram of a mono signal, one row per frame.
+
+    Parameters
+    ----------
+    audio : np.ndarray, shape ``[n]``, n >= 1
+    sample_rate : int > 0
+    hop_length : int > 0
+        Samples between frames (frames are centred: ``1 + n // hop_length`` of them).
+
+    Returns
+    -------
+    np.ndarray, float32, shape ``[1 + n // hop_length, 12]``; each frame scaled to a maximum of 1
+    (librosa's default), bins from C to B.
+    """
+    import librosa  # only the chromagram needs it
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1 or audio.size == 0:
+        raise ValueError(f"audio must be a non-empty 1-D signal, got shape {audio.shape}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if hop_length <= 0:
+        raise ValueError(f"hop_length must be positive, got {hop_length}")
+    chroma = librosa.feature.chroma_stft(y=audio, sr=sample_rate, n_fft=CHROMA_N_FFT, hop_length=hop_length)
+    return np.ascontiguousarray(chroma.T, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ChromaSettings:
+    """How the LSTM's input is computed from a file (see :func:`decode_chroma`)."""
+
+    sample_rate: int
+    hop_length: int
+    max_seconds: float | None
+    window_seconds: float | None = None  # the chromagram is computed this many seconds at a time
+    min_seconds: float = 0.0
+
+
+def windowed_chroma(*, blocks: Iterable[np.ndarray], sample_rate: int, hop_length: int, window_samples: int
+                    ) -> tuple[np.ndarray, int, float]:
+    """The chromagram of a streamed signal, computed a window at a time.
+
+    Each window is extended by half an STFT frame (rounded up to a hop) on either side, and only
+    the frames centred inside the window are kept, so every frame is the whole signal's frame (the
+    first and last windows are padded at the signal's edges just as the whole signal is). Only the
+    tuning differs: librosa estimates it per window. The last window is one to two windows long:
+    a signal under two windows is computed whole.
+
+    Parameters
+    ----------
+    blocks : iterable of float32 ``[n_i]`` pieces of the signal
+    sample_rate, hop_length : int > 0
+    window_samples : int > 0
+        Window length; rounded up to a multiple of ``hop_length``.
+
+    Returns
+    -------
+    chroma : float32 ``[1 + n // hop_length, 12]``
+    samples : int, ``n``
+    peak : float, the largest absolute sample
+    """
+    window = -(-max(window_samples, hop_length) // hop_length) * hop_length
+    margin = -(-(CHROMA_N_FFT // 2) // hop_length) * hop_length
+    frames: list[np.ndarray] = []
+    # The buffer is kept as a list of pieces and joined only when a window is cut, so a signal
+    # computed whole costs one copy, not one per block.
+    pieces: list[np.ndarray] = []
+    buffered, buffer_start, own_start, total, peak = 0, 0, 0, 0, 0.0
+
+    def joined() -> np.ndarray:
+        buffer = np.concatenate([np.zeros(0, np.float32)] + pieces)
+        pieces[:] = [buffer]
+        return buffer
+
+    for block in blocks:
+        block = np.asarray(block, np.float32).reshape(-1)
+        if block.size:
+            peak = max(peak, float(np.max(np.abs(block))))
+        total += block.size
+        pieces.append(block)
+        buffered += block.size
+        # A window is cut once a whole window more (and half a frame) has arrived after it, so the last
+        # window is one to two windows long and a signal under two windows is computed in one piece.
+        while buffer_start + buffered > own_start + 2 * window + margin:
+            buffer = joined()
+            lo = max(0, own_start - margin)
+            segment = buffer[lo - buffer_start: own_start + window + margin - buffer_start]
+            chroma = chroma_sequence(audio=segment, sample_rate=sample_rate, hop_length=hop_length)
+            first = (own_start - lo) // hop_length
+            frames.append(chroma[first:first + window // hop_length])
+            own_start += window
+            keep_from = max(0, own_start - margin)
+            pieces[:] = [buffer[keep_from - buffer_start:]]
+            buffered, buffer_start = buffer.size - (keep_from - buffer_start), keep_from
+    if total:
+        # The last window: every frame centred from its start to the end of the signal.
+        buffer = joined()
+        lo = max(0, own_start - margin)
+        chroma = chroma_sequence(audio=buffer[lo - buffer_start:], sample_rate=sample_rate, hop_length=hop_length)
+        frames.append(chroma[(own_start - lo) // hop_length:])
+    chroma = np.concatenate(frames) if frames else np.zeros((0, 12), np.float32)
+    return chroma, total, peak
+
+
+def decode_chroma(path: str, settings: ChromaSettings) -> DecodeResult:
+    """The chromagram of a file's centred excerpt, as a :class:`DecodeResult` (``pooled``: ``[frames, 12]``).
+
+    Module-level so worker processes can unpickle it; failures become the result's ``reason``,
+    never an exception. The excerpt is decoded block by block and its chromagram computed a window
+    at a time (:func:`windowed_chroma`), so memory is bounded by a window, not by the file; the
+    excerpt is checked (too short, silent) before its last window is computed.
+    """
+    try:
+        blocks = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=settings.sample_rate,
+                                                    max_seconds=settings.max_seconds),
+                                path=path, sample_rate=settings.sample_rate, min_seconds=settings.min_seconds)
+        window = (settings.window_seconds or math.inf) * settings.sample_rate
+        chroma, samples, _ = windowed_chroma(blocks=blocks, sample_rate=settings.sample_rate,
+                                             hop_length=settings.hop_length, window_samples=int(min(window, 2 ** 62)))
+    except AudioDecodeError as err:
+        return DecodeResult(pooled=None, seconds=0.0, reason=err.reason)
+    except Exception as err:  # noqa: BLE001 - one bad file must never stop a batch
+        return DecodeResult(pooled=None, seconds=0.0, reason=f"chromagram failed ({type(err).__name__}: {err})")
+    return DecodeResult(pooled=chroma, seconds=samples / float(settings.sample_rate))
+
+
+def chroma_of_file(path: str, sample_rate: int, hop_length: int, max_seconds: float | None
+                   ) -> tuple[np.ndarray | None, str | None]:
+    """(chromagram float32 ``[frames, 12]`` or None, failure reason or None) of a file's whole excerpt.
+
+    :func:`decode_chroma` with the excerpt computed in one piece and at least a second of audio;
+    module-level and positional so a worker pool can run it.
+    """
+    result = decode_chroma(path, ChromaSettings(sample_rate=sample_rate, hop_length=hop_length,
+                                                max_seconds=max_seconds, min_seconds=1.0))
+    if result.pooled is None:
+        return None, result.reason or "could not be decoded"
+    return result.pooled, None

@@ -6,6 +6,9 @@ Layout::
     DIR/tracks.csv          track_id, split, labels ('|'-joined), duration_s, path (absolute source file)
     DIR/report.json         counts per split and label, seconds of audio, skipped files with reasons
     DIR/{train,eval,test}/*.tfrecord   pooled audio (see ``musicsim.tfrecords``)
+    DIR/feature_cache/      per-track model inputs computed from the source files and kept for reruns:
+                            ``<feature_fn>/`` fitted models' feature vectors (``musicsim.features``),
+                            ``chroma/`` the LSTM's chromagrams (``musicsim.models.rnn``)
 """
 from __future__ import annotations
 
@@ -15,6 +18,19 @@ import os
 from dataclasses import asdict, dataclass, field
 
 LABEL_SEPARATOR = "|"
+FEATURE_CACHE_DIRNAME = "feature_cache"
+
+
+def feature_cache_dir(dataset_dir: str, *, kind: str | None = None) -> str:
+    """The dataset's per-track feature cache folder, or its ``kind`` subfolder (e.g. ``"chroma"``).
+
+    Examples
+    --------
+    >>> feature_cache_dir("data/demo", kind="chroma")
+    'data/demo/feature_cache/chroma'
+    """
+    folder = os.path.join(dataset_dir, FEATURE_CACHE_DIRNAME)
+    return folder if kind is None else os.path.join(folder, kind)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from musicsim import models as registry
-from musicsim.audio import AudioDecodeError
+from musicsim.audio import AudioDecodeError, ChromaSettings, decode_chroma, file_duration, iter_pooled_blocks
 from musicsim.rundir import RUN_FILE, RunDir, read_run_info
 
 DEFAULT_MIN_SECONDS = 1.0
@@ -50,115 +50,10 @@ FITTED_CHUNK = 64
 # Excerpts longer than this are decoded block by block in this process instead of whole in a worker
 # (a worker's result is held whole, and up to 4 per worker are in flight).
 STREAM_ABOVE_SECONDS = 120.0
-# Seconds decoded at a time when a long file is streamed.
-STREAM_BLOCK_SECONDS = 10.0
 # Default window of the models whose windowed embedding differs from the whole one (rnn, fitted).
 INEXACT_MIN_WINDOW_SECONDS = 120.0
 
 EmbedResult = tuple[int, "np.ndarray | None", "str | None"]  # (index into paths, vector [D] or None, reason)
-
-
-@dataclass(frozen=True)
-class ChromaSettings:
-    """How the rnn model's input is computed from a file (see ``musicsim.models.rnn.load_tracks``)."""
-
-    sample_rate: int
-    hop_length: int
-    max_seconds: float | None
-    window_seconds: float | None = None  # the chromagram is computed this many seconds at a time
-    min_seconds: float = 0.0
-
-
-def windowed_chroma(*, blocks: Iterator[np.ndarray], sample_rate: int, hop_length: int, window_samples: int
-                    ) -> tuple[np.ndarray, int, float]:
-    """The chromagram of a streamed signal, computed a window at a time.
-
-    Each window is extended by half an STFT frame (rounded up to a hop) on either side, and only
-    the frames centred inside the window are kept, so every frame is the whole signal's frame (the
-    first and last windows are padded at the signal's edges just as the whole signal is). Only the
-    tuning differs: librosa estimates it per window. The last window is one to two windows long:
-    a signal under two windows is computed whole.
-
-    Parameters
-    ----------
-    blocks : iterator of float32 ``[n_i]`` pieces of the signal
-    sample_rate, hop_length : int > 0
-    window_samples : int > 0
-        Window length; rounded up to a multiple of ``hop_length``.
-
-    Returns
-    -------
-    chroma : float32 ``[1 + n // hop_length, 12]``
-    samples : int, ``n``
-    peak : float, the largest absolute sample
-    """
-    from musicsim.models.rnn import N_FFT, chroma_sequence
-
-    window = -(-max(window_samples, hop_length) // hop_length) * hop_length
-    margin = -(-(N_FFT // 2) // hop_length) * hop_length
-    frames: list[np.ndarray] = []
-    buffer, buffer_start, own_start, total, peak = np.zeros(0, np.float32), 0, 0, 0, 0.0
-    for block in blocks:
-        block = np.asarray(block, np.float32).reshape(-1)
-        if block.size:
-            peak = max(peak, float(np.max(np.abs(block))))
-        total += block.size
-        buffer = np.concatenate([buffer, block])
-        # A window is cut once a whole window more (and half a frame) has arrived after it, so the last
-        # window is one to two windows long and a signal under two windows is computed in one piece.
-        while buffer_start + buffer.size > own_start + 2 * window + margin:
-            lo = max(0, own_start - margin)
-            segment = buffer[lo - buffer_start: own_start + window + margin - buffer_start]
-            chroma = chroma_sequence(audio=segment, sample_rate=sample_rate, hop_length=hop_length)
-            first = (own_start - lo) // hop_length
-            frames.append(chroma[first:first + window // hop_length])
-            own_start += window
-            keep_from = max(0, own_start - margin)
-            buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
-    if total:
-        # The last window: every frame centred from its start to the end of the signal.
-        lo = max(0, own_start - margin)
-        chroma = chroma_sequence(audio=buffer[lo - buffer_start:], sample_rate=sample_rate, hop_length=hop_length)
-        frames.append(chroma[(own_start - lo) // hop_length:])
-    chroma = np.concatenate(frames) if frames else np.zeros((0, 12), np.float32)
-    return chroma, total, peak
-
-
-def decode_chroma(path: str, settings: ChromaSettings):
-    """The chromagram of a file's centred excerpt, as a ``data_prep.build.DecodeResult``.
-
-    Module-level so worker processes can unpickle it. ``pooled`` holds the chromagram
-    float32 ``[frames, 12]``; failures become the result's ``reason``, never an exception. The
-    excerpt is decoded block by block and its chromagram computed a window at a time
-    (`windowed_chroma`), so memory is bounded by a window, not by the file.
-    """
-    from data_prep.build import DecodeResult
-    from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks
-
-    try:
-        try:
-            offset, duration = centred_excerpt(audio_info(path).duration, settings.max_seconds)
-        except AudioDecodeError:
-            offset, duration = 0.0, None  # formats only audioread reads: their length shows once decoded
-        if duration is None and settings.max_seconds is not None:
-            from musicsim.features import load_excerpt
-
-            audio = load_excerpt(path=path, sample_rate=settings.sample_rate, max_seconds=settings.max_seconds)
-            blocks: Iterator[np.ndarray] = iter([audio])
-        else:
-            blocks = iter_audio_blocks(path, sample_rate=settings.sample_rate, offset_seconds=offset,
-                                       duration_seconds=duration, block_seconds=STREAM_BLOCK_SECONDS)
-        window = (settings.window_seconds or math.inf) * settings.sample_rate
-        chroma, samples, peak = windowed_chroma(blocks=blocks, sample_rate=settings.sample_rate,
-                                                hop_length=settings.hop_length,
-                                                window_samples=int(min(window, 2 ** 62)))
-        check_excerpt(path, samples=samples, peak=peak, sample_rate=settings.sample_rate,
-                      min_seconds=settings.min_seconds)
-    except AudioDecodeError as err:
-        return DecodeResult(pooled=None, seconds=0.0, reason=err.reason)
-    except Exception as err:  # noqa: BLE001 - one bad file must never stop a batch
-        return DecodeResult(pooled=None, seconds=0.0, reason=f"chromagram failed ({type(err).__name__}: {err})")
-    return DecodeResult(pooled=chroma, seconds=samples / float(settings.sample_rate))
 
 
 class Embedder:
@@ -341,45 +236,6 @@ def iter_window_rows(*, index: int, chunks: Iterator[np.ndarray], window: int, c
         yield _Row(index=pending.index, audio=pending.audio, skip=pending.skip, last=True)
 
 
-def iter_pooled_blocks(path: str, *, sample_rate: int, pool_size: int, max_seconds: float | None,
-                       min_seconds: float, block_seconds: float = STREAM_BLOCK_SECONDS) -> Iterator[np.ndarray]:
-    """A file's centred ``max_seconds`` excerpt, decoded block by block and mean-pooled by ``pool_size``.
-
-    Concatenated, the blocks equal ``data_prep.build.pooled_excerpt``'s pooled excerpt; memory is
-    bounded by one block.
-
-    Yields
-    ------
-    float32 ``[m_i]`` pooled pieces
-
-    Raises
-    ------
-    AudioDecodeError
-        As ``musicsim.audio.iter_audio_blocks``, and, once the excerpt has ended, when it was too
-        short or silent (``musicsim.audio.check_excerpt``).
-    """
-    from musicsim.audio import centred_excerpt, check_excerpt, iter_audio_blocks, mean_pool
-
-    seconds = file_duration(path)
-    if seconds is None and max_seconds is not None:
-        # A format only audioread reads: its length is counted by decoding it once (nothing kept).
-        seconds = sum(b.size for b in iter_audio_blocks(path, sample_rate=sample_rate)) / float(sample_rate)
-    offset, duration = centred_excerpt(seconds or 0.0, max_seconds)
-    carry, samples, peak = np.zeros(0, np.float32), 0, 0.0
-    for block in iter_audio_blocks(path, sample_rate=sample_rate, offset_seconds=offset, duration_seconds=duration,
-                                   block_seconds=block_seconds):
-        samples += block.size
-        peak = max(peak, float(np.max(np.abs(block))))
-        block = np.concatenate([carry, block])
-        whole = block.size // pool_size * pool_size  # the pooling windows must fall where the whole file's do
-        carry = block[whole:]
-        if whole:
-            yield mean_pool(block[:whole], size=pool_size)
-    check_excerpt(path, samples=samples, peak=peak, sample_rate=sample_rate, min_seconds=min_seconds)
-    if carry.size:
-        yield mean_pool(carry, size=pool_size)
-
-
 class LearnedEmbedder(Embedder):
     """A trained estimator run (wavenet or rnn), embedding from its exported checkpoint.
 
@@ -450,8 +306,8 @@ class LearnedEmbedder(Embedder):
         return float((self.dataset.get("extra") or {}).get("min_seconds", DEFAULT_MIN_SECONDS))
 
     def _decoder(self):
-        """(decode function, its settings) for ``data_prep.build.decode_in_order``."""
-        from data_prep.build import DecodeSettings, decode_track
+        """(decode function, its settings) for ``musicsim.workers.decode_in_order``."""
+        from musicsim.audio import DecodeSettings, decode_track
 
         min_seconds = self.min_seconds
         if self.name == "rnn":
@@ -486,7 +342,7 @@ class LearnedEmbedder(Embedder):
     def _iter_whole(self, *, paths: list[str], batch_size: int, workers: int | None) -> Iterator[EmbedResult]:
         """Each file's sequence in one piece through ``estimator.predict`` (the rnn's chromagram)."""
         import tensorflow as tf
-        from data_prep.build import decode_in_order
+        from musicsim.workers import decode_in_order
 
         decode, settings = self._decoder()
         workers = int(workers or os.cpu_count() or 1)
@@ -564,7 +420,7 @@ class LearnedEmbedder(Embedder):
         or of unknown length) block by block here, while the workers decode ahead.
         """
         import tensorflow as tf
-        from data_prep.build import decode_in_order
+        from musicsim.workers import decode_in_order
         from musicsim.models import wavenet
 
         decode, settings = self._decoder()
@@ -720,14 +576,3 @@ def load_embedder(model_dir: str, *, window_seconds: float | None = None) -> Emb
         return FittedEmbedder(model_dir=model_dir, info=info, window_seconds=window_seconds)
     raise ValueError(f"{model_dir} is a {info['model']!r} baseline run: baselines only exist inside the "
                      "evaluation protocol and embed no audio")
-
-
-def file_duration(path: str) -> float | None:
-    """A file's duration in seconds from its header; None when the header cannot be read."""
-    from musicsim.audio import AudioDecodeError, audio_info
-
-    try:
-        seconds = audio_info(path).duration
-    except AudioDecodeError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds > 0 else None

@@ -29,7 +29,8 @@ frames and made album retrieval worse (devcorpus, 10 albums, nearest-neighbour a
 function that accepts them; `reference_librosa_features` calls each librosa function on the
 signal alone, as a textbook would, and exists to prove the two agree (tests, benchmark).
 
-`extract_many` runs a feature function over many files in a process pool, with a per-track cache.
+`extract_many` runs a feature function over many files in a process pool, with a per-track cache
+(`FeatureCache`); `extract_one` computes (and caches) one file's vector, as other runners (Beam) do.
 """
 from __future__ import annotations
 
@@ -39,13 +40,14 @@ import json
 import multiprocessing
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import librosa
 import numpy as np
 import scipy.stats
 
-from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks, load_audio
+from musicsim.audio import AudioDecodeError, MeasuredBlocks, iter_excerpt_blocks, load_excerpt
 from musicsim.workers import exit_with_parent
 
 DEFAULT_SAMPLE_RATE = 22050
@@ -262,7 +264,7 @@ FEATURE_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def _resolve_feature_fn(feature_fn: str | Callable[..., np.ndarray]) -> tuple[str, Callable[..., np.ndarray]]:
+def resolve_feature_fn(feature_fn: str | Callable[..., np.ndarray]) -> tuple[str, Callable[..., np.ndarray]]:
     """(cache name, function) of a feature function given by name or as a top-level callable."""
     if isinstance(feature_fn, str):
         if feature_fn not in FEATURE_FUNCTIONS:
@@ -277,61 +279,85 @@ def _resolve_feature_fn(feature_fn: str | Callable[..., np.ndarray]) -> tuple[st
     return f"{feature_fn.__module__}.{qualname}", feature_fn
 
 
-def load_excerpt(*, path: str, sample_rate: int, max_seconds: float | None) -> np.ndarray:
-    """Decode the centred ``max_seconds`` excerpt of a file (the whole file when ``None``).
+@dataclass(frozen=True)
+class FeatureCache:
+    """A per-track cache of feature vectors, and of the files that have none, in ``cache_dir``.
 
-    Returns
-    -------
-    np.ndarray, float32, shape ``[n]``
+    An entry is keyed on the file (absolute path, size, mtime) and on how its vector is computed
+    (feature function name, decode rate, excerpt, window), so an edited file or other settings
+    miss the cache. Entries are written atomically: concurrent workers and readers never see half
+    a file.
 
-    Raises
-    ------
-    AudioDecodeError
-        Naming the file and why it cannot be used.
+    Parameters
+    ----------
+    cache_dir : str
+        The cache folder (a dataset's is ``musicsim.dataset.feature_cache_dir``).
+    feature_name : str
+        The feature function's name (:func:`resolve_feature_fn`); one subfolder per name.
+    sample_rate : int
+    max_seconds : float or None
+    window_seconds : float or None
     """
-    try:
-        info = audio_info(path)
-    except AudioDecodeError:
-        # Formats libsndfile cannot read go through load_audio's fallback (which also raises the
-        # clear error for missing or empty files); its length is only known once decoded.
-        audio = load_audio(path, sample_rate=sample_rate)
-        if max_seconds is not None and audio.size > int(max_seconds * sample_rate):
-            keep = int(max_seconds * sample_rate)
-            start = (audio.size - keep) // 2
-            audio = audio[start:start + keep]
-        return audio
-    offset, duration = centred_excerpt(info.duration, max_seconds)
-    return load_audio(path, sample_rate=sample_rate, offset=offset, duration=duration)
 
+    cache_dir: str
+    feature_name: str
+    sample_rate: int
+    max_seconds: float | None
+    window_seconds: float | None = None
 
-def _cache_paths(*, cache_dir: str, path: str, feature_name: str, sample_rate: int,
-                 max_seconds: float | None, window_seconds: float | None = None) -> tuple[str, str]:
-    """(features .npy, failure .json) cache files of one track; the key changes with the file."""
-    stat = os.stat(path)
-    parts = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, feature_name,
-             int(sample_rate), None if max_seconds is None else float(max_seconds), FEATURES_VERSION]
-    if window_seconds is not None:  # only then: the keys of whole-excerpt entries stay what they were
-        parts.append(["window_seconds", float(window_seconds)])
-    key = json.dumps(parts)
-    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()
-    folder = os.path.join(cache_dir, "".join(c if c.isalnum() or c in "._-" else "_" for c in feature_name))
-    return os.path.join(folder, digest + ".npy"), os.path.join(folder, digest + ".failed.json")
+    def entry_paths(self, path: str) -> tuple[str, str]:
+        """(features ``.npy``, failure ``.json``) of one file; raises OSError when it cannot be stat'ed."""
+        stat = os.stat(path)
+        parts = [os.path.abspath(path), stat.st_size, stat.st_mtime_ns, self.feature_name, int(self.sample_rate),
+                 None if self.max_seconds is None else float(self.max_seconds), FEATURES_VERSION]
+        if self.window_seconds is not None:  # only then: the keys of whole-excerpt entries stay what they were
+            parts.append(["window_seconds", float(self.window_seconds)])
+        digest = hashlib.sha1(json.dumps(parts).encode("utf-8")).hexdigest()
+        folder = os.path.join(self.cache_dir,
+                              "".join(c if c.isalnum() or c in "._-" else "_" for c in self.feature_name))
+        return os.path.join(folder, digest + ".npy"), os.path.join(folder, digest + ".failed.json")
 
-
-def _read_cache(npy_path: str, failed_path: str) -> tuple[np.ndarray | None, str | None]:
-    """(features, failure reason) from the cache; both None on a miss or an unreadable entry."""
-    if os.path.exists(npy_path):
+    def read(self, path: str) -> tuple[np.ndarray | None, str | None]:
+        """(features, failure reason) of one file; both None on a miss, an unreadable entry or a missing file."""
         try:
-            return np.load(npy_path, allow_pickle=False), None
-        except (OSError, ValueError):
-            return None, None  # a damaged entry is recomputed and overwritten
-    if os.path.exists(failed_path):
-        try:
-            with open(failed_path) as f:
-                return None, str(json.load(f)["reason"])
-        except (OSError, ValueError, KeyError):
+            npy_path, failed_path = self.entry_paths(path)
+        except OSError:
             return None, None
-    return None, None
+        if os.path.exists(npy_path):
+            try:
+                return np.load(npy_path, allow_pickle=False), None
+            except (OSError, ValueError):
+                return None, None  # a damaged entry is recomputed and overwritten
+        if os.path.exists(failed_path):
+            try:
+                with open(failed_path) as f:
+                    return None, str(json.load(f)["reason"])
+            except (OSError, ValueError, KeyError):
+                return None, None
+        return None, None
+
+    def write(self, path: str, features: np.ndarray) -> None:
+        """Cache one file's feature vector."""
+        npy_path, _ = self.entry_paths(path)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, features, allow_pickle=False)
+
+        _write_atomic(npy_path, write)
+
+    def write_failure(self, path: str, reason: str) -> None:
+        """Remember that a file cannot be used (until it changes); nothing when it cannot be stat'ed."""
+        try:
+            _, failed_path = self.entry_paths(path)
+        except OSError:
+            return
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                json.dump({"path": path, "reason": reason}, f)
+
+        _write_atomic(failed_path, write)
 
 
 def _write_atomic(path: str, write: Callable[[str], None]) -> None:
@@ -345,12 +371,12 @@ def windowed_features(*, path: str, feature_fn: Callable[..., np.ndarray], sampl
                       max_seconds: float | None, window_seconds: float, min_seconds: float = 1.0) -> np.ndarray:
     """A file's feature vector computed a window at a time: the length-weighted mean of its windows'.
 
-    The excerpt is decoded block by block and cut into windows of ``window_seconds``; the last
-    window takes the rest (one to two windows long), so an excerpt under two windows is computed in
-    one piece, exactly as ``feature_fn`` on the whole excerpt. Longer ones differ from the whole: a
-    mean over frames is the same, but the other statistics (median, min, max, std, skewness,
-    kurtosis) and librosa's tuning estimate are those of each window, averaged. Memory is bounded by
-    two windows, not by the file.
+    The excerpt is decoded block by block (``musicsim.audio.iter_excerpt_blocks``) and cut into
+    windows of ``window_seconds``; the last window takes the rest (one to two windows long), so an
+    excerpt under two windows is computed in one piece, exactly as ``feature_fn`` on the whole
+    excerpt. Longer ones differ from the whole: a mean over frames is the same, but the other
+    statistics (median, min, max, std, skewness, kurtosis) and librosa's tuning estimate are those
+    of each window, averaged. Memory is bounded by two windows, not by the file.
 
     Returns
     -------
@@ -359,40 +385,32 @@ def windowed_features(*, path: str, feature_fn: Callable[..., np.ndarray], sampl
     Raises
     ------
     AudioDecodeError
-        Naming the file and why it cannot be used (as `load_excerpt`).
+        Naming the file and why it cannot be used (as ``musicsim.audio.load_excerpt``).
     """
-    try:
-        offset, duration = centred_excerpt(audio_info(path).duration, max_seconds)
-    except AudioDecodeError:
-        # Formats only audioread reads: their length shows once decoded, so the excerpt is cut whole.
-        if max_seconds is not None:
-            audio = load_excerpt(path=path, sample_rate=sample_rate, max_seconds=max_seconds)
-            return np.asarray(feature_fn(audio=audio, sample_rate=sample_rate), dtype=np.float64)
-        offset, duration = 0.0, None
     window = max(1, int(round(window_seconds * sample_rate)))
     buffer = np.zeros(0, np.float32)
-    total, peak, vectors, weights = 0, 0.0, [], []
-    for block in iter_audio_blocks(path, sample_rate=sample_rate, offset_seconds=offset, duration_seconds=duration):
-        total += block.size
-        peak = max(peak, float(np.max(np.abs(block))))
+    vectors, weights = [], []
+    blocks = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=sample_rate, max_seconds=max_seconds),
+                            path=path, sample_rate=sample_rate, min_seconds=min_seconds)
+    for block in blocks:
         buffer = np.concatenate([buffer, block])
         while buffer.size >= 2 * window:  # keep at least a window back: the rest joins the last one
             vectors.append(np.asarray(feature_fn(audio=buffer[:window], sample_rate=sample_rate), np.float64))
             weights.append(window)
             buffer = buffer[window:]
-    check_excerpt(path, samples=total, peak=peak, sample_rate=sample_rate, min_seconds=min_seconds)
     vectors.append(np.asarray(feature_fn(audio=buffer, sample_rate=sample_rate), np.float64))
     weights.append(buffer.size)
     return np.average(np.stack(vectors), axis=0, weights=np.asarray(weights, np.float64))
 
 
-def _extract_one(index: int, path: str, feature_name: str, feature_fn: Callable[..., np.ndarray],
-                 sample_rate: int, max_seconds: float | None,
-                 cache_dir: str | None, window_seconds: float | None = None
-                 ) -> tuple[int, np.ndarray | None, str | None]:
-    """(index, features or None, failure reason or None) of one file; runs in a worker.
+def extract_one(*, path: str, feature_fn: Callable[..., np.ndarray], sample_rate: int, max_seconds: float | None,
+                window_seconds: float | None = None, cache: FeatureCache | None = None
+                ) -> tuple[np.ndarray | None, str | None]:
+    """(features float64 ``[dim]`` or None, failure reason or None) of one file; never raises for a bad file.
 
-    ``window_seconds``: compute long excerpts a window at a time (`windowed_features`).
+    The result is written to ``cache`` (a vector, or the reason of a file that is itself unusable);
+    the cache is not read: see :meth:`FeatureCache.read`. ``window_seconds``: compute long excerpts
+    a window at a time (:func:`windowed_features`).
     """
     try:
         if window_seconds is None:
@@ -407,29 +425,23 @@ def _extract_one(index: int, path: str, feature_name: str, feature_fn: Callable[
             raise ValueError("feature vector has non-finite values")
     except AudioDecodeError as err:
         # The file itself is unusable: remembered (keyed on its size and mtime) so reruns skip it.
-        if cache_dir is not None:
-            _, failed_path = _cache_paths(cache_dir=cache_dir, path=path, feature_name=feature_name,
-                                          sample_rate=sample_rate, max_seconds=max_seconds,
-                                          window_seconds=window_seconds)
-
-            def write_reason(tmp: str) -> None:
-                with open(tmp, "w") as f:
-                    json.dump({"path": path, "reason": err.reason}, f)
-
-            _write_atomic(failed_path, write_reason)
-        return index, None, err.reason
+        if cache is not None:
+            cache.write_failure(path, err.reason)
+        return None, err.reason
     except Exception as err:  # noqa: BLE001 - one bad track must never stop a corpus run
-        return index, None, f"feature extraction failed ({type(err).__name__}: {err})"
-    if cache_dir is not None:
-        npy_path, _ = _cache_paths(cache_dir=cache_dir, path=path, feature_name=feature_name,
-                                   sample_rate=sample_rate, max_seconds=max_seconds, window_seconds=window_seconds)
+        return None, f"feature extraction failed ({type(err).__name__}: {err})"
+    if cache is not None:
+        cache.write(path, features)
+    return features, None
 
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, features, allow_pickle=False)
 
-        _write_atomic(npy_path, write)
-    return index, features, None
+def _extract_indexed(index: int, path: str, feature_fn: Callable[..., np.ndarray], sample_rate: int,
+                     max_seconds: float | None, window_seconds: float | None, cache: FeatureCache | None
+                     ) -> tuple[int, np.ndarray | None, str | None]:
+    """:func:`extract_one` with the file's index, positional: what the worker pool runs."""
+    features, reason = extract_one(path=path, feature_fn=feature_fn, sample_rate=sample_rate,
+                                   max_seconds=max_seconds, window_seconds=window_seconds, cache=cache)
+    return index, features, reason
 
 
 def _worker_context() -> multiprocessing.context.BaseContext:
@@ -494,19 +506,19 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
     skipped : list[(path, reason)]
         The files that could not be used, in ``paths`` order.
     """
-    feature_name, fn = _resolve_feature_fn(feature_fn)
+    feature_name, fn = resolve_feature_fn(feature_fn)
     check_extraction_settings(sample_rate=sample_rate, max_seconds=max_seconds, workers=workers)
     if window_seconds is not None and not window_seconds > 0:
         raise ValueError(f"window_seconds must be positive or None, got {window_seconds}")
     paths = [os.fspath(p) for p in paths]
     results: dict[int, tuple[np.ndarray | None, str | None]] = {}
     pending: list[int] = []
+    cache = None if cache_dir is None else FeatureCache(cache_dir=cache_dir, feature_name=feature_name,
+                                                         sample_rate=sample_rate, max_seconds=max_seconds,
+                                                         window_seconds=window_seconds)
     for index, path in enumerate(paths):
-        if cache_dir is not None and os.path.isfile(path):
-            npy_path, failed_path = _cache_paths(cache_dir=cache_dir, path=path, feature_name=feature_name,
-                                                 sample_rate=sample_rate, max_seconds=max_seconds,
-                                                 window_seconds=window_seconds)
-            features, reason = _read_cache(npy_path, failed_path)
+        if cache is not None and os.path.isfile(path):
+            features, reason = cache.read(path)
             if features is not None or reason is not None:
                 results[index] = (features, reason)
                 continue
@@ -515,19 +527,19 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
     from tqdm.auto import tqdm  # imported here: only extraction runs need it
 
     workers = min(workers or os.cpu_count() or 1, max(1, len(pending)))
-    args = [(i, paths[i], feature_name, fn, sample_rate, max_seconds, cache_dir, window_seconds) for i in pending]
+    args = [(i, paths[i], fn, sample_rate, max_seconds, window_seconds, cache) for i in pending]
     with tqdm(total=len(paths), initial=len(results), disable=not progress, unit="track",
               desc=f"{feature_name} features") as bar:
         if workers == 1:
             for arg in args:
-                index, features, reason = _extract_one(*arg)
+                index, features, reason = _extract_indexed(*arg)
                 results[index] = (features, reason)
                 bar.update(1)
         else:
             context = _worker_context()
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                                         initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-                futures = {pool.submit(_extract_one, *arg): arg[0] for arg in args}
+                futures = {pool.submit(_extract_indexed, *arg): arg[0] for arg in args}
                 for future in concurrent.futures.as_completed(futures):
                     try:
                         index, features, reason = future.result()

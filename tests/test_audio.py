@@ -391,18 +391,53 @@ def test_pooling_blocks_equals_pooling_the_joined_signal(size):
     rng = np.random.default_rng(size)
     signal = rng.standard_normal(10007).astype(np.float32)
     cuts = np.sort(rng.choice(np.arange(1, signal.size), 40, replace=False))
-    blocks = np.split(signal, cuts) + [np.zeros(0, np.float32)]
+    blocks = audio.MeasuredBlocks(np.split(signal, cuts) + [np.zeros(0, np.float32)])
 
-    stream = audio.mean_pool_blocks(iter(blocks), size=size)
+    pooled = np.concatenate(list(audio.iter_mean_pooled(blocks, size=size)))
 
-    np.testing.assert_array_equal(stream.pooled, mean_pool(signal, size=size))
-    assert stream.samples == signal.size
-    assert stream.peak == float(np.max(np.abs(signal)))
+    np.testing.assert_array_equal(pooled, mean_pool(signal, size=size))
+    assert blocks.samples == signal.size
+    assert blocks.peak == float(np.max(np.abs(signal)))
 
 
 def test_pooling_no_blocks_is_empty():
-    stream = audio.mean_pool_blocks([], size=5)
-    assert stream.pooled.shape == (0,) and stream.samples == 0 and stream.peak == 0.0
+    blocks = audio.MeasuredBlocks([])
+    assert list(audio.iter_mean_pooled(blocks, size=5)) == [] and blocks.samples == 0 and blocks.peak == 0.0
+
+
+def test_measured_blocks_check_the_excerpt_before_the_consumer_sees_its_end(tmp_path):
+    quiet = [np.full(4000, 1e-6, np.float32), np.full(4000, 1e-6, np.float32)]
+    seen = []
+    with pytest.raises(AudioDecodeError, match="silent"):
+        for block in audio.MeasuredBlocks(quiet, path=str(tmp_path / "quiet.wav"), sample_rate=8000, min_seconds=0.5):
+            seen.append(block)
+    assert len(seen) == 2  # every block passed through; the end raised
+    short = audio.MeasuredBlocks([np.ones(100, np.float32)], path="short.wav", sample_rate=8000, min_seconds=0.5)
+    with pytest.raises(AudioDecodeError, match="short.wav: too short"):
+        list(audio.iter_mean_pooled(short, size=5))  # the partial last window is never yielded
+
+
+def test_the_excerpt_decoders_agree_on_the_centred_excerpt(tmp_path):
+    path = str(tmp_path / "tone.wav")
+    rate = 8000
+    t = np.arange(int(12.3 * rate)) / rate
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
+    offset, duration = centred_excerpt(12.3, 5.0)
+    expected = load_audio(path, sample_rate=rate, offset=offset, duration=duration)
+
+    excerpt = audio.load_excerpt(path=path, sample_rate=rate, max_seconds=5.0)
+    settings = audio.DecodeSettings(sample_rate=rate, pool_size=5, max_seconds=5.0, min_seconds=1.0)
+    pooled, seconds = audio.pooled_excerpt(path, settings=settings)
+    streamed = np.concatenate(list(audio.iter_pooled_blocks(path, sample_rate=rate, pool_size=5, max_seconds=5.0,
+                                                            min_seconds=1.0, block_seconds=0.7)))
+
+    np.testing.assert_array_equal(excerpt, expected)
+    np.testing.assert_array_equal(pooled, mean_pool(expected, size=5))
+    np.testing.assert_array_equal(streamed, pooled)
+    assert seconds == expected.size / rate
+    assert audio.decode_track(path, settings).seconds == seconds
+    assert "too short" in audio.decode_track(path, audio.DecodeSettings(
+        sample_rate=rate, pool_size=5, max_seconds=5.0, min_seconds=6.0)).reason
 
 
 class _RawPcmBackend:

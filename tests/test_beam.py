@@ -15,12 +15,12 @@ import pytest
 import soundfile as sf
 
 from data_prep import dev_corpus
-from data_prep.build import FEATURE_CACHE_DIRNAME, prepare
+from data_prep.build import prepare
 from data_prep.beam_pipeline import pipeline_options
 from data_prep.sources import list_source
 from data_prep.splits import assign_splits
 from musicsim import features
-from musicsim.dataset import read_catalog
+from musicsim.dataset import feature_cache_dir, read_catalog
 from musicsim.tfrecords import SPLITS, iter_records, shard_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,7 +117,7 @@ def test_feature_cache_makes_extraction_free(both_builds, fresh_librosa_features
 
     monkeypatch.setattr(features, "load_audio", no_decoding)
     cached, ok, skipped = features.extract_many(paths=paths, feature_fn="librosa", max_seconds=None, workers=1,
-                                                cache_dir=os.path.join(output, FEATURE_CACHE_DIRNAME),
+                                                cache_dir=feature_cache_dir(output),
                                                 progress=False)
 
     assert ok == list(range(len(paths))) and skipped == []
@@ -221,6 +221,6 @@ def test_multiprocessing_direct_runner_matches_local_build_on_tiny_corpus(tiny_c
     monkeypatch.setattr(features, "load_audio", lambda *a, **k: pytest.fail("decoded a cached track"))
     cached, ok, skipped = features.extract_many(
         paths=paths, feature_fn="mfcc", max_seconds=8.0, workers=1, progress=False,
-        cache_dir=os.path.join(str(tmp_path / "beam"), FEATURE_CACHE_DIRNAME))
+        cache_dir=feature_cache_dir(str(tmp_path / "beam")))
     assert cached.shape == (20, 2 * features.N_MFCC) and skipped == []
     np.testing.assert_allclose(cached[:2], fresh, rtol=1e-9, atol=1e-12)

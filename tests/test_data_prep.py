@@ -21,11 +21,12 @@ import pytest
 import soundfile as sf
 
 from data_prep import build, demo, dev_corpus, sources, splits
-from data_prep.build import DecodeResult, DecodeSettings, decode_in_order, prepare
+from data_prep.build import prepare
 from data_prep.sources import SourceTrack
-from musicsim.audio import audio_info, centred_excerpt, load_audio, mean_pool
+from musicsim.audio import DecodeResult, DecodeSettings, audio_info, centred_excerpt, load_audio, mean_pool
 from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.tfrecords import SPLITS, read_tracks
+from musicsim.workers import decode_in_order
 
 # audioread (the fallback decoder) imports stdlib modules deprecated in 3.11.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:audioread")
@@ -246,7 +247,7 @@ def test_labelled_csv_listing(genre_csv):
     assert reasons[0] == "file not found" and "no label in column 'genre'" in reasons[1]
 
     by_mood = sources.list_labelled_csv(csv_path=genre_csv, label_column="mood")
-    assert by_mood.similarity == "label" and {t.labels for t in by_mood.tracks} == {("happy",), ("sad",)}
+    assert by_mood.relevance == "label" and {t.labels for t in by_mood.tracks} == {("happy",), ("sad",)}
     with pytest.raises(ValueError, match="no column 'style'"):
         sources.list_labelled_csv(csv_path=genre_csv, label_column="style")
 
@@ -255,7 +256,7 @@ def test_labelled_csv_build_by_genre(genre_csv, tmp_path):
     output = str(tmp_path / "zalo_prepared")  # not the source folder: that is not a dataset folder
     report = prepare(dataset="labelled_csv", input_path=genre_csv, output=output, label_column="genre", **FAST)
 
-    assert DatasetInfo.load(output).similarity == "genre"
+    assert DatasetInfo.load(output).relevance == "genre"
     assert report["tracks"] == 13 and len(report["skipped"]) == 2
     for genre in ("pop", "rap", "bolero"):  # 4+ tracks each: in every split
         assert all(report["labels"][genre][split] >= 1 for split in SPLITS)
@@ -287,7 +288,7 @@ def test_manifest_build(tmp_path, as_file):
                      output=output, **FAST)
 
     catalog = read_catalog(output)
-    assert report["tracks"] == 13 and DatasetInfo.load(output).similarity == "album"
+    assert report["tracks"] == 13 and DatasetInfo.load(output).relevance == "album"
     assert {e.track_id for e in catalog} == {f"{a}__track{i}" for a, n in [("alpha", 4), ("beta", 5), ("gamma", 4)]
                                              for i in range(n)}
     assert all(os.path.isabs(e.path) and os.path.isfile(e.path) for e in catalog)

@@ -18,7 +18,8 @@ import tensorflow as tf
 from experiments import export
 from experiments.export import export_embeddings, export_saved_model, output_paths
 from musicsim.audio import AudioDecodeError, load_audio, mean_pool
-from musicsim.embedder import iter_pooled_blocks, iter_window_rows, load_embedder, windowed_chroma
+from musicsim.audio import iter_pooled_blocks, windowed_chroma
+from musicsim.embedder import iter_window_rows, load_embedder
 from musicsim.models import wavenet
 from test_export import SAMPLE_RATE, train_tiny_run
 
@@ -341,7 +342,7 @@ def test_a_silent_long_file_is_skipped_after_its_windows(embedder, tmp_path, mon
 
 def test_chromagram_in_windows_has_the_whole_files_frames():
     """With the tuning fixed (a tone at A440 estimates 0 everywhere) the windowed frames are the whole ones."""
-    from musicsim.models.rnn import chroma_sequence
+    from musicsim.audio import chroma_sequence
 
     rate, hop = 11025, 512
     t = np.arange(int(9.3 * rate)) / rate
@@ -383,9 +384,8 @@ def test_fitted_features_in_windows_are_bounded_and_exact_under_two_windows(tmp_
 
 def test_rnn_decoding_streams_and_matches_the_runs_chromagram(tmp_path):
     """The rnn's input decoded block by block equals rnn.load_tracks' chromagram for a track under two windows."""
-    from musicsim.embedder import ChromaSettings, decode_chroma
-    from musicsim.features import load_excerpt
-    from musicsim.models.rnn import chroma_sequence
+    from musicsim.audio import ChromaSettings, decode_chroma, load_excerpt
+    from musicsim.audio import chroma_sequence
 
     rate = 11025
     t = np.arange(int(25.0 * 44100)) / 44100

@@ -204,13 +204,13 @@ def test_extract_many_cache_avoids_decoding_and_follows_file_changes(corpus, tmp
                            workers=1, cache_dir=cache, progress=False)
 
     decoded = []
-    real_load_audio = F.load_audio
+    real_load_excerpt = F.load_excerpt
 
-    def counting_load_audio(path, **kwargs):
+    def counting_load_excerpt(*, path, **kwargs):
         decoded.append(os.path.basename(path))
-        return real_load_audio(path, **kwargs)
+        return real_load_excerpt(path=path, **kwargs)
 
-    monkeypatch.setattr(F, "load_audio", counting_load_audio)
+    monkeypatch.setattr(F, "load_excerpt", counting_load_excerpt)
     second = F.extract_many(paths=paths, feature_fn=level_and_length, sample_rate=SR, max_seconds=2.5,
                             workers=1, cache_dir=cache, progress=False)
     assert decoded == []  # good and bad files both come from the cache
@@ -228,6 +228,27 @@ def test_extract_many_cache_avoids_decoding_and_follows_file_changes(corpus, tmp
                            workers=1, cache_dir=cache, progress=False)
     assert decoded == ["tone0.wav", os.path.basename(paths[good[1]])]
     assert third[0][1, 1] == pytest.approx(0.5)
+
+
+def test_feature_cache_holds_what_extract_one_computed_and_misses_an_edited_file(corpus, tmp_path):
+    paths, good = corpus
+    cache = F.FeatureCache(cache_dir=str(tmp_path / "cache"), feature_name="level", sample_rate=SR, max_seconds=2.5)
+    assert cache.read(paths[good[0]]) == (None, None)
+
+    vector, reason = F.extract_one(path=paths[good[0]], feature_fn=level_and_length, sample_rate=SR,
+                                   max_seconds=2.5, cache=cache)
+    missing, why = F.extract_one(path=paths[1], feature_fn=level_and_length, sample_rate=SR, max_seconds=2.5,
+                                 cache=cache)
+
+    assert reason is None and vector[0] == pytest.approx(2.0, abs=1e-3)
+    np.testing.assert_array_equal(cache.read(paths[good[0]])[0], vector)
+    assert missing is None and cache.read(paths[1]) == (None, why)  # an unusable file is remembered
+    with_window = F.FeatureCache(cache_dir=cache.cache_dir, feature_name="level", sample_rate=SR, max_seconds=2.5,
+                                 window_seconds=1.0)
+    assert with_window.read(paths[good[0]]) == (None, None)  # other settings, other entry
+    sf.write(paths[good[0]], np.full(SR * 3, 0.5, np.float32), SR)
+    assert cache.read(paths[good[0]]) == (None, None)  # edited: a miss
+    assert cache.read(str(tmp_path / "absent.wav")) == (None, None)
 
 
 def test_extract_many_takes_the_centred_excerpt(tmp_path):

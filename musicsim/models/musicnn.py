@@ -9,7 +9,7 @@ layer is a strong content descriptor for similarity. The weights come from the w
 Input (musicnn's ``configuration.py`` / ``extractor.py``): 16 kHz mono, a 512-point STFT with hop
 256 (frames centred on ``k * 256``, zero padding at the ends), power spectrogram, 96 mel bands
 (librosa's Slaney filters), ``log10(1 + 10000 * mel)``, in non-overlapping patches of 187 frames
-(3 s). A track is read block by block (`musicsim.audio.iter_audio_blocks`) and its patches go
+(3 s). A track is read block by block (`musicsim.audio.iter_excerpt_blocks`) and its patches go
 through the network a few at a time, so memory does not grow with the track; its embedding is the
 mean over its patches of one layer:
 
@@ -30,8 +30,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from musicsim.audio import (AudioDecodeError, audio_info, centred_excerpt, check_excerpt, iter_audio_blocks)
-from musicsim.features import _cache_paths, _read_cache, _write_atomic
+from musicsim.audio import AudioDecodeError, MeasuredBlocks, iter_excerpt_blocks
+from musicsim.features import FeatureCache
 from musicsim.models.fitted import StandardisedModel
 from musicsim.pretrained import musicnn_checkpoint
 
@@ -365,19 +365,6 @@ class MusicnnTeacher:
         return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
-class _Measured:
-    """Passes a file's blocks through while counting its samples and its peak."""
-
-    def __init__(self, blocks: Iterable[np.ndarray]):
-        self.blocks, self.samples, self.peak = blocks, 0, 0.0
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for block in self.blocks:
-            self.samples += block.size
-            self.peak = max(self.peak, float(np.max(np.abs(block))))
-            yield block
-
-
 # -- the fitted model -----------------------------------------------------------------------------
 class MusicnnModel(StandardisedModel):
     """A musicnn layer, mean over 3 s patches -> standardised with train statistics; cosine.
@@ -439,16 +426,10 @@ class MusicnnModel(StandardisedModel):
         AudioDecodeError
             Naming the file and why it cannot be used (unreadable, too short, silent, ...).
         """
-        try:
-            offset, duration = centred_excerpt(audio_info(path).duration, self.max_seconds)
-        except AudioDecodeError:
-            # No header libsndfile reads: the decoder's fallback decides (and raises for non-audio).
-            offset, duration = 0.0, self.max_seconds
-        blocks = _Measured(iter_audio_blocks(path, sample_rate=SAMPLE_RATE, offset_seconds=offset,
-                                             duration_seconds=duration))
+        # The excerpt is checked (too short, silent) as its blocks end, before the last patches run.
+        blocks = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=SAMPLE_RATE, max_seconds=self.max_seconds),
+                                path=path, sample_rate=SAMPLE_RATE, min_seconds=self.min_seconds)
         embedding = track_embedding(network=self.network, layer=self.layer, blocks=blocks)
-        check_excerpt(path, samples=blocks.samples, peak=blocks.peak, sample_rate=SAMPLE_RATE,
-                      min_seconds=self.min_seconds)
         if not np.all(np.isfinite(embedding)):
             raise ValueError("embedding has non-finite values")
         return embedding
@@ -479,9 +460,9 @@ class MusicnnModel(StandardisedModel):
     def _extract_one(self, path: str) -> tuple[np.ndarray | None, str | None]:
         cache = None
         if self.cache_dir is not None and os.path.isfile(path):
-            cache = _cache_paths(cache_dir=self.cache_dir, path=path, feature_name=self.feature_fn,
-                                 sample_rate=self.sample_rate, max_seconds=self.max_seconds)
-            features, reason = _read_cache(*cache)
+            cache = FeatureCache(cache_dir=self.cache_dir, feature_name=self.feature_fn, sample_rate=self.sample_rate,
+                                 max_seconds=self.max_seconds)
+            features, reason = cache.read(path)
             if features is not None and features.shape == (self.dim,):
                 return features, None
             if reason is not None:
@@ -490,23 +471,11 @@ class MusicnnModel(StandardisedModel):
             features = self.embed_file(path=path)
         except AudioDecodeError as err:
             if cache is not None:  # the file itself is unusable: remembered until it changes
-                _write_atomic(cache[1], lambda tmp: _write_json(tmp, {"path": path, "reason": err.reason}))
+                cache.write_failure(path, err.reason)
             return None, err.reason
         except Exception as err:  # noqa: BLE001 - one bad track must never stop a corpus run
             print(f"musicnn: {path}: {type(err).__name__}: {err}", file=sys.stderr)
             return None, f"musicnn embedding failed ({type(err).__name__}: {err})"
         if cache is not None:
-            _write_atomic(cache[0], lambda tmp: _write_npy(tmp, features))
+            cache.write(path, features)
         return features, None
-
-
-def _write_json(path: str, payload: dict) -> None:
-    import json
-
-    with open(path, "w") as f:
-        json.dump(payload, f)
-
-
-def _write_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)

@@ -30,13 +30,11 @@ import os
 import sys
 from typing import Callable, Mapping, Sequence
 
-import librosa
 import numpy as np
 import tensorflow as tf
 
 from musicsim import head
-from musicsim.features import load_excerpt
-from musicsim.audio import AudioDecodeError
+from musicsim.audio import chroma_of_file, chroma_sequence  # noqa: F401 - rnn.chroma_sequence: the model's input
 from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, crop
 
@@ -53,7 +51,6 @@ DEFAULT_PARAMS = dict(
 )
 EMBEDDINGS = ("states", "outputs")
 REDUCTIONS = ("mean", "max", "last")
-N_FFT = 2048
 # The runner's early stopping: the unsupervised loss on the eval split must keep decreasing.
 EARLY_STOPPING = ("loss", "decrease")
 # Bump when the chromagram computation changes, so cached sequences from the old code are not reused.
@@ -99,44 +96,6 @@ def frame_rate(params: Mapping | None = None) -> float:
 # --------------------------------------------------------------------------------------------
 # Chromagrams
 # --------------------------------------------------------------------------------------------
-
-def chroma_sequence(*, audio: np.ndarray, sample_rate: int, hop_length: int) -> np.ndarray:
-    """The STFT chromagram of a mono signal, one row per frame.
-
-    Parameters
-    ----------
-    audio : np.ndarray, shape ``[n]``, n >= 1
-    sample_rate : int > 0
-    hop_length : int > 0
-        Samples between frames (frames are centred: ``1 + n // hop_length`` of them).
-
-    Returns
-    -------
-    np.ndarray, float32, shape ``[1 + n // hop_length, 12]``; each frame scaled to a maximum of 1
-    (librosa's default), bins from C to B.
-    """
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1 or audio.size == 0:
-        raise ValueError(f"audio must be a non-empty 1-D signal, got shape {audio.shape}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if hop_length <= 0:
-        raise ValueError(f"hop_length must be positive, got {hop_length}")
-    chroma = librosa.feature.chroma_stft(y=audio, sr=sample_rate, n_fft=N_FFT, hop_length=hop_length)
-    return np.ascontiguousarray(chroma.T, dtype=np.float32)
-
-
-def _chroma_of_file(path: str, sample_rate: int, hop_length: int, max_seconds: float | None
-                    ) -> tuple[np.ndarray | None, str | None]:
-    """(chromagram ``[frames, 12]`` or None, failure reason or None); runs in a worker process."""
-    try:
-        audio = load_excerpt(path=path, sample_rate=sample_rate, max_seconds=max_seconds)
-        return chroma_sequence(audio=audio, sample_rate=sample_rate, hop_length=hop_length), None
-    except AudioDecodeError as err:
-        return None, err.reason
-    except Exception as err:  # noqa: BLE001 - one bad track must never stop a corpus run
-        return None, f"chromagram failed ({type(err).__name__}: {err})"
-
 
 def _cache_stem(*, cache_dir: str, track_id: str, path: str, sample_rate: int, hop_length: int,
                 max_seconds: float | None) -> str | None:
@@ -260,12 +219,12 @@ def load_splits(dataset_dir: str, splits: Sequence[str] = ("train", "eval", "tes
         args = {i: (todo[i].path, sample_rate, hop_length, max_seconds) for i in pending}
         if workers == 1:
             for i in pending:
-                done(i, *_chroma_of_file(*args[i]))
+                done(i, *chroma_of_file(*args[i]))
         else:
             # spawn, not fork: this process may hold TensorFlow threads that a fork would break.
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_chroma_of_file, *args[i]): i for i in pending}
+                futures = {pool.submit(chroma_of_file, *args[i]): i for i in pending}
                 for future in concurrent.futures.as_completed(futures):
                     try:
                         chroma, reason = future.result()
