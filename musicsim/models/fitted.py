@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -63,6 +63,24 @@ class FittedModel:
         # Embedding only (not a saved setting): compute long excerpts a window at a time, in bounded memory.
         self.window_seconds: float | None = None
         self.fitted = False
+
+    @classmethod
+    def for_run(cls, *, params: Mapping[str, Any], run_params: Mapping[str, str], dataset_dir: str,
+                max_seconds: float | None, workers: int | None) -> "FittedModel":
+        """A new model for an ``experiments.run`` run on a prepared dataset.
+
+        Parameters
+        ----------
+        params : the run's hyperparameters
+        run_params : constructor keyword -> params key, the settings of this class a run passes (the
+            registry entry's ``fitted_params``); keys absent from ``params`` keep the class default
+        dataset_dir : the prepared dataset; its feature cache is reused
+        max_seconds : the dataset's excerpt length (None: whole files)
+        workers : feature-extraction processes (None: every core)
+        """
+        settings = {keyword: params[key] for keyword, key in run_params.items() if key in params}
+        return cls(max_seconds=max_seconds, workers=workers, cache_dir=os.path.join(dataset_dir, "feature_cache"),
+                   **settings)
 
     # -- what subclasses provide -------------------------------------------------------------
     def _fit_features(self, features: np.ndarray) -> None:

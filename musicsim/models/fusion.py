@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -61,6 +61,14 @@ class FusionModel(FittedModel):
         self._embedders: list | None = None
         self.block_dims: list[int] = []
         self.tuning = list(tuning or [])  # the eval search: [{"weights", "catalog_mAP"}]
+
+    @classmethod
+    def for_run(cls, *, params: Mapping[str, Any], run_params: Mapping[str, str], dataset_dir: str,
+                max_seconds: float | None, workers: int | None) -> "FusionModel":
+        """A fusion of the runs ``params["fusion_runs"]``: each run decodes its own way, so neither the
+        dataset's excerpt nor its feature cache applies."""
+        del run_params, dataset_dir, max_seconds
+        return cls(runs=params.get("fusion_runs") or [], workers=workers)
 
     def _check_weights(self, weights: np.ndarray) -> None:
         if weights.shape != (len(self.runs),) or not np.all(weights >= 0) or not weights.any():
