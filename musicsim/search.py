@@ -15,30 +15,80 @@ cosine, or minus the Euclidean distance; higher is more similar either way.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 import numpy as np
+from absl import flags
 
-from musicsim.index import EmbeddingIndex
-from musicsim.index_backends import IndexBackend
+from musicsim.index import EmbeddingIndex, IndexBackend
+from musicsim.index.cli import parse_command_line, run_command
+
+if TYPE_CHECKING:
+    from musicsim.embedder import Embedder
+
+USAGE = "usage: python -m musicsim.search --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--json] [...]"
+
+# Flags of this command only (experiments.run's global FLAGS has some of the same names).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("index", None, "The index directory (musicsim.index build).", flag_values=FLAGS)
+flags.DEFINE_string("query", None, "An audio file, embedded with the index's model.", flag_values=FLAGS)
+flags.DEFINE_string("track_id", None, "A track of the index.", flag_values=FLAGS)
+flags.DEFINE_integer("k", 10, "Number of results.", flag_values=FLAGS)
+flags.DEFINE_float("diversity", 0.0, "0 ranks by similarity only; up to 1 favours results unlike each other (MMR).",
+                   flag_values=FLAGS)
+flags.DEFINE_bool("exclude_same_group", False, "Leave out the query's album/group.", flag_values=FLAGS)
+flags.DEFINE_bool("include_self", False, "Keep the query track in --track_id results.", flag_values=FLAGS)
+flags.DEFINE_bool("json", False, "Print a JSON list instead of a table.", flag_values=FLAGS)
+flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
 
 
-def _embed_query(index: IndexBackend, *, index_dir: str, query_path: str) -> np.ndarray:
-    """The query file's embedding ``[1, D]`` by the index's model."""
-    from musicsim.embedder import load_embedder
+class UnembeddableQueryError(ValueError):
+    """An audio file the index's model cannot embed (not decodable, too short, silent); ``reason`` says why."""
 
+    def __init__(self, *, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"cannot embed the query {path}: {reason}")
+
+
+def query_model_dir(*, index: IndexBackend, index_dir: str) -> str:
+    """The run that embeds audio-file queries of ``index``.
+
+    Raises
+    ------
+    ValueError
+        When the index was built without a model_dir.
+    """
     model_dir = index.model.get("model_dir")
     if not model_dir:
         raise ValueError(f"the index {index_dir} was built without a model_dir, so a file cannot be embedded "
                          "with its model: rebuild it with `python -m musicsim.index build ... --model_dir=RUN`, "
-                         "or query by --track_id")
-    if not os.path.isfile(query_path):
-        raise FileNotFoundError(f"query file {query_path} does not exist")
+                         "or query by track id")
+    return str(model_dir)
+
+
+def load_query_embedder(*, index: IndexBackend, index_dir: str) -> "Embedder":
+    """The index's model, loaded and checked to make the index's embeddings (its name and dimension).
+
+    A model that compares embeddings by another similarity than the index is warned about
+    (``warnings.warn``), not refused.
+
+    Raises
+    ------
+    ValueError
+        For an index without a model_dir, a run of another model, or another dimension.
+    FileNotFoundError
+        If the run is gone.
+    """
+    import warnings
+
+    from musicsim.embedder import load_embedder
+
+    model_dir = query_model_dir(index=index, index_dir=index_dir)
     embedder = load_embedder(model_dir)
     name = index.model.get("name")
     if name and name != embedder.name:
@@ -49,11 +99,16 @@ def _embed_query(index: IndexBackend, *, index_dir: str, query_path: str) -> np.
                          f"{model_dir} ({embedder.name}) makes {embedder.dim}-d ones; was the index built "
                          "from another run?")
     if embedder.similarity != index.similarity:
-        print(f"warning: {model_dir} compares embeddings by {embedder.similarity} but the index uses "
-              f"{index.similarity}", file=sys.stderr)
+        warnings.warn(f"{model_dir} compares embeddings by {embedder.similarity} but the index uses "
+                      f"{index.similarity}")
+    return embedder
+
+
+def embed_query_file(*, embedder: "Embedder", query_path: str) -> np.ndarray:
+    """The embedding ``[1, D]`` of one audio file; ``UnembeddableQueryError`` naming it when it cannot be embedded."""
     vectors, _, skipped = embedder.embed_paths(paths=[query_path], workers=1, progress=False)
     if skipped:
-        raise ValueError(f"cannot embed the query {query_path}: {skipped[0][1]}")
+        raise UnembeddableQueryError(path=query_path, reason=str(skipped[0][1]))
     return vectors
 
 
@@ -124,7 +179,11 @@ def _search_loaded(index: IndexBackend, *, index_dir: str, query_path: str | Non
                 raise ValueError(f"exclude_same_group with a file query needs the file to be in the index, and "
                                  f"{query_path} is not (its group is unknown)")
             exclude_groups = [[index.group(track_id=own)]]
-        queries = _embed_query(index, index_dir=index_dir, query_path=query_path)
+        query_model_dir(index=index, index_dir=index_dir)  # before the file: the index's own defect first
+        if not os.path.isfile(query_path):
+            raise FileNotFoundError(f"query file {query_path} does not exist")
+        embedder = load_query_embedder(index=index, index_dir=index_dir)
+        queries = embed_query_file(embedder=embedder, query_path=query_path)
         results = index.search(queries=queries, k=k, exclude_groups=exclude_groups, diversity=diversity)[0]
     described = [(found, float(score), index.metadata(track_id=found)) for found, score in results]
     return [{"rank": rank, "track_id": found, "score": score, "path": metadata.get("path"),
@@ -145,32 +204,35 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m musicsim.search ...``; returns the exit status (2 on a usage or input error)."""
-    parser = argparse.ArgumentParser(prog="python -m musicsim.search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", required=True, help="index directory (musicsim.index build)")
-    query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--query", help="an audio file, embedded with the index's model")
-    query.add_argument("--track_id", help="a track of the index")
-    parser.add_argument("-k", "--k", type=int, default=10, help="number of results (default 10)")
-    parser.add_argument("--diversity", type=float, default=0.0,
-                        help="0 ranks by similarity only; up to 1 favours results unlike each other (MMR)")
-    parser.add_argument("--exclude_same_group", action="store_true", help="leave out the query's album/group")
-    parser.add_argument("--include_self", action="store_true", help="keep the query track in --track_id results")
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str]) -> int:
+    """``python -m musicsim.search ...`` (``argv`` program name first); returns the exit status (2 on a
+    usage or input error)."""
+    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    if isinstance(positional, int):
+        return positional
+    problem = ("--index is required" if not FLAGS.index
+               else "give one query: --query=FILE or --track_id=ID" if (FLAGS.query is None) == (FLAGS.track_id is None)
+               else f"unexpected arguments {positional}" if positional else None)
+    if problem:
+        print(f"error: {problem}\n{USAGE}", file=sys.stderr)
+        return 2
     # TensorFlow's Python logger (estimator INFO lines), set without importing TensorFlow.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        results = search(index_dir=args.index, query_path=args.query, track_id=args.track_id, k=args.k,
-                         diversity=args.diversity, exclude_same_group=args.exclude_same_group,
-                         exclude_self=not args.include_self)
+        results = search(index_dir=FLAGS.index, query_path=FLAGS.query, track_id=FLAGS.track_id, k=FLAGS.k,
+                         diversity=FLAGS.diversity, exclude_same_group=FLAGS.exclude_same_group,
+                         exclude_self=not FLAGS.include_self)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(results, indent=1) if args.json else format_table(results))
+    print(json.dumps(results, indent=1) if FLAGS.json else format_table(results))
     return 0
 
 
+def run() -> NoReturn:
+    """The ``musicsim-search`` console script."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

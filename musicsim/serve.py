@@ -27,7 +27,6 @@ are JSON ``{"error": message, "status": code}``: 400 bad parameters, 404 unknown
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import mimetypes
 import os
@@ -39,10 +38,11 @@ import tempfile
 import threading
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, NoReturn, Sequence
 from urllib.parse import quote
 
 import numpy as np
+from absl import flags
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -52,6 +52,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from musicsim.index import EmbeddingIndex
+from musicsim.index.cli import parse_command_line, run_command
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -70,6 +71,19 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
                 ".ico": "image/x-icon"}
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+USAGE = "usage: python -m musicsim.serve --index=DIR [--host=127.0.0.1] [--port=8000] [--max_upload_mb=50] [...]"
+
+# Flags of this command only (experiments.run's global FLAGS has some of the same names).
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("index", None, "The index directory (musicsim.index build).", flag_values=FLAGS)
+flags.DEFINE_string("host", DEFAULT_HOST, f"Address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 "
+                    "exposes it to the network).", flag_values=FLAGS)
+flags.DEFINE_integer("port", DEFAULT_PORT, "Port.", lower_bound=0, upper_bound=65535, flag_values=FLAGS)
+flags.DEFINE_float("max_upload_mb", DEFAULT_MAX_UPLOAD_MB, "Largest accepted audio upload, in MiB.",
+                   flag_values=FLAGS)
+flags.DEFINE_enum("map", "pca", ["pca", "umap"], "Projection of the embedding map.", flag_values=FLAGS)
+flags.DEFINE_bool("access_log", False, "Log every request.", flag_values=FLAGS)
+flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
 
 
 class ServiceError(Exception):
@@ -195,23 +209,19 @@ class SearchService:
         return {"query": query, "results": self._results(found)}
 
     def embedder(self):
-        """The index's model (loaded once, on first use), checked against the index."""
-        from musicsim.embedder import load_embedder
+        """The index's model (loaded once, on first use), checked against the index
+        (``musicsim.search.load_query_embedder``)."""
+        from musicsim.search import load_query_embedder, query_model_dir
 
-        model_dir = self.index.model.get("model_dir")
-        if not model_dir:
-            raise ServiceError(400, f"the index {self.index_dir} was built without a model_dir, so uploaded "
-                                    "files cannot be embedded: rebuild it with `python -m musicsim.index build "
-                                    "... --model_dir=RUN`, or query by track id")
+        try:
+            model_dir = query_model_dir(index=self.index, index_dir=self.index_dir)
+        except ValueError as error:
+            raise ServiceError(400, f"uploaded files cannot be embedded: {error}") from None
         with self._embed_lock:
             if self._embedder is None:
                 self.model_state = "loading"
                 try:
-                    embedder = load_embedder(model_dir)
-                    self.index.check_model(query_model={"name": embedder.name, "model_dir": embedder.model_dir})
-                    if embedder.dim != self.index.dim:
-                        raise ValueError(f"it makes {embedder.dim}-d embeddings but the index holds "
-                                         f"{self.index.dim}-d ones")
+                    embedder = load_query_embedder(index=self.index, index_dir=self.index_dir)
                 except (OSError, ValueError) as error:
                     self.model_state = f"failed: {error}"
                     raise ServiceError(500, f"cannot load the index's model {model_dir}: {error}") from error
@@ -253,10 +263,13 @@ class SearchService:
             load_audio(path, duration=DECODE_CHECK_SECONDS, min_seconds=0.0, reject_silence=False)
         except AudioDecodeError as error:
             raise ServiceError(415, f"the upload {name!r} is not audio this server can decode: {error.reason}")
+        from musicsim.search import UnembeddableQueryError, embed_query_file
+
         with self._embed_lock:  # one model, one query at a time (estimators and workers are not shared)
-            vectors, _, skipped = embedder.embed_paths(paths=[path], workers=1, progress=False)
-        if skipped:
-            raise ServiceError(422, f"the upload {name!r} cannot be embedded: {skipped[0][1]}")
+            try:
+                vectors = embed_query_file(embedder=embedder, query_path=path)
+            except UnembeddableQueryError as error:
+                raise ServiceError(422, f"the upload {name!r} cannot be embedded: {error.reason}") from None
         found = self.index.search(queries=vectors, k=k, diversity=diversity)[0]
         return {"query": {"file": name}, "results": self._results(found)}
 
@@ -502,22 +515,17 @@ def create_app(*, index_dir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, 
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m musicsim.serve ...``; returns the exit status (2 on a usage or input error)."""
-    parser = argparse.ArgumentParser(prog="python -m musicsim.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", required=True, help="index directory (musicsim.index build)")
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this "
-                                                             "machine only; 0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest accepted audio upload in MiB (default {DEFAULT_MAX_UPLOAD_MB:g})")
-    parser.add_argument("--map", default="pca", choices=("pca", "umap"), help="projection of the embedding map")
-    parser.add_argument("--access_log", action="store_true", help="log every request")
-    args = parser.parse_args(argv)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    if not 0 <= args.port <= 65535:
-        print(f"error: --port must be in [0, 65535], got {args.port}", file=sys.stderr)
+def main(argv: Sequence[str]) -> int:
+    """``python -m musicsim.serve ...`` (``argv`` program name first); returns the exit status (2 on a
+    usage or input error)."""
+    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    if isinstance(positional, int):
+        return positional
+    if not FLAGS.index or positional:
+        print(f"error: {'--index is required' if not FLAGS.index else f'unexpected arguments {positional}'}\n{USAGE}",
+              file=sys.stderr)
         return 2
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from threadpoolctl import threadpool_limits
 
     # Requests run concurrently on the server's threads: BLAS threads of their own would only fight
@@ -525,21 +533,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # limit is lifted when serving ends, so a caller of main() keeps its own BLAS threads.
     with threadpool_limits(limits=1, user_api="blas"):
         try:
-            app = create_app(index_dir=args.index, max_upload_mb=args.max_upload_mb, map_method=args.map,
+            app = create_app(index_dir=FLAGS.index, max_upload_mb=FLAGS.max_upload_mb, map_method=FLAGS.map,
                              warm_up=True)
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         import uvicorn
 
-        if not _is_loopback(args.host):
-            print(f"warning: binding to {args.host}: the service is reachable from other machines", file=sys.stderr)
+        if not _is_loopback(FLAGS.host):
+            print(f"warning: binding to {FLAGS.host}: the service is reachable from other machines", file=sys.stderr)
         service = app.state.service
-        print(f"{service.index.summary()}\nserving {service.index_dir} on http://{args.host}:{args.port}/ "
+        print(f"{service.index.summary()}\nserving {service.index_dir} on http://{FLAGS.host}:{FLAGS.port}/ "
               f"(API spec: /openapi.json)", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+        uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, access_log=FLAGS.access_log, log_level="info")
     return 0
 
 
+def run() -> NoReturn:
+    """The ``musicsim-serve`` console script."""
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

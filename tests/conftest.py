@@ -139,3 +139,48 @@ def assert_workers_die_with(command: list[str], *, cwd: str, min_processes: int)
     for pid in survivors:  # leave nothing behind, then fail
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
+
+
+# The served catalog: real audio files, a real fitted model and an index of its embeddings (serve, browser).
+SERVED_SAMPLE_RATE = 8000
+SERVED_TRACKS_PER_ALBUM = 4
+
+
+def write_album_tracks(root, *, sample_rate: int = SERVED_SAMPLE_RATE,
+                       per_album: int = SERVED_TRACKS_PER_ALBUM) -> list[str]:
+    """Synthetic albums x ``per_album`` tracks of 2-3 s, WAV, under ``root/<album>/t<k>.wav``; their paths."""
+    paths = []
+    for a, album in enumerate(ALBUM_TIMBRES):
+        os.makedirs(os.path.join(root, album), exist_ok=True)
+        for k in range(per_album):
+            path = os.path.join(str(root), album, f"t{k}.wav")
+            sf.write(path, render_track(album=album, index=k, seconds=2.0 + 0.5 * (k % 3), sample_rate=sample_rate,
+                                        seed=a * 10 + k), sample_rate)
+            paths.append(path)
+    return paths
+
+
+def album_track_ids(paths: list[str]) -> list[str]:
+    """``<album>/t<k>`` of each path of ``write_album_tracks``."""
+    return [f"{os.path.basename(os.path.dirname(p))}/{os.path.splitext(os.path.basename(p))[0]}" for p in paths]
+
+
+@pytest.fixture(scope="module")
+def mfcc_catalog(tmp_path_factory) -> dict:
+    """A real MFCC model fitted on the synthetic albums (``root/mfcc``), and an index of their
+    embeddings with paths, groups and durations (``index_dir``); also ``root``, ``paths``, ``vectors``."""
+    from musicsim.index import EmbeddingIndex
+    from musicsim.models.mfcc import MFCCModel
+
+    root = tmp_path_factory.mktemp("served")
+    paths = write_album_tracks(root / "audio")
+    model = MFCCModel(sample_rate=SERVED_SAMPLE_RATE, max_seconds=None, workers=1, progress=False).fit(paths=paths)
+    model.save(str(root / "mfcc"))
+    vectors, ok, skipped = model.embed_paths(paths=paths)
+    assert not skipped and ok == list(range(len(paths)))
+    index = EmbeddingIndex(track_ids=album_track_ids(paths), vectors=vectors, similarity=model.similarity,
+                           metadata={"path": paths, "group": [os.path.basename(os.path.dirname(p)) for p in paths],
+                                     "duration_s": [sf.info(p).duration for p in paths]},
+                           model={"name": "mfcc", "model_dir": str(root / "mfcc")})
+    index.save(str(root / "index"))
+    return {"root": root, "paths": paths, "vectors": vectors, "index_dir": str(root / "index")}

@@ -8,11 +8,6 @@ import threading
 import time
 
 import pytest
-import soundfile as sf
-
-from musicsim.index import EmbeddingIndex
-from musicsim.models.mfcc import MFCCModel
-from test_serve import SAMPLE_RATE, _track_ids, _write_tracks
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -72,20 +67,11 @@ def wait_for(condition, *, timeout: float = 20.0, what: str = "condition"):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(mfcc_catalog):
     from musicsim.serve import create_app
 
-    root = tmp_path_factory.mktemp("browser")
-    paths = _write_tracks(root / "audio")
-    model = MFCCModel(sample_rate=SAMPLE_RATE, max_seconds=None, workers=1, progress=False).fit(paths=paths)
-    model.save(str(root / "mfcc"))
-    vectors, _, _ = model.embed_paths(paths=paths)
-    EmbeddingIndex(track_ids=_track_ids(paths), vectors=vectors, similarity=model.similarity,
-                   metadata={"path": paths, "group": [os.path.basename(os.path.dirname(p)) for p in paths],
-                             "duration_s": [sf.info(p).duration for p in paths]},
-                   model={"name": "mfcc", "model_dir": str(root / "mfcc")}).save(str(root / "index"))
-    server = ServerThread(create_app(index_dir=str(root / "index")))
-    server.paths = paths
+    server = ServerThread(create_app(index_dir=mfcc_catalog["index_dir"]))
+    server.paths = mfcc_catalog["paths"]
     yield server
     server.stop()
 

@@ -78,7 +78,7 @@ def test_query_by_file_finds_the_file_first(index_dir, audio_dir):
 
 
 def test_cli_json_lists_k_results_best_first(index_dir, capsys):
-    assert main(["--index", index_dir, "--track_id", TRACK, "-k", "6", "--json"]) == 0
+    assert main(["musicsim-search", "--index", index_dir, "--track_id", TRACK, "-k", "6", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 6
     assert all(set(r) == {"rank", "track_id", "score", "path", "group"} for r in results)
@@ -88,7 +88,7 @@ def test_cli_json_lists_k_results_best_first(index_dir, capsys):
 
 def test_cli_table_by_file_without_its_album(index_dir, audio_dir, capsys):
     query = os.path.join(audio_dir, TRACK + ".wav")
-    assert main(["--index", index_dir, "--query", query, "-k", "3", "--exclude_same_group"]) == 0
+    assert main(["musicsim-search", "--index", index_dir, "--query", query, "-k", "3", "--exclude_same_group"]) == 0
     lines = capsys.readouterr().out.strip().split("\n")
     assert lines[0].split() == ["rank", "score", "track_id", "group", "path"] and len(lines) == 4
     for rank, line in enumerate(lines[1:], start=1):
@@ -148,10 +148,10 @@ def test_search_errors(index_dir, bare_index, wrong_dim_index, audio_dir, tmp_pa
 
 
 def test_cli_reports_errors_on_stderr(index_dir, capsys):
-    assert main(["--index", index_dir, "--track_id", "no/such"]) == 2
+    assert main(["musicsim-search", "--index", index_dir, "--track_id", "no/such"]) == 2
     assert "error: unknown track id 'no/such'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--index", index_dir])  # argparse: one of --query / --track_id is required
+    assert main(["musicsim-search", "--index", index_dir]) == 2
+    assert "give one query: --query=FILE or --track_id=ID" in capsys.readouterr().err
 
 
 def test_the_index_and_the_runs_embedder_agree(index_dir, tiny_run):

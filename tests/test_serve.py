@@ -13,54 +13,17 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from conftest import ALBUM_TIMBRES, render_track
+from conftest import ALBUM_TIMBRES, SERVED_SAMPLE_RATE, album_track_ids, render_track
 from musicsim import catalog_map, playlist
 from musicsim.index import EmbeddingIndex
-from musicsim.models.mfcc import MFCCModel
 from musicsim.serve import create_app, main
 
-SAMPLE_RATE = 8000
 ALBUMS = tuple(ALBUM_TIMBRES)
-PER_ALBUM = 4
-
-
-def _write_tracks(root) -> list[str]:
-    """4 synthetic albums x 4 tracks of 2-3 s, WAV, under ``root/<album>/t<k>.wav``."""
-    paths = []
-    for a, album in enumerate(ALBUMS):
-        os.makedirs(root / album, exist_ok=True)
-        for k in range(PER_ALBUM):
-            path = str(root / album / f"t{k}.wav")
-            sf.write(path, render_track(album=album, index=k, seconds=2.0 + 0.5 * (k % 3), sample_rate=SAMPLE_RATE,
-                                        seed=a * 10 + k), SAMPLE_RATE)
-            paths.append(path)
-    return paths
-
-
-def _track_ids(paths: list[str]) -> list[str]:
-    return [f"{os.path.basename(os.path.dirname(p))}/{os.path.splitext(os.path.basename(p))[0]}" for p in paths]
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory):
-    """A real MFCC model fitted on the synthetic albums, and an index of their embeddings (with paths)."""
-    root = tmp_path_factory.mktemp("serve")
-    paths = _write_tracks(root / "audio")
-    model = MFCCModel(sample_rate=SAMPLE_RATE, max_seconds=None, workers=1, progress=False).fit(paths=paths)
-    model.save(str(root / "mfcc"))
-    vectors, ok, skipped = model.embed_paths(paths=paths)
-    assert not skipped and ok == list(range(len(paths)))
-    index = EmbeddingIndex(track_ids=_track_ids(paths), vectors=vectors, similarity=model.similarity,
-                           metadata={"path": paths, "group": [os.path.basename(os.path.dirname(p)) for p in paths],
-                                     "duration_s": [sf.info(p).duration for p in paths]},
-                           model={"name": "mfcc", "model_dir": str(root / "mfcc")})
-    index.save(str(root / "index"))
-    return {"root": root, "paths": paths, "vectors": vectors, "index_dir": str(root / "index")}
-
-
-@pytest.fixture(scope="module")
-def client(catalog):
-    with TestClient(create_app(index_dir=catalog["index_dir"], max_upload_mb=1.0)) as test_client:
+def client(mfcc_catalog):
+    with TestClient(create_app(index_dir=mfcc_catalog["index_dir"], max_upload_mb=1.0)) as test_client:
         yield test_client
 
 
@@ -68,7 +31,7 @@ def _copied_index(catalog, tmp_path, *, model: bool = False, extra: dict | None 
     """The catalog's audio copied under ``tmp_path`` and indexed with the same vectors; returns (index, paths)."""
     shutil.copytree(catalog["root"] / "audio", tmp_path / "audio")
     paths = [str(tmp_path / "audio" / os.path.relpath(p, catalog["root"] / "audio")) for p in catalog["paths"]]
-    ids, vectors = _track_ids(paths), catalog["vectors"]
+    ids, vectors = album_track_ids(paths), catalog["vectors"]
     for track_id, (path, vector) in (extra or {}).items():
         ids, paths, vectors = ids + [track_id], paths + [path], np.vstack([vectors, vector[None, :]])
     index = EmbeddingIndex(track_ids=ids, vectors=vectors, similarity="euclidean",
@@ -80,16 +43,17 @@ def _copied_index(catalog, tmp_path, *, model: bool = False, extra: dict | None 
 
 # ------------------------------------------------------------------------------------- catalog
 
-def test_health_info_and_catalog(client, catalog):
+def test_health_info_and_catalog(client, mfcc_catalog):
     assert client.get("/healthz").json()["status"] == "ok" and client.get("/healthz").json()["tracks"] == 16
     info = client.get("/api/info").json()
     assert (info["tracks"], info["dim"], info["similarity"], info["model"]) == (16, 40, "euclidean", "mfcc")
     assert info["groups"] == sorted(ALBUMS) and info["file_queries"] and info["with_audio"] == 16
     page = client.get("/api/tracks", params={"limit": 5, "offset": 3}).json()
-    assert page["total"] == 16 and [t["track_id"] for t in page["tracks"]] == _track_ids(catalog["paths"])[3:8]
+    assert page["total"] == 16
+    assert [t["track_id"] for t in page["tracks"]] == album_track_ids(mfcc_catalog["paths"])[3:8]
     track = page["tracks"][0]
     assert track["audio_url"] == "/api/audio/" + track["track_id"].replace("/", "%2F")
-    assert track["duration_s"] == pytest.approx(sf.info(catalog["paths"][3]).duration)
+    assert track["duration_s"] == pytest.approx(sf.info(mfcc_catalog["paths"][3]).duration)
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -111,8 +75,8 @@ def test_catalog_rejects_bad_parameters(client, params):
 
 # ------------------------------------------------------------------------------------- similar
 
-def test_similar_by_id_answers_like_the_index(client, catalog):
-    index = EmbeddingIndex.load(catalog["index_dir"])
+def test_similar_by_id_answers_like_the_index(client, mfcc_catalog):
+    index = EmbeddingIndex.load(mfcc_catalog["index_dir"])
     for diversity, exclude in ((0.0, False), (0.5, False), (0.0, True)):
         answer = client.get("/api/similar/low_sine/t1", params={"k": 6, "diversity": diversity,
                                                                 "exclude_same_group": exclude}).json()
@@ -148,8 +112,8 @@ def _upload_dir(client) -> str:
     return client.app.state.service.upload_dir
 
 
-def test_upload_finds_the_file_itself_first_and_leaves_nothing_behind(client, catalog):
-    path = catalog["paths"][9]  # noisy_mid/t1
+def test_upload_finds_the_file_itself_first_and_leaves_nothing_behind(client, mfcc_catalog):
+    path = mfcc_catalog["paths"][9]  # noisy_mid/t1
     with open(path, "rb") as f:
         multipart = client.post("/api/similar", params={"k": 4}, files={"file": ("mine.wav", f, "audio/wav")})
     assert multipart.status_code == 200, multipart.text
@@ -162,22 +126,22 @@ def test_upload_finds_the_file_itself_first_and_leaves_nothing_behind(client, ca
     assert os.listdir(_upload_dir(client)) == []
 
 
-def test_upload_content_is_checked_by_decoding_not_by_name(client, catalog, tmp_path):
+def test_upload_content_is_checked_by_decoding_not_by_name(client, mfcc_catalog, tmp_path):
     # A real WAV named .txt is audio; text named .wav is not.
-    with open(catalog["paths"][0], "rb") as f:
+    with open(mfcc_catalog["paths"][0], "rb") as f:
         assert client.post("/api/similar", files={"file": ("notes.txt", f, "text/plain")}).status_code == 200
     response = client.post("/api/similar", files={"file": ("song.wav", b"just some text, " * 200, "audio/wav")})
     assert response.status_code == 415 and "song.wav" in response.json()["error"]
     assert client.post("/api/similar", files={"file": ("empty.wav", b"", "audio/wav")}).status_code == 415
     # Real audio the model cannot use (too short to embed) is 422.
-    sf.write(tmp_path / "short.wav", np.sin(np.arange(400) / 3.0).astype(np.float32) * 0.5, SAMPLE_RATE)
+    sf.write(tmp_path / "short.wav", np.sin(np.arange(400) / 3.0).astype(np.float32) * 0.5, SERVED_SAMPLE_RATE)
     response = client.post("/api/similar", files={"file": ("short.wav", (tmp_path / "short.wav").read_bytes())})
     assert response.status_code == 422 and "short.wav" in response.json()["error"]
     assert os.listdir(_upload_dir(client)) == []
 
 
-def test_upload_over_the_limit_is_413(catalog):
-    with TestClient(create_app(index_dir=catalog["index_dir"], max_upload_mb=0.01)) as small:
+def test_upload_over_the_limit_is_413(mfcc_catalog):
+    with TestClient(create_app(index_dir=mfcc_catalog["index_dir"], max_upload_mb=0.01)) as small:
         body = b"\0" * 20_000  # over 10 KiB
         assert small.post("/api/similar", files={"file": ("big.wav", body)}).status_code == 413
         response = small.post("/api/similar", content=body, headers={"Content-Type": "audio/wav"})
@@ -188,15 +152,15 @@ def test_upload_over_the_limit_is_413(catalog):
         assert small.get("/api/similar/low_sine/t0").status_code == 200
 
 
-def test_warm_up_loads_the_model_in_the_background_once(catalog):
-    with TestClient(create_app(index_dir=catalog["index_dir"], warm_up=True)) as warm:
+def test_warm_up_loads_the_model_in_the_background_once(mfcc_catalog):
+    with TestClient(create_app(index_dir=mfcc_catalog["index_dir"], warm_up=True)) as warm:
         service = warm.app.state.service
         deadline = time.time() + 60
         while warm.get("/healthz").json()["model"] != "ready" and time.time() < deadline:
             time.sleep(0.1)
         loaded = service._embedder
         assert loaded is not None and loaded.name == "mfcc" and not os.listdir(service.upload_dir)
-        with open(catalog["paths"][4], "rb") as f:
+        with open(mfcc_catalog["paths"][4], "rb") as f:
             answer = warm.post("/api/similar", files={"file": ("a.wav", f)}).json()
         assert answer["results"][0]["track_id"] == "bright_square/t0"
         assert service._embedder is loaded  # kept, not reloaded per request
@@ -206,8 +170,8 @@ def test_warm_up_loads_the_model_in_the_background_once(catalog):
         assert os.listdir(service.upload_dir) == []
 
 
-def test_upload_to_an_index_without_a_model_is_400(catalog, tmp_path):
-    index_dir, paths = _copied_index(catalog, tmp_path)
+def test_upload_to_an_index_without_a_model_is_400(mfcc_catalog, tmp_path):
+    index_dir, paths = _copied_index(mfcc_catalog, tmp_path)
     with TestClient(create_app(index_dir=index_dir)) as no_model:
         with open(paths[0], "rb") as f:
             response = no_model.post("/api/similar", files={"file": ("a.wav", f)})
@@ -216,10 +180,34 @@ def test_upload_to_an_index_without_a_model_is_400(catalog, tmp_path):
         assert no_model.get("/healthz").json()["model"] == "none"
 
 
+def test_uploads_and_search_check_the_model_alike(mfcc_catalog, tmp_path):
+    """An index whose model makes other embeddings: the upload fails with search's own message."""
+    from musicsim import search
+
+    model = {"name": "mfcc", "model_dir": str(mfcc_catalog["root"] / "mfcc")}
+    wrong_dim = str(tmp_path / "wrong_dim")
+    EmbeddingIndex(track_ids=["a", "b"], vectors=np.eye(2, 7) + 0.1, model=model).save(wrong_dim)
+    with pytest.raises(ValueError, match="dimension mismatch") as searched:
+        search.search(index_dir=wrong_dim, query_path=mfcc_catalog["paths"][0])
+    with TestClient(create_app(index_dir=wrong_dim)) as served:
+        with open(mfcc_catalog["paths"][0], "rb") as f:
+            response = served.post("/api/similar", files={"file": ("a.wav", f)})
+        assert response.status_code == 500 and str(searched.value) in response.json()["error"]
+        assert served.get("/healthz").json()["model"] == f"failed: {searched.value}"
+    # The run compares by euclidean distance, this index by cosine: a warning, not a refusal.
+    cosine = str(tmp_path / "cosine")
+    EmbeddingIndex(track_ids=album_track_ids(mfcc_catalog["paths"]), vectors=mfcc_catalog["vectors"],
+                   similarity="cosine", model=model).save(cosine)
+    with pytest.warns(UserWarning, match="compares embeddings by euclidean but the index uses cosine"):
+        with TestClient(create_app(index_dir=cosine)) as served:
+            with open(mfcc_catalog["paths"][0], "rb") as f:
+                assert served.post("/api/similar", files={"file": ("a.wav", f)}).status_code == 200
+
+
 # ------------------------------------------------------------------------------------- audio
 
-def test_audio_streams_with_ranges(client, catalog):
-    data = open(catalog["paths"][0], "rb").read()
+def test_audio_streams_with_ranges(client, mfcc_catalog):
+    data = open(mfcc_catalog["paths"][0], "rb").read()
     whole = client.get("/api/audio/low_sine%2Ft0")
     assert whole.status_code == 200 and whole.content == data
     assert whole.headers["content-type"] == "audio/wav" and whole.headers["accept-ranges"] == "bytes"
@@ -232,20 +220,22 @@ def test_audio_streams_with_ranges(client, catalog):
     assert beyond.status_code == 416
 
 
-def test_audio_content_type_follows_the_indexed_file(catalog, tmp_path):
+def test_audio_content_type_follows_the_indexed_file(mfcc_catalog, tmp_path):
     flac = str(tmp_path / "extra.flac")
-    sf.write(flac, render_track(album="low_sine", index=1, seconds=1.0, sample_rate=SAMPLE_RATE, seed=5), SAMPLE_RATE)
-    index_dir, _ = _copied_index(catalog, tmp_path, extra={"low_sine/flac": (flac, catalog["vectors"][0])})
+    sf.write(flac, render_track(album="low_sine", index=1, seconds=1.0, sample_rate=SERVED_SAMPLE_RATE, seed=5),
+             SERVED_SAMPLE_RATE)
+    index_dir, _ = _copied_index(mfcc_catalog, tmp_path, extra={"low_sine/flac": (flac, mfcc_catalog["vectors"][0])})
     with TestClient(create_app(index_dir=index_dir)) as served:
         response = served.get("/api/audio/low_sine/flac")
         assert response.headers["content-type"] == "audio/flac" and response.content == open(flac, "rb").read()
 
 
-def test_any_track_id_round_trips_through_its_urls(catalog, tmp_path):
+def test_any_track_id_round_trips_through_its_urls(mfcc_catalog, tmp_path):
     odd = "Åland/sång #1 ?&+.flac"  # ids are relative paths: Unicode, spaces, URL delimiters
     flac = str(tmp_path / "odd.flac")
-    sf.write(flac, render_track(album="noisy_mid", index=2, seconds=1.0, sample_rate=SAMPLE_RATE, seed=6), SAMPLE_RATE)
-    index_dir, _ = _copied_index(catalog, tmp_path, extra={odd: (flac, catalog["vectors"][8])})
+    sf.write(flac, render_track(album="noisy_mid", index=2, seconds=1.0, sample_rate=SERVED_SAMPLE_RATE, seed=6),
+             SERVED_SAMPLE_RATE)
+    index_dir, _ = _copied_index(mfcc_catalog, tmp_path, extra={odd: (flac, mfcc_catalog["vectors"][8])})
     with TestClient(create_app(index_dir=index_dir)) as served:
         (track,) = served.get("/api/tracks", params={"q": "sång"}).json()["tracks"]
         assert track["track_id"] == odd and track["title"] == "odd"
@@ -255,10 +245,10 @@ def test_any_track_id_round_trips_through_its_urls(catalog, tmp_path):
         assert served.get("/api/playlist", params={"seed": odd, "n": 3}).json()["tracks"][0]["track_id"] == odd
 
 
-def test_no_request_path_reaches_the_file_system(catalog, tmp_path):
+def test_no_request_path_reaches_the_file_system(mfcc_catalog, tmp_path):
     secret = tmp_path / "secret.wav"
     secret.write_bytes(b"RIFF private bytes, never to be served")
-    index_dir, paths = _copied_index(catalog, tmp_path)
+    index_dir, paths = _copied_index(mfcc_catalog, tmp_path)
     audio = tmp_path / "audio"
     os.symlink(secret, audio / "low_sine" / "planted.wav")  # beside the indexed audio, not in the index
     with TestClient(create_app(index_dir=index_dir)) as served:
@@ -353,11 +343,11 @@ def test_playlist_endpoint(client):
 
 # ------------------------------------------------------------------------------------- map
 
-def test_map_is_computed_once_and_cached_beside_the_index(catalog, tmp_path, monkeypatch):
-    index_dir, _ = _copied_index(catalog, tmp_path)
+def test_map_is_computed_once_and_cached_beside_the_index(mfcc_catalog, tmp_path, monkeypatch):
+    index_dir, _ = _copied_index(mfcc_catalog, tmp_path)
     with TestClient(create_app(index_dir=index_dir)) as served:
         answer = served.get("/api/map").json()
-    assert answer["method"] == "pca" and answer["track_ids"] == _track_ids(catalog["paths"])
+    assert answer["method"] == "pca" and answer["track_ids"] == album_track_ids(mfcc_catalog["paths"])
     coordinates = np.column_stack([answer["x"], answer["y"]])
     assert coordinates.shape == (16, 2) and np.abs(coordinates).max() == pytest.approx(1.0)
     # PCA: the first axis is the direction of largest variance of the vectors.
@@ -431,12 +421,26 @@ def test_page_static_files_and_offline_docs(client):
 
 # ------------------------------------------------------------------------------------- CLI
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--port=70000"], "flag --port=70000: 70000 is not an integer in the range [0, 65535]"),
+    (["--map=tsne"], "flag --map=tsne: value should be one of <pca|umap>"),
+    (["--max_upload_mb=lots"], "flag --max_upload_mb=lots"),
+    ([], "--index is required"),
+    (["--index=I", "extra"], "unexpected arguments ['extra']"),
+])
+def test_cli_bad_flags_exit_2_before_loading_anything(mfcc_catalog, capsys, arguments, message):
+    arguments = [a.replace("=I", f"={mfcc_catalog['index_dir']}") for a in arguments]
+    assert main(["musicsim-serve", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "usage: python -m musicsim.serve --index=DIR" in error
+
+
 def test_cli_errors_exit_2(tmp_path, capsys):
-    assert main([f"--index={tmp_path / 'none'}"]) == 2
+    assert main(["musicsim-serve", f"--index={tmp_path / 'none'}"]) == 2
     assert "no index at" in capsys.readouterr().err
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    assert main([f"--index={tmp_path / 'broken'}"]) == 2
+    assert main(["musicsim-serve", f"--index={tmp_path / 'broken'}"]) == 2
     assert "cannot read index file" in capsys.readouterr().err
 
 
@@ -452,11 +456,11 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_cli_serves_on_localhost_by_default(catalog):
+def test_cli_serves_on_localhost_by_default(mfcc_catalog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={catalog['index_dir']}",
+    process = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={mfcc_catalog['index_dir']}",
                                 f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         import httpx
@@ -537,5 +541,5 @@ def test_main_leaves_the_callers_blas_threads_as_they_were(tmp_path):
         return sorted(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
 
     before = blas_threads()
-    assert main([f"--index={tmp_path / 'none'}"]) == 2
+    assert main(["musicsim-serve", f"--index={tmp_path / 'none'}"]) == 2
     assert blas_threads() == before
