@@ -12,67 +12,154 @@ Only WaveNet's cascade of gated, dilated, causal convolutions is kept:
 
 Every convolution is causal and every pooling is masked by the true lengths, so right padding in
 a batch never changes an embedding (paper Problem 5).
+
+One `WaveNetConfig` builds the graph, as magenta's NSynth ``Config.build`` does: `stacks` (front end,
+input projection, the stacks, with switches for the pooling between stacks and *atrous* dilations)
+and `embedding_tail` (final conv, global pooling, dense layers) are the two halves of `embed`, and
+predictive pretraining (`musicsim.pretraining.predictive`) builds the same stacks unpooled. Variable
+names are ``frontend/...``, ``input_projection``, ``stack{s}/layer{i}/{filter,gate,residual,skip}``,
+``final/conv`` and ``dense{j}``, whichever graph creates them, so checkpoints map 1:1 by name.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from musicsim import frontends
-
-DEFAULT_PARAMS = dict(
-    channels=32,  # residual channels
-    skip_channels=32,
-    filter_size=2,
-    dilation_base=2,  # paper: 2 with filter 2, or 4 with filter 4
-    num_stacks=3,
-    layers_per_stack=6,
-    stack_pool_sizes=(4, 4, 4),  # where reductions happen: one pooling after each stack
-    pooling="max",  # max | avg, between stacks and at the end
-    final_channels=64,  # the final conv: the embedding size before the dense layers
-    final_filter_size=2,
-    dense_layers=(),  # the paper's late improvement, e.g. (64,)
-    dropout=0.0,
-    **frontends.DEFAULT_FRONTEND_PARAMS,  # frontend (raw | logmel | strided), its sizes, mixed_precision
-)
+from musicsim.params import ParamsConfig, ParamsError, fill_defaults
 
 
-def _param(params: Mapping, key: str):
-    return params.get(key, DEFAULT_PARAMS[key])
+def _sizes(value: Any) -> tuple[int, ...]:
+    """A sequence of sizes from a tuple, a list or a comma-separated string (as flags give them)."""
+    if isinstance(value, str):
+        value = [s for s in value.split(",") if s.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return tuple(int(s) for s in value)
 
 
-def _pool_sizes(params: Mapping) -> list[int]:
-    sizes = _param(params, "stack_pool_sizes")
-    sizes = [int(s) for s in (sizes if isinstance(sizes, (list, tuple)) else str(sizes).split(",")) if str(s)]
-    num_stacks = int(_param(params, "num_stacks"))
-    if len(sizes) == 1:
-        sizes = sizes * num_stacks
-    if len(sizes) != num_stacks:
-        raise ValueError(f"stack_pool_sizes has {len(sizes)} entries for {num_stacks} stacks")
-    if any(s < 1 for s in sizes):
-        raise ValueError(f"stack_pool_sizes must be >= 1, got {sizes}")
-    return sizes
+@dataclasses.dataclass(frozen=True)
+class WaveNetConfig(ParamsConfig):
+    """The WaveNet's hyperparameters (the front end's are `musicsim.frontends`').
+
+    Attributes
+    ----------
+    channels : residual channels (also the strided front end's filters)
+    skip_channels : channels of each layer's skip output
+    filter_size : taps of the dilated convolutions
+    dilation_base : layer ``i`` of a stack has dilation ``dilation_base ** i`` (paper: 2 with filter 2,
+        or 4 with filter 4)
+    num_stacks, layers_per_stack : the cascade's size
+    stack_pool_sizes : the pooling after each stack, where the time reductions happen: one size for
+        every stack, or one per stack (a comma-separated string is read too); see `pool_sizes`
+    pooling : ``"max"`` or ``"avg"``, between stacks and at the end
+    final_channels : the final conv's channels, the embedding size before the dense layers
+    final_filter_size : taps of the final conv
+    dense_layers : sizes of the dense layers after the global pooling (the paper's late improvement,
+        e.g. ``(64,)``); relu between them, the last one linear
+    dropout : dropout rate before each dense layer, while training
+
+    >>> WaveNetConfig(num_stacks=2, stack_pool_sizes="4").pool_sizes
+    (4, 4)
+    """
+
+    channels: int = 32
+    skip_channels: int = 32
+    filter_size: int = 2
+    dilation_base: int = 2
+    num_stacks: int = 3
+    layers_per_stack: int = 6
+    stack_pool_sizes: tuple[int, ...] = (4,)
+    pooling: str = "max"
+    final_channels: int = 64
+    final_filter_size: int = 2
+    dense_layers: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("channels", "skip_channels", "filter_size", "dilation_base", "num_stacks", "layers_per_stack",
+                     "final_channels", "final_filter_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "pooling", str(self.pooling))
+        # Kept as given (one size stays one size, for any num_stacks); `pool_sizes` spells it out per stack.
+        sizes = _sizes(self.stack_pool_sizes)
+        if len(sizes) not in (1, self.num_stacks):
+            raise ParamsError(f"stack_pool_sizes has {len(sizes)} entries for {self.num_stacks} stacks")
+        if any(s < 1 for s in sizes):
+            raise ParamsError(f"stack_pool_sizes must be >= 1, got {list(sizes)}")
+        object.__setattr__(self, "stack_pool_sizes", sizes)
+        object.__setattr__(self, "dense_layers", _sizes(self.dense_layers))
+
+    @property
+    def pool_sizes(self) -> tuple[int, ...]:
+        """The pooling after each stack, one per stack."""
+        sizes = self.stack_pool_sizes
+        return sizes * self.num_stacks if len(sizes) == 1 else sizes
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        """Dilation of each layer of a stack: ``base ** i``."""
+        return tuple(self.dilation_base ** i for i in range(self.layers_per_stack))
+
+    @property
+    def reduction(self) -> int:
+        """Total reduction before the final conv: input steps (after the front end) per output step."""
+        return math.prod(self.pool_sizes)
+
+    @property
+    def receptive_field(self) -> int:
+        """Receptive field, in front-end steps, of one output step after the stacks and the final conv.
+
+        Each layer with filter ``f`` and dilation ``d`` widens the field by ``(f - 1) * d`` steps of its
+        stack's resolution; a pooling of size ``p`` makes one step worth ``p`` earlier steps.
+        """
+        field, step = 1, 1  # field in input steps; input steps per step at the current resolution
+        for pool in self.pool_sizes:
+            field += sum((self.filter_size - 1) * d for d in self.dilations) * step
+            field += (pool - 1) * step  # a pooling window covers pool steps
+            step *= pool
+        return field + (self.final_filter_size - 1) * step
+
+    @property
+    def embedding_size(self) -> int:
+        """Size of `embed`'s output: the last dense layer's, or ``final_channels``."""
+        return self.dense_layers[-1] if self.dense_layers else self.final_channels
+
+
+def config_of(params: Mapping) -> WaveNetConfig:
+    """The WaveNet's config in ``params``; keys it lacks take :class:`WaveNetConfig`'s defaults
+    (a run's params are settled before training: this serves graph functions called on their own)."""
+    return WaveNetConfig.from_params(fill_defaults(params, configs=[WaveNetConfig]))
 
 
 def receptive_field(params: Mapping | None = None) -> int:
-    """Receptive field, in input samples, of one output step after the stacks and the final conv.
+    """`WaveNetConfig.receptive_field` of ``params``."""
+    return config_of(params or {}).receptive_field
 
-    Each layer with filter ``f`` and dilation ``d`` widens the field by ``(f - 1) * d`` steps of its
-    stack's resolution; a pooling of size ``p`` makes one step worth ``p`` earlier steps.
-    """
-    params = params or {}
-    f, base = int(_param(params, "filter_size")), int(_param(params, "dilation_base"))
-    n = int(_param(params, "layers_per_stack"))
-    field, step = 1, 1  # field in input samples; input samples per step at the current resolution
-    for pool in _pool_sizes(params):
-        field += sum((f - 1) * base ** i for i in range(n)) * step
-        field += (pool - 1) * step  # a pooling window covers pool steps
-        step *= pool
-    field += (int(_param(params, "final_filter_size")) - 1) * step
-    return field
 
+def dilations(params: Mapping | None = None) -> list[int]:
+    """`WaveNetConfig.dilations` of ``params``."""
+    return list(config_of(params or {}).dilations)
+
+
+def embedding_size(params: Mapping) -> int:
+    """`WaveNetConfig.embedding_size` of ``params``."""
+    return config_of(params).embedding_size
+
+
+def min_length_steps(params: Mapping) -> int:
+    """`WaveNetConfig.reduction` of ``params``: input steps per output step."""
+    return config_of(params).reduction
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal, masked primitives
+# ---------------------------------------------------------------------------------------------
 
 def lengths_after_pooling(lengths: tf.Tensor, pool: int) -> tf.Tensor:
     """Number of pooled steps holding real audio: ``ceil(length / pool)``."""
@@ -84,6 +171,10 @@ def masked_pool(x: tf.Tensor, lengths: tf.Tensor, *, pool: int, pooling: str) ->
 
     The time axis is right-padded to a multiple of ``pool``; the last partial window of a track is
     pooled over its real steps only. Steps past a track's pooled length are zero.
+
+    Returns
+    -------
+    ``[batch, ceil(time / pool), ch]``
     """
     if pool == 1:
         return x
@@ -117,53 +208,114 @@ def global_pool(x: tf.Tensor, lengths: tf.Tensor, *, pooling: str) -> tf.Tensor:
     raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
 
 
-def wavenet_layer(x: tf.Tensor, *, dilation: int, params: Mapping, name: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """One gated, dilated, causal conv layer (figure 11): returns (residual output, skip output)."""
-    channels, f = int(_param(params, "channels")), int(_param(params, "filter_size"))
-    conv = lambda units, size, n, d=1: tf.keras.layers.Conv1D(  # noqa: E731
-        units, size, dilation_rate=d, padding="causal", name=f"{name}/{n}")
-    gated = tf.tanh(conv(channels, f, "filter", dilation)(x)) * tf.sigmoid(conv(channels, f, "gate", dilation)(x))
-    residual = x + conv(channels, 1, "residual")(gated)
-    skip = conv(int(_param(params, "skip_channels")), 1, "skip")(gated)
+def wavenet_layer(x: tf.Tensor, *, dilation: int, config: WaveNetConfig, name: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """One gated, dilated, causal conv layer (figure 11).
+
+    Parameters
+    ----------
+    x : ``[batch, time, channels]``
+    dilation : of the filter and gate convolutions
+    config : ``channels``, ``skip_channels``, ``filter_size``
+    name : variable scope of the layer's four convolutions
+
+    Returns
+    -------
+    residual output ``[batch, time, channels]``, skip output ``[batch, time, skip_channels]``
+    """
+    def conv(units: int, size: int, part: str, rate: int = 1) -> tf.keras.layers.Conv1D:
+        return tf.keras.layers.Conv1D(units, size, dilation_rate=rate, padding="causal", name=f"{name}/{part}")
+
+    f = config.filter_size
+    gated = (tf.tanh(conv(config.channels, f, "filter", dilation)(x))
+             * tf.sigmoid(conv(config.channels, f, "gate", dilation)(x)))
+    residual = x + conv(config.channels, 1, "residual")(gated)
+    skip = conv(config.skip_channels, 1, "skip")(gated)
     return residual, skip
 
 
-def _final_sequence(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool
-                    ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Front end, stacks and final conv: ``[batch, steps, final_channels]`` and the real steps ``[batch]``.
+# ---------------------------------------------------------------------------------------------
+# The graph
+# ---------------------------------------------------------------------------------------------
 
-    Everything before the global pooling over time; each step sees only the audio before it.
+def stacks(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bool, pooled: bool = True,
+           atrous: bool = False) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """Front end, input projection and the stacks: every layer's skip output, at one time resolution.
+
+    Parameters
+    ----------
+    audio : float ``[batch, time]`` or ``[batch, time, channels]``, right-padded
+    length : int ``[batch]``, real steps of each track
+    params : the WaveNet's and the front end's hyperparameters (`WaveNetConfig`, `musicsim.frontends`)
+    training : passed to the front end
+    pooled : pool the running input and every skip so far after each stack (the similarity model);
+        False keeps the front end's step rate throughout (predictive pretraining)
+    atrous : with ``pooled=False``, the layers of stack ``s`` get dilations multiplied by
+        ``prod(stack_pool_sizes[:s])``, so each filter spans what it spans in the pooled model
+
+    Returns
+    -------
+    skips : ``num_stacks * layers_per_stack`` tensors ``[batch, steps, skip_channels]``; causal (step
+        ``t`` reads only steps ``<= t``); steps past a track's length are zero when pooled
+    length : int32 ``[batch]``, real steps of the skips
     """
+    config = config_of(params)
     # raw: the audio as one channel; logmel / strided: fewer steps, more channels, new lengths.
-    audio, length = frontends.apply_frontend(audio, length, params={**DEFAULT_PARAMS, **params}, training=training)
-    pooling = str(_param(params, "pooling"))
-    n, base = int(_param(params, "layers_per_stack")), int(_param(params, "dilation_base"))
-    x = tf.keras.layers.Conv1D(int(_param(params, "channels")), 1, name="input_projection")(audio)
+    audio, length = frontends.apply_frontend(audio, length, params={**params, "channels": config.channels},
+                                             training=training)
+    x = tf.keras.layers.Conv1D(config.channels, 1, name="input_projection")(audio)
     skips: list[tf.Tensor] = []
-    for s, pool in enumerate(_pool_sizes(params)):
-        for i in range(n):
-            x, skip = wavenet_layer(x, dilation=base ** (i % n), params=params, name=f"stack{s}/layer{i}")
+    scale = 1  # dilation multiplier of the current stack (atrous)
+    for s, pool in enumerate(config.pool_sizes):
+        for i, dilation in enumerate(config.dilations):
+            x, skip = wavenet_layer(x, dilation=dilation * scale, config=config, name=f"stack{s}/layer{i}")
             skips.append(skip)
-        # Pool the running input and every skip so far, so all skips end at one resolution.
-        x = masked_pool(x, length, pool=pool, pooling=pooling)
-        skips = [masked_pool(k, length, pool=pool, pooling=pooling) for k in skips]
-        length = lengths_after_pooling(length, pool)
-    features = tf.nn.relu(tf.concat(skips, axis=-1))
-    final = tf.keras.layers.Conv1D(int(_param(params, "final_channels")), int(_param(params, "final_filter_size")),
-                                   padding="causal", name="final/conv")(features)
-    return final, length
+        if pooled:
+            # Pool the running input and every skip so far, so all skips end at one resolution.
+            x = masked_pool(x, length, pool=pool, pooling=config.pooling)
+            skips = [masked_pool(k, length, pool=pool, pooling=config.pooling) for k in skips]
+            length = lengths_after_pooling(length, pool)
+        elif atrous:
+            scale *= pool  # the next stack reads steps `pool` times further apart in the pooled model
+    return skips, length
 
 
-def _dense_head(embedding: tf.Tensor, *, params: Mapping, training: bool) -> tf.Tensor:
-    """The optional dense layers after the global pooling (the paper's late improvement)."""
-    dropout = float(_param(params, "dropout"))
-    sizes = _dense_sizes(params)
+def final_sequence(skips: Sequence[tf.Tensor], *, config: WaveNetConfig) -> tf.Tensor:
+    """The final conv on ``relu(concat(skips))``: ``[batch, steps, final_channels]``, causal."""
+    features = tf.nn.relu(tf.concat(list(skips), axis=-1))
+    return tf.keras.layers.Conv1D(config.final_channels, config.final_filter_size, padding="causal",
+                                  name="final/conv")(features)
+
+
+def dense_layers(embedding: tf.Tensor, *, config: WaveNetConfig, training: bool) -> tf.Tensor:
+    """The optional dense layers after the global pooling (the paper's late improvement).
+
+    ``[batch, final_channels]`` to ``[batch, embedding_size]``; dropout before each while training.
+    """
+    sizes = config.dense_layers
     for j, units in enumerate(sizes):
-        if dropout > 0:
-            embedding = tf.keras.layers.Dropout(dropout, name=f"dense{j}/dropout")(embedding, training=training)
+        if config.dropout > 0:
+            embedding = tf.keras.layers.Dropout(config.dropout, name=f"dense{j}/dropout")(embedding,
+                                                                                         training=training)
         embedding = tf.keras.layers.Dense(units, activation=tf.nn.relu if j < len(sizes) - 1 else None,
                                           name=f"dense{j}")(embedding)
     return embedding
+
+
+def embedding_tail(skips: Sequence[tf.Tensor], length: tf.Tensor, *, config: WaveNetConfig, training: bool
+                   ) -> tf.Tensor:
+    """`embed` after its stacks: final conv, global pooling over the real steps, dense layers.
+
+    Parameters
+    ----------
+    skips : `stacks`' output, each ``[batch, steps, skip_channels]``
+    length : int ``[batch]``, real steps of the skips
+
+    Returns
+    -------
+    float ``[batch, config.embedding_size]``
+    """
+    embedding = global_pool(final_sequence(skips, config=config), length, pooling=config.pooling)
+    return dense_layers(embedding, config=config, training=training)
 
 
 @frontends.with_mixed_precision
@@ -174,16 +326,15 @@ def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: boo
     ----------
     audio : float32 ``[batch, time]`` or ``[batch, time, channels]``, right-padded
     length : int ``[batch]``, real steps of each track
-    params : hyperparameters (see ``DEFAULT_PARAMS``)
+    params : hyperparameters (`WaveNetConfig` and the front end's)
     training : enables dropout
 
     Returns
     -------
     float32 ``[batch, final_channels]`` (or the last dense layer's size)
     """
-    final, length = _final_sequence(audio, length, params=params, training=training)
-    embedding = global_pool(final, length, pooling=str(_param(params, "pooling")))
-    return _dense_head(embedding, params=params, training=training)
+    skips, length = stacks(audio, length, params=params, training=training)
+    return embedding_tail(skips, length, config=config_of(params), training=training)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,20 +358,18 @@ def window_geometry(params: Mapping) -> dict[str, int]:
     -------
     dict with int ``unit``, ``context``, ``lookahead``
     """
-    merged = {**DEFAULT_PARAMS, **params}
-    frontend = str(merged["frontend"])
-    if frontend == "raw":
+    frontend = frontends.config_of(params)
+    if frontend.frontend == "raw":
         step, lookahead = 1, 0
-    elif frontend == "strided":
-        step, lookahead = int(merged["frontend_stride"]), 0
-    elif frontend == "logmel":
-        settings = frontends.logmel_settings(merged)
+    elif frontend.frontend == "strided":
+        step, lookahead = int(frontend.frontend_stride), 0
+    else:  # logmel
+        settings = frontends.logmel_settings(params)
         step, lookahead = settings["hop_length"], settings["frame_length"] - settings["hop_length"]
-    else:
-        raise ValueError(f"unknown frontend {frontend!r}")
-    reduction = min_length_steps(params)
+    config = config_of(params)
+    reduction = config.reduction
     # One extra unit: the field of a final step reaches back from the end of its own unit.
-    context_steps = (math.ceil(receptive_field(params) / reduction) + 1) * reduction
+    context_steps = (math.ceil(config.receptive_field / reduction) + 1) * reduction
     return {"unit": step * reduction, "context": step * context_steps, "lookahead": lookahead}
 
 
@@ -238,7 +387,7 @@ def window_features(audio: tf.Tensor, length: tf.Tensor, skip: tf.Tensor, *, par
     audio : float32 ``[batch, time]`` or ``[batch, time, channels]``, right-padded
     length : int ``[batch]``, real steps of each row
     skip : int ``[batch]``, final-conv steps of each row's context
-    params : hyperparameters (see ``DEFAULT_PARAMS``)
+    params : hyperparameters (`WaveNetConfig` and the front end's)
 
     Returns
     -------
@@ -246,20 +395,22 @@ def window_features(audio: tf.Tensor, length: tf.Tensor, skip: tf.Tensor, *, par
         it has none)
     count : int32 ``[batch]``, the window's own final-conv steps
     """
+    config = config_of(params)
     lengths: dict[str, tf.Tensor] = {}
 
-    def final_sequence(audio, length, *, params, training):
-        final, lengths["final"] = _final_sequence(audio, length, params=params, training=training)
-        return final
+    def final_steps(audio, length, *, params, training):
+        # with_mixed_precision casts one tensor back to float32: the lengths leave through `lengths`.
+        skips, lengths["final"] = stacks(audio, length, params=params, training=training)
+        return final_sequence(skips, config=config)
 
-    final = frontends.with_mixed_precision(final_sequence)(audio, length, params=params, training=False)
+    final = frontends.with_mixed_precision(final_steps)(audio, length, params=params, training=False)
     final_length = tf.cast(lengths["final"], tf.int32)
     skip = tf.cast(tf.reshape(skip, [-1]), tf.int32)
     steps = tf.range(tf.shape(final)[1])[None, :]
     own = (steps >= skip[:, None]) & (steps < final_length[:, None])
     count = tf.reduce_sum(tf.cast(own, tf.int32), axis=1)
     mask = own[:, :, None]
-    if str(_param(params, "pooling")) == "max":
+    if config.pooling == "max":
         pooled = tf.reduce_max(tf.where(mask, final, final.dtype.min), axis=1)
         pooled = tf.where(count[:, None] > 0, pooled, tf.zeros_like(pooled))
     else:
@@ -268,7 +419,7 @@ def window_features(audio: tf.Tensor, length: tf.Tensor, skip: tf.Tensor, *, par
     return pooled, count
 
 
-def combine_windows(features: "np.ndarray", counts: "np.ndarray", *, params: Mapping) -> "np.ndarray":
+def combine_windows(features: np.ndarray, counts: np.ndarray, *, params: Mapping) -> np.ndarray:
     """Pool the `window_features` of one input's windows into its pre-dense embedding.
 
     Parameters
@@ -281,26 +432,24 @@ def combine_windows(features: "np.ndarray", counts: "np.ndarray", *, params: Map
     float32 ``[final_channels]``: the max over the windows that have steps (``pooling="max"``), or
     their ``counts``-weighted mean (``"avg"``), which is the pooling over the whole input.
     """
-    import numpy as np
-
     features, counts = np.asarray(features, np.float32), np.asarray(counts, np.int64)
     if not np.any(counts > 0):
         return np.zeros(features.shape[1], np.float32)
-    if str(_param(params, "pooling")) == "max":
+    if config_of(params).pooling == "max":
         return features[counts > 0].max(axis=0)
     weights = counts.astype(np.float64) / counts.sum()
     return (weights @ features.astype(np.float64)).astype(np.float32)
 
 
-def dense_weights(params: Mapping, *, checkpoint: str) -> list[tuple["np.ndarray", "np.ndarray"]]:
+def dense_weights(params: Mapping, *, checkpoint: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """(kernel ``[in, out]``, bias ``[out]``) of each of `embed`'s dense layers in a checkpoint."""
     reader = tf.train.load_checkpoint(checkpoint)
     return [(reader.get_tensor(f"dense{j}/kernel"), reader.get_tensor(f"dense{j}/bias"))
-            for j in range(len(_dense_sizes(params)))]
+            for j in range(len(config_of(params).dense_layers))]
 
 
-def apply_dense_layers(embedding: "np.ndarray", *, weights: Sequence[tuple["np.ndarray", "np.ndarray"]]
-                       ) -> "np.ndarray":
+def apply_dense_layers(embedding: np.ndarray, *, weights: Sequence[tuple[np.ndarray, np.ndarray]]
+                       ) -> np.ndarray:
     """`embed`'s dense layers at inference (no dropout) on pooled features, in numpy.
 
     Parameters
@@ -312,35 +461,9 @@ def apply_dense_layers(embedding: "np.ndarray", *, weights: Sequence[tuple["np.n
     -------
     float32 ``[batch, embedding_size(params)]`` (the input unchanged when there are no dense layers)
     """
-    import numpy as np
-
     x = np.asarray(embedding, np.float32)
     for j, (kernel, bias) in enumerate(weights):
         x = x @ kernel + bias
         if j < len(weights) - 1:  # relu between the layers, the last one linear (as in embed)
             x = np.maximum(x, 0.0)
     return x.astype(np.float32)
-
-
-def _dense_sizes(params: Mapping) -> list[int]:
-    sizes = _param(params, "dense_layers")
-    if isinstance(sizes, str):
-        sizes = [s for s in sizes.split(",") if s.strip()]
-    return [int(s) for s in sizes]
-
-
-def dilations(params: Mapping | None = None) -> list[int]:
-    """Dilation of each layer of a stack: ``base ** i`` (magenta's ``base ** (i % n)``)."""
-    params = params or {}
-    n, base = int(_param(params, "layers_per_stack")), int(_param(params, "dilation_base"))
-    return [base ** (i % n) for i in range(n)]
-
-
-def embedding_size(params: Mapping) -> int:
-    dense = _dense_sizes(params)
-    return dense[-1] if dense else int(_param(params, "final_channels"))
-
-
-def min_length_steps(params: Mapping) -> int:
-    """Total reduction before the final conv: input steps per output step."""
-    return math.prod(_pool_sizes(params))
