@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from musicsim.index import CONFIG_FILE, EmbeddingIndex
+from musicsim.index.storage import MAP_CACHE_NAME
 
 METHODS = ("pca", "umap")
 CACHE_VERSION = 1
@@ -32,7 +33,8 @@ def content_digest(*, index: EmbeddingIndex, method: str) -> str:
 
 def cache_path(*, index: EmbeddingIndex, index_dir: str, method: str) -> str:
     """Where the map of ``index`` by ``method`` is cached in ``index_dir``."""
-    return os.path.join(index_dir, f"map-{method}-{content_digest(index=index, method=method)}.npy")
+    return os.path.join(index_dir, MAP_CACHE_NAME.format(method=method,
+                                                         digest=content_digest(index=index, method=method)))
 
 
 def project(*, vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:

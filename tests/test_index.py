@@ -335,7 +335,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match=r"vectors.npy holds float32 \(4, 3\), config.json says float32 \(10, 3\)"):
         EmbeddingIndex.load(str(directory))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="is a file, not a folder"):
         EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(str(tmp_path / "file"))
 
 

@@ -50,7 +50,7 @@ def test_build_refuses_a_folder_that_is_not_an_index_and_keeps_its_files(tmp_pat
     (folder / "sub").mkdir(parents=True)
     (folder / "notes.txt").write_text("x")
     assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={folder}"]) == 2
-    assert "non-empty folder that holds no index" in capsys.readouterr().err
+    assert "is not empty and is not an index (it holds notes.txt, sub;" in capsys.readouterr().err
     assert sorted(os.listdir(folder)) == ["notes.txt", "sub"] and (folder / "notes.txt").read_text() == "x"
     # An index with a stray file of someone else's is not replaced either.
     assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={tmp_path / 'I'}"]) == 0
@@ -69,6 +69,32 @@ def test_build_replaces_its_own_index_and_an_empty_folder(tmp_path):
         EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(output))
         EmbeddingIndex(track_ids=ids[:5], vectors=vectors[:5]).save(str(output))  # its own index: replaced
         assert len(EmbeddingIndex.load(str(output))) == 5
+
+
+def test_an_index_is_marked_as_ours_and_stays_replaceable_with_its_map_cache(tmp_path):
+    from musicsim.catalog_map import catalog_map
+    from musicsim.owned import owned_kind, write_manifest
+
+    ids, vectors = catalogue()
+    directory = str(tmp_path / "idx")
+    EmbeddingIndex(track_ids=ids, vectors=vectors).save(directory)
+    assert owned_kind(directory) == "index"
+    # A served index caches its map inside; the index is still its own to replace, and to add to.
+    catalog_map(index=EmbeddingIndex.load(directory), index_dir=directory)
+    assert any(name.startswith("map-pca-") for name in os.listdir(directory))
+    EmbeddingIndex(track_ids=ids[:5], vectors=vectors[:5]).save(directory)
+    assert len(EmbeddingIndex.load(directory)) == 5 and owned_kind(directory) == "index"
+    # An index written before the manifest (config.json marked, no musicsim.json) is replaced too.
+    os.remove(os.path.join(directory, "musicsim.json"))
+    EmbeddingIndex(track_ids=ids, vectors=vectors).save(directory)
+    assert len(EmbeddingIndex.load(directory)) == len(ids)
+    # Another kind of this project's folder is not an index.
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "tracks.csv").write_text("track_id\n")
+    write_manifest(str(tmp_path / "prepared"), kind="dataset")
+    with pytest.raises(IndexFileError, match="is not empty and is not an index"):
+        EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "prepared"))
+    assert sorted(os.listdir(tmp_path / "prepared")) == ["musicsim.json", "tracks.csv"]
 
 
 def test_save_never_deletes_a_backup_path_that_is_not_an_index(tmp_path):
@@ -300,7 +326,7 @@ def test_add_and_remove_commands(tmp_path, capsys):
     assert ids[25] not in [t for t, _ in index.search(queries=vectors[25:26] + 1.0, k=28)[0]]
     assert main(["musicsim-index", "remove", f"--index={directory}", "--track_id=nope"]) == 2
     assert "unknown track ids: ['nope']" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path / "idx")) == ["config.json", "tracks.json", "vectors.npy"]
+    assert sorted(os.listdir(tmp_path / "idx")) == ["config.json", "musicsim.json", "tracks.json", "vectors.npy"]
 
 
 def test_add_refuses_another_model_or_dimension(tmp_path, capsys):

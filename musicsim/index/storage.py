@@ -8,8 +8,10 @@ A faiss index directory::
     DIR/vectors.npy   [N, D] float32 (unit vectors for cosine)
     DIR/labels.npy    [N] int64 faiss ids of the rows (only with approximate search)
     DIR/faiss.index   the trained IVF / HNSW index (only with approximate search)
+    DIR/musicsim.json the manifest that marks the folder as an index (``musicsim.owned``)
 
-A Milvus index keeps only ``config.json`` here (naming its collection). A directory is saved
+A Milvus index keeps only ``config.json`` and the manifest here (its config names the collection).
+Catalog maps cached in the directory (``MAP_CACHE_NAME``) go with it. A directory is saved
 atomically (written into a sibling temp directory, then swapped in; the previous version is kept at
 ``DIR.bak`` during the swap, and ``read_config`` falls back to it). ``read_faiss_files`` checks every
 file (counts, dimensions, finite unit vectors, the faiss index) and raises ``IndexFileError`` naming
@@ -34,6 +36,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS, SIMILARITIES, IndexFileError  # noqa: E402
+from musicsim.owned import MANIFEST_NAME, NotOurFolderError, check_replaceable, write_manifest  # noqa: E402
 from musicsim.workers import process_alive  # noqa: E402
 
 FORMAT_VERSION = 1
@@ -45,17 +48,28 @@ VECTORS_FILE = "vectors.npy"
 LABELS_FILE = "labels.npy"
 FAISS_FILE = "faiss.index"
 BACKUP_SUFFIX = ".bak"
-INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, LABELS_FILE, FAISS_FILE})
+INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, LABELS_FILE, FAISS_FILE, MANIFEST_NAME})
+# The kind of folder musicsim.owned's manifest records for an index directory.
+INDEX_KIND = "index"
+# Catalog maps cached in an index directory by its readers (musicsim.catalog_map): derived from the
+# index, they are part of it and go with it when it is replaced.
+MAP_CACHE_NAME = "map-{method}-{digest}.npy"
+MAP_CACHE_PATTERN = re.compile(r"map-[a-z]+-[0-9a-f]{16}\.npy")
 # Temporary directories of save(): DIR.tmp-<pid>-<8 hex>.
 TEMP_PATTERN = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
 # Stored cosine vectors are unit length; a norm further from 1 than this means a damaged vectors.npy.
 UNIT_NORM_TOLERANCE = 1e-3
 
 
+def _is_derived_cache(name: str) -> bool:
+    return MAP_CACHE_PATTERN.fullmatch(name) is not None
+
+
 def _is_index_directory(directory: str) -> bool:
-    """True when ``directory`` holds only this project's index files and a config.json that says so."""
+    """True when ``directory`` holds only this project's index files and a config.json that says so
+    (an index written before the ``musicsim.owned`` manifest, or one whose manifest is damaged)."""
     try:
-        entries = set(os.listdir(directory))
+        entries = {name for name in os.listdir(directory) if not _is_derived_cache(name)}
         with open(os.path.join(directory, CONFIG_FILE)) as f:
             config = json.load(f)
     except (OSError, ValueError):
@@ -68,7 +82,8 @@ def _is_index_directory(directory: str) -> bool:
 
 
 def check_output_directory(*, directory: str, overwrite: bool = False) -> None:
-    """Raise IndexFileError unless ``directory`` may receive an index: absent, empty, or an index.
+    """Raise IndexFileError unless ``directory`` may receive an index: absent, empty, or an index
+    (``musicsim.owned.check_replaceable`` of kind ``index``; older indexes by their config.json).
 
     Parameters
     ----------
@@ -77,15 +92,12 @@ def check_output_directory(*, directory: str, overwrite: bool = False) -> None:
     overwrite : bool
         Allow replacing any other directory too (its content is deleted).
     """
-    if not os.path.exists(directory):
-        return
-    if not os.path.isdir(directory):
-        raise IndexFileError(f"cannot save the index to {directory}: it exists and is not a directory")
-    if overwrite or not os.listdir(directory) or _is_index_directory(directory):
-        return
-    raise IndexFileError(f"cannot save the index to {directory}: it is a non-empty folder that holds no index "
-                         f"(no {CONFIG_FILE} marked {FORMAT_MARKER!r}, or files an index does not have); "
-                         "choose another --output, or pass --overwrite to replace it")
+    try:
+        check_replaceable(directory, kind=INDEX_KIND, overwrite=overwrite, legacy=_is_index_directory,
+                          ignore=_is_derived_cache, description="an index",
+                          remedy="choose another --output, or pass --overwrite to replace it")
+    except NotOurFolderError as error:
+        raise IndexFileError(f"cannot save the index to {directory}: {error}") from None
 
 
 def remove_stale_temporaries(*, directory: str) -> list[str]:
@@ -133,9 +145,12 @@ def save_index_directory(*, directory: str, write_files: Callable[[str], None], 
     directory = os.path.abspath(directory)
     check_output_directory(directory=directory, overwrite=overwrite)
     backup = directory + BACKUP_SUFFIX
-    if os.path.exists(backup) and not _is_index_directory(backup):
+    try:
+        check_replaceable(backup, kind=INDEX_KIND, overwrite=False, legacy=_is_index_directory,
+                          ignore=_is_derived_cache)
+    except NotOurFolderError:
         raise IndexFileError(f"cannot save the index to {directory}: {backup} exists and is not an index "
-                             "backup; move it away")
+                             "backup; move it away") from None
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     remove_stale_temporaries(directory=directory)
@@ -143,6 +158,7 @@ def save_index_directory(*, directory: str, write_files: Callable[[str], None], 
     os.mkdir(temp)
     try:
         write_files(temp)
+        write_manifest(temp, kind=INDEX_KIND, extra={"entries": sorted(os.listdir(temp))})
         if os.path.isdir(directory):
             if os.path.exists(backup):
                 shutil.rmtree(backup)  # a stale backup from a finished or crashed earlier save
