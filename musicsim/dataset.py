@@ -48,10 +48,6 @@ class DatasetInfo:
     split_seed: int = 0
     extra: dict = field(default_factory=dict)
 
-    @property
-    def pooled_rate(self) -> float:
-        return self.sample_rate / float(self.pool_size)
-
     def save(self, dataset_dir: str) -> None:
         write_json_atomic(os.path.join(dataset_dir, "dataset.json"), asdict(self))
 

@@ -1,6 +1,7 @@
 """musicsim.audio: decoding every format, downmix, resampling, excerpts, pooling and bad input."""
 from __future__ import annotations
 
+import ast
 import os
 
 import numpy as np
@@ -494,3 +495,21 @@ def test_an_unreadable_file_says_so_rather_than_not_audio(encoded, monkeypatch):
         with pytest.raises(AudioDecodeError, match=r"cannot be read \(Permission denied\)") as caught:
             read(encoded["flac"])
         assert caught.value.path == encoded["flac"]
+
+
+def test_the_search_side_decodes_without_data_prep():
+    # Embedding, serving and the fitted models decode through musicsim.audio alone: no module of the
+    # package imports data_prep, at the top or inside a function.
+    package = os.path.dirname(os.path.abspath(audio.__file__))
+    importers = []
+    for folder, _, names in os.walk(package):
+        for name in (n for n in names if n.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), filename=path)
+            for node in ast.walk(tree):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                           else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                importers += [f"{os.path.relpath(path, package)}:{node.lineno}" for m in modules
+                              if m.split(".")[0] == "data_prep"]
+    assert importers == []

@@ -115,7 +115,7 @@ def test_feature_cache_makes_extraction_free(both_builds, fresh_librosa_features
     def no_decoding(*args, **kwargs):
         raise AssertionError("extract_many decoded a file the build should have cached")
 
-    monkeypatch.setattr(features, "load_audio", no_decoding)
+    monkeypatch.setattr(features, "load_excerpt", no_decoding)
     cached, ok, skipped = features.extract_many(paths=paths, feature_fn="librosa", max_seconds=None, workers=1,
                                                 cache_dir=feature_cache_dir(output),
                                                 progress=False)
@@ -218,9 +218,19 @@ def test_multiprocessing_direct_runner_matches_local_build_on_tiny_corpus(tiny_c
     paths = [e.path for e in read_catalog(str(tmp_path / "beam"))]
     fresh, _, _ = features.extract_many(paths=paths[:2], feature_fn="mfcc", max_seconds=8.0, workers=1,
                                         progress=False)
-    monkeypatch.setattr(features, "load_audio", lambda *a, **k: pytest.fail("decoded a cached track"))
+    monkeypatch.setattr(features, "load_excerpt", lambda *a, **k: pytest.fail("decoded a cached track"))
     cached, ok, skipped = features.extract_many(
         paths=paths, feature_fn="mfcc", max_seconds=8.0, workers=1, progress=False,
         cache_dir=feature_cache_dir(str(tmp_path / "beam")))
     assert cached.shape == (20, 2 * features.N_MFCC) and skipped == []
     np.testing.assert_allclose(cached[:2], fresh, rtol=1e-9, atol=1e-12)
+
+
+def test_the_beam_pipeline_does_not_import_the_local_build():
+    # The types both runners share live in data_prep.shards: no import circle between build and beam.
+    code = ("import sys, data_prep.beam_pipeline; "
+            "print(sorted(m for m in sys.modules if m.startswith('data_prep.')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "data_prep.build" not in result.stdout and "data_prep.shards" in result.stdout
