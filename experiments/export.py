@@ -33,8 +33,8 @@ writes ``DIR/pooled`` (inputs ``audio`` float32 ``[batch, time]`` of mean-pooled
 ``length`` int32 ``[batch]``; for the rnn, ``audio`` is a chromagram ``[batch, frames, 12]``),
 ``DIR/raw`` (wavenet: ``raw_audio`` float32 ``[batch, samples]`` mono at the run's decode rate and
 ``raw_length`` int32 ``[batch]``, mean-pooled inside the graph) and ``DIR/serving.json`` (what
-the inputs must be), plus ``DIR/musicsim_export.json``, the manifest of what it wrote. An existing
-``DIR`` is replaced only when it holds such an export and nothing else; any other non-empty folder is
+the inputs must be), plus ``DIR/musicsim.json`` (``musicsim.owned``), the manifest of what it wrote. An
+existing ``DIR`` is replaced only when it holds such an export and nothing else; any other non-empty folder is
 refused (exit 2) unless ``--overwrite`` is given. Both answer ``signatures["serving_default"]`` with ``embedding``
 ``[batch, D]``, callable with no project code: ``tf.saved_model.load(DIR + "/raw")``.
 """
@@ -54,8 +54,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import flags
 
+from data_prep.sources import track_ids_from_paths
 from musicsim.audio import AUDIO_EXTENSIONS
 from musicsim.embedder import Embedder, LearnedEmbedder, file_duration, load_embedder
+from musicsim.owned import MANIFEST_NAME, check_replaceable, write_manifest
 
 # Private flag values: experiments.run defines flags of the same names on the global FLAGS, and
 # both modules are imported together by tests and notebooks.
@@ -83,8 +85,11 @@ STATE_FORMAT_VERSION = 1
 # How often the state file is flushed to disk while embedding.
 FLUSH_EVERY_SECONDS = 5.0
 # Written into a SavedModel export folder: what it holds, so a later export knows the folder is its own.
-SAVED_MODEL_MANIFEST = "musicsim_export.json"
-SAVED_MODEL_KIND = "musicsim.saved_model"
+SAVED_MODEL_MANIFEST = MANIFEST_NAME
+SAVED_MODEL_KIND = "saved_model"
+# What exports recorded before the one manifest of musicsim.owned: still recognised as ours.
+LEGACY_SAVED_MODEL_MANIFEST = "musicsim_export.json"
+LEGACY_SAVED_MODEL_KIND = "musicsim.saved_model"
 # Manifest track ids that stand for a missing value (spreadsheet and dataframe exports write these).
 NULL_TRACK_IDS = ("", "null", "none", "nan", "na", "n/a")
 
@@ -113,14 +118,6 @@ class Listing:
     entries: list[AudioEntry]
     skipped: list[dict] = field(default_factory=list)  # {"path", "track_id", "reason"}
     ignored: int = 0  # files without an audio extension (folder listings)
-
-
-def _id_from_path(path: str, root: str) -> str:
-    """``root/a/b.ogg`` -> ``a/b``; a file outside ``root`` keeps its absolute path (without extension)."""
-    rel = os.path.relpath(path, root)
-    if rel.startswith(os.pardir):
-        rel = path
-    return os.path.splitext(rel)[0].replace(os.sep, "/")
 
 
 def _deduplicate(listing: Listing) -> Listing:
@@ -169,14 +166,8 @@ def list_folder(root: str) -> Listing:
                 ignored += 1
                 continue
             found.append(os.path.join(dirpath, filename))
-    ids = [_id_from_path(p, root) for p in found]
-    counts: dict[str, int] = {}
-    for track_id in ids:
-        counts[track_id] = counts.get(track_id, 0) + 1
     entries = []
-    for path, track_id in zip(found, ids):
-        if counts[track_id] > 1:
-            track_id = os.path.relpath(path, root).replace(os.sep, "/")
+    for path, track_id in zip(found, track_ids_from_paths(found, base=root)):
         folder = os.path.relpath(os.path.dirname(path), root)
         entries.append(AudioEntry(track_id=track_id, path=path,
                                   group=None if folder == "." else folder.replace(os.sep, "/")))
@@ -229,7 +220,7 @@ def list_manifest(csv_path: str, *, group_column: str = "auto") -> Listing:
             listing.skipped.append({"path": path, "track_id": row.get("track_id", ""),
                                     "reason": f"{csv_path} line {line}: empty or null track_id"})
             continue
-        track_id = row.get("track_id") or _id_from_path(path, base)
+        track_id = row.get("track_id") or track_ids_from_paths([path], base=base)[0]
         group = (row.get(group_column) or None) if group_column != "none" else None
         listing.entries.append(AudioEntry(track_id=track_id, path=path, group=group))
     return _deduplicate(listing)
@@ -527,70 +518,18 @@ def _embed_and_write(*, embedder: Embedder, listing: Listing, todo: list[AudioEn
 # SavedModels for serving
 # ---------------------------------------------------------------------------------------------
 
-def mean_pool_in_graph(audio, length, *, pool_size: int):
-    """``musicsim.audio.mean_pool`` on a right-padded batch, in TensorFlow.
-
-    Parameters
-    ----------
-    audio : float32 ``[batch, samples]``, right-padded
-    length : int32 ``[batch]``, real samples of each row
-    pool_size : int >= 1
-
-    Returns
-    -------
-    pooled : float32 ``[batch, ceil(samples / pool_size)]``; each window is the mean of its real
-        samples (a trailing partial window over the samples it has), zero past the real windows
-    pooled_length : int32 ``[batch]``, ``ceil(length / pool_size)``
-    """
-    import tensorflow as tf
-
-    if pool_size < 1:
-        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
-    audio, length = tf.convert_to_tensor(audio, tf.float32), tf.cast(length, tf.int32)
-    if pool_size == 1:
-        return audio, length
-    samples = tf.shape(audio)[1]
-    padded_samples = (samples + pool_size - 1) // pool_size * pool_size
-    padded = tf.pad(audio, [[0, 0], [0, padded_samples - samples]])
-    mask = tf.cast(tf.sequence_mask(length, padded_samples), audio.dtype)
-    windows = tf.reshape(padded * mask, [tf.shape(audio)[0], -1, pool_size])
-    counts = tf.reduce_sum(tf.reshape(mask, [tf.shape(audio)[0], -1, pool_size]), axis=2)
-    pooled = tf.math.divide_no_nan(tf.reduce_sum(windows, axis=2), counts)
-    return pooled, (length + pool_size - 1) // pool_size
-
-
-def is_own_saved_model_export(folder: str) -> bool:
-    """Whether ``folder`` holds a SavedModel export of this project and nothing else.
-
-    Recognised by its manifest (``SAVED_MODEL_MANIFEST``), which lists what the export wrote: a
-    file added to the folder since makes it no longer only ours.
-    """
+def is_legacy_saved_model_export(folder: str) -> bool:
+    """Whether ``folder`` holds a SavedModel export written before the ``musicsim.json`` manifest, and
+    nothing else: its ``LEGACY_SAVED_MODEL_MANIFEST`` lists what it wrote."""
     try:
-        with open(os.path.join(folder, SAVED_MODEL_MANIFEST), encoding="utf-8") as f:
+        with open(os.path.join(folder, LEGACY_SAVED_MODEL_MANIFEST), encoding="utf-8") as f:
             manifest = json.load(f)
         present = set(os.listdir(folder))
     except (OSError, ValueError):
         return False
-    if not isinstance(manifest, dict) or manifest.get("kind") != SAVED_MODEL_KIND:
+    if not isinstance(manifest, dict) or manifest.get("kind") != LEGACY_SAVED_MODEL_KIND:
         return False
-    return present <= set(manifest.get("entries") or []) | {SAVED_MODEL_MANIFEST}
-
-
-def _check_replaceable(export_dir: str, *, overwrite: bool) -> None:
-    """Refuse to replace a folder that is neither empty nor this project's own export (unless ``overwrite``)."""
-    if not os.path.exists(export_dir):
-        return
-    if not os.path.isdir(export_dir):
-        raise ValueError(f"--saved_model={export_dir} exists and is not a folder")
-    try:
-        entries = os.listdir(export_dir)
-    except OSError as err:
-        raise ValueError(f"--saved_model={export_dir} cannot be read: {err.strerror or err}") from None
-    if entries and not overwrite and not is_own_saved_model_export(export_dir):
-        shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
-        raise ValueError(f"--saved_model={export_dir} is a non-empty folder that is not a SavedModel export of "
-                         f"this project (it holds {shown}; no {SAVED_MODEL_MANIFEST} listing them): "
-                         "choose another folder, or give --overwrite to replace it")
+    return present <= set(manifest.get("entries") or []) | {LEGACY_SAVED_MODEL_MANIFEST}
 
 
 def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = False) -> dict[str, str]:
@@ -613,8 +552,12 @@ def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = Fal
     """
     import tensorflow as tf
 
+    from musicsim.models.wavenet import lengths_after_pooling, masked_pool
+
     export_dir = os.path.abspath(export_dir)
-    _check_replaceable(export_dir, overwrite=overwrite)
+    check_replaceable(export_dir, kind=SAVED_MODEL_KIND, overwrite=overwrite, legacy=is_legacy_saved_model_export,
+                      description="a SavedModel export of this project",
+                      remedy="choose another folder, or give --overwrite to replace it")
     embedder = load_embedder(model_dir)
     if not isinstance(embedder, LearnedEmbedder):
         raise ValueError(f"{model_dir} holds a {embedder.kind} {embedder.name!r} model: only learned models "
@@ -632,12 +575,14 @@ def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = Fal
     def raw_receiver():
         raw = tf.compat.v1.placeholder(tf.float32, [None, None], name="raw_audio")
         raw_length = tf.compat.v1.placeholder(tf.int32, [None], name="raw_length")
-        pooled, length = mean_pool_in_graph(raw, raw_length, pool_size=embedder.pool_size)
-        return tf.estimator.export.ServingInputReceiver({"audio": pooled[:, :, None], "length": length},
+        # The dataset's mean pooling (musicsim.audio.mean_pool), in the graph: an average over real samples.
+        pooled = masked_pool(raw[:, :, None], raw_length, pool=embedder.pool_size, pooling="avg")
+        length = lengths_after_pooling(raw_length, embedder.pool_size)
+        return tf.estimator.export.ServingInputReceiver({"audio": pooled, "length": length},
                                                         {"raw_audio": raw, "raw_length": raw_length})
 
     receivers = {"pooled": pooled_receiver}
-    if embedder.name == "wavenet":
+    if embedder.model.input.features == "pooled_audio":  # the graph can pool decoded audio itself
         receivers["raw"] = raw_receiver
     staging = f"{export_dir}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     os.makedirs(staging)
@@ -652,8 +597,7 @@ def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = Fal
                    "pooled": {"inputs": {"audio": "float32 [batch, time]" if channels == 1 else
                                          f"float32 [batch, frames, {channels}] chromagram",
                                          "length": "int32 [batch]"},
-                              "rate_hz": embedder.sample_rate / embedder.pool_size if channels == 1 else
-                              embedder.sample_rate / float(embedder.params.get("hop_length", 512))},
+                              "rate_hz": embedder.frame_rate},
                    "sample_rate": embedder.sample_rate, "pool_size": embedder.pool_size,
                    "max_seconds": embedder.max_seconds}
         if "raw" in receivers:
@@ -662,8 +606,7 @@ def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = Fal
         with open(os.path.join(staging, "serving.json"), "w") as f:
             json.dump(serving, f, indent=1)
         entries = sorted(os.listdir(staging))  # before the manifest itself exists
-        with open(os.path.join(staging, SAVED_MODEL_MANIFEST), "w", encoding="utf-8") as f:
-            json.dump({"kind": SAVED_MODEL_KIND, "entries": entries, **provenance(embedder)}, f, indent=1)
+        write_manifest(staging, kind=SAVED_MODEL_KIND, extra={"entries": entries, **provenance(embedder)})
         old = None
         if os.path.isdir(export_dir):
             old = f"{export_dir}.old-{os.getpid()}-{uuid.uuid4().hex[:6]}"

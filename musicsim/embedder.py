@@ -252,26 +252,29 @@ class LearnedEmbedder(Embedder):
         self.config = dict(info["config"])
         self.params = dict(self.config.get("params") or {})
         self.dataset = dict(info.get("dataset") or {})
+        self.model = registry.entry(self.name)
+        # Runs that did not record every hyperparameter ran with the model's defaults.
+        self.params = {**self.model.default_params(), **self.params}
         self.similarity = str(self.params.get("similarity", "cosine"))
-        self.module = registry.learned_module(self.name)
         # The checkpoint the run exported its embeddings with, so a file's vector equals its exported one.
         self.checkpoint = RunDir(self.model_dir).checkpoint() or tf.train.latest_checkpoint(self.model_dir)
         if self.checkpoint is None:
             raise FileNotFoundError(f"{self.model_dir} holds no checkpoint of its {self.name} model: "
                                     "has the run trained yet?")
-        if self.name == "rnn" and self.params.get("rnn_embedding") == "all":
-            raise ValueError(f"{self.model_dir}: the run did not record which rnn embedding it kept "
+        if self.model.embedding_variants is not None and self.params.get("rnn_embedding") == "all":
+            raise ValueError(f"{self.model_dir}: the run did not record which {self.name} embedding it kept "
                              "(rnn_embedding='all'); has it finished?")
-        for key in ("sample_rate", "pool_size"):
-            if self.name == "wavenet" and key not in self.dataset:
-                raise ValueError(f"{self.model_dir}/{RUN_FILE} does not record the dataset's {key}")
-        self.window_seconds = _resolve_window(self.config, window_seconds, exact=self.name == "wavenet")
+        spec = self.model.input
+        needed = [("sample_rate", spec.decode_rate), ("pool_size", spec.pool_size)]
+        for key in [key for key, own in needed if own is None and key not in self.dataset]:
+            raise ValueError(f"{self.model_dir}/{RUN_FILE} does not record the dataset's {key}")
+        self.window_seconds = _resolve_window(self.config, window_seconds, exact=self.model.windows is not None)
         self._estimator = None
         self._window_estimator = None
 
     @property
     def dim(self) -> int:
-        return int(self.module.embedding_size(self.params))
+        return int(self.model.embedding_size(self.params))
 
     @property
     def version(self) -> str:
@@ -280,19 +283,22 @@ class LearnedEmbedder(Embedder):
     @property
     def channels(self) -> int:
         """Channels of the model's input sequences: 1 (pooled audio) or 12 (chromagram)."""
-        return 12 if self.name == "rnn" else 1
+        return int(self.model.input.channels)
 
     @property
     def sample_rate(self) -> int:
         """Decode rate of the audio, in Hz."""
-        if self.name == "rnn":
-            return int(self.params.get("chroma_sample_rate", self.module.DEFAULT_PARAMS["chroma_sample_rate"]))
-        return int(self.dataset["sample_rate"])
+        return self.model.input.sample_rate(params=self.params, dataset=self.dataset)
 
     @property
     def pool_size(self) -> int:
-        """Mean-pooling window of the model's input (1 for the rnn, whose input is not pooled audio)."""
-        return 1 if self.name == "rnn" else int(self.dataset["pool_size"])
+        """Mean-pooling window of the model's input (1 for a chromagram, whose input is not pooled audio)."""
+        return self.model.input.pool(dataset=self.dataset)
+
+    @property
+    def frame_rate(self) -> float:
+        """Steps per second of the model's input sequences."""
+        return self.model.input.frame_rate(params=self.params, dataset=self.dataset)
 
     @property
     def max_seconds(self) -> float | None:
@@ -310,8 +316,8 @@ class LearnedEmbedder(Embedder):
         from musicsim.audio import DecodeSettings, decode_track
 
         min_seconds = self.min_seconds
-        if self.name == "rnn":
-            hop = int(self.params.get("hop_length", self.module.DEFAULT_PARAMS["hop_length"]))
+        if self.model.input.features == "chroma":
+            hop = int(self.params["hop_length"])
             return decode_chroma, ChromaSettings(sample_rate=self.sample_rate, hop_length=hop,
                                                  max_seconds=self.max_seconds, window_seconds=self.window_seconds,
                                                  min_seconds=DEFAULT_MIN_SECONDS)
@@ -334,7 +340,7 @@ class LearnedEmbedder(Embedder):
         _check_batching(batch_size=batch_size, workers=workers)
         if not paths:
             return
-        if self.name == "wavenet":
+        if self.model.windows is not None:
             yield from self._iter_windowed(paths=paths, batch_size=batch_size, workers=workers)
         else:
             yield from self._iter_whole(paths=paths, batch_size=batch_size, workers=workers)
@@ -381,11 +387,9 @@ class LearnedEmbedder(Embedder):
 
     def _window_sizes(self) -> dict[str, int]:
         """``window``, ``context``, ``lookahead``, ``unit`` in pooled steps (``window`` 0: whole excerpts)."""
-        from musicsim.models import wavenet
-
         params = dict(self.params)
-        params.setdefault("input_sample_rate", self.sample_rate / self.pool_size)
-        geometry = wavenet.window_geometry(params)
+        params.setdefault("input_sample_rate", self.frame_rate)
+        geometry = self.model.windows.window_geometry(params)
         unit = geometry["unit"]
         window = 0
         if self.window_seconds is not None:
@@ -395,15 +399,16 @@ class LearnedEmbedder(Embedder):
 
     @property
     def window_estimator(self):
-        """An estimator over the run's checkpoints whose PREDICT gives `wavenet.window_features`."""
+        """An estimator over the run's checkpoints whose PREDICT gives the model's ``window_features``."""
         if self._window_estimator is None:
             import tensorflow as tf
 
             from musicsim import training
-            from musicsim.models import wavenet
+
+            windows = self.model.windows
 
             def model_fn(features, labels, mode, params):
-                pooled, count = wavenet.window_features(features["audio"], features["length"], features["skip"],
+                pooled, count = windows.window_features(features["audio"], features["length"], features["skip"],
                                                         params=dict(params))
                 return tf.estimator.EstimatorSpec(mode, predictions={
                     "features": pooled, "count": count, "index": features["index"], "last": features["last"]})
@@ -421,8 +426,8 @@ class LearnedEmbedder(Embedder):
         """
         import tensorflow as tf
         from musicsim.workers import decode_in_order
-        from musicsim.models import wavenet
 
+        windows = self.model.windows
         decode, settings = self._decoder()
         sizes = self._window_sizes()
         workers = int(workers or os.cpu_count() or 1)
@@ -486,7 +491,7 @@ class LearnedEmbedder(Embedder):
             return tf.data.Dataset.from_generator(generate, output_signature=signature).padded_batch(
                 int(batch_size)).prefetch(2)
 
-        dense = wavenet.dense_weights(self.params, checkpoint=self.checkpoint)
+        dense = windows.dense_weights(self.params, checkpoint=self.checkpoint)
         next_index, parts = 0, []
         for prediction in self.window_estimator.predict(input_fn, checkpoint_path=self.checkpoint,
                                                         yield_single_examples=True):
@@ -500,9 +505,9 @@ class LearnedEmbedder(Embedder):
             if index in failures:
                 yield index, None, failures[index]
             else:
-                pooled = wavenet.combine_windows(np.stack([f for f, _ in parts]), np.array([c for _, c in parts]),
+                pooled = windows.combine_windows(np.stack([f for f, _ in parts]), np.array([c for _, c in parts]),
                                                  params=self.params)
-                vector = wavenet.apply_dense_layers(pooled[None, :], weights=dense)
+                vector = windows.apply_dense_layers(pooled[None, :], weights=dense)
                 yield index, vector[0], None
             parts, next_index = [], index + 1
         for skipped in range(next_index, len(paths)):

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from experiments import export
-from experiments.export import export_embeddings, export_saved_model, mean_pool_in_graph, output_paths
+from experiments.export import export_embeddings, export_saved_model, output_paths
 from musicsim.audio import load_audio, mean_pool
 from musicsim.dataset import read_catalog
 from musicsim.embedder import LearnedEmbedder, load_embedder
@@ -401,24 +401,26 @@ def _padded(signals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("lengths, pool_size", [([12, 7, 10], 5), ([5, 1], 5), ([9, 3], 1), ([8, 8], 4)])
-def test_mean_pool_in_graph_is_mean_pool(lengths, pool_size):
+def test_the_raw_receivers_pooling_is_the_datasets_mean_pool(lengths, pool_size):
+    """The raw SavedModel pools in the graph with wavenet.masked_pool(avg): data_prep's mean pool exactly."""
+    import tensorflow as tf
+
+    from musicsim.models.wavenet import lengths_after_pooling, masked_pool
+
     rng = np.random.default_rng(len(lengths) + pool_size)
     signals = [rng.standard_normal(n).astype(np.float32) for n in lengths]
     batch, length = _padded(signals)
     for i, n in enumerate(lengths):
         batch[i, n:] = 99.0  # padding must not leak into a track's last window
-    pooled, pooled_length = mean_pool_in_graph(batch, length, pool_size=pool_size)
+    pooled = masked_pool(tf.constant(batch[:, :, None]), tf.constant(length), pool=pool_size,
+                         pooling="avg").numpy()[:, :, 0]
+    pooled_length = lengths_after_pooling(tf.constant(length), pool_size).numpy()
     for i, signal in enumerate(signals):
         expected = mean_pool(signal, size=pool_size)
         assert int(pooled_length[i]) == expected.size
-        np.testing.assert_allclose(pooled.numpy()[i, : expected.size], expected, rtol=1e-6)
+        np.testing.assert_allclose(pooled[i, : expected.size], expected, rtol=1e-6)
         if pool_size > 1:
-            assert np.all(pooled.numpy()[i, expected.size:] == 0)
-
-
-def test_mean_pool_in_graph_rejects_a_bad_pool_size():
-    with pytest.raises(ValueError, match="pool_size"):
-        mean_pool_in_graph(np.zeros((1, 4), np.float32), np.array([4], np.int32), pool_size=0)
+            assert np.all(pooled[i, expected.size:] == 0)
 
 
 def test_saved_models_answer_like_predict(embedder, tiny_run, synthetic_dataset, tmp_path):
