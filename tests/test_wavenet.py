@@ -90,10 +90,62 @@ def test_pool_sizes_accept_a_single_size_and_a_comma_string():
     assert wavenet.min_length_steps(dict(num_stacks=2, stack_pool_sizes="2,5")) == 10
 
 
+def test_config_reads_its_own_keys_and_names_the_missing_ones():
+    params = {**wavenet.WaveNetConfig(channels=8, dense_layers="6,4").to_params(), "loss": "lambda", "n_mels": 3}
+    config = wavenet.WaveNetConfig.from_params(params)
+    assert config.channels == 8 and config.dense_layers == (6, 4) and config.embedding_size == 4
+    assert wavenet.WaveNetConfig.from_params(config.to_params()) == config
+    del params["final_channels"], params["pooling"]
+    with pytest.raises(ValueError, match=r"\['pooling', 'final_channels'\]"):
+        wavenet.WaveNetConfig.from_params(params)
+
+
+def test_one_pool_size_serves_any_number_of_stacks():
+    # The default is one size, as the --stack_pool_sizes flag gives it: any num_stacks pools 4 after each stack.
+    assert wavenet.WaveNetConfig(num_stacks=2).pool_sizes == (4, 4)
+    assert wavenet.min_length_steps({"num_stacks": 5}) == 4 ** 5
+    assert wavenet.WaveNetConfig(num_stacks=2).to_params()["stack_pool_sizes"] == (4,)
+    runner = embed_runner({"num_stacks": 2, "layers_per_stack": 2, "channels": 4, "skip_channels": 4})
+    assert runner(np.ones((1, 40), np.float32), np.array([40], np.int32)).shape == (1, 64)
+    runner.close()
+
+
+@pytest.mark.parametrize("atrous", [False, True])
+def test_unpooled_stacks_keep_the_step_rate_and_the_variables_of_the_pooled_ones(atrous):
+    def variables(build) -> dict[str, list[int]]:
+        graph = tf.Graph()
+        with graph.as_default():
+            build()
+            return {v.op.name: v.shape.as_list() for v in tf.compat.v1.global_variables()}
+
+    audio, length = np.zeros((2, 50, 1), np.float32), np.array([50, 31], np.int32)
+    outputs = {}
+
+    def stacks(pooled):
+        def build():
+            outputs[pooled] = wavenet.stacks(tf.constant(audio), tf.constant(length), params=TINY, training=False,
+                                             pooled=pooled, atrous=atrous and not pooled)
+        return build
+
+    assert variables(stacks(True)) == variables(stacks(False))
+    (pooled_skips, pooled_length), (skips, steps) = outputs[True], outputs[False]
+    assert len(skips) == len(pooled_skips) == 2 * 3
+    assert all(k.shape[-1] == 16 for k in skips)
+    with tf.compat.v1.Session(graph=skips[0].graph) as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        values, lengths = session.run([skips, steps])
+    assert all(v.shape[1] == 50 for v in values)  # one output step per input step
+    np.testing.assert_array_equal(lengths, length)
+    with tf.compat.v1.Session(graph=pooled_skips[0].graph) as session:
+        session.run(tf.compat.v1.global_variables_initializer())
+        np.testing.assert_array_equal(session.run(pooled_length), -(-length // 12))  # ceil(n / (3 * 4))
+
+
 @pytest.mark.parametrize("dilation, filter_size", [(1, 2), (4, 2), (4, 4)])
 def test_wavenet_layer_shapes_and_causality(dilation, filter_size):
     params = dict(TINY, channels=6, skip_channels=5, filter_size=filter_size)
-    runner = GraphRunner(lambda x: wavenet.wavenet_layer(x, dilation=dilation, params=params, name="layer"),
+    runner = GraphRunner(lambda x: wavenet.wavenet_layer(x, dilation=dilation, config=wavenet.config_of(params),
+                                                         name="layer"),
                          [(tf.float32, [None, None, 6])])
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 40, 6)).astype(np.float32)
