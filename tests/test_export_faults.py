@@ -81,6 +81,28 @@ def test_saved_model_replaces_its_own_export_but_not_one_a_user_added_to(tiny_ru
     assert sorted(os.listdir(tmp_path)) == ["serving"]
 
 
+def test_saved_model_replaces_an_export_written_before_the_one_manifest(tiny_run, tmp_path):
+    """Exports of the earlier format (musicsim_export.json) stay ours: replaced, and given musicsim.json."""
+    from musicsim.owned import owned_kind
+
+    target = tmp_path / "serving"
+    (target / "pooled").mkdir(parents=True)
+    (target / "serving.json").write_text("{}")
+    (target / export.LEGACY_SAVED_MODEL_MANIFEST).write_text(json.dumps(
+        {"kind": export.LEGACY_SAVED_MODEL_KIND, "entries": ["pooled", "serving.json"]}))
+    export_saved_model(model_dir=tiny_run, export_dir=str(target))
+    assert owned_kind(str(target)) == export.SAVED_MODEL_KIND
+    assert sorted(os.listdir(target)) == sorted(["pooled", "raw", "serving.json", export.SAVED_MODEL_MANIFEST])
+    old = tmp_path / "old"
+    (old / "pooled").mkdir(parents=True)
+    (old / "extra.txt").write_text("mine")
+    (old / export.LEGACY_SAVED_MODEL_MANIFEST).write_text(json.dumps(
+        {"kind": export.LEGACY_SAVED_MODEL_KIND, "entries": ["pooled"]}))
+    with pytest.raises(ValueError, match="not a SavedModel export of this project"):
+        export_saved_model(model_dir=tiny_run, export_dir=str(old))
+    assert (old / "extra.txt").read_text() == "mine"
+
+
 # ------------------------------------------------------------------------------------- failed re-export
 
 def test_a_failed_re_export_keeps_the_good_outputs_and_state(tiny_run, music, tmp_path, capsys):
