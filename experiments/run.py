@@ -223,16 +223,16 @@ def resolve_dataset(name_or_dir: str) -> str:
     return DEMO_DATASET_DIR
 
 
-def _learned_embeddings(config: RunConfig, relevance_def, splits, *, record_config: Callable[[], None]) -> dict:
+def _learned_embeddings(config: RunConfig, model: registry.ModelEntry, relevance_def, splits, *,
+                        record_config: Callable[[], None]) -> dict:
     """Train a learned model (resuming from model_dir), then embed every split.
 
     ``record_config`` writes the run's config once its inputs have settled it, before training.
     """
     from musicsim import training
 
-    module = registry.learned_module(config.model)
-    if hasattr(module, "load_splits"):  # the model's own input features (the LSTM's chromagrams)
-        tracks = module.load_splits(config.dataset_dir, splits, params=config.params, workers=config.workers)
+    if model.load_tracks is not None:  # the model's own input features (the LSTM's chromagrams)
+        tracks = model.load_tracks(config.dataset_dir, splits, params=config.params, workers=config.workers)
     else:
         tracks = {split: TrackSet.from_dataset(config.dataset_dir, split) for split in splits}
     if config.pretrain:
@@ -245,7 +245,7 @@ def _learned_embeddings(config: RunConfig, relevance_def, splits, *, record_conf
     record_config()
     # A resumed run draws new training lists rather than replaying the first ones again.
     train_seed = config.seed + training.resume_step(config.model_dir)
-    train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, module, tracks, relevance_def,
+    train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, model, tracks, relevance_def,
                                                                                train_seed=train_seed)
     from musicsim import distribute
 
@@ -263,8 +263,8 @@ def _learned_embeddings(config: RunConfig, relevance_def, splits, *, record_conf
     print(f"embedding with {os.path.basename(checkpoint)} (the {config.export_checkpoint} checkpoint"
           + (f" by eval {metric})" if config.export_checkpoint == "best" else ")"))
     settled_params = {}
-    if hasattr(module, "embedding_variants") and config.params.get("rnn_embedding") == "all":
-        estimator, settled_params = _best_variant(config, module, tracks["eval"], relevance_def,
+    if model.embedding_variants is not None and config.params.get("rnn_embedding") == "all":
+        estimator, settled_params = _best_variant(config, model, tracks["eval"], relevance_def,
                                                   checkpoint=checkpoint)
     embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
                                                      seconds=config.predict_seconds, checkpoint_path=checkpoint)
@@ -277,6 +277,7 @@ def _learned_embeddings(config: RunConfig, relevance_def, splits, *, record_conf
 def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
     """``training.make_estimator`` arguments of a run: model, directory, params, warm start, strategy."""
     from musicsim import pretraining, training
+
     keep = training.checkpoints_to_keep(early_stopping_patience=config.early_stopping_patience,
                                         save_checkpoints_steps=config.save_checkpoints_steps)
     kwargs = dict(model=config.model, model_dir=config.model_dir, params=config.params, seed=config.seed,
@@ -292,9 +293,11 @@ def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
     return kwargs
 
 
-def _training_inputs(config: RunConfig, module, tracks: dict, relevance_def, *, train_seed: int):
+def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict, relevance_def, *,
+                     train_seed: int):
     """(train input_fn, eval input_fn, early stopping (metric, direction), model_fn or None) of a run."""
-    from musicsim import pretraining
+    from musicsim import head, pretraining
+    from musicsim.models import wavenet
     from musicsim.inputs import make_list_input_fn
 
     if config.pretrain:
@@ -327,23 +330,26 @@ def _training_inputs(config: RunConfig, module, tracks: dict, relevance_def, *, 
             eval_fn = pretraining.make_predictive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
                                                            **common)
         return (train_fn, eval_fn, pretraining.pretraining_early_stopping(config.pretrain),
-                pretraining.pretraining_model_fn(config.pretrain))
-    if hasattr(module, "make_input_fn"):  # an unsupervised model trains on its own inputs and objective
-        own = dict(batch_size=config.batch_size, section_frames=int(config.params.get("section_frames", 1000)))
-        return (module.make_input_fn(tracks=tracks["train"], mode="train", seed=train_seed, **own),
-                module.make_input_fn(tracks=tracks["eval"], mode="eval", **own), module.EARLY_STOPPING, None)
+                head.make_model_fn(wavenet.embed, objective=pretraining.objective(config.pretrain)))
+    if model.make_input_fn is not None:  # an unsupervised model trains on its own inputs and objective
+        own = dict(batch_size=config.batch_size, params=config.params)
+        return (model.make_input_fn(tracks=tracks["train"], mode="train", seed=train_seed, **own),
+                model.make_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed, **own),
+                model.early_stopping, None)
     list_kind = config.list_kind or ("pairwise" if config.params.get("loss") == "pairwise" else "listwise")
     common = dict(relevance_def=relevance_def, kind=list_kind, n_similar=config.n_similar,
                   n_dissimilar=config.n_dissimilar, batch_size=config.batch_size)
+    early_stopping = model.early_stopping or (
+        config.early_stopping_metric, "decrease" if config.early_stopping_metric == "loss" else "increase")
     return (make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
                                seed=train_seed, **common),
             make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds, seed=config.seed,
                                **common),
-            (config.early_stopping_metric, "decrease" if config.early_stopping_metric == "loss" else "increase"),
-            None)
+            early_stopping, None)
 
 
-def _best_variant(config: RunConfig, module, eval_tracks, relevance_def, *, checkpoint: str) -> tuple[Any, dict]:
+def _best_variant(config: RunConfig, model: registry.ModelEntry, eval_tracks, relevance_def, *,
+                  checkpoint: str) -> tuple[Any, dict]:
     """The paper's RNN optimisation: read the embedding every way (outputs/states x mean/max/last) from the
     same checkpoint, score each on the eval split, keep the best (by NDCG@6, then catalog mAP).
 
@@ -353,7 +359,7 @@ def _best_variant(config: RunConfig, module, eval_tracks, relevance_def, *, chec
 
     relevance, _ = eval_tracks.relevance(relevance_def)
     scored = []
-    for embedding, reduce in module.embedding_variants():
+    for embedding, reduce in model.embedding_variants():
         params = dict(config.params, rnn_embedding=embedding, rnn_reduce=reduce)
         variant = training.make_estimator(**_estimator_kwargs(config, params=params))
         vectors = training.predict_embeddings(estimator=variant, tracks=eval_tracks, seconds=config.predict_seconds,
@@ -368,20 +374,13 @@ def _best_variant(config: RunConfig, module, eval_tracks, relevance_def, *, chec
     return best, {"rnn_embedding": embedding, "rnn_reduce": reduce}
 
 
-def _fitted_embeddings(config: RunConfig, splits, relevance_def) -> dict:
+def _fitted_embeddings(config: RunConfig, entry: registry.ModelEntry, relevance_def, splits, *,
+                       record_config: Callable[[], None]) -> dict:
     """Fit a fitted model on the train split's source files, tune it on eval, then embed every split."""
-    model_cls = registry.fitted_class(config.model)
-    info = DatasetInfo.load(config.dataset_dir)
-    kwargs = dict(max_seconds=info.max_seconds, workers=config.workers,
-                  cache_dir=os.path.join(config.dataset_dir, "feature_cache"))
-    if config.model == "librosa":
-        kwargs["variance_ratio"] = config.params.get("variance_ratio", 0.99)
-    if config.model == "musicnn":
-        kwargs.update(checkpoint=config.params.get("musicnn_model", "MSD_musicnn"),
-                      layer=config.params.get("musicnn_layer", "penultimate"))
-    if config.model == "fusion":  # each run decodes its own way: no excerpt or cache of the dataset's
-        kwargs = dict(runs=config.params.get("fusion_runs") or [], workers=config.workers)
-    model = model_cls(**kwargs)
+    config.params["similarity"] = entry.fitted_class.similarity
+    record_config()
+    model = entry.make_fitted(params=config.params, dataset_dir=config.dataset_dir,
+                              max_seconds=DatasetInfo.load(config.dataset_dir).max_seconds, workers=config.workers)
     catalog = {split: read_catalog(config.dataset_dir, split=split) for split in splits}
     # One pass over every split's files: the worker pool starts once.
     entries = [e for split in splits for e in catalog[split]]
@@ -407,6 +406,16 @@ def _fitted_embeddings(config: RunConfig, splits, relevance_def) -> dict:
         out["labels"][split] = [kept[j].labels for j in rows[split]]
         out["embeddings"][split] = vectors[rows[split]]
     return out
+
+
+def _baseline_lists(config: RunConfig, model: registry.ModelEntry, relevance_def, splits, *,
+                    record_config: Callable[[], None]) -> dict:
+    """A baseline embeds nothing: only the test split's tracks and labels, for the protocol's lists."""
+    del model, relevance_def, splits
+    record_config()
+    test = read_catalog(config.dataset_dir, split="test")
+    return {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
+            "embeddings": {}, "eval_metrics": {}}
 
 
 def _rerank(config: RunConfig, out: dict, relevance_def) -> dict:
@@ -444,17 +453,11 @@ def run(config: RunConfig) -> dict:
     def record_config() -> None:
         run_dir.write_config(asdict(config), model=config.model, kind=kind, dataset=asdict(info))
 
-    if kind == "learned":
-        out = _learned_embeddings(config, relevance_def, splits, record_config=record_config)
-    elif kind == "fitted":
-        config.params["similarity"] = registry.fitted_class(config.model).similarity
-        record_config()
-        out = _fitted_embeddings(config, splits, relevance_def)
-    else:
-        record_config()
-        test = read_catalog(config.dataset_dir, split="test")
-        out = {"ids": {"test": [e.track_id for e in test]}, "labels": {"test": [e.labels for e in test]},
-               "embeddings": {}, "eval_metrics": {}}
+    model = registry.entry(config.model)
+    # Learned and fitted runs alike: settle and record the config, train or fit, embed every split.
+    make_embeddings = {"learned": _learned_embeddings, "fitted": _fitted_embeddings,
+                       "baseline": _baseline_lists}[kind]
+    out = make_embeddings(config, model, relevance_def, splits, record_config=record_config)
 
     from musicsim import distribute
 

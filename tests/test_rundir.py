@@ -146,3 +146,48 @@ def test_read_run_info_errors_name_the_folder(tmp_path):
     (fitted / "fitted_model.json").write_text(json.dumps({"name": "librosa"}))
     assert read_run_info(str(fitted)) == {"model": "librosa", "kind": "fitted", "config": {"params": {}},
                                           "dataset": {}}
+
+
+# ------------------------------------------------------------------------------ through experiments.run
+
+def test_an_rnn_run_records_its_config_before_training_and_its_readout_in_the_results(synthetic_dataset,
+                                                                                        tmp_path):
+    """run.json is the config as it was before training ('all' readouts); the readout the run chose on
+    eval is in results.json, and the embedder reads the run as it ended."""
+    from experiments.run import RunConfig, run
+    from musicsim.dataset import read_catalog
+    from musicsim.embedder import load_embedder
+    from musicsim.models.rnn import RNNConfig
+
+    model_dir = str(tmp_path / "rnn")
+    results = run(RunConfig(model="rnn", dataset_dir=synthetic_dataset, model_dir=model_dir, max_steps=2,
+                            params=RNNConfig(rnn_units=4, section_frames=20, rnn_embedding="all").to_params(),
+                            crop_seconds=1.0,
+                            eval_seconds=None, save_checkpoints_steps=2, early_stopping_patience=0, eval_repeats=1,
+                            workers=1))
+    run_dir = RunDir(model_dir)
+    assert run_dir.record()["config"]["params"]["rnn_embedding"] == "all"
+    settled = results["settled_params"]
+    assert settled["rnn_embedding"] in ("states", "outputs") and settled["rnn_reduce"] in ("mean", "max", "last")
+    assert run_dir.config()["params"]["rnn_embedding"] == settled["rnn_embedding"]
+    embedder = load_embedder(model_dir)
+    assert embedder.dim == (8 if settled["rnn_embedding"] == "states" else 4) == run_dir.embedding_dim()
+    stored = run_dir.embeddings()
+    entry = read_catalog(synthetic_dataset, split="test")[0]
+    vectors, ok, _ = embedder.embed_paths(paths=[entry.path], workers=1, progress=False)
+    np.testing.assert_allclose(vectors[0], stored.vectors[stored.track_ids.index(entry.track_id)], atol=1e-5)
+
+
+def test_a_rerun_with_another_config_is_refused_before_it_writes(synthetic_dataset, tmp_path):
+    from experiments.run import RunConfig, run
+
+    model_dir = str(tmp_path / "mfcc")
+    settings = dict(model="mfcc", dataset_dir=synthetic_dataset, model_dir=model_dir, workers=1, eval_repeats=1)
+    run(RunConfig(**settings))
+    before = {name: open(os.path.join(model_dir, name), "rb").read() for name in ("run.json", "results.json")}
+    run(RunConfig(**settings, rerank="dba:k=2,alpha=0"))  # a training control: the same run, its results redone
+    with pytest.raises(RunConfigMismatch, match=r"differs in eval_repeats, rerank, seed\)"):
+        run(RunConfig(**{**settings, "eval_repeats": 2}, seed=1))
+    assert open(os.path.join(model_dir, "run.json"), "rb").read() != before["run.json"]  # rerank recorded
+    assert RunDir(model_dir).config()["rerank"] == "dba:k=2,alpha=0" and RunDir(model_dir).config()["seed"] == 0
+    assert "rerank" in RunDir(model_dir).results()

@@ -272,13 +272,6 @@ def unregister(name: str) -> None:
     _ENTRIES.pop(name, None)
 
 
-def learned_module(name: str):
-    """The module of a registered learned model (for code that reads a module's own helpers)."""
-    if kind_of(name) != "learned":
-        raise ValueError(f"{name!r} is not a learned model: expected one of {list(names('learned'))}")
-    return importlib.import_module(entry(name).embed.__module__)
-
-
 def fitted_class(name: str):
     """The class of a fitted model (a ``musicsim.models.fitted.FittedModel`` subclass)."""
     if kind_of(name) != "fitted":
@@ -286,5 +279,5 @@ def fitted_class(name: str):
     return entry(name).fitted_class
 
 
-__all__ = ["ALL_MODELS", "BASELINES", "InputSpec", "ModelEntry", "entry", "fitted_class", "kind_of",
-           "learned_module", "names", "register", "unregister"]
+__all__ = ["ALL_MODELS", "BASELINES", "InputSpec", "ModelEntry", "entry", "fitted_class", "kind_of", "names",
+           "register", "unregister"]
