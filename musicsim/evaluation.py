@@ -100,12 +100,6 @@ class PairLists:
 # --------------------------------------------------------------------------- validation
 
 
-def _positive_int(value: object, *, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def _seed(value: object, *, name: str = "seed") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -196,8 +190,8 @@ def make_ranking_lists(*, relevance_matrix: np.ndarray, binary: np.ndarray, n_si
     RankingLists with ``L = n_similar + n_dissimilar``.
     """
     relevance_matrix, binary = _relevance_and_binary(relevance_matrix, binary)
-    n_similar = _positive_int(n_similar, name="n_similar")
-    n_dissimilar = _positive_int(n_dissimilar, name="n_dissimilar")
+    n_similar = metrics.positive_int(n_similar, name="n_similar")
+    n_dissimilar = metrics.positive_int(n_dissimilar, name="n_dissimilar")
     rng = _rng(_seed(seed), _LISTS)
     queries, rows = [], []
     for query in range(binary.shape[0]):
@@ -230,7 +224,7 @@ def make_pair_lists(*, binary: np.ndarray, n_pairs: int = 15, seed: int) -> Pair
     PairLists with ``P = n_pairs``.
     """
     binary = _square(binary, name="binary", dtype=bool)
-    n_pairs = _positive_int(n_pairs, name="n_pairs")
+    n_pairs = metrics.positive_int(n_pairs, name="n_pairs")
     rng = _rng(_seed(seed), _PAIRS)
     queries, positives, negatives = [], [], []
     for query in range(binary.shape[0]):
@@ -282,9 +276,9 @@ def make_skew_lists(*, reference_scores: np.ndarray, relevance_matrix: np.ndarra
     if reference_scores.shape != binary.shape:
         raise ValueError(f"reference_scores shape {reference_scores.shape} does not match "
                          f"relevance_matrix shape {binary.shape}")
-    n_similar = _positive_int(n_similar, name="n_similar")
-    n_dissimilar = _positive_int(n_dissimilar, name="n_dissimilar")
-    n_pairs = _positive_int(n_pairs, name="n_pairs")
+    n_similar = metrics.positive_int(n_similar, name="n_similar")
+    n_dissimilar = metrics.positive_int(n_dissimilar, name="n_dissimilar")
+    n_pairs = metrics.positive_int(n_pairs, name="n_pairs")
     rng = _rng(_seed(seed), _SKEW_SHUFFLE)
     queries, rows, positives, negatives = [], [], [], []
     for query in range(binary.shape[0]):
@@ -319,8 +313,14 @@ def _embeddings(embeddings: np.ndarray) -> np.ndarray:
     return embeddings
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    # A zero vector stays zero (cosine 0 with everything) instead of dividing by zero.
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows ``[..., D]`` scaled to unit length, in their own dtype; a zero row stays zero (cosine 0 with
+    everything) instead of dividing by zero.
+
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    array([[0.6, 0.8],
+           [0. , 0. ]])
+    """
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0)
 
@@ -340,7 +340,7 @@ def similarity_matrix(*, embeddings: np.ndarray, similarity: str = "cosine") -> 
     """
     embeddings = _embeddings(embeddings)
     if check_similarity(similarity) == "cosine":
-        unit = _unit_rows(embeddings)
+        unit = unit_rows(embeddings)
         return unit @ unit.T
     squared_norms = (embeddings ** 2).sum(axis=1)
     out = np.empty((len(embeddings), len(embeddings)))
@@ -376,7 +376,7 @@ def embedding_scorer(*, embeddings: np.ndarray, similarity: str = "cosine") -> S
     """
     embeddings = _embeddings(embeddings)
     similarity = check_similarity(similarity)
-    unit = _unit_rows(embeddings)
+    unit = unit_rows(embeddings)
 
     def scorer(query_idx: np.ndarray, candidate_idx: np.ndarray) -> np.ndarray:
         query_idx, candidate_idx = _indices(query_idx, candidate_idx, len(embeddings))
@@ -487,7 +487,7 @@ def catalog_retrieval(*, scores: np.ndarray, binary: np.ndarray, k: int = 10) ->
     binary = _square(binary, name="binary", dtype=bool)
     if scores.shape != binary.shape:
         raise ValueError(f"scores shape {scores.shape} does not match binary shape {binary.shape}")
-    k = _positive_int(k, name="k")
+    k = metrics.positive_int(k, name="k")
     average_precisions, precisions = [], []
     for start in range(0, len(scores), _CHUNK_ROWS):
         rows = np.arange(start, min(start + _CHUNK_ROWS, len(scores)))

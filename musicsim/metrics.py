@@ -31,8 +31,12 @@ import numpy as np
 __all__ = ["ndcg", "average_precision", "pairwise_accuracy", "precision_at_k", "rank_order"]
 
 
-def _as_int_at_least_one(value: object, *, name: str) -> int:
-    """Return ``value`` as an int, raising ValueError unless it is an integer >= 1."""
+def positive_int(value: object, *, name: str) -> int:
+    """``value`` as an int, raising ValueError (naming ``name``) unless it is an integer >= 1.
+
+    >>> positive_int(3, name="k")
+    3
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if value < 1:
@@ -107,7 +111,7 @@ def ndcg(*, scores: np.ndarray, relevance: np.ndarray, topn: int | None = None) 
     (IDCG = 0).
     """
     if topn is not None:
-        topn = _as_int_at_least_one(topn, name="topn")
+        topn = positive_int(topn, name="topn")
     scores, relevance, valid = _validated(scores, relevance)
     gains_relevance = np.where(valid, relevance, 0.0)
     by_model = np.take_along_axis(gains_relevance, rank_order(scores=scores, valid=valid), axis=1)
@@ -185,7 +189,7 @@ def precision_at_k(*, scores: np.ndarray, relevance: np.ndarray, k: int) -> np.n
     -------
     np.ndarray, float64 ``[Q]``, in ``[0, 1]``; NaN for a list with no valid candidate.
     """
-    k = _as_int_at_least_one(k, name="k")
+    k = positive_int(k, name="k")
     scores, relevance, valid = _validated(scores, relevance)
     relevant = (valid & (relevance > 0)).astype(np.float64)
     relevant_by_rank = np.take_along_axis(relevant, rank_order(scores=scores, valid=valid), axis=1)

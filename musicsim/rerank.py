@@ -35,6 +35,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from musicsim import evaluation
+
 METHODS = ("none", "aqe", "dba", "dba+aqe", "kreciprocal")
 # Rows scored at once against the whole catalog: bounds the [block, N] score block in memory.
 _BLOCK_ROWS = 1024
@@ -94,8 +96,7 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
         raise ValueError(f"vectors must have shape [N, D] with N >= 1, got {vectors.shape}")
     if not np.isfinite(vectors).all():
         raise ValueError("vectors contain NaN or infinite values")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
+    return evaluation.unit_rows(vectors)
 
 
 def nearest(*, queries: np.ndarray, catalog: np.ndarray, k: int, exclude_self: bool = False
@@ -299,8 +300,6 @@ def choose_settings(*, eval_vectors: np.ndarray, eval_binary: np.ndarray,
     best : RerankSettings
     table : list of ``{"settings": dict, "catalog_mAP": float}``, one per configuration tried.
     """
-    from musicsim import evaluation  # the protocol's own catalog metric, not a copy
-
     table = []
     best, best_map = None, -np.inf
     for settings in (default_grid() if grid is None else grid):

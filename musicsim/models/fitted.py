@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from musicsim.dataset import feature_cache_dir
 from musicsim.features import DEFAULT_SAMPLE_RATE, check_extraction_settings, extract_many
 
 CONFIG_FILE = "fitted_model.json"
@@ -79,8 +80,7 @@ class FittedModel:
         workers : feature-extraction processes (None: every core)
         """
         settings = {keyword: params[key] for keyword, key in run_params.items() if key in params}
-        return cls(max_seconds=max_seconds, workers=workers, cache_dir=os.path.join(dataset_dir, "feature_cache"),
-                   **settings)
+        return cls(max_seconds=max_seconds, workers=workers, cache_dir=feature_cache_dir(dataset_dir), **settings)
 
     # -- what subclasses provide -------------------------------------------------------------
     def _fit_features(self, features: np.ndarray) -> None:
