@@ -43,7 +43,8 @@ flags.DEFINE_float("diversity", 0.0, "0 ranks by similarity only; up to 1 favour
 flags.DEFINE_bool("exclude_same_group", False, "Leave out the query's album/group.", flag_values=FLAGS)
 flags.DEFINE_bool("include_self", False, "Keep the query track in --track_id results.", flag_values=FLAGS)
 flags.DEFINE_bool("json", False, "Print a JSON list instead of a table.", flag_values=FLAGS)
-flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
+flags.mark_flag_as_required("index", flag_values=FLAGS)
+flags.mark_flags_as_mutual_exclusive(["query", "track_id"], required=True, flag_values=FLAGS)
 
 
 class UnembeddableQueryError(ValueError):
@@ -207,15 +208,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str]) -> int:
     """``python -m musicsim.search ...`` (``argv`` program name first); returns the exit status (2 on a
     usage or input error)."""
-    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
-    if isinstance(positional, int):
-        return positional
-    problem = ("--index is required" if not FLAGS.index
-               else "give one query: --query=FILE or --track_id=ID" if (FLAGS.query is None) == (FLAGS.track_id is None)
-               else f"unexpected arguments {positional}" if positional else None)
-    if problem:
-        print(f"error: {problem}\n{USAGE}", file=sys.stderr)
-        return 2
+    status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    if isinstance(status, int):
+        return status
     # TensorFlow's Python logger (estimator INFO lines), set without importing TensorFlow.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:

@@ -83,7 +83,7 @@ flags.DEFINE_float("max_upload_mb", DEFAULT_MAX_UPLOAD_MB, "Largest accepted aud
                    flag_values=FLAGS)
 flags.DEFINE_enum("map", "pca", ["pca", "umap"], "Projection of the embedding map.", flag_values=FLAGS)
 flags.DEFINE_bool("access_log", False, "Log every request.", flag_values=FLAGS)
-flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
+flags.mark_flag_as_required("index", flag_values=FLAGS)
 
 
 class ServiceError(Exception):
@@ -170,12 +170,16 @@ class SearchService:
                 "audio_url": f"/api/audio/{quote(track_id, safe='')}" if audio_file else None,
                 "_audio_file": audio_file, "_path": str(path) if path else None}
 
-    def track(self, track_id: str) -> dict[str, Any]:
-        """The public description of one track (404 when unknown)."""
+    def _entry(self, track_id: str) -> dict[str, Any]:
+        """The start-up record of one track, private entries included (404 when unknown)."""
         entry = self._track_of.get(track_id)
         if entry is None:
             raise ServiceError(404, f"unknown track id {track_id!r}: the index holds {len(self.track_ids)} tracks")
-        return {key: value for key, value in entry.items() if not key.startswith("_")}
+        return entry
+
+    def track(self, track_id: str) -> dict[str, Any]:
+        """The public description of one track (404 when unknown)."""
+        return {key: value for key, value in self._entry(track_id).items() if not key.startswith("_")}
 
     def tracks(self, *, query: str = "", limit: int = 50, offset: int = 0) -> dict[str, Any]:
         """Tracks whose id, path or group contains ``query`` (case-insensitive), a page of them."""
@@ -305,10 +309,7 @@ class SearchService:
     # ------------------------------------------------------------------ audio and uploads
     def audio_file(self, track_id: str) -> tuple[str, str]:
         """``(path, media type)`` of a track's audio, as resolved at start-up (404 otherwise)."""
-        entry = self._track_of.get(track_id)
-        if entry is None:
-            raise ServiceError(404, f"unknown track id {track_id!r}")
-        path = entry["_audio_file"]
+        path = self._entry(track_id)["_audio_file"]
         if not path:
             raise ServiceError(404, f"the index lists no audio file for track {track_id!r}")
         try:
@@ -518,13 +519,9 @@ def create_app(*, index_dir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, 
 def main(argv: Sequence[str]) -> int:
     """``python -m musicsim.serve ...`` (``argv`` program name first); returns the exit status (2 on a
     usage or input error)."""
-    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
-    if isinstance(positional, int):
-        return positional
-    if not FLAGS.index or positional:
-        print(f"error: {'--index is required' if not FLAGS.index else f'unexpected arguments {positional}'}\n{USAGE}",
-              file=sys.stderr)
-        return 2
+    status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    if isinstance(status, int):
+        return status
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from threadpoolctl import threadpool_limits
 

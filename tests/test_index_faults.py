@@ -290,7 +290,7 @@ def test_diversity_with_k_beyond_the_pool_cap_is_a_clear_error(tmp_path, capsys)
                                                 (["--diversity=-0.1"], "diversity must be in"),
                                                 (["--track_id=nope"], "unknown track id 'nope'"),
                                                 (["-k", "ten"], "flag --k=ten: invalid literal"),
-                                                (["--query=/no/such.wav"], "give one query: --query=FILE or"),
+                                                (["--query=/no/such.wav"], "Exactly one of (query, track_id)"),
                                                 (["--no_such_flag"], "Unknown command line flag")])
 def test_search_cli_bad_parameters_exit_2(tmp_path, capsys, arguments, message):
     ids, vectors = catalogue()

@@ -151,7 +151,7 @@ def test_cli_reports_errors_on_stderr(index_dir, capsys):
     assert main(["musicsim-search", "--index", index_dir, "--track_id", "no/such"]) == 2
     assert "error: unknown track id 'no/such'" in capsys.readouterr().err
     assert main(["musicsim-search", "--index", index_dir]) == 2
-    assert "give one query: --query=FILE or --track_id=ID" in capsys.readouterr().err
+    assert "Exactly one of (query, track_id) must have a value" in capsys.readouterr().err
 
 
 def test_the_index_and_the_runs_embedder_agree(index_dir, tiny_run):

@@ -425,7 +425,7 @@ def test_page_static_files_and_offline_docs(client):
     (["--port=70000"], "flag --port=70000: 70000 is not an integer in the range [0, 65535]"),
     (["--map=tsne"], "flag --map=tsne: value should be one of <pca|umap>"),
     (["--max_upload_mb=lots"], "flag --max_upload_mb=lots"),
-    ([], "--index is required"),
+    ([], "Flag --index must have a value other than None"),
     (["--index=I", "extra"], "unexpected arguments ['extra']"),
 ])
 def test_cli_bad_flags_exit_2_before_loading_anything(mfcc_catalog, capsys, arguments, message):

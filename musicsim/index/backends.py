@@ -61,6 +61,13 @@ def _as_str_list(values: Iterable[Any]) -> list[str]:
     return out
 
 
+def id_defects(track_ids: Sequence[str]) -> tuple[list[int], list[str]]:
+    """What makes ``track_ids`` unusable as an index's keys: the positions of empty ids, and the ids
+    that appear more than once (sorted); both empty when every id is a unique non-empty string."""
+    empty = [position for position, track_id in enumerate(track_ids) if not track_id]
+    return empty, sorted(track_id for track_id, n in Counter(track_ids).items() if n > 1)
+
+
 def _as_group_set(values: Any) -> set:
     """One query's exclusions: a single str is one value, not an iterable of characters."""
     if values is None:
@@ -284,10 +291,9 @@ class IndexBackend(abc.ABC):
         if isinstance(track_ids, (str, bytes)):
             raise ValueError(f"{name} must be a sequence of track ids, got a single string {track_ids!r}")
         ids = _as_str_list(track_ids)
-        empty = [i for i, tid in enumerate(ids) if not tid]
+        empty, duplicates = id_defects(ids)
         if empty:
             raise ValueError(f"{name} has empty ids at positions {empty[:5]}")
-        duplicates = sorted(tid for tid, n in Counter(ids).items() if n > 1)
         if duplicates:
             raise ValueError(f"{name} has duplicate ids: {duplicates[:5]}"
                              f"{' ...' if len(duplicates) > 5 else ''}")

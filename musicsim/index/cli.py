@@ -48,9 +48,8 @@ flags.DEFINE_string("collection", None, "build, milvus: the collection to create
 flags.DEFINE_bool("replace", False, "add: replace tracks already in the index.", flag_values=FLAGS)
 flags.DEFINE_multi_string("track_id", [], "remove: a track id (repeat the flag, or list more ids after it).",
                           flag_values=FLAGS)
-flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
 
-# The flags each command takes, besides --help; any other given is a usage error.
+# The flags each command takes; any other given is a usage error.
 COMMAND_FLAGS = {
     "build": ({"embeddings", "output"}, {"similarity", "approximate", "model_dir", "model", "overwrite", "backend",
                                          "uri", "collection"}),
@@ -59,20 +58,22 @@ COMMAND_FLAGS = {
 }
 
 
-def parse_command_line(flag_values: flags.FlagValues, argv: Sequence[str], *, doc: str,
-                       usage: str) -> list[str] | int:
+def parse_command_line(flag_values: flags.FlagValues, argv: Sequence[str], *, doc: str, usage: str,
+                       positional: bool = False) -> list[str] | int:
     """Parse ``argv`` (the program name first, as ``app.run`` passes it) into ``flag_values``.
 
     Parameters
     ----------
     flag_values : absl.flags.FlagValues
-        The command's own flags; it must define ``help``.
+        The command's own flags (``--help`` prints them).
     argv : sequence of str
         The command line, program name first.
     doc : str
         What ``--help`` prints above the flags (the command's module docstring).
     usage : str
         What a usage error prints under its message.
+    positional : bool
+        Whether the command takes arguments besides its flags (a usage error otherwise).
 
     Returns
     -------
@@ -80,17 +81,19 @@ def parse_command_line(flag_values: flags.FlagValues, argv: Sequence[str], *, do
         The positional arguments after the program name; or the exit status when the command
         should stop: 0 after ``--help``, 2 after a bad flag or value (its message on stderr).
     """
-    try:
-        flag_values.unparse_flags()
-        positional = flag_values(list(argv))[1:]
-    except flags.Error as error:
-        print(f"error: {error}\n{usage}", file=sys.stderr)
-        return 2
-    if flag_values.help:
+    if {"--help", "-help", "-h"} & set(argv[1:]):  # before the required flags are checked
         print(doc)
         print(flag_values.get_help(include_special_flags=False))
         return 0
-    return positional
+    try:
+        flag_values.unparse_flags()
+        arguments = flag_values(list(argv))[1:]
+        if arguments and not positional:
+            raise flags.Error(f"unexpected arguments {arguments}")
+    except flags.Error as error:
+        print(f"error: {error}\n{usage}", file=sys.stderr)
+        return 2
+    return arguments
 
 
 def _program_name_only(argv: list[str]) -> list[str]:
@@ -110,7 +113,7 @@ def main(argv: Sequence[str]) -> int:
     (2 on a usage or input error)."""
     from musicsim.index.build import add_to_index, build_index, remove_from_index
 
-    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE, positional=True)
     if isinstance(positional, int):
         return positional
     command, extra = (positional[0], positional[1:]) if positional else (None, [])
@@ -118,7 +121,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: expected a command, one of {sorted(COMMAND_FLAGS)}, got {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     required, optional = COMMAND_FLAGS[command]
-    given = {name for name in FLAGS if FLAGS[name].present and name != "help"}
+    given = {name for name in FLAGS if FLAGS[name].present}
     missing, foreign = sorted(required - given), sorted(given - required - optional)
     if extra and command != "remove":  # remove --track_id A B C: the ids after the first
         foreign.append(f"arguments {extra}")

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from musicsim.index.backends import SIMILARITIES, _as_str_list
+from musicsim.index.backends import SIMILARITIES, _as_str_list, id_defects
 from musicsim.rundir import FITTED_CONFIG_FILE, RunDir
 
 IDS_SUFFIX = ".ids.json"
@@ -212,24 +211,32 @@ def _load_parquet(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]
 
 def _check_file_ids(track_ids: Sequence[str], *, path: str) -> None:
     """Raise ValueError naming ``path`` for empty or repeated track ids."""
-    empty = [row for row, tid in enumerate(track_ids) if not tid]
+    empty, duplicates = id_defects(track_ids)
     if empty:
         raise ValueError(f"{path}: {len(empty)} track ids are empty (first at row {empty[0]})")
-    duplicates = sorted(tid for tid, n in Counter(track_ids).items() if n > 1)
     if duplicates:
         raise ValueError(f"{path}: {len(duplicates)} track ids appear more than once, e.g. {duplicates[:3]}")
+
+
+def _read_side_file(path: str, *, kind: type, expected: str) -> Any:
+    """The JSON value in an export's side file (``.ids.json``, ``.meta.json``); ValueError naming it
+    when it cannot be read or is not of ``kind``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from error
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected {expected}")
+    return value
 
 
 def _load_npy(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
     stem = os.path.splitext(path)[0]
     json_path, text_path = stem + IDS_SUFFIX, stem + LEGACY_IDS_SUFFIX
     if os.path.isfile(json_path):
-        try:
-            with open(json_path) as f:
-                track_ids = json.load(f)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read the track ids {json_path}: {error}") from error
-        if not isinstance(track_ids, list) or not all(isinstance(t, str) for t in track_ids):
+        track_ids = _read_side_file(json_path, kind=list, expected="a JSON array of track id strings")
+        if not all(isinstance(t, str) for t in track_ids):
             raise ValueError(f"{json_path}: expected a JSON array of track id strings")
     elif os.path.isfile(text_path):
         with open(text_path) as f:
@@ -271,13 +278,7 @@ def read_provenance(path: str) -> dict[str, str | None]:
     elif suffix == ".npy":
         meta_path = export_sidecars(path)["meta"]
         if os.path.isfile(meta_path):
-            try:
-                with open(meta_path) as f:
-                    meta = json.load(f)
-            except (OSError, ValueError) as error:
-                raise ValueError(f"cannot read {meta_path}: {error}") from error
-            if not isinstance(meta, dict):
-                raise ValueError(f"{meta_path}: expected a JSON object")
+            meta = _read_side_file(meta_path, kind=dict, expected="a JSON object")
             found = {key: meta.get(key) for key in PROVENANCE_KEYS}
     elif suffix == ".npz":
         beside = os.path.dirname(os.path.abspath(path))
