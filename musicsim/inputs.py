@@ -88,6 +88,43 @@ class TrackSet:
         return None if seconds is None else max(1, int(round(seconds * self.frame_rate)))
 
 
+def batched_input_fn(*, generator: Callable[[], Iterator], signature, batch_size: int | None,
+                     padding_values=None, prefetch: int = tf.data.AUTOTUNE) -> Callable[..., tf.data.Dataset]:
+    """The one ``input_fn`` builder: ``generator()``'s elements streamed, right-padded into batches.
+
+    Parameters
+    ----------
+    generator : called with no argument each time the estimator builds its input; yields elements
+        matching ``signature`` (numpy arrays, tuples or dicts of them)
+    signature : the elements' ``tf.TensorSpec`` structure (``output_signature`` of
+        ``tf.data.Dataset.from_generator``)
+    batch_size : elements per batch, each padded to the longest of its batch; None: the elements
+        already are batches
+    padding_values : the padding value of each component (default 0, and ``""`` for strings)
+    prefetch : batches prepared ahead (default: tf.data's choice)
+
+    Returns
+    -------
+    ``input_fn(params=None) -> tf.data.Dataset``
+
+    >>> input_fn = batched_input_fn(generator=lambda: iter([np.ones(2, np.float32), np.ones(3, np.float32)]),
+    ...                             signature=tf.TensorSpec([None], tf.float32), batch_size=2)
+    >>> next(iter(input_fn())).numpy()
+    array([[1., 1., 0.],
+           [1., 1., 1.]], dtype=float32)
+    """
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+
+    def input_fn(params=None):
+        dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+        if batch_size is not None:
+            dataset = dataset.padded_batch(batch_size, padding_values=padding_values)
+        return dataset.prefetch(prefetch)
+
+    return input_fn
+
+
 def crop(sequence: np.ndarray, frames: int | None, rng: np.random.Generator | None) -> np.ndarray:
     """A crop of ``frames`` steps: random when ``rng`` is given, else centred; whole when shorter."""
     if frames is None or sequence.shape[0] <= frames:
@@ -229,13 +266,9 @@ def make_list_input_fn(*, tracks: TrackSet, relevance_def: Relevance, mode: str,
             for q, candidates, labels in fixed:
                 yield _list_element(tracks, q, candidates, labels, frames, None)
 
-    def input_fn(params=None):
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=_list_signature(tracks.channels))
-        dataset = dataset.padded_batch(batch_size, padding_values=(
-            {"query_audio": 0.0, "query_length": 0, "candidate_audio": 0.0, "candidate_length": 0}, PADDING_LABEL))
-        return dataset.prefetch(tf.data.AUTOTUNE)
-
-    return input_fn
+    return batched_input_fn(generator=generate, signature=_list_signature(tracks.channels), batch_size=batch_size,
+                            padding_values=({"query_audio": 0.0, "query_length": 0, "candidate_audio": 0.0,
+                                             "candidate_length": 0}, PADDING_LABEL))
 
 
 def make_predict_input_fn(*, tracks: TrackSet, batch_size: int = 8, seconds: float | None = None
@@ -252,8 +285,4 @@ def make_predict_input_fn(*, tracks: TrackSet, batch_size: int = 8, seconds: flo
     signature = {"audio": tf.TensorSpec([None, tracks.channels], tf.float32),
                  "length": tf.TensorSpec([], tf.int32), "track_id": tf.TensorSpec([], tf.string)}
 
-    def input_fn(params=None):
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    return input_fn
+    return batched_input_fn(generator=generate, signature=signature, batch_size=batch_size)

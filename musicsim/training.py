@@ -17,6 +17,7 @@ from musicsim import distribute as distribute_lib
 from musicsim import frontends, head
 from musicsim import models as registry
 from musicsim.inputs import TrackSet, make_predict_input_fn
+from musicsim.params import ParamsConfig, fill_defaults
 
 EARLY_STOPPING_METRIC = "NDCG@6"
 EXPORT_CHECKPOINTS = ("best", "last")
@@ -33,23 +34,44 @@ class TimeLimitHook(tf.estimator.SessionRunHook):
             run_context.request_stop()
 
 
+def param_configs() -> tuple[type[ParamsConfig], ...]:
+    """The configs of every learned component's hyperparameters: the head, the front end, the
+    WaveNet, the LSTM and the pretraining objectives."""
+    from musicsim.models import rnn, wavenet
+    from musicsim.pretraining import DistillConfig, PredictiveConfig
+
+    return (head.HeadConfig, frontends.FrontendConfig, wavenet.WaveNetConfig, rnn.RNNConfig, PredictiveConfig,
+            DistillConfig)
+
+
 def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0,
                    save_checkpoints_steps: int = 50, warm_start_from: str | None = None,
                    warm_start_vars: str = ".*", distribute: str | None = None,
-                   num_cpu_replicas: int | None = None, model_fn: Callable | None = None,
-                   xla: bool = False, keep_checkpoint_max: int = 3) -> tf.estimator.Estimator:
-    """An estimator for a learned model: its ``embed`` under the shared ranking head.
+                   num_cpu_replicas: int | None = None, objective: head.Objective | None = None,
+                   model_fn: Callable | None = None, xla: bool = False,
+                   keep_checkpoint_max: int = 3) -> tf.estimator.Estimator:
+    """An estimator for a learned model: its ``embed`` under the one head, trained for its objective.
 
+    ``objective`` (a ``musicsim.head.Objective``) replaces the model's own (its registry entry's;
+    else the paper's ranking objective), e.g. a pretraining objective; ``model_fn`` replaces the
+    whole model_fn (a model outside the registry). ``params`` may leave out keys: each learned
+    component's default fills them (`param_configs`), so the estimator's params are complete.
     ``distribute`` (``"mirrored"``, ``"multi_worker"`` or None) trains under that
     ``tf.distribute`` strategy (see ``musicsim.distribute.make_strategy``, which also takes
-    ``num_cpu_replicas``); each replica takes one ``input_fn`` batch per step. ``model_fn`` replaces the
-    model's own (pretraining objectives); ``xla`` compiles the graph with XLA. ``keep_checkpoint_max``
-    checkpoints are kept (see `checkpoints_to_keep`: enough to still hold the best one).
+    ``num_cpu_replicas``); each replica takes one ``input_fn`` batch per step. ``xla`` compiles the
+    graph with XLA. ``keep_checkpoint_max`` checkpoints are kept (see `checkpoints_to_keep`: enough
+    to still hold the best one).
     """
     if model_fn is None:
-        module = registry.learned_module(model)
-        # A model with its own objective (the unsupervised LSTM) brings its model_fn; the others share the head.
-        model_fn = module.make_model_fn() if hasattr(module, "make_model_fn") else head.make_model_fn(module.embed)
+        model_entry = registry.entry(model)
+        if model_entry.kind != "learned":
+            raise ValueError(f"{model!r} is not a learned model: expected one of {list(registry.names('learned'))}")
+        if objective is None and model_entry.objective is not None:
+            objective = model_entry.objective()
+        model_fn = head.make_model_fn(model_entry.embed, objective=objective)
+    elif objective is not None:
+        raise ValueError("pass an objective or a model_fn, not both")
+    params = fill_defaults(params, configs=param_configs())
     strategy = distribute_lib.make_strategy(distribute, num_cpu_replicas=num_cpu_replicas)
     if strategy is not None:
         # Strategies run the model_fn through autograph: slow, and useless here (see without_autograph).

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from musicsim import features
+from musicsim import features, head
 from musicsim.audio import load_audio
 from musicsim.dataset import CatalogEntry, read_catalog, write_catalog
 from musicsim.inputs import TrackSet, make_predict_input_fn
 from musicsim.models import rnn
 
-SMALL = dict(rnn_units=8, section_frames=50)
+SMALL = rnn.RNNConfig(rnn_units=8, section_frames=50, rnn_embedding="states").to_params()
 
 
 # ----------------------------------------------------------------------------- chromagrams
@@ -35,7 +35,7 @@ def test_chroma_sequence_shape_and_pitch(frequency, pitch_class, hop_length):
 
 def test_frame_rate_of_default_params():
     assert rnn.frame_rate() == pytest.approx(22050 / 512)
-    assert rnn.frame_rate(dict(chroma_sample_rate=16000, hop_length=256)) == pytest.approx(62.5)
+    assert rnn.frame_rate(rnn.RNNConfig(chroma_sample_rate=16000, hop_length=256).to_params()) == pytest.approx(62.5)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -234,6 +234,20 @@ def test_embed_rejects_bad_params(params, message):
         rnn.embed(tf.zeros([1, 10, 12]), tf.constant([10]), params=dict(SMALL, **params), training=False)
 
 
+def test_embed_needs_every_rnn_key():
+    with pytest.raises(ValueError, match=r"RNNConfig needs params \['section_frames', 'rnn_embedding'"):
+        rnn.embed(tf.zeros([1, 10, 12]), tf.constant([10]), params={"rnn_units": 8}, training=False)
+
+
+def test_the_default_readout_is_the_runs_choice_and_embed_needs_one():
+    """By default a run reads every variant on the eval split ('all'); embed computes one of them."""
+    assert rnn.RNNConfig().rnn_embedding == "all"
+    with pytest.raises(ValueError, match=r"rnn_embedding must be one of \('states', 'outputs'\) to embed"):
+        rnn.embed(tf.zeros([1, 10, 12]), tf.constant([10]), params=dict(SMALL, rnn_embedding="all"), training=False)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        rnn.RNNConfig(dropout=1.0)
+
+
 # ----------------------------------------------------------------------------- loss
 
 def test_next_frame_loss_by_hand():
@@ -302,12 +316,14 @@ def _periodic_tracks(n: int, *, period: int = 4) -> TrackSet:
 
 def test_estimator_learns_the_next_frame_and_predicts_every_variant(tmp_path):
     tracks = _periodic_tracks(8)
-    params = dict(rnn_units=16, section_frames=50, learning_rate=0.02, dropout=0.0)
+    params = {**head.HeadConfig(learning_rate=0.02).to_params(),
+              **rnn.RNNConfig(rnn_units=16, section_frames=50, rnn_embedding="states").to_params()}
     model_dir = str(tmp_path / "model")
     config = tf.estimator.RunConfig(tf_random_seed=0, save_summary_steps=1000, log_step_count_steps=1000)
 
     def estimator(**overrides):
-        return tf.estimator.Estimator(rnn.make_model_fn(), model_dir=model_dir, params=dict(params, **overrides),
+        return tf.estimator.Estimator(head.make_model_fn(rnn.embed, objective=rnn.objective()), model_dir=model_dir,
+                                      params=dict(params, **overrides),
                                       config=config)
 
     train = rnn.make_input_fn(tracks=tracks, mode="train", batch_size=8, section_frames=50)

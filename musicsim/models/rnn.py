@@ -16,13 +16,14 @@ every section is an independent sequence for one LSTM (the state starts at zero 
   sections of the track by ``mean``, ``max`` or ``last``. The variables do not depend on these two
   choices, so one checkpoint serves all six :func:`embedding_variants` (the paper's optimisation).
 
-Module hooks for the runner: ``DEFAULT_PARAMS``, :func:`load_tracks` (:func:`load_splits` for
-several splits with one process pool), :func:`make_input_fn`,
-:func:`make_model_fn`, ``EARLY_STOPPING`` and :func:`embedding_variants`.
+What the registry entry points at: :class:`RNNConfig`, :func:`embed`, :func:`objective` (trained
+under the one head), :func:`load_splits` (:func:`load_tracks` of several splits with one process
+pool), :func:`make_input_fn`, ``EARLY_STOPPING`` and :func:`embedding_variants`.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -36,20 +37,11 @@ import tensorflow as tf
 from musicsim import head
 from musicsim.audio import chroma_of_file, chroma_sequence  # noqa: F401 - rnn.chroma_sequence: the model's input
 from musicsim.dataset import DatasetInfo, read_catalog
-from musicsim.inputs import EVAL, TRAIN, TrackSet, crop
+from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
+from musicsim.params import ParamsConfig, ParamsError
 
-DEFAULT_PARAMS = dict(
-    rnn_units=64,
-    section_frames=1000,  # paper: sections of 1000 frames (23.2 s at the default frame rate)
-    rnn_embedding="states",  # states | outputs
-    rnn_reduce="mean",  # mean | max | last
-    dropout=0.0,  # on the LSTM outputs, before the next-frame prediction (training only)
-    learning_rate=1e-3,
-    clip_norm=5.0,
-    chroma_sample_rate=22050,  # decode rate of the source file for the chromagram
-    hop_length=512,  # STFT hop: frame rate = chroma_sample_rate / hop_length = 43.07 frames/s
-)
 EMBEDDINGS = ("states", "outputs")
+ALL_EMBEDDINGS = "all"  # the run reads every variant on the eval split and keeps the best
 REDUCTIONS = ("mean", "max", "last")
 # The runner's early stopping: the unsupervised loss on the eval split must keep decreasing.
 EARLY_STOPPING = ("loss", "decrease")
@@ -58,22 +50,52 @@ CHROMA_VERSION = 1
 CACHE_SUBDIR = os.path.join("feature_cache", "chroma")
 
 
-def _param(params: Mapping, key: str):
-    return params.get(key, DEFAULT_PARAMS[key])
+@dataclasses.dataclass(frozen=True)
+class RNNConfig(ParamsConfig):
+    """The LSTM's hyperparameters (its optimizer's are the head's, `musicsim.head.HeadConfig`).
+
+    Attributes
+    ----------
+    rnn_units : LSTM units
+    section_frames : frames per section (paper: 1000, 23.2 s at the default frame rate)
+    rnn_embedding : ``"states"``, ``"outputs"``, or ``"all"``: the run reads the six
+        :func:`embedding_variants` of its checkpoint on the eval split and keeps the best (the
+        paper's optimisation); :func:`embed` needs one of the two
+    rnn_reduce : ``"mean"``, ``"max"`` or ``"last"``, how a track's sections are reduced
+    dropout : on the LSTM outputs, before the next-frame prediction (training only), in [0, 1)
+    chroma_sample_rate : decode rate of the source file for the chromagram
+    hop_length : STFT hop: frame rate = chroma_sample_rate / hop_length (43.07 frames/s)
+    """
+
+    rnn_units: int = 64
+    section_frames: int = 1000
+    rnn_embedding: str = ALL_EMBEDDINGS
+    rnn_reduce: str = "mean"
+    dropout: float = 0.0
+    chroma_sample_rate: int = 22050
+    hop_length: int = 512
+
+    def __post_init__(self):
+        for key in ("rnn_units", "section_frames", "chroma_sample_rate", "hop_length"):
+            if int(getattr(self, key)) < 1:
+                raise ParamsError(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key, allowed in (("rnn_embedding", EMBEDDINGS + (ALL_EMBEDDINGS,)), ("rnn_reduce", REDUCTIONS)):
+            if str(getattr(self, key)) not in allowed:
+                raise ParamsError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ParamsError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def embedding(self) -> str:
+        """The readout :func:`embed` computes: ``"states"`` or ``"outputs"`` (``"all"`` is the run's choice)."""
+        if self.rnn_embedding not in EMBEDDINGS:
+            raise ParamsError(f"rnn_embedding must be one of {EMBEDDINGS} to embed, got {self.rnn_embedding!r} "
+                              "(the run replaces 'all' by the best of embedding_variants on the eval split)")
+        return str(self.rnn_embedding)
 
 
-def _choice(params: Mapping, key: str, allowed: tuple[str, ...]) -> str:
-    value = str(_param(params, key))
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
-    return value
-
-
-def _positive_int(params: Mapping, key: str) -> int:
-    value = int(_param(params, key))
-    if value < 1:
-        raise ValueError(f"{key} must be >= 1, got {value}")
-    return value
+# Transitional, for readers not yet on RNNConfig (removed once none is left).
+DEFAULT_PARAMS = RNNConfig().to_params()
 
 
 def embedding_variants() -> list[tuple[str, str]]:
@@ -83,14 +105,14 @@ def embedding_variants() -> list[tuple[str, str]]:
 
 def embedding_size(params: Mapping) -> int:
     """Size of :func:`embed`'s vectors: ``2 * rnn_units`` for states, ``rnn_units`` for outputs."""
-    units = _positive_int(params, "rnn_units")
-    return 2 * units if _choice(params, "rnn_embedding", EMBEDDINGS) == "states" else units
+    config = RNNConfig.from_params(params)
+    return 2 * int(config.rnn_units) if config.embedding == "states" else int(config.rnn_units)
 
 
 def frame_rate(params: Mapping | None = None) -> float:
-    """Chromagram frames per second: ``chroma_sample_rate / hop_length``."""
-    params = params or {}
-    return float(_param(params, "chroma_sample_rate")) / float(_param(params, "hop_length"))
+    """Chromagram frames per second: ``chroma_sample_rate / hop_length`` (None: the defaults')."""
+    config = RNNConfig() if params is None else RNNConfig.from_params(params)
+    return float(config.chroma_sample_rate) / float(config.hop_length)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +175,8 @@ def load_tracks(dataset_dir: str, split: str, *, params: Mapping | None = None, 
     ----------
     dataset_dir : a prepared dataset (``dataset.json`` and ``tracks.csv``)
     split : ``"train"``, ``"eval"`` or ``"test"``
-    params : ``chroma_sample_rate`` and ``hop_length`` (defaults: ``DEFAULT_PARAMS``)
+    params : settled params holding :class:`RNNConfig`'s ``chroma_sample_rate`` and ``hop_length``
+        (None: its defaults)
     workers : processes for decoding; ``None`` uses every core, 1 decodes in this process
     progress : show a tqdm progress bar
 
@@ -179,8 +202,8 @@ def load_splits(dataset_dir: str, splits: Sequence[str] = ("train", "eval", "tes
     -------
     dict split -> TrackSet, for every split in ``splits``
     """
-    params = params or {}
-    sample_rate, hop_length = _positive_int(params, "chroma_sample_rate"), _positive_int(params, "hop_length")
+    config = RNNConfig() if params is None else RNNConfig.from_params(params)
+    sample_rate, hop_length = int(config.chroma_sample_rate), int(config.hop_length)
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1 or None, got {workers}")
     max_seconds = DatasetInfo.load(dataset_dir).max_seconds
@@ -286,7 +309,7 @@ def split_sections(audio: tf.Tensor, length: tf.Tensor, *, section_frames: int
     return tf.gather(grid, real_index), tf.gather(flat_lengths, real_index), real_index, lengths > 0
 
 
-def run_lstm(sections: tf.Tensor, section_length: tf.Tensor, *, params: Mapping, training: bool
+def run_lstm(sections: tf.Tensor, section_length: tf.Tensor, *, units: int, training: bool
              ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The LSTM over independent, masked sections.
 
@@ -294,13 +317,13 @@ def run_lstm(sections: tf.Tensor, section_length: tf.Tensor, *, params: Mapping,
     ----------
     sections : float32 ``[real, section_frames, channels]``
     section_length : int32 ``[real]``
+    units : LSTM units (``rnn_units``)
 
     Returns
     -------
     outputs : float32 ``[real, section_frames, units]``, zero past each section's length
     h, c : float32 ``[real, units]``, the states after each section's last real frame
     """
-    units = _positive_int(params, "rnn_units")
     mask = tf.sequence_mask(section_length, tf.shape(sections)[1])
     # One fixed name: the variables must not depend on rnn_embedding / rnn_reduce or on the mode.
     lstm = tf.keras.layers.LSTM(units, return_sequences=True, return_state=True, name="rnn/lstm")
@@ -348,7 +371,7 @@ def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: boo
     ----------
     audio : float32 ``[batch, frames, 12]``, right-padded chromagrams
     length : int ``[batch]``, real frames of each track
-    params : ``rnn_units``, ``section_frames``, ``rnn_embedding``, ``rnn_reduce`` (see ``DEFAULT_PARAMS``)
+    params : settled params: :class:`RNNConfig`'s (``rnn_embedding`` ``states`` or ``outputs``)
     training : passed to the LSTM
 
     Returns
@@ -357,18 +380,18 @@ def embed(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: boo
     ``[batch, rnn_units]`` for ``outputs`` (each section's outputs averaged over its real frames),
     reduced over the track's real sections. Padding never changes a track's vector.
     """
-    embedding = _choice(params, "rnn_embedding", EMBEDDINGS)
-    reduce = _choice(params, "rnn_reduce", REDUCTIONS)
+    config = RNNConfig.from_params(params)
+    embedding = config.embedding
     if audio.shape.rank != 3:
         raise ValueError(f"audio must be [batch, frames, channels], got shape {audio.shape}")
     sections, section_length, real_index, real_mask = split_sections(
-        audio, tf.cast(length, tf.int32), section_frames=_positive_int(params, "section_frames"))
-    outputs, h, c = run_lstm(sections, section_length, params=params, training=training)
+        audio, tf.cast(length, tf.int32), section_frames=int(config.section_frames))
+    outputs, h, c = run_lstm(sections, section_length, units=int(config.rnn_units), training=training)
     if embedding == "states":
         per_section = tf.concat([h, c], axis=-1)
     else:
         per_section = tf.reduce_sum(outputs, axis=1) / tf.cast(section_length, outputs.dtype)[:, None]
-    return reduce_sections(per_section, real_index, real_mask, reduce=reduce)
+    return reduce_sections(per_section, real_index, real_mask, reduce=str(config.rnn_reduce))
 
 
 def next_frame_loss(*, predictions: tf.Tensor, frames: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
@@ -390,45 +413,45 @@ def next_frame_loss(*, predictions: tf.Tensor, frames: tf.Tensor, lengths: tf.Te
     return tf.math.divide_no_nan(tf.reduce_sum(absolute * transitions), tf.reduce_sum(transitions))
 
 
-def make_model_fn() -> Callable:
-    """A ``model_fn`` for ``tf.estimator.Estimator``: the unsupervised next-frame LSTM.
+def _next_frame_logits(embed_fn, features, labels, *, params: Mapping, training: bool
+                       ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """The LSTM's next-frame predictions of each section, and the sections they predict (its labels)."""
+    del embed_fn, labels  # trained through its own layers (embed reads the same LSTM); no labels
+    config = RNNConfig.from_params(params)
+    audio = tf.convert_to_tensor(features["audio"], tf.float32)
+    length = tf.cast(features["length"], tf.int32)
+    sections, section_length, _, _ = split_sections(audio, length, section_frames=int(config.section_frames))
+    outputs, _, _ = run_lstm(sections, section_length, units=int(config.rnn_units), training=training)
+    if float(config.dropout) > 0:
+        outputs = tf.keras.layers.Dropout(float(config.dropout), name="rnn/dropout")(outputs, training=training)
+    predictions = tf.keras.layers.Dense(audio.shape[-1], name="rnn/next_frame")(outputs)
+    return predictions, {"sections": sections, "section_length": section_length}
+
+
+def _next_frame_loss(labels: Mapping[str, tf.Tensor], predictions: tf.Tensor, *, params: Mapping) -> tf.Tensor:
+    del params
+    return next_frame_loss(predictions=predictions, frames=labels["sections"], lengths=labels["section_length"])
+
+
+def _next_frame_mae(labels: Mapping[str, tf.Tensor], predictions: tf.Tensor, *, params: Mapping):
+    del params
+    sections, section_length = labels["sections"], labels["section_length"]
+    transitions = tf.sequence_mask(section_length - 1, tf.shape(sections)[1] - 1)[:, :, None]
+    weights = tf.broadcast_to(tf.cast(transitions, tf.float32), tf.shape(sections[:, 1:]))
+    return tf.compat.v1.metrics.mean_absolute_error(labels=sections[:, 1:], predictions=predictions[:, :-1],
+                                                    weights=weights)
+
+
+def objective() -> head.Objective:
+    """The LSTM's unsupervised objective, under the one head (``head.make_model_fn(embed, objective=...)``).
 
     TRAIN / EVAL features: ``audio`` float32 ``[batch, frames, 12]``, ``length`` int ``[batch]``;
-    labels are not used (may be None). EVAL reports the loss and ``mae`` (mean absolute error per
-    bin). PREDICT features: ``audio``, ``length`` and optionally ``track_id``; predictions
-    ``embedding`` (:func:`embed` under the estimator's params) and ``track_id``.
+    labels are not used (may be None). A ``Dense(12)`` on the LSTM outputs of each section predicts
+    its next frame; loss :func:`next_frame_loss`; EVAL adds ``mae`` (mean absolute error per bin).
+    PREDICT is the head's: :func:`embed` under the estimator's params.
     """
-
-    def model_fn(features, labels, mode, params):
-        params = dict(params or {})
-        audio = tf.convert_to_tensor(features["audio"], tf.float32)
-        length = tf.cast(features["length"], tf.int32)
-        if mode == tf.estimator.ModeKeys.PREDICT:
-            return head.predict_spec(embed(audio, length, params=params, training=False), features)
-
-        training = mode == tf.estimator.ModeKeys.TRAIN
-        sections, section_length, _, _ = split_sections(
-            audio, length, section_frames=_positive_int(params, "section_frames"))
-        outputs, _, _ = run_lstm(sections, section_length, params=params, training=training)
-        dropout = float(_param(params, "dropout"))
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if dropout > 0:
-            outputs = tf.keras.layers.Dropout(dropout, name="rnn/dropout")(outputs, training=training)
-        predictions = tf.keras.layers.Dense(audio.shape[-1], name="rnn/next_frame")(outputs)
-        loss = next_frame_loss(predictions=predictions, frames=sections, lengths=section_length)
-        if mode == tf.estimator.ModeKeys.EVAL:
-            transitions = tf.sequence_mask(section_length - 1, tf.shape(sections)[1] - 1)[:, :, None]
-            weights = tf.broadcast_to(tf.cast(transitions, tf.float32), tf.shape(sections[:, 1:]))
-            mae = tf.compat.v1.metrics.mean_absolute_error(labels=sections[:, 1:], predictions=predictions[:, :-1],
-                                                           weights=weights)
-            return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops={"mae": mae})
-
-        train_op = head.make_train_op(loss, learning_rate=float(_param(params, "learning_rate")),
-                                      clip_norm=float(_param(params, "clip_norm")), params=params)
-        return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
-
-    return model_fn
+    return head.Objective(name="next_frame", logits_fn=_next_frame_logits, loss_fn=_next_frame_loss,
+                          eval_metric_fns={"mae": _next_frame_mae})
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +459,7 @@ def make_model_fn() -> Callable:
 # --------------------------------------------------------------------------------------------
 
 def make_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8, crop_seconds: float | None = None,
-                  section_frames: int = DEFAULT_PARAMS["section_frames"], sections_per_crop: int = 1,
+                  section_frames: int = RNNConfig.section_frames, sections_per_crop: int = 1,
                   seed: int = 0) -> Callable[[], tf.data.Dataset]:
     """An ``input_fn`` of chromagram batches for TRAIN or EVAL (no labels: the model is unsupervised).
 
@@ -486,9 +509,4 @@ def make_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8, crop_seco
                 yield element(crop(sequence, frames, None))
 
     signature = {"audio": tf.TensorSpec([None, channels], tf.float32), "length": tf.TensorSpec([], tf.int32)}
-
-    def input_fn(params=None):
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    return input_fn
+    return batched_input_fn(generator=generate, signature=signature, batch_size=batch_size)
