@@ -184,3 +184,14 @@ def mfcc_catalog(tmp_path_factory) -> dict:
                            model={"name": "mfcc", "model_dir": str(root / "mfcc")})
     index.save(str(root / "index"))
     return {"root": root, "paths": paths, "vectors": vectors, "index_dir": str(root / "index")}
+
+
+def write_fitted_model_config(folder, *, name: str, dim: int, similarity: str = "euclidean") -> str:
+    """The ``fitted_model.json`` a saved fitted model starts with: all an index build reads of a run
+    (its model name, embedding dimension and similarity). Returns the folder."""
+    import json
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "fitted_model.json"), "w") as f:
+        json.dump({"name": name, "dim": dim, "similarity": similarity}, f)
+    return str(folder)

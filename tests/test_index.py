@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_fitted_model_config
 from musicsim.index import storage
 from musicsim.index import EmbeddingIndex, embedding_file_writers, load_embeddings, main, read_provenance
 from musicsim.index.embeddings_io import PROVENANCE_KEYS
@@ -462,20 +463,12 @@ def test_load_embeddings_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------- CLI
-def write_fitted_model_config(folder, *, name="librosa", dim=5, similarity="euclidean") -> str:
-    """The config a saved fitted model starts with (all that an index build reads of a run)."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "fitted_model.json"), "w") as f:
-        json.dump({"name": name, "dim": dim, "similarity": similarity}, f)
-    return str(folder)
-
-
 def test_build_cli_from_npz_stores_groups_and_answers_queries(tmp_path, capsys):
     from musicsim import search
 
     write_npz(tmp_path / "e.npz", count=30)
     output = tmp_path / "index"
-    run = write_fitted_model_config(tmp_path / "run")
+    run = write_fitted_model_config(tmp_path / "run", name="librosa", dim=5)
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--output={output}",
                  "--similarity=euclidean", f"--model_dir={run}", "--model=librosa"]) == 0
     summary = capsys.readouterr().out
@@ -526,7 +519,7 @@ def test_cli_help_and_module_entry_point(tmp_path, capsys):
     assert main(["musicsim-index", "--help"]) == 0
     assert "--embeddings" in capsys.readouterr().out
     write_npz(tmp_path / "e.npz", count=6)
-    run = write_fitted_model_config(tmp_path / "run")
+    run = write_fitted_model_config(tmp_path / "run", name="librosa", dim=5)
     # python -m runs absl's app.run: a flag value it cannot parse is exit 2, a good build exit 0.
     command = [sys.executable, "-m", "musicsim.index", "build", f"--embeddings={tmp_path / 'e.npz'}",
                f"--output={tmp_path / 'idx'}", f"--model_dir={run}"]

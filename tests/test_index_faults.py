@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_fitted_model_config
 from musicsim import index as index_module
 from musicsim import search as search_module
 from musicsim.index import EmbeddingIndex, IndexFileError, load_embeddings, main, read_provenance
@@ -22,14 +23,6 @@ from musicsim.index import EmbeddingIndex, IndexFileError, load_embeddings, main
 def catalogue(*, count: int = 40, dim: int = 6, seed: int = 0) -> tuple[list[str], np.ndarray]:
     rng = np.random.default_rng(seed)
     return [f"t{i:03d}" for i in range(count)], rng.standard_normal((count, dim)).astype(np.float32)
-
-
-def fitted_run(folder, *, name: str = "mfcc", dim: int = 6, similarity: str = "euclidean") -> str:
-    """A saved fitted model's config: what an index build reads of a run (its name, dim, similarity)."""
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "fitted_model.json"), "w") as f:
-        json.dump({"name": name, "dim": dim, "similarity": similarity}, f)
-    return str(folder)
 
 
 def write_parquet(path, *, track_ids, vectors, schema_metadata=None) -> str:
@@ -225,14 +218,14 @@ def test_build_takes_the_run_from_the_npy_meta_file_and_checks_its_dimension(tmp
     ids, vectors = catalogue(dim=6)
     np.save(tmp_path / "e.npy", vectors)
     (tmp_path / "e.ids.json").write_text(json.dumps(ids))
-    run = fitted_run(tmp_path / "run", dim=6)
+    run = write_fitted_model_config(tmp_path / "run", name="mfcc", dim=6)
     (tmp_path / "e.meta.json").write_text(json.dumps({"model": "mfcc", "model_dir": run,
                                                       "similarity": "euclidean", "version": "1"}))
     assert read_provenance(str(tmp_path / "e.npy"))["model_dir"] == run
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx'}"]) == 0
     index = EmbeddingIndex.load(str(tmp_path / "idx"))
     assert (index.model["model_dir"], index.model["name"], index.similarity) == (run, "mfcc", "euclidean")
-    other = fitted_run(tmp_path / "run40", dim=40)
+    other = write_fitted_model_config(tmp_path / "run40", name="mfcc", dim=40)
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx2'}",
                  f"--model_dir={other}"]) == 2
     assert "holds 6-d embeddings but the run" in capsys.readouterr().err and not (tmp_path / "idx2").exists()
@@ -251,7 +244,7 @@ def test_build_refuses_a_run_of_another_model(tmp_path, capsys):
     ids, vectors = catalogue()
     path = write_parquet(tmp_path / "e.parquet", track_ids=ids, vectors=vectors,
                          schema_metadata={"musicsim.model": "mfcc"})
-    run = fitted_run(tmp_path / "run", name="librosa")
+    run = write_fitted_model_config(tmp_path / "run", name="librosa", dim=6)
     assert main(["musicsim-index", "build", f"--embeddings={path}", f"--output={tmp_path / 'idx'}",
                  f"--model_dir={run}"]) == 2
     assert "holds 'mfcc' embeddings but" in capsys.readouterr().err
@@ -304,7 +297,7 @@ def test_search_cli_bad_parameters_exit_2(tmp_path, capsys, arguments, message):
 # ---------------------------------------------------------------------------- add / remove
 def test_add_and_remove_commands(tmp_path, capsys):
     ids, vectors = catalogue(count=30)
-    run = fitted_run(tmp_path / "run")
+    run = write_fitted_model_config(tmp_path / "run", name="mfcc", dim=6)
     metadata = {"musicsim.model": "mfcc", "musicsim.model_dir": run}
     first = write_parquet(tmp_path / "a.parquet", track_ids=ids[:20], vectors=vectors[:20], schema_metadata=metadata)
     more = write_parquet(tmp_path / "b.parquet", track_ids=ids[15:], vectors=vectors[15:] + 1.0,
@@ -331,11 +324,11 @@ def test_add_and_remove_commands(tmp_path, capsys):
 
 def test_add_refuses_another_model_or_dimension(tmp_path, capsys):
     ids, vectors = catalogue(count=10)
-    run = fitted_run(tmp_path / "run")
+    run = write_fitted_model_config(tmp_path / "run", name="mfcc", dim=6)
     first = write_parquet(tmp_path / "a.parquet", track_ids=ids, vectors=vectors,
                           schema_metadata={"musicsim.model": "mfcc", "musicsim.model_dir": run})
     assert main(["musicsim-index", "build", f"--embeddings={first}", f"--output={tmp_path / 'idx'}"]) == 0
-    other = fitted_run(tmp_path / "other")
+    other = write_fitted_model_config(tmp_path / "other", name="mfcc", dim=6)
     wrong_run = write_parquet(tmp_path / "b.parquet", track_ids=["n1"], vectors=vectors[:1],
                               schema_metadata={"musicsim.model": "mfcc", "musicsim.model_dir": other})
     assert main(["musicsim-index", "add", f"--index={tmp_path / 'idx'}", f"--embeddings={wrong_run}"]) == 2
