@@ -52,7 +52,8 @@ from data_prep.shards import (BEAM_RUNNERS, BEAM_SHARD_PREFIX, LOCAL_RUNNER, RUN
 from data_prep.sources import KINDS, SourceListing, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
 from musicsim.audio import DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, DecodeResult, DecodeSettings
-from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog, write_json_atomic
+from musicsim.dataset import (DATASET_INFO_FILE, REPORT_FILE, CatalogEntry, DatasetInfo, write_catalog,
+                              write_json_atomic)
 from musicsim.tfrecords import SPLITS, write_records
 from musicsim.workers import decode_in_order
 
@@ -348,7 +349,7 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
     lock = OutputLock(output).acquire()
     try:
         claim_output_folder(output)
-        info_path = os.path.join(output, "dataset.json")
+        info_path = os.path.join(output, DATASET_INFO_FILE)
         if os.path.exists(info_path):
             os.remove(info_path)  # written again last: until then the folder is a build in progress
         feature_spec = None if features is None else FeatureSpec.for_dataset(name=features, output=output,
@@ -375,7 +376,7 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         if feature_spec is not None:
             report["features"] = dict(asdict(feature_spec), tracks=len(entries) - len(built.feature_failures),
                                       failed=sorted(built.feature_failures, key=lambda f: f["path"]))
-        write_json_atomic(os.path.join(output, "report.json"), report)
+        write_json_atomic(os.path.join(output, REPORT_FILE), report)
         DatasetInfo(name=name, kind=dataset, sample_rate=sample_rate, pool_size=pool_size,
                     max_seconds=max_seconds, relevance=listing.relevance, min_shared_tags=min_shared_tags,
                     split_by=split_by, split_seed=split_seed,

@@ -18,12 +18,12 @@ import socket
 import time
 import uuid
 
+from musicsim.dataset import DATASET_INFO_FILE
 from musicsim.owned import check_replaceable, owned_kind, write_manifest
 
 LOCK_NAME = ".build.lock"
 DATASET_KIND = "dataset"  # the kind in the folder's musicsim.owned manifest
 CLAIM_NAME = ".musicsim-dataset"  # the mark of dataset folders claimed before the manifest existed
-DATASET_INFO_NAME = "dataset.json"
 # Keys every dataset.json that data_prep.build writes has (musicsim.dataset.DatasetInfo).
 _DATASET_INFO_KEYS = {"name", "kind", "sample_rate", "pool_size"}
 
@@ -162,7 +162,7 @@ def _is_legacy_dataset(folder: str) -> bool:
     if os.path.exists(os.path.join(folder, CLAIM_NAME)):
         return True
     try:
-        with open(os.path.join(folder, DATASET_INFO_NAME)) as f:
+        with open(os.path.join(folder, DATASET_INFO_FILE)) as f:
             info = json.load(f)
     except (OSError, ValueError):
         return False

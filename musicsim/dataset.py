@@ -18,7 +18,16 @@ import os
 from dataclasses import asdict, dataclass, field
 
 LABEL_SEPARATOR = "|"
+DATASET_INFO_FILE = "dataset.json"  # written last: a folder holding it is a finished build
+TRACKS_FILE = "tracks.csv"
+REPORT_FILE = "report.json"
 FEATURE_CACHE_DIRNAME = "feature_cache"
+
+
+def is_prepared(dataset_dir: str) -> bool:
+    """Whether ``dataset_dir`` holds a finished prepared dataset (its ``dataset.json`` and ``tracks.csv``)."""
+    return (os.path.isfile(os.path.join(dataset_dir, DATASET_INFO_FILE))
+            and os.path.isfile(os.path.join(dataset_dir, TRACKS_FILE)))
 
 
 def feature_cache_dir(dataset_dir: str, *, kind: str | None = None) -> str:
@@ -49,11 +58,11 @@ class DatasetInfo:
     extra: dict = field(default_factory=dict)
 
     def save(self, dataset_dir: str) -> None:
-        write_json_atomic(os.path.join(dataset_dir, "dataset.json"), asdict(self))
+        write_json_atomic(os.path.join(dataset_dir, DATASET_INFO_FILE), asdict(self))
 
     @classmethod
     def load(cls, dataset_dir: str) -> "DatasetInfo":
-        path = os.path.join(dataset_dir, "dataset.json")
+        path = os.path.join(dataset_dir, DATASET_INFO_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{dataset_dir} is not a prepared dataset (no dataset.json); "
                                     "run `python -m data_prep.build` first")
@@ -80,7 +89,7 @@ TRACKS_COLUMNS = ("track_id", "split", "labels", "duration_s", "path")
 
 def write_catalog(dataset_dir: str, entries: list[CatalogEntry]) -> None:
     """Write ``tracks.csv`` atomically, sorted by split then track id."""
-    path = os.path.join(dataset_dir, "tracks.csv")
+    path = os.path.join(dataset_dir, TRACKS_FILE)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -92,7 +101,7 @@ def write_catalog(dataset_dir: str, entries: list[CatalogEntry]) -> None:
 
 def read_catalog(dataset_dir: str, *, split: str | None = None) -> list[CatalogEntry]:
     """Rows of ``tracks.csv`` (optionally one split), sorted by track id."""
-    path = os.path.join(dataset_dir, "tracks.csv")
+    path = os.path.join(dataset_dir, TRACKS_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{dataset_dir} is not a prepared dataset (no tracks.csv)")
     with open(path, newline="") as f:

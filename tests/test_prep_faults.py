@@ -18,7 +18,7 @@ from conftest import assert_workers_die_with
 
 from data_prep import build, lock, sources
 from data_prep.build import prepare
-from musicsim.dataset import read_catalog
+from musicsim.dataset import DATASET_INFO_FILE, is_prepared, read_catalog
 from musicsim.owned import NotOurFolderError, owned_kind
 from musicsim.tfrecords import SPLITS, iter_records, shard_paths
 
@@ -339,13 +339,13 @@ def test_a_folder_of_other_files_is_refused_and_left_untouched(small_tree, tmp_p
     assert result.returncode == 2 and f"{output} is not empty and is not a dataset folder" in result.stderr
 
 
-@pytest.mark.parametrize("legacy_mark", [lock.CLAIM_NAME, lock.DATASET_INFO_NAME])
+@pytest.mark.parametrize("legacy_mark", [lock.CLAIM_NAME, DATASET_INFO_FILE])
 def test_a_dataset_folder_marked_before_the_manifest_is_still_ours(tmp_path, legacy_mark):
     output = tmp_path / "old"
     (output / "train").mkdir(parents=True)
     (output / "train" / "shard-00000.tfrecord").write_bytes(b"")
     mark = {"name": "old", "kind": "album_folders", "sample_rate": 16000, "pool_size": 5}
-    (output / legacy_mark).write_text(json.dumps(mark) if legacy_mark == lock.DATASET_INFO_NAME else "claimed")
+    (output / legacy_mark).write_text(json.dumps(mark) if legacy_mark == DATASET_INFO_FILE else "claimed")
 
     lock.claim_output_folder(str(output))
 
@@ -358,12 +358,13 @@ def test_an_interrupted_build_is_still_ours_and_resumes(small_tree, tmp_path, mo
     monkeypatch.setattr(build, "write_catalog", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         prepare(dataset="album_folders", input_path=small_tree, output=output, **FAST)
-    assert not os.path.exists(os.path.join(output, "dataset.json"))
+    assert not os.path.exists(os.path.join(output, "dataset.json")) and not is_prepared(output)
     monkeypatch.undo()
 
     report = prepare(dataset="album_folders", input_path=small_tree, output=output, **FAST)
 
     assert report["tracks"] == 12 and report["shards"]["reused"] == report["shards"]["total"]
+    assert is_prepared(output)
 
 
 # ---------------------------------------------------------------- workers end with their build
