@@ -329,8 +329,9 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
                                                             **common)
             eval_fn = pretraining.make_predictive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
                                                            **common)
+        objective = pretraining.objective(config.pretrain, params=config.params)
         return (train_fn, eval_fn, pretraining.pretraining_early_stopping(config.pretrain),
-                head.make_model_fn(wavenet.embed, objective=pretraining.objective(config.pretrain)))
+                head.make_model_fn(wavenet.embed, objective=objective))
     if model.make_input_fn is not None:  # an unsupervised model trains on its own inputs and objective
         own = dict(batch_size=config.batch_size, params=config.params)
         return (model.make_input_fn(tracks=tracks["train"], mode="train", seed=train_seed, **own),

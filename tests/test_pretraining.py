@@ -13,7 +13,7 @@ import pytest
 import scipy.signal
 import tensorflow as tf
 
-from musicsim import pretraining, training
+from musicsim import head, pretraining, training
 from musicsim.inputs import TrackSet, make_list_input_fn, make_predict_input_fn
 from musicsim.models import wavenet
 from musicsim.relevance import make_relevance
@@ -55,10 +55,21 @@ def only(name: str, value) -> pretraining.Augmentation:
                                        name: value})
 
 
-def estimator(model_fn, model_dir: str, params: dict, seed: int = 0) -> tf.estimator.Estimator:
+def with_head(params: dict) -> dict:
+    """``params`` with the head's keys (the optimizer's learning rate and clipping) filled by their defaults."""
+    return {**head.HeadConfig().to_params(), **params}
+
+
+def model_fn(kind: str, params: dict | None = None):
+    """The model_fn of a pretraining run: the WaveNet under the one head, trained for the kind's objective."""
+    return head.make_model_fn(wavenet.embed, objective=pretraining.objective(kind, params=params))
+
+
+def estimator(kind: str, model_dir: str, params: dict, seed: int = 0) -> tf.estimator.Estimator:
     config = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=seed, save_checkpoints_steps=10_000,
                                     save_summary_steps=10_000, log_step_count_steps=10_000)
-    return tf.estimator.Estimator(model_fn=model_fn, model_dir=model_dir, params=params, config=config)
+    return tf.estimator.Estimator(model_fn=model_fn(kind, params), model_dir=model_dir, params=with_head(params),
+                                  config=config)
 
 
 # --------------------------------------------------------------------------- augmentations
@@ -398,13 +409,71 @@ def test_predictive_checkpoint_holds_every_variable_of_the_similarity_model(extr
 
     def predictive():
         tf.compat.v1.train.create_global_step()
-        pretraining.make_predictive_model_fn()(features(), None, tf.estimator.ModeKeys.TRAIN, params)
+        model_fn("predictive")(features(), None, tf.estimator.ModeKeys.TRAIN, with_head(params))
 
     embed_variables, predictive_variables = variable_shapes(similarity), variable_shapes(predictive)
     for name, shape in embed_variables.items():
         assert predictive_variables.get(name) == shape, name
     own = {n for n in predictive_variables if n not in embed_variables and "Adam" not in n and "power" not in n}
     assert own and all(n.startswith("predictive/") or n == "global_step" for n in own), own
+
+
+@pytest.mark.parametrize("atrous", [True, False])
+def test_the_predictor_builds_the_wavenet_stacks_unpooled(atrous, monkeypatch):
+    calls = []
+    stacks = wavenet.stacks
+
+    def spy(*args, **kwargs):
+        calls.append({k: kwargs[k] for k in ("pooled", "atrous")})
+        return stacks(*args, **kwargs)
+
+    monkeypatch.setattr(wavenet, "stacks", spy)
+    predictive_graph({**TINY, "predictive_atrous": atrous}, steps=32)[1].close()
+    assert calls == [{"pooled": False, "atrous": atrous}]
+
+
+def eval_metrics(kind: str, params: dict, features: dict, labels=None) -> dict[str, float]:
+    """EVAL of a pretraining objective on one batch of fixed features, from fresh variables (seeded)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(0)
+        spec = model_fn(kind, params)({k: tf.constant(v) for k, v in features.items()},
+                              None if labels is None else tf.constant(labels), tf.estimator.ModeKeys.EVAL,
+                              with_head(params))
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run([tf.compat.v1.global_variables_initializer(), tf.compat.v1.local_variables_initializer()])
+            session.run([update for _, update in spec.eval_metric_ops.values()])
+            return {"loss": session.run(spec.loss),
+                    **{name: session.run(value) for name, (value, _) in spec.eval_metric_ops.items()}}
+
+
+AUDIO_BATCH = {"audio": 0.3 * np.random.default_rng(1).standard_normal((2, 160, 1)).astype(np.float32),
+               "length": np.array([160, 97], np.int32)}
+
+
+@pytest.mark.parametrize("frontend, metrics", [("raw", {"loss", "accuracy"}), ("logmel", {"loss"})])
+def test_predictive_objective_scores_classes_only_for_waveform_targets(frontend, metrics):
+    result = eval_metrics("predictive", {**TINY, **FRONTEND_CASES[frontend][0]}, AUDIO_BATCH)
+    assert set(result) == metrics and all(np.isfinite(v) for v in result.values())
+
+
+def test_distill_objective_reports_the_mean_cosine_to_the_targets():
+    targets = np.random.default_rng(2).standard_normal((2, 5)).astype(np.float32)
+    cosine = eval_metrics("distill", dict(TINY, distill_loss="cosine"), AUDIO_BATCH, targets)
+    np.testing.assert_allclose(cosine["cosine"], 1.0 - cosine["loss"], atol=1e-6)
+    mse = eval_metrics("distill", dict(TINY, distill_loss="mse"), AUDIO_BATCH, targets)
+    assert mse["loss"] > 0 and -1.0 <= mse["cosine"] <= 1.0
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: pretraining.PredictiveConfig(quantization_levels=1), "quantization_levels must be >= 2"),
+    (lambda: pretraining.DistillConfig(distill_loss="l1"), "distill_loss must be one of"),
+    (lambda: pretraining.DistillConfig(distill_hop_seconds=0), "distill_hop_seconds must be positive"),
+    (lambda: pretraining.PredictiveConfig.from_params({"quantization_levels": 8}), "predictive_atrous"),
+])
+def test_pretraining_configs_refuse_bad_or_missing_values(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
 
 
 def test_predictive_input_fn_crops_and_orders():
@@ -454,7 +523,7 @@ def predictive_run(tmp_path_factory):
     """A tiny predictive run of 30 steps: its eval metrics, estimator, model_dir and tracks."""
     tracks = sine_tracks(PREDICTABLE, seconds=2.0)
     model_dir = str(tmp_path_factory.mktemp("predictive"))
-    run = estimator(pretraining.pretraining_model_fn("predictive"), model_dir, dict(TINY, learning_rate=3e-2))
+    run = estimator("predictive", model_dir, dict(TINY, learning_rate=3e-2))
     run.train(pretraining.make_predictive_input_fn(tracks=tracks, mode="train", batch_size=6, crop_seconds=0.5),
               steps=30)
     metrics = run.evaluate(pretraining.make_predictive_input_fn(tracks=tracks, mode="eval", batch_size=6,
@@ -485,7 +554,7 @@ def contrastive_run(tmp_path_factory):
     """A tiny contrastive run under the shared ranking head: a few steps, one evaluation."""
     tracks = sine_tracks(FREQUENCIES, seconds=2.0)
     model_dir = str(tmp_path_factory.mktemp("contrastive"))
-    run = estimator(pretraining.pretraining_model_fn("contrastive"), model_dir, dict(TINY, learning_rate=1e-2))
+    run = estimator("contrastive", model_dir, dict(TINY, learning_rate=1e-2))
     common = dict(tracks=tracks, batch_size=4, crop_seconds=0.5, n_negatives=3)
     run.train(pretraining.make_contrastive_input_fn(**common, mode="train"), steps=3)
     metrics = run.evaluate(pretraining.make_contrastive_input_fn(**common, mode="eval"))
@@ -568,7 +637,7 @@ def test_warm_start_regex_limited_to_a_checkpoint(contrastive_run):
 @pytest.mark.parametrize("call, match", [
     (lambda: pretraining.warm_start_vars("heads"), "scope"),
     (lambda: pretraining.warm_start_vars("all", checkpoint="/nonexistent/run"), "/nonexistent/run"),
-    (lambda: pretraining.pretraining_model_fn("masked"), "pretrain"),
+    (lambda: pretraining.objective("masked"), "pretrain"),
     (lambda: pretraining.pretraining_early_stopping("masked"), "pretrain"),
 ])
 def test_runner_hooks_refuse_unknown_names(call, match):
@@ -577,7 +646,8 @@ def test_runner_hooks_refuse_unknown_names(call, match):
 
 
 def test_early_stopping_of_each_kind():
-    assert pretraining.pretraining_early_stopping("predictive") == pretraining.EARLY_STOPPING == ("loss", "decrease")
+    assert pretraining.pretraining_early_stopping("predictive") == ("loss", "decrease")
+    assert pretraining.pretraining_early_stopping("distill") == ("loss", "decrease")
     assert pretraining.pretraining_early_stopping("contrastive") == ("NDCG@6", "increase")
 
 
@@ -766,8 +836,7 @@ def distilled_run(teacher, tmp_path_factory):
         train_tracks=tracks, eval_tracks=tracks, teacher=teacher, crop_seconds=crop_seconds, hop_seconds=0.5,
         batch_size=4, progress=False)
     model_dir = str(tmp_path_factory.mktemp("distilled"))
-    run = estimator(pretraining.pretraining_model_fn("distill"), model_dir,
-                    dict(TINY, learning_rate=1e-2, distill_loss="cosine"))
+    run = estimator("distill", model_dir, dict(TINY, learning_rate=1e-2, distill_loss="cosine"))
     run.train(train_fn, steps=1)
     before = run.evaluate(eval_fn)
     run.train(train_fn, steps=39)

@@ -22,6 +22,8 @@ Fine-tuning warm-starts a similarity run from a pretrained run (:mod:`.warm_star
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 from musicsim import head
 from musicsim.pretraining import contrastive, distillation, predictive
 from musicsim.pretraining.augmentation import Augmentation, augment, equaliser, shift
@@ -57,25 +59,19 @@ def _kind(kind: str):
     return _KINDS[kind]
 
 
-def objective(kind: str) -> head.Objective:
+def objective(kind: str, *, params: Mapping | None = None) -> head.Objective:
     """The objective of a pretraining run, for ``head.make_model_fn(wavenet.embed, objective=...)``.
 
     Parameters
     ----------
     kind : ``"contrastive"`` (the head's ranking objective on contrastive lists), ``"predictive"``
         (the next-step predictor) or ``"distill"`` (the teacher's student)
+    params : the run's (predictive: its front end decides the EVAL metrics)
     """
-    return _kind(kind).objective()
+    module = _kind(kind)
+    return module.objective(params=params) if module is predictive else module.objective()
 
 
 def pretraining_early_stopping(kind: str) -> tuple[str, str]:
     """(eval metric, direction) for ``training.train_and_evaluate(early_stopping=...)``."""
     return _kind(kind).EARLY_STOPPING
-
-
-def pretraining_model_fn(kind: str):
-    """Transitional: ``head.make_model_fn(wavenet.embed, objective=objective(kind))``, until every caller
-    builds it itself."""
-    from musicsim.models import wavenet
-
-    return head.make_model_fn(wavenet.embed, objective=objective(kind))

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import head
-from musicsim.inputs import EVAL, TRAIN, TrackSet, crop
+from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
 from musicsim.pretraining.augmentation import Augmentation, augment
 
 # Scored by the head's metrics on the eval split's (fixed) contrastive lists.
@@ -155,7 +155,4 @@ def make_contrastive_input_fn(*, tracks: TrackSet, batch_size: int, crop_seconds
                   "candidate_length": tf.TensorSpec([None, None], tf.int32)},
                  tf.TensorSpec([None, None], tf.float32))
 
-    def input_fn(params=None):
-        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(tf.data.AUTOTUNE)
-
-    return input_fn
+    return batched_input_fn(generator=generate, signature=signature, batch_size=None)  # elements are batches

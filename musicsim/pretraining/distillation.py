@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from musicsim import head
 from musicsim.features import _write_atomic
-from musicsim.inputs import EVAL, TRAIN, TrackSet, crop_grid
+from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop_grid
 from musicsim.params import ParamsConfig, ParamsError, fill_defaults
 
 LOSSES = ("cosine", "mse")
@@ -221,8 +221,6 @@ def make_distillation_input_fn(*, data: DistillationSet, mode: str, batch_size: 
     """
     if mode not in (TRAIN, EVAL):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def element(track: int, index: int) -> tuple[dict, np.ndarray]:
         audio = data.crop(track, index).astype(np.float32)
@@ -241,11 +239,7 @@ def make_distillation_input_fn(*, data: DistillationSet, mode: str, batch_size: 
     signature = ({"audio": tf.TensorSpec([None, data.tracks.channels], tf.float32),
                   "length": tf.TensorSpec([], tf.int32)}, tf.TensorSpec([data.dim], tf.float32))
 
-    def input_fn(params=None):
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    return input_fn
+    return batched_input_fn(generator=generate, signature=signature, batch_size=batch_size)
 
 
 def make_distillation_input_fns(*, train_tracks: TrackSet, eval_tracks: TrackSet, teacher: Teacher,

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import frontends, head
-from musicsim.inputs import EVAL, TRAIN, TrackSet, crop
+from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
 from musicsim.models import wavenet
 from musicsim.params import ParamsConfig, ParamsError, fill_defaults
 
@@ -83,6 +83,11 @@ def mu_law_classes(x: tf.Tensor, *, levels: int) -> tf.Tensor:
     x = tf.clip_by_value(tf.cast(x, tf.float32), -1.0, 1.0)
     companded = tf.sign(x) * tf.math.log1p(mu * tf.abs(x)) / math.log1p(mu)
     return tf.cast(tf.round((companded + 1.0) / 2.0 * mu), tf.int32)
+
+
+def target_kind(params: Mapping) -> str:
+    """The loss of the front end's targets: ``"mulaw"`` (waveform values, classes) or ``"l1"`` (log-mel)."""
+    return "l1" if frontends.config_of(params).frontend == "logmel" else "mulaw"
 
 
 def next_step_targets(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping
@@ -210,28 +215,35 @@ def _next_step_loss(labels: Mapping[str, tf.Tensor], logits: Mapping, *, params:
 
 
 def _next_step_accuracy(labels: Mapping[str, tf.Tensor], logits: Mapping, *, params: Mapping
-                        ) -> tuple[tf.Tensor, tf.Operation] | None:
-    """How often the most likely class is the next value's; None for log-mel targets (no classes)."""
+                        ) -> tuple[tf.Tensor, tf.Operation]:
+    """How often the most likely class is the next value's (waveform targets: classes)."""
     if logits["kind"] != "mulaw":
-        return None
+        raise ValueError("accuracy needs waveform targets (mu-law classes): build the objective with the run's "
+                         "params, which leaves it out for the logmel front end")
     levels = config_of(params).quantization_levels
     predicted = tf.argmax(logits["predictions"][:, :-1], axis=-1, output_type=tf.int32)
     return tf.compat.v1.metrics.accuracy(labels=mu_law_classes(labels["targets"][:, 1:], levels=levels),
                                          predictions=predicted, weights=tf.cast(labels["valid"][:, 1:], tf.float32))
 
 
-def objective() -> head.Objective:
+def objective(*, params: Mapping | None = None) -> head.Objective:
     """The WaveNet stacks trained as a next-step predictor (see the module note), for ``head.make_model_fn``.
 
     TRAIN / EVAL features: ``audio`` float32 ``[batch, time, channels]``, ``length`` int ``[batch]``;
     labels unused (None). Loss: :func:`next_step_loss`; EVAL adds ``accuracy`` (argmax class) for
     waveform targets. PREDICT is the head's: the ``embedding`` of ``wavenet.embed``.
 
-    >>> sorted(objective().eval_metric_fns)
-    ['accuracy']
+    Parameters
+    ----------
+    params : the run's; their front end decides whether the targets are classes (``accuracy``) or
+        log-mel values (no accuracy). None: waveform targets
+
+    >>> sorted(objective().eval_metric_fns), sorted(objective(params={"frontend": "logmel"}).eval_metric_fns)
+    (['accuracy'], [])
     """
+    waveform = params is None or target_kind(params) == "mulaw"
     return head.Objective(name="next_step", logits_fn=_next_step_logits, loss_fn=_next_step_loss,
-                          eval_metric_fns={"accuracy": _next_step_accuracy})
+                          eval_metric_fns={"accuracy": _next_step_accuracy} if waveform else {})
 
 def make_predictive_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8, crop_seconds: float | None = 4.0,
                              seed: int = 0) -> Callable[..., tf.data.Dataset]:
@@ -250,8 +262,6 @@ def make_predictive_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8
     """
     if mode not in (TRAIN, EVAL):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if crop_seconds is not None and not crop_seconds > 0:
         raise ValueError(f"crop_seconds must be positive or None, got {crop_seconds!r}")
     usable = [s for s in tracks.sequences if s.shape[0] >= 2]
@@ -274,8 +284,4 @@ def make_predictive_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8
 
     signature = {"audio": tf.TensorSpec([None, tracks.channels], tf.float32), "length": tf.TensorSpec([], tf.int32)}
 
-    def input_fn(params=None):
-        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-        return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    return input_fn
+    return batched_input_fn(generator=generate, signature=signature, batch_size=batch_size)
