@@ -11,125 +11,53 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
 from absl import app, flags
 
-from musicsim import evaluation
+from musicsim import evaluation, frontends, head, pretraining
 from musicsim import models as registry
+from musicsim.models import rnn, wavenet
+from musicsim.params import ParamsConfig, settle_params
+from musicsim.pretraining import distillation
+from musicsim.similarity import SIMILARITIES
 from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.inputs import TrackSet
 from musicsim.relevance import make_relevance
 from musicsim.rundir import RunConfigMismatch, RunDir
 
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "wavenet", list(registry.ALL_MODELS), "Which model to run.")
-flags.DEFINE_string("dataset", "demo", "A prepared dataset DIR (data_prep.build), or 'demo' for the demo corpus "
-                    "(built and prepared on first use).")
-flags.DEFINE_string("model_dir", None, "Run directory (default tensorboard_logs/<model>-<dataset>-<timestamp>). "
-                    "Rerunning with the same directory resumes from its latest checkpoint.")
-flags.DEFINE_string("relevance", None, "Label relevance definition (musicsim.relevance): album, genre, label, tags, tags_graded "
-                    "(default: the dataset's).")
-flags.DEFINE_integer("min_shared_tags", None, "Tags in common for two tracks to be similar (tag datasets).")
-# The head.
-flags.DEFINE_enum("loss", "lambda", ["lambda", "pairwise"], "LambdaLoss (listwise) or the pairwise hinge loss.")
-flags.DEFINE_enum("similarity", "cosine", ["cosine", "euclidean"], "How embeddings are compared.")
-flags.DEFINE_float("margin", 1.0, "Margin of the pairwise hinge loss.")
-flags.DEFINE_float("score_scale", 1.0, "Multiply the similarity scores by this before the loss (an inverse "
-                   "temperature: cosine scores span only [-1, 1]); rankings and metrics are unchanged.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
-flags.DEFINE_float("clip_norm", 5.0, "Clip gradients to this global norm (0: no clipping).")
-flags.DEFINE_float("dropout", 0.0, "Dropout rate.")
-# Lists and batches.
-flags.DEFINE_enum("list_kind", None, ["listwise", "pairwise"], "Training lists (default: pairwise for the pairwise "
-                  "loss, listwise otherwise).")
-flags.DEFINE_integer("n_similar", 3, "Similar candidates per list.")
-flags.DEFINE_integer("n_dissimilar", 3, "Non-similar candidates per list.")
-flags.DEFINE_integer("batch_size", 4, "Lists per training batch.")
-flags.DEFINE_float("crop_seconds", 4.0, "Random crop of each track while training.")
-flags.DEFINE_float("eval_seconds", 10.0, "Centred crop for the estimator's eval lists (0: whole tracks).")
-flags.DEFINE_float("predict_seconds", 0.0, "Centred crop when exporting embeddings (0: whole tracks).")
-flags.DEFINE_float("window_seconds", None, "Export and search embed long audio in windows this long (default: the "
-                   "longer of --crop_seconds and --eval_seconds; 0: whole files).")
-# WaveNet.
-flags.DEFINE_integer("channels", 32, "WaveNet residual channels.")
-flags.DEFINE_integer("skip_channels", 32, "WaveNet skip channels.")
-flags.DEFINE_integer("filter_size", 2, "WaveNet filter size.")
-flags.DEFINE_integer("dilation_base", 2, "Dilation growth per layer (2 with filter 2, 4 with filter 4).")
-flags.DEFINE_integer("num_stacks", 3, "WaveNet stacks.")
-flags.DEFINE_integer("layers_per_stack", 6, "WaveNet layers per stack.")
-flags.DEFINE_list("stack_pool_sizes", ["4"], "Pooling after each stack (one value, or one per stack).")
-flags.DEFINE_enum("pooling", "max", ["max", "avg"], "Pooling function between stacks and at the end.")
-flags.DEFINE_integer("final_channels", 64, "Channels of the final conv (embedding size without dense layers).")
-flags.DEFINE_list("dense_layers", [], "Sizes of dense layers after the final pooling, e.g. 64.")
-flags.DEFINE_enum("frontend", "raw", ["raw", "logmel", "strided"], "WaveNet input: raw pooled audio (the paper's), "
-                  "a log-mel spectrogram computed in the graph, or a learned strided conv (for --pool_size=1 data).")
-flags.DEFINE_float("frame_seconds", 0.064, "logmel: STFT frame length in seconds.")
-flags.DEFINE_float("hop_seconds", 0.032, "logmel: hop between frames in seconds.")
-flags.DEFINE_integer("n_mels", 64, "logmel: mel bins (the stacks' input channels).")
-flags.DEFINE_integer("frontend_stride", 8, "strided: kernel = stride, in input samples.")
-flags.DEFINE_enum("mixed_precision", "off", ["off", "auto", "float16", "bfloat16"], "Compute the stacks in low "
-                  "precision (auto: float16 on GPU with loss scaling, bfloat16 on CPU); variables stay float32.")
-flags.DEFINE_boolean("xla", False, "Compile the graph with XLA (global JIT).")
-# Pretraining and fine-tuning.
-flags.DEFINE_enum("pretrain", None, ["contrastive", "predictive", "distill"], "Self-supervised pretraining of the "
-                  "WaveNet instead of similarity training: contrastive (two crops of a track are similar, other tracks "
-                  "not), predictive (next-step prediction) or distill (reproduce the pretrained --musicnn_model's "
-                  "--musicnn_layer vector of each crop; crops are rounded to whole 3 s patches). Labels are not used.")
-flags.DEFINE_enum("distill_loss", "cosine", ["cosine", "mse"], "distill: loss against the standardised teacher vector.")
-flags.DEFINE_float("distill_hop_seconds", 1.0, "distill: seconds between the fixed crops of a track whose teacher "
-                   "targets are computed once and cached (in the dataset's teacher_cache).")
-flags.DEFINE_integer("n_negatives", 3, "contrastive: other tracks of the batch per list (batch_size must exceed it).")
-flags.DEFINE_list("augment_gain_db", ["-6", "6"], "contrastive: random gain range in dB (empty: off).")
-flags.DEFINE_float("augment_eq_db", 6.0, "contrastive: random equaliser band gains up to this many dB (0: off).")
-flags.DEFINE_list("augment_snr_db", ["20", "40"], "contrastive: additive noise SNR range in dB (empty: off).")
-flags.DEFINE_float("augment_shift_seconds", 0.05, "contrastive: random time shift up to this (0: off).")
-flags.DEFINE_list("pretrain_splits", ["train"], "Splits whose audio the self-supervised pretraining reads (labels are "
-                  "never used): train, or e.g. train,eval,test to learn from every track of the catalog.")
-flags.DEFINE_string("warm_start_from", None, "Fine-tune from this run's exported checkpoint (a model_dir).")
-flags.DEFINE_enum("warm_start_vars", "stacks", ["stacks", "all"], "What to warm-start: the WaveNet stacks or every "
-                  "variable the checkpoint holds.")
-flags.DEFINE_enum("distribute", None, ["mirrored", "multi_worker"], "Train under a tf.distribute strategy "
-                  "(multi_worker reads TF_CONFIG).")
-flags.DEFINE_integer("num_cpu_replicas", None, "mirrored without GPUs: split the CPU into this many replicas.")
-# RNN.
-flags.DEFINE_integer("rnn_units", 64, "LSTM units.")
-flags.DEFINE_integer("section_frames", 1000, "LSTM input sections (frames).")
-flags.DEFINE_enum("rnn_embedding", "all", ["outputs", "states", "all"], "LSTM embedding: outputs or states; "
-                  "all: try the six outputs|states x mean|max|last readouts on the eval split and keep the best.")
-flags.DEFINE_enum("rnn_reduce", "mean", ["mean", "max", "last"], "How sections are reduced to one vector.")
-# Fitted models.
-flags.DEFINE_float("variance_ratio", 0.99, "librosa: PCA keeps the components explaining this share of variance.")
-flags.DEFINE_list("fusion_runs", [], "fusion: the runs (model_dirs, trained or fitted on this dataset or any) whose "
-                  "standardised embeddings are concatenated; block weights are chosen on the eval split.")
-flags.DEFINE_enum("musicnn_model", "MSD_musicnn", ["MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg"],
-                  "musicnn: which pretrained tagger (MSD: Million Song Dataset, MTT: MagnaTagATune).")
-flags.DEFINE_enum("musicnn_layer", "penultimate", ["penultimate", "taggram", "maxpool"], "musicnn: the layer "
-                  "averaged over a track's 3 s patches (maxpool: musicnn networks only).")
-# Training control.
-flags.DEFINE_integer("max_steps", 400, "Training steps (global).")
-flags.DEFINE_float("max_minutes", 10.0, "Stop training after this many minutes (0: no limit).")
-flags.DEFINE_integer("save_checkpoints_steps", 50, "Checkpoint (and evaluate) every N steps.")
-flags.DEFINE_integer("early_stopping_patience", 200, "Stop when the eval --early_stopping_metric has not improved "
-                     "for N steps (0: off).")
-flags.DEFINE_enum("early_stopping_metric", "NDCG@6", ["PC", "NDCG@1", "NDCG@6", "MAP", "loss"], "Eval metric that "
-                  "early stopping and the best checkpoint follow (similarity training; loss must fall, the others "
-                  "rise).")
-flags.DEFINE_enum("export_checkpoint", "best", ["best", "last"], "Embed (export, test, search) with the checkpoint "
-                  "that scored best on the early-stopping metric, or the last one.")
-flags.DEFINE_integer("seed", 0, "Random seed (lists, crops, initialisation).")
-flags.DEFINE_integer("eval_repeats", 5, "Seeds of the test protocol (mean and std are reported).")
-flags.DEFINE_integer("workers", None, "Processes for feature extraction / data prep (default: all cores).")
-flags.DEFINE_string("rerank", "none", "Also score the test split re-ranked with the catalog itself (no labels): "
-                    "'auto' picks the re-ranking with the best catalog mAP on the eval split, or a setting such as "
-                    "'dba+aqe:k=3,alpha=3' or 'kreciprocal:k=10,k2=3' (musicsim.rerank).")
+@dataclass(frozen=True)
+class FittedModelConfig(ParamsConfig):
+    """The fitted models' settings a run passes on (the registry maps them to constructor arguments).
+
+    Attributes
+    ----------
+    variance_ratio : librosa: PCA keeps the components explaining this share of the variance
+    fusion_runs : fusion: the runs whose standardised embeddings are concatenated
+    musicnn_model, musicnn_layer : musicnn (and distillation's teacher): the pretrained tagger and
+        the layer averaged over a track's 3 s patches
+    """
+
+    variance_ratio: float = 0.99
+    fusion_runs: tuple[str, ...] = ()
+    musicnn_model: str = "MSD_musicnn"
+    musicnn_layer: str = "penultimate"
+
+
+# Every key of a run's params, and its default: one config per component.
+RUN_PARAM_CONFIGS = (head.HeadConfig, frontends.FrontendConfig, wavenet.WaveNetConfig, rnn.RNNConfig,
+                     pretraining.PredictiveConfig, pretraining.DistillConfig, FittedModelConfig)
 
 
 @dataclass
 class RunConfig:
-    """Everything one run needs; built from flags by ``main`` or directly by tests."""
+    """Everything one run needs; built from flags by ``main`` or directly by tests.
+
+    ``params`` (the estimator's, one flat dict) is settled on construction: every component's
+    default is filled in and a key no component knows is refused (``musicsim.params.settle_params``).
+    """
 
     model: str
     dataset_dir: str
@@ -152,7 +80,7 @@ class RunConfig:
     seed: int = 0
     eval_repeats: int = 5
     workers: int | None = None
-    pretrain: str | None = None  # contrastive | predictive: self-supervised, labels unused
+    pretrain: str | None = None  # contrastive | predictive | distill: self-supervised, labels unused
     pretrain_splits: tuple[str, ...] = ("train",)  # whose audio pretraining reads
     export_checkpoint: str = "best"  # best | last: the checkpoint that embeds
     early_stopping_metric: str = "NDCG@6"  # eval metric of similarity training's early stopping
@@ -164,23 +92,163 @@ class RunConfig:
     num_cpu_replicas: int | None = None
     rerank: str = "none"  # none | auto | a musicsim.rerank setting: test split also scored re-ranked
 
+    def __post_init__(self):
+        self.params = settle_params(self.params, configs=RUN_PARAM_CONFIGS)
+
+
+def _default(config, key: str):
+    """The default of ``key`` in a dataclass (a config class or `RunConfig`)."""
+    return {f.name: f.default for f in fields(config)}[key]
+
+
+def _list_default(values) -> list[str]:
+    return [f"{v:g}" if isinstance(v, float) else str(v) for v in (values or ())]
+
+
+HEAD, FRONTEND, WAVENET, RNN = head.HeadConfig(), frontends.FrontendConfig(), wavenet.WaveNetConfig(), rnn.RNNConfig()
+DISTILL, FITTED, AUGMENTATION = pretraining.DistillConfig(), FittedModelConfig(), pretraining.Augmentation()
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "wavenet", list(registry.ALL_MODELS), "Which model to run.")
+flags.DEFINE_string("dataset", "demo", "A prepared dataset DIR (data_prep.build), or 'demo' for the demo corpus "
+                    "(built and prepared on first use).")
+flags.DEFINE_string("model_dir", None, "Run directory (default tensorboard_logs/<model>-<dataset>-<timestamp>). "
+                    "Rerunning with the same directory resumes from its latest checkpoint.")
+flags.DEFINE_string("relevance", None, "Label relevance definition (musicsim.relevance): album, genre, label, tags, "
+                    "tags_graded (default: the dataset's).")
+flags.DEFINE_integer("min_shared_tags", None, "Tags in common for two tracks to be similar (tag datasets).")
+# The head.
+flags.DEFINE_enum("loss", HEAD.loss, list(head.LOSSES), "LambdaLoss (listwise) or the pairwise hinge loss.")
+flags.DEFINE_enum("similarity", HEAD.similarity, list(SIMILARITIES), "How embeddings are compared.")
+flags.DEFINE_float("margin", HEAD.margin, "Margin of the pairwise hinge loss.")
+flags.DEFINE_float("score_scale", HEAD.score_scale, "Multiply the similarity scores by this before the loss (an "
+                   "inverse temperature: cosine scores span only [-1, 1]); rankings and metrics are unchanged.")
+flags.DEFINE_float("learning_rate", HEAD.learning_rate, "Adam learning rate.")
+flags.DEFINE_float("clip_norm", HEAD.clip_norm, "Clip gradients to this global norm (0: no clipping).")
+flags.DEFINE_float("dropout", WAVENET.dropout, "Dropout rate (WaveNet: before each dense layer; LSTM: on its "
+                   "outputs).")
+# Lists and batches.
+flags.DEFINE_enum("list_kind", None, ["listwise", "pairwise"], "Training lists (default: pairwise for the pairwise "
+                  "loss, listwise otherwise).")
+flags.DEFINE_integer("n_similar", _default(RunConfig, "n_similar"), "Similar candidates per list.")
+flags.DEFINE_integer("n_dissimilar", _default(RunConfig, "n_dissimilar"), "Non-similar candidates per list.")
+flags.DEFINE_integer("batch_size", _default(RunConfig, "batch_size"), "Lists per training batch.")
+flags.DEFINE_float("crop_seconds", _default(RunConfig, "crop_seconds"), "Random crop of each track while training.")
+flags.DEFINE_float("eval_seconds", _default(RunConfig, "eval_seconds") or 0.0, "Centred crop for the estimator's "
+                   "eval lists (0: whole tracks).")
+flags.DEFINE_float("predict_seconds", _default(RunConfig, "predict_seconds") or 0.0, "Centred crop when exporting "
+                   "embeddings (0: whole tracks).")
+flags.DEFINE_float("window_seconds", _default(RunConfig, "window_seconds"), "Export and search embed long audio in "
+                   "windows this long (default: the longer of --crop_seconds and --eval_seconds; 0: whole files).")
+# WaveNet.
+flags.DEFINE_integer("channels", WAVENET.channels, "WaveNet residual channels.")
+flags.DEFINE_integer("skip_channels", WAVENET.skip_channels, "WaveNet skip channels.")
+flags.DEFINE_integer("filter_size", WAVENET.filter_size, "WaveNet filter size.")
+flags.DEFINE_integer("dilation_base", WAVENET.dilation_base, "Dilation growth per layer (2 with filter 2, 4 with "
+                     "filter 4).")
+flags.DEFINE_integer("num_stacks", WAVENET.num_stacks, "WaveNet stacks.")
+flags.DEFINE_integer("layers_per_stack", WAVENET.layers_per_stack, "WaveNet layers per stack.")
+flags.DEFINE_list("stack_pool_sizes", _list_default(WAVENET.stack_pool_sizes), "Pooling after each stack (one "
+                  "value, or one per stack).")
+flags.DEFINE_enum("pooling", WAVENET.pooling, ["max", "avg"], "Pooling function between stacks and at the end.")
+flags.DEFINE_integer("final_channels", WAVENET.final_channels, "Channels of the final conv (embedding size without "
+                     "dense layers).")
+flags.DEFINE_list("dense_layers", _list_default(WAVENET.dense_layers), "Sizes of dense layers after the final "
+                  "pooling, e.g. 64.")
+flags.DEFINE_enum("frontend", FRONTEND.frontend, list(frontends.FRONTENDS), "WaveNet input: raw pooled audio (the "
+                  "paper's), a log-mel spectrogram computed in the graph, or a learned strided conv (for "
+                  "--pool_size=1 data).")
+flags.DEFINE_float("frame_seconds", FRONTEND.frame_seconds, "logmel: STFT frame length in seconds.")
+flags.DEFINE_float("hop_seconds", FRONTEND.hop_seconds, "logmel: hop between frames in seconds.")
+flags.DEFINE_integer("n_mels", FRONTEND.n_mels, "logmel: mel bins (the stacks' input channels).")
+flags.DEFINE_integer("frontend_stride", FRONTEND.frontend_stride, "strided: kernel = stride, in input samples.")
+flags.DEFINE_enum("mixed_precision", FRONTEND.mixed_precision or "off",
+                  ["off", "auto", *frontends.MIXED_PRECISION_DTYPES], "Compute the stacks in low precision (auto: "
+                  "float16 on GPU with loss scaling, bfloat16 on CPU); variables stay float32.")
+flags.DEFINE_boolean("xla", FRONTEND.xla, "Compile the graph with XLA (global JIT).")
+# Pretraining and fine-tuning.
+flags.DEFINE_enum("pretrain", None, list(pretraining.PRETRAINING_KINDS), "Self-supervised pretraining of the "
+                  "WaveNet instead of similarity training: contrastive (two crops of a track are similar, other tracks "
+                  "not), predictive (next-step prediction) or distill (reproduce the pretrained --musicnn_model's "
+                  "--musicnn_layer vector of each crop; crops are rounded to whole 3 s patches). Labels are not used.")
+flags.DEFINE_enum("distill_loss", DISTILL.distill_loss, list(distillation.LOSSES), "distill: loss against the "
+                  "standardised teacher vector.")
+flags.DEFINE_float("distill_hop_seconds", DISTILL.distill_hop_seconds, "distill: seconds between the fixed crops of "
+                   "a track whose teacher targets are computed once and cached (in the dataset's teacher_cache).")
+flags.DEFINE_integer("n_negatives", _default(RunConfig, "n_negatives"), "contrastive: other tracks of the batch per "
+                     "list (batch_size must exceed it).")
+flags.DEFINE_list("augment_gain_db", _list_default(AUGMENTATION.gain_db), "contrastive: random gain range in dB "
+                  "(empty: off).")
+flags.DEFINE_float("augment_eq_db", AUGMENTATION.eq_db or 0.0, "contrastive: random equaliser band gains up to this "
+                   "many dB (0: off).")
+flags.DEFINE_list("augment_snr_db", _list_default(AUGMENTATION.noise_snr_db), "contrastive: additive noise SNR range "
+                  "in dB (empty: off).")
+flags.DEFINE_float("augment_shift_seconds", AUGMENTATION.max_shift_seconds or 0.0, "contrastive: random time shift "
+                   "up to this (0: off).")
+flags.DEFINE_list("pretrain_splits", list(_default(RunConfig, "pretrain_splits")), "Splits whose audio the "
+                  "self-supervised pretraining reads (labels are never used): train, or e.g. train,eval,test to "
+                  "learn from every track of the catalog.")
+flags.DEFINE_string("warm_start_from", None, "Fine-tune from this run's exported checkpoint (a model_dir).")
+flags.DEFINE_enum("warm_start_vars", _default(RunConfig, "warm_start_vars"), ["stacks", "all"], "What to "
+                  "warm-start: the WaveNet stacks or every variable the checkpoint holds.")
+flags.DEFINE_enum("distribute", None, ["mirrored", "multi_worker"], "Train under a tf.distribute strategy "
+                  "(multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("num_cpu_replicas", None, "mirrored without GPUs: split the CPU into this many replicas.")
+# RNN.
+flags.DEFINE_integer("rnn_units", RNN.rnn_units, "LSTM units.")
+flags.DEFINE_integer("section_frames", RNN.section_frames, "LSTM input sections (frames).")
+flags.DEFINE_enum("rnn_embedding", RNN.rnn_embedding, [*rnn.EMBEDDINGS, rnn.ALL_EMBEDDINGS], "LSTM embedding: "
+                  "outputs or states; all: try the six outputs|states x mean|max|last readouts on the eval split and "
+                  "keep the best.")
+flags.DEFINE_enum("rnn_reduce", RNN.rnn_reduce, list(rnn.REDUCTIONS), "How sections are reduced to one vector.")
+# Fitted models.
+flags.DEFINE_float("variance_ratio", FITTED.variance_ratio, "librosa: PCA keeps the components explaining this share "
+                   "of variance.")
+flags.DEFINE_list("fusion_runs", list(FITTED.fusion_runs), "fusion: the runs (model_dirs, trained or fitted on this "
+                  "dataset or any) whose standardised embeddings are concatenated; block weights are chosen on the "
+                  "eval split.")
+flags.DEFINE_enum("musicnn_model", FITTED.musicnn_model, ["MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg"],
+                  "musicnn: which pretrained tagger (MSD: Million Song Dataset, MTT: MagnaTagATune).")
+flags.DEFINE_enum("musicnn_layer", FITTED.musicnn_layer, ["penultimate", "taggram", "maxpool"], "musicnn: the layer "
+                  "averaged over a track's 3 s patches (maxpool: musicnn networks only).")
+# Training control.
+flags.DEFINE_integer("max_steps", _default(RunConfig, "max_steps"), "Training steps (global).")
+flags.DEFINE_float("max_minutes", _default(RunConfig, "max_minutes") or 0.0, "Stop training after this many minutes "
+                   "(0: no limit).")
+flags.DEFINE_integer("save_checkpoints_steps", _default(RunConfig, "save_checkpoints_steps"), "Checkpoint (and "
+                     "evaluate) every N steps.")
+flags.DEFINE_integer("early_stopping_patience", _default(RunConfig, "early_stopping_patience"), "Stop when the eval "
+                     "--early_stopping_metric has not improved for N steps (0: off).")
+flags.DEFINE_enum("early_stopping_metric", _default(RunConfig, "early_stopping_metric"),
+                  [*head.METRIC_KEYS, "loss"], "Eval metric that early stopping and the best checkpoint follow "
+                  "(similarity training; loss must fall, the others rise).")
+flags.DEFINE_enum("export_checkpoint", _default(RunConfig, "export_checkpoint"), ["best", "last"], "Embed (export, "
+                  "test, search) with the checkpoint that scored best on the early-stopping metric, or the last one.")
+flags.DEFINE_integer("seed", _default(RunConfig, "seed"), "Random seed (lists, crops, initialisation).")
+flags.DEFINE_integer("eval_repeats", _default(RunConfig, "eval_repeats"), "Seeds of the test protocol (mean and std "
+                     "are reported).")
+flags.DEFINE_integer("workers", None, "Processes for feature extraction / data prep (default: all cores).")
+flags.DEFINE_string("rerank", _default(RunConfig, "rerank"), "Also score the test split re-ranked with the catalog "
+                    "itself (no labels): 'auto' picks the re-ranking with the best catalog mAP on the eval split, or a "
+                    "setting such as 'dba+aqe:k=3,alpha=3' or 'kreciprocal:k=10,k2=3' (musicsim.rerank).")
+
 
 def config_from_flags() -> RunConfig:
+    """The run the command line asks for (its params settled by `RunConfig`)."""
     dataset_dir = resolve_dataset(FLAGS.dataset)
     model_dir = FLAGS.model_dir or os.path.join(
         "tensorboard_logs", f"{FLAGS.model}-{os.path.basename(os.path.normpath(dataset_dir))}-"
                             f"{time.strftime('%Y%m%d-%H%M%S')}")
     params = dict(
         loss=FLAGS.loss, similarity=FLAGS.similarity, margin=FLAGS.margin, score_scale=FLAGS.score_scale,
-        learning_rate=FLAGS.learning_rate,
-        clip_norm=FLAGS.clip_norm, dropout=FLAGS.dropout,
+        learning_rate=FLAGS.learning_rate, clip_norm=FLAGS.clip_norm, dropout=FLAGS.dropout,
         channels=FLAGS.channels, skip_channels=FLAGS.skip_channels, filter_size=FLAGS.filter_size,
         dilation_base=FLAGS.dilation_base, num_stacks=FLAGS.num_stacks, layers_per_stack=FLAGS.layers_per_stack,
         stack_pool_sizes=[int(s) for s in FLAGS.stack_pool_sizes], pooling=FLAGS.pooling,
         final_channels=FLAGS.final_channels, dense_layers=[int(s) for s in FLAGS.dense_layers],
         rnn_units=FLAGS.rnn_units, section_frames=FLAGS.section_frames, rnn_embedding=FLAGS.rnn_embedding,
-        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, fusion_runs=list(FLAGS.fusion_runs), musicnn_model=FLAGS.musicnn_model,
-        musicnn_layer=FLAGS.musicnn_layer, distill_loss=FLAGS.distill_loss,
+        rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, fusion_runs=list(FLAGS.fusion_runs),
+        musicnn_model=FLAGS.musicnn_model, musicnn_layer=FLAGS.musicnn_layer, distill_loss=FLAGS.distill_loss,
         distill_hop_seconds=FLAGS.distill_hop_seconds, frontend=FLAGS.frontend,
         frame_seconds=FLAGS.frame_seconds, hop_seconds=FLAGS.hop_seconds, n_mels=FLAGS.n_mels,
         frontend_stride=FLAGS.frontend_stride,

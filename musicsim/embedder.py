@@ -348,6 +348,7 @@ class LearnedEmbedder(Embedder):
     def _iter_whole(self, *, paths: list[str], batch_size: int, workers: int | None) -> Iterator[EmbedResult]:
         """Each file's sequence in one piece through ``estimator.predict`` (the rnn's chromagram)."""
         import tensorflow as tf
+        from musicsim.inputs import batched_input_fn
         from musicsim.workers import decode_in_order
 
         decode, settings = self._decoder()
@@ -368,9 +369,7 @@ class LearnedEmbedder(Embedder):
         signature = {"audio": tf.TensorSpec([None, channels], tf.float32), "length": tf.TensorSpec([], tf.int32),
                      "track_id": tf.TensorSpec([], tf.string)}
 
-        def input_fn(params=None):
-            dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
-            return dataset.padded_batch(int(batch_size)).prefetch(2)
+        input_fn = batched_input_fn(generator=generate, signature=signature, batch_size=int(batch_size), prefetch=2)
 
         next_index = 0
         for prediction in self.estimator.predict(input_fn, checkpoint_path=self.checkpoint,
@@ -425,6 +424,7 @@ class LearnedEmbedder(Embedder):
         or of unknown length) block by block here, while the workers decode ahead.
         """
         import tensorflow as tf
+        from musicsim.inputs import batched_input_fn
         from musicsim.workers import decode_in_order
 
         windows = self.model.windows
@@ -486,10 +486,8 @@ class LearnedEmbedder(Embedder):
                      "skip": tf.TensorSpec([], tf.int32), "index": tf.TensorSpec([], tf.int32),
                      "last": tf.TensorSpec([], tf.bool)}
 
-        def input_fn(params=None):
-            # Every row is at most one window (with its context) long: a batch pads to that, not to a file.
-            return tf.data.Dataset.from_generator(generate, output_signature=signature).padded_batch(
-                int(batch_size)).prefetch(2)
+        # Every row is at most one window (with its context) long: a batch pads to that, not to a file.
+        input_fn = batched_input_fn(generator=generate, signature=signature, batch_size=int(batch_size), prefetch=2)
 
         dense = windows.dense_weights(self.params, checkpoint=self.checkpoint)
         next_index, parts = 0, []

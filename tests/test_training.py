@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
-from musicsim import evaluation, training
+from musicsim import evaluation, frontends, head, training
 from musicsim.inputs import EVAL, TRAIN, TrackSet, make_list_input_fn
 from musicsim.relevance import SharedLabel
 
@@ -275,3 +275,37 @@ def test_a_trained_run_keeps_and_embeds_with_its_best_checkpoint(splits, tmp_pat
     from_best = training.predict_embeddings(estimator=estimator, tracks=splits["test"], checkpoint_path=best)
     from_last = training.predict_embeddings(estimator=estimator, tracks=splits["test"])
     assert np.array_equal(from_best, from_last) == (best == last)
+
+
+def test_a_runs_params_are_settled_by_the_configs_and_the_flags_default_to_them():
+    from absl import flags
+
+    from experiments import run as run_module
+    from musicsim.models import rnn, wavenet
+
+    config = run_module.RunConfig(model="rnn", dataset_dir="data", model_dir="run", params={"rnn_units": 8})
+    assert config.params["rnn_units"] == 8
+    assert config.params["rnn_embedding"] == rnn.RNNConfig().rnn_embedding == "all"  # every readout, best on eval
+    assert config.params["hop_length"] == rnn.RNNConfig().hop_length
+    assert set(config.params) == {key for c in run_module.RUN_PARAM_CONFIGS for key in c.keys()}
+    with pytest.raises(ValueError, match=r"unknown params \['rnn_unit'\]"):
+        run_module.RunConfig(model="rnn", dataset_dir="data", model_dir="run", params={"rnn_unit": 8})
+    defaults = {name: flags.FLAGS[name].default for name in ("rnn_embedding", "learning_rate", "channels", "n_mels")}
+    assert defaults == {"rnn_embedding": rnn.RNNConfig().rnn_embedding,
+                        "learning_rate": head.HeadConfig().learning_rate,
+                        "channels": wavenet.WaveNetConfig().channels, "n_mels": frontends.FrontendConfig().n_mels}
+
+
+def test_make_estimator_fills_the_defaults_and_runs_the_entrys_objective(tmp_path):
+    """The rnn's entry brings its next-frame objective: EVAL reports its mae, not the ranking metrics."""
+    from musicsim.models import rnn
+
+    estimator = training.make_estimator(model="rnn", model_dir=str(tmp_path), params={"rnn_units": 4,
+                                                                                       "section_frames": 20})
+    assert estimator.params["rnn_units"] == 4 and estimator.params["loss"] == head.HeadConfig().loss
+    rng = np.random.default_rng(0)
+    tracks = TrackSet(track_ids=["a", "b"], labels=[("x",), ("y",)], frame_rate=10.0,
+                      sequences=[rng.random((30, 12), np.float32), rng.random((25, 12), np.float32)])
+    estimator.train(rnn.make_input_fn(tracks=tracks, mode=TRAIN, batch_size=2, section_frames=20), max_steps=1)
+    metrics = estimator.evaluate(rnn.make_input_fn(tracks=tracks, mode=EVAL, batch_size=2))
+    assert {"loss", "mae"} <= set(metrics) and "NDCG@6" not in metrics
