@@ -1,4 +1,4 @@
-"""The prepared-track TFRecord format shared by data prep, input_fns and export.
+"""The prepared-track TFRecord format shared by data prep, training (``inputs.TrackSet``) and export.
 
 One ``tf.train.Example`` per track: ``track_id`` (bytes), ``labels`` (bytes list),
 ``audio`` (the pooled signal as raw little-endian float32 bytes: 80x faster to
@@ -62,27 +62,6 @@ def deserialize_track(serialized: bytes) -> Track:
         sample_rate=int(f["sample_rate"].int64_list.value[0]),
         pool_size=int(f["pool_size"].int64_list.value[0]),
     )
-
-
-def parse_track_fn():
-    """A tf.data map function: serialized example -> dict of tensors (``audio`` float32 ``[n]``)."""
-    tf = _tf()
-    spec = {
-        "track_id": tf.io.FixedLenFeature([], tf.string),
-        "labels": tf.io.VarLenFeature(tf.string),
-        "audio": tf.io.FixedLenFeature([], tf.string),
-        "length": tf.io.FixedLenFeature([], tf.int64),
-        "sample_rate": tf.io.FixedLenFeature([], tf.int64),
-        "pool_size": tf.io.FixedLenFeature([], tf.int64),
-    }
-
-    def parse(serialized):
-        parsed = tf.io.parse_single_example(serialized, spec)
-        parsed["labels"] = tf.sparse.to_dense(parsed["labels"], default_value=b"")
-        parsed["audio"] = tf.io.decode_raw(parsed["audio"], tf.float32, little_endian=True)
-        return parsed
-
-    return parse
 
 
 def write_records(path: str, serialized: Iterable[bytes]) -> int:

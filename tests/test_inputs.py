@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from musicsim import inputs, tfrecords
 from musicsim.evaluation import make_ranking_lists
@@ -285,3 +286,19 @@ def test_concatenate_track_sets_keeps_order_and_refuses_mixed_rates():
                                               frame_rate=50.0)])
     with pytest.raises(ValueError, match="at least one TrackSet"):
         TrackSet.concatenate([])
+
+
+def test_batched_input_fn_pads_each_batch_to_its_longest_element_and_streams_batches_as_they_are():
+    elements = [(np.arange(n, dtype=np.float32) + 1, np.int32(n)) for n in (2, 4, 1)]
+    signature = (tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32))
+    batches = list(inputs.batched_input_fn(generator=lambda: iter(elements), signature=signature, batch_size=2,
+                                           padding_values=(-1.0, 0))().as_numpy_iterator())
+    np.testing.assert_array_equal(batches[0][0], [[1, 2, -1, -1], [1, 2, 3, 4]])
+    np.testing.assert_array_equal(batches[1][0], [[1]])  # the last, partial batch pads to its own longest
+    assert [b[1].tolist() for b in batches] == [[2, 4], [1]]
+    # batch_size None: the generator's elements already are batches.
+    unbatched = inputs.batched_input_fn(generator=lambda: iter([np.ones((3, 2), np.float32)]),
+                                        signature=tf.TensorSpec([None, 2], tf.float32), batch_size=None)
+    assert [b.shape for b in unbatched().as_numpy_iterator()] == [(3, 2)]
+    with pytest.raises(ValueError, match="batch_size must be >= 1 or None"):
+        inputs.batched_input_fn(generator=lambda: iter(elements), signature=signature, batch_size=0)
