@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from musicsim import head
 from musicsim.audio import chroma_of_file, chroma_sequence  # noqa: F401 - rnn.chroma_sequence: the model's input
-from musicsim.dataset import DatasetInfo, read_catalog
+from musicsim.dataset import DatasetInfo, feature_cache_dir, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
 from musicsim.params import ParamsConfig, ParamsError
 
@@ -47,7 +47,6 @@ REDUCTIONS = ("mean", "max", "last")
 EARLY_STOPPING = ("loss", "decrease")
 # Bump when the chromagram computation changes, so cached sequences from the old code are not reused.
 CHROMA_VERSION = 1
-CACHE_SUBDIR = os.path.join("feature_cache", "chroma")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +212,7 @@ def load_splits(dataset_dir: str, splits: Sequence[str] = ("train", "eval", "tes
         if not listed:
             raise ValueError(f"split {split!r} of {dataset_dir} lists no tracks in tracks.csv")
     todo = [e for split in splits for e in entries[split]]
-    cache_dir = os.path.join(dataset_dir, CACHE_SUBDIR)
+    cache_dir = feature_cache_dir(dataset_dir, kind="chroma")
 
     results: dict[int, tuple[np.ndarray | None, str | None]] = {}
     stems: dict[int, str] = {}
