@@ -367,12 +367,21 @@ class RunDir:
 
 
 def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """The top-level entries of two run records that differ, ``config`` opened one level (its keys)."""
+    """The top-level entries of two run records that differ, ``config`` opened one level (its keys).
+
+    A hyperparameter the recorded ``params`` lack does not count: runs recorded before every default
+    was settled into ``params`` left them out, and ran with them.
+    """
     differ = []
     for key in sorted(set(recorded) | set(wanted)):
         if key == "config" and isinstance(recorded.get(key), dict) and isinstance(wanted.get(key), dict):
             old, new = recorded[key], wanted[key]
-            differ += [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            for name in sorted(set(old) | set(new)):
+                if name == "params" and isinstance(old.get(name), dict) and isinstance(new.get(name), dict):
+                    if any(new[name].get(k) != v for k, v in old[name].items()):
+                        differ.append(name)
+                elif old.get(name) != new.get(name):
+                    differ.append(name)
         elif recorded.get(key) != wanted.get(key):
             differ.append(key)
     return differ

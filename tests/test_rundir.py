@@ -52,6 +52,17 @@ def test_a_resume_may_change_training_controls(tmp_path):
     assert rundir.RESUMABLE_KEYS >= {"max_steps", "workers"} and "seed" not in rundir.RESUMABLE_KEYS
 
 
+def test_a_run_recorded_before_its_defaults_were_settled_resumes(tmp_path):
+    """Earlier runs recorded only the params they were given: filling in the defaults is the same run."""
+    run_dir = RunDir(tmp_path)
+    _write(run_dir)
+    settled = {**CONFIG, "params": {**CONFIG["params"], "skip_channels": 8, "pooling": "max"}}
+    _write(run_dir, config=settled)
+    assert run_dir.config()["params"]["pooling"] == "max"
+    with pytest.raises(RunConfigMismatch, match="differs in params"):  # a recorded value changed: another run
+        _write(run_dir, config={**settled, "params": {**settled["params"], "channels": 16}})
+
+
 def test_settled_params_overlay_the_config_and_the_checkpoint_is_recorded(tmp_path):
     run_dir = RunDir(tmp_path)
     _write(run_dir)
