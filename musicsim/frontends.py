@@ -73,14 +73,6 @@ def config_of(params: Mapping) -> FrontendConfig:
     return FrontendConfig.from_params(fill_defaults(params, configs=[FrontendConfig]))
 
 
-# Transitional: readers not yet on FrontendConfig / config_of (removed once none is left).
-DEFAULT_FRONTEND_PARAMS = FrontendConfig().to_params()
-
-
-def _param(params: Mapping, key: str):
-    return getattr(config_of(params), key)
-
-
 def _zero_past(x: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     """Zero the steps of ``x`` ``[batch, time, ch]`` at or past each track's length (``where``: NaN garbage too)."""
     valid = tf.sequence_mask(lengths, tf.shape(x)[1])[:, :, None]

@@ -182,9 +182,8 @@ def _rnn_input_fn(*, tracks, mode: str, seed: int, batch_size: int, params: Mapp
     """The LSTM's own training inputs, with its section length taken from the run's params."""
     from musicsim.models import rnn
 
-    section_frames = params.get("section_frames", rnn.DEFAULT_PARAMS["section_frames"])
     return rnn.make_input_fn(tracks=tracks, mode=mode, seed=seed, batch_size=batch_size,
-                             section_frames=int(section_frames))
+                             section_frames=int(rnn.RNNConfig.from_params(params).section_frames))
 
 
 _LINES: dict[str, tuple[str, Callable[[], ModelEntry]]] = {

@@ -93,7 +93,7 @@ class RNNConfig(ParamsConfig):
         return str(self.rnn_embedding)
 
 
-# Transitional, for readers not yet on RNNConfig (removed once none is left).
+# The registry entry's defaults, for runs that did not record every key.
 DEFAULT_PARAMS = RNNConfig().to_params()
 
 
