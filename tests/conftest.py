@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -195,3 +196,34 @@ def write_fitted_model_config(folder, *, name: str, dim: int, similarity: str = 
     with open(os.path.join(folder, "fitted_model.json"), "w") as f:
         json.dump({"name": name, "dim": dim, "similarity": similarity}, f)
     return str(folder)
+
+
+# ---------------------------------------------------------------- fake Debian packages, the tiny dev corpus
+
+def build_fake_deb(folder, *, package: str, files: dict[str, bytes]) -> str:
+    """A real .deb (dpkg-deb --build) holding ``files`` (path in the package -> content)."""
+    tree = os.path.join(str(folder), package)
+    os.makedirs(os.path.join(tree, "DEBIAN"))
+    with open(os.path.join(tree, "DEBIAN", "control"), "w") as f:
+        f.write(f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+                "Description: test package\n test\n")
+    for member, content in files.items():
+        path = os.path.join(tree, member.lstrip("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content)
+    deb = os.path.join(str(folder), f"{package}_1.0-1_all.deb")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", tree, deb], check=True,
+                   capture_output=True)
+    return deb
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> str:
+    """The 20-clip development corpus (built once from Debian packages); skips where it cannot be built."""
+    from data_prep import dev_corpus
+
+    try:
+        return dev_corpus.tiny_dev_corpus()
+    except dev_corpus.DevCorpusUnavailable as err:
+        pytest.skip(str(err))

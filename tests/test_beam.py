@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep import dev_corpus
 from data_prep.build import prepare
 from data_prep.beam_pipeline import pipeline_options
 from data_prep.sources import list_source
@@ -188,12 +187,6 @@ def test_command_line_passes_beam_options_through(album_tree, tmp_path):
 # ---------------------------------------------------------------- integration: the tiny dev corpus
 
 
-@pytest.fixture(scope="module")
-def tiny_corpus() -> str:
-    try:
-        return dev_corpus.tiny_dev_corpus()
-    except dev_corpus.DevCorpusUnavailable as err:
-        pytest.skip(str(err))
 
 
 def test_multiprocessing_direct_runner_matches_local_build_on_tiny_corpus(tiny_corpus, tmp_path, monkeypatch):

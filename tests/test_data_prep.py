@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep import build, demo, dev_corpus, sources, splits
+from data_prep import build, demo, sources, splits
 from data_prep.build import prepare
 from data_prep.sources import SourceTrack
 from musicsim.audio import DecodeResult, DecodeSettings, audio_info, centred_excerpt, load_audio, mean_pool
 from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.tfrecords import SPLITS, read_tracks
 from musicsim.workers import decode_in_order
+from conftest import build_fake_deb
 
 # audioread (the fallback decoder) imports stdlib modules deprecated in 3.11.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:audioread")
@@ -589,21 +590,6 @@ def test_command_line_reports_bad_input_without_a_traceback(tmp_path):
 # ---------------------------------------------------------------- demo corpus builder (offline, fake packages)
 
 
-def build_fake_deb(folder, *, package: str, files: dict[str, bytes]) -> str:
-    """A real .deb (dpkg-deb --build) holding ``files`` (path in the package -> content)."""
-    tree = os.path.join(str(folder), package)
-    os.makedirs(os.path.join(tree, "DEBIAN"))
-    with open(os.path.join(tree, "DEBIAN", "control"), "w") as f:
-        f.write(f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
-                "Description: test package\n test\n")
-    for member, content in files.items():
-        path = os.path.join(tree, member.lstrip("/"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        open(path, "wb").write(content)
-    deb = os.path.join(str(folder), f"{package}_1.0-1_all.deb")
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", tree, deb], check=True,
-                   capture_output=True)
-    return deb
 
 
 def ogg_bytes(tmp_path, seconds: float, seed: int) -> bytes:
@@ -734,12 +720,6 @@ def test_demo_spec_has_the_dev_corpus_size():
 # ---------------------------------------------------------------- integration: the tiny dev corpus
 
 
-@pytest.fixture(scope="module")
-def tiny_corpus() -> str:
-    try:
-        return dev_corpus.tiny_dev_corpus()
-    except dev_corpus.DevCorpusUnavailable as err:
-        pytest.skip(str(err))
 
 
 def test_tiny_dev_corpus_end_to_end(tiny_corpus, tmp_path):

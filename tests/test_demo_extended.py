@@ -19,6 +19,7 @@ import soundfile as sf
 
 from data_prep import demo
 from data_prep.build import prepare
+from conftest import build_fake_deb
 
 # audioread (the fallback decoder, tried on the file that is not audio) imports stdlib modules deprecated in 3.11.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:audioread")
@@ -43,22 +44,6 @@ def ogg_bytes(folder, name: str, audio: np.ndarray) -> bytes:
     return open(path, "rb").read()
 
 
-def build_fake_deb(folder, *, package: str, files: dict[str, bytes]) -> str:
-    """A real .deb (dpkg-deb --build) holding ``files`` (path in the package -> content)."""
-    tree = os.path.join(str(folder), package)
-    os.makedirs(os.path.join(tree, "DEBIAN"))
-    with open(os.path.join(tree, "DEBIAN", "control"), "w") as f:
-        f.write(f"Package: {package}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
-                "Description: test package\n test\n")
-    for member, content in files.items():
-        path = os.path.join(tree, member.lstrip("/"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content)
-    deb = os.path.join(str(folder), f"{package}_1.0-1_all.deb")
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", tree, deb], check=True,
-                   capture_output=True)
-    return deb
 
 
 class FakeApt:
