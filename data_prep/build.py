@@ -52,8 +52,8 @@ from data_prep.shards import (BEAM_RUNNERS, BEAM_SHARD_PREFIX, LOCAL_RUNNER, RUN
 from data_prep.sources import KINDS, SourceListing, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
 from musicsim.audio import DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, DecodeResult, DecodeSettings
-from musicsim.dataset import (DATASET_INFO_FILE, REPORT_FILE, CatalogEntry, DatasetInfo, write_catalog,
-                              write_json_atomic)
+from musicsim.atomic import write_json_atomic
+from musicsim.dataset import DATASET_INFO_FILE, REPORT_FILE, CatalogEntry, DatasetInfo, write_catalog
 from musicsim.tfrecords import SPLITS, write_records
 from musicsim.workers import decode_in_order
 

@@ -45,7 +45,7 @@ from data_prep.sources import file_sha256, repeated_content, safe_name
 import numpy as np
 
 from musicsim.audio import DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
-from musicsim.dataset import write_json_atomic
+from musicsim.atomic import atomic_open, write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, "data", "demo_corpus")
@@ -274,11 +274,8 @@ def download_package(package: str, workdir: str) -> tuple[str, str]:
 
 def _copy_atomic(source, destination: str) -> None:
     """Copy a readable binary stream to ``destination`` through a temp file and rename."""
-    os.makedirs(os.path.dirname(destination), exist_ok=True)
-    tmp = f"{destination}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as out:
+    with atomic_open(destination, "wb", make_dirs=True) as out:
         shutil.copyfileobj(source, out, 1 << 20)
-    os.replace(tmp, destination)
 
 
 def _package_files(deb_path: str, patterns: Sequence[str], workdir: str) -> dict[str, str]:
@@ -565,12 +562,10 @@ def _stamp_rows(stamp_path: str, spec: str, corpus_dir: str) -> tuple[list[dict]
 def write_manifest(*, corpus_dir: str, rows: Sequence[dict]) -> str:
     """Write ``corpus_dir/manifest.csv`` atomically, sorted by album then track id; returns its path."""
     path = os.path.join(corpus_dir, "manifest.csv")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: (r["label_album"], r["track_id"])))
-    os.replace(tmp, path)
     return path
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
+from musicsim.atomic import atomic_open
 from musicsim.index import CONFIG_FILE, EmbeddingIndex
 from musicsim.index.storage import MAP_CACHE_NAME
 
@@ -94,14 +94,8 @@ def catalog_map(*, index: EmbeddingIndex, index_dir: str | None, method: str = "
     coordinates = project(vectors=index.vectors, method=method, seed=seed)
     if path is not None:
         try:
-            handle, temporary = tempfile.mkstemp(dir=index_dir, prefix=".map-", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as f:
-                    np.save(f, coordinates, allow_pickle=False)
-                os.replace(temporary, path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            with atomic_open(path, "wb") as f:
+                np.save(f, coordinates, allow_pickle=False)
         except OSError as error:  # a read-only index still gets its map, uncached
             warnings.warn(f"cannot cache the catalog map in {index_dir}: {error}")
     return coordinates

@@ -2,7 +2,7 @@
 
 Layout::
 
-    DIR/dataset.json        name, kind, decode sample_rate, pool_size, max_seconds, similarity
+    DIR/dataset.json        name, kind, decode sample_rate, pool_size, max_seconds, relevance
     DIR/tracks.csv          track_id, split, labels ('|'-joined), duration_s, path (absolute source file)
     DIR/report.json         counts per split and label, seconds of audio, skipped files with reasons
     DIR/{train,eval,test}/*.tfrecord   pooled audio (see ``musicsim.tfrecords``)
@@ -16,6 +16,8 @@ import csv
 import json
 import os
 from dataclasses import asdict, dataclass, field
+
+from musicsim.atomic import atomic_open, write_json_atomic  # noqa: F401  (write_json_atomic: part of this API)
 
 LABEL_SEPARATOR = "|"
 DATASET_INFO_FILE = "dataset.json"  # written last: a folder holding it is a finished build
@@ -89,14 +91,11 @@ TRACKS_COLUMNS = ("track_id", "split", "labels", "duration_s", "path")
 
 def write_catalog(dataset_dir: str, entries: list[CatalogEntry]) -> None:
     """Write ``tracks.csv`` atomically, sorted by split then track id."""
-    path = os.path.join(dataset_dir, TRACKS_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(os.path.join(dataset_dir, TRACKS_FILE), newline="") as f:
         writer = csv.writer(f)
         writer.writerow(TRACKS_COLUMNS)
         for e in sorted(entries, key=lambda e: (e.split, e.track_id)):
             writer.writerow([e.track_id, e.split, LABEL_SEPARATOR.join(e.labels), f"{e.duration_s:.3f}", e.path])
-    os.replace(tmp, path)
 
 
 def read_catalog(dataset_dir: str, *, split: str | None = None) -> list[CatalogEntry]:
@@ -114,9 +113,3 @@ def read_catalog(dataset_dir: str, *, split: str | None = None) -> list[CatalogE
     return sorted(rows, key=lambda r: r.track_id)
 
 
-def write_json_atomic(path: str, payload) -> None:
-    """Write JSON to ``path`` through a temp file and rename, so readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)

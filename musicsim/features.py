@@ -47,6 +47,7 @@ import librosa
 import numpy as np
 import scipy.stats
 
+from musicsim.atomic import atomic_path
 from musicsim.audio import AudioDecodeError, MeasuredBlocks, iter_excerpt_blocks, load_excerpt
 from musicsim.workers import exit_with_parent
 
@@ -361,10 +362,9 @@ class FeatureCache:
 
 
 def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)  # readers (and concurrent workers) never see half a file
+    # Readers (and concurrent workers) never see half a file.
+    with atomic_path(path, make_dirs=True) as temporary:
+        write(temporary)
 
 
 def windowed_features(*, path: str, feature_fn: Callable[..., np.ndarray], sample_rate: int,

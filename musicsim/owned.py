@@ -19,7 +19,7 @@ import json
 import os
 from typing import Callable
 
-from musicsim.dataset import write_json_atomic
+from musicsim.atomic import write_json_atomic
 
 MANIFEST_NAME = "musicsim.json"
 MANIFEST_FORMAT = "musicsim"

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
+
+from musicsim.atomic import atomic_open
 
 CONFIG_FILE = "projector_config.pbtxt"
 PROJECTOR_DIR = "projector"
@@ -27,14 +28,8 @@ TENSOR_NAME = "track_embeddings"
 
 
 def _write_atomic(path: str, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def _tsv_field(value: object) -> str:

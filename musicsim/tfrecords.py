@@ -14,6 +14,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from musicsim.atomic import atomic_path
+
 SPLITS = ("train", "eval", "test")
 
 
@@ -67,13 +69,11 @@ def deserialize_track(serialized: bytes) -> Track:
 def write_records(path: str, serialized: Iterable[bytes]) -> int:
     """Write serialized examples to ``path`` atomically (temp file, then rename). Returns the count."""
     tf = _tf()
-    tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with atomic_path(path) as temporary, tf.io.TFRecordWriter(temporary) as writer:
         for record in serialized:
             writer.write(record)
             count += 1
-    os.replace(tmp, path)
     return count
 
 
