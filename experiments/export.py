@@ -55,6 +55,7 @@ import numpy as np
 from absl import flags
 
 from data_prep.sources import track_ids_from_paths
+from musicsim.atomic import atomic_open
 from musicsim.audio import AUDIO_EXTENSIONS
 from musicsim.embedder import Embedder, LearnedEmbedder, file_duration, load_embedder
 from musicsim.owned import MANIFEST_NAME, check_replaceable, write_manifest
@@ -303,12 +304,10 @@ def _reusable(record: dict | None, path: str) -> bool:
 
 
 def _write_state(state_path: str, header: dict[str, Any], records: Sequence[dict]) -> None:
-    tmp = f"{state_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_open(state_path) as f:
         f.write(json.dumps(header) + "\n")
         for record in records:
             f.write(json.dumps(record) + "\n")
-    os.replace(tmp, state_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from musicsim.atomic import atomic_open, write_json_atomic
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -79,25 +80,6 @@ class RunEmbeddings:
 def _as_json(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists), for comparing records."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary sibling: on any failure the old file stays and the temp goes."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _write_json(path: str, payload: Mapping[str, Any]) -> None:
-    text = json.dumps(payload, indent=1, sort_keys=True, default=str)
-    _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _read_json(path: str) -> Any:
@@ -178,7 +160,7 @@ class RunDir:
                     f"{self.run_path} records another run (it differs in {', '.join(differ)}): use a new --model_dir, "
                     "or resume with the same settings")
         os.makedirs(self.path, exist_ok=True)
-        _write_json(self.run_path, record)
+        write_json_atomic(self.run_path, record)
 
     def record(self) -> dict[str, Any]:
         """``run.json`` as written: ``{"model", "kind", "config", "dataset"}``.
@@ -239,7 +221,7 @@ class RunDir:
         if self._pending_checkpoint is not None and not payload.get("checkpoint"):
             payload["checkpoint"] = self._pending_checkpoint
         os.makedirs(self.path, exist_ok=True)
-        _write_json(self.results_path, payload)
+        write_json_atomic(self.results_path, payload)
         self._pending_checkpoint = None
 
     def results(self) -> dict[str, Any] | None:
@@ -286,7 +268,7 @@ class RunDir:
         if results is None:
             self._pending_checkpoint = name
         else:
-            _write_json(self.results_path, {**results, "checkpoint": name})
+            write_json_atomic(self.results_path, {**results, "checkpoint": name})
 
     def checkpoint(self) -> str | None:
         """The checkpoint the run embedded with, as a path; None when unrecorded or gone from disk.
@@ -322,7 +304,8 @@ class RunDir:
         arrays = dict(track_ids=np.array(list(track_ids)), embeddings=vectors, splits=np.array(list(splits)),
                       labels=np.array(list(labels)), paths=np.array(list(paths)))
         os.makedirs(self.path, exist_ok=True)
-        _write_atomic(self.embeddings_path, lambda f: np.savez(f, **arrays))
+        with atomic_open(self.embeddings_path, "wb") as f:
+            np.savez(f, **arrays)
 
     def embeddings(self) -> RunEmbeddings:
         """``embeddings.npz``.

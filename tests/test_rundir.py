@@ -96,7 +96,7 @@ def test_a_failed_write_never_replaces_a_good_file(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", fail)
     with pytest.raises(OSError, match="disk full"):
         run_dir.write_embeddings(**good)
-    monkeypatch.setattr(json, "dumps", fail)
+    monkeypatch.setattr(json, "dump", fail)
     with pytest.raises(OSError, match="disk full"):
         run_dir.write_results({"model": "mfcc", "test": {}})
     assert open(run_dir.results_path).read() == results_text

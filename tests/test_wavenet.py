@@ -6,7 +6,7 @@ and fed several times.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pytest

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from musicsim.atomic import atomic_open, write_json_atomic
 from musicsim.dataset import feature_cache_dir
 from musicsim.features import DEFAULT_SAMPLE_RATE, check_extraction_settings, extract_many
 
@@ -185,13 +186,9 @@ class FittedModel:
                   "similarity": self.similarity, "dim": self.dim, "settings": self.settings(),
                   "arrays": {key: list(value.shape) for key, value in arrays.items()}}
         # Arrays first, the config last: a directory with a config always has its arrays.
-        arrays_tmp = os.path.join(model_dir, f".{ARRAYS_FILE}.tmp-{os.getpid()}.npz")
-        np.savez(arrays_tmp, **arrays)
-        os.replace(arrays_tmp, os.path.join(model_dir, ARRAYS_FILE))
-        config_tmp = os.path.join(model_dir, f".{CONFIG_FILE}.tmp-{os.getpid()}")
-        with open(config_tmp, "w") as f:
-            json.dump(config, f, indent=1, sort_keys=True)
-        os.replace(config_tmp, os.path.join(model_dir, CONFIG_FILE))
+        with atomic_open(os.path.join(model_dir, ARRAYS_FILE), "wb") as f:
+            np.savez(f, **arrays)
+        write_json_atomic(os.path.join(model_dir, CONFIG_FILE), config)
 
     @classmethod
     def load(cls, model_dir: str) -> "FittedModel":

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import head
-from musicsim.features import _write_atomic
+from musicsim.atomic import atomic_open
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop_grid
 from musicsim.params import ParamsConfig, ParamsError, fill_defaults
 
@@ -154,11 +154,8 @@ def teacher_targets(*, tracks: TrackSet, frames: int | None, starts: Sequence[np
             raise ValueError(f"teacher {teacher.key} gave {values.shape} targets for track "
                              f"{tracks.track_ids[track]!r}, expected finite {(track_starts.size, teacher.dim)}")
         if path is not None:
-            def write(tmp: str) -> None:
-                with open(tmp, "wb") as f:
-                    np.save(f, values, allow_pickle=False)
-
-            _write_atomic(path, write)
+            with atomic_open(path, "wb", make_dirs=True) as f:
+                np.save(f, values, allow_pickle=False)
         out.append(values)
     return out
 
