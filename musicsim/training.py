@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 import os
+import random
 import time
 from typing import Callable, Mapping
 
@@ -44,6 +45,22 @@ def param_configs() -> tuple[type[ParamsConfig], ...]:
             DistillConfig)
 
 
+def seeded_model_fn(model_fn: Callable, *, seed: int) -> Callable:
+    """``model_fn`` building every graph from the same Python random state, so a seed gives one model.
+
+    Keras initialisers without an explicit seed draw theirs from Python's ``random`` module, which the
+    estimator's ``tf_random_seed`` does not reach: without this, two runs of the same seed start from
+    different weights. Seeding at each graph build (not once per process) also makes the weights
+    independent of what the process built before.
+    """
+
+    def model_fn_seeded(features, labels, mode, params):
+        random.seed(seed)
+        return model_fn(features, labels, mode, params)
+
+    return model_fn_seeded
+
+
 def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0,
                    save_checkpoints_steps: int = 50, warm_start_from: str | None = None,
                    warm_start_vars: str = ".*", distribute: str | None = None,
@@ -72,6 +89,7 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
     elif objective is not None:
         raise ValueError("pass an objective or a model_fn, not both")
     params = fill_defaults(params, configs=param_configs())
+    model_fn = seeded_model_fn(model_fn, seed=seed)
     strategy = distribute_lib.make_strategy(distribute, num_cpu_replicas=num_cpu_replicas)
     if strategy is not None:
         # Strategies run the model_fn through autograph: slow, and useless here (see without_autograph).
