@@ -8,6 +8,16 @@ setup(
     packages=find_packages(include=["musicsim", "musicsim.*", "data_prep", "data_prep.*",
                                     "experiments", "experiments.*"]),
     package_data={"musicsim": ["static/*"]},  # the web page of musicsim.serve
+    # The same commands as the `python -m` forms.
+    entry_points={"console_scripts": [
+        "musicsim-prep = data_prep.build:cli",
+        "musicsim-run = experiments.run:cli",
+        "musicsim-report = experiments.report:cli",
+        "musicsim-export = experiments.export:cli",
+        "musicsim-index = musicsim.index.cli:cli",
+        "musicsim-search = musicsim.search:cli",
+        "musicsim-serve = musicsim.serve:cli",
+    ]},
     # Exact versions live in requirements.lock (installed by `make`); these are the direct needs.
     install_requires=[
         "tensorflow==2.15.1", "tensorflow-estimator==2.15.0", "tensorflow-ranking==0.5.5",

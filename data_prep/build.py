@@ -459,6 +459,11 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     """Parse this module's flags; returns ``[argv[0]] + the rest``, the Beam pipeline options."""
     from absl import flags
 
+    if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
+        # absl's own --help exits 1 and checks the required flags first: help is not an error.
+        print(__doc__)
+        print(flags.FLAGS.main_module_help())
+        sys.exit(0)
     try:
         return flags.FLAGS(list(argv), known_only=True)
     except flags.Error as err:
@@ -467,8 +472,13 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m data_prep.build`` and the ``musicsim-prep`` console script."""
     from absl import app
 
     _define_flags()
     app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    cli()

@@ -666,5 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m experiments.export`` and the ``musicsim-export`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

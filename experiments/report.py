@@ -546,5 +546,10 @@ def main(argv):
     print(f"wrote {FLAGS.output}/results.md, results.csv and the charts")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m experiments.report`` and the ``musicsim-report`` console script."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -639,5 +639,10 @@ def build_serving_index(*, model_dir: str) -> str | None:
     return output
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m experiments.run`` and the ``musicsim-run`` console script."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -224,10 +224,10 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run() -> NoReturn:
+def cli() -> NoReturn:
     """The ``musicsim-search`` console script."""
     run_command(main)
 
 
 if __name__ == "__main__":
-    run()
+    cli()

@@ -546,10 +546,10 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run() -> NoReturn:
+def cli() -> NoReturn:
     """The ``musicsim-serve`` console script."""
     run_command(main)
 
 
 if __name__ == "__main__":
-    run()
+    cli()

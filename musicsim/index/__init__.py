@@ -24,7 +24,7 @@ from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, MAX_DIVERSITY_
                                      IndexBackend, IndexFileError, Result, default_nlist, default_nprobe,
                                      maximal_marginal_relevance)
 from musicsim.index.build import add_to_index, build_index, remove_from_index
-from musicsim.index.cli import main, run
+from musicsim.index.cli import cli, main
 from musicsim.index.embeddings_io import (embedding_file_writers, load_embeddings, read_provenance,
                                           run_embedding_dim, run_similarity)
 from musicsim.index.faiss_index import EmbeddingIndex
@@ -34,6 +34,6 @@ from musicsim.index.storage import (CONFIG_FILE, FORMAT_MARKER, FORMAT_VERSION, 
 __all__ = ["APPROXIMATE_KINDS", "BACKENDS", "CONFIG_FILE", "FORMAT_MARKER", "FORMAT_VERSION", "MAX_DIVERSITY_POOL",
            "SIMILARITIES", "EmbeddingIndex", "IndexBackend", "IndexFileError", "Result", "add_to_index",
            "build_index", "check_output_directory", "default_nlist", "default_nprobe", "embedding_file_writers",
-           "load_embeddings", "main", "maximal_marginal_relevance", "read_provenance", "remove_from_index",
-           "remove_stale_temporaries", "run", "run_embedding_dim", "run_similarity", "save_index_directory",
+           "cli", "load_embeddings", "main", "maximal_marginal_relevance", "read_provenance", "remove_from_index",
+           "remove_stale_temporaries", "run_embedding_dim", "run_similarity", "save_index_directory",
            "write_json_synced"]

@@ -1,5 +1,5 @@
 """``python -m musicsim.index``: see ``musicsim.index.cli``."""
-from musicsim.index.cli import run
+from musicsim.index.cli import cli
 
 if __name__ == "__main__":
-    run()
+    cli()

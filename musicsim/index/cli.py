@@ -152,6 +152,6 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-def run() -> NoReturn:
+def cli() -> NoReturn:
     """The ``musicsim-index`` console script."""
     run_command(main)
