@@ -218,6 +218,17 @@ def build_fake_deb(folder, *, package: str, files: dict[str, bytes]) -> str:
     return deb
 
 
+class FakeApt:
+    """Stands in for ``apt-get download``: copies a prebuilt .deb into the work folder."""
+
+    def __init__(self, debs: dict[str, str]):
+        self.debs, self.calls = debs, []
+
+    def __call__(self, package: str, workdir: str) -> tuple[str, str]:
+        self.calls.append(package)
+        return shutil.copy(self.debs[package], workdir), "1.0-1"
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus() -> str:
     """The 20-clip development corpus (built once from Debian packages); skips where it cannot be built."""

@@ -27,7 +27,7 @@ from musicsim.audio import DecodeResult, DecodeSettings, audio_info, centred_exc
 from musicsim.dataset import DatasetInfo, read_catalog
 from musicsim.tfrecords import SPLITS, read_tracks
 from musicsim.workers import decode_in_order
-from conftest import build_fake_deb
+from conftest import FakeApt, build_fake_deb
 
 # audioread (the fallback decoder) imports stdlib modules deprecated in 3.11.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:audioread")
@@ -632,17 +632,6 @@ def fake_debs(tmp_path_factory) -> dict[str, str]:
     return {"game1-music": build_fake_deb(folder, package="game1-music", files=game1),
             "game2-data": build_fake_deb(folder, package="game2-data", files=game2),
             "game3-music": build_fake_deb(folder, package="game3-music", files=game3)}
-
-
-class FakeApt:
-    """Stands in for ``apt-get download``: copies a prebuilt .deb into the work folder."""
-
-    def __init__(self, debs: dict[str, str]):
-        self.debs, self.calls = debs, []
-
-    def __call__(self, package: str, workdir: str) -> tuple[str, str]:
-        self.calls.append(package)
-        return shutil.copy(self.debs[package], workdir), "1.0-1"
 
 
 def test_demo_builder_unpacks_curates_and_writes_the_manifest(fake_debs, tmp_path):

@@ -19,7 +19,7 @@ import soundfile as sf
 
 from data_prep import demo
 from data_prep.build import prepare
-from conftest import build_fake_deb
+from conftest import FakeApt, build_fake_deb
 
 # audioread (the fallback decoder, tried on the file that is not audio) imports stdlib modules deprecated in 3.11.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:audioread")
@@ -44,17 +44,6 @@ def ogg_bytes(folder, name: str, audio: np.ndarray) -> bytes:
     return open(path, "rb").read()
 
 
-
-
-class FakeApt:
-    """Stands in for ``apt-get download``: copies a prebuilt .deb into the work folder."""
-
-    def __init__(self, debs: dict[str, str]):
-        self.debs, self.calls = debs, []
-
-    def __call__(self, package: str, workdir: str) -> tuple[str, str]:
-        self.calls.append(package)
-        return shutil.copy(self.debs[package], workdir), "1.0-1"
 
 
 GAME4_MUSIC = "/usr/share/games/game4/music/"
