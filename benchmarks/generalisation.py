@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from musicsim.rundir import RunDir
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROTOCOLS = {"track": "track split (paper)", "label": "album-disjoint split"}
 # Models with nothing to train, run once per protocol: the table's row -> experiments.run flags. The
@@ -134,6 +136,13 @@ CONFIGS = {
                                        "--pretrain_splits=train,eval,test"),
         description="as logmel_contrastive_all_finetune, both stages scoring with cosine x 10 (--score_scale) "
                     "so the logistic loss can separate pairs"),
+    "logmel_distill_finetune": WaveNetConfig(
+        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
+        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MSD_musicnn", "--distill_loss=cosine"),
+        pretrain_share=0.6,
+        description="distillation: the log-mel WaveNet learns to reproduce musicnn MSD's penultimate vector of "
+                    "each crop of the train split's audio (labels unused; its own row is '/pretrain'), then the "
+                    "stacks warm-start logmel_lambda_cosine"),
     "raw_paper": WaveNetConfig(
         flags=("--model=wavenet", "--frontend=raw", "--loss=lambda", "--similarity=cosine", "--batch_size=4",
                "--crop_seconds=4"),
@@ -216,7 +225,7 @@ class RunPlan:
 
     @property
     def finished(self) -> bool:
-        return os.path.isfile(os.path.join(self.model_dir, "results.json"))
+        return RunDir(self.model_dir).finished()
 
     @property
     def log_path(self) -> str:
@@ -327,14 +336,13 @@ class Row:
 
 
 def load_results(model_dir: str) -> dict:
-    with open(os.path.join(model_dir, "results.json")) as f:
-        return json.load(f)
+    return RunDir(model_dir).results()
 
 
 def test_track_ids(model_dir: str) -> tuple[str, ...]:
     """The sorted test-split track ids of a run's ``embeddings.npz``."""
-    with np.load(os.path.join(model_dir, "embeddings.npz")) as npz:
-        return tuple(sorted(str(t) for t in npz["track_ids"][npz["splits"] == "test"]))
+    embeddings = RunDir(model_dir).embeddings()
+    return tuple(sorted(t for t, split in zip(embeddings.track_ids, embeddings.splits) if split == "test"))
 
 
 def combine(plans: list[RunPlan]) -> list[Row]:
@@ -352,11 +360,14 @@ def combine(plans: list[RunPlan]) -> list[Row]:
         steps = [r.get("eval_metrics", {}).get("global_step") for r in results]
         steps = [s for s in steps if s is not None]
         test_ids = {test_track_ids(p.model_dir) for p in members
-                    if os.path.isfile(os.path.join(p.model_dir, "embeddings.npz"))}
+                    if RunDir(p.model_dir).has_embeddings()}
         common = dict(protocol=protocol, runs=len(results), std_over="seeds" if len(results) > 1 else "eval lists",
                       wall_seconds=float(np.mean(walls)) if walls else None,
                       test_tracks=(results[0].get("sizes") or {}).get("test"))
-        extra = {"steps": steps, "seeds": [p.seed for p in members], "test_sets": test_ids}
+        agreements = [r["held_out_metrics"]["teacher_agreement_test"]["cosine"] for r in results
+                      if "teacher_agreement_test" in (r.get("held_out_metrics") or {})]
+        extra = {"steps": steps, "seeds": [p.seed for p in members], "test_sets": test_ids,
+                 "teacher_agreement": float(np.mean(agreements)) if len(agreements) == len(results) else None}
         rows.append(Row(name=name, metrics=metrics, extra=extra, **common))
         reranked = [r["rerank"] for r in results if "rerank" in r]
         if len(reranked) == len(results):
@@ -439,13 +450,16 @@ def write_tables(rows: list[Row], plans: list[RunPlan], *, output: str, command:
         if not protocol_rows:
             continue
         md += ["", f"## {title} (`{protocol}`)", "",
-               "| model | runs | test tracks | " + " | ".join(TABLE_METRICS) + " | train steps | wall s / run |",
-               "| --- | ---: | ---: | " + " | ".join("---:" for _ in TABLE_METRICS) + " | ---: | ---: |"]
+               "| model | runs | test tracks | " + " | ".join(TABLE_METRICS)
+               + " | train steps | wall s / run | teacher agreement (test) |",
+               "| --- | ---: | ---: | " + " | ".join("---:" for _ in TABLE_METRICS) + " | ---: | ---: | ---: |"]
         for row in protocol_rows:
             steps = ",".join(str(s) for s in row.extra["steps"]) or "–"
             wall = "–" if row.wall_seconds is None else f"{row.wall_seconds:.0f}"
+            agreement = row.extra.get("teacher_agreement")
+            agreement = "–" if agreement is None else f"{agreement:.3f}"
             md.append(f"| {row.name} | {row.runs} | {row.test_tracks} | "
-                      + " | ".join(_cell(row.metrics, m) for m in TABLE_METRICS) + f" | {steps} | {wall} |")
+                      + " | ".join(_cell(row.metrics, m) for m in TABLE_METRICS) + f" | {steps} | {wall} | {agreement} |")
     md += ["", "## Goal", ""] + goal_check(rows)
     md += ["", "## Configurations", ""]
     used = [n for n in names if n in CONFIGS or n.split("/")[0] in CONFIGS]
@@ -467,7 +481,8 @@ def write_tables(rows: list[Row], plans: list[RunPlan], *, output: str, command:
     for row in rows:
         record = {"protocol": row.protocol, "model": row.name, "runs": row.runs, "std_over": row.std_over,
                   "test_tracks": row.test_tracks, "wall_seconds_per_run": row.wall_seconds,
-                  "seeds": ",".join("" if s is None else str(s) for s in row.extra["seeds"])}
+                  "seeds": ",".join("" if s is None else str(s) for s in row.extra["seeds"]),
+                  "teacher_agreement_test": row.extra.get("teacher_agreement")}
         for metric in TABLE_METRICS:
             mean, std = row.metrics.get(metric, (np.nan, np.nan))
             record[f"{metric} mean"], record[f"{metric} std"] = mean, std

@@ -313,16 +313,16 @@ def _learned_embeddings(config: RunConfig, model: registry.ModelEntry, relevance
     record_config()
     # A resumed run draws new training lists rather than replaying the first ones again.
     train_seed = config.seed + training.resume_step(config.model_dir)
-    train_input_fn, eval_input_fn, early_stopping, model_fn = _training_inputs(config, model, tracks, relevance_def,
-                                                                               train_seed=train_seed)
+    inputs = _training_inputs(config, model, tracks, relevance_def, train_seed=train_seed)
     from musicsim import distribute
 
-    train_input_fn = distribute.shard_input_fn(train_input_fn)  # each worker its own lists
-    estimator = training.make_estimator(model_fn=model_fn, **_estimator_kwargs(config))
+    train_input_fn = distribute.shard_input_fn(inputs.train)  # each worker its own lists
+    estimator = training.make_estimator(objective=inputs.objective, **_estimator_kwargs(config))
     eval_metrics = training.train_and_evaluate(
-        estimator=estimator, train_input_fn=train_input_fn, eval_input_fn=eval_input_fn, max_steps=config.max_steps,
+        estimator=estimator, train_input_fn=train_input_fn, eval_input_fn=inputs.eval, max_steps=config.max_steps,
         max_minutes=config.max_minutes, early_stopping_patience=config.early_stopping_patience,
-        eval_every_steps=config.save_checkpoints_steps, early_stopping=early_stopping)
+        eval_every_steps=config.save_checkpoints_steps, early_stopping=inputs.early_stopping)
+    early_stopping = inputs.early_stopping
     print(f"training stopped at step {eval_metrics.get('global_step')}; last eval: "
           + ", ".join(f"{k}={v:.3f}" for k, v in sorted(eval_metrics.items()) if k != "global_step"))
     metric, direction = early_stopping
@@ -337,9 +337,12 @@ def _learned_embeddings(config: RunConfig, model: registry.ModelEntry, relevance
     embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
                                                      seconds=config.predict_seconds, checkpoint_path=checkpoint)
                   for split in splits}
+    held_out = {name: {key: float(value) for key, value in estimator.evaluate(
+                    input_fn, checkpoint_path=checkpoint, name=name).items() if key != "global_step"}
+                for name, input_fn in inputs.reported.items()}
     return {"ids": {s: tracks[s].track_ids for s in splits}, "labels": {s: tracks[s].labels for s in splits},
             "embeddings": embeddings, "eval_metrics": eval_metrics, "checkpoint": checkpoint,
-            "settled_params": settled_params}
+            "settled_params": settled_params, "held_out_metrics": held_out}
 
 
 def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
@@ -361,11 +364,26 @@ def _estimator_kwargs(config: RunConfig, **overrides) -> dict:
     return kwargs
 
 
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What a learned run trains on: its input_fns, early stopping rule and objective.
+
+    ``objective`` None: the model's own (its registry entry's, else the head's ranking objective).
+    ``reported``: further EVAL input_fns scored once with the exported checkpoint and recorded in
+    results.json (``held_out_metrics``), e.g. a distilled student's agreement with its teacher on test.
+    """
+
+    train: Callable
+    eval: Callable
+    early_stopping: tuple[str, str]
+    objective: Any = None
+    reported: dict = field(default_factory=dict)
+
+
 def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict, relevance_def, *,
-                     train_seed: int):
-    """(train input_fn, eval input_fn, early stopping (metric, direction), model_fn or None) of a run."""
-    from musicsim import head, pretraining
-    from musicsim.models import wavenet
+                     train_seed: int) -> TrainingInputs:
+    """The inputs, early stopping and objective of a run (similarity training, its own, or pretraining)."""
+    from musicsim import pretraining
     from musicsim.inputs import make_list_input_fn
 
     if config.pretrain:
@@ -373,6 +391,7 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
             raise app.UsageError(f"--pretrain trains the WaveNet; got --model={config.model}")
         # Labels are never read: the audio of every split named can be learned from.
         pretrain_tracks = TrackSet.concatenate([tracks[split] for split in config.pretrain_splits])
+        reported = {}
         if config.pretrain == "contrastive":
             settings = pretraining.Augmentation(**config.augmentation) if config.augmentation else None
             common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=settings)
@@ -385,11 +404,14 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
 
             teacher = MusicnnTeacher(checkpoint=config.params.get("musicnn_model", "MSD_musicnn"),
                                      layer=config.params.get("musicnn_layer", "penultimate"))
-            train_fn, eval_fn = pretraining.make_distillation_input_fns(
-                train_tracks=pretrain_tracks, eval_tracks=tracks["eval"], teacher=teacher,
+            train_fn, held_out = pretraining.make_distillation_input_fns(
+                train_tracks=pretrain_tracks, held_out={"eval": tracks["eval"], "test": tracks["test"]},
+                teacher=teacher,
                 crop_seconds=None if config.crop_seconds is None else teacher.whole_patches(config.crop_seconds),
                 hop_seconds=float(config.params.get("distill_hop_seconds", 1.0)), batch_size=config.batch_size,
                 cache_dir=os.path.join(config.dataset_dir, "teacher_cache"), seed=train_seed, eval_seed=config.seed)
+            # The student's mean cosine to its teacher on test crops (never trained on): teacher agreement.
+            eval_fn, reported = held_out["eval"], {"teacher_agreement_test": held_out["test"]}
         else:
             # The stacks run unpooled while pretraining: eval on crops too, whole tracks would not fit.
             common = dict(batch_size=config.batch_size, crop_seconds=config.crop_seconds)
@@ -397,24 +419,26 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
                                                             **common)
             eval_fn = pretraining.make_predictive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
                                                            **common)
-        objective = pretraining.objective(config.pretrain, params=config.params)
-        return (train_fn, eval_fn, pretraining.pretraining_early_stopping(config.pretrain),
-                head.make_model_fn(wavenet.embed, objective=objective))
+        return TrainingInputs(train=train_fn, eval=eval_fn,
+                              early_stopping=pretraining.pretraining_early_stopping(config.pretrain),
+                              objective=pretraining.objective(config.pretrain, params=config.params),
+                              reported=reported)
     if model.make_input_fn is not None:  # an unsupervised model trains on its own inputs and objective
         own = dict(batch_size=config.batch_size, params=config.params)
-        return (model.make_input_fn(tracks=tracks["train"], mode="train", seed=train_seed, **own),
-                model.make_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed, **own),
-                model.early_stopping, None)
+        return TrainingInputs(train=model.make_input_fn(tracks=tracks["train"], mode="train", seed=train_seed, **own),
+                              eval=model.make_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed, **own),
+                              early_stopping=model.early_stopping)
     list_kind = config.list_kind or ("pairwise" if config.params.get("loss") == "pairwise" else "listwise")
     common = dict(relevance_def=relevance_def, kind=list_kind, n_similar=config.n_similar,
                   n_dissimilar=config.n_dissimilar, batch_size=config.batch_size)
     early_stopping = model.early_stopping or (
         config.early_stopping_metric, "decrease" if config.early_stopping_metric == "loss" else "increase")
-    return (make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
-                               seed=train_seed, **common),
-            make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds, seed=config.seed,
-                               **common),
-            early_stopping, None)
+    return TrainingInputs(
+        train=make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
+                                 seed=train_seed, **common),
+        eval=make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds,
+                                seed=config.seed, **common),
+        early_stopping=early_stopping)
 
 
 def _best_variant(config: RunConfig, model: registry.ModelEntry, eval_tracks, relevance_def, *,
@@ -558,6 +582,7 @@ def run(config: RunConfig) -> dict:
         "wall_seconds": round(time.time() - started, 1),
         # Chosen once trained (the LSTM's readout): run.json holds the config as it was before training.
         "settled_params": out.get("settled_params") or {},
+        "held_out_metrics": out.get("held_out_metrics") or {},
     }
     if reranked is not None:
         results["rerank"] = {"settings": reranked["settings"].to_json(), "chosen_on": reranked["chosen_on"],

@@ -832,9 +832,10 @@ def distilled_run(teacher, tmp_path_factory):
     """A tiny distillation run: 40 steps on 400 Hz tracks, evaluated before and after."""
     tracks = chord_tracks(4, seconds=5.0, rate=RATE)
     crop_seconds = teacher.whole_patches(3.0)
-    train_fn, eval_fn = pretraining.make_distillation_input_fns(
-        train_tracks=tracks, eval_tracks=tracks, teacher=teacher, crop_seconds=crop_seconds, hop_seconds=0.5,
+    train_fn, held_out = pretraining.make_distillation_input_fns(
+        train_tracks=tracks, held_out={"eval": tracks}, teacher=teacher, crop_seconds=crop_seconds, hop_seconds=0.5,
         batch_size=4, progress=False)
+    eval_fn = held_out["eval"]
     model_dir = str(tmp_path_factory.mktemp("distilled"))
     run = estimator("distill", model_dir, dict(TINY, learning_rate=1e-2, distill_loss="cosine"))
     run.train(train_fn, steps=1)
@@ -876,6 +877,10 @@ def test_run_distills_from_every_split_named_and_caches_the_targets(teacher, tmp
                              params=dict(TINY, distill_loss="mse", distill_hop_seconds=1.0)))
     assert results["eval_metrics"]["global_step"] == 6 and np.isfinite(results["eval_metrics"]["loss"])
     assert results["sizes"] == {"train": 16, "eval": 8, "test": 8}  # the student embeds and is scored
-    # One cache entry per track of every split (its grid crops), plus one per eval track (its centred crop).
+    # One cache entry per track of every split (its grid crops), plus one per eval and test track (its
+    # centred crop: early stopping on eval, the teacher agreement reported on test).
     cached = os.listdir(os.path.join(dataset_dir, "teacher_cache", teacher.key))
-    assert len(cached) == len(read_catalog(dataset_dir)) + 8
+    assert len(cached) == len(read_catalog(dataset_dir)) + 8 + 8
+    agreement = results["held_out_metrics"]["teacher_agreement_test"]
+    assert set(agreement) == {"cosine", "loss"} and -1.0 <= agreement["cosine"] <= 1.0
+    assert agreement["cosine"] != results["eval_metrics"]["cosine"]  # test crops, not the eval split's

@@ -239,18 +239,23 @@ def make_distillation_input_fn(*, data: DistillationSet, mode: str, batch_size: 
     return batched_input_fn(generator=generate, signature=signature, batch_size=batch_size)
 
 
-def make_distillation_input_fns(*, train_tracks: TrackSet, eval_tracks: TrackSet, teacher: Teacher,
+def make_distillation_input_fns(*, train_tracks: TrackSet, held_out: Mapping[str, TrackSet], teacher: Teacher,
                                 crop_seconds: float | None, hop_seconds: float | None, batch_size: int,
                                 cache_dir: str | None = None, seed: int = 0, eval_seed: int = 0,
-                                progress: bool = True) -> tuple[Callable, Callable]:
-    """(train, eval) ``input_fn`` of a distillation run: random grid crops of ``train_tracks``, the
-    centred crop of each of ``eval_tracks``; both standardised with the train crops' statistics."""
+                                progress: bool = True) -> tuple[Callable, dict[str, Callable]]:
+    """The ``input_fn`` s of a distillation run: (TRAIN on random grid crops of ``train_tracks``,
+    ``{name: EVAL on the centred crop of each track of held_out[name]}``), every target standardised
+    with the train crops' statistics. EVAL's ``cosine`` on a held-out split is the student's agreement
+    with its teacher there (e.g. ``{"eval": ..., "test": ...}``: eval drives early stopping, test is
+    reported)."""
     train = distillation_set(tracks=train_tracks, crop_seconds=crop_seconds, hop_seconds=hop_seconds,
                              teacher=teacher, cache_dir=cache_dir, progress=progress)
-    held_out = distillation_set(tracks=eval_tracks, crop_seconds=crop_seconds, hop_seconds=None, teacher=teacher,
+    evaluations = {}
+    for name, tracks in held_out.items():
+        data = distillation_set(tracks=tracks, crop_seconds=crop_seconds, hop_seconds=None, teacher=teacher,
                                 cache_dir=cache_dir, standardisation=(train.mean, train.scale), progress=progress)
-    return (make_distillation_input_fn(data=train, mode=TRAIN, batch_size=batch_size, seed=seed),
-            make_distillation_input_fn(data=held_out, mode=EVAL, batch_size=batch_size, seed=eval_seed))
+        evaluations[name] = make_distillation_input_fn(data=data, mode=EVAL, batch_size=batch_size, seed=eval_seed)
+    return make_distillation_input_fn(data=train, mode=TRAIN, batch_size=batch_size, seed=seed), evaluations
 
 
 def distillation_loss(*, predictions: tf.Tensor, targets: tf.Tensor, kind: str) -> tf.Tensor:
