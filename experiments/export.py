@@ -56,8 +56,9 @@ from absl import flags
 
 from data_prep.sources import track_ids_from_paths
 from musicsim.atomic import atomic_open
-from musicsim.audio import AUDIO_EXTENSIONS
-from musicsim.embedder import Embedder, LearnedEmbedder, file_duration, load_embedder
+from musicsim.audio import AUDIO_EXTENSIONS, file_duration
+from musicsim.dataset import TRACKS_FILE, is_prepared
+from musicsim.embedder import Embedder, LearnedEmbedder, load_embedder
 from musicsim.owned import MANIFEST_NAME, check_replaceable, write_manifest
 
 # Private flag values: experiments.run defines flags of the same names on the global FLAGS, and
@@ -232,9 +233,8 @@ def list_audio(audio: str, *, group_column: str = "auto") -> Listing:
     if not os.path.exists(audio):
         raise FileNotFoundError(f"--audio={audio} does not exist")
     if os.path.isdir(audio):
-        tracks_csv = os.path.join(audio, "tracks.csv")
-        if os.path.isfile(os.path.join(audio, "dataset.json")) and os.path.isfile(tracks_csv):
-            return list_manifest(tracks_csv, group_column=group_column)
+        if is_prepared(audio):
+            return list_manifest(os.path.join(audio, TRACKS_FILE), group_column=group_column)
         return list_folder(audio)
     if os.path.splitext(audio)[1].lower() not in (".csv", ".tsv"):
         raise ValueError(f"--audio={audio} is neither a folder nor a manifest .csv")

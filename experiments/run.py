@@ -23,7 +23,7 @@ from musicsim.models import rnn, wavenet
 from musicsim.params import ParamsConfig, settle_params
 from musicsim.pretraining import distillation
 from musicsim.similarity import SIMILARITIES
-from musicsim.dataset import DatasetInfo, read_catalog
+from musicsim.dataset import DatasetInfo, is_prepared, read_catalog
 from musicsim.inputs import TrackSet
 from musicsim.relevance import make_relevance
 from musicsim.rundir import RunConfigMismatch, RunDir
@@ -279,11 +279,11 @@ DEMO_DATASET_DIR = os.path.join("data", "demo")
 def resolve_dataset(name_or_dir: str) -> str:
     """A prepared dataset directory; ``demo`` builds and prepares the demo corpus on first use."""
     if name_or_dir != "demo":
-        if not os.path.exists(os.path.join(name_or_dir, "dataset.json")):
+        if not is_prepared(name_or_dir):
             raise app.UsageError(f"--dataset={name_or_dir} is not a prepared dataset (no dataset.json): "
                                  "prepare it with `python -m data_prep.build` or use --dataset=demo")
         return name_or_dir
-    if not os.path.exists(os.path.join(DEMO_DATASET_DIR, "dataset.json")):
+    if not is_prepared(DEMO_DATASET_DIR):
         from data_prep.build import prepare
 
         print(f"Preparing the demo corpus into {DEMO_DATASET_DIR} (first use; downloads Debian packages) ...")

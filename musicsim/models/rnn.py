@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import head
+from musicsim.atomic import atomic_open, write_json_atomic
 from musicsim.audio import chroma_of_file, chroma_sequence  # noqa: F401 - rnn.chroma_sequence: the model's input
 from musicsim.dataset import DatasetInfo, feature_cache_dir, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
@@ -149,16 +150,11 @@ def _read_cached(stem: str) -> tuple[np.ndarray | None, str | None]:
 
 
 def _write_cached(stem: str, chroma: np.ndarray | None, reason: str | None) -> None:
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
-    path = stem + (".npy" if chroma is not None else ".failed.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
     if chroma is not None:
-        with open(tmp, "wb") as f:
+        with atomic_open(stem + ".npy", "wb", make_dirs=True) as f:
             np.save(f, chroma, allow_pickle=False)
     else:
-        with open(tmp, "w") as f:
-            json.dump({"reason": reason}, f)
-    os.replace(tmp, path)  # readers never see half a file
+        write_json_atomic(stem + ".failed.json", {"reason": reason}, make_dirs=True)
 
 
 def load_tracks(dataset_dir: str, split: str, *, params: Mapping | None = None, workers: int | None = None,
