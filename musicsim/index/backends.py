@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from musicsim.rerank import RerankSettings
 from musicsim.similarity import SIMILARITIES  # noqa: F401  (re-exported to the index modules)
 
 APPROXIMATE_KINDS = ("ivf", "hnsw")
@@ -46,6 +47,41 @@ def default_nlist(*, count: int) -> int:
 def default_nprobe(*, nlist: int) -> int:
     """Lists visited per IVF query by default: 1/16 of the lists (at least 1)."""
     return int(max(1, round(nlist / 16)))
+
+
+# What an index can apply: database-side augmentation once at build / add / remove time, and query
+# expansion per query. k-reciprocal re-ranking compares every pair's neighbourhoods (an [N, N]
+# distance matrix), which no search of one query can afford.
+INDEX_RERANK_METHODS = ("none", "aqe", "dba", "dba+aqe")
+
+
+def check_index_rerank(*, settings: RerankSettings, similarity: str, backend: str) -> RerankSettings:
+    """``settings`` when an index of ``similarity`` on ``backend`` can apply them; else ValueError saying why
+    and what it can apply.
+
+    Re-ranking expands unit vectors (``musicsim.rerank``), so only cosine indexes apply it; only the
+    faiss backend holds the whole catalog in memory to augment it.
+    """
+    if settings.method == "none":
+        return settings
+    if settings.method not in INDEX_RERANK_METHODS:
+        raise ValueError(f"an index cannot apply re-ranking {settings.method!r}: it needs the whole catalog's "
+                         f"[N, N] distance matrix at every query; an index applies {INDEX_RERANK_METHODS}, e.g. "
+                         f"--rerank=dba+aqe:k={settings.k},alpha=3")
+    if similarity != "cosine":
+        raise ValueError(f"re-ranking {settings.method!r} averages unit vectors, so it ranks by cosine: a "
+                         f"{similarity} index cannot apply it; build with --similarity=cosine, or --rerank=none")
+    if backend != "faiss":
+        raise ValueError(f"the {backend} backend does not re-rank (database-side augmentation needs the "
+                         "catalog in memory); build with --backend=faiss, or --rerank=none")
+    return settings
+
+
+def describe_rerank(settings: RerankSettings) -> str:
+    """``none`` or e.g. ``dba+aqe(k=3, alpha=3.0)``, for summaries."""
+    if settings.method == "none":
+        return "none"
+    return f"{settings.method}(k={settings.k}, alpha={settings.alpha})"
 
 
 class IndexFileError(ValueError):
@@ -141,6 +177,8 @@ class IndexBackend(abc.ABC):
     """
 
     backend = "abstract"
+    # Re-ranking the index applies (``check_index_rerank``); only the faiss backend re-ranks.
+    rerank: RerankSettings = RerankSettings()
     similarity: str
     model: dict[str, Any]
     approximate: str | None
@@ -205,7 +243,8 @@ class IndexBackend(abc.ABC):
                exclude_groups: Sequence[Iterable[Any] | str | None] | None = None,
                diversity: float = 0.0, candidate_pool: int | None = None,
                nprobe: int | None = None, ef_search: int | None = None,
-               query_model: Mapping[str, Any] | str | None = None) -> list[Result]:
+               query_model: Mapping[str, Any] | str | None = None, rerank: bool = True,
+               query_track_ids: Sequence[str | None] | None = None) -> list[Result]:
         """The k most similar tracks to each query [Q, D]; see ``EmbeddingIndex.search``."""
 
     @abc.abstractmethod
@@ -231,9 +270,13 @@ class IndexBackend(abc.ABC):
     def search_by_id(self, *, track_id: str, k: int = 10, exclude_self: bool = True,
                      exclude_same_group: bool = False, diversity: float = 0.0,
                      candidate_pool: int | None = None, nprobe: int | None = None,
-                     ef_search: int | None = None) -> Result:
-        """The k tracks most similar to a track already in the index (see ``search``)."""
-        query = self.vector(track_id=track_id)
+                     ef_search: int | None = None, rerank: bool = True) -> Result:
+        """The k tracks most similar to a track already in the index (see ``search``).
+
+        The query is the track's searched vector (``searched_vector``); ``rerank=False`` searches
+        without the index's query expansion. The track never expands itself.
+        """
+        query = self.searched_vector(track_id=track_id)
         exclude_groups = None
         if exclude_same_group:
             if "group" not in self.metadata_columns:
@@ -242,7 +285,13 @@ class IndexBackend(abc.ABC):
             exclude_groups = [[self.group(track_id=track_id)]]
         return self.search(queries=query[None, :], k=k, exclude_ids=[[track_id]] if exclude_self else None,
                            exclude_groups=exclude_groups, diversity=diversity,
-                           candidate_pool=candidate_pool, nprobe=nprobe, ef_search=ef_search)[0]
+                           candidate_pool=candidate_pool, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
+                           query_track_ids=[track_id])[0]
+
+    def searched_vector(self, *, track_id: str) -> np.ndarray:
+        """The vector [D] the index searches for this track: ``vector`` unless the index augments its
+        catalog (re-ranking ``dba``)."""
+        return self.vector(track_id=track_id)
 
     def _check_search_arguments(self, *, queries: np.ndarray, k: int,
                                 exclude_ids: Sequence[Iterable[str] | str | None] | None,

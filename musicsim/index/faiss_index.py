@@ -17,6 +17,15 @@ recall for speed on large catalogues (see ``benchmarks/search.py`` for the figur
 returned are exact float32 similarities whatever index found the candidates (euclidean ones are
 recomputed as ``||q - v||``, which stays precise near 0 where faiss's expanded form does not).
 
+Label-free re-ranking (``musicsim.rerank``, cosine only; ``rerank=`` at construction, recorded in
+config.json): with ``dba`` the catalog vectors searched are the augmented ones, computed once over
+the whole catalog and recomputed over the whole catalog on every ``add`` / ``remove`` (a track's
+neighbours change when tracks arrive or leave); ``vectors`` and ``vector`` stay the tracks' own
+embeddings (what the catalog map and playlists read), ``searched_vector`` is what is searched. With
+``aqe`` each query is averaged with its ``k`` nearest catalog tracks, found by this index's own
+search of the searched vectors, before it is searched; a query by track id never expands with itself.
+For a query by track id of an exact index, the ranking is ``rerank.catalog_scores``'s row.
+
 Its directory format and atomic save are ``musicsim.index.storage``'s; ``EmbeddingIndex.load``
 opens either backend (``musicsim.index.milvus.MilvusIndex`` too).
 """
@@ -30,9 +39,10 @@ from musicsim.index import storage  # first: it silences faiss's loader before f
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
+from musicsim import rerank as reranking  # noqa: E402
 from musicsim.index.backends import (APPROXIMATE_KINDS, SIMILARITIES, IndexBackend,  # noqa: E402
-                                     Result, _as_group_set, default_nlist, default_nprobe,
-                                     maximal_marginal_relevance)
+                                     Result, _as_group_set, check_index_rerank, default_nlist, default_nprobe,
+                                     describe_rerank, maximal_marginal_relevance)
 
 # IVF k-means trains on at most this many points per list: more costs time without improving the
 # lists noticeably.
@@ -79,6 +89,9 @@ class EmbeddingIndex(IndexBackend):
         IVF k-means is trained on at most ``nlist * training_points_per_list`` sampled vectors.
     seed : int
         Seed for the IVF training sample and k-means.
+    rerank : RerankSettings, optional
+        Re-ranking applied by the index (default none): ``aqe``, ``dba`` or ``dba+aqe`` of a cosine
+        index; any other raises ValueError (``check_index_rerank``).
     """
 
     def __init__(self, *, track_ids: Sequence[str], vectors: np.ndarray, similarity: str = "cosine",
@@ -87,7 +100,7 @@ class EmbeddingIndex(IndexBackend):
                  nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 64,
                  training_points_per_list: int = DEFAULT_TRAINING_POINTS_PER_LIST,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rerank: reranking.RerankSettings | None = None) -> None:
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if approximate not in (None,) + APPROXIMATE_KINDS:
@@ -109,13 +122,17 @@ class EmbeddingIndex(IndexBackend):
         self.ef_search = int(ef_search)
         self.training_points_per_list = int(training_points_per_list)
         self.seed = int(seed)
+        self.rerank = check_index_rerank(settings=rerank or reranking.RerankSettings(), similarity=similarity,
+                                         backend=self.backend)
 
         ids = self._check_ids(track_ids, name="track_ids")
         matrix = self._check_vectors(vectors, count=len(ids), dim=None, name="vectors", ids=ids)
         self._dim = int(matrix.shape[1])
         self._ids: list[str] = ids
         self._row_of: dict[str, int] = {tid: row for row, tid in enumerate(ids)}
-        self._vectors = matrix
+        # The tracks' own vectors, and the searched ones (_vectors: augmented with dba, else the same array).
+        self._original_vectors = matrix
+        self._vectors = self._augment(matrix)
         # faiss id of each row, kept sorted. Flat and HNSW indexes use positions (ids == rows);
         # only IVF stores explicit ids, which survive removals. (No IndexIDMap: its id translation
         # is an OpenMP region per call, which costs up to tens of ms per query on a busy machine.)
@@ -143,9 +160,27 @@ class EmbeddingIndex(IndexBackend):
         return list(self._ids)
 
     @property
+    def augments(self) -> bool:
+        """Whether the searched catalog vectors are augmented (re-ranking ``dba`` or ``dba+aqe``)."""
+        return self.rerank.method in ("dba", "dba+aqe")
+
+    @property
+    def expands_queries(self) -> bool:
+        """Whether queries are expanded before they are searched (re-ranking ``aqe`` or ``dba+aqe``)."""
+        return self.rerank.method in ("aqe", "dba+aqe")
+
+    def _augment(self, originals: np.ndarray) -> np.ndarray:
+        """The searched vectors [N, D] of the tracks' own ``originals`` [N, D]: augmented with ``dba``."""
+        if not self.augments or len(originals) == 0:
+            return originals
+        return np.ascontiguousarray(reranking.augment_database(vectors=originals, k=self.rerank.k,
+                                                               alpha=self.rerank.alpha))
+
+    @property
     def vectors(self) -> np.ndarray:
-        """Stored vectors, shape [N, D] float32 (unit length for cosine); a read-only view."""
-        view = self._vectors.view()
+        """The tracks' own vectors, shape [N, D] float32 (unit length for cosine), never the augmented
+        ones (see ``searched_vector``); a read-only view."""
+        view = self._original_vectors.view()
         view.flags.writeable = False
         return view
 
@@ -154,7 +189,11 @@ class EmbeddingIndex(IndexBackend):
         return sorted(self._metadata)
 
     def vector(self, *, track_id: str) -> np.ndarray:
-        """The stored vector of one track, shape [D]."""
+        """The track's own stored vector, shape [D] (not augmented)."""
+        return self._original_vectors[self._row(track_id)].copy()
+
+    def searched_vector(self, *, track_id: str) -> np.ndarray:
+        """The vector [D] searched for this track: augmented with ``dba``, else ``vector``."""
         return self._vectors[self._row(track_id)].copy()
 
     def metadata(self, *, track_id: str) -> dict[str, Any]:
@@ -182,7 +221,7 @@ class EmbeddingIndex(IndexBackend):
         model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
         groups = len(set(g for g in self._metadata.get("group", []) if g is not None))
         return (f"EmbeddingIndex (faiss): {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, "
-                f"{groups} groups, model {model}")
+                f"{groups} groups, rerank {describe_rerank(self.rerank)}, model {model}")
 
     # ------------------------------------------------------------------ validation helpers
     def _row(self, track_id: str) -> int:
@@ -313,7 +352,8 @@ class EmbeddingIndex(IndexBackend):
                exclude_groups: Sequence[Iterable[Any] | str | None] | None = None,
                diversity: float = 0.0, candidate_pool: int | None = None,
                nprobe: int | None = None, ef_search: int | None = None,
-               query_model: Mapping[str, Any] | str | None = None) -> list[Result]:
+               query_model: Mapping[str, Any] | str | None = None, rerank: bool = True,
+               query_track_ids: Sequence[str | None] | None = None) -> list[Result]:
         """The k most similar tracks to each query.
 
         Parameters
@@ -338,6 +378,11 @@ class EmbeddingIndex(IndexBackend):
             Per-call overrides of the IVF / HNSW search breadth.
         query_model : str or mapping, optional
             The model the queries come from; a mismatch with ``self.model`` raises ValueError.
+        rerank : bool
+            Apply the index's query expansion (``aqe``); False searches the queries as given (the
+            catalog stays what the index searches).
+        query_track_ids : sequence of length Q, optional
+            Per query, the catalog track it is (a query by track id) or None: expansion leaves it out.
 
         Returns
         -------
@@ -351,6 +396,12 @@ class EmbeddingIndex(IndexBackend):
         count = len(self._ids)
         if query_count == 0 or count == 0 or self._faiss is None:
             return [[] for _ in range(query_count)]
+        if query_track_ids is not None and len(query_track_ids) != query_count:
+            raise ValueError(f"query_track_ids must have one entry per query ({query_count}), "
+                             f"got {len(query_track_ids)}")
+        if rerank and self.expands_queries:
+            matrix = self._expand_queries(matrix, query_track_ids=query_track_ids, nprobe=nprobe,
+                                          ef_search=ef_search)
 
         target = self._fetch_target(k=k, count=count, diversity=float(diversity), candidate_pool=candidate_pool)
 
@@ -399,6 +450,30 @@ class EmbeddingIndex(IndexBackend):
                 results[q] = self._rank(matrix[q], candidate_rows[kept], candidate_scores[kept], k=k,
                                         diversity=float(diversity))
         return results
+
+    def _expand_queries(self, matrix: np.ndarray, *, query_track_ids: Sequence[str | None] | None,
+                        nprobe: int | None, ef_search: int | None) -> np.ndarray:
+        """Average query expansion of ``matrix`` [Q, D] (unit rows) with each query's ``k`` nearest searched
+        catalog vectors (this index's own search; a query's own track left out): [Q, D] unit rows."""
+        k = self.rerank.k
+        own_rows = np.full(len(matrix), -1, dtype=np.int64)
+        for q, track_id in enumerate(query_track_ids or []):
+            if track_id is not None and track_id in self._row_of:
+                own_rows[q] = self._row_of[track_id]
+        fetch = min(k + 1, len(self._ids))
+        scores, rows = self._candidates(matrix, k_fetch=fetch, nprobe=nprobe, ef_search=ef_search)
+        neighbour_rows = np.full((len(matrix), k), -1, dtype=np.int64)
+        neighbour_scores = np.zeros((len(matrix), k), dtype=np.float32)
+        for q in range(len(matrix)):
+            kept = (rows[q] >= 0) & (rows[q] != own_rows[q])
+            found = rows[q][kept][:k]
+            neighbour_rows[q, :len(found)] = found
+            neighbour_scores[q, :len(found)] = scores[q][kept][:k]
+        # Rows not found contribute a zero vector, whatever their weight.
+        neighbour_vectors = np.where((neighbour_rows >= 0)[:, :, None], self._vectors[np.maximum(neighbour_rows, 0)],
+                                     0.0)
+        return np.ascontiguousarray(reranking.expand(vectors=matrix, neighbour_vectors=neighbour_vectors,
+                                                     neighbour_scores=neighbour_scores, alpha=self.rerank.alpha))
 
     def _plain_search(self, matrix: np.ndarray, *, k: int, nprobe: int | None,
                       ef_search: int | None) -> list[Result]:
@@ -469,7 +544,8 @@ class EmbeddingIndex(IndexBackend):
         for column in set(self._metadata) | set(columns):
             existing = self._metadata.get(column, [None] * old_count)
             self._metadata[column] = existing + columns.get(column, [None] * len(ids))
-        self._vectors = np.ascontiguousarray(np.concatenate([self._vectors, matrix]))
+        self._original_vectors = np.ascontiguousarray(np.concatenate([self._original_vectors, matrix]))
+        self._vectors = self._augment(self._original_vectors)
         self._labels = np.concatenate([self._labels, labels])
         self._next_label += len(ids)
         for offset, tid in enumerate(ids):
@@ -478,8 +554,9 @@ class EmbeddingIndex(IndexBackend):
         self._group_sizes = None
         self._squared_norms = None
         self._id_array = None
-        if self._faiss is None:
-            self._build_faiss()  # IVF that had nothing to train on yet
+        if self._faiss is None or self.augments:
+            # IVF that had nothing to train on yet, or augmented vectors that all changed with their neighbours.
+            self._build_faiss()
         elif self.approximate == "ivf":
             self._faiss.add_with_ids(matrix, labels)
         else:
@@ -501,7 +578,8 @@ class EmbeddingIndex(IndexBackend):
         removed_labels = self._labels[drop]
         removed_rows = np.flatnonzero(drop).astype(np.int64)
         keep = ~drop
-        self._vectors = np.ascontiguousarray(self._vectors[keep])
+        self._original_vectors = np.ascontiguousarray(self._original_vectors[keep])
+        self._vectors = self._augment(self._original_vectors)
         self._labels = self._labels[keep]
         self._ids = [t for t, k in zip(self._ids, keep.tolist()) if k]
         self._row_of = {t: row for row, t in enumerate(self._ids)}
@@ -509,8 +587,8 @@ class EmbeddingIndex(IndexBackend):
         self._group_sizes = None
         self._squared_norms = None
         self._id_array = None
-        if self.approximate == "hnsw":
-            self._build_faiss()
+        if self.approximate == "hnsw" or (self.augments and len(self._ids)):
+            self._build_faiss()  # graphs cannot delete nodes; augmented vectors changed with their neighbours
         elif self.approximate == "ivf":
             if self._faiss is not None:
                 self._faiss.remove_ids(removed_labels)
@@ -525,7 +603,8 @@ class EmbeddingIndex(IndexBackend):
             backend=self.backend, similarity=self.similarity, dim=self._dim, count=len(self._ids),
             model=self.model, approximate=self.approximate, nlist=self.nlist, nprobe=self.nprobe,
             hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, ef_search=self.ef_search,
-            training_points_per_list=self.training_points_per_list, seed=self.seed, next_label=self._next_label)
+            training_points_per_list=self.training_points_per_list, seed=self.seed, next_label=self._next_label,
+            rerank=self.rerank.to_json())
 
     def save(self, directory: str, *, overwrite: bool = False) -> None:
         """Write the index to ``directory`` atomically (see ``storage.save_index_directory``).
@@ -546,7 +625,9 @@ class EmbeddingIndex(IndexBackend):
 
         def write_files(temp: str) -> None:
             storage.write_faiss_files(temp, config=self._config(), track_ids=self._ids, metadata=self._metadata,
-                                      vectors=self._vectors, labels=self._labels if trained else None,
+                                      vectors=self._original_vectors,
+                                      searched_vectors=self._vectors if self.augments else None,
+                                      labels=self._labels if trained else None,
                                       faiss_index=self._faiss if trained else None)
 
         storage.save_index_directory(directory=directory, write_files=write_files, overwrite=overwrite)
@@ -580,10 +661,12 @@ class EmbeddingIndex(IndexBackend):
         index.model = files.model
         for key in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "training_points_per_list", "seed"):
             setattr(index, key, files.settings[key])
+        index.rerank = files.rerank
         index._dim = int(files.vectors.shape[1])
         index._ids = files.track_ids
         index._row_of = {t: row for row, t in enumerate(index._ids)}
-        index._vectors = files.vectors
+        index._original_vectors = files.vectors
+        index._vectors = files.searched_vectors if files.searched_vectors is not None else files.vectors
         index._metadata = files.metadata
         index._group_sizes = None
         index._squared_norms = None

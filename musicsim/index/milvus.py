@@ -321,9 +321,12 @@ class MilvusIndex(IndexBackend):
                exclude_groups: Sequence[Iterable[Any] | str | None] | None = None,
                diversity: float = 0.0, candidate_pool: int | None = None,
                nprobe: int | None = None, ef_search: int | None = None,
-               query_model: Mapping[str, Any] | str | None = None) -> list[Result]:
+               query_model: Mapping[str, Any] | str | None = None, rerank: bool = True,
+               query_track_ids: Sequence[str | None] | None = None) -> list[Result]:
         """The k most similar tracks to each query; same arguments and results as
-        ``EmbeddingIndex.search``. At most ``MAX_RESULTS`` candidates per query (Milvus's limit)."""
+        ``EmbeddingIndex.search``. At most ``MAX_RESULTS`` candidates per query (Milvus's limit).
+        A Milvus index never re-ranks (``check_index_rerank``), so ``rerank`` and ``query_track_ids``
+        change nothing."""
         k, matrix = self._check_search_arguments(queries=queries, k=k, exclude_ids=exclude_ids,
                                                  exclude_groups=exclude_groups, diversity=diversity,
                                                  candidate_pool=candidate_pool, query_model=query_model)

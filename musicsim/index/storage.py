@@ -35,8 +35,10 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS, SIMILARITIES, IndexFileError  # noqa: E402
+from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, SIMILARITIES, IndexFileError,  # noqa: E402
+                                     check_index_rerank)
 from musicsim.owned import MANIFEST_NAME, NotOurFolderError, check_replaceable, write_manifest  # noqa: E402
+from musicsim.rerank import RerankSettings, settings_from_json  # noqa: E402
 from musicsim.workers import process_alive  # noqa: E402
 
 FORMAT_VERSION = 1
@@ -45,10 +47,13 @@ FORMAT_MARKER = "musicsim.index"
 CONFIG_FILE = "config.json"
 TRACKS_FILE = "tracks.json"
 VECTORS_FILE = "vectors.npy"
+# The searched (augmented) vectors of an index that re-ranks with dba; vectors.npy keeps the tracks' own.
+AUGMENTED_FILE = "augmented_vectors.npy"
 LABELS_FILE = "labels.npy"
 FAISS_FILE = "faiss.index"
 BACKUP_SUFFIX = ".bak"
-INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, LABELS_FILE, FAISS_FILE, MANIFEST_NAME})
+INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, AUGMENTED_FILE, LABELS_FILE, FAISS_FILE,
+                         MANIFEST_NAME})
 # The kind of folder musicsim.owned's manifest records for an index directory.
 INDEX_KIND = "index"
 # Catalog maps cached in an index directory by its readers (musicsim.catalog_map): derived from the
@@ -249,7 +254,9 @@ def read_config(directory: str) -> tuple[str, dict[str, Any]]:
 class FaissFiles:
     """The validated content of a faiss index directory.
 
-    ``vectors`` is [N, D] float32; ``labels`` [N] int64 and ``faiss_index`` are None when the
+    ``vectors`` is [N, D] float32, the tracks' own; ``searched_vectors`` [N, D] the augmented ones of
+    an index that re-ranks with dba (None otherwise); ``rerank`` what config.json records (an index
+    written before re-ranking existed records nothing: none); ``labels`` [N] int64 and ``faiss_index`` are None when the
     directory holds no trained approximate index (it is then rebuilt from the vectors).
     """
 
@@ -260,21 +267,27 @@ class FaissFiles:
     track_ids: list[str]
     metadata: dict[str, list[Any]]
     vectors: np.ndarray
+    rerank: RerankSettings = RerankSettings()
+    searched_vectors: np.ndarray | None = None
     labels: np.ndarray | None = None
     faiss_index: faiss.Index | None = None
 
 
 def write_faiss_files(directory: str, *, config: dict[str, Any], track_ids: list[str],
                       metadata: dict[str, list[Any]], vectors: np.ndarray, labels: np.ndarray | None,
-                      faiss_index: faiss.Index | None) -> None:
+                      faiss_index: faiss.Index | None, searched_vectors: np.ndarray | None = None) -> None:
     """Write a faiss index's files into ``directory`` (config.json last: it marks a complete directory).
 
-    ``labels`` and ``faiss_index`` are written only when both are given (an approximate index).
+    ``labels`` and ``faiss_index`` are written only when both are given (an approximate index);
+    ``searched_vectors`` [N, D] (the augmented vectors of a dba index) only when given.
     """
-    with open(os.path.join(directory, VECTORS_FILE), "wb") as f:
-        np.save(f, vectors)
-        f.flush()
-        os.fsync(f.fileno())
+    for name, array in ((VECTORS_FILE, vectors), (AUGMENTED_FILE, searched_vectors)):
+        if array is None:
+            continue
+        with open(os.path.join(directory, name), "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
     if labels is not None and faiss_index is not None:
         np.save(os.path.join(directory, LABELS_FILE), labels)
         faiss.write_index(faiss_index, os.path.join(directory, FAISS_FILE))
@@ -353,9 +366,23 @@ def read_faiss_files(directory: str, *, config: dict[str, Any]) -> FaissFiles:
         if off.any():
             raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(off))} rows of a cosine "
                                  f"index are not unit vectors (first: track {ids[int(np.argmax(off))]!r})")
+    try:
+        rerank = settings_from_json(config.get("rerank"))
+        check_index_rerank(settings=rerank, similarity=similarity, backend="faiss")
+    except (TypeError, ValueError) as error:
+        raise IndexFileError(f"{path_of(CONFIG_FILE)}: bad 'rerank' entry {config.get('rerank')!r}: {error}") from None
+    searched = None
+    if rerank.method in ("dba", "dba+aqe"):
+        searched = read_array(AUGMENTED_FILE)
+        if (searched.shape != (count, dim) or searched.dtype != np.float32 or not np.isfinite(searched).all()
+                or (count and np.any(np.abs(np.linalg.norm(searched, axis=1) - 1.0) > UNIT_NORM_TOLERANCE))):
+            raise IndexFileError(f"{path_of(AUGMENTED_FILE)} is damaged: expected {count} finite unit float32 "
+                                 f"rows of dimension {dim}, got {searched.dtype} {searched.shape}")
+        searched = np.ascontiguousarray(searched)
     files = FaissFiles(similarity=similarity, approximate=approximate, model=dict(model), settings=settings,
                        track_ids=list(ids), metadata={c: list(v) for c, v in metadata.items()},
-                       vectors=np.ascontiguousarray(vectors, dtype=np.float32))
+                       vectors=np.ascontiguousarray(vectors, dtype=np.float32), rerank=rerank,
+                       searched_vectors=searched)
 
     faiss_path = path_of(FAISS_FILE)
     if approximate is not None and os.path.exists(faiss_path):
