@@ -14,6 +14,7 @@ setup(
         "musicsim-run = experiments.run:cli",
         "musicsim-report = experiments.report:cli",
         "musicsim-export = experiments.export:cli",
+        "musicsim-recommended = experiments.recommended:cli",
         "musicsim-index = musicsim.index.cli:cli",
         "musicsim-search = musicsim.search:cli",
         "musicsim-serve = musicsim.serve:cli",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.recommended import PARTS as RECOMMENDED_PARTS
 from musicsim.rundir import RunDir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +55,7 @@ FITTED_MODELS = tuple(FITTED)
 # Fusions of fitted rows (weights chosen on the eval split), run after their parts.
 FUSIONS = {
     "fusion_taggers": ("musicnn_msd", "musicnn_mtt", "vgg_msd", "vgg_mtt"),
-    "fusion": ("librosa", "musicnn_msd", "musicnn_mtt", "vgg_msd", "vgg_mtt"),
+    "fusion": tuple(RECOMMENDED_PARTS),  # what experiments.recommended builds for a user's own music
 }
 RERANK_SUFFIX = " + rerank"
 TABLE_METRICS = ("catalog_mAP", "PC", "NDCG@1", "NDCG@6", "MAP")

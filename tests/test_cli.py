@@ -10,6 +10,7 @@ import pytest
 
 COMMANDS = {"musicsim-prep": "data_prep.build", "musicsim-run": "experiments.run",
             "musicsim-report": "experiments.report", "musicsim-export": "experiments.export",
+            "musicsim-recommended": "experiments.recommended",
             "musicsim-index": "musicsim.index.cli", "musicsim-search": "musicsim.search",
             "musicsim-serve": "musicsim.serve"}
 
