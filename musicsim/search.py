@@ -1,13 +1,18 @@
 """Search the collection: the tracks most similar to a track of the index, or to any audio file.
 
     python -m musicsim.search --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--diversity=0.0]
-        [--exclude_same_group] [--include_self] [--json]
+        [--exclude_same_group] [--include_self] [--rerank=index|none] [--json]
 
 An index is built by ``python -m musicsim.index build --embeddings=FILE --output=DIR`` from an export
 (``experiments.export``), which names the run it came from. A query by id uses the stored vector and leaves the query
 track out of its results. A query by file embeds it with the model the index was built from (the
 index records its ``model_dir``; see ``musicsim.embedder``); when the file is itself in the index,
 it comes back first with the top score, and ``--exclude_same_group`` leaves out its group.
+
+The index's re-ranking (``musicsim.index build --rerank``) applies to every query: with ``dba`` the
+catalog searched is augmented, with ``aqe`` the query is first averaged with its nearest catalog tracks
+(a track-id query never with itself). ``--rerank=none`` skips the query expansion for that query (the
+catalog searched stays the index's).
 
 Prints a table of rank, score, track id, group and path, or with ``--json`` a list of objects
 ``{"rank", "track_id", "score", "path", "group"}``, best first. Scores are the index's similarity:
@@ -30,6 +35,7 @@ from musicsim.index.cli import parse_command_line, run_command
 if TYPE_CHECKING:
     from musicsim.embedder import Embedder
 
+RERANK_MODES = ("index", "none")
 USAGE = "usage: python -m musicsim.search --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--json] [...]"
 
 # Flags of this command only (experiments.run's global FLAGS has some of the same names).
@@ -42,6 +48,8 @@ flags.DEFINE_float("diversity", 0.0, "0 ranks by similarity only; up to 1 favour
                    flag_values=FLAGS)
 flags.DEFINE_bool("exclude_same_group", False, "Leave out the query's album/group.", flag_values=FLAGS)
 flags.DEFINE_bool("include_self", False, "Keep the query track in --track_id results.", flag_values=FLAGS)
+flags.DEFINE_enum("rerank", "index", list(RERANK_MODES), "index: the re-ranking the index records; none: no query "
+                  "expansion for this query.", flag_values=FLAGS)
 flags.DEFINE_bool("json", False, "Print a JSON list instead of a table.", flag_values=FLAGS)
 flags.mark_flag_as_required("index", flag_values=FLAGS)
 flags.mark_flags_as_mutual_exclusive(["query", "track_id"], required=True, flag_values=FLAGS)
@@ -115,7 +123,7 @@ def embed_query_file(*, embedder: "Embedder", query_path: str) -> np.ndarray:
 
 def search(*, index_dir: str, query_path: str | None = None, track_id: str | None = None, k: int = 10,
            diversity: float = 0.0, exclude_same_group: bool = False, exclude_self: bool = True,
-           index: IndexBackend | None = None) -> list[dict[str, Any]]:
+           index: IndexBackend | None = None, rerank: str = "index") -> list[dict[str, Any]]:
     """The ``k`` tracks of an index most similar to one query.
 
     Parameters
@@ -129,6 +137,7 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
         file must be in the index
     exclude_self : for a ``track_id`` query, leave the query track out (a file query never does)
     index : the loaded index of ``index_dir`` (either backend), to save loading it again
+    rerank : ``index`` applies the re-ranking the index records, ``none`` no query expansion
 
     Returns
     -------
@@ -151,25 +160,29 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not 0.0 <= float(diversity) <= 1.0:
         raise ValueError(f"diversity must be in [0, 1], got {diversity}")
+    if rerank not in RERANK_MODES:
+        raise ValueError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     opened = index is None
     if index is None:
         index = EmbeddingIndex.load(index_dir)
     try:
         return _search_loaded(index, index_dir=index_dir, query_path=query_path, track_id=track_id, k=k,
-                              diversity=diversity, exclude_same_group=exclude_same_group, exclude_self=exclude_self)
+                              diversity=diversity, exclude_same_group=exclude_same_group, exclude_self=exclude_self,
+                              rerank=rerank == "index")
     finally:
         if opened:
             index.close()
 
 
 def _search_loaded(index: IndexBackend, *, index_dir: str, query_path: str | None, track_id: str | None, k: int,
-                   diversity: float, exclude_same_group: bool, exclude_self: bool) -> list[dict[str, Any]]:
+                   diversity: float, exclude_same_group: bool, exclude_self: bool,
+                   rerank: bool) -> list[dict[str, Any]]:
     """``search`` on an opened index."""
     if track_id is not None:
         if track_id not in index:
             raise ValueError(f"unknown track id {track_id!r}: the index {index_dir} holds {len(index)} tracks")
         results = index.search_by_id(track_id=track_id, k=k, exclude_self=exclude_self,
-                                     exclude_same_group=exclude_same_group, diversity=diversity)
+                                     exclude_same_group=exclude_same_group, diversity=diversity, rerank=rerank)
     else:
         exclude_groups = None
         if exclude_same_group:
@@ -185,7 +198,8 @@ def _search_loaded(index: IndexBackend, *, index_dir: str, query_path: str | Non
             raise FileNotFoundError(f"query file {query_path} does not exist")
         embedder = load_query_embedder(index=index, index_dir=index_dir)
         queries = embed_query_file(embedder=embedder, query_path=query_path)
-        results = index.search(queries=queries, k=k, exclude_groups=exclude_groups, diversity=diversity)[0]
+        results = index.search(queries=queries, k=k, exclude_groups=exclude_groups, diversity=diversity,
+                               rerank=rerank)[0]
     described = [(found, float(score), index.metadata(track_id=found)) for found, score in results]
     return [{"rank": rank, "track_id": found, "score": score, "path": metadata.get("path"),
              "group": metadata.get("group")}
@@ -216,7 +230,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         results = search(index_dir=FLAGS.index, query_path=FLAGS.query, track_id=FLAGS.track_id, k=FLAGS.k,
                          diversity=FLAGS.diversity, exclude_same_group=FLAGS.exclude_same_group,
-                         exclude_self=not FLAGS.include_self)
+                         exclude_self=not FLAGS.include_self, rerank=FLAGS.rerank)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -552,3 +552,160 @@ def test_the_export_writer_and_the_reader_agree(tmp_path):
     _, _, metadata = load_embeddings(str(tmp_path / "e.parquet"))
     assert metadata == {"path": [f"/m/{i}.wav" for i in range(5)], "duration_s": [1.0, 2.0, 3.0, 4.0, 5.5],
                         "model": ["mfcc"] * 5, "group": ["a", "a", "b", "b", None]}
+
+
+# ---------------------------------------------------------------------------- re-ranking by the catalog
+def reranked_ranking(*, vectors: np.ndarray, settings, row: int, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [M] and scores [M] of one track's query, best first, from the protocol's numpy path."""
+    from musicsim import rerank
+
+    scores = rerank.catalog_scores(vectors=vectors, settings=settings)[row].copy()
+    if exclude_self:
+        scores[row] = -np.inf
+    order = np.argsort(-scores, kind="stable")
+    order = order[np.isfinite(scores[order])]
+    return order, scores[order]
+
+
+def assert_track_queries_match_catalog_scores(index: EmbeddingIndex, *, track_ids: list[str], vectors: np.ndarray,
+                                              settings, exclude_self: bool = True) -> None:
+    for row, track_id in enumerate(track_ids):
+        expected_rows, expected_scores = reranked_ranking(vectors=vectors, settings=settings, row=row,
+                                                          exclude_self=exclude_self)
+        found = index.search_by_id(track_id=track_id, k=len(track_ids), exclude_self=exclude_self)
+        # The same ranking up to exact ties (alpha=0 gives tracks of one tight cluster one augmented
+        # vector): every track found, each with its protocol score, best first.
+        expected = {track_ids[r]: float(s) for r, s in zip(expected_rows, expected_scores)}
+        assert sorted(t for t, _ in found) == sorted(expected), track_id
+        np.testing.assert_allclose([s for _, s in found], [expected[t] for t, _ in found], atol=2e-5)
+        np.testing.assert_allclose([s for _, s in found], expected_scores, atol=2e-5)
+
+
+RERANKED = ("aqe:k=3,alpha=3", "dba:k=3,alpha=0", "dba+aqe:k=3,alpha=3", "dba+aqe:k=2,alpha=0")
+
+
+@pytest.mark.parametrize("setting", RERANKED)
+@pytest.mark.parametrize("exclude_self", [True, False])
+def test_a_reranking_index_ranks_track_queries_as_catalog_scores(setting, exclude_self):
+    from musicsim import rerank
+
+    vectors, _ = clustered_catalogue(count=40, dim=8, clusters=5, seed=3, spread=0.6)
+    track_ids = [f"t{i:02d}" for i in range(len(vectors))]
+    settings = rerank.parse_settings(setting)
+    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, rerank=settings)
+    assert_track_queries_match_catalog_scores(index, track_ids=track_ids, vectors=vectors, settings=settings,
+                                              exclude_self=exclude_self)
+    # Re-ranking changes the ranking of this catalog: the check above is not plain cosine's.
+    plain = EmbeddingIndex(track_ids=track_ids, vectors=vectors)
+    assert any([t for t, _ in index.search_by_id(track_id=t, k=10)] != [t for t, _ in plain.search_by_id(track_id=t, k=10)]
+               for t in track_ids)
+    # The tracks' own vectors stay what the catalog map and playlists read; the augmented ones are searched.
+    np.testing.assert_allclose(index.vectors, plain.vectors, atol=1e-6)
+    assert np.allclose(index.searched_vector(track_id="t00"), plain.vector(track_id="t00"), atol=1e-6) == \
+        (settings.method == "aqe")
+
+
+def test_query_expansion_of_an_outside_query_and_turning_it_off():
+    from musicsim import rerank
+
+    vectors, _ = clustered_catalogue(count=30, dim=6, clusters=4, seed=5, spread=0.6)
+    track_ids = [f"t{i:02d}" for i in range(len(vectors))]
+    settings = rerank.parse_settings("dba+aqe:k=3,alpha=3")
+    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, rerank=settings)
+    query = np.random.default_rng(9).standard_normal((2, 6)).astype(np.float32)
+    catalog = rerank.augment_database(vectors=vectors, k=3, alpha=3.0)
+    expanded = rerank.expand_queries(queries=query, catalog=catalog, k=3, alpha=3.0)
+    for found, wanted in zip(index.search(queries=query, k=30), expanded @ catalog.T):
+        assert [t for t, _ in found] == [track_ids[r] for r in np.argsort(-wanted, kind="stable")]
+    unit_query = query / np.linalg.norm(query, axis=1, keepdims=True)
+    for found, wanted in zip(index.search(queries=query, k=30, rerank=False), unit_query @ catalog.T):
+        assert [t for t, _ in found] == [track_ids[r] for r in np.argsort(-wanted, kind="stable")]
+
+
+@pytest.mark.parametrize("approximate", [None, "hnsw"])
+def test_add_and_remove_keep_the_catalog_scores_ranking(tmp_path, approximate):
+    from musicsim import rerank
+
+    vectors, _ = clustered_catalogue(count=40, dim=8, clusters=5, seed=4, spread=0.6)
+    track_ids = [f"t{i:02d}" for i in range(len(vectors))]
+    settings = rerank.parse_settings("dba+aqe:k=3,alpha=3")
+    index = EmbeddingIndex(track_ids=track_ids[:28], vectors=vectors[:28], rerank=settings, approximate=approximate,
+                           ef_search=64)
+    index.add(track_ids=track_ids[28:], vectors=vectors[28:])
+    assert_track_queries_match_catalog_scores(index, track_ids=track_ids, vectors=vectors, settings=settings)
+    removed = {"t03", "t17", "t30"}
+    index.remove(track_ids=sorted(removed))
+    kept = [row for row, t in enumerate(track_ids) if t not in removed]
+    assert_track_queries_match_catalog_scores(index, track_ids=[track_ids[r] for r in kept], vectors=vectors[kept],
+                                              settings=settings)
+    index.save(str(tmp_path / "ix"))
+    loaded = EmbeddingIndex.load(str(tmp_path / "ix"))
+    assert loaded.rerank == settings and "rerank dba+aqe(k=3, alpha=3.0)" in loaded.summary()
+    assert_track_queries_match_catalog_scores(loaded, track_ids=[track_ids[r] for r in kept], vectors=vectors[kept],
+                                              settings=settings)
+    np.testing.assert_allclose(loaded.vectors, index.vectors)
+
+
+def test_an_index_saved_before_reranking_loads_as_none(tmp_path):
+    track_ids, vectors = random_catalogue(count=20, dim=4)
+    EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(str(tmp_path / "ix"))
+    config_path = tmp_path / "ix" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["rerank"]["method"] == "none"
+    del config["rerank"]  # what an index written before re-ranking holds
+    config_path.write_text(json.dumps(config))
+    loaded = EmbeddingIndex.load(str(tmp_path / "ix"))
+    assert loaded.rerank.method == "none" and "rerank none" in loaded.summary()
+    expected, _ = brute_force(vectors=loaded.vectors, queries=loaded.vectors[:1], similarity="cosine", k=5)
+    assert [t for t, _ in loaded.search(queries=vectors[:1], k=5)[0]] == [track_ids[r] for r in expected[0]]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"rerank_text": "kreciprocal:k=10"}, "needs the whole catalog's"),
+    ({"rerank_text": "dba:k=2", "similarity": "euclidean"}, "euclidean index cannot apply it"),
+])
+def test_indexes_refuse_reranking_they_cannot_apply(arguments, message):
+    from musicsim import rerank
+
+    track_ids, vectors = random_catalogue(count=10, dim=4)
+    with pytest.raises(ValueError, match=message):
+        EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=arguments.get("similarity", "cosine"),
+                       rerank=rerank.parse_settings(arguments["rerank_text"]))
+
+
+def test_build_cli_refuses_kreciprocal_and_euclidean_reranking_with_exit_2(tmp_path, capsys):
+    write_npz(tmp_path / "e.npz", count=30)
+    run = write_fitted_model_config(tmp_path / "run", name="librosa", dim=5, similarity="cosine")
+    base = ["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--model_dir={run}"]
+    assert main(base + [f"--output={tmp_path / 'a'}", "--rerank=kreciprocal:k=10,k2=3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot apply re-ranking 'kreciprocal'" in err and "--rerank=dba+aqe" in err
+    assert main(base + [f"--output={tmp_path / 'b'}", "--rerank=dba+aqe", "--similarity=euclidean"]) == 2
+    assert "--similarity=cosine, or --rerank=none" in capsys.readouterr().err
+    assert main(base + [f"--output={tmp_path / 'c'}", "--rerank=dba:q=3"]) == 2
+    assert "--rerank=dba:q=3: bad re-ranking option 'q=3'" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_build_cli_auto_takes_the_runs_recorded_reranking(tmp_path, capsys):
+    from musicsim import rerank
+    from musicsim.rundir import RunDir
+
+    vectors = write_npz(tmp_path / "e.npz", count=30)
+    run = write_fitted_model_config(tmp_path / "run", name="librosa", dim=5, similarity="cosine")
+    chosen = rerank.RerankSettings(method="dba+aqe", k=2, alpha=3.0)
+    RunDir(run).write_results({"rerank": {"settings": chosen.to_json(), "chosen_on": "eval"}})
+    base = ["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--model_dir={run}"]
+    assert main(base + [f"--output={tmp_path / 'auto'}"]) == 0
+    assert "rerank dba+aqe(k=2, alpha=3.0)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["rerank"] == chosen.to_json()
+    index = EmbeddingIndex.load(str(tmp_path / "auto"))
+    assert_track_queries_match_catalog_scores(index, track_ids=[f"id{i}" for i in range(30)], vectors=vectors,
+                                              settings=chosen)
+    assert main(base + [f"--output={tmp_path / 'none'}", "--rerank=none"]) == 0
+    assert EmbeddingIndex.load(str(tmp_path / "none")).rerank.method == "none"
+    # A recorded setting no index applies leaves the index without re-ranking, saying so.
+    RunDir(run).write_results({"rerank": {"settings": rerank.parse_settings("kreciprocal").to_json()}})
+    with pytest.warns(UserWarning, match="building it without re-ranking"):
+        assert main(base + [f"--output={tmp_path / 'krec'}"]) == 0
+    assert EmbeddingIndex.load(str(tmp_path / "krec")).rerank.method == "none"

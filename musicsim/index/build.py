@@ -3,19 +3,72 @@
 ``build_index`` checks that the embeddings come from the run they name (or the one given): it must
 exist, be of the file's model and make embeddings of the file's dimension; the index records that
 run, so a query by audio file is embedded by the same model.
+
+``--rerank`` chooses the label-free re-ranking the index applies (``musicsim.rerank``): ``auto``
+(the default) takes what the run recorded in its results.json (``experiments.run --rerank``, chosen
+on the eval split), ``none`` none, or a setting such as ``dba+aqe:k=3,alpha=3``.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-from musicsim.index.backends import BACKENDS, SIMILARITIES, IndexBackend
+from musicsim import rerank as reranking
+from musicsim.index.backends import BACKENDS, SIMILARITIES, IndexBackend, check_index_rerank
 from musicsim.index.embeddings_io import load_embeddings, read_provenance, run_embedding_dim, run_similarity
 from musicsim.index.faiss_index import EmbeddingIndex
 from musicsim.index.storage import check_output_directory
-from musicsim.rundir import read_run_info
+from musicsim.rundir import RunDir, read_run_info
+
+RERANK_CHOICES = ("auto", "none")  # or a setting in musicsim.rerank.parse_settings's syntax
+
+
+def parse_rerank_option(text: str) -> reranking.RerankSettings | None:
+    """``--rerank``'s value: None for ``auto`` (decided once the run is known), else the settings.
+
+    Raises
+    ------
+    ValueError
+        For a value that is neither ``auto``, ``none`` nor a valid setting.
+    """
+    text = str(text).strip()
+    if text == "auto":
+        return None
+    try:
+        return reranking.parse_settings(text)
+    except ValueError as error:
+        raise ValueError(f"--rerank={text}: {error} (or auto, none)") from None
+
+
+def resolve_rerank(*, option: reranking.RerankSettings | None, model: dict[str, Any], similarity: str,
+                   backend: str) -> reranking.RerankSettings:
+    """The re-ranking an index applies: the settings given, else (``option`` None: ``auto``) what the
+    run ``model['model_dir']`` recorded in its results.json, or none when there is no such run or record.
+
+    Settings given that the index cannot apply raise ValueError (``check_index_rerank``); recorded ones
+    that it cannot apply (kreciprocal, a euclidean or milvus index) are warned about and replaced by none,
+    so ``auto`` never makes a build fail.
+    """
+    if option is not None:
+        return check_index_rerank(settings=option, similarity=similarity, backend=backend)
+    model_dir = model.get("model_dir")
+    if not model_dir:
+        return reranking.RerankSettings()
+    results = RunDir(model_dir).results() or {}
+    record = results.get("rerank") if isinstance(results.get("rerank"), dict) else {}
+    try:
+        recorded = reranking.settings_from_json(record.get("settings"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{RunDir(model_dir).results_path}: bad re-ranking record: {error}") from None
+    try:
+        return check_index_rerank(settings=recorded, similarity=similarity, backend=backend)
+    except ValueError as error:
+        warnings.warn(f"the run {model_dir} chose re-ranking {recorded.to_json()}, which this index cannot apply "
+                      f"({error}); building it without re-ranking")
+        return reranking.RerankSettings()
 
 
 def _resolve_model(*, embeddings: str, dim: int, file_models: Sequence[str], model_dir: str | None,
@@ -73,14 +126,17 @@ def _read_with_model(*, embeddings: str, model_dir: str | None, model_name: str 
 
 def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,
                 model_dir: str | None = None, model_name: str | None = None, overwrite: bool = False,
-                backend: str = "faiss", uri: str | None = None, collection: str | None = None) -> IndexBackend:
+                backend: str = "faiss", uri: str | None = None, collection: str | None = None,
+                rerank: str = "auto") -> IndexBackend:
     """Build an index from an embeddings file and save it to ``output``.
 
     The model is ``model_dir`` when given, else the run the file names (a parquet's or a
     ``.meta.json``'s ``model_dir``, or the run folder holding an ``embeddings.npz``); it must exist,
     and make embeddings of the file's dimension. ``similarity`` defaults to the run's (else cosine).
     ``backend='milvus'`` puts the vectors in the Milvus ``collection`` at ``uri`` (a ``PATH.db``
-    Milvus Lite file or ``http://host:19530``), and ``output`` records where.
+    Milvus Lite file or ``http://host:19530``), and ``output`` records where. ``rerank`` is ``auto``
+    (the run's recorded re-ranking, see ``resolve_rerank``), ``none`` or a ``musicsim.rerank`` setting;
+    the index records it in its config.json.
 
     Raises
     ------
@@ -96,12 +152,14 @@ def build_index(*, embeddings: str, output: str, similarity: str | None = None, 
         raise ValueError("the milvus backend needs --uri (a PATH.db file or http://host:19530) and --collection")
     if backend == "faiss" and (uri or collection):
         raise ValueError("--uri and --collection are for --backend=milvus")
+    rerank_option = parse_rerank_option(rerank)
     output = os.path.abspath(output)
     check_output_directory(directory=output, overwrite=overwrite)  # before the expensive part
     track_ids, vectors, metadata, model = _read_with_model(embeddings=embeddings, model_dir=model_dir,
                                                            model_name=model_name)
     if similarity is None:
         similarity = model.get("similarity") if model.get("similarity") in SIMILARITIES else "cosine"
+    settings = resolve_rerank(option=rerank_option, model=model, similarity=similarity, backend=backend)
     arguments = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
                      model={key: value for key, value in model.items() if key != "similarity"},
                      approximate=approximate)
@@ -113,7 +171,7 @@ def build_index(*, embeddings: str, output: str, similarity: str | None = None, 
                              "index directory")
         index: IndexBackend = MilvusIndex(uri=uri, collection=collection, overwrite=overwrite, **arguments)
     else:
-        index = EmbeddingIndex(**arguments)
+        index = EmbeddingIndex(**arguments, rerank=settings)
     try:
         index.save(output, overwrite=overwrite)
     finally:
@@ -126,7 +184,8 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
     """Add the tracks of an embeddings file to a saved index and save it again (atomically).
 
     The file must come from the index's model (same checks as ``build_index``). Ids already in
-    the index raise ValueError, or with ``replace`` have their vector and metadata replaced.
+    the index raise ValueError, or with ``replace`` have their vector and metadata replaced. The index
+    keeps its re-ranking; with ``dba`` the augmentation is recomputed over the whole catalog.
 
     Returns
     -------
@@ -162,7 +221,8 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
 
 
 def remove_from_index(*, index_dir: str, track_ids: Sequence[str]) -> IndexBackend:
-    """Remove tracks from a saved index and save it again (atomically); unknown ids raise ValueError."""
+    """Remove tracks from a saved index and save it again (atomically); unknown ids raise ValueError.
+    The index keeps its re-ranking; with ``dba`` the augmentation is recomputed over the whole catalog."""
     index = EmbeddingIndex.load(index_dir)
     try:
         index.remove(track_ids=track_ids)

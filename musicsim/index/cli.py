@@ -3,6 +3,7 @@
     python -m musicsim.index build --embeddings=FILE --output=DIR [--similarity=cosine]
         [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME] [--overwrite]
         [--backend=faiss|milvus --uri=PATH.db|http://host:19530 --collection=NAME]
+        [--rerank=auto|none|dba+aqe:k=3,alpha=3]
     python -m musicsim.index add --index=DIR --embeddings=FILE [--model_dir=RUN] [--replace]
     python -m musicsim.index remove --index=DIR --track_id=ID [--track_id=ID ...]   (or --track_id ID [ID ...])
 
@@ -45,6 +46,9 @@ flags.DEFINE_enum("backend", "faiss", list(BACKENDS), "build: where the vectors 
 flags.DEFINE_string("uri", None, "build, milvus: a PATH.db Milvus Lite file, or http://host:19530.",
                     flag_values=FLAGS)
 flags.DEFINE_string("collection", None, "build, milvus: the collection to create.", flag_values=FLAGS)
+flags.DEFINE_string("rerank", "auto", "build: label-free re-ranking the index applies: auto (what the run recorded "
+                    "in its results.json, else none), none, or aqe / dba / dba+aqe with options, e.g. "
+                    "'dba+aqe:k=3,alpha=3' (cosine, faiss only; kreciprocal is refused).", flag_values=FLAGS)
 flags.DEFINE_bool("replace", False, "add: replace tracks already in the index.", flag_values=FLAGS)
 flags.DEFINE_multi_string("track_id", [], "remove: a track id (repeat the flag, or list more ids after it).",
                           flag_values=FLAGS)
@@ -52,7 +56,7 @@ flags.DEFINE_multi_string("track_id", [], "remove: a track id (repeat the flag, 
 # The flags each command takes; any other given is a usage error.
 COMMAND_FLAGS = {
     "build": ({"embeddings", "output"}, {"similarity", "approximate", "model_dir", "model", "overwrite", "backend",
-                                         "uri", "collection"}),
+                                         "uri", "collection", "rerank"}),
     "add": ({"index", "embeddings"}, {"model_dir", "replace"}),
     "remove": ({"index", "track_id"}, set()),
 }
@@ -136,7 +140,7 @@ def main(argv: Sequence[str]) -> int:
             index = build_index(embeddings=FLAGS.embeddings, output=FLAGS.output, similarity=FLAGS.similarity,
                                 approximate=FLAGS.approximate, model_dir=FLAGS.model_dir, model_name=FLAGS.model,
                                 overwrite=FLAGS.overwrite, backend=FLAGS.backend, uri=FLAGS.uri,
-                                collection=FLAGS.collection)
+                                collection=FLAGS.collection, rerank=FLAGS.rerank)
             print(f"{index.summary()} -> {os.path.abspath(FLAGS.output)}")
         elif command == "add":
             index, added, replaced = add_to_index(index_dir=FLAGS.index, embeddings=FLAGS.embeddings,
