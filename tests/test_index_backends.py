@@ -246,3 +246,17 @@ def test_milvus_index_errors(tmp_path, opened):
     (tmp_path / "idx" / "config.json").write_text(json.dumps(dict(config, collection="gone")))
     with pytest.raises(IndexFileError, match="names the collection 'gone', which does not exist"):
         EmbeddingIndex.load(str(tmp_path / "idx"))
+
+
+def test_the_milvus_backend_refuses_reranking_with_exit_2(tmp_path, capsys):
+    ids, vectors, groups = catalogue(count=30, dim=8)
+    embeddings = write_parquet(tmp_path / "a.parquet", ids=ids, vectors=vectors, groups=groups)
+    uri = str(tmp_path / "db" / "music.db")
+    assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={tmp_path / 'idx'}",
+                 "--backend=milvus", f"--uri={uri}", "--collection=music", "--rerank=dba+aqe:k=3"]) == 2
+    assert "the milvus backend does not re-rank" in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists() and not os.path.exists(uri)
+    # The same file and setting make a re-ranking faiss index.
+    assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={tmp_path / 'faiss'}",
+                 "--rerank=dba+aqe:k=3"]) == 0
+    assert EmbeddingIndex.load(str(tmp_path / "faiss")).rerank.method == "dba+aqe"

@@ -156,6 +156,27 @@ def _damage(directory, case: str) -> str:
     raise AssertionError(case)
 
 
+@pytest.mark.parametrize("case, damage", [
+    ("missing augmented vectors", lambda d: (d / "augmented_vectors.npy").unlink()),
+    ("rescaled augmented vectors", lambda d: np.save(d / "augmented_vectors.npy",
+                                                     np.load(d / "augmented_vectors.npy") * 2.0)),
+    ("unknown method", lambda d: (d / "config.json").write_text(json.dumps(
+        {**json.loads((d / "config.json").read_text()), "rerank": {"method": "kreciprocal"}}))),
+])
+def test_a_damaged_reranking_index_fails_on_load_naming_the_file(tmp_path, capsys, case, damage):
+    from musicsim import rerank
+
+    ids, vectors = catalogue(count=40, dim=8)
+    directory = tmp_path / "idx"
+    EmbeddingIndex(track_ids=ids, vectors=vectors, rerank=rerank.parse_settings("dba:k=2")).save(str(directory))
+    damage(directory)
+    name = "config.json" if case == "unknown method" else "augmented_vectors.npy"
+    with pytest.raises(IndexFileError, match=str(directory / name)):
+        EmbeddingIndex.load(str(directory))
+    assert search_module.main(["musicsim-search", f"--index={directory}", f"--track_id={ids[0]}"]) == 2
+    assert name in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["empty vectors", "overwritten vectors body", "rescaled vectors", "corrupt faiss",
                                   "garbage config", "config without count", "garbage tracks",
                                   "tracks without ids", "garbage labels"])

@@ -189,3 +189,32 @@ def test_the_readme_search_flow_runs_as_written(synthetic_dataset, audio_dir, tm
     assert len(results) == 10 and results[0]["track_id"] == TRACK
     assert results[0]["score"] == pytest.approx(0.0, abs=1e-3)  # mfcc: euclidean, the file itself at distance 0
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+
+def test_rerank_flag_applies_the_index_reranking_or_turns_query_expansion_off(tmp_path, capsys):
+    from musicsim import rerank
+
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((4, 6))
+    vectors = (centres[rng.integers(0, 4, size=24)] + 0.6 * rng.standard_normal((24, 6))).astype(np.float32)
+    track_ids = [f"t{i:02d}" for i in range(len(vectors))]
+    np.savez(tmp_path / "e.npz", track_ids=np.array(track_ids), embeddings=vectors)
+    build_index(embeddings=str(tmp_path / "e.npz"), output=str(tmp_path / "index"), rerank="dba+aqe:k=3,alpha=3")
+
+    def ranking(method: str) -> list[str]:
+        scores = rerank.catalog_scores(vectors=vectors, settings=rerank.RerankSettings(method=method, k=3, alpha=3.0))
+        row = scores[5].copy()
+        row[5] = -np.inf
+        return [track_ids[r] for r in np.argsort(-row, kind="stable")[:8]]
+
+    command = ["musicsim-search", f"--index={tmp_path / 'index'}", "--track_id=t05", "-k", "8", "--json"]
+    found = {}
+    for mode in ("index", "none"):
+        assert main(command + [f"--rerank={mode}"]) == 0
+        found[mode] = [r["track_id"] for r in json.loads(capsys.readouterr().out)]
+    assert main(command) == 0  # the default is the index's
+    assert [r["track_id"] for r in json.loads(capsys.readouterr().out)] == found["index"]
+    assert found["index"] == ranking("dba+aqe") and found["none"] == ranking("dba")
+    assert found["index"] != found["none"]
+    assert main(command + ["--rerank=aqe"]) == 2
+    assert "--rerank" in capsys.readouterr().err

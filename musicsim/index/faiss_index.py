@@ -221,7 +221,7 @@ class EmbeddingIndex(IndexBackend):
         model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
         groups = len(set(g for g in self._metadata.get("group", []) if g is not None))
         return (f"EmbeddingIndex (faiss): {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, "
-                f"{groups} groups, rerank {describe_rerank(self.rerank)}, model {model}")
+                f"{groups} groups, model {model}, rerank {describe_rerank(self.rerank)}")
 
     # ------------------------------------------------------------------ validation helpers
     def _row(self, track_id: str) -> int:
