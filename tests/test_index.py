@@ -709,3 +709,18 @@ def test_build_cli_auto_takes_the_runs_recorded_reranking(tmp_path, capsys):
     with pytest.warns(UserWarning, match="building it without re-ranking"):
         assert main(base + [f"--output={tmp_path / 'krec'}"]) == 0
     assert EmbeddingIndex.load(str(tmp_path / "krec")).rerank.method == "none"
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_reranking_tiny_catalogs_and_identical_tracks_match_catalog_scores(count):
+    from musicsim import rerank
+
+    vectors, _ = clustered_catalogue(count=count, dim=5, clusters=2, seed=1, spread=0.6)
+    vectors = np.concatenate([vectors, vectors[:1]])  # an identical copy of the first track
+    track_ids = [f"t{i}" for i in range(len(vectors))]
+    settings = rerank.parse_settings("dba+aqe:k=3,alpha=3")
+    index = EmbeddingIndex(track_ids=track_ids[:1], vectors=vectors[:1], rerank=settings)
+    assert index.search_by_id(track_id="t0", k=3, exclude_self=False)[0][0] == "t0"
+    index.add(track_ids=track_ids[1:], vectors=vectors[1:])
+    assert_track_queries_match_catalog_scores(index, track_ids=track_ids, vectors=vectors, settings=settings,
+                                              exclude_self=False)

@@ -171,10 +171,20 @@ class EmbeddingIndex(IndexBackend):
 
     def _augment(self, originals: np.ndarray) -> np.ndarray:
         """The searched vectors [N, D] of the tracks' own ``originals`` [N, D]: augmented with ``dba``."""
-        if not self.augments or len(originals) == 0:
-            return originals
-        return np.ascontiguousarray(reranking.augment_database(vectors=originals, k=self.rerank.k,
-                                                               alpha=self.rerank.alpha))
+        count = len(originals)
+        if not self.augments or count < 2:
+            return originals  # a lone track has no neighbours: it stays itself (a unit vector already)
+        k = min(self.rerank.k, count - 1)
+        # rerank.augment_database's neighbours, found by faiss's flat search (several times faster than
+        # its numpy blocks on large catalogues; memory [N, k + 1]).
+        flat = faiss.IndexFlatIP(self._dim)
+        flat.add(originals)
+        scores, rows = flat.search(originals, k + 1)
+        own = rows == np.arange(count)[:, None]
+        own[~own.any(axis=1), -1] = True  # an identical track tied ahead of the track itself: drop the last
+        scores, rows = scores[~own].reshape(count, k), rows[~own].reshape(count, k)
+        return np.ascontiguousarray(reranking.expand(vectors=originals, neighbour_vectors=originals[rows],
+                                                     neighbour_scores=scores, alpha=self.rerank.alpha))
 
     @property
     def vectors(self) -> np.ndarray:
