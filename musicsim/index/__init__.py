@@ -14,6 +14,9 @@ The package's rooms:
 * ``build``: building and updating a saved index from embeddings files;
 * ``cli``: ``python -m musicsim.index build | add | remove`` (queries: ``python -m musicsim.search``).
 
+A faiss index of cosine similarity may re-rank by the catalog (``musicsim.rerank``: ``aqe``, ``dba``,
+``dba+aqe``; ``build --rerank``, recorded in config.json; see ``faiss_index``).
+
 >>> import numpy as np
 >>> from musicsim.index import EmbeddingIndex
 >>> index = EmbeddingIndex(track_ids=["a", "b", "c"], vectors=np.eye(3), similarity="cosine")
