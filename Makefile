@@ -20,8 +20,9 @@ $(STAMP):
 	$(VENV)/bin/python -m pip check
 	@touch $@
 
+# A step budget, not a wall-clock one: the same seed then gives the same table on any machine.
 demo: venv
-	$(VENV)/bin/python -m experiments.run
+	$(VENV)/bin/python -m experiments.run --max_steps=200 --max_minutes=0
 
 # The browser test drives headless Chromium: installed here when missing (as root, with apt-get), else it skips.
 test: venv
