@@ -5,7 +5,7 @@ batch) runs through ONE graph built once on placeholders and fed several times.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import librosa
 import numpy as np
