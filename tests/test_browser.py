@@ -57,9 +57,15 @@ def headless_chromium(*, profile_dir: str, width: int = 1400, height: int = 900)
 
 
 def wait_for(condition, *, timeout: float = 20.0, what: str = "condition"):
+    """``condition()``'s first true value; an element the page re-rendered meanwhile (stale) counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:  # the list was drawn again between finding and using a row
+            value = None
         if value:
             return value
         time.sleep(0.1)
@@ -97,22 +103,23 @@ def test_search_select_neighbours_and_play_in_chromium(served, tmp_path):
         search = driver.find_element(By.ID, "search-input")
         search.send_keys("noisy", Keys.ENTER)
         wait_for(lambda: len(rows("#track-list li[role=option]")) == 4, what="the search results")
-        found = rows("#track-list li[role=option]")
-        assert {row.get_attribute("data-id").split("/")[0] for row in found} == {"noisy_mid"}
+        wait_for(lambda: {row.get_attribute("data-id").split("/")[0] for row in rows("#track-list li[role=option]")}
+                 == {"noisy_mid"}, what="only the noisy_mid album in the results")
 
-        rows("#track-list li[role=option]")[1].click()
+        wait_for(lambda: rows("#track-list li[role=option]")[1].click() or True, what="a click on the second result")
         wait_for(lambda: len(rows("#neighbour-list li[role=option]")) == 10, what="the neighbours")
         assert driver.find_element(By.ID, "now-title").text == "t1"
-        neighbours = rows("#neighbour-list li[role=option]")
-        assert neighbours[0].get_attribute("data-id").startswith("noisy_mid/")  # same timbre first
-        assert "noisy_mid/t1" not in [row.get_attribute("data-id") for row in neighbours]
+        neighbour_ids = wait_for(lambda: [row.get_attribute("data-id") for row in rows("#neighbour-list li[role=option]")],
+                                 what="the neighbours' ids")
+        assert neighbour_ids[0].startswith("noisy_mid/")  # same timbre first
+        assert "noisy_mid/t1" not in neighbour_ids
 
         driver.find_element(By.ID, "play-selected").click()
         wait_for(lambda: audio("!a.paused && a.readyState >= 2 && a.currentTime > 0.1"), what="playback")
         assert audio("a.src").endswith("/api/audio/noisy_mid%2Ft1") and audio("a.error") is None
 
         # Keyboard: down arrow then Enter in the neighbour list queries that neighbour.
-        first = neighbours[0].get_attribute("data-id")
+        first = neighbour_ids[0]
         neighbour_list = driver.find_element(By.ID, "neighbour-list")
         neighbour_list.send_keys(Keys.ARROW_DOWN, Keys.ENTER)
         wait_for(lambda: driver.find_element(By.ID, "neighbours-title").text.endswith(f"“{first.split('/')[1]}”"),
