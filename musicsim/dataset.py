@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from musicsim.atomic import atomic_open, write_json_atomic  # noqa: F401  (write_json_atomic: part of this API)
+from musicsim.atomic import atomic_open, write_json_atomic
 
 LABEL_SEPARATOR = "|"
 DATASET_INFO_FILE = "dataset.json"  # written last: a folder holding it is a finished build

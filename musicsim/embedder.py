@@ -16,7 +16,7 @@ model, whatever its kind, behind one small interface::
   files are also decoded block by block (``musicsim.audio.iter_audio_blocks``), short ones in
   worker processes;
 - learned ``rnn``: the same decoding at ``chroma_sample_rate``, then the chromagram
-  (``musicsim.models.rnn.chroma_sequence``), as ``rnn.load_tracks`` computes it. A long file's
+  (``musicsim.audio.chroma_sequence``), as ``rnn.load_tracks`` computes it. A long file's
   chromagram is computed a window at a time (each with an STFT frame of audio either side, so the
   frames are those of the whole file), then the LSTM reads it whole (12 values per frame, about
   1/2000 of the audio). Windowed differs from whole in one place: librosa estimates the tuning of

@@ -51,7 +51,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from musicsim import metrics
-from musicsim.similarity import SIMILARITIES, check_similarity  # noqa: F401  (SIMILARITIES: part of this API)
+from musicsim.similarity import check_similarity
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

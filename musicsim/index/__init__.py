@@ -23,9 +23,8 @@ A faiss index of cosine similarity may re-rank by the catalog (``musicsim.rerank
 >>> [track_id for track_id, _ in index.search_by_id(track_id="a", k=2, exclude_self=False)][0]
 'a'
 """
-from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, MAX_DIVERSITY_POOL, SIMILARITIES,
-                                     IndexBackend, IndexFileError, Result, default_nlist, default_nprobe,
-                                     maximal_marginal_relevance)
+from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, MAX_DIVERSITY_POOL, IndexBackend, IndexFileError,
+                                     Result, default_nlist, default_nprobe, maximal_marginal_relevance)
 from musicsim.index.build import add_to_index, build_index, remove_from_index
 from musicsim.index.cli import cli, main
 from musicsim.index.embeddings_io import (embedding_file_writers, load_embeddings, read_provenance,
@@ -33,6 +32,7 @@ from musicsim.index.embeddings_io import (embedding_file_writers, load_embedding
 from musicsim.index.faiss_index import EmbeddingIndex
 from musicsim.index.storage import (CONFIG_FILE, FORMAT_MARKER, FORMAT_VERSION, check_output_directory,
                                     remove_stale_temporaries, save_index_directory, write_json_synced)
+from musicsim.similarity import SIMILARITIES
 
 __all__ = ["APPROXIMATE_KINDS", "BACKENDS", "CONFIG_FILE", "FORMAT_MARKER", "FORMAT_VERSION", "MAX_DIVERSITY_POOL",
            "SIMILARITIES", "EmbeddingIndex", "IndexBackend", "IndexFileError", "Result", "add_to_index",

@@ -24,7 +24,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from musicsim.rerank import RerankSettings
-from musicsim.similarity import SIMILARITIES  # noqa: F401  (re-exported to the index modules)
 
 APPROXIMATE_KINDS = ("ivf", "hnsw")
 BACKENDS = ("faiss", "milvus")

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from musicsim import rerank as reranking
-from musicsim.index.backends import BACKENDS, SIMILARITIES, IndexBackend, check_index_rerank
+from musicsim.similarity import SIMILARITIES
+from musicsim.index.backends import BACKENDS, IndexBackend, check_index_rerank
 from musicsim.index.embeddings_io import load_embeddings, read_provenance, run_embedding_dim, run_similarity
 from musicsim.index.faiss_index import EmbeddingIndex
 from musicsim.index.storage import check_output_directory

@@ -22,7 +22,8 @@ from typing import Callable, NoReturn, Sequence
 
 from absl import app, flags
 
-from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS, SIMILARITIES
+from musicsim.similarity import SIMILARITIES
+from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS
 
 USAGE = ("usage: python -m musicsim.index build --embeddings=FILE --output=DIR [...]\n"
          "       python -m musicsim.index add --index=DIR --embeddings=FILE [--replace]\n"

@@ -21,7 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from musicsim.index.backends import SIMILARITIES, _as_str_list, id_defects
+from musicsim.similarity import SIMILARITIES
+from musicsim.index.backends import _as_str_list, id_defects
 from musicsim.rundir import FITTED_CONFIG_FILE, RunDir
 
 IDS_SUFFIX = ".ids.json"

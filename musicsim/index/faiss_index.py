@@ -40,9 +40,10 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from musicsim import rerank as reranking  # noqa: E402
-from musicsim.index.backends import (APPROXIMATE_KINDS, SIMILARITIES, IndexBackend,  # noqa: E402
+from musicsim.index.backends import (APPROXIMATE_KINDS, IndexBackend,  # noqa: E402
                                      Result, _as_group_set, check_index_rerank, default_nlist, default_nprobe,
                                      describe_rerank, maximal_marginal_relevance)
+from musicsim.similarity import SIMILARITIES  # noqa: E402
 
 # IVF k-means trains on at most this many points per list: more costs time without improving the
 # lists noticeably.

@@ -32,7 +32,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from musicsim.index import storage
-from musicsim.index.backends import (APPROXIMATE_KINDS, SIMILARITIES, IndexBackend, IndexFileError, Result,
+from musicsim.similarity import SIMILARITIES
+from musicsim.index.backends import (APPROXIMATE_KINDS, IndexBackend, IndexFileError, Result,
                                      default_nlist, default_nprobe,
                                      _as_group_set, maximal_marginal_relevance, similarities_to)
 

@@ -35,10 +35,11 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, SIMILARITIES, IndexFileError,  # noqa: E402
+from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, IndexFileError,  # noqa: E402
                                      check_index_rerank)
 from musicsim.owned import MANIFEST_NAME, NotOurFolderError, check_replaceable, write_manifest  # noqa: E402
 from musicsim.rerank import RerankSettings, settings_from_json  # noqa: E402
+from musicsim.similarity import SIMILARITIES  # noqa: E402
 from musicsim.workers import process_alive  # noqa: E402
 
 FORMAT_VERSION = 1

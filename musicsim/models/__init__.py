@@ -153,9 +153,9 @@ def _learned(name: str, module: str, *, input: InputSpec, embed: str = "embed",
     def build() -> ModelEntry:
         found = importlib.import_module(module)
         resolved = {key: _reference(found, value) for key, value in attributes.items()}
-        if isinstance(resolved.get("defaults"), Mapping):  # a module's DEFAULT_PARAMS dict
-            defaults = dict(resolved["defaults"])
-            resolved["defaults"] = lambda: defaults
+        if isinstance(resolved.get("defaults"), type):  # the model's typed config: its defaults
+            config = resolved["defaults"]
+            resolved["defaults"] = lambda: config().to_params()
         if resolved.get("windows") is True:  # the module itself offers the window functions
             resolved["windows"] = found
         return ModelEntry(name=name, kind="learned", input=input, embed=getattr(found, embed),
@@ -195,7 +195,7 @@ _LINES: dict[str, tuple[str, Callable[[], ModelEntry]]] = {
                                 objective="objective", early_stopping="EARLY_STOPPING",
                                 embedding_variants="embedding_variants",
                                 load_tracks="load_splits", make_input_fn=_rnn_input_fn,
-                                defaults="DEFAULT_PARAMS")),
+                                defaults="RNNConfig")),
     "librosa": ("fitted", _fitted("librosa", "musicsim.models.librosa_pca", "LibrosaPCAModel",
                                   variance_ratio="variance_ratio")),
     "mfcc": ("fitted", _fitted("mfcc", "musicsim.models.mfcc", "MFCCModel")),
