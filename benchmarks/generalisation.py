@@ -144,6 +144,28 @@ CONFIGS = {
         description="distillation: the log-mel WaveNet learns to reproduce musicnn MSD's penultimate vector of "
                     "each crop of the train split's audio (labels unused; its own row is '/pretrain'), then the "
                     "stacks warm-start logmel_lambda_cosine"),
+    "logmel_distill_mtt_finetune": WaveNetConfig(
+        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
+        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MTT_musicnn", "--distill_loss=cosine"),
+        pretrain_share=0.6,
+        description="as logmel_distill_finetune, the teacher musicnn MTT (the tagger that ranks unseen albums "
+                    "best of the four on the extended corpus)"),
+    "logmel_distill_mtt_augment_finetune": WaveNetConfig(
+        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
+        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MTT_musicnn", "--distill_loss=cosine",
+                                       "--distill_augment"),
+        pretrain_share=0.6,
+        description="as logmel_distill_mtt_finetune, the student reading augmented crops (shift, EQ, gain, "
+                    "noise: --distill_augment) against the clean crops' targets: the unaugmented student stops "
+                    "early (eval loss) after ~1,000 steps, learning the 8 train albums' crops by heart"),
+    "logmel_distill_mtt_all_finetune": WaveNetConfig(
+        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
+        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MTT_musicnn", "--distill_loss=cosine",
+                                       "--pretrain_splits=train,eval,test"),
+        pretrain_share=0.6,
+        description="as logmel_distill_mtt_finetune, distilling on the audio of every split (labels unused: "
+                    "what a search engine can do with the catalog it indexes; the student sees the test "
+                    "albums' audio, never their labels)"),
     "raw_paper": WaveNetConfig(
         flags=("--model=wavenet", "--frontend=raw", "--loss=lambda", "--similarity=cosine", "--batch_size=4",
                "--crop_seconds=4"),

@@ -175,16 +175,19 @@ flags.DEFINE_enum("distill_loss", DISTILL.distill_loss, list(distillation.LOSSES
                   "standardised teacher vector.")
 flags.DEFINE_float("distill_hop_seconds", DISTILL.distill_hop_seconds, "distill: seconds between the fixed crops of "
                    "a track whose teacher targets are computed once and cached (in the dataset's teacher_cache).")
+flags.DEFINE_boolean("distill_augment", DISTILL.distill_augment, "distill: the student reads randomly augmented "
+                     "training crops (the --augment_* settings), the target staying the teacher's vector of the "
+                     "clean crop.")
 flags.DEFINE_integer("n_negatives", _default(RunConfig, "n_negatives"), "contrastive: other tracks of the batch per "
                      "list (batch_size must exceed it).")
-flags.DEFINE_list("augment_gain_db", _list_default(AUGMENTATION.gain_db), "contrastive: random gain range in dB "
-                  "(empty: off).")
-flags.DEFINE_float("augment_eq_db", AUGMENTATION.eq_db or 0.0, "contrastive: random equaliser band gains up to this "
-                   "many dB (0: off).")
-flags.DEFINE_list("augment_snr_db", _list_default(AUGMENTATION.noise_snr_db), "contrastive: additive noise SNR range "
-                  "in dB (empty: off).")
-flags.DEFINE_float("augment_shift_seconds", AUGMENTATION.max_shift_seconds or 0.0, "contrastive: random time shift "
-                   "up to this (0: off).")
+flags.DEFINE_list("augment_gain_db", _list_default(AUGMENTATION.gain_db), "contrastive (and --distill_augment): "
+                  "random gain range in dB (empty: off).")
+flags.DEFINE_float("augment_eq_db", AUGMENTATION.eq_db or 0.0, "contrastive (and --distill_augment): random "
+                   "equaliser band gains up to this many dB (0: off).")
+flags.DEFINE_list("augment_snr_db", _list_default(AUGMENTATION.noise_snr_db), "contrastive (and --distill_augment): "
+                  "additive noise SNR range in dB (empty: off).")
+flags.DEFINE_float("augment_shift_seconds", AUGMENTATION.max_shift_seconds or 0.0, "contrastive (and "
+                   "--distill_augment): random time shift up to this (0: off).")
 flags.DEFINE_list("pretrain_splits", list(_default(RunConfig, "pretrain_splits")), "Splits whose audio the "
                   "self-supervised pretraining reads (labels are never used): train, or e.g. train,eval,test to "
                   "learn from every track of the catalog.")
@@ -249,7 +252,7 @@ def config_from_flags() -> RunConfig:
         rnn_units=FLAGS.rnn_units, section_frames=FLAGS.section_frames, rnn_embedding=FLAGS.rnn_embedding,
         rnn_reduce=FLAGS.rnn_reduce, variance_ratio=FLAGS.variance_ratio, fusion_runs=list(FLAGS.fusion_runs),
         musicnn_model=FLAGS.musicnn_model, musicnn_layer=FLAGS.musicnn_layer, distill_loss=FLAGS.distill_loss,
-        distill_hop_seconds=FLAGS.distill_hop_seconds, frontend=FLAGS.frontend,
+        distill_hop_seconds=FLAGS.distill_hop_seconds, distill_augment=FLAGS.distill_augment, frontend=FLAGS.frontend,
         frame_seconds=FLAGS.frame_seconds, hop_seconds=FLAGS.hop_seconds, n_mels=FLAGS.n_mels,
         frontend_stride=FLAGS.frontend_stride,
         mixed_precision=False if FLAGS.mixed_precision == "off" else FLAGS.mixed_precision, xla=FLAGS.xla)
@@ -409,7 +412,9 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
                 teacher=teacher,
                 crop_seconds=None if config.crop_seconds is None else teacher.whole_patches(config.crop_seconds),
                 hop_seconds=float(config.params.get("distill_hop_seconds", 1.0)), batch_size=config.batch_size,
-                cache_dir=os.path.join(config.dataset_dir, "teacher_cache"), seed=train_seed, eval_seed=config.seed)
+                cache_dir=os.path.join(config.dataset_dir, "teacher_cache"), seed=train_seed, eval_seed=config.seed,
+                augmentation=(pretraining.Augmentation(**config.augmentation)
+                              if config.params.get("distill_augment") else None))
             # The student's mean cosine to its teacher on test crops (never trained on): teacher agreement.
             eval_fn, reported = held_out["eval"], {"teacher_agreement_test": held_out["test"]}
         else:

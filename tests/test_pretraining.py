@@ -798,6 +798,29 @@ def test_distillation_input_fn_pairs_each_crop_with_the_teacher_target_of_that_c
     np.testing.assert_allclose(np.concatenate(data.targets).mean(axis=0), 0.0, atol=1e-4)
 
 
+def test_augmented_distillation_changes_the_crops_never_their_targets(teacher):
+    tracks = chord_tracks(3, seconds=6.0)
+    data = pretraining.distillation_set(tracks=tracks, crop_seconds=teacher.whole_patches(3.0), hop_seconds=1.0,
+                                        teacher=teacher)
+    settings = pretraining.Augmentation(gain_db=(-6.0, 6.0), eq_db=None, noise_snr_db=(20.0, 30.0),
+                                        max_shift_seconds=None)
+    clean, augmented = (list(pretraining.make_distillation_input_fn(data=data, mode="train", batch_size=3, seed=0,
+                                                                    augmentation=a)().take(3))
+                        for a in (None, settings))
+    for (clean_features, clean_labels), (features, labels) in zip(clean, augmented):
+        # The same crops are drawn (the augmentation has its own stream) and keep the clean crops' targets.
+        np.testing.assert_array_equal(labels.numpy(), clean_labels.numpy())
+        np.testing.assert_array_equal(features["length"].numpy(), clean_features["length"].numpy())
+        difference = features["audio"].numpy() - clean_features["audio"].numpy()
+        assert np.abs(difference).max() > 1e-3  # but the student reads other audio
+    again = list(pretraining.make_distillation_input_fn(data=data, mode="train", batch_size=3, seed=0,
+                                                        augmentation=settings)().take(3))
+    for (a, _), (b, _) in zip(augmented, again):  # seeded
+        np.testing.assert_array_equal(a["audio"].numpy(), b["audio"].numpy())
+    with pytest.raises(ValueError, match="'train' only"):
+        pretraining.make_distillation_input_fn(data=data, mode="eval", augmentation=settings)
+
+
 def test_teacher_targets_are_computed_once_and_cached_by_track_and_crop(teacher, tmp_path):
     tracks = chord_tracks(2, seconds=5.0)
     counting = CountingTeacher(teacher)

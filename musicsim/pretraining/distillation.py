@@ -20,6 +20,7 @@ from musicsim import head
 from musicsim.atomic import atomic_open
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop_grid
 from musicsim.params import ParamsConfig, ParamsError, fill_defaults
+from musicsim.pretraining.augmentation import Augmentation, augment
 
 LOSSES = ("cosine", "mse")
 # The runner's early stopping of distillation: the eval loss must keep decreasing.
@@ -34,10 +35,13 @@ class DistillConfig(ParamsConfig):
     ----------
     distill_loss : ``"cosine"`` or ``"mse"``, against the standardised teacher vector
     distill_hop_seconds : seconds between the fixed crops of a track whose targets are cached
+    distill_augment : the student reads a randomly augmented copy of each training crop (the run's
+        augmentation settings) while its target stays the teacher's vector of the clean crop
     """
 
     distill_loss: str = "cosine"
     distill_hop_seconds: float = 1.0
+    distill_augment: bool = False
 
     def __post_init__(self):
         if self.distill_loss not in LOSSES:
@@ -200,8 +204,8 @@ def distillation_set(*, tracks: TrackSet, crop_seconds: float | None, hop_second
     return DistillationSet(tracks=tracks, frames=frames, starts=starts, targets=targets, mean=mean, scale=scale)
 
 
-def make_distillation_input_fn(*, data: DistillationSet, mode: str, batch_size: int = 8, seed: int = 0
-                               ) -> Callable[..., tf.data.Dataset]:
+def make_distillation_input_fn(*, data: DistillationSet, mode: str, batch_size: int = 8, seed: int = 0,
+                               augmentation: Augmentation | None = None) -> Callable[..., tf.data.Dataset]:
     """An ``input_fn`` of (crop, the teacher's target of that crop) batches; labels are the targets.
 
     Elements: features ``{"audio": float32 [batch, time, channels], "length": int32 [batch]}``,
@@ -215,20 +219,29 @@ def make_distillation_input_fn(*, data: DistillationSet, mode: str, batch_size: 
         one of a set built with ``hop_seconds=None``)
     batch_size : int >= 1
     seed : int
+    augmentation : Augmentation or None
+        ``"train"`` only: each crop the student reads is augmented (its own seeded stream), the target
+        being the teacher's vector of the clean crop, so the student cannot learn the crops by heart.
     """
     if mode not in (TRAIN, EVAL):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    if augmentation is not None and mode != TRAIN:
+        raise ValueError("augmentation applies to mode 'train' only: held-out crops are the teacher's own")
 
-    def element(track: int, index: int) -> tuple[dict, np.ndarray]:
+    def element(track: int, index: int, rng: np.random.Generator | None = None) -> tuple[dict, np.ndarray]:
         audio = data.crop(track, index).astype(np.float32)
+        if augmentation is not None:
+            audio = augment(audio=audio, rng=rng, settings=augmentation, frame_rate=data.tracks.frame_rate)
         return {"audio": audio, "length": np.int32(audio.shape[0])}, data.targets[track][index]
 
     def generate():
         if mode == TRAIN:
             rng = np.random.default_rng(seed)
+            # A separate stream, so the crops drawn do not depend on whether they are augmented.
+            augment_rng = np.random.default_rng([seed, 1])
             while True:
                 for track in rng.permutation(len(data.tracks)):
-                    yield element(int(track), int(rng.integers(0, data.starts[track].size)))
+                    yield element(int(track), int(rng.integers(0, data.starts[track].size)), augment_rng)
         else:
             for track in range(len(data.tracks)):
                 yield element(track, 0)
@@ -242,12 +255,13 @@ def make_distillation_input_fn(*, data: DistillationSet, mode: str, batch_size: 
 def make_distillation_input_fns(*, train_tracks: TrackSet, held_out: Mapping[str, TrackSet], teacher: Teacher,
                                 crop_seconds: float | None, hop_seconds: float | None, batch_size: int,
                                 cache_dir: str | None = None, seed: int = 0, eval_seed: int = 0,
-                                progress: bool = True) -> tuple[Callable, dict[str, Callable]]:
+                                augmentation: Augmentation | None = None, progress: bool = True
+                                ) -> tuple[Callable, dict[str, Callable]]:
     """The ``input_fn`` s of a distillation run: (TRAIN on random grid crops of ``train_tracks``,
     ``{name: EVAL on the centred crop of each track of held_out[name]}``), every target standardised
     with the train crops' statistics. EVAL's ``cosine`` on a held-out split is the student's agreement
     with its teacher there (e.g. ``{"eval": ..., "test": ...}``: eval drives early stopping, test is
-    reported)."""
+    reported). ``augmentation`` applies to the TRAIN crops only."""
     train = distillation_set(tracks=train_tracks, crop_seconds=crop_seconds, hop_seconds=hop_seconds,
                              teacher=teacher, cache_dir=cache_dir, progress=progress)
     evaluations = {}
@@ -255,7 +269,8 @@ def make_distillation_input_fns(*, train_tracks: TrackSet, held_out: Mapping[str
         data = distillation_set(tracks=tracks, crop_seconds=crop_seconds, hop_seconds=None, teacher=teacher,
                                 cache_dir=cache_dir, standardisation=(train.mean, train.scale), progress=progress)
         evaluations[name] = make_distillation_input_fn(data=data, mode=EVAL, batch_size=batch_size, seed=eval_seed)
-    return make_distillation_input_fn(data=train, mode=TRAIN, batch_size=batch_size, seed=seed), evaluations
+    return make_distillation_input_fn(data=train, mode=TRAIN, batch_size=batch_size, seed=seed,
+                                      augmentation=augmentation), evaluations
 
 
 def distillation_loss(*, predictions: tf.Tensor, targets: tf.Tensor, kind: str) -> tf.Tensor:
