@@ -260,7 +260,7 @@ class RunPlan:
 def plan_runs(*, runs_dir: str, data_dir: str, configs: list[str], seeds: list[int], minutes_per_run: float,
               workers: int, eval_repeats: int, protocols: tuple[str, ...] = tuple(PROTOCOLS),
               fitted: tuple[str, ...] = FITTED_MODELS, fusions: tuple[str, ...] = tuple(FUSIONS),
-              rerank: str = "auto") -> list[RunPlan]:
+              rerank: str = "auto", early_stopping_patience: int = 400) -> list[RunPlan]:
     """The fitted models and their fusions on both protocols first, then per configuration, seed and
     protocol (of ``protocols``) the WaveNet runs (seeds outermost within a configuration, so a cut time
     budget leaves the protocols with the same seeds). Every run also scores its re-ranked test split
@@ -286,7 +286,7 @@ def plan_runs(*, runs_dir: str, data_dir: str, configs: list[str], seeds: list[i
                                         f"--dataset={dataset}", f"--model_dir={model_dir}", *common],
                                  depends_on=parts[0], also_depends_on=tuple(parts[1:])))
     training = [f"--max_minutes={minutes_per_run}", "--max_steps=100000", "--save_checkpoints_steps=100",
-                "--early_stopping_patience=400"]
+                f"--early_stopping_patience={early_stopping_patience}"]
     for name in configs:
         config = CONFIGS[name]
         for seed in seeds[:config.max_seeds]:
@@ -549,6 +549,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_seconds", type=float, default=60.0, help="centred excerpt per track when preparing")
     parser.add_argument("--workers", type=int, default=2, help="processes for data preparation and features")
     parser.add_argument("--eval_repeats", type=int, default=5, help="seeds of the test lists per run")
+    parser.add_argument("--early_stopping_patience", type=int, default=400, help="training steps without a better "
+                        "eval metric before a WaveNet run stops (evaluated every 100 steps)")
     args = parser.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.config_list = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -566,6 +568,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--seeds: give at least one seed")
     if args.minutes_per_run <= 0:
         parser.error(f"--minutes_per_run must be > 0, got {args.minutes_per_run}")
+    if args.early_stopping_patience < 100:
+        parser.error(f"--early_stopping_patience must be >= 100 (one evaluation), got {args.early_stopping_patience}")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     return args
@@ -589,7 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     plans = plan_runs(runs_dir=runs_dir, data_dir=data_dir, configs=args.config_list, seeds=args.seed_list,
                       minutes_per_run=args.minutes_per_run, workers=args.workers, eval_repeats=args.eval_repeats,
                       protocols=args.protocol_list, fitted=args.fitted_list, fusions=args.fusion_list,
-                      rerank=args.rerank)
+                      rerank=args.rerank, early_stopping_patience=args.early_stopping_patience)
     execute(plans, minutes_per_run=args.minutes_per_run, time_budget_minutes=budget)
     os.makedirs(output, exist_ok=True)
     protocol_reports(plans, output=output)
