@@ -108,6 +108,18 @@ class WaveNetConfig:
     max_seeds: int | None = None
 
 
+# The similarity stage of every pretrained configuration: the stacks warm-start logmel_lambda_cosine.
+FINE_TUNE_FLAGS = LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks")
+
+
+def distill_config(*, teacher: str, description: str, extra: tuple[str, ...] = ()) -> WaveNetConfig:
+    """Distillation of the musicnn checkpoint ``teacher`` (cosine, plus ``extra`` flags) into the log-mel
+    WaveNet on 60% of the minutes, then fine-tuning."""
+    return WaveNetConfig(flags=FINE_TUNE_FLAGS, pretrain_share=0.6, description=description,
+                         pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", f"--musicnn_model={teacher}",
+                                                        "--distill_loss=cosine", *extra))
+
+
 CONFIGS = {
     "logmel_lambda_cosine": WaveNetConfig(
         flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine"),
@@ -119,13 +131,13 @@ CONFIGS = {
         flags=LOGMEL_FLAGS + ("--loss=pairwise", "--similarity=cosine"),
         description="as logmel_lambda_cosine, pairwise hinge loss on pairwise lists"),
     "logmel_contrastive_finetune": WaveNetConfig(
-        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
+        flags=FINE_TUNE_FLAGS,
         pretrain_flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--pretrain=contrastive",
                                        "--n_negatives=3"),
         description="contrastive pretraining on the train split (labels unused), then the stacks warm-start "
                     "logmel_lambda_cosine"),
     "logmel_contrastive_all_finetune": WaveNetConfig(
-        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
+        flags=FINE_TUNE_FLAGS,
         pretrain_flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--pretrain=contrastive",
                                        "--n_negatives=3", "--pretrain_splits=train,eval,test"),
         description="as logmel_contrastive_finetune, the contrastive stage reading the audio of every split "
@@ -137,35 +149,25 @@ CONFIGS = {
                                        "--pretrain_splits=train,eval,test"),
         description="as logmel_contrastive_all_finetune, both stages scoring with cosine x 10 (--score_scale) "
                     "so the logistic loss can separate pairs"),
-    "logmel_distill_finetune": WaveNetConfig(
-        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
-        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MSD_musicnn", "--distill_loss=cosine"),
-        pretrain_share=0.6,
+    "logmel_distill_finetune": distill_config(
+        teacher="MSD_musicnn",
         description="distillation: the log-mel WaveNet learns to reproduce musicnn MSD's penultimate vector of "
                     "each crop of the train split's audio (labels unused; its own row is '/pretrain'), then the "
                     "stacks warm-start logmel_lambda_cosine"),
-    "logmel_distill_mtt_finetune": WaveNetConfig(
-        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
-        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MTT_musicnn", "--distill_loss=cosine"),
-        pretrain_share=0.6,
+    "logmel_distill_mtt_finetune": distill_config(
+        teacher="MTT_musicnn",
         description="as logmel_distill_finetune, the teacher musicnn MTT (the tagger that ranks unseen albums "
                     "best of the four on the extended corpus)"),
-    "logmel_distill_mtt_augment_finetune": WaveNetConfig(
-        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
-        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MTT_musicnn", "--distill_loss=cosine",
-                                       "--distill_augment"),
-        pretrain_share=0.6,
+    "logmel_distill_mtt_augment_finetune": distill_config(
+        teacher="MTT_musicnn", extra=("--distill_augment",),
         description="as logmel_distill_mtt_finetune, the student reading augmented crops (shift, EQ, gain, "
-                    "noise: --distill_augment) against the clean crops' targets: the unaugmented student stops "
-                    "early (eval loss) after ~1,000 steps, learning the 8 train albums' crops by heart"),
-    "logmel_distill_mtt_all_finetune": WaveNetConfig(
-        flags=LOGMEL_FLAGS + ("--loss=lambda", "--similarity=cosine", "--warm_start_vars=stacks"),
-        pretrain_flags=LOGMEL_FLAGS + ("--pretrain=distill", "--musicnn_model=MTT_musicnn", "--distill_loss=cosine",
-                                       "--pretrain_splits=train,eval,test"),
-        pretrain_share=0.6,
+                    "noise: --distill_augment) against the clean crops' targets, so it cannot learn the train "
+                    "crops by heart"),
+    "logmel_distill_mtt_all_finetune": distill_config(
+        teacher="MTT_musicnn", extra=("--pretrain_splits=train,eval,test",),
         description="as logmel_distill_mtt_finetune, distilling on the audio of every split (labels unused: "
-                    "what a search engine can do with the catalog it indexes; the student sees the test "
-                    "albums' audio, never their labels)"),
+                    "what a search engine can do with the catalog it indexes; the student hears the test "
+                    "albums, never their labels)"),
     "raw_paper": WaveNetConfig(
         flags=("--model=wavenet", "--frontend=raw", "--loss=lambda", "--similarity=cosine", "--batch_size=4",
                "--crop_seconds=4"),
