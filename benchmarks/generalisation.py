@@ -489,7 +489,9 @@ def write_tables(rows: list[Row], plans: list[RunPlan], *, output: str, command:
     md += ["", "## Configurations", ""]
     used = [n for n in names if n in CONFIGS or n.split("/")[0] in CONFIGS]
     for name in dict.fromkeys(n.split("/")[0] for n in used):
-        md.append(f"- `{name}`: {CONFIGS[name].description}. Flags: `{' '.join(CONFIGS[name].flags)}`")
+        config = CONFIGS[name]
+        pretraining = f"; pretraining flags: `{' '.join(config.pretrain_flags)}`" if config.pretrain_flags else ""
+        md.append(f"- `{name}`: {config.description}. Flags: `{' '.join(config.flags)}`{pretraining}")
     not_run = [p for p in plans if p.status in ("skipped", "failed")]
     if not_run:
         md += ["", "## Not run or failed", ""]
