@@ -395,9 +395,10 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
         # Labels are never read: the audio of every split named can be learned from.
         pretrain_tracks = TrackSet.concatenate([tracks[split] for split in config.pretrain_splits])
         reported = {}
+        # The run's augmentation settings (empty: the defaults): contrastive's views, --distill_augment's crops.
+        augmentation = pretraining.Augmentation(**config.augmentation)
         if config.pretrain == "contrastive":
-            settings = pretraining.Augmentation(**config.augmentation) if config.augmentation else None
-            common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=settings)
+            common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=augmentation)
             train_fn = pretraining.make_contrastive_input_fn(tracks=pretrain_tracks, crop_seconds=config.crop_seconds,
                                                              mode="train", seed=train_seed, **common)
             eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], crop_seconds=config.eval_seconds,
@@ -413,8 +414,7 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
                 crop_seconds=None if config.crop_seconds is None else teacher.whole_patches(config.crop_seconds),
                 hop_seconds=float(config.params.get("distill_hop_seconds", 1.0)), batch_size=config.batch_size,
                 cache_dir=os.path.join(config.dataset_dir, "teacher_cache"), seed=train_seed, eval_seed=config.seed,
-                augmentation=(pretraining.Augmentation(**config.augmentation)
-                              if config.params.get("distill_augment") else None))
+                augmentation=augmentation if config.params.get("distill_augment") else None)
             # The student's mean cosine to its teacher on test crops (never trained on): teacher agreement.
             eval_fn, reported = held_out["eval"], {"teacher_agreement_test": held_out["test"]}
         else:
