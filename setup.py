@@ -18,6 +18,7 @@ setup(
         "musicsim-index = musicsim.index.cli:cli",
         "musicsim-search = musicsim.search:cli",
         "musicsim-serve = musicsim.serve:cli",
+        "musicsim-scan = musicsim.scan:cli",
     ]},
     # Exact versions live in requirements.lock (installed by `make`); these are the direct needs.
     install_requires=[
@@ -25,5 +26,6 @@ setup(
         "keras==2.15.0", "protobuf==4.25.9", "numpy==1.26.4", "librosa==0.11.0", "soundfile==0.14.0",
         "scikit-learn==1.9.1", "pandas==3.0.6", "absl-py==2.5.1", "tqdm==4.70.1", "faiss-cpu==1.15.1",
         "apache-beam[tfrecord]==2.77.0", "pyarrow==25.0.1", "matplotlib==3.11.2",
+        "mutagen==1.48.1", "filelock==4.2.11",
     ],
 )
