@@ -36,6 +36,11 @@ test: venv
 	    echo "chromium or chromedriver missing (needs root and apt-get to install): tests/test_browser.py will skip"; \
 	  fi; \
 	fi
+	@# The Subsonic client test runs the npm package subsonic-api (pinned in tests/js/package.json) with node.
+	@if command -v npm >/dev/null 2>&1 && [ -f tests/js/package.json ] && [ ! -d tests/js/node_modules/subsonic-api ]; then \
+	  npm install --prefix tests/js --no-audit --no-fund --silent >/dev/null 2>&1 \
+	    || echo "could not install subsonic-api (npm): its client test will skip"; \
+	fi
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: venv
