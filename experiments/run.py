@@ -624,13 +624,27 @@ def format_table(table: dict, *, title: str) -> str:
     return "\n".join(lines)
 
 
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's progress logs (loss, steps) but drop its deprecation chatter."""
+def quiet_tensorflow(*, verbosity: int | None = None) -> None:
+    """TensorFlow's and the estimator's INFO logs only when asked: absl's ``--verbosity`` (``-v``) 0 or more.
+
+    By default (absl's -1) a run shows its own lines (a progress bar of the steps with the loss, one line
+    per evaluation, the table) and TensorFlow's warnings and errors; ``--verbosity=0`` (or ``-v 1``) brings
+    back the estimator's internals (``Calling model_fn``, the RunConfig, ``loss = ..., step = ...``).
+    Deprecation chatter is dropped either way. ``verbosity`` None reads absl's flag when it was given.
+    """
     import tensorflow as tf
+    from absl import logging as absl_logging
     from tensorflow.python.util import deprecation
 
+    if verbosity is None:
+        # absl.app.run sets the verbosity to 0 (INFO) when the flag is not given: only a given flag counts.
+        given = flags.FLAGS.is_parsed() and "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present
+        verbosity = absl_logging.get_verbosity() if given else -1
     deprecation._PRINT_DEPRECATION_WARNINGS = False
-    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)
+    level = tf.compat.v1.logging.INFO if verbosity >= 0 else tf.compat.v1.logging.WARN
+    if verbosity >= 1:
+        level = tf.compat.v1.logging.DEBUG
+    tf.compat.v1.logging.set_verbosity(level)
     tf.get_logger().propagate = False  # absl's root handler would print every line a second time
 
 

@@ -4,11 +4,13 @@
 """
 from __future__ import annotations
 
+import math
 import operator
 import os
 import random
+import sys
 import time
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +24,10 @@ from musicsim.params import ParamsConfig, fill_defaults
 
 EARLY_STOPPING_METRIC = "NDCG@6"
 EXPORT_CHECKPOINTS = ("best", "last")
+# The graph collection where every model_fn built here puts its TRAIN loss, for `ProgressHook`.
+TRAIN_LOSS_COLLECTION = "musicsim_train_loss"
+# The eval metrics `EvalPrinter` shows, in this order (the others stay in TensorBoard and results.json).
+EVAL_LINE_METRICS = ("PC", "NDCG@1", "NDCG@6", "MAP", "loss")
 
 
 class TimeLimitHook(tf.estimator.SessionRunHook):
@@ -33,6 +39,86 @@ class TimeLimitHook(tf.estimator.SessionRunHook):
     def after_run(self, run_context, run_values):
         if time.monotonic() > self._deadline:
             run_context.request_stop()
+
+
+class ProgressHook(tf.estimator.SessionRunHook):
+    """A tqdm bar of the training steps with the latest loss: what a person watches instead of the
+    estimator's INFO lines (``loss = ..., step = ...``), which are hidden unless ``--verbosity`` asks.
+
+    The loss is read from `TRAIN_LOSS_COLLECTION` (the mean over replicas under a strategy), where
+    `make_estimator`'s model_fn puts it; without it the bar shows steps only.
+
+    Parameters
+    ----------
+    max_steps : the global step training stops at (the bar's total)
+    file : where the bar is drawn (default: stderr)
+    enabled : False draws nothing
+    """
+
+    def __init__(self, *, max_steps: int, file=None, enabled: bool = True):
+        self._max_steps = int(max_steps)
+        self._file = file
+        self._enabled = enabled
+        self._bar = None
+        self._fetches = None
+
+    def begin(self):
+        global_step = tf.compat.v1.train.get_global_step()
+        losses = tf.compat.v1.get_collection(TRAIN_LOSS_COLLECTION)
+        self._fetches = {"step": global_step}
+        if losses:
+            self._fetches["loss"] = tf.reduce_mean(tf.stack([tf.cast(tf.reduce_mean(l), tf.float32) for l in losses]))
+
+    def after_create_session(self, session, coord):
+        from tqdm.auto import tqdm
+
+        step = int(session.run(self._fetches["step"]))
+        self._bar = tqdm(total=self._max_steps, initial=min(step, self._max_steps), unit="step", desc="training",
+                         file=self._file or sys.stderr, disable=not self._enabled, dynamic_ncols=True,
+                         mininterval=0.5)
+
+    def before_run(self, run_context):
+        return tf.estimator.SessionRunArgs(self._fetches)
+
+    def after_run(self, run_context, run_values):
+        if self._bar is None:
+            return
+        values = run_values.results
+        # The global step read in the same run as the train op may or may not count it: one run, one step.
+        done = min(self._max_steps, max(int(values["step"]) + 1, self._bar.n + 1)) - self._bar.n
+        if "loss" in values:
+            self._bar.set_postfix(loss=f"{float(values['loss']):.4f}", refresh=False)
+        self._bar.update(max(0, done))
+
+    def end(self, session):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def format_eval_line(metrics: Mapping) -> str:
+    """One short line of an evaluation: ``eval @ step 50: PC 0.612  NDCG@1 0.400 ...``."""
+    shown = [f"{name} {float(metrics[name]):.3f}" for name in EVAL_LINE_METRICS if name in metrics]
+    step = metrics.get("global_step")
+    return f"eval @ step {int(step) if step is not None else '?'}: " + "  ".join(shown)
+
+
+class EvalPrinter(tf.estimator.Exporter):
+    """Prints each evaluation of ``train_and_evaluate`` as one `format_eval_line` (above the progress
+    bar), replacing the estimator's ``Saving dict for global step ...`` INFO line; exports nothing."""
+
+    def __init__(self, *, file=None):
+        self._file = file
+
+    @property
+    def name(self) -> str:
+        return "eval_printer"
+
+    def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
+        from tqdm.auto import tqdm
+
+        tqdm.write(format_eval_line(eval_result or {}), file=self._file or sys.stderr)
+        return None
 
 
 def param_configs() -> tuple[type[ParamsConfig], ...]:
@@ -56,7 +142,10 @@ def seeded_model_fn(model_fn: Callable, *, seed: int) -> Callable:
 
     def model_fn_seeded(features, labels, mode, params):
         random.seed(seed)
-        return model_fn(features, labels, mode, params)
+        spec = model_fn(features, labels, mode, params)
+        if mode == tf.estimator.ModeKeys.TRAIN and getattr(spec, "loss", None) is not None:
+            tf.compat.v1.add_to_collection(TRAIN_LOSS_COLLECTION, spec.loss)  # for ProgressHook
+        return spec
 
     return model_fn_seeded
 
@@ -114,12 +203,14 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
 
 def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Callable, eval_input_fn: Callable,
                        max_steps: int, max_minutes: float | None = None, early_stopping_patience: int = 0,
-                       eval_every_steps: int = 50, early_stopping: tuple[str, str] = (EARLY_STOPPING_METRIC, "increase")
-                       ) -> dict:
+                       eval_every_steps: int = 50, early_stopping: tuple[str, str] = (EARLY_STOPPING_METRIC, "increase"),
+                       progress: bool = True) -> dict:
     """``tf.estimator.train_and_evaluate`` with early stopping and a wall-time limit.
 
     ``early_stopping`` = (eval metric, ``"increase"`` or ``"decrease"``): stop once the metric has not
-    improved for ``early_stopping_patience`` steps (default: eval NDCG@6 must rise).
+    improved for ``early_stopping_patience`` steps (default: eval NDCG@6 must rise). ``progress``
+    draws a bar of the steps with the loss (`ProgressHook`) and prints one line per evaluation
+    (`EvalPrinter`) on stderr.
 
     Resumes from the latest checkpoint in the estimator's model_dir. Returns the last eval metrics.
     """
@@ -133,8 +224,10 @@ def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Cal
                                                         patience=early_stopping_patience, every_steps=eval_every_steps))
     if max_minutes:
         hooks.append(TimeLimitHook(max_minutes))
+    hooks.append(ProgressHook(max_steps=max_steps, enabled=progress))
     train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=max_steps, hooks=hooks)
-    eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None, throttle_secs=0, start_delay_secs=0)
+    eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=None, throttle_secs=0, start_delay_secs=0,
+                                      exporters=[EvalPrinter()] if progress else None)
     result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     metrics = result[0] if result and result[0] else {}
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()}
