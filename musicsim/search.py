@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 
 from musicsim.index import EmbeddingIndex, IndexBackend
-from musicsim.index.cli import parse_command_line, run_command
+from musicsim.cli import AT_LEAST_ONE, FRACTION, check_numeric_flags, parse_command_line, run_command
 
 if TYPE_CHECKING:
     from musicsim.embedder import Embedder
@@ -53,6 +53,7 @@ flags.DEFINE_enum("rerank", "index", list(RERANK_MODES), "index: the re-ranking 
 flags.DEFINE_bool("json", False, "Print a JSON list instead of a table.", flag_values=FLAGS)
 flags.mark_flag_as_required("index", flag_values=FLAGS)
 flags.mark_flags_as_mutual_exclusive(["query", "track_id"], required=True, flag_values=FLAGS)
+check_numeric_flags(FLAGS, bounds={"k": AT_LEAST_ONE, "diversity": FRACTION})
 
 
 class UnembeddableQueryError(ValueError):
@@ -194,6 +195,10 @@ def _search_loaded(index: IndexBackend, *, index_dir: str, query_path: str | Non
                                  f"{query_path} is not (its group is unknown)")
             exclude_groups = [[index.group(track_id=own)]]
         query_model_dir(index=index, index_dir=index_dir)  # before the file: the index's own defect first
+        if os.path.isdir(query_path):
+            raise ValueError(f"query {query_path} is a directory: give one audio file (or --track_id)")
+        if os.path.exists(query_path) and not os.path.isfile(query_path):
+            raise ValueError(f"query {query_path} is not a regular file (a device, socket or pipe): give an audio file")
         if not os.path.isfile(query_path):
             raise FileNotFoundError(f"query file {query_path} does not exist")
         embedder = load_query_embedder(index=index, index_dir=index_dir)

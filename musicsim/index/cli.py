@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
-from absl import app, flags
+from absl import flags
 
+# The parse helpers every command shares live in musicsim.cli (musicsim.search and serve import them from here too).
+from musicsim.cli import parse_command_line, run_command, usage_error
 from musicsim.similarity import SIMILARITIES
 from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS
 
@@ -63,56 +65,6 @@ COMMAND_FLAGS = {
 }
 
 
-def parse_command_line(flag_values: flags.FlagValues, argv: Sequence[str], *, doc: str, usage: str,
-                       positional: bool = False) -> list[str] | int:
-    """Parse ``argv`` (the program name first, as ``app.run`` passes it) into ``flag_values``.
-
-    Parameters
-    ----------
-    flag_values : absl.flags.FlagValues
-        The command's own flags (``--help`` prints them).
-    argv : sequence of str
-        The command line, program name first.
-    doc : str
-        What ``--help`` prints above the flags (the command's module docstring).
-    usage : str
-        What a usage error prints under its message.
-    positional : bool
-        Whether the command takes arguments besides its flags (a usage error otherwise).
-
-    Returns
-    -------
-    list of str or int
-        The positional arguments after the program name; or the exit status when the command
-        should stop: 0 after ``--help``, 2 after a bad flag or value (its message on stderr).
-    """
-    if {"--help", "-help", "-h"} & set(argv[1:]):  # before the required flags are checked
-        print(doc)
-        print(flag_values.get_help(include_special_flags=False))
-        return 0
-    try:
-        flag_values.unparse_flags()
-        arguments = flag_values(list(argv))[1:]
-        if arguments and not positional:
-            raise flags.Error(f"unexpected arguments {arguments}")
-    except flags.Error as error:
-        print(f"error: {error}\n{usage}", file=sys.stderr)
-        return 2
-    return arguments
-
-
-def _program_name_only(argv: list[str]) -> list[str]:
-    """``app.run``'s flag parser for a command whose flags are its own: absl's global flags get the
-    program name alone (and WARNING verbosity, the quiet output these commands always had)."""
-    flags.FLAGS([argv[0], "--verbosity=-1"])
-    return argv
-
-
-def run_command(main: Callable[[list[str]], int]) -> NoReturn:
-    """Run ``main(argv)`` under ``absl.app.run`` and exit with the status it returns."""
-    app.run(main, flags_parser=_program_name_only)
-
-
 def main(argv: Sequence[str]) -> int:
     """``python -m musicsim.index COMMAND ...`` (``argv`` program name first); returns the exit status
     (2 on a usage or input error)."""
@@ -123,8 +75,7 @@ def main(argv: Sequence[str]) -> int:
         return positional
     command, extra = (positional[0], positional[1:]) if positional else (None, [])
     if command not in COMMAND_FLAGS:
-        print(f"error: expected a command, one of {sorted(COMMAND_FLAGS)}, got {command!r}\n{USAGE}", file=sys.stderr)
-        return 2
+        return usage_error(f"expected a command, one of {sorted(COMMAND_FLAGS)}, got {command!r}", usage=USAGE)
     required, optional = COMMAND_FLAGS[command]
     given = {name for name in FLAGS if FLAGS[name].present}
     missing, foreign = sorted(required - given), sorted(given - required - optional)
@@ -134,8 +85,7 @@ def main(argv: Sequence[str]) -> int:
         problems = ([f"{command} needs --{', --'.join(missing)}"] if missing else []) + (
             [f"{command} does not take {', '.join(f if f.startswith('arguments') else '--' + f for f in foreign)}"]
             if foreign else [])
-        print(f"error: {'; '.join(problems)}\n{USAGE}", file=sys.stderr)
-        return 2
+        return usage_error("; ".join(problems), usage=USAGE)
     try:
         if command == "build":
             index = build_index(embeddings=FLAGS.embeddings, output=FLAGS.output, similarity=FLAGS.similarity,
