@@ -83,7 +83,12 @@ flags.DEFINE_float("max_upload_mb", DEFAULT_MAX_UPLOAD_MB, "Largest accepted aud
                    flag_values=FLAGS)
 flags.DEFINE_enum("map", "pca", ["pca", "umap"], "Projection of the embedding map.", flag_values=FLAGS)
 flags.DEFINE_bool("access_log", False, "Log every request.", flag_values=FLAGS)
-flags.mark_flag_as_required("index", flag_values=FLAGS)
+flags.DEFINE_bool("subsonic", False, "Also serve the library as a read-only OpenSubsonic server under /rest/ "
+                  "(musicsim.subsonic; users from --users).", flag_values=FLAGS)
+flags.DEFINE_string("users", None, "The Subsonic users file (default $XDG_CONFIG_HOME/musicsim/users.json, else "
+                    "~/.config/musicsim/users.json; mode 0600, never inside the index folder).", flag_values=FLAGS)
+flags.DEFINE_string("add_user", None, "Add a Subsonic user (or reset its password and API key) to --users, the "
+                    "password read from stdin, and exit.", flag_values=FLAGS)
 
 
 class ServiceError(Exception):
@@ -395,7 +400,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(*, index_dir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, map_method: str = "pca",
-               index: EmbeddingIndex | None = None, warm_up: bool = False) -> FastAPI:
+               index: EmbeddingIndex | None = None, warm_up: bool = False, subsonic: bool = False,
+               users_file: str | None = None) -> FastAPI:
     """The FastAPI application serving ``index_dir`` (see the module docstring for the endpoints).
 
     ``warm_up`` loads the index's model in a background thread at start-up (``SearchService.warm_up``)
@@ -513,6 +519,12 @@ def create_app(*, index_dir: str, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, 
     def catalog_map() -> JSONResponse:
         return JSONResponse(service.catalog_map())
 
+    if subsonic:  # the OpenSubsonic API under /rest/ (musicsim.subsonic; users_file: musicsim.users)
+        from musicsim.subsonic import make_router
+        from musicsim.users import default_users_file
+
+        app.include_router(make_router(current_service=lambda: service, users_file=users_file or default_users_file()),
+                           prefix="/rest")
     return app
 
 
@@ -522,6 +534,13 @@ def main(argv: Sequence[str]) -> int:
     status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
     if isinstance(status, int):
         return status
+    if FLAGS.add_user is not None:
+        from musicsim.users import add_user_command
+
+        return add_user_command(name=FLAGS.add_user, users_file=FLAGS.users, index_dir=FLAGS.index)
+    if FLAGS.index is None:
+        print(f"error: Flag --index must have a value other than None.\n{USAGE}", file=sys.stderr)
+        return 2
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     from threadpoolctl import threadpool_limits
 
@@ -531,7 +550,7 @@ def main(argv: Sequence[str]) -> int:
     with threadpool_limits(limits=1, user_api="blas"):
         try:
             app = create_app(index_dir=FLAGS.index, max_upload_mb=FLAGS.max_upload_mb, map_method=FLAGS.map,
-                             warm_up=True)
+                             warm_up=True, subsonic=FLAGS.subsonic, users_file=FLAGS.users)
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
