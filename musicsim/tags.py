@@ -97,12 +97,6 @@ def _leading_integer(value: Any) -> int | None:
     return int(match.group(1)) if match and int(match.group(1)) > 0 else None
 
 
-def _empty_tags(path: str) -> dict[str, Any]:
-    tags: dict[str, Any] = dict.fromkeys(TAG_KEYS)
-    tags.update(title=fallback_title(path), album=fallback_album(path))
-    return tags
-
-
 def _raw_fields(audio: Any) -> dict[str, Any]:
     """Each tag's raw value(s) in a mutagen file object, by the format of its tags."""
     from mutagen.asf import ASFTags
@@ -158,13 +152,16 @@ def _open(path: str) -> Any:
         return None
 
 
-def read_tags(*, path: str) -> dict[str, Any]:
+def read_tags(*, path: str, fallback: bool = True) -> dict[str, Any]:
     """The tags of an audio file (see the module docstring).
 
     Parameters
     ----------
     path : str
         An audio file of any format the decoder reads.
+    fallback : bool
+        Fill a missing title with the file name and a missing album with the folder name (False:
+        None, to tell a tagged album from a folder).
 
     Returns
     -------
@@ -174,7 +171,7 @@ def read_tags(*, path: str) -> dict[str, Any]:
         falls back to the file name, ``album`` to the folder name.
     """
     path = os.fspath(path)
-    tags = _empty_tags(path)
+    tags: dict[str, Any] = dict.fromkeys(TAG_KEYS)
     audio = _open(path)
     if audio is not None:
         for key, value in _raw_fields(audio).items():
@@ -188,6 +185,9 @@ def read_tags(*, path: str) -> dict[str, Any]:
         from musicsim.audio import file_duration
 
         tags["duration_s"] = file_duration(path)
+    if fallback:
+        tags["title"] = tags["title"] or fallback_title(path)
+        tags["album"] = tags["album"] or fallback_album(path)
     return tags
 
 

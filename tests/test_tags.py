@@ -111,6 +111,8 @@ def test_missing_tags_fall_back_to_file_and_folder_names(tmp_path, ext, fmt, sub
     assert all(tags[key] is None for key in ("artist", "album_artist", "track_number", "disc", "year", "genre"))
     assert tags["duration_s"] == pytest.approx(SECONDS, abs=0.1)
     assert read_cover_art(path=path) is None
+    untagged = read_tags(path=path, fallback=False)  # what tells a tagged album from a folder
+    assert untagged["title"] is None and untagged["album"] is None
 
 
 @pytest.mark.parametrize("ext,fmt,subtype", FORMATS, ids=FORMAT_IDS)
