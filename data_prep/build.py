@@ -53,6 +53,7 @@ from data_prep.sources import KINDS, SourceListing, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
 from musicsim.audio import DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, DecodeResult, DecodeSettings
 from musicsim.atomic import write_json_atomic
+from musicsim.cli import ANY_FINITE, AT_LEAST_ONE, NON_NEGATIVE, SEED, check_numeric_flags, global_flags_parser
 from musicsim.dataset import DATASET_INFO_FILE, REPORT_FILE, CatalogEntry, DatasetInfo, write_catalog
 from musicsim.tfrecords import SPLITS, write_records
 from musicsim.workers import decode_in_order
@@ -370,6 +371,8 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         report = _report(listing=listing, entries=entries, skipped=skipped, name=name, dataset=dataset,
                          output=output, written=built.written, reused=built.reused,
                          wall_seconds=time.time() - started)
+        report["warnings"] = _query_warnings(entries=entries, relevance=listing.relevance,
+                                             min_shared_tags=min_shared_tags)
         report["runner"] = runner
         if runner != LOCAL_RUNNER:
             report["beam_options"] = built.beam_options
@@ -390,7 +393,21 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         lock.release()
     if verbose:
         print(report["summary"], flush=True)
+    for warning in report["warnings"]:  # printed even when quiet: the dataset cannot be evaluated as it is
+        print(f"data_prep.build: warning: {warning}", file=sys.stderr, flush=True)
     return report
+
+
+def _query_warnings(*, entries: Sequence[CatalogEntry], relevance: str, min_shared_tags: int) -> list[str]:
+    """What the evaluation protocol will refuse: each split that cannot form a single query (a track with a
+    similar and a non-similar track in its split), so ``experiments.run`` would stop before training."""
+    from musicsim.evaluation import split_query_problem
+    from musicsim.relevance import make_relevance
+
+    relevance_def = make_relevance(relevance, min_shared_tags=min_shared_tags)
+    problems = [split_query_problem(split=split, labels=[e.labels for e in entries if e.split == split],
+                                    relevance=relevance_def) for split in SPLIT_FRACTIONS]
+    return [problem for problem in problems if problem]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -453,31 +470,27 @@ def _define_flags() -> None:
     flags.DEFINE_boolean("extended", False, "demo only: the extended demo corpus (8 demo + 5 extra packages, "
                                              "curated in code), cached by default in data/demo_extended_corpus.")
     flags.mark_flags_as_required(["dataset", "output"])
+    check_numeric_flags(flags.FLAGS, module=sys.modules[__name__], bounds={
+        "max_seconds": ANY_FINITE, "split_seed": SEED, "sample_rate": AT_LEAST_ONE, "pool_size": AT_LEAST_ONE,
+        "workers": AT_LEAST_ONE, "min_shared_tags": AT_LEAST_ONE, "shard_size": AT_LEAST_ONE,
+        "min_seconds": NON_NEGATIVE})
 
 
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-    """Parse this module's flags; returns ``[argv[0]] + the rest``, the Beam pipeline options."""
-    from absl import flags
-
-    if any(arg in ("-h", "-?", "--help", "--helpshort") for arg in argv[1:]):
-        # absl's own --help exits 1 and checks the required flags first: help is not an error.
-        print(__doc__)
-        print(flags.FLAGS.main_module_help())
-        sys.exit(0)
-    try:
-        return flags.FLAGS(list(argv), known_only=True)
-    except flags.Error as err:
-        print(f"FATAL Flags parsing error: {err}\nPass --helpshort or --helpfull to see help on flags.",
-              file=sys.stderr)
-        sys.exit(1)
+USAGE = "usage: python -m data_prep.build --dataset=KIND --input=PATH --output=DIR [...]"
 
 
 def cli() -> None:
-    """``python -m data_prep.build`` and the ``musicsim-prep`` console script."""
+    """``python -m data_prep.build`` and the ``musicsim-prep`` console script.
+
+    ``--help`` lists the flags (exit 0); a bad flag or value is one line and exit 2 (``musicsim.cli``).
+    Flags no module defines are left for Beam's pipeline options (``prepare`` refuses them with the
+    local runner).
+    """
     from absl import app
 
     _define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=global_flags_parser(module=sys.modules[__name__], doc=__doc__, usage=USAGE,
+                                                    known_only=True))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import numpy as np
 from absl import app, flags
 
 from musicsim import evaluation, frontends, head, pretraining
+from musicsim.cli import (ANY_FINITE, AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds,
+                          check_numeric_flags, global_flags_parser, usage_error)
 from musicsim import models as registry
 from musicsim.models import rnn, wavenet
 from musicsim.params import ParamsConfig, settle_params
@@ -234,6 +236,24 @@ flags.DEFINE_integer("workers", None, "Processes for feature extraction / data p
 flags.DEFINE_string("rerank", _default(RunConfig, "rerank"), "Also score the test split re-ranked with the catalog "
                     "itself (no labels): 'auto' picks the re-ranking with the best catalog mAP on the eval split, or a "
                     "setting such as 'dba+aqe:k=3,alpha=3' or 'kreciprocal:k=10,k2=3' (musicsim.rerank).")
+# Every number is finite and in range, or the command line is refused (exit 2) before anything runs.
+_LAYER_SIZES = Bounds(lower=1, integer=True)
+check_numeric_flags(FLAGS, module=sys.modules[__name__], bounds={
+    "min_shared_tags": AT_LEAST_ONE, "margin": NON_NEGATIVE, "score_scale": POSITIVE, "learning_rate": POSITIVE,
+    "clip_norm": NON_NEGATIVE, "dropout": Bounds(lower=0, upper=1, upper_open=True), "n_similar": AT_LEAST_ONE,
+    "n_dissimilar": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE, "crop_seconds": POSITIVE, "eval_seconds": NON_NEGATIVE,
+    "predict_seconds": NON_NEGATIVE, "window_seconds": NON_NEGATIVE, "channels": AT_LEAST_ONE,
+    "skip_channels": AT_LEAST_ONE, "filter_size": AT_LEAST_ONE, "dilation_base": AT_LEAST_ONE,
+    "num_stacks": AT_LEAST_ONE, "layers_per_stack": AT_LEAST_ONE, "stack_pool_sizes": _LAYER_SIZES,
+    "final_channels": AT_LEAST_ONE, "dense_layers": _LAYER_SIZES, "frame_seconds": POSITIVE,
+    "hop_seconds": POSITIVE, "n_mels": AT_LEAST_ONE, "frontend_stride": AT_LEAST_ONE,
+    "distill_hop_seconds": POSITIVE, "n_negatives": AT_LEAST_ONE, "augment_gain_db": ANY_FINITE,
+    "augment_eq_db": NON_NEGATIVE, "augment_snr_db": ANY_FINITE, "augment_shift_seconds": NON_NEGATIVE,
+    "num_cpu_replicas": AT_LEAST_ONE, "rnn_units": AT_LEAST_ONE, "section_frames": AT_LEAST_ONE,
+    "variance_ratio": Bounds(lower=0, upper=1, lower_open=True), "max_steps": AT_LEAST_ONE,
+    "max_minutes": NON_NEGATIVE, "save_checkpoints_steps": AT_LEAST_ONE, "early_stopping_patience": NON_NEGATIVE,
+    "seed": SEED, "eval_repeats": AT_LEAST_ONE, "workers": AT_LEAST_ONE})
+USAGE = "usage: python -m experiments.run [--model=wavenet] [--dataset=DIR] [--model_dir=DIR] [...]"
 
 
 def config_from_flags() -> RunConfig:
@@ -337,8 +357,14 @@ def _learned_embeddings(config: RunConfig, model: registry.ModelEntry, relevance
     if model.embedding_variants is not None and config.params.get("rnn_embedding") == "all":
         estimator, settled_params = _best_variant(config, model, tracks["eval"], relevance_def,
                                                   checkpoint=checkpoint)
+    # A window at a time (WaveNet), as export embeds long files: memory bounded whatever the tracks' length,
+    # and each vector the one export gives the track's file.
+    from musicsim.embedder import default_window_seconds
+
+    window_seconds = default_window_seconds(asdict(config), exact=True)
     embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
-                                                     seconds=config.predict_seconds, checkpoint_path=checkpoint)
+                                                     seconds=config.predict_seconds, checkpoint_path=checkpoint,
+                                                     model=config.model, window_seconds=window_seconds)
                   for split in splits}
     held_out = {name: {key: float(value) for key, value in estimator.evaluate(
                     input_fn, checkpoint_path=checkpoint, name=name).items() if key != "global_step"}
@@ -383,6 +409,18 @@ class TrainingInputs:
     reported: dict = field(default_factory=dict)
 
 
+# "Whole-track" evaluation lists (--eval_seconds=0) are still cropped to their centred MAX_EVAL_SECONDS: a list
+# holds its tracks' activations at once, and an hour-long recording would take gigabytes (the run's own
+# embedding of each track goes window by window instead, see training.predict_embeddings).
+MAX_EVAL_SECONDS = 120.0
+
+
+def eval_crop_seconds(config: RunConfig) -> float:
+    """Seconds of each track the estimator's evaluation lists read: ``eval_seconds``, or `MAX_EVAL_SECONDS`
+    for whole tracks (``eval_seconds`` None)."""
+    return float(config.eval_seconds or MAX_EVAL_SECONDS)
+
+
 def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict, relevance_def, *,
                      train_seed: int) -> TrainingInputs:
     """The inputs, early stopping and objective of a run (similarity training, its own, or pretraining)."""
@@ -401,8 +439,8 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
             common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=augmentation)
             train_fn = pretraining.make_contrastive_input_fn(tracks=pretrain_tracks, crop_seconds=config.crop_seconds,
                                                              mode="train", seed=train_seed, **common)
-            eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], crop_seconds=config.eval_seconds,
-                                                            mode="eval", seed=config.seed, **common)
+            eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
+                                                            crop_seconds=eval_crop_seconds(config), **common)
         elif config.pretrain == "distill":
             from musicsim.models.musicnn import MusicnnTeacher
 
@@ -441,7 +479,7 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
     return TrainingInputs(
         train=make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
                                  seed=train_seed, **common),
-        eval=make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds,
+        eval=make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=eval_crop_seconds(config),
                                 seed=config.seed, **common),
         early_stopping=early_stopping)
 
@@ -655,7 +693,22 @@ def main(argv):
     # Splitting the CPU into replicas and joining a multi-worker cluster only work before TF initialises.
     distribute.make_strategy(FLAGS.distribute, num_cpu_replicas=FLAGS.num_cpu_replicas)
     quiet_tensorflow()
-    config = config_from_flags()
+    if not FLAGS["dataset"].present:
+        print(f"no --dataset given: training on the demo corpus ({DEMO_DATASET_DIR}, prepared on first use)")
+    try:
+        config = config_from_flags()
+    except app.UsageError as err:
+        sys.exit(usage_error(str(err), usage=USAGE))
+    # Before training: a split where no track has a similar and a non-similar track cannot be scored.
+    evaluated = ("eval", "test") if registry.kind_of(config.model) != "learned" or config.pretrain else (
+        "train", "eval", "test")
+    problems = evaluation.dataset_query_problems(dataset_dir=config.dataset_dir, splits=evaluated,
+                                                 relevance=config.relevance,
+                                                 min_shared_tags=config.min_shared_tags)
+    if problems:
+        print(f"error: {config.dataset_dir} is too small for the evaluation protocol: {'; '.join(problems)}",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         results = run(config)
     except RunConfigMismatch as err:
@@ -684,8 +737,9 @@ def build_serving_index(*, model_dir: str) -> str | None:
 
 
 def cli() -> None:
-    """``python -m experiments.run`` and the ``musicsim-run`` console script."""
-    app.run(main)
+    """``python -m experiments.run`` and the ``musicsim-run`` console script: ``--help`` lists this command's
+    flags (exit 0), a bad flag or value is one line and exit 2 (``musicsim.cli``)."""
+    app.run(main, flags_parser=global_flags_parser(module=sys.modules[__name__], doc=__doc__, usage=USAGE))
 
 
 if __name__ == "__main__":

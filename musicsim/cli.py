@@ -74,6 +74,7 @@ NON_NEGATIVE = Bounds(lower=0)
 AT_LEAST_ONE = Bounds(lower=1)
 FRACTION = Bounds(lower=0, upper=1)
 ANY_FINITE = Bounds()
+SEED = Bounds(lower=0, upper=2**32 - 1)  # numpy's seeds
 
 
 def numeric_value_problem(value: float | int | None, *, name: str, bounds: Bounds,

@@ -588,3 +588,93 @@ def evaluate(*, relevance_matrix: np.ndarray, binary: np.ndarray | None = None,
         for name, value in results.items():
             per_seed.setdefault(name, []).append(value)
     return {name: (float(np.mean(values)), float(np.std(values))) for name, values in per_seed.items()}
+
+
+# --------------------------------------------------------------------------- can a split be evaluated at all
+
+
+def count_query_tracks(*, labels: Sequence[Sequence[str]], relevance, block_rows: int = 512,
+                       stop_at: int | None = None) -> int:
+    """How many of these tracks can be a protocol query: a track with a similar and a non-similar
+    track among the others (what `make_ranking_lists` and `make_pair_lists` keep).
+
+    Parameters
+    ----------
+    labels : sequence of label sets, length ``N`` (one split's tracks)
+    relevance : musicsim.relevance.Relevance
+        Who is similar (its binary view).
+    block_rows : int
+        Queries compared at once (memory ``[block_rows, N]``, not ``[N, N]``: MagnaTagATune's 25k tracks).
+    stop_at : int, optional
+        Stop counting once this many are found.
+
+    Returns
+    -------
+    int, the number of query tracks (at most ``stop_at`` when given)
+    """
+    label_sets = [tuple(track_labels) for track_labels in labels]
+    total = len(label_sets)
+    found = 0
+    for start in range(0, total, block_rows):
+        rows = range(start, min(total, start + block_rows))
+        binary = relevance.is_similar(relevance.relevance_matrix([label_sets[i] for i in rows], label_sets))
+        binary[np.arange(len(rows)), np.asarray(rows)] = False  # never similar to itself
+        similar = binary.sum(axis=1)
+        # Non-similar: the others (N - 1 of them) minus the similar ones.
+        found += int(np.count_nonzero((similar > 0) & (similar < total - 1)))
+        if stop_at is not None and found >= stop_at:
+            return stop_at
+    return found
+
+
+def split_query_problem(*, split: str, labels: Sequence[Sequence[str]], relevance) -> str | None:
+    """Why the ``split``'s tracks cannot form a single protocol query (None when they can).
+
+    A query is a track with a similar track (same label; for tags, enough shared tags) and a non-similar
+    one in its own split: a split needs 2 tracks of one label and 1 of another. The message says how many
+    tracks of each label the split holds, and what the dataset needs.
+    """
+    if count_query_tracks(labels=labels, relevance=relevance, stop_at=1):
+        return None
+    counts: dict[str, int] = {}
+    for track_labels in labels:
+        for label in set(track_labels):
+            counts[label] = counts.get(label, 0) + 1
+    most = max(counts.values(), default=0)
+    if getattr(relevance, "min_shared_tags", None):
+        need = (f"2 tracks sharing {relevance.min_shared_tags} tags or more and a third sharing fewer with them")
+    else:
+        need = f"2 tracks of one {relevance.name} and 1 of another"
+    return (f"the {split} split cannot form a query ({len(labels)} tracks, {len(counts)} labels, at most {most} "
+            f"track{'s' if most != 1 else ''} per label): each query needs a similar and a non-similar track in its "
+            f"split, so the split needs {need}; with the 50/25/25 split by track that is at least "
+            f"{MIN_TRACKS_PER_LABEL} tracks per label and 2 labels")
+
+
+# 2 tracks of a label in each of the 25% splits (eval, test): about 8 in all.
+MIN_TRACKS_PER_LABEL = 8
+
+
+def dataset_query_problems(*, dataset_dir: str, splits: Sequence[str] = ("train", "eval", "test"),
+                           relevance: str | None = None, min_shared_tags: int | None = None) -> list[str]:
+    """`split_query_problem` for each of a prepared dataset's ``splits`` (those that cannot form a query).
+
+    Parameters
+    ----------
+    dataset_dir : a prepared dataset (``tracks.csv``, ``dataset.json``)
+    splits : the splits to check
+    relevance, min_shared_tags : the relevance definition (default: the dataset's own)
+    """
+    from musicsim.dataset import DatasetInfo, read_catalog
+    from musicsim.relevance import make_relevance
+
+    info = DatasetInfo.load(dataset_dir)
+    relevance_def = make_relevance(relevance or info.relevance, min_shared_tags=min_shared_tags or info.min_shared_tags)
+    catalog = read_catalog(dataset_dir)
+    problems = []
+    for split in splits:
+        problem = split_query_problem(split=split, labels=[e.labels for e in catalog if e.split == split],
+                                      relevance=relevance_def)
+        if problem:
+            problems.append(problem)
+    return problems
