@@ -357,8 +357,14 @@ def _learned_embeddings(config: RunConfig, model: registry.ModelEntry, relevance
     if model.embedding_variants is not None and config.params.get("rnn_embedding") == "all":
         estimator, settled_params = _best_variant(config, model, tracks["eval"], relevance_def,
                                                   checkpoint=checkpoint)
+    # A window at a time (WaveNet), as export embeds long files: memory bounded whatever the tracks' length,
+    # and each vector the one export gives the track's file.
+    from musicsim.embedder import default_window_seconds
+
+    window_seconds = default_window_seconds(asdict(config), exact=True)
     embeddings = {split: training.predict_embeddings(estimator=estimator, tracks=tracks[split],
-                                                     seconds=config.predict_seconds, checkpoint_path=checkpoint)
+                                                     seconds=config.predict_seconds, checkpoint_path=checkpoint,
+                                                     model=config.model, window_seconds=window_seconds)
                   for split in splits}
     held_out = {name: {key: float(value) for key, value in estimator.evaluate(
                     input_fn, checkpoint_path=checkpoint, name=name).items() if key != "global_step"}
@@ -403,6 +409,18 @@ class TrainingInputs:
     reported: dict = field(default_factory=dict)
 
 
+# "Whole-track" evaluation lists (--eval_seconds=0) are still cropped to their centred MAX_EVAL_SECONDS: a list
+# holds its tracks' activations at once, and an hour-long recording would take gigabytes (the run's own
+# embedding of each track goes window by window instead, see training.predict_embeddings).
+MAX_EVAL_SECONDS = 120.0
+
+
+def eval_crop_seconds(config: RunConfig) -> float:
+    """Seconds of each track the estimator's evaluation lists read: ``eval_seconds``, or `MAX_EVAL_SECONDS`
+    for whole tracks (``eval_seconds`` None)."""
+    return float(config.eval_seconds or MAX_EVAL_SECONDS)
+
+
 def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict, relevance_def, *,
                      train_seed: int) -> TrainingInputs:
     """The inputs, early stopping and objective of a run (similarity training, its own, or pretraining)."""
@@ -421,8 +439,8 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
             common = dict(batch_size=config.batch_size, n_negatives=config.n_negatives, settings=augmentation)
             train_fn = pretraining.make_contrastive_input_fn(tracks=pretrain_tracks, crop_seconds=config.crop_seconds,
                                                              mode="train", seed=train_seed, **common)
-            eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], crop_seconds=config.eval_seconds,
-                                                            mode="eval", seed=config.seed, **common)
+            eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
+                                                            crop_seconds=eval_crop_seconds(config), **common)
         elif config.pretrain == "distill":
             from musicsim.models.musicnn import MusicnnTeacher
 
@@ -461,7 +479,7 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
     return TrainingInputs(
         train=make_list_input_fn(tracks=tracks["train"], mode="train", crop_seconds=config.crop_seconds,
                                  seed=train_seed, **common),
-        eval=make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=config.eval_seconds,
+        eval=make_list_input_fn(tracks=tracks["eval"], mode="eval", eval_seconds=eval_crop_seconds(config),
                                 seed=config.seed, **common),
         early_stopping=early_stopping)
 

@@ -203,8 +203,9 @@ def make_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0
 
 def train_and_evaluate(*, estimator: tf.estimator.Estimator, train_input_fn: Callable, eval_input_fn: Callable,
                        max_steps: int, max_minutes: float | None = None, early_stopping_patience: int = 0,
-                       eval_every_steps: int = 50, early_stopping: tuple[str, str] = (EARLY_STOPPING_METRIC, "increase"),
-                       progress: bool = True) -> dict:
+                       eval_every_steps: int = 50,
+                       early_stopping: tuple[str, str] = (EARLY_STOPPING_METRIC, "increase"), progress: bool = True
+                       ) -> dict:
     """``tf.estimator.train_and_evaluate`` with early stopping and a wall-time limit.
 
     ``early_stopping`` = (eval metric, ``"increase"`` or ``"decrease"``): stop once the metric has not
@@ -294,9 +295,22 @@ def resume_step(model_dir: str) -> int:
 
 
 def predict_embeddings(*, estimator: tf.estimator.Estimator, tracks: TrackSet, batch_size: int = 8,
-                       seconds: float | None = None, checkpoint_path: str | None = None) -> np.ndarray:
+                       seconds: float | None = None, checkpoint_path: str | None = None, model: str | None = None,
+                       window_seconds: float | None = None) -> np.ndarray:
     """Embeddings of every track, in ``tracks`` order: float32 ``[n, dim]``, from ``checkpoint_path``
-    (default: the latest checkpoint)."""
+    (default: the latest checkpoint).
+
+    ``seconds``: each track's centred crop (None: whole tracks). With ``model`` (its registry name)
+    and ``window_seconds``, a model that embeds exactly over windows (WaveNet: its registry entry's
+    ``windows``) reads each track a window at a time, each with its receptive field of context, as
+    ``musicsim.embedder`` embeds long files (`iter_track_window_rows`): what the model holds at
+    once is bounded by a window, whatever the track's length, and the vector equals the whole
+    track's up to float rounding. Other models read each track whole.
+    """
+    windows = registry.entry(model).windows if model is not None else None
+    if windows is not None and window_seconds:
+        return _predict_windowed(estimator=estimator, tracks=tracks, batch_size=batch_size, seconds=seconds,
+                                 checkpoint_path=checkpoint_path, model=model, window_seconds=window_seconds)
     input_fn = make_predict_input_fn(tracks=tracks, batch_size=batch_size, seconds=seconds)
     by_id = {}
     for prediction in estimator.predict(input_fn, checkpoint_path=checkpoint_path, yield_single_examples=True):
@@ -305,3 +319,100 @@ def predict_embeddings(*, estimator: tf.estimator.Estimator, tracks: TrackSet, b
     if missing:
         raise RuntimeError(f"PREDICT returned no embedding for {len(missing)} tracks, e.g. {missing[:3]}")
     return np.stack([by_id[t] for t in tracks.track_ids]).astype(np.float32)
+
+
+def window_sizes(*, model: str, params: Mapping, frame_rate: float, window_seconds: float) -> dict[str, int]:
+    """``window``, ``context``, ``lookahead``, ``unit`` in input steps of a windowed model (see
+    ``musicsim.models.wavenet.window_geometry``); ``window`` is ``window_seconds`` rounded up to a unit.
+
+    Parameters
+    ----------
+    model : registry name of a model with ``windows``
+    params : the run's params
+    frame_rate : input steps per second (``TrackSet.frame_rate``)
+    window_seconds : > 0
+    """
+    windows = registry.entry(model).windows
+    if windows is None:
+        raise ValueError(f"{model!r} does not embed in windows")
+    if not (window_seconds and math.isfinite(window_seconds) and window_seconds > 0):
+        raise ValueError(f"window_seconds must be a positive number, got {window_seconds!r}")
+    params = dict(params)
+    params.setdefault("input_sample_rate", frame_rate)
+    geometry = windows.window_geometry(params)
+    unit = int(geometry["unit"])
+    window = max(1, math.ceil(window_seconds * frame_rate / unit)) * unit
+    return {**{k: int(v) for k, v in geometry.items()}, "window": window}
+
+
+def iter_track_window_rows(*, tracks: TrackSet, sizes: Mapping[str, int], seconds: float | None = None
+                           ) -> Iterator:
+    """The rows (``musicsim.embedder._Row``: a window with its context) of every track, in order.
+
+    Each track (its centred ``seconds`` crop, or whole) is handed to ``musicsim.embedder.iter_window_rows``
+    a window at a time, so no row is longer than ``context + window + lookahead`` steps.
+    """
+    from musicsim.embedder import iter_window_rows
+    from musicsim.inputs import crop
+
+    frames = tracks.frames(seconds)
+    step = int(sizes["window"])
+    for index, sequence in enumerate(tracks.sequences):
+        flat = crop(sequence, frames, None).reshape(-1)
+        chunks = (flat[start:start + step] for start in range(0, flat.size, step))
+        yield from iter_window_rows(index=index, chunks=chunks, window=step, context=int(sizes["context"]),
+                                    lookahead=int(sizes["lookahead"]), unit=int(sizes["unit"]))
+
+
+def make_window_estimator(*, model: str, model_dir: str, params: Mapping, seed: int = 0) -> tf.estimator.Estimator:
+    """An estimator over ``model_dir``'s checkpoints whose PREDICT gives a windowed model's
+    ``window_features`` of each row (``features``, ``count``) with the row's ``index`` and ``last``."""
+    windows = registry.entry(model).windows
+
+    def model_fn(features, labels, mode, params):
+        pooled, count = windows.window_features(features["audio"], features["length"], features["skip"],
+                                                params=dict(params))
+        return tf.estimator.EstimatorSpec(mode, predictions={
+            "features": pooled, "count": count, "index": features["index"], "last": features["last"]})
+
+    return make_estimator(model=model, model_dir=model_dir, params=params, model_fn=model_fn, seed=seed)
+
+
+def _predict_windowed(*, estimator: tf.estimator.Estimator, tracks: TrackSet, batch_size: int,
+                      seconds: float | None, checkpoint_path: str | None, model: str,
+                      window_seconds: float) -> np.ndarray:
+    """`predict_embeddings` window by window: rows of `iter_track_window_rows`, combined per track."""
+    from musicsim.inputs import batched_input_fn
+
+    windows = registry.entry(model).windows
+    params = dict(estimator.params)
+    sizes = window_sizes(model=model, params=params, frame_rate=tracks.frame_rate, window_seconds=window_seconds)
+    checkpoint = checkpoint_path or estimator.latest_checkpoint()
+    if checkpoint is None:
+        raise ValueError(f"{estimator.model_dir} holds no checkpoint to embed with")
+    window_estimator = make_window_estimator(model=model, model_dir=estimator.model_dir, params=params,
+                                             seed=int(estimator.config.tf_random_seed or 0))
+
+    def generate():
+        for row in iter_track_window_rows(tracks=tracks, sizes=sizes, seconds=seconds):
+            yield {"audio": row.audio[:, None], "length": np.int32(row.audio.size), "skip": np.int32(row.skip),
+                   "index": np.int32(row.index), "last": np.bool_(row.last)}
+
+    signature = {"audio": tf.TensorSpec([None, 1], tf.float32), "length": tf.TensorSpec([], tf.int32),
+                 "skip": tf.TensorSpec([], tf.int32), "index": tf.TensorSpec([], tf.int32),
+                 "last": tf.TensorSpec([], tf.bool)}
+    input_fn = batched_input_fn(generator=generate, signature=signature, batch_size=int(batch_size), prefetch=2)
+    dense = windows.dense_weights(params, checkpoint=checkpoint)
+    vectors: dict[int, np.ndarray] = {}
+    parts: list[tuple[np.ndarray, int]] = []
+    for prediction in window_estimator.predict(input_fn, checkpoint_path=checkpoint, yield_single_examples=True):
+        parts.append((np.asarray(prediction["features"], np.float32), int(prediction["count"])))
+        if bool(prediction["last"]):
+            pooled = windows.combine_windows(np.stack([f for f, _ in parts]), np.array([c for _, c in parts]),
+                                             params=params)
+            vectors[int(prediction["index"])] = windows.apply_dense_layers(pooled[None, :], weights=dense)[0]
+            parts = []
+    missing = [tracks.track_ids[i] for i in range(len(tracks)) if i not in vectors]
+    if missing:
+        raise RuntimeError(f"PREDICT returned no embedding for {len(missing)} tracks (empty?), e.g. {missing[:3]}")
+    return np.stack([vectors[i] for i in range(len(tracks))]).astype(np.float32)

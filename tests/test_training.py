@@ -328,3 +328,128 @@ def test_the_same_seed_gives_the_same_model_whatever_ran_before(splits, tmp_path
     other = trained_embeddings("other", seed=1)
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run prints (issue 24 item 10) and what it holds at once (item 13)
+# ---------------------------------------------------------------------------------------------
+
+REPO_ROOT = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+TINY_FLAGS = ["--channels=8", "--skip_channels=8", "--num_stacks=2", "--layers_per_stack=3", "--stack_pool_sizes=4,4",
+              "--final_channels=16", "--crop_seconds=0.5", "--eval_seconds=1", "--max_steps=4",
+              "--save_checkpoints_steps=2", "--eval_repeats=1", "--workers=1", "--early_stopping_patience=0"]
+
+
+@pytest.fixture(scope="module")
+def run_outputs(synthetic_dataset, tmp_path_factory) -> dict:
+    """The combined stdout+stderr lines of a tiny ``experiments.run``, quiet (default) and with ``-v 1``."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = {}
+    for name, extra in (("default", []), ("verbose", ["-v", "1"])):
+        model_dir = str(tmp_path_factory.mktemp(f"run-{name}"))
+        done = subprocess.run([sys.executable, "-m", "experiments.run", f"--dataset={synthetic_dataset}",
+                               f"--model_dir={model_dir}", *TINY_FLAGS, *extra], cwd=REPO_ROOT,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:]
+        # A progress bar redraws itself with carriage returns: each redraw is a screen line of its own.
+        outputs[name] = [line for line in done.stdout.replace("\r", "\n").split("\n") if line.strip()]
+    return outputs
+
+
+def test_a_run_prints_progress_evals_and_the_table_not_the_estimators_internals(run_outputs):
+    lines = run_outputs["default"]
+    text = "\n".join(lines)
+    assert not [line for line in lines if "INFO:tensorflow" in line], text
+    assert "RunConfig" not in text and "graph_options" not in text and "Calling model_fn" not in text
+    bar = [line for line in lines if line.startswith("training:")]
+    assert bar and any("4/4" in line and "loss=" in line for line in bar), text
+    evals = [line for line in lines if line.startswith("eval @ step")]
+    assert [line.split(":")[0] for line in evals] == ["eval @ step 2", "eval @ step 4"], text
+    assert all(len(line) < 100 and "PC " in line and "NDCG@6 " in line for line in evals)
+    assert any(line.startswith("wavenet ") for line in lines) and any("TensorBoard" in line for line in lines)
+    # Without the bar's redraws: a handful of lines, not the estimator's hundred.
+    assert len([line for line in lines if not line.startswith("training:")]) <= 15, text
+
+
+def test_verbosity_brings_the_estimators_internals_back(run_outputs):
+    verbose = run_outputs["verbose"]
+    assert len([line for line in verbose if line.startswith("INFO:tensorflow:")]) > 20
+    assert any("Calling model_fn" in line for line in verbose)
+    assert any(line.startswith("wavenet ") for line in verbose)  # the run's own lines are still there
+
+
+@pytest.mark.parametrize("metrics, expected", [
+    ({"global_step": 50, "PC": 0.6123, "NDCG@1": 0.4, "NDCG@6": 0.71, "MAP": 0.5, "loss": 1.25, "catalog_mAP": 0.3},
+     "eval @ step 50: PC 0.612  NDCG@1 0.400  NDCG@6 0.710  MAP 0.500  loss 1.250"),
+    ({"global_step": 7, "loss": 0.5}, "eval @ step 7: loss 0.500"),
+])
+def test_eval_line_is_short(metrics, expected):
+    assert training.format_eval_line(metrics) == expected
+
+
+def long_track_set(splits, *, seconds: float) -> TrackSet:
+    """The test split plus one track ``seconds`` long (the split's tracks end to end, repeated)."""
+    test = splits["test"]
+    pieces = np.concatenate([s[:, 0] for s in test.sequences])
+    steps = int(seconds * test.frame_rate)
+    long = np.tile(pieces, steps // pieces.size + 1)[:steps]
+    return TrackSet(track_ids=[*test.track_ids, "long"], labels=[*test.labels, ("long",)],
+                    sequences=[*test.sequences, long[:, None]], frame_rate=test.frame_rate)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(splits, tmp_path_factory) -> tf.estimator.Estimator:
+    estimator = training.make_estimator(model="wavenet", model_dir=str(tmp_path_factory.mktemp("tiny")),
+                                        params=TINY, save_checkpoints_steps=100)
+    train_input_fn, _ = input_fns(splits)
+    estimator.train(train_input_fn, max_steps=3)
+    return estimator
+
+
+@pytest.mark.parametrize("window_seconds, seconds", [(1.0, None), (2.5, None), (1.0, 20.0)])
+def test_a_runs_embedding_goes_window_by_window_and_equals_the_whole_track(splits, trained_tiny, monkeypatch,
+                                                                           window_seconds, seconds):
+    tracks = long_track_set(splits, seconds=90.0)
+    whole = training.predict_embeddings(estimator=trained_tiny, tracks=tracks, seconds=seconds)
+    handed: list[int] = []
+    rows_of = training.iter_track_window_rows
+
+    def counting(**kwargs):
+        for row in rows_of(**kwargs):
+            handed.append(row.audio.size)
+            yield row
+
+    monkeypatch.setattr(training, "iter_track_window_rows", counting)
+    windowed = training.predict_embeddings(estimator=trained_tiny, tracks=tracks, seconds=seconds, model="wavenet",
+                                           window_seconds=window_seconds)
+    np.testing.assert_allclose(windowed, whole, rtol=1e-5, atol=1e-6)
+    sizes = training.window_sizes(model="wavenet", params=trained_tiny.params, frame_rate=tracks.frame_rate,
+                                  window_seconds=window_seconds)
+    bound = sizes["context"] + sizes["window"] + sizes["lookahead"]
+    assert handed and max(handed) <= bound < tracks.frames(90.0)
+    # Every step is read, and only its window's context again: the work is linear in the audio.
+    total = sum(min(s.shape[0], tracks.frames(seconds) or s.shape[0]) for s in tracks.sequences)
+    assert total <= sum(handed) <= total * (1 + sizes["context"] / sizes["window"]) + len(tracks) * bound
+
+
+def test_whole_track_evaluation_lists_are_cropped(splits):
+    from experiments import run as run_module
+    from musicsim import models as registry
+
+    eval_tracks = long_track_set({"test": splits["eval"]}, seconds=run_module.MAX_EVAL_SECONDS + 60)
+    # The long track is similar to one of the split's own tracks, so it is a query and a candidate.
+    eval_tracks.labels[-1] = eval_tracks.labels[0]
+    config = run_module.RunConfig(model="wavenet", dataset_dir="unused", model_dir="unused", eval_seconds=None,
+                                  params=dict(TINY), batch_size=4)
+    inputs = run_module._training_inputs(config, registry.entry("wavenet"),
+                                         {"train": splits["train"], "eval": eval_tracks}, SharedLabel(), train_seed=0)
+    cap = eval_tracks.frames(run_module.MAX_EVAL_SECONDS)
+    longest = 0
+    for features, _ in inputs.eval():
+        longest = max(longest, int(features["query_length"].numpy().max()),
+                      int(features["candidate_length"].numpy().max()))
+    assert longest == cap < eval_tracks.sequences[-1].shape[0]
