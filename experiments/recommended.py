@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from typing import Mapping, NoReturn
 
 from absl import flags
+
+from musicsim.cli import AT_LEAST_ONE, check_numeric_flags, parse_command_line, run_command, usage_error
 
 # The fusion's parts: run name -> (model, params). These are the benchmark's fitted rows of its "fusion".
 PARTS: dict[str, tuple[str, dict]] = {
@@ -42,6 +44,8 @@ flags.DEFINE_string("dataset", None, "A prepared dataset folder (python -m data_
 flags.DEFINE_string("output", None, "Folder of the part runs, the fusion run and its index.", flag_values=FLAGS)
 flags.DEFINE_integer("workers", None, "Feature-extraction processes (default: all cores).", flag_values=FLAGS)
 flags.DEFINE_integer("eval_repeats", 5, "Protocol seeds of the test lists.", flag_values=FLAGS)
+check_numeric_flags(FLAGS, bounds={"workers": AT_LEAST_ONE, "eval_repeats": AT_LEAST_ONE})
+USAGE = "usage: python -m experiments.recommended --dataset=DIR --output=DIR [--workers=N] [--eval_repeats=5]"
 
 
 def build(*, dataset_dir: str, output: str, parts: Mapping[str, tuple[str, dict]] = PARTS,
@@ -80,22 +84,26 @@ def build(*, dataset_dir: str, output: str, parts: Mapping[str, tuple[str, dict]
 
 
 def main(argv) -> int:
-    """``python -m experiments.recommended --dataset=DIR --output=DIR``; returns the exit status."""
-    try:
-        FLAGS(list(argv))
-    except flags.Error as error:
-        print(f"error: {error}\nusage: python -m experiments.recommended --dataset=DIR --output=DIR", file=sys.stderr)
-        return 2
+    """``python -m experiments.recommended --dataset=DIR --output=DIR`` (``argv`` program name first); returns
+    the exit status: 0 after ``--help``, 2 (one line on stderr) on misuse or a dataset it cannot use."""
+    status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    if isinstance(status, int):
+        return status
     if not FLAGS.dataset or not FLAGS.output:
-        print("error: give --dataset (a prepared dataset) and --output", file=sys.stderr)
-        return 2
-    from experiments.run import quiet_tensorflow
+        return usage_error("give --dataset (a prepared dataset) and --output", usage=USAGE)
     from musicsim.dataset import is_prepared
+    from musicsim.evaluation import dataset_query_problems
 
     if not is_prepared(FLAGS.dataset):
         print(f"error: --dataset={FLAGS.dataset} is not a prepared dataset (no dataset.json and tracks.csv): "
               "prepare it with `python -m data_prep.build`", file=sys.stderr)
         return 2
+    problems = dataset_query_problems(dataset_dir=FLAGS.dataset, splits=("eval", "test"))
+    if problems:  # the fusion's weights are chosen on eval, its figures are test's
+        print(f"error: {FLAGS.dataset} is too small for the evaluation protocol: {'; '.join(problems)}",
+              file=sys.stderr)
+        return 2
+    from experiments.run import quiet_tensorflow
     quiet_tensorflow()
     try:
         build(dataset_dir=FLAGS.dataset, output=FLAGS.output, workers=FLAGS.workers, eval_repeats=FLAGS.eval_repeats)
@@ -105,9 +113,9 @@ def main(argv) -> int:
     return 0
 
 
-def cli() -> None:
+def cli() -> NoReturn:
     """``python -m experiments.recommended`` and the ``musicsim-recommended`` console script."""
-    sys.exit(main(sys.argv))
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import pandas as pd
 from absl import app, flags
 
 from musicsim import evaluation
+from musicsim.cli import global_flags_parser, usage_error
 from musicsim.evaluation import BASELINES
 from musicsim.dataset import LABEL_SEPARATOR, DatasetInfo
 from musicsim.relevance import make_relevance
@@ -534,12 +535,16 @@ flags.DEFINE_string("output", None, "Report directory, e.g. reports/NAME.")
 flags.DEFINE_string("reference", "librosa", "Model whose failures build the skew set ('' for none).")
 
 
-def main(argv):
+USAGE = "usage: python -m experiments.report --runs=RUN[,RUN...] --output=DIR [--reference=librosa]"
+
+
+def main(argv) -> int | None:
+    """``python -m experiments.report``; 2 (one line on stderr) when --runs or --output is missing."""
     del argv
     if not FLAGS.runs:
-        raise app.UsageError("--runs is required: run directories of experiments.run (globs allowed)")
+        return usage_error("--runs is required: run directories of experiments.run (globs allowed)", usage=USAGE)
     if not FLAGS.output:
-        raise app.UsageError("--output is required, e.g. --output=reports/NAME")
+        return usage_error("--output is required, e.g. --output=reports/NAME", usage=USAGE)
     build_report(run_dirs=FLAGS.runs, output_dir=FLAGS.output, reference=FLAGS.reference or None)
     with open(os.path.join(FLAGS.output, "results.md")) as f:
         print(f.read())
@@ -547,8 +552,9 @@ def main(argv):
 
 
 def cli() -> None:
-    """``python -m experiments.report`` and the ``musicsim-report`` console script."""
-    app.run(main)
+    """``python -m experiments.report`` and the ``musicsim-report`` console script: ``--help`` lists its flags
+    (exit 0), a bad flag is one line and exit 2 (``musicsim.cli``)."""
+    app.run(main, flags_parser=global_flags_parser(module=sys.modules[__name__], doc=__doc__, usage=USAGE))
 
 
 if __name__ == "__main__":
