@@ -687,28 +687,58 @@ def test_build_cli_refuses_kreciprocal_and_euclidean_reranking_with_exit_2(tmp_p
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
-def test_build_cli_auto_takes_the_runs_recorded_reranking(tmp_path, capsys):
+def fake_engine_module(*, rerank_text: str, weights: np.ndarray):
+    """A stand-in for musicsim.models.pretrained_engine: its fixed re-ranking and dimension weights."""
+    import types
+
+    module = types.ModuleType("musicsim.models.pretrained_engine")
+    module.ENGINE_RERANK = rerank_text
+    module.raw_engine = lambda: types.SimpleNamespace(dimension_weights=lambda: weights)
+    return module
+
+
+@pytest.mark.parametrize("recorded", ["dba+aqe:k=2,alpha=3", "dba:k=3,alpha=0", "kreciprocal"])
+def test_build_cli_auto_no_longer_serves_the_runs_eval_split_choice(tmp_path, capsys, recorded):
+    """issue 24 item 12: a run's --rerank=auto record (chosen on a small eval split) is not what the index
+    serves; auto is the model's fixed setting, none for a non-engine run."""
     from musicsim import rerank
     from musicsim.rundir import RunDir
 
     vectors = write_npz(tmp_path / "e.npz", count=30)
     run = write_fitted_model_config(tmp_path / "run", name="librosa", dim=5, similarity="cosine")
-    chosen = rerank.RerankSettings(method="dba+aqe", k=2, alpha=3.0)
-    RunDir(run).write_results({"rerank": {"settings": chosen.to_json(), "chosen_on": "eval"}})
+    RunDir(run).write_results({"rerank": {"settings": rerank.parse_settings(recorded).to_json(), "chosen_on": "eval"}})
     base = ["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--model_dir={run}"]
     assert main(base + [f"--output={tmp_path / 'auto'}"]) == 0
-    assert "rerank dba+aqe(k=2, alpha=3.0)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "auto" / "config.json").read_text())["rerank"] == chosen.to_json()
-    index = EmbeddingIndex.load(str(tmp_path / "auto"))
+    assert "rerank none" in capsys.readouterr().out
+    assert EmbeddingIndex.load(str(tmp_path / "auto")).rerank.method == "none"
+    # Given explicitly, a setting is applied.
+    assert main(base + [f"--output={tmp_path / 'given'}", "--rerank=dba+aqe:k=2,alpha=3"]) == 0
+    index = EmbeddingIndex.load(str(tmp_path / "given"))
     assert_track_queries_match_catalog_scores(index, track_ids=[f"id{i}" for i in range(30)], vectors=vectors,
-                                              settings=chosen)
-    assert main(base + [f"--output={tmp_path / 'none'}", "--rerank=none"]) == 0
-    assert EmbeddingIndex.load(str(tmp_path / "none")).rerank.method == "none"
-    # A recorded setting no index applies leaves the index without re-ranking, saying so.
-    RunDir(run).write_results({"rerank": {"settings": rerank.parse_settings("kreciprocal").to_json()}})
-    with pytest.warns(UserWarning, match="building it without re-ranking"):
-        assert main(base + [f"--output={tmp_path / 'krec'}"]) == 0
-    assert EmbeddingIndex.load(str(tmp_path / "krec")).rerank.method == "none"
+                                              settings=rerank.parse_settings("dba+aqe:k=2,alpha=3"))
+
+
+@pytest.mark.parametrize("engine_rerank", ["none", "dba+aqe:k=2,alpha=3"])
+def test_auto_is_the_pretrained_engines_fixed_setting_and_it_standardises(tmp_path, monkeypatch, engine_rerank):
+    import sys
+
+    from musicsim import rerank
+    from musicsim.index import build_index_from_vectors, open_index
+
+    weights = np.linspace(0.5, 2.0, 5)
+    monkeypatch.setitem(sys.modules, "musicsim.models.pretrained_engine",
+                        fake_engine_module(rerank_text=engine_rerank, weights=weights))
+    vectors, _ = clustered_catalogue(count=30, dim=5, clusters=3, seed=2, spread=0.3)
+    ids = [f"t{i}" for i in range(30)]
+    built = build_index_from_vectors(output=str(tmp_path / "idx"), track_ids=ids, vectors=vectors * 7 + 3,
+                                     model={"name": "pretrained", "version": "v1"})
+    index = open_index(str(tmp_path / "idx"))
+    assert index.rerank == rerank.parse_settings(engine_rerank) == built.rerank
+    assert index.standardise and np.allclose(index.dimension_weights, weights)
+    # Another model: no re-ranking, no standardisation, whatever the engine says.
+    other = build_index_from_vectors(output=str(tmp_path / "other"), track_ids=ids, vectors=vectors,
+                                     model={"name": "musicnn"})
+    assert other.rerank.method == "none" and not other.standardise
 
 
 @pytest.mark.parametrize("count", [1, 2, 4])

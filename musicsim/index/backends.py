@@ -2,8 +2,8 @@
 
 Two backends implement ``IndexBackend``:
 
-* ``faiss`` (``musicsim.index.faiss_index.EmbeddingIndex``, the default): vectors in memory, exact (flat) or
-  IVF / HNSW search, saved as files in the index directory;
+* ``faiss`` (``musicsim.index.faiss_index.FaissIndex``, formerly ``EmbeddingIndex``; the default): vectors in
+  memory, exact (flat) or IVF / HNSW search, saved as files in the index directory;
 * ``milvus`` (``musicsim.index.milvus.MilvusIndex``): vectors in a Milvus collection, either a
   Milvus Lite file (embedded, one process at a time) or a Milvus server (``http://host:19530``);
   the index directory holds only its ``config.json``, naming the collection.
@@ -11,7 +11,16 @@ Two backends implement ``IndexBackend``:
 Both take the same arguments and raise the same errors: ids are unique non-empty strings, vectors
 [N, D] finite (unit length for cosine), queries [Q, D] of the index's dimension; ``search``
 excludes ids and groups per query and re-ranks by maximal marginal relevance (``diversity``).
-``musicsim.index.EmbeddingIndex.load(DIR)`` opens either kind, as the directory's config.json says.
+``musicsim.index.open_index(DIR)`` opens either kind, as the directory's config.json says.
+
+Catalog standardisation (``standardise=True``, label-free): the index keeps each track's raw vector
+as given, computes every dimension's mean and standard deviation over the catalog it holds
+(``catalog_statistics``; recomputed on every add / remove), and searches
+``((raw - mean) / std) * dimension_weights`` (unit length for cosine; ``standardised_rows``). So
+``vectors`` / ``vector`` are vectors of the searched space (what ``search(queries=...)`` takes and
+what the catalog map and playlists compare), ``raw_vector`` the stored raw one, and a query embedded
+from a file goes through ``prepare_query(raw)`` first: the same statistics as the catalog. For an
+index that does not standardise, ``prepare_query`` returns its input.
 """
 from __future__ import annotations
 
@@ -85,6 +94,78 @@ def describe_rerank(settings: RerankSettings) -> str:
 
 class IndexFileError(ValueError):
     """An index directory or embeddings file that cannot be used; the message names the file and why."""
+
+
+# A dimension whose standard deviation over the catalog is below this (relative to its spread of
+# magnitudes) is constant: it is centred but not scaled (dividing by ~0 would blow up rounding noise).
+CONSTANT_DIMENSION_TOLERANCE = 1e-6
+
+
+def catalog_statistics(*, raw_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and scale of a catalog's raw vectors, for catalog standardisation.
+
+    Parameters
+    ----------
+    raw_vectors : np.ndarray, shape [N, D]
+        The catalog's raw vectors (finite).
+
+    Returns
+    -------
+    mean : np.ndarray, shape [D], float64
+    scale : np.ndarray, shape [D], float64
+        The standard deviation (population), 1 where a dimension is constant. A catalog of fewer
+        than two tracks has nothing to standardise by: mean 0, scale 1 (its vectors stay as given).
+    """
+    matrix = np.asarray(raw_vectors, dtype=np.float64)
+    dim = matrix.shape[1]
+    if len(matrix) < 2:
+        return np.zeros(dim), np.ones(dim)
+    mean = matrix.mean(axis=0)
+    scale = matrix.std(axis=0)
+    magnitude = np.maximum(np.abs(matrix).max(axis=0), 1e-30)
+    scale = np.where(scale > CONSTANT_DIMENSION_TOLERANCE * magnitude, scale, 1.0)
+    return mean, scale
+
+
+def standardised_rows(*, raw_vectors: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+                      dimension_weights: np.ndarray | None, similarity: str) -> np.ndarray:
+    """``((raw - mean) / scale) * dimension_weights``, unit rows for cosine (a row at the mean stays 0).
+
+    Parameters
+    ----------
+    raw_vectors : np.ndarray, shape [N, D]
+    mean, scale : np.ndarray, shape [D]
+        ``catalog_statistics`` of the catalog.
+    dimension_weights : np.ndarray, shape [D], optional
+        Multipliers applied after the z-score (None: all 1).
+    similarity : {'cosine', 'euclidean'}
+
+    Returns
+    -------
+    np.ndarray, shape [N, D], float32 (C-contiguous)
+    """
+    rows = (np.asarray(raw_vectors, dtype=np.float64) - mean) / scale
+    if dimension_weights is not None:
+        rows = rows * dimension_weights
+    if similarity == "cosine":
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = rows / np.where(norms > 0, norms, 1.0)
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def check_dimension_weights(weights: Any, *, dim: int, standardise: bool) -> np.ndarray | None:
+    """``weights`` as a float64 [dim] array of finite non-negative numbers with one above 0 (None stays None);
+    ValueError otherwise, or when given to an index that does not standardise."""
+    if weights is None:
+        return None
+    if not standardise:
+        raise ValueError("dimension_weights apply after catalog standardisation: pass standardise=True too")
+    array = np.asarray(weights, dtype=np.float64)
+    if array.shape != (dim,):
+        raise ValueError(f"dimension_weights must have shape [{dim}] (the vectors' dimension), got {array.shape}")
+    if not np.isfinite(array).all() or (array < 0).any() or not (array > 0).any():
+        raise ValueError("dimension_weights must be finite, >= 0 and not all 0")
+    return array
 
 
 def _as_str_list(values: Iterable[Any]) -> list[str]:
@@ -182,6 +263,11 @@ class IndexBackend(abc.ABC):
     model: dict[str, Any]
     approximate: str | None
     _dim: int
+    # Catalog standardisation (see the module docstring): off for indexes saved before it existed.
+    standardise: bool = False
+    dimension_weights: np.ndarray | None = None
+    # config.json's write counter: bumped by every successful save (``storage.read_version``).
+    version: int = 0
 
     # ------------------------------------------------------------------ what a backend implements
     @abc.abstractmethod
@@ -209,7 +295,38 @@ class IndexBackend(abc.ABC):
 
     @abc.abstractmethod
     def vector(self, *, track_id: str) -> np.ndarray:
-        """The stored vector of one track, shape [D]; ValueError for an unknown id."""
+        """The vector of one track in the searched space, shape [D] (unit for cosine; standardised when the
+        index standardises); ValueError for an unknown id."""
+
+    @property
+    @abc.abstractmethod
+    def vectors(self) -> np.ndarray:
+        """Every track's vector in the searched space, shape [N, D] float32, rows in ``track_ids`` order."""
+
+    def raw_vector(self, *, track_id: str) -> np.ndarray:
+        """The vector of one track as it was given, shape [D] (before standardisation); for an index that does
+        not standardise, ``vector`` (cosine indexes keep unit vectors only)."""
+        return self.vector(track_id=track_id)
+
+    def catalog_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-dimension mean and scale [D] the index standardises by (mean 0, scale 1 when it does not)."""
+        return np.zeros(self._dim), np.ones(self._dim)
+
+    def prepare_query(self, raw_vectors: np.ndarray) -> np.ndarray:
+        """Query vectors as the index searches them: a raw embedding (e.g. of an uploaded file) [D] or [Q, D]
+        standardised with the catalog's statistics and weights, same shape, float32; returned as given (as
+        float32) by an index that does not standardise. ``search`` then normalises cosine queries."""
+        matrix = np.asarray(raw_vectors)
+        if matrix.ndim not in (1, 2) or matrix.shape[-1] != self._dim:
+            raise ValueError(f"a raw query must have shape [D] or [Q, D] with D={self._dim}, got {matrix.shape}")
+        if not np.issubdtype(matrix.dtype, np.number) or not np.isfinite(matrix).all():
+            raise ValueError("a raw query must be finite real numbers")
+        if not self.standardise:
+            return matrix.astype(np.float32)
+        mean, scale = self.catalog_statistics()
+        rows = standardised_rows(raw_vectors=matrix.reshape(-1, self._dim), mean=mean, scale=scale,
+                                 dimension_weights=self.dimension_weights, similarity="euclidean")
+        return rows.reshape(matrix.shape)
 
     @abc.abstractmethod
     def metadata(self, *, track_id: str) -> dict[str, Any]:
@@ -244,12 +361,12 @@ class IndexBackend(abc.ABC):
                nprobe: int | None = None, ef_search: int | None = None,
                query_model: Mapping[str, Any] | str | None = None, rerank: bool = True,
                query_track_ids: Sequence[str | None] | None = None) -> list[Result]:
-        """The k most similar tracks to each query [Q, D]; see ``EmbeddingIndex.search``."""
+        """The k most similar tracks to each query [Q, D]; see ``FaissIndex.search``."""
 
     @abc.abstractmethod
     def add(self, *, track_ids: Sequence[str], vectors: np.ndarray,
-            metadata: Mapping[str, Sequence[Any]] | None = None) -> None:
-        """Add tracks [N] with vectors [N, D]; ids already present raise ValueError."""
+            metadata: Mapping[str, Sequence[Any]] | None = None, replace: bool = False) -> None:
+        """Add tracks [N] with raw vectors [N, D]; ids already present raise ValueError unless ``replace``."""
 
     @abc.abstractmethod
     def remove(self, *, track_ids: Sequence[str]) -> None:
@@ -257,7 +374,13 @@ class IndexBackend(abc.ABC):
 
     @abc.abstractmethod
     def save(self, directory: str, *, overwrite: bool = False) -> None:
-        """Write the index directory atomically (``EmbeddingIndex.load`` opens it)."""
+        """Write the index directory atomically, bumping its ``version`` (``musicsim.index.open_index`` opens
+        it); the caller holds ``musicsim.index.lock.index_lock``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def open_directory(cls, *, source: str, config: Mapping[str, Any]) -> "IndexBackend":
+        """The index saved in the folder ``source`` whose config.json is ``config`` (``open_index`` calls this)."""
 
     def close(self) -> None:
         """Release what the index holds open (a database connection); the default holds nothing."""
@@ -365,7 +488,7 @@ class IndexBackend(abc.ABC):
         if not finite.all():
             bad = [ids[i] for i in np.flatnonzero(~finite)[:5]]
             raise ValueError(f"{name} has non-finite values (nan/inf) for tracks {bad}")
-        if self.similarity == "cosine":
+        if self.similarity == "cosine" and not self.standardise:  # a standardising index keeps the raw vectors
             matrix = self._normalise(matrix, name=name, ids=ids)
         return matrix
 

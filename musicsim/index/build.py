@@ -5,8 +5,18 @@ exist, be of the file's model and make embeddings of the file's dimension; the i
 run, so a query by audio file is embedded by the same model.
 
 ``--rerank`` chooses the label-free re-ranking the index applies (``musicsim.rerank``): ``auto``
-(the default) takes what the run recorded in its results.json (``experiments.run --rerank``, chosen
-on the eval split), ``none`` none, or a setting such as ``dba+aqe:k=3,alpha=3``.
+(the default) is the model's fixed setting, never a choice made per catalog: for the ``pretrained``
+engine ``musicsim.models.pretrained_engine.ENGINE_RERANK`` (fixed in the code, chosen under album
+folds), for every other model none. (A run's ``--rerank=auto`` record, chosen on a few dozen eval
+tracks, is no longer served: a DBA picked by a 0.003 margin on 35 tracks lowered the test split from
+0.470 to 0.416.) ``none`` is none, or a setting such as ``dba+aqe:k=3,alpha=3``.
+
+``--standardise`` (catalog standardisation, see ``musicsim.index.backends``) defaults to on for the
+``pretrained`` engine (with its dimension weights) or when dimension weights are given, else off.
+
+``build_index_from_vectors`` is the same for vectors in memory (what ``musicsim.scan`` uses).
+These functions write without locking: their callers hold ``musicsim.index.lock.index_lock``
+(the command line does).
 """
 from __future__ import annotations
 
@@ -18,11 +28,15 @@ import numpy as np
 
 from musicsim import rerank as reranking
 from musicsim.similarity import SIMILARITIES
-from musicsim.index.backends import BACKENDS, IndexBackend, check_index_rerank
+from musicsim.index import storage
+from musicsim.index.backends import IndexBackend, check_index_rerank
 from musicsim.index.embeddings_io import load_embeddings, read_provenance, run_embedding_dim, run_similarity
-from musicsim.index.faiss_index import EmbeddingIndex
+from musicsim.index.registry import backend_class, open_index
 from musicsim.index.storage import check_output_directory
-from musicsim.rundir import RunDir, read_run_info
+from musicsim.rundir import read_run_info
+
+# The engine whose index standardises over its catalog and re-ranks as it says, by default.
+PRETRAINED_ENGINE = "pretrained"
 
 RERANK_CHOICES = ("auto", "none")  # or a setting in musicsim.rerank.parse_settings's syntax
 
@@ -44,32 +58,64 @@ def parse_rerank_option(text: str) -> reranking.RerankSettings | None:
         raise ValueError(f"--rerank={text}: {error} (or auto, none)") from None
 
 
+def model_rerank(*, model: dict[str, Any]) -> reranking.RerankSettings:
+    """``--rerank=auto``: the model's fixed re-ranking, never one chosen per catalog. The ``pretrained``
+    engine's is ``musicsim.models.pretrained_engine.ENGINE_RERANK``; every other model's is none (what a
+    run recorded was chosen on its small eval split, within that split's noise: see the module docstring)."""
+    if model.get("name") != PRETRAINED_ENGINE:
+        return reranking.RerankSettings()
+    try:
+        from musicsim.models.pretrained_engine import ENGINE_RERANK
+    except ImportError:  # an installation without the engine's module
+        return reranking.RerankSettings()
+    return reranking.parse_settings(ENGINE_RERANK)
+
+
 def resolve_rerank(*, option: reranking.RerankSettings | None, model: dict[str, Any], similarity: str,
                    backend: str) -> reranking.RerankSettings:
-    """The re-ranking an index applies: the settings given, else (``option`` None: ``auto``) what the
-    run ``model['model_dir']`` recorded in its results.json, or none when there is no such run or record.
+    """The re-ranking an index applies: the settings given, else (``option`` None: ``auto``) the model's
+    fixed one (``model_rerank``).
 
-    Settings given that the index cannot apply raise ValueError (``check_index_rerank``); recorded ones
-    that it cannot apply (kreciprocal, a euclidean or milvus index) are warned about and replaced by none,
-    so ``auto`` never makes a build fail.
+    Settings given that the index cannot apply raise ValueError (``check_index_rerank``); a model's own that
+    it cannot apply (a euclidean or milvus index) is warned about and replaced by none, so ``auto`` never
+    makes a build fail.
     """
     if option is not None:
         return check_index_rerank(settings=option, similarity=similarity, backend=backend)
-    model_dir = model.get("model_dir")
-    if not model_dir:
-        return reranking.RerankSettings()
-    results = RunDir(model_dir).results() or {}
-    record = results.get("rerank") if isinstance(results.get("rerank"), dict) else {}
+    fixed = model_rerank(model=model)
     try:
-        recorded = reranking.settings_from_json(record.get("settings"))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{RunDir(model_dir).results_path}: bad re-ranking record: {error}") from None
-    try:
-        return check_index_rerank(settings=recorded, similarity=similarity, backend=backend)
+        return check_index_rerank(settings=fixed, similarity=similarity, backend=backend)
     except ValueError as error:
-        warnings.warn(f"the run {model_dir} chose re-ranking {recorded.to_json()}, which this index cannot apply "
-                      f"({error}); building it without re-ranking")
+        warnings.warn(f"the {model.get('name')} engine re-ranks with {fixed.to_json()}, which this index cannot "
+                      f"apply ({error}); building it without re-ranking")
         return reranking.RerankSettings()
+
+
+def engine_dimension_weights(*, model: dict[str, Any]) -> np.ndarray | None:
+    """The per-dimension weights the index applies after standardising a model's vectors: the ``pretrained``
+    engine's ``dimension_weights()`` (None for other models, or when the engine's module is absent)."""
+    if model.get("name") != PRETRAINED_ENGINE:
+        return None
+    try:
+        from musicsim.models.pretrained_engine import raw_engine
+    except ImportError:
+        return None
+    return np.asarray(raw_engine().dimension_weights(), dtype=np.float64)
+
+
+def resolve_standardise(*, option: bool | None, model: dict[str, Any],
+                        dimension_weights: np.ndarray | None) -> tuple[bool, np.ndarray | None]:
+    """Whether an index standardises, and by which weights: ``option`` when given (True / False), else on for
+    the ``pretrained`` engine or when ``dimension_weights`` are given. Weights default to the engine's."""
+    if dimension_weights is None and option is not False:
+        dimension_weights = engine_dimension_weights(model=model)
+    standardise = option if option is not None else (model.get("name") == PRETRAINED_ENGINE
+                                                     or dimension_weights is not None)
+    if not standardise:
+        if option is False and dimension_weights is not None and model.get("name") != PRETRAINED_ENGINE:
+            raise ValueError("dimension weights apply after catalog standardisation: drop --nostandardise")
+        return False, None
+    return True, dimension_weights
 
 
 def _resolve_model(*, embeddings: str, dim: int, file_models: Sequence[str], model_dir: str | None,
@@ -125,10 +171,90 @@ def _read_with_model(*, embeddings: str, model_dir: str | None, model_name: str 
     return track_ids, vectors, metadata, model
 
 
+def build_index_from_vectors(*, output: str, track_ids: Sequence[str], vectors: np.ndarray,
+                             metadata: dict[str, Sequence[Any]] | None = None, similarity: str = "cosine",
+                             model: dict[str, Any] | None = None, standardise: bool | None = None,
+                             dimension_weights: np.ndarray | None = None, approximate: str | None = None,
+                             overwrite: bool = False, backend: str = "faiss", uri: str | None = None,
+                             collection: str | None = None, rerank: str = "auto") -> IndexBackend:
+    """Build an index of ``track_ids`` [N] with raw ``vectors`` [N, D] and save it to ``output`` (atomically).
+
+    Parameters
+    ----------
+    output : str
+        The index directory: absent, empty or an index (anything else only with ``overwrite``).
+    track_ids, vectors, metadata
+        The tracks, their raw vectors and their metadata columns (``path``, ``group``, ``title``, ...).
+    similarity : {'cosine', 'euclidean'}
+    model : dict, optional
+        What made the vectors (``name``, ``model_dir``, ``version``, ...): recorded, checked on add.
+    standardise : bool, optional
+        Catalog standardisation; None: on for the ``pretrained`` engine or with ``dimension_weights``.
+    dimension_weights : np.ndarray [D], optional
+        Weights after standardisation (default: the engine's, for ``pretrained``).
+    approximate, backend, uri, collection, overwrite, rerank
+        As for ``build_index``. With ``backend='milvus'`` and ``overwrite``, the collection the folder named
+        before is dropped once the new one is complete and the folder names it.
+
+    Returns
+    -------
+    IndexBackend
+        The saved (and closed) index; its ``version`` is the one written.
+    """
+    cls = backend_class(backend)
+    if backend == "milvus" and not (uri and collection):
+        raise ValueError("the milvus backend needs --uri (a PATH.db file or http://host:19530) and --collection")
+    if backend != "milvus" and (uri or collection):
+        raise ValueError("--uri and --collection are for --backend=milvus")
+    model = dict(model or {})
+    rerank_settings = resolve_rerank(option=parse_rerank_option(rerank), model=model, similarity=similarity,
+                                     backend=backend)
+    standardise, dimension_weights = resolve_standardise(option=standardise, model=model,
+                                                         dimension_weights=dimension_weights)
+    output = os.path.abspath(output)
+    check_output_directory(directory=output, overwrite=overwrite)
+    arguments: dict[str, Any] = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
+                                     model={key: value for key, value in model.items() if key != "similarity"},
+                                     approximate=approximate, standardise=standardise,
+                                     dimension_weights=dimension_weights)
+    previous_collection = None
+    if backend == "milvus":
+        from musicsim.index.milvus import is_local_uri
+
+        if is_local_uri(uri) and os.path.commonpath([output, os.path.abspath(uri)]) == output:
+            raise ValueError(f"--uri={uri} lies inside --output={output}: keep the Milvus Lite file outside the "
+                             "index directory")
+        previous_collection = _previous_milvus_collection(output=output, uri=uri) if overwrite else None
+        index: IndexBackend = cls(uri=uri, collection=collection, overwrite=overwrite, **arguments)
+    else:
+        index = cls(**arguments, rerank=rerank_settings)
+    try:
+        if previous_collection:
+            index.supersede(collection=previous_collection)
+        index.save(output, overwrite=overwrite)
+    finally:
+        index.close()
+    return index
+
+
+def _previous_milvus_collection(*, output: str, uri: str) -> str | None:
+    """The collection the index folder ``output`` names when it is a Milvus index at ``uri`` (else None)."""
+    from musicsim.index.milvus import is_local_uri
+
+    try:
+        _, config = storage.read_config(output)
+    except (FileNotFoundError, ValueError):
+        return None
+    same_uri = config.get("uri") == (os.path.abspath(uri) if is_local_uri(uri) else uri)
+    name = config.get("collection")
+    return name if config.get("backend") == "milvus" and same_uri and isinstance(name, str) else None
+
+
 def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,
                 model_dir: str | None = None, model_name: str | None = None, overwrite: bool = False,
                 backend: str = "faiss", uri: str | None = None, collection: str | None = None,
-                rerank: str = "auto") -> IndexBackend:
+                rerank: str = "auto", standardise: bool | None = None,
+                dimension_weights: np.ndarray | None = None) -> IndexBackend:
     """Build an index from an embeddings file and save it to ``output``.
 
     The model is ``model_dir`` when given, else the run the file names (a parquet's or a
@@ -136,8 +262,9 @@ def build_index(*, embeddings: str, output: str, similarity: str | None = None, 
     and make embeddings of the file's dimension. ``similarity`` defaults to the run's (else cosine).
     ``backend='milvus'`` puts the vectors in the Milvus ``collection`` at ``uri`` (a ``PATH.db``
     Milvus Lite file or ``http://host:19530``), and ``output`` records where. ``rerank`` is ``auto``
-    (the run's recorded re-ranking, see ``resolve_rerank``), ``none`` or a ``musicsim.rerank`` setting;
-    the index records it in its config.json.
+    (the model's fixed re-ranking, see ``model_rerank``), ``none`` or a ``musicsim.rerank`` setting;
+    ``standardise`` None is on for the ``pretrained`` engine or with ``dimension_weights``. The index
+    records both in its config.json.
 
     Raises
     ------
@@ -147,37 +274,18 @@ def build_index(*, embeddings: str, output: str, similarity: str | None = None, 
     FileNotFoundError
         For a missing file or run.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "milvus" and not (uri and collection):
-        raise ValueError("the milvus backend needs --uri (a PATH.db file or http://host:19530) and --collection")
-    if backend == "faiss" and (uri or collection):
-        raise ValueError("--uri and --collection are for --backend=milvus")
-    rerank_option = parse_rerank_option(rerank)
-    output = os.path.abspath(output)
-    check_output_directory(directory=output, overwrite=overwrite)  # before the expensive part
+    backend_class(backend)
+    parse_rerank_option(rerank)
+    check_output_directory(directory=os.path.abspath(output), overwrite=overwrite)  # before the expensive part
     track_ids, vectors, metadata, model = _read_with_model(embeddings=embeddings, model_dir=model_dir,
                                                            model_name=model_name)
     if similarity is None:
         similarity = model.get("similarity") if model.get("similarity") in SIMILARITIES else "cosine"
-    settings = resolve_rerank(option=rerank_option, model=model, similarity=similarity, backend=backend)
-    arguments = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
-                     model={key: value for key, value in model.items() if key != "similarity"},
-                     approximate=approximate)
-    if backend == "milvus":
-        from musicsim.index.milvus import MilvusIndex, is_local_uri
-
-        if is_local_uri(uri) and os.path.commonpath([output, os.path.abspath(uri)]) == output:
-            raise ValueError(f"--uri={uri} lies inside --output={output}: keep the Milvus Lite file outside the "
-                             "index directory")
-        index: IndexBackend = MilvusIndex(uri=uri, collection=collection, overwrite=overwrite, **arguments)
-    else:
-        index = EmbeddingIndex(**arguments, rerank=settings)
-    try:
-        index.save(output, overwrite=overwrite)
-    finally:
-        index.close()
-    return index
+    return build_index_from_vectors(output=output, track_ids=track_ids, vectors=vectors, metadata=metadata,
+                                    similarity=similarity, model=model, standardise=standardise,
+                                    dimension_weights=dimension_weights, approximate=approximate,
+                                    overwrite=overwrite, backend=backend, uri=uri, collection=collection,
+                                    rerank=rerank)
 
 
 def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
@@ -190,14 +298,14 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
 
     Returns
     -------
-    index : EmbeddingIndex
-        The updated index.
+    index : IndexBackend
+        The updated index (closed).
     added : int
         New tracks.
     replaced : int
         Tracks that were in the index already.
     """
-    index = EmbeddingIndex.load(index_dir)
+    index = open_index(index_dir)
     track_ids, vectors, metadata, model = _read_with_model(embeddings=embeddings, model_dir=model_dir,
                                                            model_name=None)
     for key in ("name", "model_dir"):
@@ -224,7 +332,7 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
 def remove_from_index(*, index_dir: str, track_ids: Sequence[str]) -> IndexBackend:
     """Remove tracks from a saved index and save it again (atomically); unknown ids raise ValueError.
     The index keeps its re-ranking; with ``dba`` the augmentation is recomputed over the whole catalog."""
-    index = EmbeddingIndex.load(index_dir)
+    index = open_index(index_dir)
     try:
         index.remove(track_ids=track_ids)
         index.save(index_dir)

@@ -3,11 +3,15 @@
     python -m musicsim.index build --embeddings=FILE --output=DIR [--similarity=cosine]
         [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME] [--overwrite]
         [--backend=faiss|milvus --uri=PATH.db|http://host:19530 --collection=NAME]
-        [--rerank=auto|none|dba+aqe:k=3,alpha=3]
-    python -m musicsim.index add --index=DIR --embeddings=FILE [--model_dir=RUN] [--replace]
-    python -m musicsim.index remove --index=DIR --track_id=ID [--track_id=ID ...]   (or --track_id ID [ID ...])
+        [--rerank=auto|none|dba+aqe:k=3,alpha=3] [--standardise|--nostandardise] [--wait]
+    python -m musicsim.index add --index=DIR --embeddings=FILE [--model_dir=RUN] [--replace] [--wait]
+    python -m musicsim.index remove --index=DIR --track_id=ID [--track_id=ID ...] [--wait]
+        (or --track_id ID [ID ...])
 
 ``build`` replaces DIR only when it is absent, empty or an index (its config.json says so).
+One writer at a time: each command holds DIR's lock (``musicsim.index.lock``) while it writes; when
+another writer holds it, the command exits 2 naming that writer, or with ``--wait`` says it waits and
+waits for it.
 Queries are ``python -m musicsim.search``'s.
 
 Each command keeps its flags in a ``FlagValues`` of its own: ``experiments.run`` defines flags of
@@ -49,9 +53,15 @@ flags.DEFINE_enum("backend", "faiss", list(BACKENDS), "build: where the vectors 
 flags.DEFINE_string("uri", None, "build, milvus: a PATH.db Milvus Lite file, or http://host:19530.",
                     flag_values=FLAGS)
 flags.DEFINE_string("collection", None, "build, milvus: the collection to create.", flag_values=FLAGS)
-flags.DEFINE_string("rerank", "auto", "build: label-free re-ranking the index applies: auto (what the run recorded "
-                    "in its results.json, else none), none, or aqe / dba / dba+aqe with options, e.g. "
-                    "'dba+aqe:k=3,alpha=3' (cosine, faiss only; kreciprocal is refused).", flag_values=FLAGS)
+flags.DEFINE_string("rerank", "auto", "build: label-free re-ranking the index applies: auto (the model's fixed "
+                    "setting: the pretrained engine's own, none for other models), none, or aqe / dba / dba+aqe "
+                    "with options, e.g. 'dba+aqe:k=3,alpha=3' (cosine, faiss only; kreciprocal is refused).",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("standardise", None, "build: standardise every dimension over the indexed catalog (label-free; "
+                  "file queries use the same statistics). Default: on for the pretrained engine, else off.",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("wait", False, "build, add, remove: when another writer holds the index, wait for it instead of "
+                  "exiting with status 2.", flag_values=FLAGS)
 flags.DEFINE_bool("replace", False, "add: replace tracks already in the index.", flag_values=FLAGS)
 flags.DEFINE_multi_string("track_id", [], "remove: a track id (repeat the flag, or list more ids after it).",
                           flag_values=FLAGS)
@@ -59,9 +69,9 @@ flags.DEFINE_multi_string("track_id", [], "remove: a track id (repeat the flag, 
 # The flags each command takes; any other given is a usage error.
 COMMAND_FLAGS = {
     "build": ({"embeddings", "output"}, {"similarity", "approximate", "model_dir", "model", "overwrite", "backend",
-                                         "uri", "collection", "rerank"}),
-    "add": ({"index", "embeddings"}, {"model_dir", "replace"}),
-    "remove": ({"index", "track_id"}, set()),
+                                         "uri", "collection", "rerank", "standardise", "wait"}),
+    "add": ({"index", "embeddings"}, {"model_dir", "replace", "wait"}),
+    "remove": ({"index", "track_id"}, {"wait"}),
 }
 
 
@@ -69,6 +79,7 @@ def main(argv: Sequence[str]) -> int:
     """``python -m musicsim.index COMMAND ...`` (``argv`` program name first); returns the exit status
     (2 on a usage or input error)."""
     from musicsim.index.build import add_to_index, build_index, remove_from_index
+    from musicsim.index.lock import index_lock
 
     positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE, positional=True)
     if isinstance(positional, int):
@@ -86,21 +97,24 @@ def main(argv: Sequence[str]) -> int:
             [f"{command} does not take {', '.join(f if f.startswith('arguments') else '--' + f for f in foreign)}"]
             if foreign else [])
         return usage_error("; ".join(problems), usage=USAGE)
+    index_dir = FLAGS.output if command == "build" else FLAGS.index
     try:
-        if command == "build":
-            index = build_index(embeddings=FLAGS.embeddings, output=FLAGS.output, similarity=FLAGS.similarity,
-                                approximate=FLAGS.approximate, model_dir=FLAGS.model_dir, model_name=FLAGS.model,
-                                overwrite=FLAGS.overwrite, backend=FLAGS.backend, uri=FLAGS.uri,
-                                collection=FLAGS.collection, rerank=FLAGS.rerank)
-            print(f"{index.summary()} -> {os.path.abspath(FLAGS.output)}")
-        elif command == "add":
-            index, added, replaced = add_to_index(index_dir=FLAGS.index, embeddings=FLAGS.embeddings,
-                                                  replace=FLAGS.replace, model_dir=FLAGS.model_dir)
-            print(f"added {added}, replaced {replaced}: {index.summary()} -> {os.path.abspath(FLAGS.index)}")
-        else:
-            track_ids = list(FLAGS.track_id) + extra
-            index = remove_from_index(index_dir=FLAGS.index, track_ids=track_ids)
-            print(f"removed {len(set(track_ids))}: {index.summary()} -> {os.path.abspath(FLAGS.index)}")
+        with index_lock(index_dir, wait=FLAGS.wait, command=f"musicsim.index {command}"):
+            if command == "build":
+                index = build_index(embeddings=FLAGS.embeddings, output=FLAGS.output, similarity=FLAGS.similarity,
+                                    approximate=FLAGS.approximate, model_dir=FLAGS.model_dir,
+                                    model_name=FLAGS.model, overwrite=FLAGS.overwrite, backend=FLAGS.backend,
+                                    uri=FLAGS.uri, collection=FLAGS.collection, rerank=FLAGS.rerank,
+                                    standardise=FLAGS.standardise)
+                print(f"{index.summary()} -> {os.path.abspath(FLAGS.output)}")
+            elif command == "add":
+                index, added, replaced = add_to_index(index_dir=FLAGS.index, embeddings=FLAGS.embeddings,
+                                                      replace=FLAGS.replace, model_dir=FLAGS.model_dir)
+                print(f"added {added}, replaced {replaced}: {index.summary()} -> {os.path.abspath(FLAGS.index)}")
+            else:
+                track_ids = list(FLAGS.track_id) + extra
+                index = remove_from_index(index_dir=FLAGS.index, track_ids=track_ids)
+                print(f"removed {len(set(track_ids))}: {index.summary()} -> {os.path.abspath(FLAGS.index)}")
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

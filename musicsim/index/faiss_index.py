@@ -1,7 +1,8 @@
 """Similarity-search index over track embeddings, on faiss (paper section 1: "a search engine that,
 given a music, returns the most similar musics").
 
-``EmbeddingIndex`` holds one embedding per track and answers k-nearest-neighbour queries under the
+``FaissIndex`` (formerly ``EmbeddingIndex``, still importable under that name) holds one
+embedding per track and answers k-nearest-neighbour queries under the
 paper's two similarities:
 
 * ``cosine``: the dot product of unit vectors (vectors are normalised on the way in);
@@ -26,8 +27,13 @@ embeddings (what the catalog map and playlists read), ``searched_vector`` is wha
 search of the searched vectors, before it is searched; a query by track id never expands with itself.
 For a query by track id of an exact index, the ranking is ``rerank.catalog_scores``'s row.
 
-Its directory format and atomic save are ``musicsim.index.storage``'s; ``EmbeddingIndex.load``
-opens either backend (``musicsim.index.milvus.MilvusIndex`` too).
+Catalog standardisation (``standardise=True``, optional ``dimension_weights``; see
+``musicsim.index.backends``): the raw vectors are kept (``raw_vectors.npy``), the statistics are
+recomputed over the whole catalog and every searched vector with them on each ``add`` / ``remove``
+(the faiss index is rebuilt: every vector moved), and dba augments the standardised vectors.
+
+Its directory format and atomic save are ``musicsim.index.storage``'s; ``musicsim.index.open_index(DIR)``
+(or ``FaissIndex.load``) opens either backend (``musicsim.index.milvus.MilvusIndex`` too).
 """
 from __future__ import annotations
 
@@ -41,8 +47,9 @@ import numpy as np  # noqa: E402
 
 from musicsim import rerank as reranking  # noqa: E402
 from musicsim.index.backends import (APPROXIMATE_KINDS, IndexBackend,  # noqa: E402
-                                     Result, _as_group_set, check_index_rerank, default_nlist, default_nprobe,
-                                     describe_rerank, maximal_marginal_relevance)
+                                     Result, _as_group_set, catalog_statistics, check_dimension_weights,
+                                     check_index_rerank, default_nlist, default_nprobe, describe_rerank,
+                                     maximal_marginal_relevance, standardised_rows)
 from musicsim.similarity import SIMILARITIES  # noqa: E402
 
 # IVF k-means trains on at most this many points per list: more costs time without improving the
@@ -52,7 +59,7 @@ DEFAULT_TRAINING_POINTS_PER_LIST = 64
 # index (blocked BLAS with a heap top-k, faster than numpy's matmul + argpartition for batches).
 NUMPY_MAX_QUERIES = 16
 
-class EmbeddingIndex(IndexBackend):
+class FaissIndex(IndexBackend):
     """k-nearest-neighbour search over track embeddings, on faiss (the default backend).
 
     The shared argument checks and ``search_by_id`` come from ``IndexBackend``.
@@ -93,6 +100,12 @@ class EmbeddingIndex(IndexBackend):
     rerank : RerankSettings, optional
         Re-ranking applied by the index (default none): ``aqe``, ``dba`` or ``dba+aqe`` of a cosine
         index; any other raises ValueError (``check_index_rerank``).
+    standardise : bool
+        Catalog standardisation: keep ``vectors`` raw and search them z-scored by the catalog's own
+        per-dimension mean and std (recomputed on add / remove); queries from files go through
+        ``prepare_query``.
+    dimension_weights : array_like, shape [D], optional
+        With ``standardise``: multipliers applied after the z-score (e.g. an engine's block weights).
     """
 
     def __init__(self, *, track_ids: Sequence[str], vectors: np.ndarray, similarity: str = "cosine",
@@ -101,7 +114,8 @@ class EmbeddingIndex(IndexBackend):
                  nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32,
                  ef_construction: int = 80, ef_search: int = 64,
                  training_points_per_list: int = DEFAULT_TRAINING_POINTS_PER_LIST,
-                 seed: int = 0, rerank: reranking.RerankSettings | None = None) -> None:
+                 seed: int = 0, rerank: reranking.RerankSettings | None = None, standardise: bool = False,
+                 dimension_weights: np.ndarray | None = None) -> None:
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if approximate not in (None,) + APPROXIMATE_KINDS:
@@ -125,15 +139,23 @@ class EmbeddingIndex(IndexBackend):
         self.seed = int(seed)
         self.rerank = check_index_rerank(settings=rerank or reranking.RerankSettings(), similarity=similarity,
                                          backend=self.backend)
+        self.standardise = bool(standardise)
+        self.version = 0
 
         ids = self._check_ids(track_ids, name="track_ids")
         matrix = self._check_vectors(vectors, count=len(ids), dim=None, name="vectors", ids=ids)
         self._dim = int(matrix.shape[1])
+        self.dimension_weights = check_dimension_weights(dimension_weights, dim=self._dim,
+                                                         standardise=self.standardise)
         self._ids: list[str] = ids
         self._row_of: dict[str, int] = {tid: row for row, tid in enumerate(ids)}
-        # The tracks' own vectors, and the searched ones (_vectors: augmented with dba, else the same array).
+        # With standardisation: the raw vectors as given (what is saved), else None.
+        self._raw_vectors: np.ndarray | None = matrix if self.standardise else None
+        # The tracks' own vectors in the searched space, and the searched ones (_vectors: augmented with dba,
+        # else the same array); _refresh_vectors sets both.
         self._original_vectors = matrix
-        self._vectors = self._augment(matrix)
+        self._vectors = matrix
+        self._refresh_vectors()
         # faiss id of each row, kept sorted. Flat and HNSW indexes use positions (ids == rows);
         # only IVF stores explicit ids, which survive removals. (No IndexIDMap: its id translation
         # is an OpenMP region per call, which costs up to tens of ms per query on a busy machine.)
@@ -147,6 +169,37 @@ class EmbeddingIndex(IndexBackend):
         self._build_faiss()
 
     backend = "faiss"
+
+    def _refresh_vectors(self) -> None:
+        """The searched-space vectors of the catalog: standardised by its current statistics (when the
+        index standardises), then augmented (dba)."""
+        if self.standardise:
+            self._mean, self._scale = catalog_statistics(raw_vectors=self._raw_vectors)
+            self._original_vectors = standardised_rows(raw_vectors=self._raw_vectors, mean=self._mean,
+                                                       scale=self._scale, dimension_weights=self.dimension_weights,
+                                                       similarity=self.similarity)
+        self._vectors = self._augment(self._original_vectors)
+
+    def catalog_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-dimension mean and scale [D] the index standardises by (mean 0, scale 1 when it does not)."""
+        if not self.standardise:
+            return np.zeros(self._dim), np.ones(self._dim)
+        return self._mean.copy(), self._scale.copy()
+
+    def raw_vector(self, *, track_id: str) -> np.ndarray:
+        """The track's vector as given [D] (before standardisation; unit for a cosine index that does not
+        standardise)."""
+        if not self.standardise:
+            return self.vector(track_id=track_id)
+        return self._raw_vectors[self._row(track_id)].copy()
+
+    @property
+    def raw_vectors(self) -> np.ndarray:
+        """The tracks' vectors as given [N, D] float32 (``vectors`` when the index does not standardise);
+        a read-only view."""
+        view = (self._raw_vectors if self.standardise else self._original_vectors).view()
+        view.flags.writeable = False
+        return view
 
     # ------------------------------------------------------------------ basic accessors
     def __len__(self) -> int:
@@ -189,8 +242,9 @@ class EmbeddingIndex(IndexBackend):
 
     @property
     def vectors(self) -> np.ndarray:
-        """The tracks' own vectors, shape [N, D] float32 (unit length for cosine), never the augmented
-        ones (see ``searched_vector``); a read-only view."""
+        """The tracks' own vectors in the searched space, shape [N, D] float32 (standardised when the index
+        standardises; unit length for cosine), never the augmented ones (see ``searched_vector``); a
+        read-only view."""
         view = self._original_vectors.view()
         view.flags.writeable = False
         return view
@@ -200,7 +254,7 @@ class EmbeddingIndex(IndexBackend):
         return sorted(self._metadata)
 
     def vector(self, *, track_id: str) -> np.ndarray:
-        """The track's own stored vector, shape [D] (not augmented)."""
+        """The track's own vector in the searched space, shape [D] (not augmented)."""
         return self._original_vectors[self._row(track_id)].copy()
 
     def searched_vector(self, *, track_id: str) -> np.ndarray:
@@ -231,7 +285,9 @@ class EmbeddingIndex(IndexBackend):
         mode = self.search_mode()
         model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
         groups = len(set(g for g in self._metadata.get("group", []) if g is not None))
-        return (f"EmbeddingIndex (faiss): {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, "
+        standardised = ", standardised" + (" (weighted)" if self.dimension_weights is not None else "") \
+            if self.standardise else ""
+        return (f"FaissIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}{standardised}, {mode}, "
                 f"{groups} groups, model {model}, rerank {describe_rerank(self.rerank)}")
 
     # ------------------------------------------------------------------ validation helpers
@@ -536,27 +592,33 @@ class EmbeddingIndex(IndexBackend):
 
     # ------------------------------------------------------------------ updates
     def add(self, *, track_ids: Sequence[str], vectors: np.ndarray,
-            metadata: Mapping[str, Sequence[Any]] | None = None) -> None:
-        """Add tracks. Ids already in the index, or repeated, raise ValueError.
+            metadata: Mapping[str, Sequence[Any]] | None = None, replace: bool = False) -> None:
+        """Add tracks. Repeated ids raise ValueError; so do ids already in the index, unless ``replace``
+        (their vector and metadata are then replaced).
 
         Metadata columns the new tracks lack are filled with None, and new columns are None for
         the tracks already there.
         """
         ids = self._check_ids(track_ids, name="track_ids")
         present = [t for t in ids if t in self._row_of]
-        if present:
+        if present and not replace:
             raise ValueError(f"track ids already in the index: {present[:5]}")
         matrix = self._check_vectors(vectors, count=len(ids), dim=self._dim, name="vectors", ids=ids)
         columns = self._check_metadata(metadata, count=len(ids))
         if not ids:
             return
+        if present:
+            self.remove(track_ids=present)
         labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
         old_count = len(self._ids)
         for column in set(self._metadata) | set(columns):
             existing = self._metadata.get(column, [None] * old_count)
             self._metadata[column] = existing + columns.get(column, [None] * len(ids))
-        self._original_vectors = np.ascontiguousarray(np.concatenate([self._original_vectors, matrix]))
-        self._vectors = self._augment(self._original_vectors)
+        if self.standardise:
+            self._raw_vectors = np.ascontiguousarray(np.concatenate([self._raw_vectors, matrix]))
+        else:
+            self._original_vectors = np.ascontiguousarray(np.concatenate([self._original_vectors, matrix]))
+        self._refresh_vectors()
         self._labels = np.concatenate([self._labels, labels])
         self._next_label += len(ids)
         for offset, tid in enumerate(ids):
@@ -565,8 +627,9 @@ class EmbeddingIndex(IndexBackend):
         self._group_sizes = None
         self._squared_norms = None
         self._id_array = None
-        if self._faiss is None or self.augments:
-            # IVF that had nothing to train on yet, or augmented vectors that all changed with their neighbours.
+        if self._faiss is None or self.augments or self.standardise:
+            # IVF that had nothing to train on yet, augmented vectors that all changed with their neighbours,
+            # or standardised ones that all changed with the catalog's statistics.
             self._build_faiss()
         elif self.approximate == "ivf":
             self._faiss.add_with_ids(matrix, labels)
@@ -589,8 +652,10 @@ class EmbeddingIndex(IndexBackend):
         removed_labels = self._labels[drop]
         removed_rows = np.flatnonzero(drop).astype(np.int64)
         keep = ~drop
+        if self.standardise:
+            self._raw_vectors = np.ascontiguousarray(self._raw_vectors[keep])
         self._original_vectors = np.ascontiguousarray(self._original_vectors[keep])
-        self._vectors = self._augment(self._original_vectors)
+        self._refresh_vectors()
         self._labels = self._labels[keep]
         self._ids = [t for t, k in zip(self._ids, keep.tolist()) if k]
         self._row_of = {t: row for row, t in enumerate(self._ids)}
@@ -598,8 +663,9 @@ class EmbeddingIndex(IndexBackend):
         self._group_sizes = None
         self._squared_norms = None
         self._id_array = None
-        if self.approximate == "hnsw" or (self.augments and len(self._ids)):
-            self._build_faiss()  # graphs cannot delete nodes; augmented vectors changed with their neighbours
+        if self.approximate == "hnsw" or ((self.augments or self.standardise) and len(self._ids)):
+            # graphs cannot delete nodes; augmented or standardised vectors changed with the catalog
+            self._build_faiss()
         elif self.approximate == "ivf":
             if self._faiss is not None:
                 self._faiss.remove_ids(removed_labels)
@@ -609,10 +675,11 @@ class EmbeddingIndex(IndexBackend):
             self._next_label = len(self._ids)
 
     # ------------------------------------------------------------------ persistence
-    def _config(self) -> dict[str, Any]:
+    def _config(self, *, version: int) -> dict[str, Any]:
         return storage.config_entries(
             backend=self.backend, similarity=self.similarity, dim=self._dim, count=len(self._ids),
-            model=self.model, approximate=self.approximate, nlist=self.nlist, nprobe=self.nprobe,
+            model=self.model, version=version, standardise=self.standardise,
+            dimension_weights=self.dimension_weights, approximate=self.approximate, nlist=self.nlist, nprobe=self.nprobe,
             hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, ef_search=self.ef_search,
             training_points_per_list=self.training_points_per_list, seed=self.seed, next_label=self._next_label,
             rerank=self.rerank.to_json())
@@ -634,37 +701,38 @@ class EmbeddingIndex(IndexBackend):
         """
         trained = self.approximate is not None and self._faiss is not None
 
-        def write_files(temp: str) -> None:
-            storage.write_faiss_files(temp, config=self._config(), track_ids=self._ids, metadata=self._metadata,
-                                      vectors=self._original_vectors,
+        def write_files(temp: str, version: int) -> None:
+            storage.write_faiss_files(temp, config=self._config(version=version), track_ids=self._ids,
+                                      metadata=self._metadata,
+                                      vectors=self._raw_vectors if self.standardise else self._original_vectors,
                                       searched_vectors=self._vectors if self.augments else None,
                                       labels=self._labels if trained else None,
                                       faiss_index=self._faiss if trained else None)
 
-        storage.save_index_directory(directory=directory, write_files=write_files, overwrite=overwrite)
+        self.version = storage.save_index_directory(directory=directory, write_files=write_files,
+                                                    overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str) -> IndexBackend:
-        """Open the index saved in ``directory``: this faiss index, or the backend its config.json
-        names (``musicsim.index.milvus.MilvusIndex``). Falls back to ``directory + '.bak'`` when a
-        save was interrupted between its two renames.
+        """Open the index saved in ``directory``, of whichever backend: ``musicsim.index.open_index``'s
+        (kept for the code that opened indexes this way)."""
+        from musicsim.index.registry import open_index
+
+        return open_index(directory)
+
+    @classmethod
+    def open_directory(cls, *, source: str, config: Mapping[str, Any]) -> "FaissIndex":
+        """The faiss index saved in ``source`` whose config.json is ``config`` (``open_index`` calls this).
 
         Raises
         ------
-        FileNotFoundError
-            If there is no index at ``directory``.
         IndexFileError
             If a file of the index is missing, damaged or inconsistent (the message names it).
         """
-        source, config = storage.read_config(directory)
-        if config.get("backend", "faiss") == "milvus":
-            from musicsim.index.milvus import MilvusIndex
-
-            return MilvusIndex.open(config=config, config_path=os.path.join(source, storage.CONFIG_FILE))
-        return cls._from_files(storage.read_faiss_files(source, config=config))
+        return cls._from_files(storage.read_faiss_files(source, config=dict(config)))
 
     @classmethod
-    def _from_files(cls, files: storage.FaissFiles) -> "EmbeddingIndex":
+    def _from_files(cls, files: storage.FaissFiles) -> "FaissIndex":
         """The index whose validated files are ``files``; the faiss index is rebuilt when none was stored."""
         index = cls.__new__(cls)
         index.similarity = files.similarity
@@ -673,11 +741,19 @@ class EmbeddingIndex(IndexBackend):
         for key in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "training_points_per_list", "seed"):
             setattr(index, key, files.settings[key])
         index.rerank = files.rerank
+        index.standardise, index.dimension_weights, index.version = (files.standardise, files.dimension_weights,
+                                                                     files.version)
         index._dim = int(files.vectors.shape[1])
         index._ids = files.track_ids
         index._row_of = {t: row for row, t in enumerate(index._ids)}
+        index._raw_vectors = files.vectors if files.standardise else None
         index._original_vectors = files.vectors
-        index._vectors = files.searched_vectors if files.searched_vectors is not None else files.vectors
+        if files.standardise:
+            index._mean, index._scale = catalog_statistics(raw_vectors=files.vectors)
+            index._original_vectors = standardised_rows(raw_vectors=files.vectors, mean=index._mean,
+                                                        scale=index._scale, dimension_weights=files.dimension_weights,
+                                                        similarity=files.similarity)
+        index._vectors = files.searched_vectors if files.searched_vectors is not None else index._original_vectors
         index._metadata = files.metadata
         index._group_sizes = None
         index._squared_norms = None
@@ -691,3 +767,7 @@ class EmbeddingIndex(IndexBackend):
             index._next_label = len(index._ids)
             index._build_faiss()
         return index
+
+
+# The name this class had before the Milvus backend existed; other code still imports it.
+EmbeddingIndex = FaissIndex

@@ -9,12 +9,30 @@ exactly from the stored vectors, as the faiss backend does. Search is exact (FLA
 ``approximate='ivf'`` (IVF_FLAT) and ``'hnsw'`` take the faiss backend's parameter names.
 
 The index directory holds only ``config.json``: backend, URI, collection, similarity, dimension,
-approximate-search parameters, model and metadata columns. ``add`` and ``remove`` change the
-collection at once; ``save`` flushes it and records the new state in the directory.
+approximate-search parameters, model, metadata columns and the track count. ``add`` and ``remove``
+change the collection at once; ``save`` flushes it and records the new state in the directory. A
+folder whose collection is missing or holds another number of tracks than its config.json says (a
+write killed between the two) fails on load with an ``IndexFileError`` saying so.
+
+Replacing a collection never destroys the one in use first: ``overwrite=True`` over an existing
+collection builds a new one (``NAME__g<8 hex>``), and only once the folder's config.json names it
+(``save``) is the replaced one dropped; a build killed midway leaves the folder on its old, intact
+collection (and an unused ``NAME__g...`` collection behind).
+
+Catalog standardisation (``standardise=True``): the collection holds the searched (standardised)
+vectors in ``vector`` and the raw ones in the JSON field ``raw``; the statistics they were
+standardised with are kept client-side, in config.json. Because every searched vector changes with
+the statistics, ``add`` and ``remove`` of a standardising index write the whole catalog into a new
+collection (read back from ``raw``) that ``save`` switches to, as above: O(N) per write.
+
+Milvus Lite and grpc log harmless internals at ERROR with tracebacks (grpc's Python server logs
+``AllocTimestamp``, which milvus-lite does not implement and pymilvus calls after creating an index;
+milvus-lite's server manager logs the ``DataDirLockedError`` that ``connect`` reports in one line);
+``_silence_known_noise`` drops exactly those records.
 
 Milvus Lite searches the rows inserted since it was opened by brute force, one call at a time
 (about 0.6 s per query at 20k rows), and builds the IVF / HNSW index of flushed rows in the
-background; an index opened again (``EmbeddingIndex.load``, e.g. the next command) searches the
+background; an index opened again (``open_index``, e.g. the next command) searches the
 indexed rows (tens of ms). Reloading the collection in the process that flushed it races that
 background build in milvus-lite 3.2.2 (``LoadCollection failed: No data left in file``), so it is
 not done here.
@@ -26,6 +44,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import uuid
 from collections import Counter
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -34,15 +54,17 @@ import numpy as np
 from musicsim.index import storage
 from musicsim.similarity import SIMILARITIES
 from musicsim.index.backends import (APPROXIMATE_KINDS, IndexBackend, IndexFileError, Result,
-                                     default_nlist, default_nprobe,
-                                     _as_group_set, maximal_marginal_relevance, similarities_to)
+                                     default_nlist, default_nprobe, catalog_statistics, check_dimension_weights,
+                                     _as_group_set, maximal_marginal_relevance, similarities_to, standardised_rows)
 
 # Milvus answers at most this many results per query (its topk limit).
 MAX_RESULTS = 16_384
 MAX_STRING_LENGTH = 65_535
 INSERT_BATCH = 2_000  # rows per insert call: well under the 64 MB gRPC message limit at D <= 2048
 FILTER_BATCH = 1_000  # ids per "in [...]" lookup
-FIELDS = ("track_id", "vector", "group", "path", "model", "model_dir", "extra")
+FIELDS = ("track_id", "vector", "group", "path", "model", "model_dir", "extra", "raw")
+# A collection that replaces another is named BASE__g<8 hex> (see the module docstring).
+GENERATION_PATTERN = re.compile(r"__g[0-9a-f]{8}$")
 REMOTE_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 # Open MilvusIndex objects per Milvus Lite file in this process: the embedded server (and the file's
 # lock) is released when the last one closes, so that another process can open the file.
@@ -78,6 +100,39 @@ def _quiet_pymilvus() -> Iterator[None]:
         logger.setLevel(level)
 
 
+class _KnownNoise(logging.Filter):
+    """Drops the log records of one logger whose exception is of ``error_type`` and whose text holds ``text``."""
+
+    def __init__(self, *, error_type: str, text: str) -> None:
+        super().__init__()
+        self.error_type, self.text = error_type, text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            return not (type(error).__name__ == self.error_type and self.text in str(error))
+        return self.text not in record.getMessage()
+
+
+_NOISE = {
+    # grpc's in-process server (milvus-lite) logs the traceback of every unimplemented method pymilvus calls:
+    # AllocTimestamp, after each index creation, although the call's failure is handled.
+    "grpc._server": _KnownNoise(error_type="NotImplementedError", text="Method not implemented"),
+    # milvus-lite logs the lock conflict with its traceback before pymilvus raises it; connect() says it in one line.
+    "milvus_lite.server_manager": _KnownNoise(error_type="DataDirLockedError", text="another process holds the lock"),
+    # pymilvus logs a failed connection before raising it; connect() reports it.
+    "pymilvus.milvus_client._utils": _KnownNoise(error_type="", text="Failed to create new connection"),
+}
+
+
+def _silence_known_noise() -> None:
+    """Install the filters of ``_NOISE`` (once): each drops one known, handled error's log records only."""
+    for name, noise_filter in _NOISE.items():
+        logger = logging.getLogger(name)
+        if noise_filter not in logger.filters:
+            logger.addFilter(noise_filter)
+
+
 def _lite_file_locked(path: str) -> bool:
     """Whether another process holds Milvus Lite's lock on the data directory ``path``."""
     lock_path = os.path.join(path, "LOCK")
@@ -106,6 +161,7 @@ def connect(*, uri: str) -> Any:
     except ImportError as error:
         raise IndexFileError("the milvus backend needs pymilvus (and milvus-lite for a local file): "
                              f"{error}") from error
+    _silence_known_noise()
     if is_local_uri(uri):
         if not uri.endswith(".db"):
             raise IndexFileError(f"a Milvus Lite file path must end in .db, got {uri!r} (or give http://host:19530)")
@@ -135,10 +191,13 @@ class MilvusIndex(IndexBackend):
         Collection name; an existing one is refused unless ``overwrite``.
     track_ids, vectors, similarity, metadata, model, approximate, nlist, nprobe, hnsw_m,
     ef_construction, ef_search
-        As for ``musicsim.index.faiss_index.EmbeddingIndex``. ``group`` and ``path`` metadata are stored as
+        As for ``musicsim.index.faiss_index.FaissIndex``. ``group`` and ``path`` metadata are stored as
         strings; other columns as JSON values.
     overwrite : bool
-        Drop an existing collection of that name first.
+        Replace an existing collection of that name: the index is built into a new collection
+        (``NAME__g<8 hex>``) and the old one is dropped by ``save``, once the folder names the new one.
+    standardise, dimension_weights
+        Catalog standardisation, as for ``FaissIndex`` (see the module docstring).
     """
 
     backend = "milvus"
@@ -147,7 +206,8 @@ class MilvusIndex(IndexBackend):
                  similarity: str = "cosine", metadata: Mapping[str, Sequence[Any]] | None = None,
                  model: Mapping[str, Any] | None = None, approximate: str | None = None,
                  nlist: int | None = None, nprobe: int | None = None, hnsw_m: int = 32,
-                 ef_construction: int = 80, ef_search: int = 64, overwrite: bool = False) -> None:
+                 ef_construction: int = 80, ef_search: int = 64, overwrite: bool = False,
+                 standardise: bool = False, dimension_weights: np.ndarray | None = None) -> None:
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if approximate not in (None,) + APPROXIMATE_KINDS:
@@ -165,10 +225,15 @@ class MilvusIndex(IndexBackend):
         self.approximate = approximate
         self.model = dict(model or {})
         self.hnsw_m, self.ef_construction, self.ef_search = int(hnsw_m), int(ef_construction), int(ef_search)
+        self.standardise = bool(standardise)
+        self.version = 0
         ids = self._check_ids(track_ids, name="track_ids")
         matrix = self._check_vectors(vectors, count=len(ids), dim=None, name="vectors", ids=ids)
         columns = self._check_metadata(metadata, count=len(ids))
         self._dim = int(matrix.shape[1])
+        self.dimension_weights = check_dimension_weights(dimension_weights, dim=self._dim,
+                                                         standardise=self.standardise)
+        self._mean, self._scale = np.zeros(self._dim), np.ones(self._dim)
         self.nlist = nlist
         if approximate == "ivf" and nlist is None:
             self.nlist = default_nlist(count=max(len(ids), 1))
@@ -176,21 +241,43 @@ class MilvusIndex(IndexBackend):
         self.uri = os.path.abspath(uri) if is_local_uri(uri) else uri
         self.collection = collection
         self._columns: list[str] = sorted(columns)
+        # Collections this index replaces: dropped by save() once the folder names self.collection.
+        self._superseded: list[str] = []
+        self._has_raw_field = True  # collections made before standardisation existed lack it
+        self._catalog: tuple[list[str], np.ndarray] | None = None  # (ids, vectors) read back, until a write
         self._client = connect(uri=self.uri)
         with _quiet_pymilvus():
             if self._client.has_collection(collection):
                 if not overwrite:
+                    self.close()
                     raise ValueError(f"the collection {collection!r} already exists at {self.uri}; choose another "
                                      "--collection, or pass --overwrite to replace it")
-                self._client.drop_collection(collection)
+                self._superseded.append(collection)
+                self.collection = self._new_generation_name()
             self._create_collection()
         self._count = 0
-        self._insert(ids, matrix, columns)
+        self._write_catalog(ids=ids, raw=matrix, columns=columns)
 
     # ------------------------------------------------------------------ collection plumbing
     @property
     def _metric(self) -> str:
         return "IP" if self.similarity == "cosine" else "L2"
+
+    def _new_generation_name(self) -> str:
+        """A fresh collection name for a new version of this index's collection: ``BASE__g<8 hex>``."""
+        return f"{GENERATION_PATTERN.sub('', self.collection)}__g{uuid.uuid4().hex[:8]}"
+
+    def _write_catalog(self, *, ids: list[str], raw: np.ndarray, columns: dict[str, list[Any]]) -> None:
+        """Insert tracks into the (new, empty) collection: ``raw`` [N, D] as checked by ``_check_vectors``
+        (unit rows for cosine, or raw ones when standardising: then the statistics are recomputed over
+        exactly these tracks and the standardised rows are written, with the raw ones in ``raw``)."""
+        if self.standardise:
+            self._mean, self._scale = catalog_statistics(raw_vectors=raw)
+            searched = standardised_rows(raw_vectors=raw, mean=self._mean, scale=self._scale,
+                                         dimension_weights=self.dimension_weights, similarity=self.similarity)
+            self._insert(ids, searched, columns, raw=raw)
+        else:
+            self._insert(ids, raw, columns)
 
     def _create_collection(self) -> None:
         from pymilvus import DataType
@@ -201,6 +288,7 @@ class MilvusIndex(IndexBackend):
         for name in ("group", "path", "model", "model_dir"):
             schema.add_field(name, DataType.VARCHAR, max_length=MAX_STRING_LENGTH, nullable=True)
         schema.add_field("extra", DataType.JSON, nullable=True)
+        schema.add_field("raw", DataType.JSON, nullable=True)  # the raw vector, when the index standardises
         index_type, build = {"ivf": ("IVF_FLAT", {"nlist": int(self.nlist or 1)}),
                              "hnsw": ("HNSW", {"M": self.hnsw_m, "efConstruction": self.ef_construction})
                              }.get(self.approximate, ("FLAT", {}))
@@ -213,7 +301,8 @@ class MilvusIndex(IndexBackend):
         self._client.create_collection(self.collection, schema=schema, index_params=index_params,
                                        consistency_level="Strong")
 
-    def _insert(self, ids: list[str], matrix: np.ndarray, columns: dict[str, list[Any]]) -> None:
+    def _insert(self, ids: list[str], matrix: np.ndarray, columns: dict[str, list[Any]],
+                raw: np.ndarray | None = None) -> None:
         extra_columns = [c for c in columns if c not in ("group", "path")]
         name, model_dir = self.model.get("name"), self.model.get("model_dir")
         for start in range(0, len(ids), INSERT_BATCH):
@@ -227,10 +316,12 @@ class MilvusIndex(IndexBackend):
                              "path": None if path is None else str(path),
                              "model": None if name is None else str(name),
                              "model_dir": None if model_dir is None else str(model_dir),
-                             "extra": json.loads(json.dumps(extra, default=str)) if extra else None})
+                             "extra": json.loads(json.dumps(extra, default=str)) if extra else None,
+                             **({"raw": None if raw is None else raw[row].tolist()} if self._has_raw_field else {})})
             with _quiet_pymilvus():
                 self._client.insert(self.collection, rows)
         self._count += len(ids)
+        self._catalog = None
 
     def _get(self, ids: Sequence[str], *, fields: Sequence[str]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -261,18 +352,47 @@ class MilvusIndex(IndexBackend):
     def __contains__(self, track_id: object) -> bool:
         return isinstance(track_id, str) and bool(track_id) and bool(self._present([track_id]))
 
-    @property
-    def track_ids(self) -> list[str]:
-        ids: list[str] = []
+    def _scan(self, *, fields: Sequence[str]) -> list[dict[str, Any]]:
+        """Every row of the collection with ``fields`` (in Milvus's primary-key order)."""
+        rows: list[dict[str, Any]] = []
         with _quiet_pymilvus():
             iterator = self._client.query_iterator(self.collection, batch_size=5_000, filter="",
-                                                   output_fields=["track_id"])
+                                                   output_fields=list(fields))
             try:
                 while batch := iterator.next():
-                    ids.extend(str(row["track_id"]) for row in batch)
+                    rows.extend(batch)
             finally:
                 iterator.close()
-        return ids
+        return rows
+
+    def _catalog_rows(self) -> tuple[list[str], np.ndarray]:
+        """Every track id and its searched vector [N, D], read in one pass (kept until the next write)."""
+        if self._catalog is None:
+            rows = self._scan(fields=["track_id", "vector"])
+            vectors = (np.asarray([row["vector"] for row in rows], dtype=np.float32) if rows
+                       else np.zeros((0, self._dim), np.float32))
+            self._catalog = ([str(row["track_id"]) for row in rows], np.ascontiguousarray(vectors))
+        return self._catalog
+
+    @property
+    def track_ids(self) -> list[str]:
+        return list(self._catalog_rows()[0])
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Every track's searched vector [N, D] float32, rows in ``track_ids`` order (read from the collection
+        once, then kept until the next write); a read-only view."""
+        view = self._catalog_rows()[1].view()
+        view.flags.writeable = False
+        return view
+
+    def raw_vector(self, *, track_id: str) -> np.ndarray:
+        if not self.standardise:
+            return self.vector(track_id=track_id)
+        return np.asarray(self._row(track_id, fields=["raw"])["raw"], dtype=np.float32)
+
+    def catalog_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._mean.copy(), self._scale.copy()
 
     @property
     def metadata_columns(self) -> list[str]:
@@ -303,7 +423,9 @@ class MilvusIndex(IndexBackend):
     def summary(self) -> str:
         mode = self.search_mode()
         model = self.model.get("name") or self.model.get("model_dir") or "unknown model"
-        return (f"MilvusIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}, {mode}, collection "
+        standardised = ", standardised" + (" (weighted)" if self.dimension_weights is not None else "") \
+            if self.standardise else ""
+        return (f"MilvusIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}{standardised}, {mode}, collection "
                 f"{self.collection} at {self.uri}, model {model}")
 
     # ------------------------------------------------------------------ search
@@ -325,7 +447,7 @@ class MilvusIndex(IndexBackend):
                query_model: Mapping[str, Any] | str | None = None, rerank: bool = True,
                query_track_ids: Sequence[str | None] | None = None) -> list[Result]:
         """The k most similar tracks to each query; same arguments and results as
-        ``EmbeddingIndex.search``. At most ``MAX_RESULTS`` candidates per query (Milvus's limit).
+        ``FaissIndex.search``. At most ``MAX_RESULTS`` candidates per query (Milvus's limit).
         A Milvus index never re-ranks (``check_index_rerank``), so ``rerank`` and ``query_track_ids``
         change nothing."""
         k, matrix = self._check_search_arguments(queries=queries, k=k, exclude_ids=exclude_ids,
@@ -379,19 +501,50 @@ class MilvusIndex(IndexBackend):
 
     # ------------------------------------------------------------------ updates
     def add(self, *, track_ids: Sequence[str], vectors: np.ndarray,
-            metadata: Mapping[str, Sequence[Any]] | None = None) -> None:
-        """Add tracks (written to the collection at once). Ids already in the index, or repeated,
-        raise ValueError."""
+            metadata: Mapping[str, Sequence[Any]] | None = None, replace: bool = False) -> None:
+        """Add tracks (written to the collection at once). Repeated ids raise ValueError; so do ids already
+        in the index, unless ``replace`` (their vector and metadata are then replaced)."""
         ids = self._check_ids(track_ids, name="track_ids")
         present = self._present(ids)
-        if present:
+        if present and not replace:
             raise ValueError(f"track ids already in the index: {present[:5]}")
         matrix = self._check_vectors(vectors, count=len(ids), dim=self._dim, name="vectors", ids=ids)
         columns = self._check_metadata(metadata, count=len(ids))
         if not ids:
             return
-        self._insert(ids, matrix, columns)
+        if self.standardise:
+            self._rewrite(removed=set(present), added_ids=ids, added_raw=matrix, added_columns=columns)
+        else:
+            if present:
+                self.remove(track_ids=present)
+            self._insert(ids, matrix, columns)
         self._columns = sorted(set(self._columns) | set(columns))
+
+    def _rewrite(self, *, removed: set[str], added_ids: list[str], added_raw: np.ndarray | None,
+                 added_columns: dict[str, list[Any]]) -> None:
+        """A standardising index's write: the catalog less ``removed`` plus the added tracks, standardised by
+        the new statistics, into a new collection that ``save`` switches to (the current one stays intact)."""
+        kept = [row for row in self._scan(fields=["track_id", "group", "path", "extra", "raw"])
+                if str(row["track_id"]) not in removed]
+        ids = [str(row["track_id"]) for row in kept] + list(added_ids)
+        parts = [np.asarray([row["raw"] for row in kept], dtype=np.float32).reshape(len(kept), self._dim)]
+        if added_raw is not None:
+            parts.append(np.asarray(added_raw, dtype=np.float32))
+        raw = np.concatenate(parts)
+        names = sorted(set(self._columns) | set(added_columns))
+        columns: dict[str, list[Any]] = {}
+        for name in names:
+            stored = [row.get(name) if name in ("group", "path") else (row.get("extra") or {}).get(name)
+                      for row in kept]
+            columns[name] = stored + list(added_columns.get(name, [None] * len(added_ids)))
+        previous = self.collection
+        self.collection = self._new_generation_name()
+        with _quiet_pymilvus():
+            self._create_collection()
+        self._has_raw_field = True
+        self._count = 0
+        self._write_catalog(ids=ids, raw=raw, columns=columns)
+        self._superseded.append(previous)
 
     def remove(self, *, track_ids: Sequence[str]) -> None:
         """Remove tracks (from the collection at once). Unknown or repeated ids raise ValueError
@@ -403,18 +556,31 @@ class MilvusIndex(IndexBackend):
             raise ValueError(f"unknown track ids: {unknown[:5]} (index holds {len(self)} tracks)")
         if not ids:
             return
+        if self.standardise:
+            self._rewrite(removed=set(ids), added_ids=[], added_raw=None, added_columns={})
+            return
         with _quiet_pymilvus():
             for start in range(0, len(ids), FILTER_BATCH):
                 self._client.delete(self.collection, ids=ids[start:start + FILTER_BATCH])
         self._count -= len(ids)
+        self._catalog = None
 
     # ------------------------------------------------------------------ persistence
-    def _config(self) -> dict[str, Any]:
+    def _config(self, *, version: int) -> dict[str, Any]:
+        statistics = {"catalog_mean": self._mean.tolist(), "catalog_scale": self._scale.tolist()} \
+            if self.standardise else {}
         return storage.config_entries(
             backend=self.backend, similarity=self.similarity, dim=self._dim, count=len(self), model=self.model,
+            version=version, standardise=self.standardise, dimension_weights=self.dimension_weights,
             uri=self.uri, collection=self.collection, approximate=self.approximate, nlist=self.nlist,
             nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
-            ef_search=self.ef_search, metadata_columns=self._columns)
+            ef_search=self.ef_search, metadata_columns=self._columns, **statistics)
+
+    def supersede(self, *, collection: str) -> None:
+        """Drop the collection ``collection`` (of this index's Milvus) after the next successful ``save``:
+        the one a rebuilt folder named before (``build_index --overwrite``)."""
+        if collection != self.collection and collection not in self._superseded:
+            self._superseded.append(collection)
 
     def save(self, directory: str, *, overwrite: bool = False) -> None:
         """Write ``directory/config.json`` atomically, naming the collection (which Milvus keeps).
@@ -432,10 +598,22 @@ class MilvusIndex(IndexBackend):
         with _quiet_pymilvus():
             self._client.flush(self.collection)  # the rows on disk before the directory names them
 
-        def write_files(temp: str) -> None:
-            storage.write_json_synced(os.path.join(temp, storage.CONFIG_FILE), self._config())
+        def write_files(temp: str, version: int) -> None:
+            storage.write_json_synced(os.path.join(temp, storage.CONFIG_FILE), self._config(version=version))
 
-        storage.save_index_directory(directory=directory, overwrite=overwrite, write_files=write_files)
+        self.version = storage.save_index_directory(directory=directory, overwrite=overwrite,
+                                                    write_files=write_files)
+        # Only now that the folder names self.collection may the collections it replaced go.
+        with _quiet_pymilvus():
+            for name in self._superseded:
+                if name != self.collection and self._client.has_collection(name):
+                    self._client.drop_collection(name)
+        self._superseded = []
+
+    @classmethod
+    def open_directory(cls, *, source: str, config: Mapping[str, Any]) -> "MilvusIndex":
+        """The index of the folder ``source`` whose config.json is ``config`` (``open_index`` calls this)."""
+        return cls.open(config=config, config_path=os.path.join(source, storage.CONFIG_FILE))
 
     @classmethod
     def open(cls, *, config: Mapping[str, Any], config_path: str) -> "MilvusIndex":
@@ -464,18 +642,46 @@ class MilvusIndex(IndexBackend):
         index.ef_search = int(config.get("ef_search", 64))
         index.model = dict(config.get("model") or {})
         index._columns = [str(c) for c in config["metadata_columns"]]
+        index.version = storage.read_version_entry(dict(config), config_path=config_path)
+        index.standardise, index.dimension_weights = storage.read_standardisation(
+            dict(config), config_path=config_path, dim=index._dim)
+        index._mean, index._scale = np.zeros(index._dim), np.ones(index._dim)
+        if index.standardise:
+            try:
+                index._mean = np.asarray(config["catalog_mean"], dtype=np.float64)
+                index._scale = np.asarray(config["catalog_scale"], dtype=np.float64)
+                if (index._mean.shape != (index._dim,) or index._scale.shape != (index._dim,)
+                        or not np.isfinite(index._mean).all() or not (index._scale > 0).all()):
+                    raise ValueError("not finite [dim] arrays with positive scales")
+            except (KeyError, TypeError, ValueError) as error:
+                raise IndexFileError(f"index file {config_path}: bad catalog statistics of a standardising index "
+                                     f"({error})") from None
+        index._superseded, index._catalog = [], None
         index._client = connect(uri=index.uri)
         with _quiet_pymilvus():
             if not index._client.has_collection(index.collection):
+                index.close()
                 raise IndexFileError(f"index file {config_path} names the collection {index.collection!r}, which "
                                      f"does not exist at {index.uri}")
             fields = {f["name"]: f for f in index._client.describe_collection(index.collection)["fields"]}
             stored_dim = (fields.get("vector") or {}).get("params", {}).get("dim")
             if stored_dim is None or int(stored_dim) != index._dim or "track_id" not in fields:
+                index.close()
                 raise IndexFileError(f"index file {config_path}: the collection {index.collection!r} at {index.uri} "
                                      f"holds {stored_dim}-d vectors, the index {index._dim}-d ones")
+            index._has_raw_field = "raw" in fields
+            if index.standardise and not index._has_raw_field:
+                index.close()
+                raise IndexFileError(f"index file {config_path}: a standardising index, but the collection "
+                                     f"{index.collection!r} keeps no raw vectors")
             index._client.load_collection(index.collection)
         index._count = index._count_rows()
+        expected = config.get("count")
+        if isinstance(expected, int) and not isinstance(expected, bool) and expected != index._count:
+            index.close()
+            raise IndexFileError(f"index file {config_path} says the collection {index.collection!r} at {index.uri} "
+                                 f"holds {expected} tracks, but it holds {index._count}: a write to it was "
+                                 "interrupted; rebuild the index (index build ... --overwrite)")
         return index
 
     def close(self) -> None:

@@ -3,15 +3,19 @@
 A faiss index directory::
 
     DIR/config.json   "format": "musicsim.index", backend, similarity, dimension, approximate-search
-                      parameters, model (name, model_dir, dim), count
-    DIR/tracks.json   track ids and per-track metadata columns (path, group, duration_s, ...)
-    DIR/vectors.npy   [N, D] float32 (unit vectors for cosine)
+                      parameters, model (name, model_dir, dim), count, standardise (+ dimension_weights),
+                      version (an integer every successful save bumps) and generation (a token per save)
+    DIR/tracks.json   track ids and per-track metadata columns (path, group, duration_s, title, artist, ...)
+    DIR/vectors.npy   [N, D] float32 (unit vectors for cosine); an index that standardises keeps
+                      raw_vectors.npy instead (its searched vectors are recomputed from them)
     DIR/labels.npy    [N] int64 faiss ids of the rows (only with approximate search)
     DIR/faiss.index   the trained IVF / HNSW index (only with approximate search)
     DIR/musicsim.json the manifest that marks the folder as an index (``musicsim.owned``)
 
 A Milvus index keeps only ``config.json`` and the manifest here (its config names the collection).
-Catalog maps cached in the directory (``MAP_CACHE_NAME``) go with it. A directory is saved
+Catalog maps cached in the directory (``MAP_CACHE_NAME``) go with it; the library scan's files
+(``CARRIED_FILES``) are carried over into each new version of the directory.
+``read_version(DIR)`` reads the version from config.json alone (a server polls it to notice writes). A directory is saved
 atomically (written into a sibling temp directory, then swapped in; the previous version is kept at
 ``DIR.bak`` during the swap, and ``read_config`` falls back to it). ``read_faiss_files`` checks every
 file (counts, dimensions, finite unit vectors, the faiss index) and raises ``IndexFileError`` naming
@@ -36,7 +40,7 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, IndexFileError,  # noqa: E402
-                                     check_index_rerank)
+                                     check_dimension_weights, check_index_rerank)
 from musicsim.owned import MANIFEST_NAME, NotOurFolderError, check_replaceable, write_manifest  # noqa: E402
 from musicsim.rerank import RerankSettings, settings_from_json  # noqa: E402
 from musicsim.similarity import SIMILARITIES  # noqa: E402
@@ -48,13 +52,18 @@ FORMAT_MARKER = "musicsim.index"
 CONFIG_FILE = "config.json"
 TRACKS_FILE = "tracks.json"
 VECTORS_FILE = "vectors.npy"
+# The raw vectors of an index that standardises over its catalog (vectors.npy is then not written).
+RAW_VECTORS_FILE = "raw_vectors.npy"
 # The searched (augmented) vectors of an index that re-ranks with dba; vectors.npy keeps the tracks' own.
 AUGMENTED_FILE = "augmented_vectors.npy"
 LABELS_FILE = "labels.npy"
 FAISS_FILE = "faiss.index"
 BACKUP_SUFFIX = ".bak"
-INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, AUGMENTED_FILE, LABELS_FILE, FAISS_FILE,
-                         MANIFEST_NAME})
+# Files others keep in an index directory (musicsim.scan's state and report): each save copies them
+# from the directory it replaces into the new one, so a write of the index never loses them.
+CARRIED_FILES = ("scan-state.json", "scan-report.json")
+INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, RAW_VECTORS_FILE, AUGMENTED_FILE, LABELS_FILE,
+                         FAISS_FILE, MANIFEST_NAME, *CARRIED_FILES})
 # The kind of folder musicsim.owned's manifest records for an index directory.
 INDEX_KIND = "index"
 # Catalog maps cached in an index directory by its readers (musicsim.catalog_map): derived from the
@@ -134,13 +143,31 @@ def remove_stale_temporaries(*, directory: str) -> list[str]:
     return removed
 
 
-def save_index_directory(*, directory: str, write_files: Callable[[str], None], overwrite: bool = False) -> None:
-    """Write an index directory atomically.
+def read_version(directory: str) -> int | None:
+    """The ``version`` of the index at ``directory`` (or its ``.bak`` during a save), from config.json alone;
+    None when there is no readable index there. 0 for an index saved before versions existed."""
+    directory = os.path.abspath(directory)
+    for source in (directory, directory + BACKUP_SUFFIX):
+        try:
+            with open(os.path.join(source, CONFIG_FILE)) as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict):
+            version = config.get("version", 0)
+            return version if isinstance(version, int) and not isinstance(version, bool) else 0
+    return None
 
-    ``write_files(temp)`` writes everything into a temp sibling directory first; then the current
-    directory (if any) is renamed to ``directory + '.bak'``, the new one renamed in, and the backup
-    deleted. A crash at any point leaves a loadable index at ``directory`` or its backup.
-    Temporaries that killed saves of ``directory`` left behind are removed first.
+
+def save_index_directory(*, directory: str, write_files: Callable[[str, int], None], overwrite: bool = False) -> int:
+    """Write an index directory atomically; returns the version it recorded.
+
+    ``write_files(temp, version)`` writes everything into a temp sibling directory first, recording
+    ``version`` (one more than the directory's current one, 1 for a new directory) in its config.json;
+    the ``CARRIED_FILES`` of the current directory are copied in; then the current directory (if any) is
+    renamed to ``directory + '.bak'``, the new one renamed in, and the backup deleted. A crash at any
+    point leaves a loadable index at ``directory`` or its backup. Temporaries that killed saves of
+    ``directory`` left behind are removed first. Writers hold ``musicsim.index.lock.index_lock``.
 
     Raises
     ------
@@ -161,9 +188,15 @@ def save_index_directory(*, directory: str, write_files: Callable[[str], None], 
     os.makedirs(parent, exist_ok=True)
     remove_stale_temporaries(directory=directory)
     temp = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    version = (read_version(directory) or 0) + 1
     os.mkdir(temp)
     try:
-        write_files(temp)
+        write_files(temp, version)
+        for name in CARRIED_FILES:
+            for source in (directory, backup):
+                if os.path.isfile(os.path.join(source, name)) and not os.path.exists(os.path.join(temp, name)):
+                    shutil.copy2(os.path.join(source, name), os.path.join(temp, name))
+                    break
         write_manifest(temp, kind=INDEX_KIND, extra={"entries": sorted(os.listdir(temp))})
         if os.path.isdir(directory):
             if os.path.exists(backup):
@@ -176,6 +209,7 @@ def save_index_directory(*, directory: str, write_files: Callable[[str], None], 
         shutil.rmtree(temp, ignore_errors=True)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+    return version
 
 
 def write_json_synced(path: str, payload: Any) -> None:
@@ -186,7 +220,8 @@ def write_json_synced(path: str, payload: Any) -> None:
         os.fsync(f.fileno())
 
 
-def config_entries(*, backend: str, similarity: str, dim: int, count: int, model: dict[str, Any],
+def config_entries(*, backend: str, similarity: str, dim: int, count: int, model: dict[str, Any], version: int,
+                   standardise: bool = False, dimension_weights: np.ndarray | None = None,
                    **settings: Any) -> dict[str, Any]:
     """The config.json of an index: the marker, the format version, and what describes the index.
 
@@ -194,11 +229,31 @@ def config_entries(*, backend: str, similarity: str, dim: int, count: int, model
     ----------
     backend, similarity, dim, count, model
         Entries every backend writes.
+    version : int
+        The write counter (``save_index_directory`` gives it); ``generation`` is a fresh random token.
+    standardise, dimension_weights
+        Catalog standardisation (``musicsim.index.backends``); weights [D] or None.
     **settings
         Backend-specific entries (approximate-search parameters, the Milvus collection, ...).
     """
     return {"format": FORMAT_MARKER, "format_version": FORMAT_VERSION, "backend": backend,
-            "similarity": similarity, "dim": dim, "count": count, **settings, "model": model}
+            "similarity": similarity, "dim": dim, "count": count, "version": int(version),
+            "generation": uuid.uuid4().hex, "standardise": bool(standardise),
+            "dimension_weights": None if dimension_weights is None else [float(w) for w in dimension_weights],
+            **settings, "model": model}
+
+
+def read_standardisation(config: dict[str, Any], *, config_path: str, dim: int) -> tuple[bool, np.ndarray | None]:
+    """config.json's ``standardise`` (False for indexes saved before it existed) and ``dimension_weights``
+    ([dim] float64 or None); IndexFileError naming the file for a bad entry."""
+    standardise = config.get("standardise", False)
+    if not isinstance(standardise, bool):
+        raise IndexFileError(f"{config_path}: 'standardise' is {standardise!r}, expected true or false")
+    try:
+        weights = check_dimension_weights(config.get("dimension_weights"), dim=dim, standardise=standardise)
+    except (TypeError, ValueError) as error:
+        raise IndexFileError(f"{config_path}: bad 'dimension_weights': {error}") from None
+    return standardise, weights
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -210,6 +265,14 @@ def _read_json(path: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise IndexFileError(f"index file {path} is not a JSON object")
     return payload
+
+
+def read_version_entry(config: dict[str, Any], *, config_path: str) -> int:
+    """config.json's ``version`` (0 for an index saved before versions existed); IndexFileError when bad."""
+    version = config.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise IndexFileError(f"{config_path}: 'version' is {version!r}, expected an integer >= 0")
+    return version
 
 
 def read_config(directory: str) -> tuple[str, dict[str, Any]]:
@@ -272,6 +335,10 @@ class FaissFiles:
     searched_vectors: np.ndarray | None = None
     labels: np.ndarray | None = None
     faiss_index: faiss.Index | None = None
+    # Catalog standardisation: ``vectors`` are then the raw vectors (raw_vectors.npy), not unit ones.
+    standardise: bool = False
+    dimension_weights: np.ndarray | None = None
+    version: int = 0
 
 
 def write_faiss_files(directory: str, *, config: dict[str, Any], track_ids: list[str],
@@ -280,9 +347,11 @@ def write_faiss_files(directory: str, *, config: dict[str, Any], track_ids: list
     """Write a faiss index's files into ``directory`` (config.json last: it marks a complete directory).
 
     ``labels`` and ``faiss_index`` are written only when both are given (an approximate index);
-    ``searched_vectors`` [N, D] (the augmented vectors of a dba index) only when given.
+    ``searched_vectors`` [N, D] (the augmented vectors of a dba index) only when given. ``vectors``
+    go to raw_vectors.npy when ``config['standardise']`` (the raw vectors), else to vectors.npy.
     """
-    for name, array in ((VECTORS_FILE, vectors), (AUGMENTED_FILE, searched_vectors)):
+    vectors_file = RAW_VECTORS_FILE if config.get("standardise") else VECTORS_FILE
+    for name, array in ((vectors_file, vectors), (AUGMENTED_FILE, searched_vectors)):
         if array is None:
             continue
         with open(os.path.join(directory, name), "wb") as f:
@@ -354,15 +423,17 @@ def read_faiss_files(directory: str, *, config: dict[str, Any]) -> FaissFiles:
             raise IndexFileError(f"{path_of(TRACKS_FILE)}: metadata column {column!r} is not a list of "
                                  f"{count} values")
 
-    vectors = read_array(VECTORS_FILE)
+    standardise, dimension_weights = read_standardisation(config, config_path=path_of(CONFIG_FILE), dim=dim)
+    vectors_file = RAW_VECTORS_FILE if standardise else VECTORS_FILE
+    vectors = read_array(vectors_file)
     if vectors.shape != (count, dim) or vectors.dtype != np.float32:
-        raise IndexFileError(f"{path_of(VECTORS_FILE)} holds {vectors.dtype} {vectors.shape}, "
+        raise IndexFileError(f"{path_of(vectors_file)} holds {vectors.dtype} {vectors.shape}, "
                              f"{CONFIG_FILE} says float32 ({count}, {dim})")
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
-        raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(~finite))} rows have "
+        raise IndexFileError(f"{path_of(vectors_file)} is damaged: {int(np.sum(~finite))} rows have "
                              f"non-finite values (first: track {ids[int(np.argmin(finite))]!r})")
-    if similarity == "cosine" and count:
+    if similarity == "cosine" and count and not standardise:
         off = np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > UNIT_NORM_TOLERANCE
         if off.any():
             raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(off))} rows of a cosine "
@@ -383,7 +454,8 @@ def read_faiss_files(directory: str, *, config: dict[str, Any]) -> FaissFiles:
     files = FaissFiles(similarity=similarity, approximate=approximate, model=dict(model), settings=settings,
                        track_ids=list(ids), metadata={c: list(v) for c, v in metadata.items()},
                        vectors=np.ascontiguousarray(vectors, dtype=np.float32), rerank=rerank,
-                       searched_vectors=searched)
+                       searched_vectors=searched, standardise=standardise, dimension_weights=dimension_weights,
+                       version=read_version_entry(config, config_path=path_of(CONFIG_FILE)))
 
     faiss_path = path_of(FAISS_FILE)
     if approximate is not None and os.path.exists(faiss_path):

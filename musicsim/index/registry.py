@@ -1,0 +1,46 @@
+"""The index backends by name, and the one way to open an index directory.
+
+``BACKEND_CLASSES`` maps each backend name config.json may record (``storage.BACKENDS``) to its
+class; ``open_index(DIR)`` reads DIR's config.json and lets that class open it. Build, storage and
+the command line look backends up here rather than branching on their names.
+"""
+from __future__ import annotations
+
+import os
+
+from musicsim.index import storage
+from musicsim.index.backends import BACKENDS, IndexBackend
+from musicsim.index.faiss_index import FaissIndex
+from musicsim.index.milvus import MilvusIndex
+
+BACKEND_CLASSES: dict[str, type[IndexBackend]] = {"faiss": FaissIndex, "milvus": MilvusIndex}
+assert tuple(BACKEND_CLASSES) == BACKENDS, "every backend name config.json may record has its class"
+
+
+def backend_class(name: str) -> type[IndexBackend]:
+    """The class of backend ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return BACKEND_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}") from None
+
+
+def open_index(directory: str) -> IndexBackend:
+    """Open the index saved in ``directory``, of whichever backend its config.json names (an index saved
+    before backends existed is a faiss one). Falls back to ``directory + '.bak'`` when a save was
+    interrupted between its two renames.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no index at ``directory``.
+    IndexFileError
+        If a file of the index is missing, damaged or inconsistent, or (Milvus) its collection does not
+        match its config.json (the message names the file and why).
+    """
+    source, config = storage.read_config(directory)
+    cls = BACKEND_CLASSES[config.get("backend", "faiss")]  # read_config refused unknown names
+    return cls.open_directory(source=source, config=config)
+
+
+__all__ = ["BACKEND_CLASSES", "backend_class", "open_index"]
