@@ -202,7 +202,8 @@ def _search_loaded(index: IndexBackend, *, index_dir: str, query_path: str | Non
         if not os.path.isfile(query_path):
             raise FileNotFoundError(f"query file {query_path} does not exist")
         embedder = load_query_embedder(index=index, index_dir=index_dir)
-        queries = embed_query_file(embedder=embedder, query_path=query_path)
+        # The catalog's standardisation (an index that standardises), as for every vector it holds.
+        queries = index.prepare_query(embed_query_file(embedder=embedder, query_path=query_path))
         results = index.search(queries=queries, k=k, exclude_groups=exclude_groups, diversity=diversity,
                                rerank=rerank)[0]
     described = [(found, float(score), index.metadata(track_id=found)) for found, score in results]
