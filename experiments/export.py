@@ -57,6 +57,7 @@ from absl import flags
 from data_prep.sources import track_ids_from_paths
 from musicsim.atomic import atomic_open
 from musicsim.audio import AUDIO_EXTENSIONS, file_duration
+from musicsim.cli import AT_LEAST_ONE, NON_NEGATIVE, check_numeric_flags, parse_command_line, usage_error
 from musicsim.dataset import TRACKS_FILE, is_prepared
 from musicsim.embedder import Embedder, LearnedEmbedder, load_embedder
 from musicsim.owned import MANIFEST_NAME, check_replaceable, write_manifest
@@ -81,6 +82,10 @@ flags.DEFINE_string("group_column", "auto", "Manifest column that becomes 'group
                     "label_album or album; 'none': no group).", flag_values=FLAGS)
 flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=FLAGS)
 flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
+check_numeric_flags(FLAGS, bounds={"window_seconds": NON_NEGATIVE, "batch_size": AT_LEAST_ONE,
+                                   "workers": AT_LEAST_ONE})
+USAGE = ("usage: python -m experiments.export --model_dir=RUN (--audio=DIR|CSV --output=FILE.parquet | "
+         "--saved_model=DIR)")
 
 AUTO_GROUP_COLUMNS = ("group", "labels", "label_album", "album")
 STATE_FORMAT_VERSION = 1
@@ -626,23 +631,18 @@ def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = Fal
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m experiments.export ...``; returns the exit status."""
     argv = list(sys.argv if argv is None else argv)
-    try:
-        FLAGS.unparse_flags()
-        FLAGS(argv)
-    except flags.Error as err:
-        print(f"error: {err}\nusage: python -m experiments.export --model_dir=RUN (--audio=DIR|CSV --output=FILE.parquet | "
-              "--saved_model=DIR)", file=sys.stderr)
-        return 2
+    # --help lists the flags (exit 0); a bad flag or value is one line, exit 2 (musicsim.cli).
+    status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    if isinstance(status, int):
+        return status
     if FLAGS.help:
         print(__doc__)
         print(FLAGS.get_help(include_special_flags=False))
         return 0
     if not FLAGS.model_dir:
-        print("error: --model_dir is required", file=sys.stderr)
-        return 2
+        return usage_error("--model_dir is required", usage=USAGE)
     if not FLAGS.saved_model and not (FLAGS.audio and FLAGS.output):
-        print("error: give --audio and --output (embeddings), or --saved_model (serving)", file=sys.stderr)
-        return 2
+        return usage_error("give --audio and --output (embeddings), or --saved_model (serving)", usage=USAGE)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # estimator INFO lines
     status = 0
     try:
