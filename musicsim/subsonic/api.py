@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -39,7 +40,8 @@ from musicsim.subsonic import ids
 from musicsim.subsonic.auth import authenticate
 from musicsim.subsonic.catalog import IGNORED_ARTICLES, Album, Artist, Catalog, Song
 from musicsim.subsonic.responses import (GENERIC, MISSING_PARAMETER, NOT_AUTHORIZED, NOT_FOUND, SubsonicError,
-                                         render, render_error, response_format)
+                                         check_callback, render, render_error,
+                                         response_format)
 from musicsim.users import UsersFile, UsersFileError, check_outside
 
 if TYPE_CHECKING:
@@ -369,6 +371,24 @@ def get_top_songs(context: Context) -> dict[str, Any]:
     return {"topSongs": {}}
 
 
+class SongFileResponse(FileResponse):
+    """A song's file with HTTP ranges for GET and for a form POST too (players may POST ``stream``); an
+    unusable ``Range`` (malformed, beyond the file) is ignored and the whole file sent, as RFC 9110 allows."""
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("method", "").upper() == "POST":
+            scope = {**scope, "method": "GET"}  # the form was read; starlette serves ranges to GET and HEAD only
+        http_range = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == b"range"), None)
+        if http_range is not None:
+            try:
+                usable = bool(self._parse_range_header(http_range, os.stat(self.path).st_size))
+            except Exception:  # noqa: BLE001 - starlette's MalformedRangeHeader, RangeNotSatisfiable, OSError
+                usable = False
+            if not usable:
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
+        await super().__call__(scope, receive, send)
+
+
 def _audio(context: Context, *, disposition: str) -> Response:
     from musicsim.serve import ServiceError
 
@@ -378,7 +398,7 @@ def _audio(context: Context, *, disposition: str) -> Response:
     except ServiceError as error:
         raise SubsonicError(NOT_FOUND, f"No audio file for song {song.id!r}: {error.message}") from None
     name = f"{song.title}.{song.suffix}" if song.suffix else song.title
-    return FileResponse(path, media_type=media_type, content_disposition_type=disposition,
+    return SongFileResponse(path, media_type=media_type, content_disposition_type=disposition,
                         filename=name if disposition == "attachment" else None)
 
 
@@ -537,6 +557,7 @@ def make_router(*, current_service: Callable[[], "SearchService"], users_file: s
         try:
             params = await _parameters(request)
             fmt, callback = response_format(params)
+            check_callback(params)
             result = await run_in_threadpool(answer, method, params)
         except SubsonicError as error:
             return render_error(error, fmt=fmt, callback=callback)

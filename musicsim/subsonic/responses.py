@@ -119,7 +119,7 @@ def to_json(body: dict[str, Any]) -> bytes:
 
 def response_format(params: dict[str, str]) -> tuple[str, str | None]:
     """``(format, callback)`` asked by ``f`` and ``callback``: xml unless json or jsonp (jsonp with a
-    valid callback name; without one the answer is JSON, so the error that says so can be read)."""
+    valid callback name; without one, JSON, in which ``check_callback``'s error can be read)."""
     fmt = (params.get("f") or "xml").lower()
     if fmt not in FORMATS:
         fmt = "xml"
@@ -127,6 +127,18 @@ def response_format(params: dict[str, str]) -> tuple[str, str | None]:
     if fmt == "jsonp" and not (callback and CALLBACK.match(callback)):
         return "json", None
     return fmt, callback if fmt == "jsonp" else None
+
+
+def check_callback(params: dict[str, str]) -> None:
+    """Raise SubsonicError when ``f=jsonp`` comes without a usable ``callback`` (10 missing, 0 not a name)."""
+    if (params.get("f") or "").lower() != "jsonp":
+        return
+    callback = params.get("callback")
+    if not callback:
+        raise SubsonicError(MISSING_PARAMETER, "Required parameter is missing: callback (f=jsonp)")
+    if not CALLBACK.match(callback):
+        raise SubsonicError(GENERIC, "callback must be a JavaScript function name (letters, digits, _ and $, "
+                                     "dotted)")
 
 
 def render(payload: dict[str, Any], *, fmt: str, callback: str | None = None, status: str = "ok") -> Response:
