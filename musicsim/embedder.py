@@ -68,9 +68,12 @@ class Embedder:
     similarity : str
         How the run compares embeddings: ``cosine`` or ``euclidean``.
     model_dir : str
-        The run directory (absolute).
+        The run directory (absolute); the built-in engine's: ``"builtin:pretrained"``.
     window_seconds : float or None
         Long audio is embedded this many seconds at a time (None: whole excerpts).
+    catalog_weights : np.ndarray, float64, shape ``[D]``, or None
+        Per-dimension multipliers an index applies after standardising over its catalog (the
+        engine's `PretrainedEngine.dimension_weights`); None for other models.
     """
 
     name: str
@@ -78,6 +81,7 @@ class Embedder:
     similarity: str
     model_dir: str
     window_seconds: float | None = None
+    catalog_weights: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -555,6 +559,59 @@ class FittedEmbedder(Embedder):
                     yield start + offset, np.asarray(vectors[row_of[offset]], dtype=np.float32), None
                 else:
                     yield start + offset, None, next(reasons, "could not be embedded")
+
+
+class EngineEmbedder(Embedder):
+    """The built-in one-pass engine (`musicsim.models.pretrained_engine.raw_engine`): no run, no fit.
+
+    Its vectors are the engine's weighted raw block means; an index standardises them over its own
+    catalog and applies `catalog_weights` (the engine's ``dimension_weights``).
+
+    Parameters
+    ----------
+    **settings
+        `PretrainedEngine` settings (default: the engine's blocks, whole tracks).
+    """
+
+    kind = "fitted"
+    model_dir = "builtin:pretrained"
+
+    def __init__(self, **settings: Any):
+        from musicsim.models.pretrained_engine import raw_engine
+
+        self.model = raw_engine(**settings)
+        self.name = self.model.name
+        self.similarity = str(self.model.similarity)
+        self.catalog_weights = self.model.dimension_weights()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.dim)
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def iter_embeddings(self, *, paths: Sequence[str], batch_size: int = 8, workers: int | None = None
+                        ) -> Iterator[EmbedResult]:
+        """One file at a time, in order (the engine's networks batch a track's patches, not tracks)."""
+        paths = _check_paths(paths)
+        _check_batching(batch_size=batch_size, workers=workers)
+        for index, path in enumerate(paths):
+            raw, reason = self.model.extract_one(path=path)
+            if raw is None:
+                yield index, None, str(reason)
+            else:
+                vector = self.model.embed_features(features=self.model.choose_blocks(raw[None, :]))[0]
+                yield index, np.asarray(vector, dtype=np.float32), None
+
+
+def default_embedder(**settings: Any) -> Embedder:
+    """The default engine (``--model=pretrained`` with identity standardisation): what a scan indexes.
+
+    ``settings`` are `PretrainedEngine`'s (e.g. ``cache_dir`` for a per-track feature cache).
+    """
+    return EngineEmbedder(**settings)
 
 
 def load_embedder(model_dir: str, *, window_seconds: float | None = None) -> Embedder:

@@ -202,6 +202,7 @@ _LINES: dict[str, tuple[str, Callable[[], ModelEntry]]] = {
     "musicnn": ("fitted", _fitted("musicnn", "musicsim.models.musicnn", "MusicnnModel",
                                   checkpoint="musicnn_model", layer="musicnn_layer")),
     "fusion": ("fitted", _fitted("fusion", "musicsim.models.fusion", "FusionModel")),
+    "pretrained": ("fitted", _fitted("pretrained", "musicsim.models.pretrained_engine", "PretrainedEngine")),
     **{name: ("baseline", _baseline(name)) for name in evaluation.BASELINES},  # the protocol owns its baselines
 }
 _ENTRIES: dict[str, ModelEntry] = {}

@@ -185,6 +185,12 @@ class MusicnnNetwork:
             raise ValueError(f"patches must be [n, {PATCH_FRAMES}, {N_MELS}], got shape {patches.shape}")
         return {name: value.numpy() for name, value in self._run(patches).items()}
 
+    def layer_outputs(self, patches):
+        """The layers as TensorFlow tensors, for tracing inside another graph (`musicsim.models.pretrained_engine`
+        runs several networks in one): ``patches`` a float32 tensor ``[n, PATCH_FRAMES, N_MELS]``; the
+        same dict as a call, of tensors."""
+        return self._layers(patches) if self.architecture == "musicnn" else self._vgg_layers(patches)
+
     # Batch-norm with the moving statistics, as the networks run at inference.
     def _batch_norm(self, x, name: str):
         import tensorflow as tf

@@ -1,0 +1,224 @@
+"""The one-pass engine (``--model=pretrained``): one decode and one spectrogram per file, every
+checkpoint on the same patches, each block equal to the single-checkpoint model, label-free fit."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musicsim.models import musicnn
+from musicsim.models import pretrained_engine as engine_module
+from musicsim.models.pretrained_engine import BLOCK_DIMS, PretrainedEngine, all_block_means, raw_engine
+from test_musicnn import _clip, musicnn_files  # noqa: F401 - the weights fixture (wheel cache) and test signal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# 31 s: ten patches, more than one network batch (8), so the padded last batch is exercised.
+LONG_SECONDS = 31.0
+
+
+def _write(path, seconds: float, *, seed: int, sample_rate: int = 22050) -> str:
+    """A test clip written at ``sample_rate`` (the engine resamples to 16 kHz)."""
+    subtype = "PCM_16" if str(path).endswith(".flac") else "FLOAT"
+    sf.write(path, _clip(seconds * sample_rate / musicnn.SAMPLE_RATE, seed=seed), sample_rate, subtype=subtype)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("engine_clips")
+    return {"long": _write(folder / "long.wav", LONG_SECONDS, seed=31),
+            "short": _write(folder / "short.wav", 2.0, seed=32),
+            "mid": _write(folder / "mid.flac", 7.0, seed=33, sample_rate=44100)}
+
+
+@pytest.fixture(scope="module")
+def long_means(musicnn_files, clips) -> dict:  # noqa: F811 - the imported fixture
+    return all_block_means(path=clips["long"])
+
+
+@pytest.mark.parametrize("checkpoint", engine_module.CHECKPOINTS)
+def test_each_block_equals_the_single_checkpoint_musicnn_model(long_means, clips, checkpoint):
+    for layer in musicnn.LAYER_DIMS[musicnn.ARCHITECTURES[checkpoint]]:
+        single = musicnn.MusicnnModel(checkpoint=checkpoint, layer=layer, max_seconds=None, progress=False)
+        expected = single.embed_file(path=clips["long"])
+        block = long_means[(checkpoint, layer)]
+        assert block.shape == expected.shape == (BLOCK_DIMS[(checkpoint, layer)],)
+        np.testing.assert_allclose(block, expected, atol=1e-5, rtol=0, err_msg=f"{checkpoint}/{layer}")
+
+
+def test_log_mel_statistics_are_the_bands_over_the_tracks_patches(long_means, clips):
+    from musicsim.audio import load_audio
+
+    patches = np.concatenate(list(musicnn.iter_patch_blocks(blocks=[load_audio(clips["long"], sample_rate=16000)])))
+    frames = patches.reshape(-1, musicnn.N_MELS).astype(np.float64)
+    np.testing.assert_allclose(long_means[("logmel", "mean")], frames.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(long_means[("logmel", "std")], frames.std(axis=0), atol=1e-5)
+
+
+class _Counts:
+    """Counts decodes, STFT frames and patches through the networks during one embedding."""
+
+    def __init__(self, monkeypatch):
+        import librosa
+
+        self.decodes, self.stft_frames, self.network_patches = 0, 0, 0
+        decode, stft, networks_call = (engine_module.iter_excerpt_blocks, librosa.stft,
+                                       engine_module.BlockNetworks.__call__)
+
+        def counting_decode(*args, **kwargs):
+            self.decodes += 1
+            return decode(*args, **kwargs)
+
+        def counting_stft(*args, **kwargs):
+            result = stft(*args, **kwargs)
+            self.stft_frames += result.shape[-1]
+            return result
+
+        def counting_networks(networks, *, patches):
+            self.network_patches += patches.shape[0]
+            return networks_call(networks, patches=patches)
+
+        monkeypatch.setattr(engine_module, "iter_excerpt_blocks", counting_decode)
+        monkeypatch.setattr(librosa, "stft", counting_stft)
+        monkeypatch.setattr(engine_module.BlockNetworks, "__call__", counting_networks)
+
+
+@pytest.mark.parametrize("clip, seconds, max_patches", [("long", LONG_SECONDS, None), ("short", 2.0, None),
+                                                        ("mid", 7.0, None), ("long", LONG_SECONDS, 3)])
+def test_one_decode_one_spectrogram_and_each_patch_through_the_networks_once(musicnn_files, clips, monkeypatch,  # noqa: F811
+                                                                             clip, seconds, max_patches):
+    counts = _Counts(monkeypatch)
+    engine = raw_engine(max_patches=max_patches)
+    vectors, ok, skipped = engine.embed_paths(paths=[clips[clip]])
+    assert ok == [0] and not skipped and vectors.shape == (1, engine.dim)
+    patches = engine_module.expected_patches(seconds=seconds)
+    assert counts.decodes == 1
+    # Every frame of every patch computed once, whatever the networks then read.
+    assert counts.stft_frames == patches * musicnn.PATCH_FRAMES
+    assert counts.network_patches == (patches if max_patches is None else min(patches, max_patches))
+
+
+@pytest.mark.parametrize("total, max_patches", [(10, 3), (80, 20), (81, 20), (5, 5), (4, 9), (1, 1), (1000, 7)])
+def test_sampled_patches_are_spread_evenly_and_distinct(total, max_patches):
+    chosen = engine_module.sampled_patches(total=total, max_patches=max_patches)
+    if total <= max_patches:
+        assert chosen is None
+        return
+    assert chosen.size == max_patches and len(set(chosen.tolist())) == max_patches
+    assert np.all(np.diff(chosen) > 0) and chosen[0] >= 0 and chosen[-1] < total
+    # Each lies in its own equal share of the track.
+    shares = np.floor(chosen * max_patches / total)
+    np.testing.assert_array_equal(shares, np.arange(max_patches))
+
+
+def test_sampled_means_are_the_means_of_those_patches(musicnn_files, clips):  # noqa: F811
+    every = all_block_means(path=clips["long"], per_patch=True)
+    sampled = all_block_means(path=clips["long"], max_patches=4)
+    chosen = engine_module.sampled_patches(total=engine_module.expected_patches(seconds=LONG_SECONDS), max_patches=4)
+    for block in every:
+        assert every[block].shape[0] == 10
+        if block[0] != "logmel":
+            np.testing.assert_allclose(sampled[block], every[block][chosen].astype(np.float64).mean(axis=0),
+                                       atol=1e-6, err_msg=str(block))
+
+
+def _bad_files(folder) -> dict[str, str]:
+    """One file of each unusable kind -> a word its reason must hold."""
+    corrupt = folder / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(64))
+    silent = folder / "silent.wav"
+    sf.write(silent, np.zeros(16000 * 4, np.float32), 16000)
+    tiny = folder / "tiny.wav"
+    sf.write(tiny, _clip(0.3, seed=40), 16000)
+    text = folder / "notes.mp3"
+    text.write_text("these are not the tracks you are looking for\n" * 20)
+    empty = folder / "empty.ogg"
+    empty.write_bytes(b"")
+    return {str(corrupt): "", str(silent): "silent", str(tiny): "too short", str(text): "", str(empty): ""}
+
+
+def test_a_track_embeds_the_same_alone_or_in_a_batch_and_bad_files_are_skipped(musicnn_files, clips, tmp_path):  # noqa: F811
+    bad = _bad_files(tmp_path)
+    engine = raw_engine()
+    alone, ok_alone, _ = engine.embed_paths(paths=[clips["mid"]])
+    order = [clips["short"], *bad, clips["mid"], clips["long"], str(tmp_path / "missing.wav")]
+    batch, ok, skipped = engine.embed_paths(paths=order)
+    assert ok_alone == [0] and ok == [0, len(bad) + 1, len(bad) + 2]
+    np.testing.assert_array_equal(batch[1], alone[0])
+    reasons = dict(skipped)
+    assert set(reasons) == set(bad) | {str(tmp_path / "missing.wav")}
+    for path, word in bad.items():
+        assert reasons[path] and word in reasons[path], (path, reasons[path])
+
+
+@pytest.mark.parametrize("blocks", [None, [("MSD_musicnn", "penultimate", 2.0), ("logmel", "mean", 0.5)],
+                                    [("MTT_vgg", "taggram", 1.0)]])
+def test_fit_learns_only_standardisation_on_a_bare_folder(musicnn_files, tmp_path, blocks):  # noqa: F811
+    from musicsim.models.fitted import FittedModel
+
+    folder = tmp_path / "music"
+    folder.mkdir()
+    paths = [_write(folder / f"song {i}.wav", 3.0 + 1.5 * i, seed=50 + i) for i in range(4)]
+    cache = str(tmp_path / "features")
+    engine = PretrainedEngine(blocks=blocks, cache_dir=cache, progress=False)
+    engine.fit(paths=sorted(str(folder / name) for name in os.listdir(folder)))
+    raw, ok, _ = engine.extract(paths=paths)
+    assert ok == [0, 1, 2, 3] and raw.shape == (4, engine.dim)
+    np.testing.assert_allclose(engine.scaler_mean, raw.mean(axis=0), atol=1e-9)
+    embedded, _, _ = engine.embed_paths(paths=paths)
+    expected = (raw - engine.scaler_mean) / engine.scaler_scale * engine.dimension_weights()
+    np.testing.assert_allclose(embedded, expected, atol=1e-5)
+    np.testing.assert_allclose(embedded.mean(axis=0), 0.0, atol=1e-5)
+    # Each block carries its weight: the weights' squares add up over its dimensions.
+    for (checkpoint, layer, weight), part in zip(engine.blocks, engine.block_slices().values()):
+        assert np.sum(engine.dimension_weights()[part] ** 2) == pytest.approx(weight ** 2)
+    engine.save(str(tmp_path / "run"))
+    loaded = FittedModel.load(str(tmp_path / "run"))
+    assert isinstance(loaded, PretrainedEngine) and loaded.blocks == engine.blocks
+    again, _, _ = loaded.embed_paths(paths=paths)  # served by the feature cache
+    np.testing.assert_allclose(again, embedded, atol=1e-6)
+    # The raw engine needs no fit: weighted raw vectors.
+    plain, _, _ = raw_engine(blocks=blocks).embed_paths(paths=paths[:1])
+    np.testing.assert_allclose(plain[0], raw[0] * engine.dimension_weights(), rtol=1e-5, atol=1e-6)
+
+
+def test_version_follows_the_blocks_and_settings():
+    default = PretrainedEngine()
+    assert default.version == engine_module.ENGINE_VERSION
+    assert PretrainedEngine(blocks=[("MSD_musicnn", "penultimate", 1.0)]).version != default.version
+    reweighted = [(c, l, 2.0 if i == 0 else w) for i, (c, l, w) in enumerate(engine_module.BLOCKS)]
+    assert PretrainedEngine(blocks=reweighted).version != default.version
+    assert PretrainedEngine(max_patches=7).version != default.version
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"blocks": [("MSD_vgg", "maxpool", 1.0)]}, "unknown block"),
+    ({"blocks": [("MSD_musicnn", "taggram", 0.0)]}, "weight > 0"),
+    ({"blocks": [("MSD_musicnn", "taggram", 1.0)] * 2}, "distinct"),
+    ({"max_patches": 0}, "max_patches"),
+    ({"precision": "float8"}, "precision"),
+    ({"sample_rate": 22050}, "16000 Hz"),
+])
+def test_bad_settings_are_refused(settings, message):
+    with pytest.raises(engine_module.EngineError, match=message):
+        PretrainedEngine(**settings)
+
+
+def test_default_embedder_is_the_raw_engine_with_its_catalog_weights(musicnn_files, clips, tmp_path):  # noqa: F811
+    from musicsim import models as registry
+    from musicsim.embedder import default_embedder
+
+    assert registry.kind_of("pretrained") == "fitted"
+    assert registry.fitted_class("pretrained") is PretrainedEngine
+    embedder = default_embedder()
+    assert (embedder.name, embedder.similarity, embedder.dim) == ("pretrained", "cosine", PretrainedEngine().dim)
+    assert embedder.version == engine_module.ENGINE_VERSION and embedder.describe()["version"] == embedder.version
+    np.testing.assert_array_equal(embedder.catalog_weights, PretrainedEngine().dimension_weights())
+    results = list(embedder.iter_embeddings(paths=[clips["short"], str(tmp_path / "missing.wav")]))
+    assert [index for index, _, _ in results] == [0, 1]
+    assert results[0][1].shape == (embedder.dim,) and results[1][1] is None and results[1][2]
+    direct, _, _ = raw_engine().embed_paths(paths=[clips["short"]])
+    np.testing.assert_array_equal(results[0][1], direct[0])
