@@ -534,6 +534,9 @@ def make_router(*, current_service: Callable[[], "SearchService"], users_file: s
         check_outside(users_file=users_file, folder=index_dir)
     catalogs = CatalogCache()
     covers = CoverCache()
+    # Built now, in the background, so the first player request does not wait for it (a reloaded index's
+    # catalog is built by its first request).
+    threading.Thread(target=catalogs.get, args=(current_service(),), name="subsonic-catalog", daemon=True).start()
     router = APIRouter()
 
     def answer(method: str, params: dict[str, str]) -> Any:

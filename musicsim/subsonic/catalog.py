@@ -14,6 +14,7 @@ is its path relative to its library root (or ``artist/album/file``).
 from __future__ import annotations
 
 import datetime
+import functools
 import itertools
 import os
 import random
@@ -55,9 +56,16 @@ def _iso(seconds: float | None) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def name_key(name: str) -> str:
+    """``ids.normalise`` of an artist or album name, cached (a library repeats them on every track)."""
+    return ids.normalise(name)
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def sort_key(name: str) -> str:
     """A name for alphabetical order: case-folded, a leading ignored article ("The", ...) moved out."""
-    folded = ids.normalise(name)
+    folded = name_key(name)
     for article in IGNORED_ARTICLES:
         prefix = article.casefold() + " "
         if folded.startswith(prefix) and len(folded) > len(prefix):
@@ -153,18 +161,23 @@ class Catalog:
         artists_of_folder_album: dict[tuple[str, str], set[str]] = defaultdict(set)
         for song in songs:
             if not song.album_artist:
-                artists_of_folder_album[(ids.normalise(song.album), song.folder)].add(ids.normalise(song.artist))
+                artists_of_folder_album[(name_key(song.album), song.folder)].add(name_key(song.artist))
         for song in songs:
             if not song.album_artist:
-                names = artists_of_folder_album[(ids.normalise(song.album), song.folder)]
+                names = artists_of_folder_album[(name_key(song.album), song.folder)]
                 song.album_artist = song.artist if len(names) == 1 else VARIOUS_ARTISTS
         songs.sort(key=lambda s: (sort_key(s.album_artist), sort_key(s.album), s.disc or 0, s.track or 0,
-                                  ids.normalise(s.title), s.track_id))
+                                  s.haystack, s.track_id))
         self.songs = songs
         self.albums: dict[str, Album] = {}
         self.artists: dict[str, Artist] = {}
+        self._artist_ids: dict[str, str] = {}
+        album_ids: dict[tuple[str, str], str] = {}
         for song in songs:
-            album_id = ids.album_id(album_artist=song.album_artist, album=song.album)
+            album_id = album_ids.get((song.album_artist, song.album))
+            if album_id is None:
+                album_id = album_ids[(song.album_artist, song.album)] = ids.album_id(album_artist=song.album_artist,
+                                                                                     album=song.album)
             album = self.albums.get(album_id)
             if album is None:
                 album_artist = self._artist(song.album_artist)
@@ -234,11 +247,13 @@ class Catalog:
                     year=_positive_int(columns.get("year")), genre=_text(columns.get("genre")), duration=duration,
                     size=size, suffix=suffix[1:] or None, content_type=CONTENT_TYPES.get(suffix),
                     created=created, shown_path=shown, file=file, folder=folder)
-        song.haystack = ids.normalise(f"{title}\n{artist}\n{album}")
+        song.haystack = f"{ids.normalise(title)}\n{name_key(artist)}\n{name_key(album)}"
         return song
 
     def _artist(self, name: str) -> Artist:
-        artist_id = ids.artist_id(name)
+        artist_id = self._artist_ids.get(name)
+        if artist_id is None:
+            artist_id = self._artist_ids[name] = ids.artist_id(name)
         artist = self.artists.get(artist_id)
         if artist is None:
             artist = self.artists[artist_id] = Artist(id=artist_id, name=name)
@@ -298,13 +313,14 @@ class Catalog:
 
         artists = page(matching(self.listed_artists, lambda a: a.haystack), artist_offset, artist_count)
         albums = page(matching(self.albums_by_name, lambda a: a.haystack), album_offset, album_count)
-        if words and len(words) == 1:
-            # One word (the common case): a scan of the strings alone, without a Python call per song.
-            word = words[0]
-            rows = (row for row, text in enumerate(self._song_haystacks) if word in text)
+        if words:
+            # The longest word first, over the strings alone (no Python call per song); the others on its matches.
+            first, *others = sorted(words, key=len, reverse=True)
+            rows = (row for row, text in enumerate(self._song_haystacks) if first in text
+                    and all(word in text for word in others))
             songs = [self.songs[row] for row in page(rows, song_offset, song_count)]
         else:
-            songs = page(matching(self.songs, lambda s: s.haystack), song_offset, song_count)
+            songs = page(iter(self.songs), song_offset, song_count)
         return {"artist": [self.artist_entry(a) for a in artists], "album": [self.album_entry(a) for a in albums],
                 "song": [self.child(s) for s in songs]}
 
