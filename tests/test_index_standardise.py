@@ -222,7 +222,8 @@ def test_every_save_bumps_the_version_that_read_version_reads_from_config_alone(
         index.save(folder)
         assert read_version(folder) == expected == index.version
         generations.add(json.loads((tmp_path / "idx" / "config.json").read_text())["generation"])
-        index.add(track_ids=[ids[4 + expected]], vectors=vectors[4 + expected:5 + expected])
+        if expected < 3:
+            index.add(track_ids=[ids[4 + expected]], vectors=vectors[4 + expected:5 + expected])
     assert len(generations) == 3
     index.close()
     reopened = open_index(folder)
