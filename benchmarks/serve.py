@@ -6,13 +6,14 @@ Two indexes, each served by ``python -m musicsim.serve`` in a subprocess on 127.
 
 1. real audio: the demo corpus (``data/demo_corpus``) when it exists, else ``--audio`` (a folder of
    audio files), else generated 30 s clips; MFCC model fitted on it, so file queries run a real model;
-2. a synthetic catalog of ``--tracks`` random 64-d vectors (cosine, 1000 groups).
+2. a synthetic catalog of ``--tracks`` random 64-d vectors (cosine, 1000 groups), served with ``--subsonic``.
 
 Prints by-id latency p50/p99 (sequential, keep-alive), file query latency for a 30 s clip (the first
 query separately, after the server has warmed its model up), throughput of ``--clients`` concurrent keep-alive
 clients for ``--seconds`` (it stops by itself) with its error count, and the server's RSS before
-and after. Goals on 2 cores: by-id p50 <= 10 ms at 100k tracks, a 30 s file query <= 1.5 s,
->= 200 by-id requests/s, RSS growth < 50 MB.
+and after; and the Subsonic API's getSimilarSongs2 (count=50, token auth) and search3 latencies on the
+synthetic index. Goals on 2 cores: by-id p50 <= 10 ms at 100k tracks, a 30 s file query <= 1.5 s,
+>= 200 by-id requests/s, RSS growth < 50 MB; Subsonic getSimilarSongs2 p50 <= 15 ms, search3 p50 <= 30 ms.
 """
 from __future__ import annotations
 
@@ -105,11 +106,11 @@ def build_synthetic_index(*, count: int, work: str, dim: int = 64) -> str:
 class Server:
     """``python -m musicsim.serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, index_dir: str):
+    def __init__(self, index_dir: str, *, extra_args: tuple[str, ...] = ()):
         self.port = free_port()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         self.process = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={index_dir}",
-                                         "--host=127.0.0.1", f"--port={self.port}"],
+                                         "--host=127.0.0.1", f"--port={self.port}", *extra_args],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -185,6 +186,46 @@ def latency_of(port: int, path: str, *, count: int) -> np.ndarray:
         times.append(time.perf_counter() - started)
     connection.close()
     return np.asarray(times)
+
+
+SUBSONIC_USER, SUBSONIC_PASSWORD = "bench", "bench-password"
+
+
+def subsonic_latency(port: int, method: str, param_sets: list[dict[str, str]]) -> np.ndarray:
+    """Seconds per sequential Subsonic request (token auth, f=json) over one keep-alive connection: [count]."""
+    import hashlib
+    from urllib.parse import urlencode
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    times = []
+    for i, params in enumerate(param_sets):
+        salt = f"{i:08x}"
+        token = hashlib.md5((SUBSONIC_PASSWORD + salt).encode()).hexdigest()
+        query = urlencode({"u": SUBSONIC_USER, "t": token, "s": salt, "v": "1.16.1", "c": "bench", "f": "json",
+                           **params})
+        started = time.perf_counter()
+        status, body = request(port, "GET", f"/rest/{method}?{query}", connection=connection)
+        times.append(time.perf_counter() - started)
+        if status != 200 or b'"status":"ok"' not in body:
+            raise RuntimeError(f"{method} answered {status}: {body[:300]!r}")
+    connection.close()
+    return np.asarray(times)
+
+
+def report_subsonic(*, port: int, track_ids: list[str], count: int) -> None:
+    """The Subsonic rows: getSimilarSongs2 of random songs (count=50, players' default) and search3 of
+    random 3-digit words (20 artists, albums and songs each)."""
+    from musicsim.subsonic.ids import song_id
+
+    rng = np.random.default_rng(2)
+    songs = [song_id(str(t)) for t in rng.choice(track_ids, size=count)]
+    for method, params, goal in (
+            ("getSimilarSongs2", [{"id": s, "count": "50"} for s in songs], 15),
+            ("search3", [{"query": f"{int(n):03d}"} for n in rng.integers(0, 1000, size=count)], 30)):
+        times = subsonic_latency(port, method, params)
+        print(f"synthetic index: Subsonic {method} over HTTP p50 {1000 * np.percentile(times, 50):.1f} ms, "
+              f"p99 {1000 * np.percentile(times, 99):.1f} ms ({times.size} sequential requests; goal p50 <= "
+              f"{goal} ms)")
 
 
 def _client_process(port: int, ids: list[str], threads: int, seconds: float, queue) -> None:
@@ -298,10 +339,15 @@ def main() -> int:
         started = time.time()
         synthetic = build_synthetic_index(count=args.tracks, work=work)
         print(f"synthetic index: {args.tracks} tracks, d=64, built in {time.time() - started:.1f} s")
-        server = Server(synthetic)
+        from musicsim.users import add_user
+
+        users_file = os.path.join(work, "users.json")
+        add_user(users_file=users_file, name=SUBSONIC_USER, password=SUBSONIC_PASSWORD)
+        server = Server(synthetic, extra_args=("--subsonic", f"--users={users_file}"))
         try:
             ids = [f"synthetic/{i:06d}" for i in range(args.tracks)]
             request(server.port, "GET", "/api/similar/synthetic%2F000000?k=10")  # first-request set-up
+            subsonic_latency(server.port, "search3", [{"query": "warm"}])  # waits for the Subsonic catalog
             before = server.rss_mb()
             index = EmbeddingIndex.load(synthetic)
             in_process = []
@@ -316,6 +362,7 @@ def main() -> int:
             print(f"HTTP floor (GET /healthz): p50 {1000 * np.percentile(floor, 50):.1f} ms, "
                   f"p99 {1000 * np.percentile(floor, 99):.1f} ms")
             report_by_id(f"synthetic index ({args.tracks} tracks)", latency_by_id(server.port, ids, count=args.queries))
+            report_subsonic(port=server.port, track_ids=ids, count=args.queries)
             rate, done, errors = throughput(server.port, ids, clients=args.clients, seconds=args.seconds)
             after = server.rss_mb()
             print(f"synthetic index: throughput {rate:.0f} by-id requests/s with {args.clients} concurrent clients "
