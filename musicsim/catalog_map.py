@@ -16,25 +16,43 @@ import warnings
 import numpy as np
 
 from musicsim.atomic import atomic_open
-from musicsim.index import CONFIG_FILE, EmbeddingIndex
+from musicsim.index import CONFIG_FILE, IndexBackend
 from musicsim.index.storage import MAP_CACHE_NAME
 
 METHODS = ("pca", "umap")
 CACHE_VERSION = 1
 
 
-def content_digest(*, index: EmbeddingIndex, method: str) -> str:
-    """Hex digest (16 characters) of the method, the track ids and the vectors of ``index``."""
+def index_vectors(index: IndexBackend) -> np.ndarray:
+    """Every track's searched vector of ``index`` (either backend), shape [N, D] float32, in ``track_ids``
+    order: the backend's ``vectors``, or one ``vector`` per track for a backend without it."""
+    try:
+        vectors = index.vectors
+    except (AttributeError, NotImplementedError):
+        vectors = None
+    if callable(vectors):
+        vectors = vectors()
+    if vectors is None:
+        ids = index.track_ids
+        vectors = (np.stack([index.vector(track_id=t) for t in ids]) if ids
+                   else np.zeros((0, index.dim), dtype=np.float32))
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def content_digest(*, index: IndexBackend, method: str, vectors: np.ndarray | None = None) -> str:
+    """Hex digest (16 characters) of the method, the track ids and the vectors ([N, D], ``index_vectors``
+    when not given) of ``index``."""
     digest = hashlib.sha256(f"catalog-map v{CACHE_VERSION} {method}\n".encode())
     digest.update("\n".join(index.track_ids).encode("utf-8"))
-    digest.update(np.ascontiguousarray(index.vectors).tobytes())
+    digest.update(np.ascontiguousarray(index_vectors(index) if vectors is None else vectors).tobytes())
     return digest.hexdigest()[:16]
 
 
-def cache_path(*, index: EmbeddingIndex, index_dir: str, method: str) -> str:
-    """Where the map of ``index`` by ``method`` is cached in ``index_dir``."""
-    return os.path.join(index_dir, MAP_CACHE_NAME.format(method=method,
-                                                         digest=content_digest(index=index, method=method)))
+def cache_path(*, index: IndexBackend, index_dir: str, method: str, vectors: np.ndarray | None = None) -> str:
+    """Where the map of ``index`` (its vectors [N, D], ``index_vectors`` when not given) by ``method`` is
+    cached in ``index_dir``."""
+    digest = content_digest(index=index, method=method, vectors=vectors)
+    return os.path.join(index_dir, MAP_CACHE_NAME.format(method=method, digest=digest))
 
 
 def project(*, vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
@@ -69,12 +87,12 @@ def project(*, vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.nd
     return scaled.astype(np.float32)
 
 
-def catalog_map(*, index: EmbeddingIndex, index_dir: str | None, method: str = "pca", seed: int = 0) -> np.ndarray:
+def catalog_map(*, index: IndexBackend, index_dir: str | None, method: str = "pca", seed: int = 0) -> np.ndarray:
     """The cached or freshly computed map of ``index``: shape [N, 2] float32, in track order.
 
     Parameters
     ----------
-    index : the loaded index
+    index : the loaded index (either backend)
     index_dir : the directory ``index`` was loaded from (the only place a cache is written), or None
         to compute without a cache
     method : 'pca' or 'umap'
@@ -83,7 +101,8 @@ def catalog_map(*, index: EmbeddingIndex, index_dir: str | None, method: str = "
     if method not in METHODS:
         raise ValueError(f"map method must be one of {METHODS}, got {method!r}")
     is_index_dir = index_dir is not None and os.path.isfile(os.path.join(index_dir, CONFIG_FILE))
-    path = cache_path(index=index, index_dir=index_dir, method=method) if is_index_dir else None
+    vectors = index_vectors(index)
+    path = cache_path(index=index, index_dir=index_dir, method=method, vectors=vectors) if is_index_dir else None
     if path is not None and os.path.isfile(path):
         try:
             cached = np.load(path, allow_pickle=False)
@@ -91,7 +110,7 @@ def catalog_map(*, index: EmbeddingIndex, index_dir: str | None, method: str = "
                 return cached.astype(np.float32)
         except (OSError, ValueError) as error:
             warnings.warn(f"ignoring the unreadable map cache {path}: {error}")
-    coordinates = project(vectors=index.vectors, method=method, seed=seed)
+    coordinates = project(vectors=vectors, method=method, seed=seed)
     if path is not None:
         try:
             with atomic_open(path, "wb") as f:

@@ -9,10 +9,16 @@ Both work on the stored vectors of an ``EmbeddingIndex`` and never repeat a trac
   nearest unused track to the target.
 
 Similarities are the index's own (cosine, or minus the Euclidean distance): higher is closer.
+
+``to_m3u8`` writes a playlist for players: an extended M3U in UTF-8 (``#EXTM3U``, then per track
+``#EXTINF:<seconds>,<artist> - <title>`` and its file's path, absolute or relative to a root folder).
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -152,3 +158,50 @@ def morph(*, index: EmbeddingIndex, source: str, target: str, n: int = 10) -> li
     ends_score = float(similarity(index=index, a=start, b=start)[0])
     return ([{"track_id": source, "alpha": 0.0, "score_to_target": ends_score}] + middle
             + [{"track_id": target, "alpha": 1.0, "score_to_target": ends_score}])
+
+
+@dataclass(frozen=True)
+class M3UEntry:
+    """One track of an M3U playlist: its file, title, artist (None when unknown) and duration (None: unknown)."""
+
+    path: str
+    title: str
+    artist: str | None = None
+    duration_s: float | None = None
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks as spaces (an M3U entry is one line)."""
+    return " ".join(str(text).splitlines()).strip()
+
+
+def to_m3u8(*, entries: Sequence[M3UEntry], root: str | None = None, name: str | None = None) -> str:
+    """An extended M3U playlist (to be written as UTF-8, a ``.m3u8`` file) of ``entries`` in order.
+
+    Parameters
+    ----------
+    entries : the tracks, with absolute paths
+    root : when given, paths are written relative to this folder (``..`` where a file lies outside it),
+        so the playlist works wherever the library and the playlist move together; absolute otherwise
+    name : the playlist's title (an ``#PLAYLIST:`` line), if any
+
+    Returns
+    -------
+    str
+        ``#EXTM3U``, then per track ``#EXTINF:<whole seconds, -1 when unknown>,<artist> - <title>`` (the
+        title alone without an artist) and the path on the next line; lines end with ``\n``. A path
+        holding a line break cannot be written in M3U: that track is left out.
+    """
+    lines = ["#EXTM3U"]
+    if name:
+        lines.append(f"#PLAYLIST:{_one_line(name)}")
+    for entry in entries:
+        if "\n" in entry.path or "\r" in entry.path:
+            continue
+        path = os.path.relpath(entry.path, root) if root else os.path.abspath(entry.path)
+        duration = entry.duration_s
+        seconds = int(round(duration)) if duration is not None and math.isfinite(duration) and duration >= 0 else -1
+        title = _one_line(entry.title)
+        label = f"{_one_line(entry.artist)} - {title}" if entry.artist else title
+        lines += [f"#EXTINF:{seconds},{label}", path]
+    return "\n".join(lines) + "\n"

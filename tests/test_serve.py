@@ -1,12 +1,21 @@
-"""musicsim.serve (HTTP API), musicsim.playlist, musicsim.catalog_map and musicsim.projector."""
+"""musicsim.serve (HTTP API), musicsim.playlist, musicsim.catalog_map and musicsim.projector.
+
+The service's tests run over both index backends (faiss, and Milvus Lite in-process where pymilvus and
+milvus-lite import): the ``client`` and ``tagged`` fixtures are parametrized by backend.
+"""
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -19,12 +28,41 @@ from musicsim.index import EmbeddingIndex
 from musicsim.serve import create_app, main
 
 ALBUMS = tuple(ALBUM_TIMBRES)
+HAVE_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
+BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
+    not HAVE_MILVUS, reason="pymilvus / milvus-lite cannot be imported here"))]
 
 
-@pytest.fixture(scope="module")
-def client(mfcc_catalog):
-    with TestClient(create_app(index_dir=mfcc_catalog["index_dir"], max_upload_mb=1.0)) as test_client:
+def save_index(backend: str, directory, *, track_ids, vectors, similarity, metadata, model=None) -> str:
+    """An index of ``backend`` saved at ``directory`` (Milvus Lite's file beside it); returns the directory."""
+    arguments = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata, model=model)
+    if backend == "milvus":
+        from musicsim.index.milvus import MilvusIndex
+
+        index = MilvusIndex(uri=f"{directory}-milvus.db", collection="tracks", **arguments)
+    else:
+        index = EmbeddingIndex(**arguments)
+    index.save(str(directory))
+    index.close()
+    return str(directory)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def client(request, mfcc_catalog, tmp_path_factory):
+    index_dir = mfcc_catalog["index_dir"]
+    if request.param == "milvus":
+        faiss = EmbeddingIndex.load(index_dir)
+        columns = {c: [faiss.metadata(track_id=t)[c] for t in faiss.track_ids] for c in faiss.metadata_columns}
+        index_dir = save_index("milvus", tmp_path_factory.mktemp("milvus") / "index", track_ids=faiss.track_ids,
+                               vectors=faiss.vectors, similarity=faiss.similarity, metadata=columns, model=faiss.model)
+    with TestClient(create_app(index_dir=index_dir, max_upload_mb=1.0)) as test_client:
+        test_client.backend = request.param
         yield test_client
+
+
+def served(test_client):
+    """The service a test client's app answers from now."""
+    return test_client.app.state.holder.current
 
 
 def _copied_index(catalog, tmp_path, *, model: bool = False, extra: dict | None = None) -> tuple[str, list[str]]:
@@ -50,10 +88,13 @@ def test_health_info_and_catalog(client, mfcc_catalog):
     assert info["groups"] == sorted(ALBUMS) and info["file_queries"] and info["with_audio"] == 16
     page = client.get("/api/tracks", params={"limit": 5, "offset": 3}).json()
     assert page["total"] == 16
-    assert [t["track_id"] for t in page["tracks"]] == album_track_ids(mfcc_catalog["paths"])[3:8]
+    # The index's order (Milvus keeps its primary keys sorted).
+    assert [t["track_id"] for t in page["tracks"]] == served(client).track_ids[3:8]
+    assert sorted(served(client).track_ids) == sorted(album_track_ids(mfcc_catalog["paths"]))
     track = page["tracks"][0]
     assert track["audio_url"] == "/api/audio/" + track["track_id"].replace("/", "%2F")
-    assert track["duration_s"] == pytest.approx(sf.info(mfcc_catalog["paths"][3]).duration)
+    path = dict(zip(album_track_ids(mfcc_catalog["paths"]), mfcc_catalog["paths"]))[track["track_id"]]
+    assert track["duration_s"] == pytest.approx(sf.info(path).duration)
 
 
 @pytest.mark.parametrize("query, expected", [
@@ -76,18 +117,20 @@ def test_catalog_rejects_bad_parameters(client, params):
 # ------------------------------------------------------------------------------------- similar
 
 def test_similar_by_id_answers_like_the_index(client, mfcc_catalog):
-    index = EmbeddingIndex.load(mfcc_catalog["index_dir"])
+    index = served(client).index
     for diversity, exclude in ((0.0, False), (0.5, False), (0.0, True)):
         answer = client.get("/api/similar/low_sine/t1", params={"k": 6, "diversity": diversity,
-                                                                "exclude_same_group": exclude}).json()
+                                                                "exclude_same_album": exclude}).json()
         expected = index.search_by_id(track_id="low_sine/t1", k=6, diversity=diversity, exclude_same_group=exclude)
         assert answer["query"]["track_id"] == "low_sine/t1"
         assert [(r["track_id"], r["rank"]) for r in answer["results"]] == [
             (t, i + 1) for i, (t, _) in enumerate(expected)]
         np.testing.assert_allclose([r["score"] for r in answer["results"]], [s for _, s in expected], rtol=1e-6)
         assert all(r["audio_url"] and r["group"] == r["track_id"].split("/")[0] for r in answer["results"])
-        if exclude:
+        if exclude:  # no album tags: the group is the album
             assert all(r["group"] != "low_sine" for r in answer["results"])
+            older = client.get("/api/similar/low_sine/t1", params={"k": 6, "exclude_same_group": True}).json()
+            assert [r["track_id"] for r in older["results"]] == [r["track_id"] for r in answer["results"]]
     # Timbre is what the MFCCs see: the nearest track shares the album.
     assert client.get("/api/similar/low_sine/t1?k=1").json()["results"][0]["group"] == "low_sine"
     # An encoded slash is the same id.
@@ -109,7 +152,7 @@ def test_errors_are_json_with_their_status(client, url, status):
 # ------------------------------------------------------------------------------------- uploads
 
 def _upload_dir(client) -> str:
-    return client.app.state.service.upload_dir
+    return client.app.state.holder.upload_dir
 
 
 def test_upload_finds_the_file_itself_first_and_leaves_nothing_behind(client, mfcc_catalog):
@@ -118,7 +161,8 @@ def test_upload_finds_the_file_itself_first_and_leaves_nothing_behind(client, mf
         multipart = client.post("/api/similar", params={"k": 4}, files={"file": ("mine.wav", f, "audio/wav")})
     assert multipart.status_code == 200, multipart.text
     results = multipart.json()["results"]
-    assert results[0]["track_id"] == "noisy_mid/t1" and results[0]["score"] == pytest.approx(0.0, abs=1e-4)
+    # Milvus computes distances in float32 from squared norms: a few thousandths from 0 for the same vector.
+    assert results[0]["track_id"] == "noisy_mid/t1" and results[0]["score"] == pytest.approx(0.0, abs=1e-2)
     assert multipart.json()["query"] == {"file": "mine.wav"}
     with open(path, "rb") as f:
         raw = client.post("/api/similar?k=4", content=f.read(), headers={"Content-Type": "application/octet-stream"})
@@ -130,9 +174,14 @@ def test_upload_content_is_checked_by_decoding_not_by_name(client, mfcc_catalog,
     # A real WAV named .txt is audio; text named .wav is not.
     with open(mfcc_catalog["paths"][0], "rb") as f:
         assert client.post("/api/similar", files={"file": ("notes.txt", f, "text/plain")}).status_code == 200
-    response = client.post("/api/similar", files={"file": ("song.wav", b"just some text, " * 200, "audio/wav")})
-    assert response.status_code == 415 and "song.wav" in response.json()["error"]
-    assert client.post("/api/similar", files={"file": ("empty.wav", b"", "audio/wav")}).status_code == 415
+    for name in ("song.wav", "song", "notes.txt"):
+        response = client.post("/api/similar", files={"file": (name, b"just some text, " * 200, "audio/wav")})
+        error = response.json()["error"]
+        assert response.status_code == 415 and name in error
+        # The message names the client's file, never the server's temporary copy.
+        assert _upload_dir(client) not in error and "upload-" not in error and "/tmp" not in error, error
+    empty = client.post("/api/similar", files={"file": ("My Album", b"", "application/octet-stream")})
+    assert empty.status_code == 415 and "a folder" in empty.json()["error"]
     # Real audio the model cannot use (too short to embed) is 422.
     sf.write(tmp_path / "short.wav", np.sin(np.arange(400) / 3.0).astype(np.float32) * 0.5, SERVED_SAMPLE_RATE)
     response = client.post("/api/similar", files={"file": ("short.wav", (tmp_path / "short.wav").read_bytes())})
@@ -154,7 +203,7 @@ def test_upload_over_the_limit_is_413(mfcc_catalog):
 
 def test_warm_up_loads_the_model_in_the_background_once(mfcc_catalog):
     with TestClient(create_app(index_dir=mfcc_catalog["index_dir"], warm_up=True)) as warm:
-        service = warm.app.state.service
+        service = served(warm)
         deadline = time.time() + 60
         while warm.get("/healthz").json()["model"] != "ready" and time.time() < deadline:
             time.sleep(0.1)
@@ -216,8 +265,19 @@ def test_audio_streams_with_ranges(client, mfcc_catalog):
     assert part.headers["content-range"] == f"bytes 100-1099/{len(data)}"
     tail = client.get("/api/audio/low_sine/t0", headers={"Range": "bytes=-64"})
     assert tail.status_code == 206 and tail.content == data[-64:]
-    beyond = client.get("/api/audio/low_sine/t0", headers={"Range": f"bytes={len(data) + 10}-"})
-    assert beyond.status_code == 416
+    head = client.head("/api/audio/low_sine/t0")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(data))
+
+
+@pytest.mark.parametrize("header", ["bytes=5-1", "garbage", "bytes=abc-def", "items=0-10", "bytes=", "bytes=-0",
+                                    "bytes=99999999-", "bytes=99999999-100000000", "bytes=0-1,99999999-"])
+def test_an_unusable_range_is_ignored_and_the_whole_file_sent(client, mfcc_catalog, header):
+    """RFC 9110 14.2: a server may ignore a Range it cannot satisfy or parse; this one does, so a
+    player always gets the audio (never a text/plain 400 or 416)."""
+    data = open(mfcc_catalog["paths"][0], "rb").read()
+    response = client.get("/api/audio/low_sine/t0", headers={"Range": header})
+    assert response.status_code == 200 and response.content == data
+    assert "content-range" not in response.headers
 
 
 def test_audio_content_type_follows_the_indexed_file(mfcc_catalog, tmp_path):
@@ -425,6 +485,14 @@ def test_page_static_files_and_offline_docs(client):
     (["--port=70000"], "flag --port=70000: 70000 is not an integer in the range [0, 65535]"),
     (["--map=tsne"], "flag --map=tsne: value should be one of <pca|umap>"),
     (["--max_upload_mb=lots"], "flag --max_upload_mb=lots"),
+    (["--max_upload_mb=inf"], "flag --max_upload_mb=inf: must be a finite number of MiB"),
+    (["--max_upload_mb=nan"], "flag --max_upload_mb=nan: must be a finite number of MiB"),
+    (["--max_upload_mb=-1"], "flag --max_upload_mb=-1.0: must be a finite number of MiB"),
+    (["--max_upload_mb=0"], "flag --max_upload_mb=0.0: must be a finite number of MiB"),
+    (["--max_upload_mb=1e300"], "flag --max_upload_mb=1e+300: must be a finite number of MiB"),
+    (["--reload_interval_s=-1"], "flag --reload_interval_s=-1.0: must be a finite number of seconds"),
+    (["--reload_interval_s=inf"], "flag --reload_interval_s=inf: must be a finite number of seconds"),
+    (["--port=-1"], "flag --port=-1: -1 is not an integer in the range [0, 65535]"),
     ([], "Flag --index must have a value other than None"),
     (["--index=I", "extra"], "unexpected arguments ['extra']"),
 ])
@@ -433,6 +501,18 @@ def test_cli_bad_flags_exit_2_before_loading_anything(mfcc_catalog, capsys, argu
     assert main(["musicsim-serve", *arguments]) == 2
     error = capsys.readouterr().err
     assert message in error and "usage: python -m musicsim.serve --index=DIR" in error
+    assert "Traceback" not in error
+
+
+def test_cli_says_what_a_path_is(mfcc_catalog, tmp_path, capsys):
+    (tmp_path / "file").write_text("not an index")
+    index = f"--index={mfcc_catalog['index_dir']}"
+    for arguments, message in (([f"--index={tmp_path / 'file'}"], "is a file, not a folder"),
+                               ([index, f"--m3u_root={tmp_path / 'file'}"], "is a file, not a folder"),
+                               ([index, f"--m3u_root={tmp_path / 'none'}"], "does not exist")):
+        assert main(["musicsim-serve", *arguments]) == 2
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1, error
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
@@ -543,3 +623,390 @@ def test_main_leaves_the_callers_blas_threads_as_they_were(tmp_path):
     before = blas_threads()
     assert main(["musicsim-serve", f"--index={tmp_path / 'none'}"]) == 2
     assert blas_threads() == before
+
+
+# ------------------------------------------------------------------------------------- a tagged library
+
+def png_image(*, width: int, height: int, colour: tuple[int, int, int]) -> bytes:
+    """A real PNG (8-bit RGB, a vertical gradient of ``colour``), written without an imaging library."""
+    rows = b"".join(b"\0" + bytes(int(c * (0.45 + 0.55 * y / (height - 1))) for c in colour) * width
+                    for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+# The albums of the tagged library, from the synthetic catalog's four timbres: tags as people write
+# them (Unicode, an album over two disc folders, a compilation without cover, files without tags).
+TAGGED_ALBUMS = {
+    "low_sine": {"folder": ["Åsa Öberg/Låga toner"] * 4, "album": "Låga toner", "artist": "Åsa Öberg",
+                 "album_artist": "Åsa Öberg", "titles": ["Sång för en ton", "Djup", "Vågor", "Stilla"],
+                 "year": 2019, "genre": "Ambient", "cover": (70, 130, 230)},
+    "bright_square": {"folder": ["The Squares/Square Waves/CD1"] * 2 + ["The Squares/Square Waves/CD2"] * 2,
+                      "album": "Square Waves", "artist": "The Squares", "album_artist": "The Squares",
+                      "titles": ["Edges", "Harmonics, Odd", "Pulse Width", "Clipped"], "year": 2004,
+                      "genre": "Chiptune", "cover": (240, 150, 40)},
+    "noisy_mid": {"folder": ["Compilations/Noise, Mostly"] * 4, "album": "Noise, Mostly", "artist": None,
+                  "album_artist": "Various Artists", "titles": ["Hiss", "Static", "Rain", "Fan"], "year": 2011,
+                  "genre": "Noise", "cover": None, "artists": ["Kim", "Lee", "Park", "Choi"]},
+    "high_pulse": {"folder": ["untagged"] * 4, "album": None, "artist": None, "album_artist": None, "titles": None,
+                   "year": None, "genre": None, "cover": None},
+}
+
+
+def write_tagged_library(catalog, root) -> dict:
+    """The synthetic catalog's audio as tagged FLAC files under ``root/library`` (same samples, so the same
+    MFCC vectors), and the metadata a scan writes for them; returns ``root``, ``library``, ``ids``,
+    ``vectors``, ``metadata`` (columns), ``covers`` (track id -> PNG bytes) and ``model``."""
+    from mutagen.flac import FLAC, Picture
+
+    library = root / "library"
+    columns = {name: [] for name in ("path", "relative_path", "group", "title", "artist", "album", "album_artist",
+                                     "track_number", "disc", "year", "genre", "duration_s")}
+    ids, covers = [], {}
+    for path in catalog["paths"]:
+        album_key, number = os.path.basename(os.path.dirname(path)), int(os.path.basename(path)[1])
+        album = TAGGED_ALBUMS[album_key]
+        folder = album["folder"][number]
+        name = f"{number + 1:02d} {album['titles'][number]}.flac" if album["titles"] else f"track{number}.flac"
+        relative = f"{folder}/{name}"
+        target = library / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        samples, rate = sf.read(path)
+        sf.write(str(target), samples, rate, format="FLAC")
+        artist = album.get("artists", [album["artist"]] * 4)[number]
+        disc = 1 + number // 2 if album_key == "bright_square" else 1
+        tags = {"title": album["titles"][number] if album["titles"] else None, "artist": artist,
+                "album": album["album"], "albumartist": album["album_artist"],
+                "tracknumber": str(number + 1) if album["titles"] else None, "discnumber": str(disc),
+                "date": str(album["year"]) if album["year"] else None, "genre": album["genre"]}
+        flac = FLAC(str(target))
+        if album["titles"]:
+            for key, value in tags.items():
+                if value is not None:
+                    flac[key] = value
+        track_id = hashlib.sha1(f"library/{relative}".encode()).hexdigest()[:16]
+        if album["cover"]:
+            picture = Picture()
+            picture.type, picture.mime, picture.width, picture.height, picture.depth = 3, "image/png", 24, 24, 24
+            picture.data = png_image(width=24, height=24, colour=album["cover"])
+            flac.add_picture(picture)
+            covers[track_id] = picture.data
+        flac.save()
+        ids.append(track_id)
+        tagged = bool(album["titles"])
+        for column, value in (("path", str(target)), ("relative_path", relative), ("group", folder),
+                              ("title", tags["title"]), ("artist", artist), ("album", album["album"]),
+                              ("album_artist", album["album_artist"]), ("track_number", number + 1 if tagged else None),
+                              ("disc", disc if tagged else None), ("year", album["year"]), ("genre", album["genre"]),
+                              ("duration_s", sf.info(str(target)).duration)):
+            columns[column].append(value)
+    return {"root": root, "library": library, "ids": ids, "vectors": catalog["vectors"], "metadata": columns,
+            "covers": covers, "model": {"name": "mfcc", "model_dir": str(catalog["root"] / "mfcc")}}
+
+
+@pytest.fixture(scope="module")
+def tagged_library(mfcc_catalog, tmp_path_factory) -> dict:
+    return write_tagged_library(mfcc_catalog, tmp_path_factory.mktemp("tagged"))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def tagged(request, tagged_library):
+    """A test client serving the tagged library's index on each backend; ``.library`` is the fixture's dict."""
+    index_dir = save_index(request.param, tagged_library["root"] / f"index-{request.param}",
+                           track_ids=tagged_library["ids"], vectors=tagged_library["vectors"], similarity="euclidean",
+                           metadata=tagged_library["metadata"], model=tagged_library["model"])
+    with TestClient(create_app(index_dir=index_dir, m3u_root=str(tagged_library["library"]))) as test_client:
+        test_client.library = tagged_library
+        test_client.backend = request.param
+        yield test_client
+
+
+def _by_title(client) -> dict[str, dict]:
+    return {t["title"]: t for t in client.get("/api/tracks", params={"limit": 100}).json()["tracks"]}
+
+
+def test_tracks_carry_their_tags_with_fallbacks(tagged):
+    tracks = _by_title(tagged)
+    assert len(tracks) == 16
+    song = tracks["Sång för en ton"]
+    assert {key: song[key] for key in ("artist", "album", "album_artist", "track_number", "disc", "year", "genre")} == {
+        "artist": "Åsa Öberg", "album": "Låga toner", "album_artist": "Åsa Öberg", "track_number": 1, "disc": 1,
+        "year": 2019, "genre": "Ambient"}
+    assert song["relative_path"] == "Åsa Öberg/Låga toner/01 Sång för en ton.flac"
+    assert song["duration_s"] == pytest.approx(2.0, abs=0.01) and song["file"] == "01 Sång för en ton.flac"
+    assert tracks["Clipped"]["disc"] == 2 and tracks["Static"]["artist"] == "Lee"
+    # No tags at all: the file name is the title and the group (its folder) the album.
+    bare = tracks["track2"]
+    assert (bare["artist"], bare["album"], bare["year"], bare["group"]) == (None, "untagged", None, "untagged")
+    # No response carries the server's absolute paths.
+    body = tagged.get("/api/tracks", params={"limit": 100}).text + tagged.get(
+        f"/api/similar/{song['track_id']}", params={"k": 15}).text + tagged.get("/api/map").text
+    assert str(tagged.library["library"]) not in body and str(tagged.library["root"]) not in body
+
+
+@pytest.mark.parametrize("query, titles", [
+    ("åsa", ["Sång för en ton", "Djup", "Vågor", "Stilla"]),                          # artist, any case
+    ("SQUARE waves", ["Edges", "Harmonics, Odd", "Pulse Width", "Clipped"]),         # album, every word
+    ("harmonics, odd", ["Harmonics, Odd"]),                                           # title
+    ("chiptune", ["Edges", "Harmonics, Odd", "Pulse Width", "Clipped"]),              # genre
+    ("2011 lee", ["Static"]),                                                         # year and artist
+    ("CD2/", ["Pulse Width", "Clipped"]),                                             # relative path
+    ("untagged/track1", ["track1"]),
+    ("various", ["Hiss", "Static", "Rain", "Fan"]),                                   # album artist
+    ("library", []),                                                                  # the root's name is not shown
+])
+def test_catalog_search_looks_only_at_what_is_shown(tagged, query, titles):
+    answer = tagged.get("/api/tracks", params={"q": query, "limit": 100}).json()
+    assert sorted(t["title"] for t in answer["tracks"]) == sorted(titles) and answer["total"] == len(titles)
+
+
+def _search_never_matches_server_paths(test_client) -> None:
+    """Issue 24: q=/tmp/... matched the absolute paths the server reads (and told where they are)."""
+    service = served(test_client)
+    some_path = service._entry(service.track_ids[0])["_path"]
+    folder = os.path.dirname(os.path.dirname(some_path))
+    for query in (folder, folder + "/", os.path.dirname(folder), "/tmp/", "/home/", str(service.index_dir)):
+        assert test_client.get("/api/tracks", params={"q": query}).json()["total"] == 0, query
+
+
+def test_catalog_search_never_matches_server_paths_of_a_scanned_library(tagged):
+    _search_never_matches_server_paths(tagged)
+
+
+def test_catalog_search_never_matches_server_paths_of_an_exported_index(client):
+    _search_never_matches_server_paths(client)
+
+
+def test_cover_art_comes_from_the_indexed_file_only(tagged):
+    tracks = _by_title(tagged)
+    covers = tagged.library["covers"]
+    for title in ("Sång för en ton", "Clipped"):
+        track = tracks[title]
+        assert track["art_url"] == f"/api/art/{track['track_id']}"
+        response = tagged.get(track["art_url"])
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert response.content == covers[track["track_id"]] and response.content.startswith(b"\x89PNG")
+        again = tagged.get(track["art_url"], headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304
+        head = tagged.head(track["art_url"])
+        assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "image/png"
+    for title in ("Hiss", "track0"):  # files without a picture
+        track = tracks[title]
+        assert track["art_url"] is None
+        response = tagged.get(f"/api/art/{track['track_id']}")
+        assert response.status_code == 404 and "embeds no cover art" in response.json()["error"]
+    for url in ("/api/art/nope", "/api/art/..%2F..%2Fetc%2Fpasswd", "/api/art/"):
+        assert tagged.get(url).status_code == 404
+
+
+def test_exclude_same_album_uses_the_album_tag_across_folders(tagged):
+    tracks = _by_title(tagged)
+    edges = tracks["Edges"]  # CD1 of an album over two disc folders
+    plain = tagged.get(f"/api/similar/{edges['track_id']}", params={"k": 15}).json()["results"]
+    assert {r["group"] for r in plain if r["album"] == "Square Waves"} == {
+        "The Squares/Square Waves/CD1", "The Squares/Square Waves/CD2"}
+    other = tagged.get(f"/api/similar/{edges['track_id']}", params={"k": 15, "exclude_same_album": True}).json()
+    assert len(other["results"]) == 12 and all(r["album"] != "Square Waves" for r in other["results"])
+    # The rest keep their order: only the album's tracks are left out.
+    assert [r["track_id"] for r in other["results"]] == [r["track_id"] for r in plain if r["album"] != "Square Waves"]
+    # Without an album tag, the group (the folder) is the album.
+    bare = tagged.get(f"/api/similar/{tracks['track0']['track_id']}", params={"k": 15,
+                                                                             "exclude_same_album": True}).json()
+    assert len(bare["results"]) == 12 and all(r["group"] != "untagged" for r in bare["results"])
+
+
+# ------------------------------------------------------------------------------------- M3U playlists
+
+def parse_m3u8(text: str) -> list[dict]:
+    """An extended M3U's entries: ``{"seconds", "label", "path"}`` each (a reader written from the format)."""
+    lines = text.split("\n")
+    assert lines[0] == "#EXTM3U" and lines[-1] == ""
+    entries, info = [], None
+    for line in lines[1:-1]:
+        if line.startswith("#EXTINF:"):
+            seconds, label = line[len("#EXTINF:"):].split(",", 1)
+            info = {"seconds": int(seconds), "label": label}
+        elif line and not line.startswith("#"):
+            assert info is not None, "a path without its #EXTINF line"
+            entries.append({**info, "path": line})
+            info = None
+    return entries
+
+
+def test_playlist_as_m3u8_for_a_player(tagged):
+    library = tagged.library["library"]
+    seed = _by_title(tagged)["Sång för en ton"]["track_id"]
+    as_json = tagged.get("/api/playlist", params={"seed": seed, "n": 8}).json()
+    response = tagged.get("/api/playlist", params={"seed": seed, "n": 8, "format": "m3u8"})
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/x-mpegurl; charset=utf-8"
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith("attachment;") and ".m3u8" in disposition
+    text = response.content.decode("utf-8")
+    assert text.splitlines()[1] == "#PLAYLIST:radio from Sång för en ton"
+    entries = parse_m3u8(text)
+    assert len(entries) == 8
+    for entry, track in zip(entries, as_json["tracks"]):
+        assert not os.path.isabs(entry["path"])  # relative to --m3u_root (the library)
+        assert entry["path"] == track["relative_path"] and (library / entry["path"]).is_file()
+        assert entry["seconds"] == round(track["duration_s"])
+        assert entry["label"] == (f"{track['artist']} - {track['title']}" if track["artist"] else track["title"])
+    morph = tagged.get("/api/playlist", params={"from": seed, "to": as_json["tracks"][-1]["track_id"], "n": 5,
+                                                "format": "m3u8"})
+    assert [e["path"] for e in parse_m3u8(morph.text)][0] == as_json["tracks"][0]["relative_path"]
+    bad = tagged.get("/api/playlist", params={"seed": seed, "format": "pls"})
+    assert bad.status_code == 400 and bad.headers["content-type"] == "application/json"
+
+
+def test_m3u8_paths_are_absolute_without_a_root(client, mfcc_catalog):
+    response = client.get("/api/playlist", params={"seed": "low_sine/t0", "n": 4, "format": "m3u8"})
+    entries = parse_m3u8(response.text)
+    by_id = dict(zip(album_track_ids(mfcc_catalog["paths"]), mfcc_catalog["paths"]))
+    ids = [t["track_id"] for t in client.get("/api/playlist", params={"seed": "low_sine/t0", "n": 4}).json()["tracks"]]
+    assert [e["path"] for e in entries] == [by_id[i] for i in ids] and all(os.path.isabs(e["path"]) for e in entries)
+    assert [e["label"] for e in entries] == [i.split("/")[1] + "" for i in ids]  # no artist: the title alone
+    assert entries[0]["seconds"] == round(sf.info(by_id[ids[0]]).duration)
+
+
+def test_to_m3u8_writes_one_line_per_field(tmp_path):
+    entries = [playlist.M3UEntry(path=str(tmp_path / "a" / "Å b.flac"), title="Line\nbreak", artist="X, Y",
+                                 duration_s=61.6),
+               playlist.M3UEntry(path=str(tmp_path / "c.ogg"), title="No artist", duration_s=None),
+               playlist.M3UEntry(path=str(tmp_path / "new\nline.ogg"), title="unwritable")]
+    text = playlist.to_m3u8(entries=entries, root=str(tmp_path / "a"))
+    assert parse_m3u8(text) == [{"seconds": 62, "label": "X, Y - Line break", "path": "Å b.flac"},
+                                {"seconds": -1, "label": "No artist", "path": "../c.ogg"}]
+    assert parse_m3u8(playlist.to_m3u8(entries=entries[:1]))[0]["path"] == str(tmp_path / "a" / "Å b.flac")
+
+
+# ------------------------------------------------------------------------------------- HTTP details
+
+def test_every_get_route_answers_head_and_other_methods_get_405_with_allow(client):
+    service = served(client)
+    track = service.track_ids[0]
+    for url in ("/", "/healthz", "/api/info", "/api/tracks?q=t1", f"/api/similar/{track}", f"/api/audio/{track}",
+                "/api/playlist?seed=low_sine/t0&n=3", "/api/playlist?seed=low_sine/t0&n=3&format=m3u8", "/api/map",
+                "/docs", "/static/app.js", "/openapi.json", "/api/similar/nope", "/no/such/route"):
+        get, head = client.get(url), client.head(url)
+        assert head.status_code == get.status_code, url
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], url
+        if "content-length" in get.headers and get.status_code == 200:
+            assert head.headers["content-length"] == get.headers["content-length"], url
+    for method, url, allowed in (("PUT", "/healthz", "GET, HEAD"), ("DELETE", f"/api/audio/{track}", "GET, HEAD"),
+                                 ("HEAD", "/api/similar", "POST"), ("POST", "/api/map", "GET, HEAD")):
+        response = client.request(method, url)
+        assert response.status_code == 405 and response.headers["allow"] == allowed, (method, url)
+        if method != "HEAD":
+            assert response.headers["content-type"] == "application/json" and response.json()["status"] == 405
+
+
+def test_map_answers_on_both_backends(client):
+    answer = client.get("/api/map").json()
+    assert answer["track_ids"] == served(client).track_ids and len(answer["x"]) == 16
+    assert np.isfinite(answer["x"]).all() and max(np.abs(answer["x"])) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------- live reload
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_serving_app_follows_its_index_while_a_client_keeps_querying(tagged_library, tmp_path, backend):
+    """Add and remove tracks in the index while a client queries: new versions are swapped in, no
+    request fails, new tracks are served, removed ones (their audio too) are not, and a request that
+    took the old version finishes on it."""
+    library = tagged_library
+    keep = 12  # the first 12 tracks are indexed at first; 4 are added, then 4 others removed
+    index_dir = save_index(backend, tmp_path / "index", track_ids=library["ids"][:keep],
+                           vectors=library["vectors"][:keep], similarity="euclidean",
+                           metadata={c: v[:keep] for c, v in library["metadata"].items()}, model=library["model"])
+    steady = library["ids"][0]
+    failures: list[str] = []
+
+    def release(index) -> None:
+        # pymilvus shares one connection per Milvus Lite file in a process: closing this writer's index
+        # would close the server's too (a writer in another process cannot open the file while it is served).
+        if backend == "faiss":
+            index.close()
+
+    stop = threading.Event()
+    with TestClient(create_app(index_dir=index_dir, reload_interval_s=0.05)) as app_client:
+        holder = app_client.app.state.holder
+        first_version = app_client.get("/healthz").json()["index_version"]
+
+        def keep_querying() -> None:
+            while not stop.is_set():
+                for url in (f"/api/similar/{steady}?k=5", f"/api/audio/{steady}", "/api/tracks?q=a", "/healthz",
+                            "/api/map", f"/api/playlist?seed={steady}&n=4"):
+                    try:
+                        response = app_client.get(url)
+                    except Exception as error:  # noqa: BLE001 - the test client re-raises the server's errors
+                        failures.append(f"{url}: {type(error).__name__}: {error}")
+                        continue
+                    if response.status_code != 200:
+                        failures.append(f"{url}: {response.status_code} {response.text[:200]}")
+
+        querying = threading.Thread(target=keep_querying)
+        querying.start()
+        try:
+            def wait_for(tracks: int) -> dict:
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    health = app_client.get("/healthz").json()
+                    if health["tracks"] == tracks:
+                        return health
+                    time.sleep(0.05)
+                pytest.fail(f"the server did not take in the index of {tracks} tracks")
+
+            time.sleep(0.3)
+            index = EmbeddingIndex.load(index_dir)
+            index.add(track_ids=library["ids"][keep:], vectors=library["vectors"][keep:],
+                      metadata={c: v[keep:] for c, v in library["metadata"].items()})
+            index.save(index_dir)
+            release(index)
+            added = wait_for(16)
+            assert added["reload_error"] is None
+            if first_version is not None:
+                assert added["index_version"] > first_version
+            new = library["ids"][-1]
+            assert app_client.get(f"/api/similar/{new}").status_code == 200
+            assert app_client.get(f"/api/audio/{new}").content == open(library["metadata"]["path"][-1], "rb").read()
+            assert app_client.get("/api/tracks", params={"limit": 100}).json()["total"] == 16
+
+            gone = library["ids"][4:8]  # the two-disc album
+            with holder.lease() as old:  # a request in flight when the version changes
+                time.sleep(0.3)
+                index = EmbeddingIndex.load(index_dir)
+                index.remove(track_ids=gone)
+                index.save(index_dir)
+                release(index)
+                wait_for(12)
+                assert holder.current is not old
+                assert old.track(gone[0])["track_id"] == gone[0] and old.audio_file(gone[0])[0]
+                if backend == "faiss":  # a Milvus index's collection is changed in place: no old copy to search
+                    assert old.similar(track_id=gone[0], k=3, diversity=0.0, exclude_same_album=False)["results"]
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            querying.join(timeout=60)
+        for track_id in gone:
+            for url in (f"/api/similar/{track_id}", f"/api/audio/{track_id}", f"/api/art/{track_id}"):
+                response = app_client.get(url)
+                assert response.status_code == 404 and "unknown track id" in response.json()["error"], url
+        assert not {t["track_id"] for t in app_client.get("/api/tracks?limit=100").json()["tracks"]} & set(gone)
+        assert not set(app_client.get("/api/map").json()["track_ids"]) & set(gone)
+        assert holder.reloads == 2
+    assert failures == []
+
+
+def test_a_broken_new_version_keeps_the_old_one_serving(mfcc_catalog, tmp_path):
+    index_dir, _ = _copied_index(mfcc_catalog, tmp_path)
+    with TestClient(create_app(index_dir=index_dir, reload_interval_s=0)) as app_client:
+        holder = app_client.app.state.holder
+        with open(os.path.join(index_dir, "config.json"), "a") as f:
+            f.write("garbage")
+        assert holder.check_now() is False
+        health = app_client.get("/healthz").json()
+        assert health["tracks"] == 16 and "cannot read index file" in health["reload_error"]
+        assert app_client.get("/api/similar/low_sine/t0").status_code == 200

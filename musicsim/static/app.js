@@ -6,9 +6,12 @@ const $ = (id) => document.getElementById(id);
 const state = {
   info: null, colours: new Map(), selected: null, morphFrom: null,
   catalog: { query: "", offset: 0, total: 0 }, queue: [], queueIndex: -1, playingId: null,
-  map: null, mapPoints: [], highlighted: new Set(),
+  map: null, mapPoints: [], highlighted: new Set(), playlistParams: null, playlistLabel: "",
+  indexVersion: undefined, indexTracks: undefined,
 };
 const PAGE = 60;
+// How often the page asks whether the server took in a new version of its index (ms).
+const HEALTH_POLL_MS = 4000;
 
 // ------------------------------------------------------------------ helpers
 function showStatus(message, { error = false } = {}) {
@@ -43,6 +46,16 @@ function formatDuration(seconds) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
+// "title — artist · album": how people know a track (the album falls back to the group server-side).
+function byline(track) {
+  return [track.artist, track.album].filter(Boolean).join(" · ");
+}
+
+function displayName(track) {
+  const by = byline(track);
+  return by ? `${track.title} — ${by}` : track.title;
+}
+
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) {
@@ -55,16 +68,25 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
-// One list row: [rank or dot] [title / group, file, duration] [score + play].
+// What a row shows under the name: the group where it is not the album, year, genre, duration.
+function details(track) {
+  return [track.group !== null && track.group !== undefined && String(track.group) !== track.album ? track.group : null,
+    track.year, track.genre, formatDuration(track.duration_s)].filter((part) => part !== null && part !== undefined && part !== "");
+}
+
+// One list row: [rank or dot, cover] [title — artist · album / details] [score + play].
 function trackRow(track, { rank = null, score = null, scoreRange = null, onChoose }) {
-  const lead = rank !== null ? element("span", { class: "rank" }, String(rank))
-    : element("span", { class: "dot", style: `background:${colourOf(track.group)}` });
+  const lead = element("span", { class: "lead" },
+    rank !== null ? element("span", { class: "rank" }, String(rank))
+      : element("span", { class: "dot", style: `background:${colourOf(track.group)}` }),
+    track.art_url ? element("img", { class: "thumb", src: track.art_url, alt: "", loading: "lazy" }) : null);
   const sub = element("span", { class: "sub" },
     rank !== null ? element("span", { class: "dot", style: `background:${colourOf(track.group)}` }) : null,
-    element("span", {}, track.group ?? "—"),
-    track.duration_s ? element("span", {}, "· " + formatDuration(track.duration_s)) : null);
-  const text = element("div", { class: "text" },
-    element("div", { class: "title", title: track.track_id }, track.title), sub);
+    element("span", {}, details(track).join(" · ") || "—"));
+  const by = byline(track);
+  const name = element("div", { class: "title", title: track.relative_path || track.track_id }, track.title,
+    by ? element("span", { class: "by" }, ` — ${by}`) : null);
+  const text = element("div", { class: "text" }, name, sub);
   const tail = element("div", { class: "score" });
   if (score !== null) {
     const [low, high] = scoreRange;
@@ -72,8 +94,8 @@ function trackRow(track, { rank = null, score = null, scoreRange = null, onChoos
     tail.append(element("span", { class: "bar" }, element("span", { style: `width:${(15 + 85 * share).toFixed(0)}%` })),
       element("span", {}, score.toFixed(3)));
   }
-  const play = element("button", { class: "play", type: "button", tabindex: "-1", title: `Play ${track.title}`,
-    "aria-label": `Play ${track.title}` }, "▶");
+  const play = element("button", { class: "play", type: "button", tabindex: "-1", title: `Play ${displayName(track)}`,
+    "aria-label": `Play ${displayName(track)}` }, "▶");
   play.disabled = !track.audio_url;
   play.addEventListener("click", (event) => { event.stopPropagation(); playTrack(track); });
   tail.append(play);
@@ -142,10 +164,27 @@ function neighbourOptions() {
   return { k, diversity: $("diversity").value, exclude_same_group: $("exclude-group").checked };
 }
 
+function showNow(track) {
+  $("now-title").textContent = track.title;
+  $("now-title").title = displayName(track);
+  const year = track.year ? ` (${track.year})` : "";
+  $("now-byline").textContent = byline(track) + (byline(track) ? year : "");
+  $("now-sub").textContent = [track.genre, track.relative_path || track.file, formatDuration(track.duration_s)]
+    .filter(Boolean).join(" · ");
+  const art = $("now-art");
+  if (track.art_url) {
+    art.src = track.art_url;
+    art.alt = `Cover of ${track.album || track.title}`;
+    art.hidden = false;
+  } else {
+    art.hidden = true;
+    art.removeAttribute("src");
+  }
+}
+
 async function selectTrack(track) {
   state.selected = track;
-  $("now-title").textContent = track.title;
-  $("now-sub").textContent = [track.group, track.file, formatDuration(track.duration_s)].filter(Boolean).join(" · ");
+  showNow(track);
   for (const id of ["play-selected", "radio-selected", "morph-from"]) $(id).disabled = false;
   $("play-selected").disabled = !track.audio_url;
   $("morph-to").disabled = !state.morphFrom || state.morphFrom.track_id === track.track_id;
@@ -196,11 +235,8 @@ function playTrack(track, { queueIndex = -1 } = {}) {
   state.queueIndex = queueIndex;
   player.src = track.audio_url;
   player.play().catch((error) => showStatus(`Cannot play ${track.title}: ${error.message}`, { error: true }));
-  document.title = `♪ ${track.title} — musicsim`;
-  if (!state.selected || queueIndex >= 0) {
-    $("now-title").textContent = track.title;
-    $("now-sub").textContent = [track.group, track.file].filter(Boolean).join(" · ");
-  }
+  document.title = `♪ ${displayName(track)} — musicsim`;
+  if (!state.selected || queueIndex >= 0) showNow(track);
   markPlaying();
 }
 
@@ -215,10 +251,24 @@ async function buildPlaylist(params, label) {
     });
     $("playlist-kind").textContent = label;
     $("play-all").disabled = !answer.tracks.length;
+    state.playlistParams = params;
+    state.playlistLabel = label;
+    $("save-playlist").disabled = !answer.tracks.length;
     showStatus(`${label}: ${answer.tracks.length} tracks`);
   } catch (error) {
     showStatus(error.message, { error: true });
   }
+}
+
+// The playlist as an M3U file for a player: the same request, as format=m3u8, downloaded.
+function savePlaylist() {
+  if (!state.playlistParams) return;
+  const link = element("a", { href: `/api/playlist?${new URLSearchParams({ ...state.playlistParams, format: "m3u8" })}`,
+    download: "" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  showStatus(`Saving ${state.playlistLabel} as an M3U playlist`);
 }
 
 function playlistLength() {
@@ -354,7 +404,7 @@ function setupMap() {
   canvas.addEventListener("mousemove", (event) => {
     const { index, x, y } = nearestPoint(event);
     if (index < 0 || !state.map) { tip.hidden = true; return; }
-    tip.textContent = `${state.map.titles[index]} — ${state.map.groups[index] ?? ""}`;
+    tip.textContent = [state.map.titles[index], state.map.groups[index]].filter((p) => p !== null && p !== undefined).join(" — ");
     tip.style.left = `${Math.min(x + 12, canvas.clientWidth - 180)}px`;
     tip.style.top = `${y + 12}px`;
     tip.hidden = false;
@@ -413,6 +463,7 @@ function setup() {
       `Morph “${state.morphFrom.title}” → “${state.selected.title}”`);
   });
   $("play-all").addEventListener("click", () => state.queue.length && playTrack(state.queue[0], { queueIndex: 0 }));
+  $("save-playlist").addEventListener("click", savePlaylist);
   $("player").addEventListener("ended", () => {
     const next = state.queueIndex + 1;
     if (state.queueIndex >= 0 && next < state.queue.length) playTrack(state.queue[next], { queueIndex: next });
@@ -428,6 +479,12 @@ function setup() {
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
+    const item = event.dataTransfer.items && event.dataTransfer.items[0];
+    const entry = item && item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+    if (entry && entry.isDirectory) {
+      showStatus(`“${entry.name}” is a folder: drop one audio file`, { error: true });
+      return;
+    }
     queryFile(event.dataTransfer.files[0]);
   });
   drop.addEventListener("keydown", (event) => {
@@ -437,20 +494,44 @@ function setup() {
   setupMap();
 }
 
+async function loadInfo() {
+  state.info = await api("/api/info");
+  state.info.groups.forEach(colourOf);
+  state.indexVersion = state.info.version;
+  state.indexTracks = state.info.tracks;
+  $("index-summary").textContent = `${state.info.tracks} tracks · ${state.info.model ?? "unknown model"} · `
+    + `${state.info.similarity}`;
+  $("upload-limit").textContent = state.info.file_queries
+    ? `(up to ${state.info.max_upload_mb} MiB)` : "(this index has no model: file queries are off)";
+}
+
+// The server follows its index (a scan, an add or a remove): when it serves a new version, the
+// catalog, its count and the map are drawn again.
+async function followIndex() {
+  try {
+    const health = await api("/healthz");
+    if (health.index_version !== state.indexVersion || health.tracks !== state.indexTracks) {
+      await loadInfo();
+      await searchCatalog(state.catalog.query);
+      loadMap();
+      showStatus(`The index was updated: ${state.info.tracks} tracks`);
+    }
+  } catch (error) {
+    // The server may be restarting; the next look tries again.
+  }
+  setTimeout(followIndex, HEALTH_POLL_MS);
+}
+
 async function start() {
   setup();
   try {
-    state.info = await api("/api/info");
-    state.info.groups.forEach(colourOf);
-    $("index-summary").textContent = `${state.info.tracks} tracks · ${state.info.model ?? "unknown model"} · `
-      + `${state.info.similarity}`;
-    $("upload-limit").textContent = state.info.file_queries
-      ? `(up to ${state.info.max_upload_mb} MiB)` : "(this index has no model: file queries are off)";
+    await loadInfo();
   } catch (error) {
     showStatus(`cannot reach the server: ${error.message}`, { error: true });
   }
   await searchCatalog("");
   loadMap();
+  setTimeout(followIndex, HEALTH_POLL_MS);
 }
 
 start();
