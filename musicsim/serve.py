@@ -73,7 +73,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from musicsim.index import CONFIG_FILE, EmbeddingIndex, IndexBackend
-from musicsim.index.cli import parse_command_line, run_command
+from musicsim.cli import Bounds, check_numeric_flags, one_line, parse_command_line, run_command, usage_error
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -138,11 +138,9 @@ def _finite_in(low: float, high: float, *, low_open: bool) -> Callable[[float], 
     return check
 
 
-flags.register_validator("max_upload_mb", _finite_in(0.0, MAX_UPLOAD_MB_LIMIT, low_open=True),
-                         message=f"must be a finite number of MiB in (0, {MAX_UPLOAD_MB_LIMIT:g}]", flag_values=FLAGS)
-flags.register_validator("reload_interval_s", _finite_in(0.0, MAX_RELOAD_INTERVAL_S, low_open=False),
-                         message=f"must be a finite number of seconds in [0, {MAX_RELOAD_INTERVAL_S:g}]",
-                         flag_values=FLAGS)
+check_numeric_flags(FLAGS, bounds={"port": Bounds(lower=0, upper=65535),
+                                   "max_upload_mb": Bounds(lower=0, lower_open=True, upper=MAX_UPLOAD_MB_LIMIT),
+                                   "reload_interval_s": Bounds(lower=0, upper=MAX_RELOAD_INTERVAL_S)})
 
 
 class ServiceError(Exception):
@@ -1112,8 +1110,7 @@ def main(argv: Sequence[str]) -> int:
 
         return add_user_command(name=FLAGS.add_user, users_file=FLAGS.users, index_dir=FLAGS.index)
     if FLAGS.index is None:
-        print(f"error: Flag --index must have a value other than None.\n{USAGE}", file=sys.stderr)
-        return 2
+        return usage_error("Flag --index must have a value other than None.", usage=USAGE)
     for name in ("index", "m3u_root"):
         value = FLAGS[name].value
         if value is not None and os.path.exists(value) and not os.path.isdir(value):
@@ -1136,7 +1133,7 @@ def main(argv: Sequence[str]) -> int:
                              warm_up=True, m3u_root=FLAGS.m3u_root, reload_interval_s=FLAGS.reload_interval_s,
                              subsonic=FLAGS.subsonic, users_file=FLAGS.users)
         except (ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(str(error))}", file=sys.stderr)
             return 2
         import uvicorn
 
