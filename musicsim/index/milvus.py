@@ -689,13 +689,20 @@ class MilvusIndex(IndexBackend):
         client = getattr(self, "_client", None)
         if client is None:
             return
-        with _quiet_pymilvus():
-            client.close()
         self._client = None
-        if is_local_uri(self.uri):
-            _LITE_USERS[self.uri] -= 1
-            if _LITE_USERS[self.uri] <= 0:
-                del _LITE_USERS[self.uri]
-                from milvus_lite.server_manager import server_manager_instance
+        disconnect(client=client, uri=self.uri)
 
-                server_manager_instance.release_server(self.uri)
+
+def disconnect(*, client: Any, uri: str) -> None:
+    """Close a client of ``connect``; for Milvus Lite, the last one of a file in this process stops its embedded
+    server, which frees the file for other processes."""
+    with _quiet_pymilvus():
+        client.close()
+    if is_local_uri(uri):
+        uri = os.path.abspath(uri)
+        _LITE_USERS[uri] -= 1
+        if _LITE_USERS[uri] <= 0:
+            del _LITE_USERS[uri]
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(uri)
