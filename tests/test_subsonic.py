@@ -454,7 +454,7 @@ def test_formats_jsonp_post_and_view_suffix(library):
         assert content_type.startswith("application/json") and json.loads(body)["subsonic-response"]["error"][
             "code"] == code
     # Credentials in the form body, the rest in the query.
-    status, _, body = call(library, f"getGenres?f=json", auth_params(), post=True)
+    status, _, body = call(library, "getGenres?f=json", auth_params(), post=True)
     assert json.loads(body) == json.loads(plain)
 
 
