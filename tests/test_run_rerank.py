@@ -29,8 +29,10 @@ def test_auto_rerank_is_chosen_on_eval_and_scored_on_test(auto_run):
     chosen = rerank.settings_from_json(record["settings"])
     table = record["eval_table"]
     assert len(table) == len(rerank.default_grid())
-    best = max(row["catalog_mAP"] for row in table)
-    assert [row["catalog_mAP"] for row in table if row["settings"] == chosen.to_json()] == [best]
+    best = max(table, key=lambda row: row["catalog_mAP"])
+    # The best of the grid only when its gain over none beats the eval split's noise (issue 24 item 12).
+    beats_noise = best["gain"] > rerank.NOISE_Z * best["gain_standard_error"]
+    assert chosen.to_json() == (best["settings"] if beats_noise else rerank.RerankSettings().to_json())
     with open(os.path.join(model_dir, "results.json")) as f:
         assert json.load(f)["rerank"]["settings"] == record["settings"]
     # The reported test figures are the protocol's, on the re-ranked scores of the exported vectors.
