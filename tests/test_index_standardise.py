@@ -232,3 +232,32 @@ def test_every_save_bumps_the_version_that_read_version_reads_from_config_alone(
     if backend == "faiss":  # read_version needs config.json only
         os.remove(os.path.join(folder, "vectors.npy"))
         assert read_version(folder) == 3
+
+
+def test_the_scans_files_in_an_index_folder_survive_every_write(tmp_path):
+    ids, vectors = skewed_catalogue(count=10, dim=4, seed=10)
+    folder = tmp_path / "idx"
+    FaissIndex(track_ids=ids[:5], vectors=vectors[:5], standardise=True).save(str(folder))
+    (folder / "scan-state.json").write_text('{"files": {}}')
+    (folder / "scan-report.json").write_text('{"skipped": []}')
+    index = open_index(str(folder))
+    index.add(track_ids=ids[5:], vectors=vectors[5:], replace=True)
+    index.save(str(folder))
+    assert (folder / "scan-state.json").read_text() == '{"files": {}}'
+    assert (folder / "scan-report.json").read_text() == '{"skipped": []}'
+    assert len(open_index(str(folder))) == 10
+
+
+@pytest.mark.parametrize("flag, expected", [([], False), (["--standardise"], True), (["--nostandardise"], False)])
+def test_build_command_standardise_flag(tmp_path, capsys, flag, expected):
+    from musicsim.index import main
+
+    ids, vectors = skewed_catalogue(count=12, dim=4, seed=11)
+    np.savez(tmp_path / "e.npz", track_ids=np.array(ids), embeddings=vectors)
+    assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--output={tmp_path / 'idx'}",
+                 "--model=mfcc", *flag]) == 0
+    assert ("standardised" in capsys.readouterr().out) == expected
+    index = open_index(str(tmp_path / "idx"))
+    assert index.standardise == expected
+    np.testing.assert_allclose(index.raw_vector(track_id=ids[0]),
+                               vectors[0] if expected else vectors[0] / np.linalg.norm(vectors[0]), rtol=1e-6)

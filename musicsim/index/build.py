@@ -320,9 +320,7 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
         raise ValueError(f"{embeddings}: {len(present)} track ids are already in the index {index_dir}, e.g. "
                          f"{present[:3]}; pass --replace to replace them")
     try:
-        if present:
-            index.remove(track_ids=present)
-        index.add(track_ids=track_ids, vectors=vectors, metadata=metadata)
+        index.add(track_ids=track_ids, vectors=vectors, metadata=metadata, replace=replace)
         index.save(index_dir)
     finally:
         index.close()
