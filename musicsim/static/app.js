@@ -68,10 +68,13 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
-// What a row shows under the name: the group where it is not the album, year, genre, duration.
+// What a row shows under the name: year, genre, duration; for a track without tags, its group
+// (when the name line does not already show it as the album).
 function details(track) {
-  return [track.group !== null && track.group !== undefined && String(track.group) !== track.album ? track.group : null,
-    track.year, track.genre, formatDuration(track.duration_s)].filter((part) => part !== null && part !== undefined && part !== "");
+  const group = track.group !== null && track.group !== undefined && !track.artist
+    && String(track.group) !== track.album ? track.group : null;
+  return [group, track.year, track.genre, formatDuration(track.duration_s)]
+    .filter((part) => part !== null && part !== undefined && part !== "");
 }
 
 // One list row: [rank or dot, cover] [title — artist · album / details] [score + play].
