@@ -615,6 +615,45 @@ def test_ids_survive_a_rescan_and_another_row_order(library, tmp_path):
     assert identities(str(tmp_path / "a"))[1] == first[1]  # albums come from tags alone
 
 
+def test_a_rescan_while_serving_reaches_the_players(library, tmp_path):
+    """The router answers from the service of the index version in use: songs a scan adds appear, songs it
+    removes are no longer listed or streamed."""
+    from musicsim.serve import create_app
+
+    music = str(tmp_path / "music")
+    shutil.copytree(library["music"], music)
+    index_dir = str(tmp_path / "index")
+    scan_into(music=music, index_dir=index_dir, model_dir=library["model_dir"])
+    server = ServerThread(create_app(index_dir=index_dir, subsonic=True, users_file=library["users_file"],
+                                     reload_interval_s=0.2))
+    try:
+        view = {"base": server.base}
+        songs = json_answer(view, "search3", query="", songCount=100)["searchResult3"]["song"]
+        assert len(songs) == len(library["tracks"])
+        gone = next(s for s in songs if s["album"] == "Nachtmusik")
+        os.unlink(os.path.join(music, gone["path"]))
+        extra = os.path.join(music, "The Quiet Ones-0", "Morning_Light", "04.flac")
+        shutil.copy(os.path.join(music, "The Quiet Ones-0", "Morning_Light", "01.flac"), extra)
+        from mutagen.flac import FLAC
+
+        audio = FLAC(extra)
+        audio["title"], audio["tracknumber"] = "Song D of Morning Light", "4"
+        audio.save()
+        scan_into(music=music, index_dir=index_dir, model_dir=library["model_dir"])
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            titles = {s["title"] for s in json_answer(view, "search3", query="", songCount=100)["searchResult3"]["song"]}
+            if "Song D of Morning Light" in titles:
+                break
+            time.sleep(0.2)
+        assert "Song D of Morning Light" in titles and gone["title"] not in titles
+        assert json_answer(view, "stream", id=gone["id"])["error"]["code"] == 70
+        album = json_answer(view, "getAlbum", id=gone["albumId"])["album"]
+        assert album["songCount"] == 1 and gone["id"] not in {s["id"] for s in album["song"]}
+    finally:
+        server.stop()
+
+
 # ------------------------------------------------------------------------------ the users file
 def test_add_user_from_the_command_line_and_the_server_reads_it(library, monkeypatch, capsys):
     from musicsim.serve import main
