@@ -1,6 +1,24 @@
-"""Generalisation benchmark: every model on the track split (the paper's) and the album-disjoint split.
+"""Generalisation benchmark: album folds (the measure that decides defaults), or the two single splits.
 
-One command prepares both protocols of a corpus (if missing), runs the random, MFCC mean/std and
+``--protocol=album_folds`` (the default) splits the albums of the corpus (default: the extended demo corpus)
+into 5 folds (``benchmarks/album_folds.py``: seeded, balanced by track count) and tests each fold once: its
+albums are the catalog and every track of the corpus is a query once. Whatever reads labels (a fitted
+transform, block weights, a re-ranking choice) sees the other folds only; the label-free steps an index takes
+at search time (standardising each dimension over its catalog, DBA / query expansion) use the test
+catalog's vectors. Every feature is computed once per track in this process and cached (``--features_dir``:
+``blocks/<track id>.npz`` holds the four musicnn checkpoints' layer means and per-patch outputs of one decode;
+``feature_cache/`` the MFCC and librosa features), so the rows themselves are cheap numpy:
+
+    python benchmarks/generalisation.py --corpus=demo --output=reports/generalisation \
+        --features_dir=data/generalisation/album_folds --workers=1
+
+writes ``album_folds.md`` / ``.csv``: catalog mAP, P@10 and PC, mean ± std over the folds and the mean over all
+queries, for random, mfcc, librosa, the four taggers, today's fusion (+ re-ranking chosen on the training
+albums) and the pretrained engine's variants (single blocks, concatenations, weights, standardisation,
+re-ranking, patch sampling). ``docs/engine-choice.md`` says what it chose and why.
+
+``--protocol=splits``: the track split (the paper's) and one album-disjoint split, every model an
+``experiments.run`` subprocess (WaveNet training included). One command prepares both protocols of a corpus (if missing), runs the random, MFCC mean/std and
 librosa + PCA models once per protocol (they are deterministic), trains each named WaveNet
 configuration once per seed and protocol, builds ``experiments.report`` for each protocol and writes
 the combined table (protocol x model, mean ± std over the training seeds):
@@ -26,19 +44,27 @@ charts of ``experiments.report`` for each protocol.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 
-from experiments.recommended import PARTS as RECOMMENDED_PARTS
-from musicsim.rundir import RunDir
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS_DIR = os.path.dirname(os.path.abspath(__file__))
+for _folder in (REPO_ROOT, BENCHMARKS_DIR):  # run as a script from anywhere, or loaded from its file by a test
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
+
+import album_folds  # noqa: E402  (benchmarks/album_folds.py, beside this file)
+from experiments.recommended import PARTS as RECOMMENDED_PARTS  # noqa: E402
+from musicsim import evaluation, rerank  # noqa: E402
+from musicsim.rundir import RunDir  # noqa: E402
 PROTOCOLS = {"track": "track split (paper)", "label": "album-disjoint split"}
 # Models with nothing to train, run once per protocol: the table's row -> experiments.run flags. The
 # musicnn rows are the four pretrained taggers of the musicnn 0.1.0 wheel (MSD: a million songs).
@@ -528,8 +554,487 @@ def protocol_reports(plans: list[RunPlan], *, output: str) -> None:
             build_report(run_dirs=run_dirs, output_dir=os.path.join(output, protocol))
 
 
+# --------------------------------------------------------------------------- album folds: per-track features
+# The four musicnn checkpoints the engine may combine, each read on the same log-mel patches.
+BLOCK_CHECKPOINTS = ("MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg")
+# Bump when what a block file holds changes: older files are recomputed.
+BLOCKS_VERSION = 1
+MFCC_RATE = 16000  # the engine's decode: the hand-made statistics are taken of the same signal
+
+
+def track_blocks(*, path: str, networks: dict, min_seconds: float = 1.0) -> dict[str, np.ndarray]:
+    """Everything the album-folds rows read of one whole track, from one decode and one spectrogram.
+
+    Parameters
+    ----------
+    path : an audio file.
+    networks : checkpoint name -> ``musicsim.models.musicnn.MusicnnNetwork``.
+    min_seconds : shorter tracks raise ``AudioDecodeError``.
+
+    Returns
+    -------
+    dict of arrays: ``"<checkpoint>/<layer>"`` float64 ``[dim]`` (the mean over the track's 3 s patches, what
+    ``--model=musicnn`` computes), ``"<checkpoint>/<layer>/patches"`` float16 ``[patches, dim]`` (each patch's
+    output, in time order: patch sampling is measured on them), ``"mfcc"`` float64 ``[40]`` (MFCC mean and std at
+    16 kHz), ``"logmel"`` float64 ``[192]`` (mean and std of each of musicnn's 96 log-mel bands), ``"seconds"``.
+    """
+    import librosa
+
+    from musicsim.audio import MeasuredBlocks, iter_excerpt_blocks
+    from musicsim.models.musicnn import SAMPLE_RATE, iter_patch_blocks
+
+    pieces: list[np.ndarray] = []
+
+    def kept(blocks):
+        for block in blocks:
+            pieces.append(block)
+            yield block
+
+    blocks = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=SAMPLE_RATE, max_seconds=None), path=path,
+                            sample_rate=SAMPLE_RATE, min_seconds=min_seconds)
+    outputs: dict[str, list[np.ndarray]] = {}
+    mel_sum = mel_square = None
+    frames = 0
+    for patches in iter_patch_blocks(blocks=kept(blocks)):
+        flat = patches.reshape(-1, patches.shape[-1]).astype(np.float64)
+        mel_sum = flat.sum(axis=0) if mel_sum is None else mel_sum + flat.sum(axis=0)
+        mel_square = (flat ** 2).sum(axis=0) if mel_square is None else mel_square + (flat ** 2).sum(axis=0)
+        frames += flat.shape[0]
+        for checkpoint, network in networks.items():
+            for layer, value in network(patches=patches).items():
+                outputs.setdefault(f"{checkpoint}/{layer}", []).append(value)
+    signal = np.concatenate(pieces)
+    mfcc = librosa.feature.mfcc(y=signal, sr=MFCC_RATE, n_mfcc=20).astype(np.float64)
+    mel_mean = mel_sum / frames
+    result = {"seconds": np.float64(signal.size / SAMPLE_RATE),
+              "mfcc": np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)]),
+              "logmel": np.concatenate([mel_mean, np.sqrt(np.maximum(mel_square / frames - mel_mean ** 2, 0.0))])}
+    for key, values in outputs.items():
+        per_patch = np.concatenate(values)
+        result[key] = per_patch.astype(np.float64).mean(axis=0)
+        result[key + "/patches"] = per_patch.astype(np.float16)
+    return result
+
+
+def extract_block_files(*, paths: list[str], track_ids: list[str], blocks_dir: str, log=print) -> dict[str, str]:
+    """``track_blocks`` of every track into ``blocks_dir/<track id>.npz``; resumable (existing files are kept).
+
+    A track that cannot be decoded gets ``<track id>.failed.json`` with its reason. Returns track id -> reason of
+    the failed tracks.
+    """
+    from musicsim.atomic import atomic_path, write_json_atomic
+    from musicsim.audio import AudioDecodeError
+
+    os.makedirs(blocks_dir, exist_ok=True)
+    networks = None
+    failed: dict[str, str] = {}
+    started, done_seconds = time.monotonic(), 0.0
+    for number, (path, track_id) in enumerate(zip(paths, track_ids)):
+        target = os.path.join(blocks_dir, f"{track_id}.npz")
+        failure = os.path.join(blocks_dir, f"{track_id}.failed.json")
+        if os.path.isfile(failure):
+            with open(failure) as f:
+                failed[track_id] = json.load(f)["reason"]
+            continue
+        if os.path.isfile(target):
+            with np.load(target) as stored:
+                if int(stored["version"]) == BLOCKS_VERSION:
+                    continue
+        if networks is None:
+            from musicsim.models.musicnn import MusicnnNetwork
+
+            networks = {c: MusicnnNetwork.from_checkpoint(checkpoint=c) for c in BLOCK_CHECKPOINTS}
+        t0 = time.monotonic()
+        try:
+            arrays = track_blocks(path=path, networks=networks)
+        except AudioDecodeError as err:
+            failed[track_id] = err.reason
+            write_json_atomic(failure, {"path": path, "reason": err.reason})
+            log(f"blocks: {track_id}: skipped ({err.reason})")
+            continue
+        with atomic_path(target) as temporary:
+            with open(temporary, "wb") as f:
+                np.savez(f, version=np.int64(BLOCKS_VERSION), **arrays)
+        done_seconds += float(arrays["seconds"])
+        log(f"blocks: {number + 1}/{len(paths)} {track_id}: {float(arrays['seconds']):.0f}s of audio in "
+            f"{time.monotonic() - t0:.1f}s (so far {done_seconds / max(time.monotonic() - started, 1e-9):.1f}x real time)")
+    return failed
+
+
+# --------------------------------------------------------------------------- album folds: the rows
+HAND_FEATURES = ("mfcc", "librosa")  # musicsim.features' functions, as --model=mfcc / --model=librosa read them
+HAND_RATE, HAND_SECONDS = 22050, 60.0  # their decode in the split protocols: 22.05 kHz, centred 60 s excerpt
+TAGGER_ROWS = {"musicnn_msd": "MSD_musicnn", "musicnn_mtt": "MTT_musicnn", "vgg_msd": "MSD_vgg",
+               "vgg_mtt": "MTT_vgg"}
+PENULTIMATES = tuple(f"{c}/penultimate" for c in BLOCK_CHECKPOINTS)
+TAGGRAMS = tuple(f"{c}/taggram" for c in BLOCK_CHECKPOINTS)
+MAXPOOLS = ("MSD_musicnn/maxpool", "MTT_musicnn/maxpool")
+# Re-ranking a row may choose on its training albums (none first: it wins ties), and the fixed settings
+# measured one by one.
+RERANK_GRID = tuple([rerank.RerankSettings(method="none")] + [
+    rerank.RerankSettings(method=m, k=k, alpha=a) for m in ("aqe", "dba", "dba+aqe") for k in (1, 2, 3, 5, 8)
+    for a in (0.0, 3.0)])
+PATCH_SAMPLES = (8, 16, 32)
+
+
+def load_album_corpus(corpus: str) -> tuple[list[str], list[str], list[str]]:
+    """(paths, track ids, album labels) of a corpus: ``demo`` (the extended demo corpus, built with apt on first
+    use into ``data/demo_extended_corpus``), a manifest csv, or a folder holding ``manifest.csv``."""
+    from data_prep.sources import list_manifest
+
+    if corpus == "demo":
+        from data_prep.demo import build_demo_corpus
+
+        corpus = build_demo_corpus(extended=True)
+    manifest = os.path.join(corpus, "manifest.csv") if os.path.isdir(corpus) else corpus
+    if not os.path.isfile(manifest):
+        raise FileNotFoundError(f"--corpus={corpus}: no manifest csv there (expected a manifest.csv file, a folder "
+                                "holding one, or 'demo')")
+    listing = list_manifest(manifest=manifest)
+    tracks = listing.tracks
+    return [t.path for t in tracks], [t.track_id for t in tracks], [t.labels[0] for t in tracks]
+
+
+def load_album_features(*, paths: list[str], track_ids: list[str], features_dir: str, workers: int,
+                        patch_samples: Sequence[int] = PATCH_SAMPLES, log=print
+                        ) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Every block of every track (computed once, cached under ``features_dir``): ``(features, usable rows)``.
+
+    Keys: each ``"<checkpoint>/<layer>"`` (whole-track patch means) and its patch-sampled means
+    ``"<checkpoint>/<layer>@N"`` (``album_folds.evenly_spread``), ``"mfcc16"`` / ``"logmel"`` (statistics of the
+    engine's 16 kHz decode), ``"mfcc"`` / ``"librosa"`` (``musicsim.features`` at 22.05 kHz on the centred 60 s
+    excerpt, as the split protocols' fitted rows). Rows: the tracks every feature could be computed for.
+    """
+    from musicsim.features import extract_many
+
+    blocks_dir = os.path.join(features_dir, "blocks")
+    failed = extract_block_files(paths=paths, track_ids=track_ids, blocks_dir=blocks_dir, log=log)
+    hand, usable = {}, set(range(len(paths))) - {i for i, t in enumerate(track_ids) if t in failed}
+    for name in HAND_FEATURES:
+        values, ok, skipped = extract_many(paths=paths, feature_fn=name, sample_rate=HAND_RATE,
+                                           max_seconds=HAND_SECONDS, workers=workers,
+                                           cache_dir=os.path.join(features_dir, "feature_cache"), progress=False)
+        for path, reason in skipped:
+            log(f"{name}: {path} skipped ({reason})")
+        hand[name] = dict(zip(ok, values))
+        usable &= set(ok)
+    rows = sorted(usable)
+    features: dict[str, list[np.ndarray]] = {}
+    for index in rows:
+        with np.load(os.path.join(blocks_dir, f"{track_ids[index]}.npz")) as stored:
+            for key in stored.files:
+                if key in ("version", "seconds"):
+                    continue
+                if key.endswith("/patches"):
+                    block = key.removesuffix("/patches")
+                    patches = stored[key].astype(np.float64)
+                    for n in patch_samples:
+                        chosen = album_folds.evenly_spread(len(patches), n)
+                        features.setdefault(f"{block}@{n}", []).append(patches[chosen].mean(axis=0))
+                else:
+                    features.setdefault("mfcc16" if key == "mfcc" else key, []).append(stored[key])
+        for name in HAND_FEATURES:
+            features.setdefault(name, []).append(hand[name][index])
+    return {key: np.stack(values) for key, values in features.items()}, rows
+
+
+# Each row is (choose, search) for album_folds.run_album_folds.
+def random_row() -> tuple:
+    def choose(*, features, labels):
+        return None
+
+    def search(*, choice, features):
+        n = len(next(iter(features.values())))
+        return np.random.default_rng(np.random.SeedSequence([n, 7])).random((n, n))
+
+    return choose, search
+
+
+def fitted_row(*, model: str, key: str, checkpoint: str | None = None) -> tuple:
+    """Today's fitted model (``--model=mfcc|librosa|musicnn``): fitted on the training albums' features (train
+    standardisation, librosa's PCA), its own similarity, no re-ranking."""
+    from musicsim.models import fitted_class
+
+    def choose(*, features, labels):
+        cls = fitted_class(model)
+        instance = cls(checkpoint=checkpoint) if checkpoint else cls()
+        return instance.fit_features(features=features[key])
+
+    def search(*, choice, features):
+        vectors = choice.embed_features(features=features[key])
+        return evaluation.similarity_matrix(embeddings=vectors, similarity=choice.similarity)
+
+    return choose, search
+
+
+def choose_rerank(*, vectors_of: Callable[[np.ndarray], np.ndarray], catalogs: list[np.ndarray], labels: np.ndarray,
+                  grid: Sequence = RERANK_GRID):
+    """The re-ranking of ``grid`` with the best mean catalog mAP over the training catalogs (none wins ties)."""
+    best, best_map = None, -np.inf
+    for settings in grid:
+        value = album_folds.mean_catalog_map(
+            catalogs=catalogs, labels=labels,
+            scores_of=lambda rows: album_folds.search_scores(vectors=vectors_of(rows), settings=settings))
+        if value > best_map + 1e-12:
+            best, best_map = settings, value
+    return best
+
+
+def fusion_row(*, parts: Sequence[str] = tuple(RECOMMENDED_PARTS), choose_rerank_too: bool = False,
+               n_catalogs: int = 4) -> tuple:
+    """Today's fusion (``--model=fusion`` of experiments.recommended's parts): each part fitted on the training
+    albums, the concatenation standardised with their statistics, block weights by ``musicsim.models.fusion``'s
+    coordinate search and (``choose_rerank_too``) a re-ranking chosen on the training albums (catalogs of
+    test-fold size, `album_folds.inner_catalogs`)."""
+    from musicsim.models import fitted_class
+    from musicsim.models.fusion import SEARCH_PASSES, WEIGHT_GRID
+
+    def part_key(part: str) -> str:
+        return "librosa" if part == "librosa" else f"{TAGGER_ROWS[part]}/penultimate"
+
+    def choose(*, features, labels):
+        models = []
+        for part in parts:
+            model, params = RECOMMENDED_PARTS[part]
+            cls = fitted_class(model)
+            instance = cls(checkpoint=params["musicnn_model"]) if "musicnn_model" in params else cls()
+            models.append(instance.fit_features(features=features[part_key(part)]))
+        embedded = {part: m.embed_features(features=features[part_key(part)]) for part, m in zip(parts, models)}
+        statistics = {part: album_folds.column_statistics(embedded[part]) for part in parts}
+        catalogs = album_folds.inner_catalogs(labels=labels, n_catalogs=n_catalogs)
+
+        def vectors(rows, weights):
+            return album_folds.block_vectors(features={p: v[rows] for p, v in embedded.items()}, blocks=parts,
+                                             weights=weights, statistics=statistics)
+
+        def objective(weights):
+            return album_folds.mean_catalog_map(
+                catalogs=catalogs, labels=labels,
+                scores_of=lambda rows: album_folds.search_scores(vectors=vectors(rows, weights)))
+
+        weights, _ = album_folds.coordinate_search(n_blocks=len(parts), objective=objective, grid=WEIGHT_GRID,
+                                                   passes=SEARCH_PASSES)
+        settings = rerank.RerankSettings()
+        if choose_rerank_too:
+            settings = choose_rerank(vectors_of=lambda rows: vectors(rows, weights), catalogs=catalogs,
+                                     labels=labels, grid=rerank.default_grid())
+        return {"models": models, "statistics": statistics, "weights": weights, "rerank": settings}
+
+    def search(*, choice, features):
+        embedded = {part: m.embed_features(features=features[part_key(part)])
+                    for part, m in zip(parts, choice["models"])}
+        vectors = album_folds.block_vectors(features=embedded, blocks=parts, weights=choice["weights"],
+                                            statistics=choice["statistics"])
+        return album_folds.search_scores(vectors=vectors, settings=choice["rerank"])
+
+    return choose, search
+
+
+@dataclass(frozen=True)
+class EngineVariant:
+    """One way of making the pretrained engine's vector, measured as a row.
+
+    ``blocks``: feature keys concatenated; ``weights``: fixed per block, or None (equal) / ``"search"`` (a
+    coordinate search on the training albums); ``standardise``: ``catalog`` (each dimension z-scored over the
+    searched catalog itself: the index's label-free step) or ``train`` (the training albums' statistics);
+    ``rerank``: fixed settings, or ``"choose"`` (``RERANK_GRID``, chosen on the training albums).
+    """
+
+    blocks: tuple[str, ...]
+    weights: tuple[float, ...] | str | None = None
+    standardise: str = "catalog"
+    rerank: rerank.RerankSettings | str = rerank.RerankSettings()
+    weight_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+# The engine's vector as chosen under album folds (docs/engine-choice.md): the rows "rerank" and "patches" vary it.
+ENGINE_CHOICE = EngineVariant(blocks=PENULTIMATES)
+ENGINE_CHOICE_NAME = "4 penultimates"
+
+
+def engine_row(variant: EngineVariant, *, n_catalogs: int = 4) -> tuple:
+    """(choose, search) of an `EngineVariant`: labels are read only to choose weights / re-ranking when the
+    variant asks for it, on catalogs of the training albums searched as a test catalog is."""
+    blocks = variant.blocks
+
+    def statistics_for(features):
+        return {b: album_folds.column_statistics(features[b]) for b in blocks}
+
+    def choose(*, features, labels):
+        statistics = statistics_for(features) if variant.standardise == "train" else None
+        weights = np.ones(len(blocks)) if variant.weights is None or variant.weights == "search" \
+            else np.asarray(variant.weights, np.float64)
+        catalogs = album_folds.inner_catalogs(labels=labels, n_catalogs=n_catalogs)
+
+        def vectors(rows, w):
+            return album_folds.block_vectors(features={b: features[b][rows] for b in blocks}, blocks=blocks,
+                                             weights=w, statistics=statistics)
+
+        if variant.weights == "search":
+            weights, _ = album_folds.coordinate_search(
+                n_blocks=len(blocks), grid=variant.weight_grid,
+                objective=lambda w: album_folds.mean_catalog_map(
+                    catalogs=catalogs, labels=labels,
+                    scores_of=lambda rows: album_folds.search_scores(vectors=vectors(rows, w))))
+        settings = variant.rerank
+        if settings == "choose":
+            settings = choose_rerank(vectors_of=lambda rows: vectors(rows, weights), catalogs=catalogs, labels=labels)
+        return {"statistics": statistics, "weights": weights, "rerank": settings}
+
+    def search(*, choice, features):
+        vectors = album_folds.block_vectors(features=features, blocks=blocks, weights=choice["weights"],
+                                            statistics=choice["statistics"])
+        return album_folds.search_scores(vectors=vectors, settings=choice["rerank"])
+
+    return choose, search
+
+
+def describe_choices(result: "album_folds.RowResult") -> str:
+    """The per-fold choices of a row that chose something (weights, re-ranking), for the table."""
+    parts = []
+    for fold in result.folds:
+        choice = fold.choice
+        if not isinstance(choice, dict):
+            continue
+        text = []
+        if "weights" in choice and len(choice["weights"]) > 1:
+            text.append("w=" + "/".join(f"{w:g}" for w in choice["weights"]))
+        settings = choice.get("rerank")
+        if isinstance(settings, rerank.RerankSettings) and settings.method != "none":
+            text.append(f"{settings.method} k={settings.k} a={settings.alpha:g}")
+        if text:
+            parts.append(" ".join(text))
+    return "; ".join(parts)
+
+
+def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
+    """The rows of the album-folds table: (group, name, (choose, search)), in table order."""
+    rows: list[tuple[str, str, tuple]] = []
+    if "baselines" in groups:
+        rows += [("baselines", "random", random_row()),
+                 ("baselines", "mfcc", fitted_row(model="mfcc", key="mfcc")),
+                 ("baselines", "librosa", fitted_row(model="librosa", key="librosa"))]
+        rows += [("baselines", name, fitted_row(model="musicnn", key=f"{checkpoint}/penultimate",
+                                                checkpoint=checkpoint)) for name, checkpoint in TAGGER_ROWS.items()]
+        rows += [("baselines", "fusion", fusion_row()),
+                 ("baselines", "fusion" + RERANK_SUFFIX, fusion_row(choose_rerank_too=True))]
+    if "blocks" in groups:
+        for block in PENULTIMATES + TAGGRAMS + MAXPOOLS + ("mfcc16", "logmel"):
+            rows.append(("blocks", f"block {block}", engine_row(EngineVariant(blocks=(block,)))))
+    if "engine" in groups:
+        variants = {
+            "4 penultimates": EngineVariant(blocks=PENULTIMATES),
+            "4 penultimates, train standardisation": EngineVariant(blocks=PENULTIMATES, standardise="train"),
+            "4 penultimates, weights searched": EngineVariant(blocks=PENULTIMATES, weights="search"),
+            "MSD+MTT musicnn penultimates": EngineVariant(blocks=PENULTIMATES[:2]),
+            "musicnn + vgg MTT penultimates": EngineVariant(blocks=PENULTIMATES[:2] + PENULTIMATES[3:]),
+            "4 penultimates + 4 taggrams": EngineVariant(blocks=PENULTIMATES + TAGGRAMS),
+            "4 penultimates + 2 maxpools": EngineVariant(blocks=PENULTIMATES + MAXPOOLS),
+            "4 penultimates + mfcc16": EngineVariant(blocks=PENULTIMATES + ("mfcc16",)),
+            "4 penultimates + logmel": EngineVariant(blocks=PENULTIMATES + ("logmel",)),
+            "all blocks, weights searched": EngineVariant(blocks=PENULTIMATES + TAGGRAMS + MAXPOOLS
+                                                          + ("mfcc16", "logmel"), weights="search"),
+            "4 penultimates, re-ranking chosen": EngineVariant(blocks=PENULTIMATES, rerank="choose"),
+        }
+        rows += [("engine", f"pretrained: {name}", engine_row(v)) for name, v in variants.items()]
+        rows.append(("engine", f"pretrained: chosen ({ENGINE_CHOICE_NAME})", engine_row(ENGINE_CHOICE)))
+    if "rerank" in groups:
+        for settings in RERANK_GRID[1:]:
+            name = f"{settings.method}:k={settings.k},alpha={settings.alpha:g}"
+            rows.append(("rerank", f"pretrained: {ENGINE_CHOICE_NAME.split(' + ')[0]} + {name}",
+                         engine_row(dataclasses.replace(ENGINE_CHOICE, rerank=settings))))
+    if "patches" in groups:
+        for n in PATCH_SAMPLES:
+            sampled = tuple(f"{b}@{n}" if "/" in b else b for b in ENGINE_CHOICE.blocks)
+            rows.append(("patches", f"pretrained: chosen, max {n} patches",
+                         engine_row(dataclasses.replace(ENGINE_CHOICE, blocks=sampled))))
+    return rows
+
+
+ROW_GROUPS = ("baselines", "blocks", "engine", "rerank", "patches")
+
+
+def album_folds_table(results: list[tuple[str, "album_folds.RowResult"]], *, reference: str = "musicnn_msd") -> list[str]:
+    """Markdown lines: one row per result, mean ± std over folds, the mean over all queries, the gain over
+    ``reference`` (folds won) and what the row chose."""
+    by_name = {r.name: r for _, r in results}
+    lines = ["| group | row | catalog mAP | P@10 | PC | pooled mAP | pooled P@10 | pooled PC | Δ mAP vs "
+             f"{reference} (folds won) | chosen on the training albums |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for group, result in results:
+        summary = result.summary()
+        cells = [f"{summary[m]['mean']:.3f} ± {summary[m]['std']:.3f}" for m in album_folds.FOLD_METRICS]
+        cells += [f"{summary[m]['pooled']:.3f}" for m in album_folds.FOLD_METRICS]
+        gain = "–"
+        if reference in by_name and result.name != reference:
+            delta, won = album_folds.paired_gain(row=result, reference=by_name[reference])
+            gain = f"{delta:+.3f} ({won}/{len(result.folds)})"
+        lines.append(f"| {group} | {result.name} | " + " | ".join(cells) + f" | {gain} | {describe_choices(result)} |")
+    return lines
+
+
+def run_album_folds_protocol(args: argparse.Namespace, *, command: str) -> str:
+    """The album-folds benchmark: features (cached), folds, every row, ``album_folds.md`` / ``.csv``."""
+    import pandas as pd
+
+    started = time.monotonic()
+    paths, track_ids, albums = load_album_corpus(args.corpus)
+    features, usable = load_album_features(paths=paths, track_ids=track_ids, features_dir=args.features_dir,
+                                           workers=args.workers, log=lambda m: print(m, flush=True))
+    albums = [albums[i] for i in usable]
+    folds = album_folds.assign_album_folds(albums=albums, n_folds=args.n_folds, seed=args.fold_seed)
+    results = []
+    for group, name, (choose, search) in album_fold_rows(groups=args.row_groups):
+        t0 = time.monotonic()
+        result = album_folds.run_album_folds(features=features, labels=albums, folds=folds, choose=choose,
+                                             search=search, name=name, seeds=tuple(range(args.eval_repeats)))
+        results.append((group, result))
+        summary = result.summary()
+        print(f"{name}: catalog mAP {summary['catalog_mAP']['mean']:.3f} ± {summary['catalog_mAP']['std']:.3f}, "
+              f"PC {summary['PC']['mean']:.3f} ({time.monotonic() - t0:.1f}s)", flush=True)
+    fold_lines = []
+    for fold in range(args.n_folds):
+        members = sorted({a for a, f in zip(albums, folds) if f == fold})
+        fold_lines.append(f"- fold {fold}: {int((folds == fold).sum())} tracks: {', '.join(members)}")
+    md = ["# Album folds: every track a query once, on albums nothing was chosen on", "",
+          f"Reproduce: `{command}`", "",
+          f"{len(albums)} tracks, {len(set(albums))} albums, {args.n_folds} folds (seed {args.fold_seed}, balanced by "
+          "track count). Each fold is tested once: its albums are the catalog, each of its tracks a query. "
+          "Whatever reads labels (a fitted transform, block weights, a re-ranking choice) sees the other folds only; "
+          "catalog standardisation and DBA/AQE use the test catalog's vectors (label-free, as the index does). "
+          "Cells: mean ± population std over the folds; pooled: the mean over all queries (PC weighted by queries). "
+          "PC: mean over " f"{args.eval_repeats} evaluation seeds of the pair lists.", "",
+          *fold_lines, "", *album_folds_table(results), "",
+          f"Done in {(time.monotonic() - started) / 60.0:.1f} min."]
+    text = "\n".join(md) + "\n"
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "album_folds.md"), "w") as f:
+        f.write(text)
+    records = []
+    for group, result in results:
+        record = {"group": group, "row": result.name, "folds": len(result.folds), "choices": describe_choices(result)}
+        for metric, values in result.summary().items():
+            for stat, value in values.items():
+                record[f"{metric} {stat}"] = value
+        for fold in result.folds:
+            record[f"catalog_mAP fold{fold.fold}"] = fold.metrics["catalog_mAP"]
+        records.append(record)
+    pd.DataFrame.from_records(records).to_csv(os.path.join(args.output, "album_folds.csv"), index=False)
+    return text
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", default="album_folds", choices=("album_folds", "splits"),
+                        help="album_folds (default: the measure that decides defaults; every track a query once, "
+                        "features computed in this process) or splits (the track and album-disjoint splits, every "
+                        "model an experiments.run subprocess)")
+    parser.add_argument("--features_dir", default="data/generalisation/album_folds", help="album_folds: the "
+                        "per-track features (blocks/<track id>.npz, feature_cache/), computed once and reused")
+    parser.add_argument("--n_folds", type=int, default=5, help="album_folds: number of album folds")
+    parser.add_argument("--fold_seed", type=int, default=0, help="album_folds: seed of the fold assignment")
+    parser.add_argument("--rows", default=",".join(ROW_GROUPS),
+                        help=f"album_folds: row groups to run, from {', '.join(ROW_GROUPS)}")
     parser.add_argument("--corpus", default="demo", help="manifest csv (or a folder holding manifest.csv) of the "
                         "corpus, or 'demo' for the extended demo corpus; used only to prepare missing datasets")
     parser.add_argument("--output", default="reports/generalisation", help="where the tables and reports go")
@@ -576,12 +1081,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--early_stopping_patience must be >= 100 (one evaluation), got {args.early_stopping_patience}")
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    args.row_groups = tuple(g.strip() for g in args.rows.split(",") if g.strip())
+    if not args.row_groups or any(g not in ROW_GROUPS for g in args.row_groups):
+        parser.error(f"--rows: choose some of {list(ROW_GROUPS)}, got {args.rows!r}")
+    if args.n_folds < 2:
+        parser.error(f"--n_folds must be >= 2, got {args.n_folds}")
+    if args.eval_repeats < 1:
+        parser.error(f"--eval_repeats must be >= 1, got {args.eval_repeats}")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = "python benchmarks/generalisation.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.protocol == "album_folds":
+        try:
+            text = run_album_folds_protocol(args, command=command)
+        except (FileNotFoundError, album_folds.AlbumFoldsError) as err:
+            print(f"generalisation: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(text)
+        print(f"wrote {os.path.abspath(args.output)}/album_folds.md and album_folds.csv")
+        return
     started = time.monotonic()
     data_dir, runs_dir, output = (os.path.abspath(p) for p in (args.data_dir, args.runs_dir, args.output))
     log_dir = os.path.join(runs_dir, "logs")
