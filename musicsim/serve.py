@@ -337,7 +337,8 @@ class SearchService:
         self.metadata_rows = [self.index.metadata(track_id=t) if self._columns else {} for t in self.track_ids]
         paths = [str(row["path"]) for row in self.metadata_rows if row.get("path")]
         shown_root = _shown_root(paths) if "relative_path" not in self._columns else None
-        self._tracks = [self._describe(track_id, row, shown_root=shown_root)
+        real_folders: dict[str, str] = {}
+        self._tracks = [self._describe(track_id, row, shown_root=shown_root, real_folders=real_folders)
                         for track_id, row in zip(self.track_ids, self.metadata_rows)]
         self._track_of = {t["track_id"]: t for t in self._tracks}
         self._album_members: dict[Any, list[str]] = {}
@@ -375,23 +376,39 @@ class SearchService:
             return self._derived[name]
 
     # ------------------------------------------------------------------ catalog
-    def _describe(self, track_id: str, metadata: dict[str, Any], *, shown_root: str | None) -> dict[str, Any]:
+    def _describe(self, track_id: str, metadata: dict[str, Any], *, shown_root: str | None,
+                  real_folders: dict[str, str]) -> dict[str, Any]:
+        """The record of one track: its public fields, and privately its file, album key and search text.
+        Built for every track of every version (100k tracks in about a second): no per-track work that
+        can wait until the track is asked for (its URLs, its art)."""
         path = str(metadata["path"]) if metadata.get("path") else None
-        # Resolved once: requests are answered from this table, never from a path they carry.
-        audio_file = os.path.realpath(path) if path else None
-        tags = {name: _text_tag(metadata.get(name)) for name in TAG_TEXT_COLUMNS}
-        tags.update({name: _number_tag(metadata.get(name)) for name in TAG_NUMBER_COLUMNS})
+        audio_file = None
+        if path:
+            # Resolved once per version: requests are answered from this table, never from a path they
+            # carry. One realpath per folder, and one lstat per file for a file that is itself a link.
+            folder, name = os.path.split(os.path.abspath(path))
+            real_folder = real_folders.get(folder)
+            if real_folder is None:
+                real_folder = real_folders[folder] = os.path.realpath(folder)
+            audio_file = os.path.join(real_folder, name)
+            if os.path.islink(audio_file):
+                audio_file = os.path.realpath(audio_file)
+        columns = self._columns
+        tags = {name: _text_tag(metadata.get(name)) if name in columns else None for name in TAG_TEXT_COLUMNS}
+        tags.update({name: _number_tag(metadata.get(name)) if name in columns else None
+                     for name in TAG_NUMBER_COLUMNS})
         group = _json_value(metadata.get("group"))
         relative = _text_tag(metadata.get("relative_path"))
         if relative is None and path:
             relative = (os.path.relpath(path, shown_root) if shown_root and path.startswith(shown_root + os.sep)
                         else os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path)))
+        album_tagged = tags["album"] is not None
         if tags["title"] is None:
             tags["title"] = os.path.splitext(os.path.basename(path))[0] if path else track_id.rsplit("/", 1)[-1]
-        if tags["album"] is None and group is not None:
+        if not album_tagged and group is not None:
             tags["album"] = str(group)
         # "Same album": the album tag with its album artist, else the group, else the file's folder.
-        if _text_tag(metadata.get("album")) is not None:
+        if album_tagged:
             album_key = ("album", _folded(tags["album"]), _folded(tags["album_artist"] or ""))
         elif group is not None:
             album_key = ("group", str(group))
@@ -399,14 +416,12 @@ class SearchService:
             album_key = ("folder", os.path.dirname(os.path.abspath(path)))
         else:
             album_key = None
-        quoted = quote(track_id, safe="")
         entry = {"track_id": track_id, **tags, "duration_s": _seconds(metadata.get("duration_s")), "group": group,
                  "relative_path": relative, "file": os.path.basename(path) if path else None,
-                 "audio_url": f"/api/audio/{quoted}" if audio_file else None, "art_url": None,
-                 "_audio_file": audio_file, "_path": path, "_album_key": album_key, "_art_url": f"/api/art/{quoted}"}
-        shown = [track_id, relative, group] + [entry[name] for name in TAG_TEXT_COLUMNS + TAG_NUMBER_COLUMNS]
+                 "_audio_file": audio_file, "_path": path, "_album_key": album_key}
+        shown = [track_id, relative, group, *tags.values()]
         # Only what a client is shown is searched: never the absolute path the server reads.
-        entry["_haystack"] = _folded("\n".join(str(value) for value in shown if value is not None))
+        entry["_haystack"] = _folded("\n".join([str(value) for value in shown if value is not None]))
         return entry
 
     def _entry(self, track_id: str) -> dict[str, Any]:
@@ -420,8 +435,10 @@ class SearchService:
         """The public description of one track (404 when unknown); ``art_url`` is set when its file embeds art."""
         entry = self._entry(track_id)
         public = {key: value for key, value in entry.items() if not key.startswith("_")}
-        if entry["_audio_file"] and self.resources.has_art(entry["_audio_file"]):
-            public["art_url"] = entry["_art_url"]
+        quoted = quote(track_id, safe="")
+        public["audio_url"] = f"/api/audio/{quoted}" if entry["_audio_file"] else None
+        has_art = bool(entry["_audio_file"]) and self.resources.has_art(entry["_audio_file"])
+        public["art_url"] = f"/api/art/{quoted}" if has_art else None
         return public
 
     def tracks(self, *, query: str = "", limit: int = 50, offset: int = 0) -> dict[str, Any]:
