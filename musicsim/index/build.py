@@ -91,24 +91,31 @@ def resolve_rerank(*, option: reranking.RerankSettings | None, model: dict[str, 
         return reranking.RerankSettings()
 
 
-def engine_dimension_weights(*, model: dict[str, Any]) -> np.ndarray | None:
-    """The per-dimension weights the index applies after standardising a model's vectors: the ``pretrained``
-    engine's ``dimension_weights()`` (None for other models, or when the engine's module is absent)."""
+def engine_dimension_weights(*, model: dict[str, Any], dim: int) -> np.ndarray | None:
+    """The per-dimension weights [dim] the index applies after standardising a model's vectors: the ``pretrained``
+    engine's ``dimension_weights()`` (None for other models, when the engine's module is absent, or when the
+    engine's default blocks make another dimension than the vectors': then a warning says so)."""
     if model.get("name") != PRETRAINED_ENGINE:
         return None
     try:
         from musicsim.models.pretrained_engine import raw_engine
     except ImportError:
         return None
-    return np.asarray(raw_engine().dimension_weights(), dtype=np.float64)
+    weights = np.asarray(raw_engine().dimension_weights(), dtype=np.float64)
+    if weights.shape != (dim,):
+        warnings.warn(f"the pretrained engine's default blocks weigh {len(weights)} dimensions but the vectors have "
+                      f"{dim}: standardising without block weights")
+        return None
+    return weights
 
 
-def resolve_standardise(*, option: bool | None, model: dict[str, Any],
-                        dimension_weights: np.ndarray | None) -> tuple[bool, np.ndarray | None]:
-    """Whether an index standardises, and by which weights: ``option`` when given (True / False), else on for
-    the ``pretrained`` engine or when ``dimension_weights`` are given. Weights default to the engine's."""
+def resolve_standardise(*, option: bool | None, model: dict[str, Any], dimension_weights: np.ndarray | None,
+                        dim: int) -> tuple[bool, np.ndarray | None]:
+    """Whether an index of ``dim``-d vectors standardises, and by which weights: ``option`` when given
+    (True / False), else on for the ``pretrained`` engine or when ``dimension_weights`` are given. Weights
+    default to the engine's."""
     if dimension_weights is None and option is not False:
-        dimension_weights = engine_dimension_weights(model=model)
+        dimension_weights = engine_dimension_weights(model=model, dim=dim)
     standardise = option if option is not None else (model.get("name") == PRETRAINED_ENGINE
                                                      or dimension_weights is not None)
     if not standardise:
@@ -210,7 +217,8 @@ def build_index_from_vectors(*, output: str, track_ids: Sequence[str], vectors: 
     rerank_settings = resolve_rerank(option=parse_rerank_option(rerank), model=model, similarity=similarity,
                                      backend=backend)
     standardise, dimension_weights = resolve_standardise(option=standardise, model=model,
-                                                         dimension_weights=dimension_weights)
+                                                         dimension_weights=dimension_weights,
+                                                         dim=int(np.shape(vectors)[1]) if np.ndim(vectors) == 2 else 0)
     output = os.path.abspath(output)
     check_output_directory(directory=output, overwrite=overwrite)
     arguments: dict[str, Any] = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
