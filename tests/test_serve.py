@@ -1010,3 +1010,82 @@ def test_a_broken_new_version_keeps_the_old_one_serving(mfcc_catalog, tmp_path):
         health = app_client.get("/healthz").json()
         assert health["tracks"] == 16 and "cannot read index file" in health["reload_error"]
         assert app_client.get("/api/similar/low_sine/t0").status_code == 200
+
+
+def test_a_served_index_follows_index_commands_of_other_processes(mfcc_catalog, tmp_path):
+    """The real thing: ``musicsim.serve`` in a subprocess, ``musicsim.index add`` and ``remove`` in others
+    (under the index lock), and a client querying throughout: no failed request, the new tracks served,
+    the removed ones (their audio too) not."""
+    import httpx
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    index_dir, paths = _copied_index(mfcc_catalog, tmp_path)
+    extra_ids = [f"extra/{i}" for i in range(3)]
+    extra_vectors = mfcc_catalog["vectors"][:3] + 0.5
+    parquet = str(tmp_path / "extra.parquet")
+    table = pa.table({"track_id": extra_ids, "embedding": pa.array([list(map(float, v)) for v in extra_vectors],
+                                                                   type=pa.list_(pa.float32())),
+                      "group": ["extra"] * 3, "path": paths[:3], "duration_s": [2.0, 2.5, 3.0]})
+    pq.write_table(table.replace_schema_metadata({"musicsim.model": "mfcc"}), parquet)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    server = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={index_dir}", f"--port={port}",
+                               "--reload_interval_s=0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=environment)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def keep_querying() -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while not stop.is_set():
+                for url in ("/api/similar/low_sine%2Ft0?k=5", "/api/audio/low_sine%2Ft0", "/api/tracks?q=t", "/healthz"):
+                    try:
+                        response = http.get(url)
+                    except httpx.HTTPError as error:
+                        failures.append(f"{url}: {error!r}")
+                        continue
+                    if response.status_code != 200:
+                        failures.append(f"{url}: {response.status_code} {response.text[:200]}")
+
+    def wait_for_tracks(count: int) -> None:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=5).json()["tracks"] == count:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        pytest.fail(f"the server did not serve the index of {count} tracks")
+
+    def index_command(*arguments: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "musicsim.index", *arguments, f"--index={index_dir}"],
+                              capture_output=True, text=True, env=environment, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    querying = threading.Thread(target=keep_querying)
+    try:
+        wait_for_tracks(16)
+        querying.start()
+        index_command("add", f"--embeddings={parquet}")
+        wait_for_tracks(19)
+        assert httpx.get(f"{base}/api/similar/extra%2F1?k=3").status_code == 200
+        assert httpx.get(f"{base}/api/audio/extra%2F1").content == open(paths[1], "rb").read()
+        index_command("remove", "--track_id", "low_sine/t3", "extra/2")
+        wait_for_tracks(17)
+        for url in ("/api/similar/low_sine%2Ft3", "/api/audio/low_sine%2Ft3", "/api/audio/extra%2F2"):
+            assert httpx.get(base + url).status_code == 404, url
+        health = httpx.get(f"{base}/healthz").json()
+        assert health["reloads"] == 2 and health["reload_error"] is None
+    finally:
+        stop.set()
+        if querying.is_alive():
+            querying.join(timeout=60)
+        server.terminate()
+        server.wait(timeout=30)
+    assert failures == []
