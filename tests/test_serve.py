@@ -1089,3 +1089,66 @@ def test_a_served_index_follows_index_commands_of_other_processes(mfcc_catalog, 
         server.terminate()
         server.wait(timeout=30)
     assert failures == []
+
+
+def test_a_served_library_follows_its_scans(tagged_library, tmp_path):
+    """Scan a tagged library (``musicsim.scan`` in another process, the MFCC run as its engine), serve it,
+    then add, retag and delete files and scan again while a client queries: the scan's tags and cover
+    art are served, the new track appears, the deleted one is no longer served; no request fails."""
+    library = tmp_path / "music"
+    shutil.copytree(tagged_library["library"], library)
+    spare = tmp_path / "spare.flac"
+    shutil.move(str(library / "untagged" / "track3.flac"), spare)  # added by the second scan
+    index_dir = str(tmp_path / "index")
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def scan() -> None:
+        done = subprocess.run([sys.executable, "-m", "musicsim.scan", f"--audio={library}", f"--index={index_dir}",
+                               f"--model_dir={tagged_library['model']['model_dir']}", "--workers=1", "--noprogress"],
+                              capture_output=True, text=True, env=environment, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    scan()
+    failures: list[str] = []
+    stop = threading.Event()
+    with TestClient(create_app(index_dir=index_dir, reload_interval_s=0.1)) as app_client:
+        tracks = _by_title(app_client)
+        assert len(tracks) == 15
+        song = tracks["Sång för en ton"]
+        assert (song["artist"], song["album"], song["year"]) == ("Åsa Öberg", "Låga toner", 2019)
+        assert song["relative_path"] == "Åsa Öberg/Låga toner/01 Sång för en ton.flac"
+        assert app_client.get(song["art_url"]).content == tagged_library["covers"][tagged_library["ids"][0]]
+        steady, gone = song["track_id"], tracks["Fan"]
+
+        def keep_querying() -> None:
+            while not stop.is_set():
+                for url in (f"/api/similar/{steady}?k=5", f"/api/audio/{steady}", f"/api/art/{steady}",
+                            "/api/tracks?q=noise", "/healthz"):
+                    try:
+                        response = app_client.get(url)
+                    except Exception as error:  # noqa: BLE001 - the test client re-raises the server's errors
+                        failures.append(f"{url}: {type(error).__name__}: {error}")
+                        continue
+                    if response.status_code != 200:
+                        failures.append(f"{url}: {response.status_code} {response.text[:200]}")
+
+        querying = threading.Thread(target=keep_querying)
+        querying.start()
+        try:
+            version = app_client.get("/healthz").json()["index_version"]
+            shutil.move(str(spare), library / "untagged" / "track3.flac")
+            os.unlink(library / "Compilations" / "Noise, Mostly" / "04 Fan.flac")
+            scan()
+            deadline = time.time() + 60
+            while app_client.get("/healthz").json()["index_version"] == version and time.time() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            querying.join(timeout=60)
+        after = _by_title(app_client)
+        assert "track3" in after and "Fan" not in after and len(after) == 15
+        assert app_client.get(f"/api/audio/{after['track3']['track_id']}").status_code == 200
+        for url in (f"/api/similar/{gone['track_id']}", f"/api/audio/{gone['track_id']}"):
+            assert app_client.get(url).status_code == 404, url
+    assert failures == []
