@@ -363,6 +363,7 @@ class ScanSummary:
     removed: int = 0
     unchanged: int = 0
     skipped: int = 0
+    problems: int = 0  # folders and links that could not be (or were not) followed, files that could not be listed
     kept_unreadable: int = 0
     kept_other_roots: int = 0
     audio_seconds: float = 0.0
@@ -375,7 +376,8 @@ class ScanSummary:
         kept = "".join([f", kept {self.kept_unreadable} under unreadable folders" if self.kept_unreadable else "",
                         f", kept {self.kept_other_roots} of roots not scanned" if self.kept_other_roots else ""])
         return (f"scanned {self.files} files: {self.added} added, {self.changed} changed, {self.moved} moved, "
-                f"{self.removed} removed, {self.unchanged} unchanged, {self.skipped} skipped (see "
+                f"{self.removed} removed, {self.unchanged} unchanged, {self.skipped} skipped"
+                f"{f', {self.problems} folders or links not followed' if self.problems else ''} (see "
                 f"{os.path.join(index_dir, REPORT_FILE)}){kept}{speed}; the index holds {self.tracks} tracks "
                 f"-> {index_dir}")
 
@@ -581,7 +583,7 @@ def scan_library(*, roots: Sequence[str], index_dir: str, excludes: Sequence[str
         index.model = {**dict(index.model), "version": version}  # files embedded before re-embed below
     writer = _IndexWriter(index_dir=index_dir, index=index, engine=engine, embedder=embedder,
                           similarity=str(getattr(embedder, "similarity", "cosine")))
-    summary = ScanSummary(files=len(listing.files))
+    summary = ScanSummary(files=len(listing.files), problems=len(listing.problems))
     known = indexed_tracks(index)
     bad_before = read_scan_state(index_dir, version=version) if index is not None else {}
 

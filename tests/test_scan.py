@@ -292,6 +292,28 @@ def test_symlink_loops_and_links_are_reported_and_never_followed_for_ever(tmp_pa
     assert outside_track  # written, and indexed through the link above
 
 
+def test_tracks_under_a_folder_that_cannot_be_read_are_kept_and_reported(tmp_path, mfcc_run, monkeypatch):
+    lib = tmp_path / "lib"
+    paths = write_library(str(lib), per_album=2)
+    scan_in_process([lib], tmp_path / "index", mfcc_run)
+    before = index_content(tmp_path / "index")
+    unreadable = str(lib / "Альбом 0")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if not isinstance(path, int) and os.fspath(path) == unreadable:  # root reads anything: refuse it here
+            raise PermissionError(13, "Permission denied", unreadable)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    summary, embedded = scan_in_process([lib], tmp_path / "index", mfcc_run)
+    assert (summary.kept_unreadable, summary.removed, summary.problems, embedded) == (2, 0, 1, [])
+    assert sorted(index_content(tmp_path / "index")) == sorted(before) and len(before) == len(paths)
+    report = json.load(open(tmp_path / "index" / scan.REPORT_FILE))
+    assert [p["path"] for p in report["problems"]] == [unreadable]
+    assert "Permission denied" in report["problems"][0]["reason"]
+
+
 # ------------------------------------------------------------------------------------------- bad files
 
 BAD_FILES = {
