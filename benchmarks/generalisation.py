@@ -559,60 +559,48 @@ def protocol_reports(plans: list[RunPlan], *, output: str) -> None:
 BLOCK_CHECKPOINTS = ("MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg")
 # Bump when what a block file holds changes: older files are recomputed.
 BLOCKS_VERSION = 1
-MFCC_RATE = 16000  # the engine's decode: the hand-made statistics are taken of the same signal
+# The patches a track's blocks are computed on: at most this many, evenly spread over the whole track
+# (musicsim.models.pretrained_engine.sampled_patches). 64 patches = 3.2 min: most tracks of the extended corpus
+# are read whole; the long ones are sampled (the CPU time of every patch of 13 h of audio did not fit).
+BLOCK_MAX_PATCHES = 64
 
 
-def track_blocks(*, path: str, networks: dict, min_seconds: float = 1.0) -> dict[str, np.ndarray]:
-    """Everything the album-folds rows read of one whole track, from one decode and one spectrogram.
+def track_blocks(*, path: str, max_patches: int | None = BLOCK_MAX_PATCHES, networks=None) -> dict[str, np.ndarray]:
+    """Everything the album-folds rows read of one track, from one decode and one spectrogram
+    (``musicsim.models.pretrained_engine.all_block_means`` with each patch's outputs).
 
     Parameters
     ----------
     path : an audio file.
-    networks : checkpoint name -> ``musicsim.models.musicnn.MusicnnNetwork``.
-    min_seconds : shorter tracks raise ``AudioDecodeError``.
+    max_patches : at most this many 3 s patches, evenly spread over the track (None: every patch).
+    networks : ``pretrained_engine.BlockNetworks`` of the four checkpoints, or None (shared ones).
 
     Returns
     -------
-    dict of arrays: ``"<checkpoint>/<layer>"`` float64 ``[dim]`` (the mean over the track's 3 s patches, what
-    ``--model=musicnn`` computes), ``"<checkpoint>/<layer>/patches"`` float16 ``[patches, dim]`` (each patch's
-    output, in time order: patch sampling is measured on them), ``"mfcc"`` float64 ``[40]`` (MFCC mean and std at
-    16 kHz), ``"logmel"`` float64 ``[192]`` (mean and std of each of musicnn's 96 log-mel bands), ``"seconds"``.
+    dict of arrays: ``"<checkpoint>/<layer>"`` float64 ``[dim]`` (the mean over the patches, what the engine
+    computes), ``"<checkpoint>/<layer>/patches"`` float16 ``[patches, dim]`` (each patch's output, in time order:
+    patch sampling is measured on them), ``"logmel"`` float64 ``[192]`` (mean and std over the patches' frames of
+    each of musicnn's 96 log-mel bands), ``"total_patches"`` (the track's whole patches).
     """
-    import librosa
+    from musicsim.audio import file_duration
+    from musicsim.models import pretrained_engine
 
-    from musicsim.audio import MeasuredBlocks, iter_excerpt_blocks
-    from musicsim.models.musicnn import SAMPLE_RATE, iter_patch_blocks
-
-    pieces: list[np.ndarray] = []
-
-    def kept(blocks):
-        for block in blocks:
-            pieces.append(block)
-            yield block
-
-    blocks = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=SAMPLE_RATE, max_seconds=None), path=path,
-                            sample_rate=SAMPLE_RATE, min_seconds=min_seconds)
-    outputs: dict[str, list[np.ndarray]] = {}
-    mel_sum = mel_square = None
-    frames = 0
-    for patches in iter_patch_blocks(blocks=kept(blocks)):
-        flat = patches.reshape(-1, patches.shape[-1]).astype(np.float64)
-        mel_sum = flat.sum(axis=0) if mel_sum is None else mel_sum + flat.sum(axis=0)
-        mel_square = (flat ** 2).sum(axis=0) if mel_square is None else mel_square + (flat ** 2).sum(axis=0)
-        frames += flat.shape[0]
-        for checkpoint, network in networks.items():
-            for layer, value in network(patches=patches).items():
-                outputs.setdefault(f"{checkpoint}/{layer}", []).append(value)
-    signal = np.concatenate(pieces)
-    mfcc = librosa.feature.mfcc(y=signal, sr=MFCC_RATE, n_mfcc=20).astype(np.float64)
-    mel_mean = mel_sum / frames
-    result = {"seconds": np.float64(signal.size / SAMPLE_RATE),
-              "mfcc": np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)]),
-              "logmel": np.concatenate([mel_mean, np.sqrt(np.maximum(mel_square / frames - mel_mean ** 2, 0.0))])}
-    for key, values in outputs.items():
-        per_patch = np.concatenate(values)
-        result[key] = per_patch.astype(np.float64).mean(axis=0)
-        result[key + "/patches"] = per_patch.astype(np.float16)
+    per_patch = pretrained_engine.all_block_means(path=path, checkpoints=BLOCK_CHECKPOINTS, max_patches=max_patches,
+                                                  per_patch=True, networks=networks)
+    seconds = file_duration(path)
+    result: dict[str, np.ndarray] = {
+        "total_patches": np.int64(pretrained_engine.expected_patches(seconds=seconds) if seconds else -1)}
+    for (checkpoint, layer), values in per_patch.items():
+        if checkpoint == pretrained_engine.LOGMEL:
+            continue
+        result[f"{checkpoint}/{layer}"] = values.astype(np.float64).mean(axis=0)
+        result[f"{checkpoint}/{layer}/patches"] = values.astype(np.float16)
+    # Every patch has the same frames: the track's band mean and std from each patch's.
+    patch_mean = per_patch[(pretrained_engine.LOGMEL, "mean")].astype(np.float64)
+    patch_std = per_patch[(pretrained_engine.LOGMEL, "std")].astype(np.float64)
+    band_mean = patch_mean.mean(axis=0)
+    band_std = np.sqrt(np.maximum((patch_std ** 2 + patch_mean ** 2).mean(axis=0) - band_mean ** 2, 0.0))
+    result["logmel"] = np.concatenate([band_mean, band_std])
     return result
 
 
@@ -641,9 +629,9 @@ def extract_block_files(*, paths: list[str], track_ids: list[str], blocks_dir: s
                 if int(stored["version"]) == BLOCKS_VERSION:
                     continue
         if networks is None:
-            from musicsim.models.musicnn import MusicnnNetwork
+            from musicsim.models.pretrained_engine import shared_networks
 
-            networks = {c: MusicnnNetwork.from_checkpoint(checkpoint=c) for c in BLOCK_CHECKPOINTS}
+            networks = shared_networks(checkpoints=BLOCK_CHECKPOINTS)
         t0 = time.monotonic()
         try:
             arrays = track_blocks(path=path, networks=networks)
@@ -655,9 +643,11 @@ def extract_block_files(*, paths: list[str], track_ids: list[str], blocks_dir: s
         with atomic_path(target) as temporary:
             with open(temporary, "wb") as f:
                 np.savez(f, version=np.int64(BLOCKS_VERSION), **arrays)
-        done_seconds += float(arrays["seconds"])
-        log(f"blocks: {number + 1}/{len(paths)} {track_id}: {float(arrays['seconds']):.0f}s of audio in "
-            f"{time.monotonic() - t0:.1f}s (so far {done_seconds / max(time.monotonic() - started, 1e-9):.1f}x real time)")
+        patches = len(arrays[f"{BLOCK_CHECKPOINTS[0]}/penultimate/patches"])
+        done_seconds += patches * 3.0
+        log(f"blocks: {number + 1}/{len(paths)} {track_id}: {patches} of {int(arrays['total_patches'])} patches in "
+            f"{time.monotonic() - t0:.1f}s (so far {done_seconds / max(time.monotonic() - started, 1e-9):.1f}x real "
+            "time on the patches computed)")
     return failed
 
 
@@ -700,10 +690,11 @@ def load_album_features(*, paths: list[str], track_ids: list[str], features_dir:
                         ) -> tuple[dict[str, np.ndarray], list[int]]:
     """Every block of every track (computed once, cached under ``features_dir``): ``(features, usable rows)``.
 
-    Keys: each ``"<checkpoint>/<layer>"`` (whole-track patch means) and its patch-sampled means
-    ``"<checkpoint>/<layer>@N"`` (``album_folds.evenly_spread``), ``"mfcc16"`` / ``"logmel"`` (statistics of the
-    engine's 16 kHz decode), ``"mfcc"`` / ``"librosa"`` (``musicsim.features`` at 22.05 kHz on the centred 60 s
-    excerpt, as the split protocols' fitted rows). Rows: the tracks every feature could be computed for.
+    Keys: each ``"<checkpoint>/<layer>"`` (means over at most ``BLOCK_MAX_PATCHES`` patches evenly spread over the
+    track) and ``"<checkpoint>/<layer>@N"`` (over N of those, evenly spread: ``album_folds.evenly_spread``),
+    ``"logmel"`` (its 96 bands' mean and std: statistics of the engine's own spectrogram), ``"mfcc"`` /
+    ``"librosa"`` (``musicsim.features`` at 22.05 kHz on the centred 60 s excerpt, as the split protocols' fitted
+    rows read them). Rows: the tracks every feature could be computed for.
     """
     from musicsim.features import extract_many
 
@@ -722,17 +713,23 @@ def load_album_features(*, paths: list[str], track_ids: list[str], features_dir:
     features: dict[str, list[np.ndarray]] = {}
     for index in rows:
         with np.load(os.path.join(blocks_dir, f"{track_ids[index]}.npz")) as stored:
+            features.setdefault("logmel", []).append(stored["logmel"])
+            half = len(stored["logmel"]) // 2
+            features.setdefault("logmel/mean", []).append(stored["logmel"][:half])
+            features.setdefault("logmel/std", []).append(stored["logmel"][half:])
             for key in stored.files:
-                if key in ("version", "seconds"):
+                if not key.endswith("/patches"):
                     continue
-                if key.endswith("/patches"):
-                    block = key.removesuffix("/patches")
-                    patches = stored[key].astype(np.float64)
-                    for n in patch_samples:
-                        chosen = album_folds.evenly_spread(len(patches), n)
-                        features.setdefault(f"{block}@{n}", []).append(patches[chosen].mean(axis=0))
-                else:
-                    features.setdefault("mfcc16" if key == "mfcc" else key, []).append(stored[key])
+                block = key.removesuffix("/patches")
+                patches = stored[key].astype(np.float64)
+                mean = stored[block]
+                if len(patches) > BLOCK_MAX_PATCHES:  # a file computed on every patch: the same sample as the rest
+                    patches = patches[album_folds.evenly_spread(len(patches), BLOCK_MAX_PATCHES)]
+                    mean = patches.mean(axis=0)
+                features.setdefault(block, []).append(mean)
+                for n in patch_samples:
+                    features.setdefault(f"{block}@{n}", []).append(
+                        patches[album_folds.evenly_spread(len(patches), n)].mean(axis=0))
         for name in HAND_FEATURES:
             features.setdefault(name, []).append(hand[name][index])
     return {key: np.stack(values) for key, values in features.items()}, rows
@@ -852,6 +849,24 @@ ENGINE_CHOICE = EngineVariant(blocks=PENULTIMATES)
 ENGINE_CHOICE_NAME = "4 penultimates"
 
 
+def shipped_engine_variant() -> tuple[EngineVariant, str]:
+    """The engine as ``musicsim.models.pretrained_engine`` ships it (BLOCKS, ENGINE_RERANK, DEFAULT_MAX_PATCHES),
+    as a row: catalog standardisation, its fixed weights and re-ranking; (variant, description)."""
+    from musicsim.models import pretrained_engine
+
+    sampled = pretrained_engine.DEFAULT_MAX_PATCHES
+    if sampled is not None and sampled not in PATCH_SAMPLES and sampled < BLOCK_MAX_PATCHES:
+        raise ValueError(f"pretrained_engine.DEFAULT_MAX_PATCHES={sampled}: the benchmark samples {PATCH_SAMPLES}")
+    suffix = f"@{sampled}" if sampled is not None and sampled < BLOCK_MAX_PATCHES else ""
+    blocks = tuple(f"{c}/{l}" + ("" if c == pretrained_engine.LOGMEL else suffix)
+                   for c, l, _ in pretrained_engine.BLOCKS)
+    weights = tuple(float(w) for _, _, w in pretrained_engine.BLOCKS)
+    settings = rerank.parse_settings(pretrained_engine.ENGINE_RERANK)
+    description = (" + ".join(f"{b}×{w:g}" for b, w in zip(blocks, weights)) + f", rerank {pretrained_engine.ENGINE_RERANK}"
+                   + f", max_patches {sampled}")
+    return EngineVariant(blocks=blocks, weights=weights, rerank=settings), description
+
+
 def engine_row(variant: EngineVariant, *, n_catalogs: int = 4) -> tuple:
     """(choose, search) of an `EngineVariant`: labels are read only to choose weights / re-ranking when the
     variant asks for it, on catalogs of the training albums searched as a test catalog is."""
@@ -919,7 +934,7 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
         rows += [("baselines", "fusion", fusion_row()),
                  ("baselines", "fusion" + RERANK_SUFFIX, fusion_row(choose_rerank_too=True))]
     if "blocks" in groups:
-        for block in PENULTIMATES + TAGGRAMS + MAXPOOLS + ("mfcc16", "logmel"):
+        for block in PENULTIMATES + TAGGRAMS + MAXPOOLS + ("logmel", "mfcc"):
             rows.append(("blocks", f"block {block}", engine_row(EngineVariant(blocks=(block,)))))
     if "engine" in groups:
         variants = {
@@ -930,14 +945,16 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
             "musicnn + vgg MTT penultimates": EngineVariant(blocks=PENULTIMATES[:2] + PENULTIMATES[3:]),
             "4 penultimates + 4 taggrams": EngineVariant(blocks=PENULTIMATES + TAGGRAMS),
             "4 penultimates + 2 maxpools": EngineVariant(blocks=PENULTIMATES + MAXPOOLS),
-            "4 penultimates + mfcc16": EngineVariant(blocks=PENULTIMATES + ("mfcc16",)),
+            "4 penultimates + mfcc": EngineVariant(blocks=PENULTIMATES + ("mfcc",)),
             "4 penultimates + logmel": EngineVariant(blocks=PENULTIMATES + ("logmel",)),
             "all blocks, weights searched": EngineVariant(blocks=PENULTIMATES + TAGGRAMS + MAXPOOLS
-                                                          + ("mfcc16", "logmel"), weights="search"),
+                                                          + ("mfcc", "logmel"), weights="search"),
             "4 penultimates, re-ranking chosen": EngineVariant(blocks=PENULTIMATES, rerank="choose"),
         }
         rows += [("engine", f"pretrained: {name}", engine_row(v)) for name, v in variants.items()]
         rows.append(("engine", f"pretrained: chosen ({ENGINE_CHOICE_NAME})", engine_row(ENGINE_CHOICE)))
+        shipped, description = shipped_engine_variant()
+        rows.append(("engine", f"pretrained as shipped ({description})", engine_row(shipped)))
     if "rerank" in groups:
         for settings in RERANK_GRID[1:]:
             name = f"{settings.method}:k={settings.k},alpha={settings.alpha:g}"
