@@ -261,3 +261,27 @@ def test_build_command_standardise_flag(tmp_path, capsys, flag, expected):
     assert index.standardise == expected
     np.testing.assert_allclose(index.raw_vector(track_id=ids[0]),
                                vectors[0] if expected else vectors[0] / np.linalg.norm(vectors[0]), rtol=1e-6)
+
+
+def test_a_backend_is_added_by_its_class_and_one_registry_line(tmp_path, monkeypatch):
+    """issue 23: backends live in one table; build, open and the rerank check look them up there."""
+    from musicsim.index import build_index_from_vectors, registry
+
+    class MemoryIndex(FaissIndex):
+        backend = "memory"
+        reranks = False
+
+    monkeypatch.setitem(registry.BACKEND_CLASSES, "memory", MemoryIndex)
+    ids, vectors = skewed_catalogue(count=12, dim=4, seed=12)
+    build_index_from_vectors(output=str(tmp_path / "idx"), track_ids=ids, vectors=vectors, backend="memory")
+    assert json.loads((tmp_path / "idx" / "config.json").read_text())["backend"] == "memory"
+    index = open_index(str(tmp_path / "idx"))
+    assert type(index) is MemoryIndex and len(index) == 12
+    with pytest.raises(ValueError, match="the memory backend does not re-rank"):
+        build_index_from_vectors(output=str(tmp_path / "b"), track_ids=ids, vectors=vectors, backend="memory",
+                                 rerank="dba:k=2")
+    with pytest.raises(ValueError, match="--uri and --collection are not for the memory backend"):
+        build_index_from_vectors(output=str(tmp_path / "c"), track_ids=ids, vectors=vectors, backend="memory",
+                                 uri="x.db")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        build_index_from_vectors(output=str(tmp_path / "d"), track_ids=ids, vectors=vectors, backend="nosuch")

@@ -79,7 +79,9 @@ def check_index_rerank(*, settings: RerankSettings, similarity: str, backend: st
     if similarity != "cosine":
         raise ValueError(f"re-ranking {settings.method!r} averages unit vectors, so it ranks by cosine: a "
                          f"{similarity} index cannot apply it; build with --similarity=cosine, or --rerank=none")
-    if backend != "faiss":
+    from musicsim.index.registry import backend_class  # the registry imports this module
+
+    if not backend_class(backend).reranks:
         raise ValueError(f"the {backend} backend does not re-rank (database-side augmentation needs the "
                          "catalog in memory); build with --backend=faiss, or --rerank=none")
     return settings
@@ -257,7 +259,8 @@ class IndexBackend(abc.ABC):
     """
 
     backend = "abstract"
-    # Re-ranking the index applies (``check_index_rerank``); only the faiss backend re-ranks.
+    # Whether the backend can apply re-ranking (``check_index_rerank``), and the re-ranking the index applies.
+    reranks: bool = False
     rerank: RerankSettings = RerankSettings()
     similarity: str
     model: dict[str, Any]
@@ -381,6 +384,23 @@ class IndexBackend(abc.ABC):
     @abc.abstractmethod
     def open_directory(cls, *, source: str, config: Mapping[str, Any]) -> "IndexBackend":
         """The index saved in the folder ``source`` whose config.json is ``config`` (``open_index`` calls this)."""
+
+    @classmethod
+    def check_location(cls, *, uri: str | None, collection: str | None) -> dict[str, Any]:
+        """Where a new index of this backend keeps its vectors, from ``--uri`` / ``--collection``: the keyword
+        arguments ``create`` takes as ``location``; ValueError for options the backend does not take.
+        The default: the index folder itself (no uri, no collection)."""
+        if uri or collection:
+            raise ValueError(f"--uri and --collection are not for the {cls.backend} backend")
+        return {}
+
+    @classmethod
+    def create(cls, *, output: str, overwrite: bool, location: Mapping[str, Any], rerank: RerankSettings,
+               **arguments: Any) -> "IndexBackend":
+        """A new index of this backend, about to be saved to ``output`` (``build_index_from_vectors`` calls this):
+        ``arguments`` are the constructor's (track_ids, vectors, similarity, metadata, model, approximate,
+        standardise, dimension_weights), ``location`` is ``check_location``'s. The default: the constructor."""
+        return cls(**location, **arguments, **({"rerank": rerank} if cls.reranks else {}))
 
     def close(self) -> None:
         """Release what the index holds open (a database connection); the default holds nothing."""

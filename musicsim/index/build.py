@@ -28,7 +28,6 @@ import numpy as np
 
 from musicsim import rerank as reranking
 from musicsim.similarity import SIMILARITIES
-from musicsim.index import storage
 from musicsim.index.backends import IndexBackend, check_index_rerank
 from musicsim.index.embeddings_io import load_embeddings, read_provenance, run_embedding_dim, run_similarity
 from musicsim.index.registry import backend_class, open_index
@@ -209,10 +208,7 @@ def build_index_from_vectors(*, output: str, track_ids: Sequence[str], vectors: 
         The saved (and closed) index; its ``version`` is the one written.
     """
     cls = backend_class(backend)
-    if backend == "milvus" and not (uri and collection):
-        raise ValueError("the milvus backend needs --uri (a PATH.db file or http://host:19530) and --collection")
-    if backend != "milvus" and (uri or collection):
-        raise ValueError("--uri and --collection are for --backend=milvus")
+    location = cls.check_location(uri=uri, collection=collection)
     model = dict(model or {})
     rerank_settings = resolve_rerank(option=parse_rerank_option(rerank), model=model, similarity=similarity,
                                      backend=backend)
@@ -221,41 +217,16 @@ def build_index_from_vectors(*, output: str, track_ids: Sequence[str], vectors: 
                                                          dim=int(np.shape(vectors)[1]) if np.ndim(vectors) == 2 else 0)
     output = os.path.abspath(output)
     check_output_directory(directory=output, overwrite=overwrite)
-    arguments: dict[str, Any] = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
-                                     model={key: value for key, value in model.items() if key != "similarity"},
-                                     approximate=approximate, standardise=standardise,
-                                     dimension_weights=dimension_weights)
-    previous_collection = None
-    if backend == "milvus":
-        from musicsim.index.milvus import is_local_uri
-
-        if is_local_uri(uri) and os.path.commonpath([output, os.path.abspath(uri)]) == output:
-            raise ValueError(f"--uri={uri} lies inside --output={output}: keep the Milvus Lite file outside the "
-                             "index directory")
-        previous_collection = _previous_milvus_collection(output=output, uri=uri) if overwrite else None
-        index: IndexBackend = cls(uri=uri, collection=collection, overwrite=overwrite, **arguments)
-    else:
-        index = cls(**arguments, rerank=rerank_settings)
+    index = cls.create(output=output, overwrite=overwrite, location=location, track_ids=track_ids, vectors=vectors,
+                       similarity=similarity, metadata=metadata,
+                       model={key: value for key, value in model.items() if key != "similarity"},
+                       approximate=approximate, standardise=standardise, dimension_weights=dimension_weights,
+                       rerank=rerank_settings)
     try:
-        if previous_collection:
-            index.supersede(collection=previous_collection)
         index.save(output, overwrite=overwrite)
     finally:
         index.close()
     return index
-
-
-def _previous_milvus_collection(*, output: str, uri: str) -> str | None:
-    """The collection the index folder ``output`` names when it is a Milvus index at ``uri`` (else None)."""
-    from musicsim.index.milvus import is_local_uri
-
-    try:
-        _, config = storage.read_config(output)
-    except (FileNotFoundError, ValueError):
-        return None
-    same_uri = config.get("uri") == (os.path.abspath(uri) if is_local_uri(uri) else uri)
-    name = config.get("collection")
-    return name if config.get("backend") == "milvus" and same_uri and isinstance(name, str) else None
 
 
 def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,

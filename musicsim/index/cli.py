@@ -29,7 +29,8 @@ from absl import flags
 # The parse helpers every command shares live in musicsim.cli (musicsim.search and serve import them from here too).
 from musicsim.cli import parse_command_line, run_command, usage_error
 from musicsim.similarity import SIMILARITIES
-from musicsim.index.backends import APPROXIMATE_KINDS, BACKENDS
+from musicsim.index.backends import APPROXIMATE_KINDS
+from musicsim.index.registry import BACKEND_CLASSES
 
 USAGE = ("usage: python -m musicsim.index build --embeddings=FILE --output=DIR [...]\n"
          "       python -m musicsim.index add --index=DIR --embeddings=FILE [--replace]\n"
@@ -49,7 +50,7 @@ flags.DEFINE_string("model_dir", None, "build, add: the run the embeddings come 
 flags.DEFINE_string("model", None, "build: the model name, if the embeddings file does not say.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "build: replace --output even if it is a folder that holds no index (and, "
                   "for milvus, an existing --collection).", flag_values=FLAGS)
-flags.DEFINE_enum("backend", "faiss", list(BACKENDS), "build: where the vectors live.", flag_values=FLAGS)
+flags.DEFINE_enum("backend", "faiss", list(BACKEND_CLASSES), "build: where the vectors live.", flag_values=FLAGS)
 flags.DEFINE_string("uri", None, "build, milvus: a PATH.db Milvus Lite file, or http://host:19530.",
                     flag_values=FLAGS)
 flags.DEFINE_string("collection", None, "build, milvus: the collection to create.", flag_values=FLAGS)

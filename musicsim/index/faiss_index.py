@@ -169,6 +169,7 @@ class FaissIndex(IndexBackend):
         self._build_faiss()
 
     backend = "faiss"
+    reranks = True
 
     def _refresh_vectors(self) -> None:
         """The searched-space vectors of the catalog: standardised by its current statistics (when the

@@ -576,6 +576,29 @@ class MilvusIndex(IndexBackend):
             nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
             ef_search=self.ef_search, metadata_columns=self._columns, **statistics)
 
+    @classmethod
+    def check_location(cls, *, uri: str | None, collection: str | None) -> dict[str, Any]:
+        """``--uri`` and ``--collection``, both required."""
+        if not (uri and collection):
+            raise ValueError("the milvus backend needs --uri (a PATH.db file or http://host:19530) and --collection")
+        return {"uri": uri, "collection": collection}
+
+    @classmethod
+    def create(cls, *, output: str, overwrite: bool, location: Mapping[str, Any], rerank: Any,
+               **arguments: Any) -> "MilvusIndex":
+        """A new Milvus index to be saved to ``output``; with ``overwrite``, the collection the folder names now
+        (when it is a Milvus index at the same URI) is dropped after the save that switches it."""
+        uri, collection = location["uri"], location["collection"]
+        output = os.path.abspath(output)
+        if is_local_uri(uri) and os.path.commonpath([output, os.path.abspath(uri)]) == output:
+            raise ValueError(f"--uri={uri} lies inside --output={output}: keep the Milvus Lite file outside the "
+                             "index directory")
+        previous = _collection_named_by(output=output, uri=uri) if overwrite else None
+        index = cls(uri=uri, collection=collection, overwrite=overwrite, **arguments)
+        if previous:
+            index.supersede(collection=previous)
+        return index
+
     def supersede(self, *, collection: str) -> None:
         """Drop the collection ``collection`` (of this index's Milvus) after the next successful ``save``:
         the one a rebuilt folder named before (``build_index --overwrite``)."""
@@ -691,6 +714,17 @@ class MilvusIndex(IndexBackend):
             return
         self._client = None
         disconnect(client=client, uri=self.uri)
+
+
+def _collection_named_by(*, output: str, uri: str) -> str | None:
+    """The collection the index folder ``output`` names when it is a Milvus index at ``uri`` (else None)."""
+    try:
+        _, config = storage.read_config(output)
+    except (FileNotFoundError, ValueError):
+        return None
+    same_uri = config.get("uri") == (os.path.abspath(uri) if is_local_uri(uri) else uri)
+    name = config.get("collection")
+    return name if config.get("backend") == MilvusIndex.backend and same_uri and isinstance(name, str) else None
 
 
 def disconnect(*, client: Any, uri: str) -> None:

@@ -39,7 +39,7 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from musicsim.index.backends import (APPROXIMATE_KINDS, BACKENDS, IndexFileError,  # noqa: E402
+from musicsim.index.backends import (APPROXIMATE_KINDS, IndexFileError,  # noqa: E402
                                      check_dimension_weights, check_index_rerank)
 from musicsim.owned import MANIFEST_NAME, NotOurFolderError, check_replaceable, write_manifest  # noqa: E402
 from musicsim.rerank import RerankSettings, settings_from_json  # noqa: E402
@@ -309,8 +309,11 @@ def read_config(directory: str) -> tuple[str, dict[str, Any]]:
     if config.get("format_version") != FORMAT_VERSION:
         raise IndexFileError(f"{config_path}: format_version {config.get('format_version')!r}, "
                              f"this code reads {FORMAT_VERSION}")
-    if config.get("backend", "faiss") not in BACKENDS:
-        raise IndexFileError(f"{config_path}: unknown backend {config.get('backend')!r} (this code has {BACKENDS})")
+    from musicsim.index.registry import BACKEND_CLASSES  # the registry imports this module
+
+    if config.get("backend", "faiss") not in BACKEND_CLASSES:
+        raise IndexFileError(f"{config_path}: unknown backend {config.get('backend')!r} (this code has "
+                             f"{tuple(BACKEND_CLASSES)})")
     return source, config
 
 
