@@ -60,7 +60,7 @@ def collections(uri: str, names: list[str]) -> dict[str, int]:
 def top_ids(index_dir: str, query: np.ndarray) -> list[str]:
     index = open_index(index_dir)
     try:
-        return [t for t, _ in index.search(queries=query[None], k=5)[0]]
+        return [t for t, _ in index.search(queries=index.prepare_query(query[None]), k=5)[0]]
     finally:
         index.close()
 
@@ -184,3 +184,23 @@ def test_a_standardising_milvus_index_writes_a_new_collection_and_drops_the_old_
         np.testing.assert_allclose(reopened.catalog_statistics()[0], reference.catalog_statistics()[0], rtol=1e-6)
     finally:
         reopened.close()
+
+
+def test_a_killed_add_to_a_standardising_milvus_index_keeps_the_old_catalog(tmp_path):
+    uri, folder = str(tmp_path / "m.db"), str(tmp_path / "idx")
+    ids, vectors = write_embeddings(tmp_path / "a.npz", count=30, seed=3)
+    write_embeddings(tmp_path / "b.npz", count=20_000, seed=4, prefix="b")
+    done = run_cli("build", f"--output={folder}", f"--embeddings={tmp_path / 'a.npz'}", "--backend=milvus",
+                   f"--uri={uri}", "--collection=music", "--model=x", "--standardise")
+    assert done.returncode == 0 and "standardised" in done.stdout, done.stderr
+    before = top_ids(folder, vectors[2])
+    adding = subprocess.Popen([sys.executable, "-c", TRACED_CLI, "add", f"--index={folder}",
+                               f"--embeddings={tmp_path / 'b.npz'}"], cwd=ROOT, env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = [adding.stdout.readline() for _ in range(3)]
+    assert all(line.startswith("inserted music__g") for line in lines), (lines, adding.stderr.read())
+    os.kill(adding.pid, signal.SIGKILL)
+    adding.wait(timeout=60)
+    assert json.loads((tmp_path / "idx" / "config.json").read_text())["collection"] == "music"
+    assert collections(uri, ["music"]) == {"music": 30}
+    assert top_ids(folder, vectors[2]) == before
