@@ -95,10 +95,11 @@ def test_one_decode_one_spectrogram_and_each_patch_through_the_networks_once(mus
     vectors, ok, skipped = engine.embed_paths(paths=[clips[clip]])
     assert ok == [0] and not skipped and vectors.shape == (1, engine.dim)
     patches = engine_module.expected_patches(seconds=seconds)
+    used = patches if max_patches is None else min(patches, max_patches)
     assert counts.decodes == 1
-    # Every frame of every patch computed once, whatever the networks then read.
-    assert counts.stft_frames == patches * musicnn.PATCH_FRAMES
-    assert counts.network_patches == (patches if max_patches is None else min(patches, max_patches))
+    # Every frame of every patch used computed once (a sampled track: only the sampled patches' frames).
+    assert counts.stft_frames == used * musicnn.PATCH_FRAMES
+    assert counts.network_patches == used
 
 
 @pytest.mark.parametrize("total, max_patches", [(10, 3), (80, 20), (81, 20), (5, 5), (4, 9), (1, 1), (1000, 7)])
@@ -222,3 +223,23 @@ def test_default_embedder_is_the_raw_engine_with_its_catalog_weights(musicnn_fil
     assert results[0][1].shape == (embedder.dim,) and results[1][1] is None and results[1][2]
     direct, _, _ = raw_engine().embed_paths(paths=[clips["short"]])
     np.testing.assert_array_equal(results[0][1], direct[0])
+
+
+@pytest.mark.parametrize("seconds, keep, cuts", [
+    (31.0, [0, 3, 9], [0, 1000, 200000, None]),
+    (31.0, [1, 2, 3, 4, 5, 6, 7, 8, 9], [0, 47872, 47873, None]),  # more than one block of patches
+    (31.0, [9, 10, 14], [0, None]),  # past the end: dropped
+    (29.9, [8, 9], [0, 333, None]),  # the last patch is zero padded at the end (the centred frames)
+    (20.0, [12, 40], [0, None]),  # none exists: the last whole patch
+    (1.5, [3], [0, None]),  # shorter than a patch: its one padded patch
+])
+def test_selected_patches_are_those_of_the_whole_signal(seconds, keep, cuts):
+    audio = _clip(seconds, seed=60)
+    cuts = [audio.size if c is None else c for c in cuts]
+    pieces = [audio[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    every = np.concatenate(list(musicnn.iter_patch_blocks(blocks=[audio])))
+    chosen = np.concatenate(list(engine_module.iter_selected_patches(blocks=iter(pieces), keep=np.array(keep),
+                                                                     block_patches=4)))
+    existing = [k for k in keep if k < every.shape[0]] or [every.shape[0] - 1]
+    assert chosen.shape == (len(existing), musicnn.PATCH_FRAMES, musicnn.N_MELS)
+    np.testing.assert_allclose(chosen, every[existing], atol=1e-5, rtol=0)

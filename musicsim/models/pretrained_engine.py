@@ -5,7 +5,7 @@ musicnn's four trained taggers (``MSD_musicnn``, ``MTT_musicnn``, ``MSD_vgg``, `
 cut into 3 s patches. So each file is decoded once, block by block
 (`musicsim.audio.iter_excerpt_blocks`: memory is bounded by a block whatever the track's length),
 its patches are computed once (`musicnn.iter_patch_blocks`), and every network the engine needs
-runs on the same patches in one traced graph of a fixed batch (`BlockNetworks`). A track's vector
+runs on the same patches in one traced graph (`BlockNetworks`). A track's vector
 is the concatenation of the chosen *blocks*: the mean over its patches of one layer of one
 checkpoint (``("MSD_musicnn", "penultimate")``), or a cheap statistic of the same spectrogram
 (``("logmel", "mean")``, ``("logmel", "std")``: each mel band's mean and standard deviation).
@@ -69,7 +69,7 @@ DEFAULT_MAX_PATCHES: int | None = None
 # Numerics of the networks: "float32" (exact, the reference) and the faster paths (see BlockNetworks).
 PRECISIONS = ("float32",)
 DEFAULT_PRECISION = "float32"
-# Patches per network call: the one traced batch shape (a track's last call is zero padded).
+# Patches per network call (bounds the activations' memory).
 DEFAULT_BATCH_PATCHES = 8
 # Bump when the cached block means of a file change (how they are computed, not which are chosen).
 FEATURES_VERSION = 1
@@ -124,15 +124,16 @@ def feature_blocks(checkpoints: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 # -- the networks, in one graph -------------------------------------------------------------------
 class BlockNetworks:
-    """Several musicnn networks run on the same patches by one traced function of a fixed batch.
+    """Several musicnn networks run on the same patches by one traced function.
 
     Parameters
     ----------
     checkpoints : sequence of str
         Networks to run (`CHECKPOINTS`); may be empty (then only the log-mel statistics are given).
     batch_patches : int >= 1
-        The traced batch: ``n`` patches take ``ceil(n / batch_patches)`` calls, the last zero padded
-        (batch-norm runs with its moving statistics, so each patch is computed on its own).
+        Patches per call: ``n`` patches take ``ceil(n / batch_patches)`` calls of the one traced graph
+        (batch-norm runs with its moving statistics, so each patch is computed on its own). Bounds the
+        activations' memory (about 0.1 GB per network at 8).
     precision : str
         One of `PRECISIONS`.
     pretrained_cache : str or None
@@ -173,8 +174,9 @@ class BlockNetworks:
                     outputs[f"{checkpoint}/{layer}"] = value
             return outputs
 
+        # One trace for any batch up to batch_patches: a short track's last call is not padded to a full batch.
         run = tf.function(every_layer, input_signature=[
-            tf.TensorSpec([self.batch_patches, musicnn.PATCH_FRAMES, musicnn.N_MELS], tf.float32)])
+            tf.TensorSpec([None, musicnn.PATCH_FRAMES, musicnn.N_MELS], tf.float32)])
 
         def call(batch: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
             found = run(batch)
@@ -203,12 +205,8 @@ class BlockNetworks:
             self._run = self._build()
         parts: dict[tuple[str, str], list[np.ndarray]] = {block: [] for block in self.blocks}
         for start in range(0, count, self.batch_patches):
-            batch = patches[start:start + self.batch_patches]
-            used = batch.shape[0]
-            if used < self.batch_patches:
-                batch = np.concatenate([batch, np.zeros((self.batch_patches - used,) + batch.shape[1:], np.float32)])
-            for block, value in self._run(batch).items():
-                parts[block].append(value[:used])
+            for block, value in self._run(patches[start:start + self.batch_patches]).items():
+                parts[block].append(value)
         return {block: (np.concatenate(values) if values else np.zeros((0, BLOCK_DIMS[block]), np.float32))
                 for block, values in parts.items()}
 
@@ -247,22 +245,72 @@ def sampled_patches(*, total: int, max_patches: int | None) -> np.ndarray | None
     return np.floor((np.arange(max_patches) + 0.5) * total / max_patches).astype(np.int64)
 
 
-def _selected(patch_blocks: Iterable[np.ndarray], *, keep: np.ndarray | None) -> Iterator[np.ndarray]:
-    """The patches whose running index is in ``keep`` (all when None); a track none of whose patches
-    is kept (its length was misjudged) keeps its last block, so it still has a vector."""
-    start, last, any_kept = 0, None, False
-    for patches in patch_blocks:
-        if keep is None:
-            yield patches
-            continue
-        chosen = keep[(keep >= start) & (keep < start + patches.shape[0])] - start
-        start += patches.shape[0]
-        last = patches
-        if chosen.size:
-            any_kept = True
-            yield patches[chosen]
-    if keep is not None and not any_kept and last is not None:
-        yield last
+def iter_selected_patches(*, blocks: Iterable[np.ndarray], keep: np.ndarray,
+                          block_patches: int = DEFAULT_BATCH_PATCHES) -> Iterator[np.ndarray]:
+    """The patches ``keep`` of a signal given in pieces: only their spectrogram is computed.
+
+    Patch ``p`` is the one `musicnn.iter_patch_blocks` cuts ``p``-th (the same frames of the
+    whole signal's centred spectrogram); an index past the signal's last whole patch is dropped.
+    A signal none of whose chosen patches exists (its length was misjudged) gives its last whole
+    patch, or its one zero-padded patch when it is shorter than a patch, so it still has a vector.
+
+    Parameters
+    ----------
+    blocks : iterable of np.ndarray, float32, shape ``[n_i]``
+        Consecutive pieces of a 16 kHz signal.
+    keep : np.ndarray, int, shape ``[k]``, ascending
+    block_patches : int >= 1
+        Patches per yielded array.
+
+    Yields
+    ------
+    np.ndarray, float32, shape ``[m, PATCH_FRAMES, N_MELS]``, 1 <= m <= block_patches
+    """
+    half = musicnn.N_FFT // 2
+    window = musicnn.PATCH_SAMPLES + half  # one patch's samples: 187 frames without centring
+    wanted = [int(p) for p in np.asarray(keep).reshape(-1)]
+    # The buffer starts at sample ``offset * PATCH_SAMPLES - half`` of the signal (the centring's zeros first).
+    buffer, offset, total = np.zeros(half, dtype=np.float32), 0, 0
+    pending: list[np.ndarray] = []
+    emitted = False
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        total += block.size
+        buffer = np.concatenate([buffer, block])
+        while wanted and buffer.size >= (wanted[0] - offset) * musicnn.PATCH_SAMPLES + window:
+            start = (wanted.pop(0) - offset) * musicnn.PATCH_SAMPLES
+            pending.append(musicnn.log_mel_frames(window=buffer[start:start + window]))
+            if len(pending) == block_patches:
+                emitted = True
+                yield np.stack(pending)
+                pending = []
+        # Keep only what a later patch can still need: the last two whole patches' windows at least.
+        drop = max(0, (buffer.size - window) // musicnn.PATCH_SAMPLES - 1)
+        if wanted:
+            drop = min(drop, wanted[0] - offset)
+        buffer, offset = buffer[drop * musicnn.PATCH_SAMPLES:], offset + drop
+
+    def padded_patch(index: int) -> np.ndarray:
+        """Patch ``index`` at the signal's end, zero padded past it (librosa's centring pads with zeros)."""
+        start = (index - offset) * musicnn.PATCH_SAMPLES
+        samples = np.zeros(window, dtype=np.float32)
+        part = buffer[max(start, 0):start + window]
+        samples[:part.size] = part
+        return musicnn.log_mel_frames(window=samples)
+
+    # As iter_patch_blocks: the centred spectrogram's whole patches, at least one (zero padded).
+    whole = max((1 + total // musicnn.HOP) // musicnn.PATCH_FRAMES, 1)
+    for index in [p for p in wanted if p < whole]:
+        pending.append(padded_patch(index))
+        if len(pending) == block_patches:
+            emitted = True
+            yield np.stack(pending)
+            pending = []
+    if pending:
+        emitted = True
+        yield np.stack(pending)
+    if not emitted:
+        yield padded_patch(max(whole - 1, offset))[None]
 
 
 def _finite(values: np.ndarray, *, what: str) -> np.ndarray:
@@ -326,13 +374,16 @@ def all_block_means(*, path: str, checkpoints: Sequence[str] = CHECKPOINTS, max_
     # The excerpt is checked (too short, silent) as its blocks end, before its last patches run.
     decoded = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=musicnn.SAMPLE_RATE, max_seconds=max_seconds),
                              path=path, sample_rate=musicnn.SAMPLE_RATE, min_seconds=min_seconds)
-    patch_blocks = musicnn.iter_patch_blocks(blocks=decoded, block_patches=networks.batch_patches)
+    if keep is None:
+        patch_blocks = musicnn.iter_patch_blocks(blocks=decoded, block_patches=networks.batch_patches)
+    else:
+        patch_blocks = iter_selected_patches(blocks=decoded, keep=keep, block_patches=networks.batch_patches)
     sums: dict[tuple[str, str], np.ndarray] = {}
     rows: dict[tuple[str, str], list[np.ndarray]] = {}
     band_sum = np.zeros(musicnn.N_MELS)
     band_squares = np.zeros(musicnn.N_MELS)
     frames, count = 0, 0
-    for patches in _selected(patch_blocks, keep=keep):
+    for patches in patch_blocks:
         outputs = networks(patches=patches)
         as64 = patches.astype(np.float64)
         band_sum += as64.sum(axis=(0, 1))
