@@ -187,6 +187,7 @@ def walk_library(*, roots: Sequence[str], excludes: Sequence[str] = ()) -> Listi
     """
     roots = [os.path.abspath(r) for r in roots]
     real_roots = [os.path.realpath(r) for r in roots]
+    excludes = [pattern.rstrip("/") or pattern for pattern in excludes]  # "Podcasts/" means the folder too
     listing = Listing(files=[], problems=[], unreadable_folders=[])
     seen_folders: dict[tuple[int, int], str] = {}
     seen_files: dict[tuple[int, int], str] = {}
