@@ -106,8 +106,9 @@ def test_two_writers_at_once_lose_nothing(catalog, pair, wait):
     applied = [name for name, (code, _) in zip(pair, outcomes) if code == 0]
     for name, (code, err) in zip(pair, outcomes):
         assert code in (0, 2), err
-        if code == 2:
-            assert "is being written by 'musicsim.index" in err and not wait
+        if code == 2:  # named, unless refused in the instant between the holder's lock and its record
+            assert not wait and ("is being written by 'musicsim.index" in err
+                                 or "is being written by another process" in err), err
     assert applied, outcomes
     assert set(open_index(catalog["index"]).track_ids) == expected_ids(applied)
     if wait:
@@ -133,4 +134,5 @@ def test_the_lock_is_a_sibling_so_a_new_index_folder_can_be_made_under_it(tmp_pa
     with index_lock(str(folder), wait=False, command="index build"):
         assert not folder.exists() and (tmp_path / "new" / "idx.lock").exists()
         FaissIndex(track_ids=["a"], vectors=np.ones((1, 3))).save(str(folder))
-    assert sorted(os.listdir(tmp_path / "new")) == ["idx", "idx.lock", "idx.lock.json"]
+        assert (tmp_path / "new" / "idx.lock.json").exists()
+    assert sorted(os.listdir(tmp_path / "new")) == ["idx", "idx.lock"]  # the holder record goes with the holder

@@ -7,8 +7,8 @@ swap the index folder itself while it holds the lock, and an OS lock, so the ker
 holder dies (kill -9 included) and the next writer takes it over with no stale-lock cleanup.
 
 Who holds it (command, pid, host, start time) is written to ``INDEX_DIR.lock.json`` once the lock is
-taken; only the message of a refused or waiting writer reads it (a stale file of a dead holder is
-harmless: the lock itself is what counts).
+taken, and removed when it is released; only the message of a refused or waiting writer reads it (a
+record left by a killed holder is ignored once its pid is gone: the lock itself is what counts).
 
 >>> import tempfile, os
 >>> folder = os.path.join(tempfile.mkdtemp(), "idx")
@@ -29,6 +29,7 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 
 from musicsim.index.backends import IndexFileError
+from musicsim.workers import process_alive
 
 LOCK_SUFFIX = ".lock"
 HOLDER_SUFFIX = ".lock.json"
@@ -60,9 +61,13 @@ def holder_of(index_dir: str) -> dict[str, Any] | None:
 
 
 def describe_holder(index_dir: str) -> str:
-    """``'index add' (pid 123 on host, since 2026-01-01T10:00:00Z)``, or ``another process`` when unknown."""
+    """``'index add' (pid 123 on host, since 2026-01-01T10:00:00Z)``, or ``another process`` when unknown (no
+    record yet, or one a dead process of this host left)."""
     record = holder_of(index_dir)
     if not record:
+        return "another process"
+    pid = record.get("pid")
+    if record.get("host") == socket.gethostname() and isinstance(pid, int) and not process_alive(pid):
         return "another process"
     return (f"{record.get('command', 'a writer')!r} (pid {record.get('pid', '?')} on {record.get('host', '?')}, "
             f"since {record.get('since', '?')})")
@@ -115,6 +120,10 @@ def index_lock(index_dir: str, *, wait: bool, command: str) -> Iterator[None]:
         _write_holder(index_dir, command=command)
         yield
     finally:
+        record = holder_of(index_dir)
+        if record and record.get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
+                os.remove(holder_path(index_dir))
         lock.release()
 
 
