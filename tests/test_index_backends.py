@@ -260,3 +260,17 @@ def test_the_milvus_backend_refuses_reranking_with_exit_2(tmp_path, capsys):
     assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={tmp_path / 'faiss'}",
                  "--rerank=dba+aqe:k=3"]) == 0
     assert EmbeddingIndex.load(str(tmp_path / "faiss")).rerank.method == "dba+aqe"
+
+
+@needs_milvus
+def test_closing_one_milvus_index_leaves_another_on_the_same_file_working(tmp_path, opened):
+    # pymilvus shares one connection per address: serve's live reload closes the old version while the new one
+    # (same file, another collection) keeps answering.
+    from musicsim.index.milvus import MilvusIndex
+
+    ids, vectors, _ = catalogue(count=30, dim=8)
+    first = make_index("milvus", tmp_path, track_ids=ids, vectors=vectors)
+    second = MilvusIndex(uri=str(tmp_path / "milvus.db"), collection="other", track_ids=ids[:10], vectors=vectors[:10])
+    opened(second)
+    first.close()
+    assert ids_of(second.search(queries=vectors[:1], k=3))[0][0] == ids[0]

@@ -729,14 +729,23 @@ def _collection_named_by(*, output: str, uri: str) -> str | None:
 
 def disconnect(*, client: Any, uri: str) -> None:
     """Close a client of ``connect``; for Milvus Lite, the last one of a file in this process stops its embedded
-    server, which frees the file for other processes."""
+    server, which frees the file for other processes.
+
+    pymilvus shares one connection between the clients of one address: closing it while another index of
+    this process still uses the file would break that index (``ConnectionNotExistException``), so only the
+    file's last client closes it.
+    """
+    if not is_local_uri(uri):
+        with _quiet_pymilvus():
+            client.close()
+        return
+    uri = os.path.abspath(uri)
+    _LITE_USERS[uri] -= 1
+    if _LITE_USERS[uri] > 0:
+        return
+    del _LITE_USERS[uri]
     with _quiet_pymilvus():
         client.close()
-    if is_local_uri(uri):
-        uri = os.path.abspath(uri)
-        _LITE_USERS[uri] -= 1
-        if _LITE_USERS[uri] <= 0:
-            del _LITE_USERS[uri]
-            from milvus_lite.server_manager import server_manager_instance
+    from milvus_lite.server_manager import server_manager_instance
 
-            server_manager_instance.release_server(uri)
+    server_manager_instance.release_server(uri)
