@@ -282,3 +282,22 @@ def test_the_sampled_default_stays_close_to_every_patch_on_real_music(musicnn_fi
     own = np.diag(similarity)
     assert own.min() >= 0.80 and own.mean() >= 0.88, own
     assert np.all(similarity.argmax(axis=1) == np.arange(len(paths)))
+
+
+def test_a_run_fits_scores_and_exports_through_the_registry(musicnn_files, tmp_path):  # noqa: F811
+    from conftest import write_synthetic_dataset
+    from experiments.run import RunConfig, run
+    from musicsim.embedder import load_embedder
+
+    dataset_dir = write_synthetic_dataset(str(tmp_path / "data"), per_album=8, seconds=3.0)
+    model_dir = str(tmp_path / "run")
+    results = run(RunConfig(model="pretrained", dataset_dir=dataset_dir, model_dir=model_dir, eval_repeats=2))
+    assert results["similarity"] == "cosine" and results["sizes"]["test"] == 8
+    with np.load(os.path.join(model_dir, "embeddings.npz")) as npz:
+        embeddings, paths = npz["embeddings"], npz["paths"]
+    assert embeddings.shape == (32, PretrainedEngine().dim)
+    embedder = load_embedder(model_dir)
+    assert (embedder.kind, embedder.name, embedder.similarity) == ("fitted", "pretrained", "cosine")
+    vectors, ok, _ = embedder.embed_paths(paths=[str(paths[5])], progress=False)
+    assert ok == [0]
+    np.testing.assert_allclose(vectors[0], embeddings[5], atol=1e-5)
