@@ -190,7 +190,7 @@ def _track_id(path: str, root: str) -> str:
 def distill(*, paths: Sequence[str], output: str, settings: DistillSettings, cache_dir: str | None = None,
             cache_bytes: int = stream.DEFAULT_CACHE_BYTES, max_minutes: float | None = None, embed: bool = True,
             progress: bool = True, on_decode: Callable[[stream.Crop], None] | None = None,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, teacher=None) -> dict:
     """Distil ``settings.teacher`` into a WaveNet from ``paths``' whole tracks, into the run folder ``output``.
 
     Parameters
@@ -205,6 +205,8 @@ def distill(*, paths: Sequence[str], output: str, settings: DistillSettings, cac
     progress : progress bars and evaluation lines
     on_decode : called with every crop decoded (tests: what audio reached distillation)
     log : where the summary lines go
+    teacher : an already built teacher (`musicsim.pretraining.Teacher`) in place of ``settings.teacher``'s;
+        its ``key`` keeps its cache entries apart
 
     Returns
     -------
@@ -243,7 +245,7 @@ def distill(*, paths: Sequence[str], output: str, settings: DistillSettings, cac
             json.dump(state, f, indent=1)
 
     write_state()
-    teacher = stream.make_teacher(settings.teacher)
+    teacher = teacher if teacher is not None else stream.make_teacher(settings.teacher)
     cache = stream.TargetCache(root=cache_dir or os.path.join(".cache", "distill_targets"), teacher_key=teacher.key,
                                dim=teacher.dim, max_bytes=cache_bytes)
     weights = stream.target_weights(teacher)
