@@ -14,6 +14,17 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
+# The same seed, the same model on any x86-64 machine with AVX2: three things change a run's numbers (by an
+# ulp at first, a different table after 200 steps), measured: oneDNN's kernels (on by default in TensorFlow
+# 2.15); the matrix products under TensorFlow's own kernels, which call oneDNN's sgemm, picked at run time by
+# the CPU's instruction set (AVX-512 and AVX2 round differently); and the intra-op thread count (it splits the
+# products differently). So a run uses TensorFlow's own kernels, oneDNN's AVX2 code and 2 intra-op threads,
+# whatever the machine. TensorFlow and oneDNN read these once, when they load: set before the imports below.
+# Each one set in the environment wins (e.g. TF_NUM_INTRAOP_THREADS=16 for speed, at the price of that).
+REPRODUCIBLE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2", "TF_NUM_INTRAOP_THREADS": "2"}
+for _name, _value in REPRODUCIBLE_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
+
 import numpy as np
 from absl import app, flags
 
