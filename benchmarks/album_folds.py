@@ -252,8 +252,9 @@ def block_vectors(*, features: Features, blocks: Sequence[str], weights: Sequenc
 
 def inner_catalogs(*, labels: np.ndarray, n_catalogs: int, seed: int = 0) -> list[np.ndarray]:
     """The training albums split into ``n_catalogs`` album-disjoint catalogs (`assign_album_folds`): row
-    indices of each. With as many catalogs as the training folds, each is about a test catalog's size."""
-    n_catalogs = min(int(n_catalogs), len(set(labels)))
+    indices of each. With as many catalogs as the training folds, each is about a test catalog's size. Fewer
+    when there are not two albums per catalog; one (every row) when there are under four albums."""
+    n_catalogs = min(int(n_catalogs), len(set(labels)) // 2)
     if n_catalogs < 2:
         return [np.arange(len(labels))]
     inner = assign_album_folds(albums=labels, n_folds=n_catalogs, seed=seed)

@@ -659,6 +659,7 @@ TAGGER_ROWS = {"musicnn_msd": "MSD_musicnn", "musicnn_mtt": "MTT_musicnn", "vgg_
 PENULTIMATES = tuple(f"{c}/penultimate" for c in BLOCK_CHECKPOINTS)
 TAGGRAMS = tuple(f"{c}/taggram" for c in BLOCK_CHECKPOINTS)
 MAXPOOLS = ("MSD_musicnn/maxpool", "MTT_musicnn/maxpool")
+LOGMEL_BLOCKS = ("logmel/mean", "logmel/std")  # the engine's blocks ("logmel", "mean" | "std"): 96 bands each
 # Re-ranking a row may choose on its training albums (none first: it wins ties), and the fixed settings
 # measured one by one.
 RERANK_GRID = tuple([rerank.RerankSettings(method="none")] + [
@@ -845,8 +846,8 @@ class EngineVariant:
 
 
 # The engine's vector as chosen under album folds (docs/engine-choice.md): the rows "rerank" and "patches" vary it.
-ENGINE_CHOICE = EngineVariant(blocks=PENULTIMATES)
-ENGINE_CHOICE_NAME = "4 penultimates"
+ENGINE_CHOICE = EngineVariant(blocks=PENULTIMATES + MAXPOOLS + LOGMEL_BLOCKS)
+ENGINE_CHOICE_NAME = "4 penultimates + 2 maxpools + logmel mean, std"
 
 
 def shipped_engine_variant() -> tuple[EngineVariant, str]:
@@ -934,7 +935,7 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
         rows += [("baselines", "fusion", fusion_row()),
                  ("baselines", "fusion" + RERANK_SUFFIX, fusion_row(choose_rerank_too=True))]
     if "blocks" in groups:
-        for block in PENULTIMATES + TAGGRAMS + MAXPOOLS + ("logmel", "mfcc"):
+        for block in PENULTIMATES + TAGGRAMS + MAXPOOLS + LOGMEL_BLOCKS + ("logmel", "mfcc"):
             rows.append(("blocks", f"block {block}", engine_row(EngineVariant(blocks=(block,)))))
     if "engine" in groups:
         variants = {
@@ -946,10 +947,22 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
             "4 penultimates + 4 taggrams": EngineVariant(blocks=PENULTIMATES + TAGGRAMS),
             "4 penultimates + 2 maxpools": EngineVariant(blocks=PENULTIMATES + MAXPOOLS),
             "4 penultimates + mfcc": EngineVariant(blocks=PENULTIMATES + ("mfcc",)),
-            "4 penultimates + logmel": EngineVariant(blocks=PENULTIMATES + ("logmel",)),
-            "all blocks, weights searched": EngineVariant(blocks=PENULTIMATES + TAGGRAMS + MAXPOOLS
-                                                          + ("mfcc", "logmel"), weights="search"),
+            "4 penultimates + logmel mean": EngineVariant(blocks=PENULTIMATES + LOGMEL_BLOCKS[:1]),
+            "4 penultimates + logmel mean, std": EngineVariant(blocks=PENULTIMATES + LOGMEL_BLOCKS),
+            "2 maxpools + logmel mean, std": EngineVariant(blocks=MAXPOOLS + LOGMEL_BLOCKS),
+            "4 penultimates + 2 maxpools + logmel mean, std": EngineVariant(blocks=PENULTIMATES + MAXPOOLS
+                                                                           + LOGMEL_BLOCKS),
+            "4 penultimates + 2 maxpools + logmel mean, std, train standardisation": EngineVariant(
+                blocks=PENULTIMATES + MAXPOOLS + LOGMEL_BLOCKS, standardise="train"),
+            "4 penultimates + 2 maxpools + logmel mean, std, weights searched": EngineVariant(
+                blocks=PENULTIMATES + MAXPOOLS + LOGMEL_BLOCKS, weights="search"),
+            "two networks: MTT musicnn (penultimate, maxpool) + MSD vgg + logmel mean, std": EngineVariant(
+                blocks=("MTT_musicnn/penultimate", "MTT_musicnn/maxpool", "MSD_vgg/penultimate") + LOGMEL_BLOCKS),
+            "all blocks, weights searched": EngineVariant(blocks=PENULTIMATES + TAGGRAMS + MAXPOOLS + LOGMEL_BLOCKS
+                                                          + ("mfcc",), weights="search"),
             "4 penultimates, re-ranking chosen": EngineVariant(blocks=PENULTIMATES, rerank="choose"),
+            "4 penultimates + 2 maxpools + logmel mean, std, re-ranking chosen": EngineVariant(
+                blocks=PENULTIMATES + MAXPOOLS + LOGMEL_BLOCKS, rerank="choose"),
         }
         rows += [("engine", f"pretrained: {name}", engine_row(v)) for name, v in variants.items()]
         rows.append(("engine", f"pretrained: chosen ({ENGINE_CHOICE_NAME})", engine_row(ENGINE_CHOICE)))
@@ -958,11 +971,11 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
     if "rerank" in groups:
         for settings in RERANK_GRID[1:]:
             name = f"{settings.method}:k={settings.k},alpha={settings.alpha:g}"
-            rows.append(("rerank", f"pretrained: {ENGINE_CHOICE_NAME.split(' + ')[0]} + {name}",
+            rows.append(("rerank", f"pretrained: chosen + {name}",
                          engine_row(dataclasses.replace(ENGINE_CHOICE, rerank=settings))))
     if "patches" in groups:
         for n in PATCH_SAMPLES:
-            sampled = tuple(f"{b}@{n}" if "/" in b else b for b in ENGINE_CHOICE.blocks)
+            sampled = tuple(b if b.startswith("logmel") or "/" not in b else f"{b}@{n}" for b in ENGINE_CHOICE.blocks)
             rows.append(("patches", f"pretrained: chosen, max {n} patches",
                          engine_row(dataclasses.replace(ENGINE_CHOICE, blocks=sampled))))
     return rows
@@ -987,6 +1000,29 @@ def album_folds_table(results: list[tuple[str, "album_folds.RowResult"]], *, ref
             delta, won = album_folds.paired_gain(row=result, reference=by_name[reference])
             gain = f"{delta:+.3f} ({won}/{len(result.folds)})"
         lines.append(f"| {group} | {result.name} | " + " | ".join(cells) + f" | {gain} | {describe_choices(result)} |")
+    return lines
+
+
+def album_folds_goals(results: list[tuple[str, "album_folds.RowResult"]]) -> list[str]:
+    """Issue 20's goal for the engine rows: catalog mAP ≥ musicnn_msd + 0.03 and ≥ today's fusion (both
+    fusion rows), mean over folds, with the folds won."""
+    by_name = {r.name: r for _, r in results}
+    references = [n for n in ("musicnn_msd", "fusion", "fusion" + RERANK_SUFFIX) if n in by_name]
+    lines = ["## Goal: pretrained ≥ musicnn_msd + 0.03 catalog mAP and ≥ today's fusion (mean over folds)", ""]
+    if "musicnn_msd" not in by_name:
+        return lines + ["- not checkable: the baselines were not run (--rows=baselines)"]
+    for name, row in by_name.items():
+        if not (name.startswith("pretrained: chosen (") or name.startswith("pretrained as shipped")):
+            continue
+        mean = row.summary()["catalog_mAP"]["mean"]
+        checks = []
+        for reference in references:
+            target = by_name[reference].summary()["catalog_mAP"]["mean"] + (0.03 if reference == "musicnn_msd" else 0.0)
+            _, won = album_folds.paired_gain(row=row, reference=by_name[reference])
+            checks.append(f"{'≥' if mean >= target - 1e-12 else '<'} {reference}{' + 0.03' if reference == 'musicnn_msd' else ''} "
+                          f"= {target:.3f} (beats it on {won}/{len(row.folds)} folds)")
+        met = all(c.startswith("≥") for c in checks)
+        lines.append(f"- {name}: {mean:.3f} " + "; ".join(checks) + f": {'MET' if met else 'not met'}")
     return lines
 
 
@@ -1021,7 +1057,7 @@ def run_album_folds_protocol(args: argparse.Namespace, *, command: str) -> str:
           "catalog standardisation and DBA/AQE use the test catalog's vectors (label-free, as the index does). "
           "Cells: mean ± population std over the folds; pooled: the mean over all queries (PC weighted by queries). "
           "PC: mean over " f"{args.eval_repeats} evaluation seeds of the pair lists.", "",
-          *fold_lines, "", *album_folds_table(results), "",
+          *fold_lines, "", *album_folds_table(results), "", *album_folds_goals(results), "",
           f"Done in {(time.monotonic() - started) / 60.0:.1f} min."]
     text = "\n".join(md) + "\n"
     os.makedirs(args.output, exist_ok=True)
