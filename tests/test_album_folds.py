@@ -211,3 +211,16 @@ def test_block_vectors_weigh_blocks_by_weight_over_sqrt_dim_after_a_zscore():
     np.testing.assert_allclose(vectors.mean(axis=0), 0.0, atol=1e-12)
     dropped = album_folds.block_vectors(features=features, blocks=("a", "b"), weights=(0.0, 1.0))
     assert dropped.shape == (20, 9)
+
+
+@pytest.mark.parametrize("sizes, wanted, expected", [((5, 6, 4, 7, 5, 6, 3, 8, 4, 6, 5, 7), 4, 4),
+                                                     ((5, 6, 4, 7, 5), 4, 2), ((5, 6, 4), 4, 1)])
+def test_inner_catalogs_are_album_disjoint_with_two_albums_each(sizes, wanted, expected):
+    albums = np.asarray(_albums(sizes))
+    catalogs = album_folds.inner_catalogs(labels=albums, n_catalogs=wanted)
+    assert len(catalogs) == expected
+    assert sorted(np.concatenate(catalogs).tolist()) == list(range(len(albums)))
+    for i, rows in enumerate(catalogs):
+        assert expected == 1 or len(set(albums[rows])) >= 2
+        for other in catalogs[i + 1:]:
+            assert not set(albums[rows]) & set(albums[other])
