@@ -913,14 +913,15 @@ def describe_choices(result: "album_folds.RowResult") -> str:
         if not isinstance(choice, dict):
             continue
         text = []
-        if "weights" in choice and len(choice["weights"]) > 1:
+        if "weights" in choice and len(choice["weights"]) > 1 and not np.all(np.asarray(choice["weights"]) == 1):
             text.append("w=" + "/".join(f"{w:g}" for w in choice["weights"]))
         settings = choice.get("rerank")
         if isinstance(settings, rerank.RerankSettings) and settings.method != "none":
             text.append(f"{settings.method} k={settings.k} a={settings.alpha:g}")
-        if text:
-            parts.append(" ".join(text))
-    return "; ".join(parts)
+        parts.append(" ".join(text))
+    if len(set(parts)) == 1:
+        return parts[0] + (" (every fold)" if parts[0] else "")
+    return "; ".join(p or "none" for p in parts)
 
 
 def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
@@ -984,22 +985,34 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
 ROW_GROUPS = ("baselines", "blocks", "engine", "rerank", "patches")
 
 
-def album_folds_table(results: list[tuple[str, "album_folds.RowResult"]], *, reference: str = "musicnn_msd") -> list[str]:
+def album_folds_table(results: list[tuple[str, "album_folds.RowResult"]], *, reference: str = "musicnn_msd"
+                      ) -> list[str]:
     """Markdown lines: one row per result, mean ± std over folds, the mean over all queries, the gain over
-    ``reference`` (folds won) and what the row chose."""
+    ``reference`` and, for the engine's rows, over the chosen engine (catalog mAP and PC, folds won), and what
+    the row chose on its training albums."""
     by_name = {r.name: r for _, r in results}
+    chosen = next((r for r in by_name.values() if r.name.startswith("pretrained: chosen (")), None)
     lines = ["| group | row | catalog mAP | P@10 | PC | pooled mAP | pooled P@10 | pooled PC | Δ mAP vs "
-             f"{reference} (folds won) | chosen on the training albums |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             f"{reference} (folds won) | Δ mAP / Δ PC vs chosen (folds won) | chosen on the training albums |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+
+    def gain(row, base) -> str:
+        delta, won = album_folds.paired_gain(row=row, reference=base)
+        delta_pc, won_pc = album_folds.paired_gain(row=row, reference=base, metric="PC")
+        return f"{delta:+.3f} ({won}/{len(row.folds)}) / {delta_pc:+.3f} ({won_pc}/{len(row.folds)})"
+
     for group, result in results:
         summary = result.summary()
         cells = [f"{summary[m]['mean']:.3f} ± {summary[m]['std']:.3f}" for m in album_folds.FOLD_METRICS]
         cells += [f"{summary[m]['pooled']:.3f}" for m in album_folds.FOLD_METRICS]
-        gain = "–"
+        versus_reference = "–"
         if reference in by_name and result.name != reference:
             delta, won = album_folds.paired_gain(row=result, reference=by_name[reference])
-            gain = f"{delta:+.3f} ({won}/{len(result.folds)})"
-        lines.append(f"| {group} | {result.name} | " + " | ".join(cells) + f" | {gain} | {describe_choices(result)} |")
+            versus_reference = f"{delta:+.3f} ({won}/{len(result.folds)})"
+        versus_chosen = gain(result, chosen) if chosen is not None and result is not chosen \
+            and group in ("engine", "rerank", "patches") else "–"
+        lines.append(f"| {group} | {result.name} | " + " | ".join(cells)
+                     + f" | {versus_reference} | {versus_chosen} | {describe_choices(result)} |")
     return lines
 
 
