@@ -10,8 +10,10 @@ with mutagen), kept in ``--workdir`` so a rerun with the same settings reuses it
 the real command (``python -m musicsim.scan``, the default engine unless ``--model_dir``) in a
 subprocess, its wall time including the process start:
 
-1. the first scan: audio seconds per second (wall, and the scan's own figure, which leaves out the
-   start and the engine loading), peak RSS of the scan process (``wait4``'s ``ru_maxrss``);
+1. the first scan: audio seconds per second (wall, the scan's own figure, which leaves out the
+   start and the engine loading, and per CPU second of the scan process (the default engine works
+   in it; decoding workers of other runs are not counted): steadier on a shared
+   machine, comparable with ``benchmarks/engine_throughput.py``'s), peak RSS of the scan process (``wait4``'s ``ru_maxrss``);
 2. a re-scan with nothing changed (goal: <= 3 s per 1,000 files), beside the command's start-up alone
    (``python -m musicsim.scan --help``: Python and the imports, paid once per scan whatever the library);
 3. ``musicsim.serve`` started on a free localhost port; by-id latency (``/api/similar/{id}``,
@@ -158,7 +160,8 @@ class ScanProcess:
             raise RuntimeError(f"scan failed ({self.process.returncode}): {text[-2000:]}")
         counts, speed = SUMMARY.search(text), SPEED.search(text)
         names = ("files", "added", "changed", "moved", "removed", "unchanged", "skipped")
-        return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+        return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+                "load_average_at_end": os.getloadavg()[0],
                 "counts": dict(zip(names, map(int, counts.groups()))) if counts else {},
                 "own_audio_s_per_s": float(speed.group(1)) if speed else None}
 
@@ -229,9 +232,11 @@ def run(args: argparse.Namespace, workdir: str) -> int:
 
     first = run_scan(library=library, index=index, model_dir=args.model_dir, log=os.path.join(workdir, "scan1.log"))
     assert first["counts"].get("added") == args.files, first
-    results["first_scan"] = {**first, "audio_s_per_s": audio_seconds / first["wall_s"]}
+    results["first_scan"] = {**first, "audio_s_per_s": audio_seconds / first["wall_s"],
+                             "audio_s_per_cpu_s": audio_seconds / first["cpu_s"]}
     print(f"first scan: {args.files} files, {audio_seconds:.0f} s of audio in {first['wall_s']:.1f} s: "
-          f"{audio_seconds / first['wall_s']:.1f} audio s/s (the scan's own figure: {first['own_audio_s_per_s']}); "
+          f"{audio_seconds / first['wall_s']:.1f} audio s/s (the scan's own figure: {first['own_audio_s_per_s']}; per "
+          f"CPU second: {audio_seconds / first['cpu_s']:.1f}; load average {first['load_average_at_end']:.1f}); "
           f"peak RSS {first['peak_rss_mb']:.0f} MB")
 
     again = run_scan(library=library, index=index, model_dir=args.model_dir, log=os.path.join(workdir, "scan2.log"))
