@@ -1,34 +1,37 @@
-"""The engine to use on your own music: the configuration that ranked best on albums no model had heard.
+"""The engine to use on your own music: the one-pass pretrained engine, scored and indexed in one command.
 
-On the album-disjoint split of the extended corpus (``benchmarks/generalisation.py``: the test albums are
-never seen in training), the standardised librosa features fused with the four pretrained musicnn
-taggers, with weights chosen on the eval split and the test split re-ranked by the catalog
-(``musicsim.rerank``, settings chosen on eval), ranked best: catalog mAP 0.676 and PC 0.774, against 0.654
-/ 0.772 for librosa alone, 0.494 / 0.690 for musicnn MSD alone and 0.525 / 0.672 for MFCC statistics. The
-paper's WaveNet (``make demo``) stays the reproduction; this is the search default.
+``--model=pretrained`` (`musicsim.models.pretrained_engine`): each file decoded once, musicnn's log-mel
+spectrogram computed once, the four musicnn taggers (MSD and MTT, musicnn and vgg: knowledge of a million
+songs) run on the same patches, one vector per track. It reads no label: fitting learns only the
+standardisation of each dimension, and the index standardises over its own catalog again. Its blocks,
+patch sampling and re-ranking are fixed in the code, chosen by album folds over the extended corpus
+(``benchmarks/generalisation.py --protocol=album_folds``: every album a test album once, whatever reads labels
+sees the other albums only); see ``docs/engine-choice.md``. The fusion of librosa with the four taggers
+(`PARTS`, earlier versions' default) stays a benchmark row.
 
-One command builds it on a prepared dataset (an album-folder tree prepared with ``data_prep.build`` is
-one: same album = similar, which is all the fusion weights and the re-ranking are chosen by), fits every
-part, fuses them, scores the test split and indexes the whole catalog:
+One command builds it on a prepared dataset: the engine is fitted on the train split's files (no labels),
+the test split is scored (labels only report figures) and the whole catalog is indexed::
 
     python -m experiments.recommended --dataset=data/mymusic --output=runs/mymusic
-    python -m musicsim.serve --index=runs/mymusic/fusion/index
+    python -m musicsim.serve --index=runs/mymusic/pretrained/index
 
-Every part is a run directory of its own under ``--output`` (``librosa/``, ``musicnn_msd/``, ...), reused
-when it has finished: rerunning resumes. The musicnn weights come from the musicnn wheel on the package
-index, fetched once into the project's cache (``musicsim.pretrained``).
+For a music folder with no labels at all, ``python -m musicsim.scan --audio=DIR --index=INDEX`` indexes the
+same engine in place. The run is a run directory of its own under ``--output``, reused when it has finished:
+rerunning resumes. The musicnn weights come from the musicnn wheel on the package index, fetched once into
+the project's cache (``musicsim.pretrained``).
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping, NoReturn
+from typing import NoReturn
 
 from absl import flags
 
 from musicsim.cli import AT_LEAST_ONE, check_numeric_flags, parse_command_line, run_command, usage_error
 
-# The fusion's parts: run name -> (model, params). These are the benchmark's fitted rows of its "fusion".
+# The fusion of earlier versions (librosa + the four taggers): run name -> (model, params). No longer
+# built here; the benchmarks compare the engine with it (its rows in benchmarks/generalisation.py).
 PARTS: dict[str, tuple[str, dict]] = {
     "librosa": ("librosa", {}),
     "musicnn_msd": ("musicnn", {"musicnn_model": "MSD_musicnn"}),
@@ -36,51 +39,39 @@ PARTS: dict[str, tuple[str, dict]] = {
     "vgg_msd": ("musicnn", {"musicnn_model": "MSD_vgg"}),
     "vgg_mtt": ("musicnn", {"musicnn_model": "MTT_vgg"}),
 }
-FUSION_RUN = "fusion"
-RERANK = "auto"  # chosen on the eval split by the catalog metric, never on test
+ENGINE_MODEL = "pretrained"
+ENGINE_RUN = "pretrained"
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("dataset", None, "A prepared dataset folder (python -m data_prep.build).", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "Folder of the part runs, the fusion run and its index.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Folder of the engine's run and its index.", flag_values=FLAGS)
 flags.DEFINE_integer("workers", None, "Feature-extraction processes (default: all cores).", flag_values=FLAGS)
 flags.DEFINE_integer("eval_repeats", 5, "Protocol seeds of the test lists.", flag_values=FLAGS)
 check_numeric_flags(FLAGS, bounds={"workers": AT_LEAST_ONE, "eval_repeats": AT_LEAST_ONE})
 USAGE = "usage: python -m experiments.recommended --dataset=DIR --output=DIR [--workers=N] [--eval_repeats=5]"
 
 
-def build(*, dataset_dir: str, output: str, parts: Mapping[str, tuple[str, dict]] = PARTS,
-          workers: int | None = None, eval_repeats: int = 5) -> str:
-    """Fit every part, fuse them and index the catalog; returns the fusion's run directory.
+def build(*, dataset_dir: str, output: str, workers: int | None = None, eval_repeats: int = 5) -> str:
+    """Fit the engine's standardisation, score the test split and index the whole catalog; returns the run directory.
 
     Parameters
     ----------
-    dataset_dir : a prepared dataset (its train split fits, eval chooses the weights and re-ranking,
-        test is scored)
-    output : the parent of one run directory per part and ``fusion/`` (with ``fusion/index``)
-    parts : run name -> (``--model``, its params); default `PARTS`
+    dataset_dir : a prepared dataset (its train split's files fit the standardisation, no label read; test is
+        scored)
+    output : the parent of the engine's run directory (``output/pretrained``, with ``index/``)
     workers, eval_repeats : as ``experiments.run``
     """
     from experiments.run import RunConfig, build_serving_index, run
     from musicsim.rundir import RunDir
 
-    if len(parts) < 2:
-        raise ValueError(f"a fusion needs at least two parts, got {list(parts)}")
-    common = dict(dataset_dir=dataset_dir, workers=workers, eval_repeats=eval_repeats)
-    part_dirs = []
-    for name, (model, params) in parts.items():
-        model_dir = os.path.join(output, name)
-        part_dirs.append(model_dir)
-        if RunDir(model_dir).finished():
-            print(f"{name}: {model_dir} has finished, reused")
-            continue
-        print(f"{name}: fitting --model={model} {params or ''} into {model_dir}")
-        run(RunConfig(model=model, model_dir=model_dir, params=dict(params), **common))
-    fusion_dir = os.path.join(output, FUSION_RUN)
-    if not RunDir(fusion_dir).finished():
-        run(RunConfig(model="fusion", model_dir=fusion_dir, params={"fusion_runs": tuple(part_dirs)},
-                      rerank=RERANK, **common))
-    build_serving_index(model_dir=fusion_dir)
-    return fusion_dir
+    model_dir = os.path.join(output, ENGINE_RUN)
+    if RunDir(model_dir).finished():
+        print(f"{ENGINE_RUN}: {model_dir} has finished, reused")
+    else:
+        run(RunConfig(model=ENGINE_MODEL, model_dir=model_dir, dataset_dir=dataset_dir, workers=workers,
+                      eval_repeats=eval_repeats))
+    build_serving_index(model_dir=model_dir)
+    return model_dir
 
 
 def main(argv) -> int:
@@ -99,7 +90,7 @@ def main(argv) -> int:
               "prepare it with `python -m data_prep.build`", file=sys.stderr)
         return 2
     problems = dataset_query_problems(dataset_dir=FLAGS.dataset, splits=("eval", "test"))
-    if problems:  # the fusion's weights are chosen on eval, its figures are test's
+    if problems:  # the run scores eval and test: each needs queries
         print(f"error: {FLAGS.dataset} is too small for the evaluation protocol: {'; '.join(problems)}",
               file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""experiments.recommended: one command fits the parts, fuses them, re-ranks by eval and indexes the catalog."""
+"""experiments.recommended: one command fits the pretrained engine (no labels), scores test and indexes the catalog."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,35 +12,35 @@ from musicsim.dataset import read_catalog
 from musicsim.rundir import RunDir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_PARTS = {"mfcc": ("mfcc", {}), "librosa": ("librosa", {})}
 
 
 @pytest.fixture(scope="module")
 def built(synthetic_dataset, tmp_path_factory) -> tuple[str, str]:
     output = str(tmp_path_factory.mktemp("recommended"))
-    return output, recommended.build(dataset_dir=synthetic_dataset, output=output, parts=FAST_PARTS, workers=1,
-                                     eval_repeats=2)
+    return output, recommended.build(dataset_dir=synthetic_dataset, output=output, workers=1, eval_repeats=2)
 
 
-def test_the_fusion_is_scored_re_ranked_by_eval_and_its_whole_catalog_indexed(built, synthetic_dataset):
-    from musicsim.index import EmbeddingIndex
+def test_the_engine_is_scored_and_its_whole_catalog_indexed_standardised(built, synthetic_dataset):
+    from musicsim.index import open_index
+    from musicsim.models import pretrained_engine
 
-    output, fusion_dir = built
-    results = RunDir(fusion_dir).results()
-    assert results["model"] == "fusion" and results["rerank"]["chosen_on"] == "eval"
+    output, model_dir = built
+    results = RunDir(model_dir).results()
+    assert results["model"] == "pretrained"
     assert set(results["test"]) >= {"catalog_mAP", "PC"}
-    index = EmbeddingIndex.load(os.path.join(fusion_dir, "index"))
+    index = open_index(os.path.join(model_dir, "index"))
     assert sorted(index.track_ids) == sorted(entry.track_id for entry in read_catalog(synthetic_dataset))
-    assert {os.path.basename(p) for p in RunDir(fusion_dir).config()["params"]["fusion_runs"]} == set(FAST_PARTS)
+    # The index standardises over its catalog with the engine's block weights, and re-ranks as the engine says.
+    assert index.standardise
+    weights = pretrained_engine.PretrainedEngine().dimension_weights()
+    assert index.dim == weights.shape[0]
 
 
-def test_a_rerun_reuses_the_finished_runs(built, synthetic_dataset):
-    output, fusion_dir = built
-    finished = {name: os.stat(os.path.join(output, name, "results.json")).st_mtime_ns
-                for name in (*FAST_PARTS, recommended.FUSION_RUN)}
-    assert recommended.build(dataset_dir=synthetic_dataset, output=output, parts=FAST_PARTS, workers=1,
-                             eval_repeats=2) == fusion_dir
-    assert finished == {name: os.stat(os.path.join(output, name, "results.json")).st_mtime_ns for name in finished}
+def test_a_rerun_reuses_the_finished_run(built, synthetic_dataset):
+    output, model_dir = built
+    finished = os.stat(os.path.join(model_dir, "results.json")).st_mtime_ns
+    assert recommended.build(dataset_dir=synthetic_dataset, output=output, workers=1, eval_repeats=2) == model_dir
+    assert os.stat(os.path.join(model_dir, "results.json")).st_mtime_ns == finished
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -51,7 +51,7 @@ def test_bad_arguments_exit_2_naming_the_problem(arguments, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_the_recommended_parts_are_the_benchmarks_fusion_row(monkeypatch):
+def test_the_former_fusion_parts_are_the_benchmarks_fusion_row(monkeypatch):
     spec = importlib.util.spec_from_file_location("generalisation", os.path.join(REPO_ROOT, "benchmarks",
                                                                                "generalisation.py"))
     benchmark = importlib.util.module_from_spec(spec)
