@@ -10,10 +10,11 @@ with mutagen), kept in ``--workdir`` so a rerun with the same settings reuses it
 the real command (``python -m musicsim.scan``, the default engine unless ``--model_dir``) in a
 subprocess, its wall time including the process start:
 
-1. the first scan: audio seconds per second (wall, the scan's own figure, which leaves out the
-   start and the engine loading, and per CPU second of the scan process (the default engine works
-   in it; decoding workers of other runs are not counted): steadier on a shared
-   machine, comparable with ``benchmarks/engine_throughput.py``'s), peak RSS of the scan process (``wait4``'s ``ru_maxrss``);
+1. the first scan: audio seconds per second (wall; the scan's own figure, which leaves out the
+   start and the engine loading; and per CPU second of the scan process, steadier on a shared
+   machine and comparable with ``benchmarks/engine_throughput.py``'s: the default engine works in
+   that process, the decoding workers of other runs are not counted), peak RSS of the scan process
+   (``wait4``'s ``ru_maxrss``);
 2. a re-scan with nothing changed (goal: <= 3 s per 1,000 files), beside the command's start-up alone
    (``python -m musicsim.scan --help``: Python and the imports, paid once per scan whatever the library);
 3. ``musicsim.serve`` started on a free localhost port; by-id latency (``/api/similar/{id}``,
