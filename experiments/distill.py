@@ -1,4 +1,4 @@
-"""Distil a teacher into the paper's WaveNet from whole tracks: ``python -m experiments.distill --audio=DIR``.
+"""Distil a teacher into the paper's WaveNet from whole tracks: ``make distill`` or ``python -m experiments.distill``.
 
 The student (the WaveNet with a log-mel front end) learns to reproduce its teacher's standardised
 vector (``--teacher=pretrained``: the engine's one-pass vector; or one musicnn checkpoint) of random
@@ -33,7 +33,7 @@ from musicsim.atomic import atomic_open
 from musicsim.audio import AUDIO_EXTENSIONS
 from musicsim.pretraining import stream
 
-USAGE = "usage: python -m experiments.distill --audio=DIR|LIST|manifest.csv --output=DIR [--teacher=pretrained] [...]"
+USAGE = "usage: python -m experiments.distill [--audio=demo|DIR|LIST|manifest.csv] [--output=runs/distilled-wavenet] [--teacher=pretrained] [...]"
 STATE_FILE = "distill.json"
 STANDARDISATION_FILE = "distill_standardisation.npz"
 EARLY_STOPPING = ("cosine", "increase")
@@ -107,12 +107,21 @@ class DistillSettings:
         return values
 
 
+DEMO_AUDIO = "demo"
+
+
 def audio_paths(spec: str) -> list[str]:
     """Audio files of ``spec``: comma-separated folders (searched recursively), ``manifest.csv`` files
-    (their ``path`` column, relative to the manifest) or text files listing one path a line."""
+    (their ``path`` column, relative to the manifest), text files listing one path a line, or ``demo``:
+    every allowed package's whole tracks (the extended demo corpus: the dev corpus and the 5 extra
+    packages, built with apt on first use into ``data/demo_extended_corpus``)."""
     paths: list[str] = []
     for item in [s for s in spec.split(",") if s.strip()]:
         item = item.strip()
+        if item == DEMO_AUDIO:
+            from data_prep.demo import build_demo_corpus
+
+            item = build_demo_corpus(extended=True)
         if os.path.isdir(item):
             for folder, dirs, files in os.walk(item):
                 dirs.sort()
@@ -373,8 +382,9 @@ def _define_flags():
     from absl import flags
 
     defaults = DistillSettings()
-    flags.DEFINE_string("audio", None, "Audio to distil from: comma-separated folders (recursive), manifest.csv "
-                        "files (their path column; labels never read) or text files of paths.")
+    flags.DEFINE_string("audio", DEMO_AUDIO, "Audio to distil from: comma-separated folders (recursive), manifest.csv "
+                        "files (their path column; labels never read), text files of paths, or 'demo': every "
+                        "allowed package's whole tracks (the extended demo corpus, built on first use).")
     flags.DEFINE_string("output", os.path.join("runs", "distilled-wavenet"), "The run folder (resumed when it "
                         "records the same run).")
     flags.DEFINE_enum("teacher", defaults.teacher, list(stream.TEACHERS), "pretrained: the engine's one-pass "
@@ -435,8 +445,6 @@ def main(argv) -> None:
 
     deprecation._PRINT_DEPRECATION_WARNINGS = False  # TF1-style estimator chatter, as experiments.run drops it
     try:
-        if not flag_values.audio:
-            raise DistillRunError("--audio is required")
         settings = DistillSettings(
             teacher=flag_values.teacher, loss=flag_values.distill_loss, student_input=flag_values.student_input,
             crop_seconds=flag_values.crop_seconds, round_crops=flag_values.round_crops,
