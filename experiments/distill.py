@@ -319,7 +319,8 @@ def distill(*, paths: Sequence[str], output: str, settings: DistillSettings, cac
                                     max_steps=goal, max_minutes=left, early_stopping_patience=settings.patience_steps,
                                     eval_every_steps=settings.eval_every_steps, early_stopping=EARLY_STOPPING,
                                     progress=progress)
-        if training.resume_step(output) < goal and (left is None or (time.time() - train_started) / 60 < left):
+        if training.resume_step(output) < goal and (max_minutes is None
+                                                    or (time.time() - train_started) / 60 < max_minutes):
             state["stopped"] = "early_stopping"  # the hook stopped it inside the round
         write_state()
     write_state()
