@@ -170,8 +170,12 @@ def build_pipeline(pipeline: beam.Pipeline, *, jobs: Sequence[tuple[str, SourceT
         _ = rows | f"Write_{name}" >> beam.io.WriteToText(os.path.join(side_dir, name), file_name_suffix=".jsonl")
 
 
-def pipeline_options(*, runner: str, beam_args: Sequence[str], workers: int) -> tuple[PipelineOptions, list[str]]:
+def pipeline_options(*, runner: str, beam_args: Sequence[str], workers: int, command: str = "data_prep.build"
+                     ) -> tuple[PipelineOptions, list[str]]:
     """Beam options from the command line's extra arguments, with the DirectRunner's defaults.
+
+    Shared by every Beam pipeline of the project (this build, ``experiments.export_beam``); ``command``
+    names the command whose flags they were not, in the error for an unknown one.
 
     Parameters
     ----------
@@ -206,7 +210,7 @@ def pipeline_options(*, runner: str, beam_args: Sequence[str], workers: int) -> 
     unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
     if unknown:
         raise ValueError(f"unknown Beam pipeline options {['--' + u for u in unknown]} (runner {runner}): not a "
-                         "flag of data_prep.build nor a Beam pipeline option")
+                         f"flag of {command} nor a Beam pipeline option")
     effective = list(beam_args)
     if runner == "DirectRunner":
         # Named on the command line, not merely non-default: "--direct_num_workers=1" must win over --workers.
@@ -222,7 +226,7 @@ def pipeline_options(*, runner: str, beam_args: Sequence[str], workers: int) -> 
     return options, effective
 
 
-def _runner(runner: str, options: PipelineOptions):
+def make_runner(runner: str, options: PipelineOptions):
     """The runner to hand ``beam.Pipeline``: DirectRunner's portable engine directly (no Prism), else the name."""
     if runner != "DirectRunner":
         return runner
@@ -295,7 +299,7 @@ def build_with_beam(*, plans: Sequence[ShardPlan], settings: DecodeSettings, out
     jobs = [(plan.split, track) for plan in plans for track in plan.tracks]
     shards_per_split = dict(collections.Counter(plan.split for plan in plans))
     try:
-        pipeline = beam.Pipeline(runner=_runner(runner, options), options=options)
+        pipeline = beam.Pipeline(runner=make_runner(runner, options), options=options)
     except (ImportError, ValueError) as err:  # e.g. DataflowRunner without apache-beam[gcp]
         raise ValueError(f"cannot start Beam runner {runner}: {err}") from err
     build_pipeline(pipeline, jobs=jobs, settings=settings, output=output, shards_per_split=shards_per_split,

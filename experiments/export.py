@@ -19,6 +19,17 @@ embedded in windows of ``--window_seconds`` (default: what the run recorded, see
 ``musicsim.embedder``), so memory per file is bounded.
 Then ``python -m musicsim.index build --embeddings=FILE.parquet --output=INDEX --model_dir=RUN``.
 
+Past one machine, ``--runner=DirectRunner|FlinkRunner|SparkRunner|DataflowRunner`` embeds the files in an
+Apache Beam pipeline (``experiments.export_beam``; the runners and options of ``data_prep.beam_pipeline``:
+flags not defined here, given as ``--flag=value``, are Beam's pipeline options, e.g.
+``--flink_master=host:8081``). Each worker loads the run's model once and embeds batches of files; this
+machine then writes the very files the local export writes (same rows, same order, same state file, so a
+later export of either kind resumes from it). The run folder and the audio must be readable from the
+workers at the same paths (a shared mount). DirectRunner (this machine's processes, ``--workers`` of
+them) gives the local export's files: the same rows, skips and order; the vectors of models that embed
+file by file (mfcc, librosa) byte for byte, those of models that stack several files' windows into one
+batch (WaveNet, the pretrained engine's patches) to float rounding (other batches, other sums).
+
 A manifest is a CSV with a ``path`` column (relative to the CSV's folder, or absolute), an
 optional ``track_id`` column (else the path relative to the CSV's folder, without extension) and
 optional label columns (``group``, ``labels``, ``label_album``, ``album``: the first one found
@@ -54,6 +65,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from absl import flags
 
+from data_prep.shards import BEAM_RUNNERS
 from data_prep.sources import track_ids_from_paths
 from musicsim.atomic import atomic_open
 from musicsim.audio import AUDIO_EXTENSIONS, file_duration
@@ -81,6 +93,9 @@ flags.DEFINE_integer("workers", None, "Decoding processes (default: all cores)."
 flags.DEFINE_string("group_column", "auto", "Manifest column that becomes 'group' ('auto': group, labels, "
                     "label_album or album; 'none': no group).", flag_values=FLAGS)
 flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=FLAGS)
+flags.DEFINE_enum("runner", "local", ["local", *BEAM_RUNNERS], "local: embed in this process (decoding in "
+                  "--workers processes); a Beam runner: embed in an Apache Beam pipeline (see the module docstring); "
+                  "flags not defined here (--flag=value) go to Beam's PipelineOptions.", flag_values=FLAGS)
 flags.DEFINE_bool("help", False, "Show this help.", flag_values=FLAGS)
 check_numeric_flags(FLAGS, bounds={"window_seconds": NON_NEGATIVE, "batch_size": AT_LEAST_ONE,
                                    "workers": AT_LEAST_ONE})
@@ -407,7 +422,8 @@ class ExportSummary:
 
 def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: int = 8,
                       workers: int | None = None, group_column: str = "auto", progress: bool = True,
-                      embedder: Embedder | None = None, window_seconds: float | None = None) -> ExportSummary:
+                      embedder: Embedder | None = None, window_seconds: float | None = None,
+                      runner: str = "local", beam_args: Sequence[str] = ()) -> ExportSummary:
     """Embed every file of a folder or manifest with a run's model; resumable.
 
     The outputs are replaced only when at least one file was embedded; otherwise they, and the
@@ -424,6 +440,10 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
     embedder : an already loaded embedder of ``model_dir`` (saves loading it again)
     window_seconds : window length for long audio, overriding the run's (0: whole files; see
         ``musicsim.embedder.load_embedder``); ignored when ``embedder`` is given
+    runner : ``"local"``, or a Beam runner (``data_prep.shards.BEAM_RUNNERS``): the files still to embed
+        go through ``experiments.export_beam.embed_with_beam``, and the outputs are written here as
+        the local export writes them
+    beam_args : Beam pipeline options (``["--direct_num_workers=2", ...]``); Beam runners only
 
     Returns
     -------
@@ -437,6 +457,10 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
         For a missing or unreadable collection.
     """
     started = time.time()
+    if runner != "local" and runner not in BEAM_RUNNERS:
+        raise ValueError(f"runner must be 'local' or one of {list(BEAM_RUNNERS)}, got {runner!r}")
+    if beam_args and runner == "local":
+        raise ValueError(f"unknown arguments {list(beam_args)}: Beam pipeline options need a Beam --runner")
     paths = output_paths(output)
     # Listed before the model is loaded: bad input is told at once and touches no output.
     listing = list_audio(audio, group_column=group_column)
@@ -460,9 +484,17 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
             progress_path = _temporary_sibling(paths["state"])
         _write_state(progress_path, header, [])
     try:
+        embedded = durations = None
+        if runner != "local" and todo:
+            from experiments.export_beam import embed_with_beam
+
+            embedded, durations = embed_with_beam(
+                embedder=embedder, paths=[e.path for e in todo], runner=runner, beam_args=beam_args,
+                batch_size=batch_size, workers=workers, work_dir=os.path.dirname(os.path.abspath(paths["state"])))
         return _embed_and_write(embedder=embedder, listing=listing, todo=todo, state=state, header=header,
                                 paths=paths, progress_path=progress_path, reused=reused, batch_size=batch_size,
-                                workers=workers, progress=progress, started=started)
+                                workers=workers, progress=progress, started=started, embedded=embedded,
+                                durations=durations)
     finally:
         if progress_path != paths["state"] and os.path.exists(progress_path):
             os.remove(progress_path)
@@ -470,23 +502,33 @@ def export_embeddings(*, model_dir: str, audio: str, output: str, batch_size: in
 
 def _embed_and_write(*, embedder: Embedder, listing: Listing, todo: list[AudioEntry], state: dict[str, dict],
                      header: dict[str, Any], paths: dict[str, str], progress_path: str, reused: int,
-                     batch_size: int, workers: int | None, progress: bool, started: float) -> ExportSummary:
+                     batch_size: int, workers: int | None, progress: bool, started: float,
+                     embedded: Sequence[tuple[int, Any, Any]] | None = None,
+                     durations: dict[int, float | None] | None = None) -> ExportSummary:
     """Embed ``todo`` (appending each record to ``progress_path``), then write the outputs when any file
-    was embedded and compact the state into ``paths["state"]``."""
+    was embedded and compact the state into ``paths["state"]``.
+
+    ``embedded``: the ``(index into todo, vector or None, reason)`` of every file, already computed
+    elsewhere (a Beam pipeline), with each embedded file's ``durations`` as its workers read them;
+    None embeds here with ``embedder.iter_embeddings``.
+    """
     from tqdm.auto import tqdm
 
     newly_embedded = 0
+    if embedded is None:
+        embedded = embedder.iter_embeddings(paths=[e.path for e in todo], batch_size=batch_size, workers=workers)
     with open(progress_path, "a") as f, tqdm(total=len(listing.entries), initial=reused, disable=not progress,
                                              unit="track", desc=f"export ({embedder.name})") as bar:
         last_flush = time.monotonic()
-        for index, vector, reason in embedder.iter_embeddings(paths=[e.path for e in todo], batch_size=batch_size,
-                                                              workers=workers):
+        for index, vector, reason in embedded:
             entry = todo[index]
             key = _file_key(entry.path) or (None, None)
+            duration = None
+            if vector is not None:
+                duration = durations[index] if durations is not None else file_duration(entry.path)
             record = {"path": entry.path, "size": key[0], "mtime_ns": key[1],
                       "embedding": None if vector is None else [float(x) for x in vector],
-                      "reason": None if vector is not None else str(reason),
-                      "duration_s": file_duration(entry.path) if vector is not None else None}
+                      "reason": None if vector is not None else str(reason), "duration_s": duration}
             state[entry.path] = record
             f.write(json.dumps(record) + "\n")
             newly_embedded += vector is not None
@@ -628,13 +670,29 @@ def export_saved_model(*, model_dir: str, export_dir: str, overwrite: bool = Fal
 # CLI
 # ---------------------------------------------------------------------------------------------
 
+def split_beam_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(``argv`` without the ``--flag[=value]`` arguments no flag here defines, those arguments): the latter
+    are Beam's pipeline options (``--runner`` other than local). The program name stays in the first."""
+    ours, beam_args = [argv[0]] if argv else [], []
+    for arg in list(argv)[1:]:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        known = name is None or name in FLAGS or (name.startswith("no") and name[2:] in FLAGS) or name in (
+            "help", "helpfull", "helpshort")
+        (ours if known else beam_args).append(arg)
+    return ours, beam_args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m experiments.export ...``; returns the exit status."""
     argv = list(sys.argv if argv is None else argv)
+    ours, beam_args = split_beam_arguments(argv)
     # --help lists the flags (exit 0); a bad flag or value is one line, exit 2 (musicsim.cli).
-    status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
+    status = parse_command_line(FLAGS, ours, doc=__doc__, usage=USAGE)
     if isinstance(status, int):
         return status
+    if beam_args and FLAGS.runner == "local":
+        return usage_error(f"Unknown command line flag(s) {beam_args} (with a Beam --runner they would be Beam "
+                           "pipeline options)", usage=USAGE)
     if FLAGS.help:
         print(__doc__)
         print(FLAGS.get_help(include_special_flags=False))
@@ -655,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = export_embeddings(model_dir=FLAGS.model_dir, audio=FLAGS.audio, output=FLAGS.output,
                                         batch_size=FLAGS.batch_size, workers=FLAGS.workers,
                                         group_column=FLAGS.group_column, progress=FLAGS.progress,
-                                        window_seconds=FLAGS.window_seconds)
+                                        window_seconds=FLAGS.window_seconds, runner=FLAGS.runner,
+                                        beam_args=beam_args)
             print(summary)
             if not summary.written:
                 print(f"error: no file could be embedded; {summary.output} was left as it was", file=sys.stderr)

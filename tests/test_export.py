@@ -17,6 +17,7 @@ from musicsim.audio import load_audio, mean_pool
 from musicsim.dataset import read_catalog
 from musicsim.embedder import LearnedEmbedder, load_embedder
 from musicsim.index import load_embeddings
+from test_musicnn import musicnn_files  # noqa: F401 - the musicnn weights (wheel cache), for the pretrained engine
 
 TINY_WAVENET = dict(channels=8, skip_channels=8, num_stacks=2, layers_per_stack=3, stack_pool_sizes=[4],
                     final_channels=16)
@@ -448,3 +449,86 @@ def test_saved_models_answer_like_predict(embedder, tiny_run, synthetic_dataset,
     got = raw_fn(raw_audio=tf.constant(audio), raw_length=tf.constant(length))["embedding"].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert sorted(os.listdir(tmp_path)) == ["serving"]  # no staging folder left behind
+
+
+# ------------------------------------------------------------------------------------- Beam (issue 20 item 5)
+
+def _fitted_run(model: str, *, synthetic_dataset: str, folder: str, tiny_run: str, request) -> str:
+    """A run folder of ``model``: the tiny WaveNet run, or a fitted model saved on three train files."""
+    if model == "wavenet":
+        return tiny_run
+    paths = [e.path for e in read_catalog(synthetic_dataset, split="train")][:3]
+    if model == "mfcc":
+        from musicsim.models.mfcc import MFCCModel
+
+        fitted = MFCCModel(sample_rate=SAMPLE_RATE, max_seconds=None, workers=1, progress=False)
+    else:
+        request.getfixturevalue("musicnn_files")  # the weights, or a skip where they cannot be fetched
+        from musicsim.models.pretrained_engine import PretrainedEngine
+
+        fitted = PretrainedEngine()
+        fitted.workers, fitted.progress = 1, False
+    fitted.fit(paths=paths).save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model, workers", [("mfcc", 2), ("wavenet", 2), ("pretrained", 1)])
+def test_beam_export_writes_what_the_local_export_writes(model, workers, collection, synthetic_dataset, tiny_run,
+                                                         tmp_path, request):
+    root, source_ids, bad = collection
+    model_dir = _fitted_run(model, synthetic_dataset=synthetic_dataset, folder=str(tmp_path / model),
+                            tiny_run=tiny_run, request=request)
+    outputs = {}
+    for runner, beam_args in (("local", []), ("DirectRunner", [f"--direct_num_workers={workers}"])):
+        output = str(tmp_path / runner / "emb.parquet")
+        summary = export_embeddings(model_dir=model_dir, audio=str(root), output=output, workers=1, progress=False,
+                                    runner=runner, beam_args=beam_args, batch_size=4)
+        assert (summary.embedded, summary.newly_embedded, len(summary.skipped)) == (4, 4, len(bad))
+        outputs[runner] = output_paths(output)
+    local, beam = outputs["local"], outputs["DirectRunner"]
+    local_table, beam_table = pq.read_table(local["parquet"]).to_pylist(), pq.read_table(beam["parquet"]).to_pylist()
+    assert [{k: v for k, v in r.items() if k != "embedding"} for r in beam_table] == \
+        [{k: v for k, v in r.items() if k != "embedding"} for r in local_table]
+    assert sorted(r["track_id"] for r in beam_table) == sorted(source_ids)
+    local_vectors, beam_vectors = np.load(local["npy"]), np.load(beam["npy"])
+    if model == "mfcc":  # file by file: nothing to round differently
+        np.testing.assert_array_equal(beam_vectors, local_vectors)
+    else:  # files stacked into batches: other company, other rounding
+        np.testing.assert_allclose(beam_vectors, local_vectors, rtol=1e-4, atol=2e-5)
+    np.testing.assert_array_equal(np.array([r["embedding"] for r in beam_table], np.float32), beam_vectors)
+    for name in ("ids", "meta", "skipped"):
+        with open(local[name]) as a, open(beam[name]) as b:
+            assert a.read() == b.read(), name
+    # The state files hold the same records: a later export of either kind resumes from the other's.
+    with open(local["state"]) as a, open(beam["state"]) as b:
+        local_state, beam_state = [json.loads(l) for l in a], [json.loads(l) for l in b]
+    assert local_state[0] == beam_state[0]
+    assert [{k: v for k, v in r.items() if k != "embedding"} for r in beam_state[1:]] == \
+        [{k: v for k, v in r.items() if k != "embedding"} for r in local_state[1:]]
+    again = export_embeddings(model_dir=model_dir, audio=str(root), output=beam["parquet"], workers=1, progress=False)
+    assert (again.embedded, again.newly_embedded) == (4, 0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runner=DirectRunner", "--no_such_beam_option=1"], "unknown Beam pipeline options"),
+    (["--runner=NoSuchRunner"], "runner"),
+    (["--direct_num_workers=2"], "Unknown command line flag"),
+])
+def test_beam_export_cli_errors(tiny_run, collection, tmp_path, capsys, args, message):
+    root, _, _ = collection
+    status = export.main(["export", f"--model_dir={tiny_run}", f"--audio={root}",
+                          f"--output={tmp_path / 'x.parquet'}", "--noprogress", *args])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x.parquet")
+
+
+def test_beam_export_cli(tiny_run, collection, tmp_path, capsys):
+    root, _, _ = collection
+    output = str(tmp_path / "cli.parquet")
+    status = export.main(["export", f"--model_dir={tiny_run}", f"--audio={root}", f"--output={output}",
+                          "--noprogress", "--runner=DirectRunner", "--direct_running_mode=in_memory",
+                          "--direct_num_workers=1"])
+    assert status == 0, capsys.readouterr().err
+    assert "4 tracks in" in capsys.readouterr().out
+    assert len(load_embeddings(output)[0]) == 4
