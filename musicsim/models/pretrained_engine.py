@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from musicsim.audio import AudioDecodeError, MeasuredBlocks, file_duration, iter_excerpt_blocks
+from musicsim.audio import (AudioDecodeError, AudioInfo, MeasuredBlocks, UnsupportedHeaderError, audio_info,
+                            centred_excerpt, check_excerpt, iter_audio_blocks, iter_excerpt_blocks)
 from musicsim.features import FeatureCache
 from musicsim.models import musicnn
 from musicsim.models.fitted import StandardisedModel
@@ -71,6 +73,8 @@ ENGINE_RERANK = "none"
 # full-track vector min 0.916, mean 0.969, each track still nearest its own full vector (see
 # tests/test_pretrained_engine.py for the check on real music). Album folds decide whether it holds.
 DEFAULT_MAX_PATCHES: int | None = 16
+# A sampled track is decoded only around its patches (a seek each), this much either side.
+SEEK_MARGIN_SECONDS = 0.5
 # Numerics of the networks: "float32" (exact, the reference) and the faster paths (see BlockNetworks).
 PRECISIONS = ("float32",)
 DEFAULT_PRECISION = "float32"
@@ -80,11 +84,12 @@ DEFAULT_BATCH_PATCHES = 8
 FEATURES_VERSION = 1
 
 
-def _engine_version(*, blocks: Sequence[tuple[str, str, float]], max_patches: int | None, precision: str) -> str:
+def _engine_version(*, blocks: Sequence[tuple[str, str, float]], max_patches: int | None, precision: str,
+                    seek: bool = True) -> str:
     """Names everything a file's vector depends on: the feature version, the blocks, their weights, sampling."""
     identity = json.dumps({"features": FEATURES_VERSION, "musicnn": musicnn.EMBEDDING_VERSION,
                            "blocks": [[c, l, float(w)] for c, l, w in blocks], "max_patches": max_patches,
-                           "precision": precision}, sort_keys=True)
+                           "precision": precision, "seek": bool(seek) and max_patches is not None}, sort_keys=True)
     return f"pretrained-v{FEATURES_VERSION}-{hashlib.sha1(identity.encode()).hexdigest()[:12]}"
 
 
@@ -318,6 +323,78 @@ def iter_selected_patches(*, blocks: Iterable[np.ndarray], keep: np.ndarray,
         yield padded_patch(max(whole - 1, offset))[None]
 
 
+def _aligned_step(file_rate: int) -> int:
+    """16 kHz samples between instants that fall on a whole source frame too (where a seek can start)."""
+    return musicnn.SAMPLE_RATE // math.gcd(int(file_rate), musicnn.SAMPLE_RATE)
+
+
+def iter_seeked_patches(*, path: str, keep: np.ndarray, info: AudioInfo, max_seconds: float | None,
+                        min_seconds: float = 1.0, block_patches: int = DEFAULT_BATCH_PATCHES,
+                        margin_seconds: float = SEEK_MARGIN_SECONDS) -> Iterator[np.ndarray]:
+    """The patches ``keep`` of a file's excerpt, decoding only around them (a seek per patch).
+
+    Each patch's samples are decoded from ``margin_seconds`` before to ``margin_seconds`` after it
+    (`musicsim.audio.iter_audio_blocks`, from a source frame that falls on a 16 kHz sample, so the
+    samples line up with those of the whole decode); the margins absorb the resampler's and the
+    decoder's start and end, and are dropped. A patch is then what `iter_selected_patches` gives of
+    the whole decode, up to float rounding at the margins (see the tests for the tolerance).
+
+    Parameters
+    ----------
+    path : str
+    keep : np.ndarray, int, ascending: patch indices of the excerpt
+    info : AudioInfo
+        The file's header (`musicsim.audio.audio_info`), with its frame count.
+    max_seconds : float or None
+        The centred excerpt (None: the whole file).
+    min_seconds : float >= 0
+        As `musicsim.audio.check_excerpt`; the excerpt's length is the header's.
+    block_patches : int >= 1
+    margin_seconds : float >= 0
+
+    Yields
+    ------
+    np.ndarray, float32, shape ``[m, PATCH_FRAMES, N_MELS]``, 1 <= m <= block_patches
+
+    Raises
+    ------
+    AudioDecodeError
+        As the whole decode: unreadable, truncated, too short, or silent in every decoded part.
+    """
+    rate = int(info.sample_rate)
+    offset, duration = centred_excerpt(info.frames / float(rate), max_seconds)
+    first_frame = int(round(offset * rate))
+    excerpt_frames = info.frames - first_frame if duration is None else int(round(duration * rate))
+    total = int(round(excerpt_frames * musicnn.SAMPLE_RATE / rate))  # the excerpt's length at 16 kHz
+    whole = max((1 + total // musicnn.HOP) // musicnn.PATCH_FRAMES, 1)
+    wanted = [int(p) for p in np.asarray(keep).reshape(-1) if int(p) < whole] or [whole - 1]
+    half = musicnn.N_FFT // 2
+    window = musicnn.PATCH_SAMPLES + half
+    margin = int(round(margin_seconds * musicnn.SAMPLE_RATE))
+    step = _aligned_step(rate)
+    peak, pending = 0.0, []
+    for index in wanted:
+        start = index * musicnn.PATCH_SAMPLES - half  # the patch's first sample (negative: the centring's zeros)
+        begin = max(0, (start - margin) // step * step)
+        end = min(total, start + window + margin)
+        pieces = list(iter_audio_blocks(path, sample_rate=musicnn.SAMPLE_RATE,
+                                        offset_seconds=(first_frame + begin * rate // musicnn.SAMPLE_RATE) / rate,
+                                        duration_seconds=(end - begin) / musicnn.SAMPLE_RATE))
+        decoded = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        samples = np.zeros(window, dtype=np.float32)  # zeros past either end, as the centred spectrogram
+        lo = max(start, begin)
+        part = decoded[lo - begin:start + window - begin]
+        samples[lo - start:lo - start + part.size] = part
+        peak = max(peak, float(np.max(np.abs(part)))) if part.size else peak
+        pending.append(musicnn.log_mel_frames(window=samples))
+        if len(pending) == block_patches or index == wanted[-1]:
+            if index == wanted[-1]:  # judged before the last patches run, as the whole decode is
+                check_excerpt(path, samples=total, peak=peak, sample_rate=musicnn.SAMPLE_RATE,
+                              min_seconds=min_seconds)
+            yield np.stack(pending)
+            pending = []
+
+
 def _finite(values: np.ndarray, *, what: str) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{what} has non-finite values")
@@ -327,8 +404,8 @@ def _finite(values: np.ndarray, *, what: str) -> np.ndarray:
 def all_block_means(*, path: str, checkpoints: Sequence[str] = CHECKPOINTS, max_seconds: float | None = None,
                     max_patches: int | None = None, min_seconds: float = 1.0, per_patch: bool = False,
                     precision: str = DEFAULT_PRECISION, batch_patches: int = DEFAULT_BATCH_PATCHES,
-                    pretrained_cache: str | None = None, networks: BlockNetworks | None = None
-                    ) -> dict[tuple[str, str], np.ndarray]:
+                    pretrained_cache: str | None = None, networks: BlockNetworks | None = None,
+                    seek: bool = True) -> dict[tuple[str, str], np.ndarray]:
     """Every block of one file in one pass: one decode, one spectrogram, each network once per patch.
 
     Parameters
@@ -342,6 +419,9 @@ def all_block_means(*, path: str, checkpoints: Sequence[str] = CHECKPOINTS, max_
     max_patches : int >= 1 or None
         At most this many patches, spread evenly over the excerpt (`sampled_patches`); the count
         comes from the header's duration (unknown: every patch).
+    seek : bool
+        With ``max_patches``, decode only around the sampled patches (`iter_seeked_patches`);
+        False decodes the whole excerpt and computes the sampled patches' spectrogram only.
     min_seconds : float >= 0
         Shorter excerpts are refused.
     per_patch : bool
@@ -354,8 +434,11 @@ def all_block_means(*, path: str, checkpoints: Sequence[str] = CHECKPOINTS, max_
     -------
     dict (checkpoint, layer) -> np.ndarray
         For each network's layers (`BLOCK_DIMS`) and ``("logmel", "mean" | "std")``: float64
-        ``[dim]`` means over the patches, or with ``per_patch`` float32 ``[patches, dim]`` (the
-        log-mel rows: each patch's band mean and std over its frames).
+        ``[dim]`` means over the patches, or with ``per_patch`` float32 ``[patches, dim]``: the
+        network rows average to the means exactly (``rows[keep].mean(0)`` with ``keep`` =
+        `sampled_patches` is what ``max_patches`` gives); the log-mel rows are each patch's band
+        mean ``m_p`` and std ``s_p`` over its frames, so the track's are ``mean_p(m_p)`` and
+        ``sqrt(mean_p(s_p ** 2 + m_p ** 2) - mean_p(m_p) ** 2)``.
 
     Raises
     ------
@@ -369,20 +452,28 @@ def all_block_means(*, path: str, checkpoints: Sequence[str] = CHECKPOINTS, max_
                                    pretrained_cache=pretrained_cache)
     elif tuple(networks.checkpoints) != tuple(checkpoints):
         raise EngineError(f"the networks run {networks.checkpoints}, not {tuple(checkpoints)}")
-    keep = None
+    keep, info = None, None
     if max_patches is not None:
-        seconds = file_duration(path)
-        if seconds is not None:
+        try:
+            info = audio_info(path)
+        except UnsupportedHeaderError:  # a format only audioread reads: no length known, every patch
+            info = None
+        if info is not None and info.frames > 0:
+            seconds = info.frames / float(info.sample_rate)
             if max_seconds is not None:
                 seconds = min(seconds, float(max_seconds))
             keep = sampled_patches(total=expected_patches(seconds=seconds), max_patches=int(max_patches))
-    # The excerpt is checked (too short, silent) as its blocks end, before its last patches run.
-    decoded = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=musicnn.SAMPLE_RATE, max_seconds=max_seconds),
-                             path=path, sample_rate=musicnn.SAMPLE_RATE, min_seconds=min_seconds)
-    if keep is None:
-        patch_blocks = musicnn.iter_patch_blocks(blocks=decoded, block_patches=networks.batch_patches)
+    if keep is not None and seek:
+        patch_blocks = iter_seeked_patches(path=path, keep=keep, info=info, max_seconds=max_seconds,
+                                           min_seconds=min_seconds, block_patches=networks.batch_patches)
     else:
-        patch_blocks = iter_selected_patches(blocks=decoded, keep=keep, block_patches=networks.batch_patches)
+        # The excerpt is checked (too short, silent) as its blocks end, before its last patches run.
+        decoded = MeasuredBlocks(iter_excerpt_blocks(path, sample_rate=musicnn.SAMPLE_RATE, max_seconds=max_seconds),
+                                 path=path, sample_rate=musicnn.SAMPLE_RATE, min_seconds=min_seconds)
+        if keep is None:
+            patch_blocks = musicnn.iter_patch_blocks(blocks=decoded, block_patches=networks.batch_patches)
+        else:
+            patch_blocks = iter_selected_patches(blocks=decoded, keep=keep, block_patches=networks.batch_patches)
     sums: dict[tuple[str, str], np.ndarray] = {}
     rows: dict[tuple[str, str], list[np.ndarray]] = {}
     band_sum = np.zeros(musicnn.N_MELS)
@@ -424,6 +515,8 @@ class PretrainedEngine(StandardisedModel):
         The vector's blocks (default `BLOCKS`).
     max_patches : int >= 1 or None
         At most this many 3 s patches per track through the networks, spread evenly (None: all).
+    seek : bool
+        A sampled track is decoded only around its patches (default); False: decoded whole.
     precision : str
         The networks' numerics (`PRECISIONS`).
     batch_patches : int >= 1
@@ -441,7 +534,8 @@ class PretrainedEngine(StandardisedModel):
     similarity = "cosine"
 
     def __init__(self, *, blocks: Sequence[Sequence[Any]] | None = None,
-                 max_patches: int | None = DEFAULT_MAX_PATCHES, precision: str = DEFAULT_PRECISION,
+                 max_patches: int | None = DEFAULT_MAX_PATCHES, seek: bool = True,
+                 precision: str = DEFAULT_PRECISION,
                  batch_patches: int = DEFAULT_BATCH_PATCHES, min_seconds: float = 1.0,
                  pretrained_cache: str | None = None, sample_rate: int = musicnn.SAMPLE_RATE,
                  max_seconds: float | None = None, **settings: Any):
@@ -456,6 +550,7 @@ class PretrainedEngine(StandardisedModel):
         super().__init__(sample_rate=sample_rate, max_seconds=max_seconds, **settings)
         self.blocks = check_blocks(BLOCKS if blocks is None else blocks)
         self.max_patches = None if max_patches is None else int(max_patches)
+        self.seek = bool(seek)
         self.precision = precision
         self.batch_patches = int(batch_patches)
         self.min_seconds = float(min_seconds)
@@ -477,17 +572,18 @@ class PretrainedEngine(StandardisedModel):
 
     @property
     def feature_fn(self) -> str:  # the feature cache's folder and key: what the cached vector holds
-        sampling = "all" if self.max_patches is None else f"p{self.max_patches}"
+        sampling = "all" if self.max_patches is None else f"p{self.max_patches}" + ("s" if self.seek else "")
         networks = "+".join(self.checkpoints) or "none"
         return f"pretrained-{networks}-{self.precision}-{sampling}-v{FEATURES_VERSION}"
 
     @property
     def version(self) -> str:
         """Changes whenever a file's vector would (`ENGINE_VERSION` for the default settings)."""
-        return _engine_version(blocks=self.blocks, max_patches=self.max_patches, precision=self.precision)
+        return _engine_version(blocks=self.blocks, max_patches=self.max_patches, precision=self.precision,
+                               seek=self.seek)
 
     def _extra_settings(self) -> dict[str, Any]:
-        return {"blocks": [[c, l, w] for c, l, w in self.blocks], "max_patches": self.max_patches,
+        return {"blocks": [[c, l, w] for c, l, w in self.blocks], "max_patches": self.max_patches, "seek": self.seek,
                 "precision": self.precision, "batch_patches": self.batch_patches, "min_seconds": self.min_seconds,
                 "pretrained_cache": self.pretrained_cache}
 
@@ -528,7 +624,8 @@ class PretrainedEngine(StandardisedModel):
     def block_means_of_file(self, *, path: str) -> dict[tuple[str, str], np.ndarray]:
         """`all_block_means` of one file with this engine's settings (its networks' every layer)."""
         return all_block_means(path=path, checkpoints=self.checkpoints, max_seconds=self.max_seconds,
-                               max_patches=self.max_patches, min_seconds=self.min_seconds, networks=self.networks)
+                               max_patches=self.max_patches, min_seconds=self.min_seconds, networks=self.networks,
+                               seek=self.seek)
 
     def cached_vector(self, *, path: str) -> np.ndarray:
         """Every cached block of one file, concatenated in `feature_blocks` order: float64 ``[cached dim]``.
