@@ -20,9 +20,11 @@ embed it, write the vectors (``.npy``, temp-then-rename). Rows:
 Every row embeds whole tracks (``max_seconds=None``). Each child first embeds a generated 4 s clip (loading
 weights and tracing graphs: ``startup_s``), then times the corpus files (``embed_s``): seconds of audio per
 second is ``audio_s / embed_s``, and per CPU second ``audio_s / embed_cpu_s`` (the child's and its
-workers' CPU time: steadier than wall time on a machine others share). Peak RSS is the ``ru_maxrss`` of the child as the kernel reports it on
-``wait4`` (the largest of the child and its own waited-for children: librosa's workers). The table ends with
-each row's speed-up over the fusion and its projection for 10,000 four-minute tracks. The machine's load
+workers' CPU time: steadier than wall time on a machine others share). Peak RSS is the ``ru_maxrss`` of
+the child as the kernel reports it on ``wait4``: the largest of the child and its waited-for descendants
+(librosa's workers are children of multiprocessing's fork server, which the child stops and waits for
+before it reads its CPU time). The table ends with each row's speed-up over the fusion and its projection
+for 10,000 four-minute tracks. The machine's load
 average before each row is printed: on a shared machine the figures are only comparable within one run.
 Goal (issue 20): pretrained >= 6x the fusion (about 90x real time on 2 cores), peak RSS <= 1.5 GB.
 """
@@ -134,10 +136,21 @@ def child(*, row: str, paths: list[str], out_dir: str, max_patches: str | None) 
         with open(tmp, "wb") as f:
             np.save(f, matrix)
     embed_s = time.perf_counter() - began
+    _stop_fork_server()
     embed_cpu_s = _cpu_seconds() - cpu_began
     audio_s = sum(file_duration(paths[i]) or 0.0 for i in kept)
     return {"row": row, "tracks": len(kept), "skipped": reasons, "dim": int(matrix.shape[1]) if kept else 0,
             "audio_s": audio_s, "embed_s": embed_s, "embed_cpu_s": embed_cpu_s, "startup_s": startup}
+
+
+def _stop_fork_server() -> None:
+    """Stop multiprocessing's fork server, if one runs: librosa's workers are its children, so only once it
+    has been waited for do their CPU time and peak memory count among this process's children."""
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def _cpu_seconds() -> float:
@@ -191,7 +204,8 @@ def report(results: list[dict]) -> str:
         lines.append(f"{r['row']:<16} {r['tracks']:>6} {r['audio_s']:>8.0f} {r['embed_s']:>8.1f} {rate:>10.1f}x "
                      f"{speedup:>9} {r['embed_cpu_s']:>7.1f} {cpu_rate:>13.1f} {cpu_speedup:>9} {r['startup_s']:>9.1f} "
                      f"{r['peak_rss_bytes'] / 1e9:>7.2f}GB {r['load_before']:>5.1f} {hours:>10.1f} h")
-    lines.append(f"(10k x 4 min: {PROJECTION_TRACKS:,} tracks of {PROJECTION_SECONDS:.0f} s at the row's wall-clock rate; "
+    lines.append(f"(10k x 4 min: {PROJECTION_TRACKS:,} tracks of {PROJECTION_SECONDS:.0f} s at the row's "
+                 "wall-clock rate; "
                  "audio s/CPU s: the rate on one dedicated core, steadier on a shared machine)")
     return "\n".join(lines)
 

@@ -97,7 +97,7 @@ class _Counts:
 @pytest.mark.parametrize("clip, seconds, max_patches, seek", [
     ("long", LONG_SECONDS, None, True), ("short", 2.0, None, True), ("mid", 7.0, None, True),
     ("long", LONG_SECONDS, 3, False), ("long", LONG_SECONDS, 3, True), ("mid", 7.0, 1, True)])
-def test_one_decode_one_spectrogram_and_each_patch_through_the_networks_once(musicnn_files, clips, monkeypatch,  # noqa: F811
+def test_one_decode_one_spectrogram_and_each_patch_through_the_networks_once(musicnn_files, clips, monkeypatch,
                                                                              clip, seconds, max_patches, seek):
     counts = _Counts(monkeypatch)
     engine = raw_engine(max_patches=max_patches, seek=seek)
@@ -120,7 +120,7 @@ def test_one_decode_one_spectrogram_and_each_patch_through_the_networks_once(mus
 @pytest.mark.parametrize("extension, subtype, sample_rate", [
     ("wav", "FLOAT", 22050), ("flac", "PCM_16", 44100), ("ogg", "VORBIS", 48000), ("ogg", "OPUS", 48000),
     ("mp3", "MPEG_LAYER_III", 44100)])
-def test_seeking_to_the_sampled_patches_equals_the_whole_decode(musicnn_files, tmp_path, extension, subtype,  # noqa: F811
+def test_seeking_to_the_sampled_patches_equals_the_whole_decode(musicnn_files, tmp_path, extension, subtype,
                                                                sample_rate):
     """Measured on real tracks (ogg, opus; 8 and 16 of 12-104 patches): every per-patch output within
     3.3e-4 of the whole decode's (track means within 1e-6 of their largest value). Asserted: 2e-3 per
@@ -184,7 +184,7 @@ def _bad_files(folder) -> dict[str, str]:
     return {str(corrupt): "", str(silent): "silent", str(tiny): "too short", str(text): "", str(empty): ""}
 
 
-def test_a_track_embeds_the_same_alone_or_in_a_batch_and_bad_files_are_skipped(musicnn_files, clips, tmp_path):  # noqa: F811
+def test_a_track_embeds_the_same_alone_or_in_a_batch_and_bad_files_are_skipped(musicnn_files, clips, tmp_path):
     bad = _bad_files(tmp_path)
     engine = raw_engine()
     alone, ok_alone, _ = engine.embed_paths(paths=[clips["mid"]])

@@ -16,7 +16,9 @@ The blocks and their weights are `BLOCKS`, fixed in the code (chosen under album
 
     ((raw - mean) / scale) * dimension_weights        # weight / sqrt(block dim) per dimension
 
-compared by cosine, so each block weighs by its weight whatever its size. `raw_engine` is an
+compared by cosine, so each block weighs by its weight whatever its size. A long track runs at most
+`DEFAULT_MAX_PATCHES` patches, spread evenly over it, and is decoded only around them
+(`iter_seeked_patches`); ``max_patches=None`` runs every patch of one streamed decode. `raw_engine` is an
 engine "fitted" with the identity standardisation: what a scan indexes (the index standardises
 over its own catalog, then applies `PretrainedEngine.dimension_weights`).
 
@@ -67,8 +69,10 @@ BLOCKS: tuple[tuple[str, str, float], ...] = (
 # until album folds show one helps.
 ENGINE_RERANK = "none"
 # At most this many 3 s patches per track go through the networks, spread evenly over it (None: all).
-# The networks are the cost (about 30 s of audio per CPU second for the four, all patches): 16 patches
-# (48 s) of a 4-minute track is a fifth of it. Measured against every patch (16 tracks of 12-204 patches
+# The networks are the cost (per 3 s patch and CPU core: musicnn 34 ms, vgg 16 ms, the four 100 ms; about
+# 30 s of audio per CPU second on every patch): 16 patches (48 s) of a 4-minute track is a fifth of it, and
+# a sampled track is decoded only around its patches (benchmarks/engine_throughput.py: 88 s of audio per
+# CPU second, 5.4x the fusion's; 8 patches: 169, 10.4x). Measured against every patch (16 tracks of 12-204 patches
 # of the extended dev corpus, the four penultimate blocks standardised over them): cosine to the
 # full-track vector min 0.916, mean 0.969, each track still nearest its own full vector (see
 # tests/test_pretrained_engine.py for the check on real music). Album folds decide whether it holds.
@@ -540,7 +544,8 @@ class PretrainedEngine(StandardisedModel):
                  pretrained_cache: str | None = None, sample_rate: int = musicnn.SAMPLE_RATE,
                  max_seconds: float | None = None, **settings: Any):
         if sample_rate != musicnn.SAMPLE_RATE:
-            raise EngineError(f"the musicnn networks take {musicnn.SAMPLE_RATE} Hz audio, got sample_rate={sample_rate}")
+            raise EngineError(f"the musicnn networks take {musicnn.SAMPLE_RATE} Hz audio, "
+                              f"got sample_rate={sample_rate}")
         if max_patches is not None and (isinstance(max_patches, bool) or int(max_patches) < 1):
             raise EngineError(f"max_patches must be >= 1 or None, got {max_patches!r}")
         if precision not in PRECISIONS:
@@ -720,4 +725,5 @@ def raw_engine(**settings: Any) -> PretrainedEngine:
 
 __all__ = ["ALL_BLOCKS", "BLOCKS", "BLOCK_DIMS", "BlockNetworks", "CHECKPOINTS", "DEFAULT_MAX_PATCHES",
            "DEFAULT_PRECISION", "ENGINE_RERANK", "ENGINE_VERSION", "EngineError", "LOGMEL", "PretrainedEngine",
-           "all_block_means", "check_blocks", "raw_engine", "sampled_patches", "shared_networks"]
+           "SEEK_MARGIN_SECONDS", "all_block_means", "check_blocks", "expected_patches", "iter_seeked_patches",
+           "iter_selected_patches", "raw_engine", "sampled_patches", "shared_networks"]
