@@ -53,6 +53,9 @@ STREAM_ABOVE_SECONDS = 120.0
 # Default window of the models whose windowed embedding differs from the whole one (rnn, fitted).
 INEXACT_MIN_WINDOW_SECONDS = 120.0
 
+# What an index built by the default engine records as its model_dir: no folder, the engine in the code.
+DEFAULT_ENGINE_DIR = "builtin:pretrained"
+
 EmbedResult = tuple[int, "np.ndarray | None", "str | None"]  # (index into paths, vector [D] or None, reason)
 
 
@@ -574,7 +577,7 @@ class EngineEmbedder(Embedder):
     """
 
     kind = "fitted"
-    model_dir = "builtin:pretrained"
+    model_dir = DEFAULT_ENGINE_DIR
 
     def __init__(self, **settings: Any):
         from musicsim.models.pretrained_engine import raw_engine
@@ -628,6 +631,8 @@ def load_embedder(model_dir: str, *, window_seconds: float | None = None) -> Emb
         For a baseline run (random / worst embed nothing) or an unknown model.
     """
     model_dir = os.fspath(model_dir)
+    if model_dir == DEFAULT_ENGINE_DIR:  # a scanned library's index: the engine itself, no run folder
+        return default_embedder()
     info = read_run_info(model_dir)
     kind = registry.kind_of(str(info["model"]))
     if kind == "learned":

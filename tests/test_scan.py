@@ -439,10 +439,6 @@ def test_scan_and_index_add_at_once_lose_nothing(tmp_path, mfcc_run):
 # ------------------------------------------------------------------------------- the default engine
 
 def test_the_default_engine_scans_into_a_standardised_index(tmp_path, mfcc_run):
-    from musicsim import embedder as embedders
-
-    if not hasattr(embedders, "default_embedder"):
-        pytest.skip("musicsim.embedder.default_embedder is not there yet (the engine issue)")
     lib = tmp_path / "lib"
     paths = [write_track(str(lib / album / "t.ogg"), album=album, index=0, seconds=4.0) for album in ALBUMS]
     result = run_cli(f"--audio={lib}", f"--index={tmp_path / 'index'}", "--workers=1", "--noprogress", timeout=600)
@@ -451,5 +447,10 @@ def test_the_default_engine_scans_into_a_standardised_index(tmp_path, mfcc_run):
     assert index.model["engine"] == "default" and len(index) == len(paths)
     config = json.load(open(tmp_path / "index" / "config.json"))
     assert config["standardise"] is True and len(config["dimension_weights"]) == index.dim
+    # A file query embeds with the same engine (the index names it, no run folder) and finds the file itself.
+    from musicsim.search import search
+
+    found = search(index_dir=str(tmp_path / "index"), query_path=paths[1], k=1)
+    assert found[0]["track_id"] == index.track_id_of_path(path=os.path.abspath(paths[1]))
     refused = run_cli(f"--audio={lib}", f"--index={tmp_path / 'index'}", f"--model_dir={mfcc_run}", timeout=120)
     assert refused.returncode == 2 and "the default engine" in refused.stderr and "--rebuild" in refused.stderr
