@@ -779,7 +779,7 @@ def choose_rerank(*, vectors_of: Callable[[np.ndarray], np.ndarray], catalogs: l
 
 
 def fusion_row(*, parts: Sequence[str] = tuple(RECOMMENDED_PARTS), choose_rerank_too: bool = False,
-               n_catalogs: int = 4) -> tuple:
+               rerank_grid: Sequence | None = None, n_catalogs: int = 4) -> tuple:
     """Today's fusion (``--model=fusion`` of experiments.recommended's parts): each part fitted on the training
     albums, the concatenation standardised with their statistics, block weights by ``musicsim.models.fusion``'s
     coordinate search and (``choose_rerank_too``) a re-ranking chosen on the training albums (catalogs of
@@ -815,7 +815,7 @@ def fusion_row(*, parts: Sequence[str] = tuple(RECOMMENDED_PARTS), choose_rerank
         settings = rerank.RerankSettings()
         if choose_rerank_too:
             settings = choose_rerank(vectors_of=lambda rows: vectors(rows, weights), catalogs=catalogs,
-                                     labels=labels, grid=rerank.default_grid())
+                                     labels=labels, grid=rerank.default_grid() if rerank_grid is None else rerank_grid)
         return {"models": models, "statistics": statistics, "weights": weights, "rerank": settings}
 
     def search(*, choice, features):
@@ -846,8 +846,9 @@ class EngineVariant:
 
 
 # The engine's vector as chosen under album folds (docs/engine-choice.md): the rows "rerank" and "patches" vary it.
-ENGINE_CHOICE = EngineVariant(blocks=PENULTIMATES + MAXPOOLS + LOGMEL_BLOCKS)
-ENGINE_CHOICE_NAME = "4 penultimates + 2 maxpools + logmel mean, std"
+ENGINE_CHOICE = EngineVariant(blocks=PENULTIMATES + MAXPOOLS,
+                              rerank=rerank.RerankSettings(method="dba+aqe", k=5, alpha=3.0))
+ENGINE_CHOICE_NAME = "4 penultimates + 2 maxpools + dba+aqe:k=5,alpha=3"
 
 
 def shipped_engine_variant() -> tuple[EngineVariant, str]:
@@ -934,7 +935,9 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
         rows += [("baselines", name, fitted_row(model="musicnn", key=f"{checkpoint}/penultimate",
                                                 checkpoint=checkpoint)) for name, checkpoint in TAGGER_ROWS.items()]
         rows += [("baselines", "fusion", fusion_row()),
-                 ("baselines", "fusion" + RERANK_SUFFIX, fusion_row(choose_rerank_too=True))]
+                 ("baselines", "fusion" + RERANK_SUFFIX, fusion_row(choose_rerank_too=True)),
+                 ("baselines", "fusion + rerank (the index's methods: aqe/dba)",
+                  fusion_row(choose_rerank_too=True, rerank_grid=RERANK_GRID))]
     if "blocks" in groups:
         for block in PENULTIMATES + TAGGRAMS + MAXPOOLS + LOGMEL_BLOCKS + ("logmel", "mfcc"):
             rows.append(("blocks", f"block {block}", engine_row(EngineVariant(blocks=(block,)))))
@@ -947,6 +950,15 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
             "musicnn + vgg MTT penultimates": EngineVariant(blocks=PENULTIMATES[:2] + PENULTIMATES[3:]),
             "4 penultimates + 4 taggrams": EngineVariant(blocks=PENULTIMATES + TAGGRAMS),
             "4 penultimates + 2 maxpools": EngineVariant(blocks=PENULTIMATES + MAXPOOLS),
+            "4 penultimates + 2 maxpools, train standardisation": EngineVariant(blocks=PENULTIMATES + MAXPOOLS,
+                                                                               standardise="train"),
+            "4 penultimates + MTT maxpool": EngineVariant(blocks=PENULTIMATES + MAXPOOLS[1:]),
+            "4 penultimates + 2 maxpools (weights 0.5)": EngineVariant(blocks=PENULTIMATES + MAXPOOLS,
+                                                                      weights=(1, 1, 1, 1, 0.5, 0.5)),
+            "4 penultimates + 2 maxpools, weights searched": EngineVariant(blocks=PENULTIMATES + MAXPOOLS,
+                                                                          weights="search"),
+            "4 penultimates + 2 maxpools, re-ranking chosen": EngineVariant(blocks=PENULTIMATES + MAXPOOLS,
+                                                                           rerank="choose"),
             "4 penultimates + mfcc": EngineVariant(blocks=PENULTIMATES + ("mfcc",)),
             "4 penultimates + logmel mean": EngineVariant(blocks=PENULTIMATES + LOGMEL_BLOCKS[:1]),
             "4 penultimates + logmel mean, std": EngineVariant(blocks=PENULTIMATES + LOGMEL_BLOCKS),
@@ -966,19 +978,24 @@ def album_fold_rows(*, groups: Sequence[str]) -> list[tuple[str, str, tuple]]:
                 blocks=PENULTIMATES + MAXPOOLS + LOGMEL_BLOCKS, rerank="choose"),
         }
         rows += [("engine", f"pretrained: {name}", engine_row(v)) for name, v in variants.items()]
+        rows.append(("engine", "pretrained: chosen, without re-ranking",
+                     engine_row(dataclasses.replace(ENGINE_CHOICE, rerank=rerank.RerankSettings()))))
         rows.append(("engine", f"pretrained: chosen ({ENGINE_CHOICE_NAME})", engine_row(ENGINE_CHOICE)))
         shipped, description = shipped_engine_variant()
         rows.append(("engine", f"pretrained as shipped ({description})", engine_row(shipped)))
     if "rerank" in groups:
         for settings in RERANK_GRID[1:]:
             name = f"{settings.method}:k={settings.k},alpha={settings.alpha:g}"
-            rows.append(("rerank", f"pretrained: chosen + {name}",
+            rows.append(("rerank", f"pretrained: chosen blocks + {name}",
                          engine_row(dataclasses.replace(ENGINE_CHOICE, rerank=settings))))
     if "patches" in groups:
         for n in PATCH_SAMPLES:
             sampled = tuple(b if b.startswith("logmel") or "/" not in b else f"{b}@{n}" for b in ENGINE_CHOICE.blocks)
-            rows.append(("patches", f"pretrained: chosen, max {n} patches",
+            rows.append(("patches", f"pretrained: chosen (with its re-ranking), max {n} patches",
                          engine_row(dataclasses.replace(ENGINE_CHOICE, blocks=sampled))))
+        for n in PATCH_SAMPLES:
+            rows.append(("patches", f"pretrained: 4 penultimates, max {n} patches",
+                         engine_row(EngineVariant(blocks=tuple(f"{b}@{n}" for b in PENULTIMATES)))))
     return rows
 
 
