@@ -9,13 +9,20 @@ runs each command in a subprocess of its own and prints the peak resident memory
 - prep: ``python -m data_prep.build --dataset=album_folders`` on a folder holding only that file;
 - export: ``python -m experiments.export`` of that folder (``--workers=1``);
 - search: ``python -m musicsim.search --query=FILE`` against the index of that export;
-- export_mfcc: the export with the MFCC baseline (when this benchmark trained it).
+- export_mfcc: the export with the MFCC baseline (when this benchmark trained it);
+- run: ``python -m experiments.run --model=wavenet`` (the default architecture, 20 steps) on a prepared
+  dataset (the small synthetic one at 16 kHz) whose eval split also holds that file, whole (prepared
+  without ``--max_seconds``): its evaluation lists read centred crops and its embedding of every track
+  goes window by window. Goal for this row: 2 GB (issue 24 item 13; it peaked at 8.4 GB on 20 whole
+  tracks of at most 3.8 minutes before);
+- run_short: the same run on the same dataset without the long file: what the default WaveNet's training
+  step itself takes (4 lists x 7 crops of 4 s through 18 layers), whatever the tracks' length.
 
 Then the cosine between a 5-minute track embedded whole (``window_seconds=0``) and in the run's
 windows, for WaveNet (exact over windows) and the MFCC baseline (windowed statistics differ from whole
 ones). Without ``--model_dir``, short WaveNet (the default architecture) and MFCC runs are trained on
 a small synthetic dataset first (a couple of minutes). Everything generated is deleted at the end.
-Goal: every peak under 1.5 GB, WaveNet cosine > 0.999.
+Goal: every peak under 1.5 GB (the run row: 2 GB), WaveNet cosine > 0.999.
 """
 from __future__ import annotations
 
@@ -40,6 +47,8 @@ status = subprocess.run(sys.argv[1:]).returncode
 print(json.dumps({"rc": status, "peak_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
 """
 GOAL_BYTES = 1.5e9
+# experiments.run holds a dataset's every split in memory (pooled at 3.2 kHz: 46 MB per hour) beside TensorFlow.
+GOAL_BYTES_BY_CASE = {"run": 2.0e9, "run_short": 2.0e9}
 
 
 def write_long_wav(path: str, *, minutes: float, seed: int = 0) -> None:
@@ -97,6 +106,35 @@ def train_runs(workdir: str) -> dict[str, str]:
     return runs
 
 
+def dataset_with_long_track(workdir: str, long_wav: str | None) -> str:
+    """The small synthetic dataset at 16 kHz (pool 5), plus ``long_wav`` decoded whole into its eval split.
+
+    The long track shares an album with eval tracks, so the evaluation lists take it as a query and as a
+    candidate. ``long_wav`` None: the synthetic dataset alone. Returns the prepared dataset folder.
+    """
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import write_synthetic_dataset  # the tests' synthetic albums, in the project's format
+
+    from musicsim.audio import DecodeSettings, decode_track
+    from musicsim.dataset import CatalogEntry, read_catalog, write_catalog
+    from musicsim.tfrecords import Track, serialize_track, write_records
+
+    dataset = write_synthetic_dataset(os.path.join(workdir, "with-long" if long_wav else "short-only"), per_album=8,
+                                      seconds=3.0, sample_rate=16000)
+    if long_wav is None:
+        return dataset
+    entries = read_catalog(dataset)
+    album = sorted(e.labels for e in entries if e.split == "eval")[0]
+    decoded = decode_track(long_wav, DecodeSettings(sample_rate=16000, pool_size=5, max_seconds=None, min_seconds=1.0))
+    if decoded.pooled is None:
+        raise SystemExit(f"cannot decode {long_wav}: {decoded.reason}")
+    track = Track(track_id="long", labels=tuple(album), audio=decoded.pooled, sample_rate=16000 // 5, pool_size=5)
+    write_records(os.path.join(dataset, "eval", "shard-long.tfrecord"), [serialize_track(track)])
+    write_catalog(dataset, [*entries, CatalogEntry(track_id="long", split="eval", labels=tuple(album),
+                                                   duration_s=decoded.seconds, path=os.path.abspath(long_wav))])
+    return dataset
+
+
 def cosine_whole_vs_windows(model_dir: str, path: str) -> tuple[float, float | None]:
     """(cosine of the whole and windowed embeddings of ``path``, the run's window in seconds)."""
     code = f"""
@@ -122,13 +160,14 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=60.0, help="length of the long recording")
     parser.add_argument("--model_dir", default=None, help="a WaveNet run to use (default: train a short one)")
     parser.add_argument("--skip", default="", help="comma-separated cases to leave out: prep,export,search,"
-                        "export_mfcc,cosine")
+                        "export_mfcc,run,run_short,cosine")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     workdir = tempfile.mkdtemp(prefix="musicsim-memory-")
     rows = []
     try:
-        runs = {"wavenet": args.model_dir} if args.model_dir else train_runs(workdir)
+        cases_wanted = {"prep", "export", "search", "export_mfcc", "cosine"} - skip  # those need trained runs
+        runs = {"wavenet": args.model_dir} if args.model_dir else (train_runs(workdir) if cases_wanted else {})
         music = os.path.join(workdir, "music", "album")
         os.makedirs(music)
         long_wav = os.path.join(music, "long.wav")
@@ -136,7 +175,7 @@ def main() -> int:
         write_long_wav(long_wav, minutes=args.minutes)
         print(f"{args.minutes:g}-minute 44.1 kHz stereo WAV: {os.path.getsize(long_wav) / 1e9:.2f} GB "
               f"(written in {time.time() - started:.0f}s)")
-        wavenet_run = runs["wavenet"]
+        wavenet_run = runs.get("wavenet", "")
         export_file = os.path.join(workdir, "long.parquet")
         cases = [
             ("prep", [sys.executable, "-m", "data_prep.build", "--dataset=album_folders",
@@ -153,6 +192,13 @@ def main() -> int:
                                           f"--audio={os.path.dirname(music)}",
                                           f"--output={os.path.join(workdir, 'long_mfcc.parquet')}", "--workers=1",
                                           "--noprogress"]))
+        for label, source in (("run", long_wav), ("run_short", None)):
+            if label not in skip:
+                cases.append((label, [sys.executable, "-m", "experiments.run", "--model=wavenet",
+                                      f"--dataset={dataset_with_long_track(workdir, source)}",
+                                      f"--model_dir={os.path.join(workdir, label)}", "--max_steps=20",
+                                      "--save_checkpoints_steps=10", "--early_stopping_patience=0",
+                                      "--eval_repeats=1", "--workers=1"]))
         for label, command in cases:
             if label in skip:
                 continue
@@ -164,9 +210,11 @@ def main() -> int:
                                 f"--output={os.path.join(workdir, 'index')}", f"--model_dir={wavenet_run}"],
                                cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             bytes_, status, seconds = peak(command, label=label)
-            rows.append((label, bytes_, status, seconds))
+            goal = GOAL_BYTES_BY_CASE.get(label, GOAL_BYTES)
+            rows.append((label, bytes_, status, seconds, goal))
             print(f"{label:<11} peak RSS {bytes_ / 1e9:6.2f} GB  exit {status}  {seconds:6.0f}s  "
-                  f"{'ok' if bytes_ < GOAL_BYTES and status == 0 else 'OVER GOAL or failed'}", flush=True)
+                  f"{'ok' if bytes_ < goal and status == 0 else 'OVER GOAL or failed'} (goal {goal / 1e9:g} GB)",
+                  flush=True)
         os.remove(long_wav)
         if "cosine" not in skip:
             track = os.path.join(workdir, "five_minutes.wav")
@@ -177,7 +225,7 @@ def main() -> int:
                       f"(1 - cosine = {1 - cosine:.1e})")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all(status == 0 and b < GOAL_BYTES for _, b, status, _ in rows) else 1
+    return 0 if all(status == 0 and b < goal for _, b, status, _, goal in rows) else 1
 
 
 if __name__ == "__main__":
