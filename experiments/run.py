@@ -20,10 +20,12 @@ from typing import Any, Callable
 # the CPU's instruction set (AVX-512 and AVX2 round differently); and the intra-op thread count (it splits the
 # products differently). So a run uses TensorFlow's own kernels, oneDNN's AVX2 code and 2 intra-op threads,
 # whatever the machine. TensorFlow and oneDNN read these once, when they load: set before the imports below.
-# Each one set in the environment wins (e.g. TF_NUM_INTRAOP_THREADS=16 for speed, at the price of that).
+# Each one set in the environment wins (e.g. TF_NUM_INTRAOP_THREADS=16 for speed, at the price of that). Only
+# when this module is the program (python -m experiments.run, musicsim-run): a command importing it keeps its own.
 REPRODUCIBLE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "0", "ONEDNN_MAX_CPU_ISA": "AVX2", "TF_NUM_INTRAOP_THREADS": "2"}
-for _name, _value in REPRODUCIBLE_ENVIRONMENT.items():
-    os.environ.setdefault(_name, _value)
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "musicsim-run":
+    for _name, _value in REPRODUCIBLE_ENVIRONMENT.items():
+        os.environ.setdefault(_name, _value)
 
 import numpy as np
 from absl import app, flags
