@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, ClassVar, Mapping
+import sys
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
 from musicsim.atomic import atomic_open, write_json_atomic
 from musicsim.dataset import feature_cache_dir
-from musicsim.features import DEFAULT_SAMPLE_RATE, check_extraction_settings, extract_many
+from musicsim.audio import AudioDecodeError
+from musicsim.features import DEFAULT_SAMPLE_RATE, FeatureCache, check_extraction_settings, extract_many
 
 CONFIG_FILE = "fitted_model.json"
 ARRAYS_FILE = "fitted_model.npz"
@@ -227,6 +229,36 @@ class FittedModel:
         model._set_arrays(arrays)
         model.fitted = True
         return model
+
+    def cached_file_features(self, *, path: str, dim: int, compute: Callable[[], np.ndarray]
+                             ) -> tuple[np.ndarray | None, str | None]:
+        """One file's feature vector ``[dim]`` through the per-track cache, or ``(None, reason)``; never raises.
+
+        ``compute()`` makes the vector when the cache has none (or there is no cache). A file that cannot be
+        decoded is remembered as such until it changes; any other failure is reported and skipped, since one bad
+        track must never stop a corpus or library run.
+        """
+        cache = None
+        if self.cache_dir is not None and os.path.isfile(path):
+            cache = FeatureCache(cache_dir=self.cache_dir, feature_name=self.feature_fn, sample_rate=self.sample_rate,
+                                 max_seconds=self.max_seconds)
+            features, reason = cache.read(path)
+            if features is not None and features.shape == (dim,):
+                return features, None
+            if reason is not None:
+                return None, reason
+        try:
+            features = compute()
+        except AudioDecodeError as err:
+            if cache is not None:
+                cache.write_failure(path, err.reason)
+            return None, err.reason
+        except Exception as err:  # noqa: BLE001 - one bad track must never stop a run
+            print(f"{self.name}: {path}: {type(err).__name__}: {err}", file=sys.stderr)
+            return None, f"{self.name} embedding failed ({type(err).__name__}: {err})"
+        if cache is not None:
+            cache.write(path, features)
+        return features, None
 
     def _check_fitted(self) -> None:
         if not self.fitted:

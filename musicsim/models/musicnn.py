@@ -25,13 +25,11 @@ layer means for in-memory crops: the targets of distillation (`musicsim.pretrain
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from musicsim.audio import AudioDecodeError, MeasuredBlocks, iter_excerpt_blocks
-from musicsim.features import FeatureCache
+from musicsim.audio import MeasuredBlocks, iter_excerpt_blocks
 from musicsim.models.fitted import StandardisedModel
 from musicsim.pretrained import musicnn_checkpoint
 
@@ -464,24 +462,4 @@ class MusicnnModel(StandardisedModel):
         return features, ok_indices, skipped
 
     def _extract_one(self, path: str) -> tuple[np.ndarray | None, str | None]:
-        cache = None
-        if self.cache_dir is not None and os.path.isfile(path):
-            cache = FeatureCache(cache_dir=self.cache_dir, feature_name=self.feature_fn, sample_rate=self.sample_rate,
-                                 max_seconds=self.max_seconds)
-            features, reason = cache.read(path)
-            if features is not None and features.shape == (self.dim,):
-                return features, None
-            if reason is not None:
-                return None, reason
-        try:
-            features = self.embed_file(path=path)
-        except AudioDecodeError as err:
-            if cache is not None:  # the file itself is unusable: remembered until it changes
-                cache.write_failure(path, err.reason)
-            return None, err.reason
-        except Exception as err:  # noqa: BLE001 - one bad track must never stop a corpus run
-            print(f"musicnn: {path}: {type(err).__name__}: {err}", file=sys.stderr)
-            return None, f"musicnn embedding failed ({type(err).__name__}: {err})"
-        if cache is not None:
-            cache.write(path, features)
-        return features, None
+        return self.cached_file_features(path=path, dim=self.dim, compute=lambda: self.embed_file(path=path))

@@ -34,14 +34,12 @@ import hashlib
 import json
 import math
 import os
-import sys
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from musicsim.audio import (AudioDecodeError, AudioInfo, MeasuredBlocks, UnsupportedHeaderError, audio_info,
                             centred_excerpt, check_excerpt, iter_audio_blocks, iter_excerpt_blocks)
-from musicsim.features import FeatureCache
 from musicsim.models import musicnn
 from musicsim.models.fitted import StandardisedModel
 
@@ -689,27 +687,7 @@ class PretrainedEngine(StandardisedModel):
 
     def extract_one(self, *, path: str) -> tuple[np.ndarray | None, str | None]:
         """One file's cached vector (every block of its pass) or ``(None, reason)``; never raises."""
-        cache = None
-        if self.cache_dir is not None and os.path.isfile(path):
-            cache = FeatureCache(cache_dir=self.cache_dir, feature_name=self.feature_fn, sample_rate=self.sample_rate,
-                                 max_seconds=self.max_seconds)
-            features, reason = cache.read(path)
-            if features is not None and features.shape == (self.cached_dim,):
-                return features, None
-            if reason is not None:
-                return None, reason
-        try:
-            features = self.cached_vector(path=path)
-        except AudioDecodeError as err:
-            if cache is not None:  # the file itself is unusable: remembered until it changes
-                cache.write_failure(path, err.reason)
-            return None, err.reason
-        except Exception as err:  # noqa: BLE001 - one bad track must never stop a library run
-            print(f"pretrained: {path}: {type(err).__name__}: {err}", file=sys.stderr)
-            return None, f"pretrained embedding failed ({type(err).__name__}: {err})"
-        if cache is not None:
-            cache.write(path, features)
-        return features, None
+        return self.cached_file_features(path=path, dim=self.cached_dim, compute=lambda: self.cached_vector(path=path))
 
     def identity_standardisation(self) -> "PretrainedEngine":
         """Mark the engine fitted with mean 0, scale 1: it embeds weighted raw vectors."""
