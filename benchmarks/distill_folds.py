@@ -185,6 +185,16 @@ def run_fold(*, fold: int, paths: list[str], labels: np.ndarray, folds: np.ndarr
     teacher_raw, weights, teacher_seconds = teacher_vectors(teacher=args.teacher, paths=test_paths,
                                                             cache_dir=None)
     fold_labels = labels[test]
+    from musicsim import rerank
+    from musicsim.models.pretrained_engine import ENGINE_RERANK
+
+    # The engine's label-free re-ranking (ENGINE_RERANK) on the student's and the teacher's catalogs alike.
+    engine_rerank = rerank.parse_settings(ENGINE_RERANK)
+
+    def reranked_map(vectors):
+        scores = album_folds.search_scores(vectors=vectors, settings=engine_rerank)
+        return album_folds.score_catalog(scores=scores, labels=fold_labels)[0]["catalog_mAP"]
+
     row = {
         "fold": fold, "test_tracks": len(test), "test_albums": sorted(set(fold_labels)),
         "train_tracks": len(train_paths),
@@ -194,6 +204,9 @@ def run_fold(*, fold: int, paths: list[str], labels: np.ndarray, folds: np.ndarr
             scores=cosine_scores(student), labels=fold_labels)[0]["catalog_mAP"],
         f"teacher {args.teacher}": album_folds.score_catalog(
             scores=cosine_scores(catalog_standardised(teacher_raw, weights)), labels=fold_labels)[0]["catalog_mAP"],
+        f"student (catalog std) + {ENGINE_RERANK}": reranked_map(catalog_standardised(student)),
+        f"teacher {args.teacher} + {ENGINE_RERANK}": reranked_map(catalog_standardised(teacher_raw, weights)),
+        "teacher_key": results["distill"]["teacher_key"],
         **hand_rows(paths=paths, train=train, test=test, labels=labels, cache_dir=args.hand_cache_dir,
                     workers=args.workers),
         "teacher_agreement_test_albums": teacher_agreement(run_dir=run_dir, paths=test_paths,

@@ -253,8 +253,12 @@ def distill(*, paths: Sequence[str], output: str, settings: DistillSettings, cac
         with atomic_open(state_path, "w", make_dirs=True) as f:
             json.dump(state, f, indent=1)
 
-    write_state()
     teacher = teacher if teacher is not None else stream.make_teacher(settings.teacher)
+    # The teacher itself (e.g. the engine's blocks) may change under the same name: its key says what it computes.
+    if state.setdefault("teacher_key", teacher.key) != teacher.key:
+        raise DistillRunError(f"{output} was distilled from {state['teacher_key']}, the teacher now computes "
+                              f"{teacher.key}: use a new --output")
+    write_state()
     cache = stream.TargetCache(root=cache_dir or os.path.join(".cache", "distill_targets"), teacher_key=teacher.key,
                                dim=teacher.dim, max_bytes=cache_bytes)
     weights = stream.target_weights(teacher)

@@ -263,6 +263,12 @@ def test_under_album_folds_no_test_album_audio_reaches_distillation(album_corpus
     assert not set(touched) & test_paths, "a test album's file was read by distillation"
     assert results["distill"]["tracks"]["train"] + results["distill"]["tracks"]["held_out_stop"] \
         + results["distill"]["tracks"]["held_out_report"] == len(train_paths)
+    # A teacher that now computes something else under the same name (the engine's blocks changed) does not
+    # resume this run: its targets and standardisation would not match.
+    with pytest.raises(distill_run.DistillRunError, match="use a new --output"):
+        distill_run.distill(paths=train_paths, output=str(tmp_path / "run"), settings=settings,
+                            cache_dir=str(tmp_path / "cache"), embed=False, progress=False,
+                            teacher=BandTeacher(key="band-teacher-v2"))
 
 
 # -- a make-distill-style run is a run like any other ---------------------------------------------------------
