@@ -45,7 +45,10 @@ HELP_ONLY = (
     (r"^make test\b", "the whole test suite"),
     (r"--dataset=magnatagatune", "the MagnaTagATune download"),
     (r"/tmp/devcorpus", "the development corpus, built from Debian packages (network)"),
-    (r"musicsim\.serve\b", "a server that runs until stopped (tests/test_serve.py runs it)"),
+    (r"musicsim\.serve\b|musicsim-serve\b", "a server that runs until stopped, or a prompt for a password "
+     "(tests/test_serve.py and tests/test_subsonic.py run them)"),
+    (r"musicsim-scan\b", "the default engine's musicnn wheel from the package index (network; tests/test_scan.py "
+     "runs the scan)"),
     (r"--uri=http://", "a Milvus server on the network"),
     (r"benchmarks/generalisation\.py", "hours of training"),
     (r"experiments\.recommended\b", "the musicnn wheel from the package index (network)"),
@@ -90,6 +93,9 @@ def help_command(command: str) -> tuple[str, str]:
     make = re.match(r"make (\S+)", command)
     if make:
         return f"make -n {make.group(1)}", REPO_ROOT
+    script = re.match(r"(musicsim-[a-z]+)\b", command)
+    if script:  # a console script
+        return f"{script.group(1)} --help", REPO_ROOT
     module = re.match(r"python (-m musicsim\.index (?:build|add|remove)|-m \S+|benchmarks/\S+\.py)", command)
     assert module, f"no --help form for {command!r}"
     return f"python {module.group(1)} --help", REPO_ROOT
