@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -238,3 +241,29 @@ def tiny_corpus() -> str:
         return dev_corpus.tiny_dev_corpus()
     except dev_corpus.DevCorpusUnavailable as err:
         pytest.skip(str(err))
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on a free 127.0.0.1 port in a thread (bounded start and stop): ``base`` is its
+    address, ``url`` its root page; ``stop`` shuts it down."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start within 30 s")
+            time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = self.base + "/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
-import threading
 import time
 
 import pytest
 
+from conftest import ServerThread
 from test_serve import parse_m3u8, write_tagged_library
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -23,30 +22,6 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
                                 reason=f"needs Chromium ({CHROMIUM}) and chromedriver ({CHROMEDRIVER}): "
                                        "apt-get install chromium chromium-driver")
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on a free 127.0.0.1 port in a thread; ``stop`` shuts it down."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 def headless_chromium(*, profile_dir: str, width: int = 1400, height: int = 900, download_dir: str | None = None):

@@ -9,10 +9,8 @@ import json
 import os
 import random
 import shutil
-import socket
 import stat
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +20,8 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import soundfile as sf
+
+from conftest import ServerThread
 
 libsonic = pytest.importorskip("libsonic")
 
@@ -125,30 +125,6 @@ def build_index(*, tracks: list[dict], root: str, index_dir: str, order: list[in
         columns["group"].append(track["album"])
     EmbeddingIndex(track_ids=ids, vectors=np.array(vectors), similarity="cosine", metadata=columns,
                    model={"name": "test-vectors"}).save(index_dir, overwrite=True)
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on a free 127.0.0.1 port in a thread (bounded start and stop)."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start within 30 s")
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 @pytest.fixture(scope="module")
