@@ -230,6 +230,25 @@ class FittedModel:
         model.fitted = True
         return model
 
+    def extract_each(self, *, paths: list[str], dim: int,
+                     extract_one: Callable[[str], tuple[np.ndarray | None, str | None]], desc: str) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+        """Features of files one at a time, with a progress bar: ``(features [n_ok, dim], ok_indices, skipped)``.
+
+        ``extract_one(path)`` gives ``(vector [dim], None)`` or ``(None, reason)`` and never raises.
+        """
+        from tqdm.auto import tqdm
+
+        rows, ok_indices, skipped = [], [], []
+        for index, path in enumerate(tqdm([os.fspath(p) for p in paths], disable=not self.progress, unit="track",
+                                          desc=desc)):
+            features, reason = extract_one(path)
+            if features is None:
+                skipped.append((path, str(reason)))
+            else:
+                rows.append(features)
+                ok_indices.append(index)
+        return (np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float64)), ok_indices, skipped
+
     def cached_file_features(self, *, path: str, dim: int, compute: Callable[[], np.ndarray]
                              ) -> tuple[np.ndarray | None, str | None]:
         """One file's feature vector ``[dim]`` through the per-track cache, or ``(None, reason)``; never raises.

@@ -24,7 +24,6 @@ layer means for in-memory crops: the targets of distillation (`musicsim.pretrain
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -447,19 +446,7 @@ class MusicnnModel(StandardisedModel):
         ok_indices : list[int]
         skipped : list[(path, reason)]
         """
-        from tqdm.auto import tqdm
-
-        paths = [os.fspath(p) for p in paths]
-        rows, ok_indices, skipped = [], [], []
-        for index, path in enumerate(tqdm(paths, disable=not self.progress, unit="track", desc=self.feature_fn)):
-            features, reason = self._extract_one(path)
-            if features is None:
-                skipped.append((path, reason))
-            else:
-                rows.append(features)
-                ok_indices.append(index)
-        features = np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float64)
-        return features, ok_indices, skipped
+        return self.extract_each(paths=paths, dim=self.dim, extract_one=self._extract_one, desc=self.feature_fn)
 
     def _extract_one(self, path: str) -> tuple[np.ndarray | None, str | None]:
         return self.cached_file_features(path=path, dim=self.dim, compute=lambda: self.embed_file(path=path))

@@ -670,20 +670,12 @@ class PretrainedEngine(StandardisedModel):
         ok_indices : list[int]
         skipped : list[(path, reason)]
         """
-        from tqdm.auto import tqdm
-
-        paths = [os.fspath(p) for p in paths]
-        rows, ok_indices, skipped = [], [], []
-        for index, path in enumerate(tqdm(paths, disable=not self.progress, unit="track", desc=self.name)):
-            cached, reason = self.extract_one(path=path)
-            if cached is None:
-                skipped.append((path, str(reason)))
-            else:
-                rows.append(cached)
-                ok_indices.append(index)
-        if not rows:
+        cached, ok_indices, skipped = self.extract_each(paths=paths, dim=self.cached_dim,
+                                                        extract_one=lambda path: self.extract_one(path=path),
+                                                        desc=self.name)
+        if not ok_indices:
             return np.zeros((0, self.dim), dtype=np.float64), ok_indices, skipped
-        return self.choose_blocks(np.stack(rows)), ok_indices, skipped
+        return self.choose_blocks(cached), ok_indices, skipped
 
     def extract_one(self, *, path: str) -> tuple[np.ndarray | None, str | None]:
         """One file's cached vector (every block of its pass) or ``(None, reason)``; never raises."""
