@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -43,6 +42,7 @@ import numpy as np
 from musicsim import models as registry
 from musicsim.audio import AudioDecodeError, ChromaSettings, decode_chroma, file_duration, iter_pooled_blocks
 from musicsim.rundir import RUN_FILE, RunDir, read_run_info
+from musicsim.windows import WindowRow, iter_window_rows
 
 DEFAULT_MIN_SECONDS = 1.0
 # Files handed to a fitted model's embed_paths at a time: results stream out chunk by chunk.
@@ -189,58 +189,6 @@ def _resolve_window(config: dict[str, Any], override: float | None, *, exact: bo
     if not math.isfinite(float(override)) or float(override) < 0:
         raise ValueError(f"window_seconds must be >= 0 (0: whole files), got {override!r}")
     return float(override) if float(override) > 0 else None
-
-
-@dataclass(frozen=True)
-class _Row:
-    """One window of a file, as fed to the windowed model: its samples and where its own part starts."""
-
-    index: int  # into the paths
-    audio: np.ndarray  # float32 [steps]: context, the window itself, lookahead
-    skip: int  # final-conv steps of the context
-    last: bool  # the file's last window
-
-
-def iter_window_rows(*, index: int, chunks: Iterator[np.ndarray], window: int, context: int, lookahead: int,
-                     unit: int) -> Iterator[_Row]:
-    """Cut a streamed sequence into rows of `musicsim.models.wavenet.window_features`.
-
-    Window ``k`` owns steps ``[k * window, (k + 1) * window)``; its row starts ``context`` steps
-    earlier (at 0 for the first windows) and ends ``lookahead`` steps later (or at the end). Only
-    about one row of the sequence is held at a time.
-
-    Parameters
-    ----------
-    index : int, the file's index, copied into each row
-    chunks : iterator of float32 ``[n_i]`` consecutive pieces of the sequence
-    window, context, unit : int, steps; ``window`` and ``context`` multiples of ``unit``
-    lookahead : int >= 0, steps
-
-    Yields
-    ------
-    _Row, the last one with ``last=True`` (none when the sequence is empty)
-    """
-    buffer, buffer_start, own_start = np.zeros(0, np.float32), 0, 0
-    pending: _Row | None = None  # held back one step: only the next chunk tells whether it was the last
-    for chunk in chunks:
-        buffer = np.concatenate([buffer, np.asarray(chunk, np.float32).reshape(-1)])
-        while buffer_start + buffer.size > own_start + window + lookahead:
-            if pending is not None:
-                yield pending
-            lo = max(0, own_start - context)
-            pending = _Row(index=index, audio=buffer[lo - buffer_start: own_start + window + lookahead - buffer_start],
-                           skip=(own_start - lo) // unit, last=False)
-            own_start += window
-            keep_from = max(0, own_start - context)
-            buffer, buffer_start = buffer[keep_from - buffer_start:].copy(), keep_from
-    end = buffer_start + buffer.size
-    if own_start < end:
-        if pending is not None:
-            yield pending
-        lo = max(0, own_start - context)
-        yield _Row(index=index, audio=buffer[lo - buffer_start:], skip=(own_start - lo) // unit, last=True)
-    elif pending is not None:
-        yield _Row(index=pending.index, audio=pending.audio, skip=pending.skip, last=True)
 
 
 class LearnedEmbedder(Embedder):
@@ -468,7 +416,7 @@ class LearnedEmbedder(Embedder):
                     chunks = pooled_chunks(index)
                     if not window:  # whole excerpts: one row each
                         whole = np.concatenate(list(chunks))
-                        found = [_Row(index=index, audio=whole, skip=0, last=True)] if whole.size else []
+                        found = [WindowRow(index=index, audio=whole, skip=0, last=True)] if whole.size else []
                     else:
                         found = iter_window_rows(index=index, chunks=chunks, window=window, context=sizes["context"],
                                                  lookahead=sizes["lookahead"], unit=sizes["unit"])
@@ -481,7 +429,7 @@ class LearnedEmbedder(Embedder):
                     failures[index] = f"{type(err).__name__}: {err}"
                 if emitted and index in failures:
                     # Its windows are already on their way: a closing row tells the combiner to drop them.
-                    yield _Row(index=index, audio=np.zeros(sizes["unit"], np.float32), skip=0, last=True)
+                    yield WindowRow(index=index, audio=np.zeros(sizes["unit"], np.float32), skip=0, last=True)
 
         def generate():
             # Runs in TF's input thread: the decoding processes work ahead of the model.

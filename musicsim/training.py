@@ -21,6 +21,7 @@ from musicsim import frontends, head
 from musicsim import models as registry
 from musicsim.inputs import TrackSet, make_predict_input_fn
 from musicsim.params import ParamsConfig, fill_defaults
+from musicsim.windows import iter_window_rows
 
 EARLY_STOPPING_METRIC = "NDCG@6"
 EXPORT_CHECKPOINTS = ("best", "last")
@@ -347,12 +348,11 @@ def window_sizes(*, model: str, params: Mapping, frame_rate: float, window_secon
 
 def iter_track_window_rows(*, tracks: TrackSet, sizes: Mapping[str, int], seconds: float | None = None
                            ) -> Iterator:
-    """The rows (``musicsim.embedder._Row``: a window with its context) of every track, in order.
+    """The rows (``musicsim.windows.WindowRow``: a window with its context) of every track, in order.
 
-    Each track (its centred ``seconds`` crop, or whole) is handed to ``musicsim.embedder.iter_window_rows``
+    Each track (its centred ``seconds`` crop, or whole) is handed to ``musicsim.windows.iter_window_rows``
     a window at a time, so no row is longer than ``context + window + lookahead`` steps.
     """
-    from musicsim.embedder import iter_window_rows
     from musicsim.inputs import crop
 
     frames = tracks.frames(seconds)

@@ -19,7 +19,8 @@ from experiments import export
 from experiments.export import export_embeddings, export_saved_model, output_paths
 from musicsim.audio import AudioDecodeError, load_audio, mean_pool
 from musicsim.audio import iter_pooled_blocks, windowed_chroma
-from musicsim.embedder import iter_window_rows, load_embedder
+from musicsim.embedder import load_embedder
+from musicsim.windows import iter_window_rows
 from musicsim.models import wavenet
 from test_export import SAMPLE_RATE, train_tiny_run
 
