@@ -108,6 +108,9 @@ def make_library(root: str, *, files: int, first: int = 0, min_seconds: float, m
     return tracks
 
 
+WORKDIR_MARKER = "scan-benchmark.txt"
+
+
 def cached_library(workdir: str, *, files: int, min_seconds: float, max_seconds: float) -> tuple[str, float]:
     """The generated library (reused when its settings match): (folder, total audio seconds)."""
     settings = {"files": files, "min_seconds": min_seconds, "max_seconds": max_seconds, "rate": SAMPLE_RATE}
@@ -210,7 +213,14 @@ def main() -> int:
     if args.files < 10 or not 0 < args.min_seconds <= args.max_seconds or args.queries < 1 or args.busy_files < 1:
         parser.error("--files >= 10, 0 < --min_seconds <= --max_seconds, --queries >= 1, --busy_files >= 1")
     workdir = args.workdir or tempfile.mkdtemp(prefix="scan-benchmark-")
+    # The benchmark deletes and rewrites library/, scanned/ and index/ in its folder: only in a folder it made.
+    marker = os.path.join(workdir, WORKDIR_MARKER)
+    if os.path.isdir(workdir) and os.listdir(workdir) and not os.path.exists(marker):
+        parser.error(f"--workdir={workdir} is not empty and is not a folder of this benchmark (no {WORKDIR_MARKER}): "
+                     "give a new or empty folder")
     os.makedirs(workdir, exist_ok=True)
+    with open(marker, "w") as f:
+        f.write("written by benchmarks/scan.py: its generated library, copies and indexes live here\n")
     try:
         return run(args, workdir)
     finally:
