@@ -117,6 +117,31 @@ def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(["idx", alive.name, unrelated.name])
 
 
+def test_a_save_killed_while_deleting_the_backup_never_blocks_the_next_save(tmp_path, monkeypatch):
+    # A kill -9 in the middle of deleting the old version (seen once in a scan killed at a checkpoint) must not
+    # leave a half-deleted idx.bak that no longer looks like an index: the next save would refuse it.
+    from musicsim.index import storage
+
+    ids, vectors = catalogue()
+    directory = tmp_path / "idx"
+    EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(directory))
+    real_rmtree = storage.shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # the manifest goes first, then the process dies
+        for name in sorted(os.listdir(path)):
+            if name.endswith(".json"):
+                os.remove(os.path.join(path, name))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingIndex(track_ids=ids[:5], vectors=vectors[:5]).save(str(directory))
+    monkeypatch.setattr(storage.shutil, "rmtree", real_rmtree)
+    assert len(EmbeddingIndex.load(str(directory))) == 5
+    EmbeddingIndex(track_ids=ids[:4], vectors=vectors[:4]).save(str(directory))
+    assert len(EmbeddingIndex.load(str(directory))) == 4
+
+
 # ---------------------------------------------------------------------------- damaged index files
 def _damage(directory, case: str) -> str:
     """Damage one file of a saved IVF index; returns the name of the damaged file."""

@@ -200,16 +200,26 @@ def save_index_directory(*, directory: str, write_files: Callable[[str, int], No
         write_manifest(temp, kind=INDEX_KIND, extra={"entries": sorted(os.listdir(temp))})
         if os.path.isdir(directory):
             if os.path.exists(backup):
-                shutil.rmtree(backup)  # a stale backup from a finished or crashed earlier save
+                _discard(backup, directory=directory)  # a stale backup from a finished or crashed earlier save
             os.rename(directory, backup)
         elif os.path.exists(backup):
-            shutil.rmtree(backup)  # the only copy is older than what we are about to rename in
+            _discard(backup, directory=directory)  # the only copy is older than what we are about to rename in
         os.rename(temp, directory)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
+    if os.path.exists(backup):
+        _discard(backup, directory=directory)
     return version
+
+
+def _discard(path: str, *, directory: str) -> None:
+    """Delete a backup of ``directory``: renamed to a temporary name first, so a kill in the middle of the
+    deletion leaves a temporary the next save removes (`remove_stale_temporaries`), never a half-deleted
+    ``.bak`` that no longer looks like an index."""
+    doomed = f"{directory}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def write_json_synced(path: str, payload: Any) -> None:
