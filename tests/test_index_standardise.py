@@ -12,6 +12,7 @@ import pytest
 
 from musicsim import search as search_module
 from musicsim.index import FaissIndex, IndexFileError, open_index, read_version
+from test_index_backends import make_index, opened  # noqa: F401 - opened is a fixture
 
 HAVE_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
 BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(not HAVE_MILVUS, reason="no Milvus Lite"))]
@@ -41,22 +42,6 @@ def brute_force_ids(*, catalogue_ids, searched: np.ndarray, query: np.ndarray, s
     scores = searched @ query if similarity == "cosine" else -np.linalg.norm(searched - query, axis=1)
     order = [i for i in np.argsort(-scores, kind="stable") if catalogue_ids[i] != exclude]
     return [catalogue_ids[i] for i in order[:k]]
-
-
-def make_index(backend: str, folder, **arguments):
-    if backend == "faiss":
-        return FaissIndex(**arguments)
-    from musicsim.index.milvus import MilvusIndex
-
-    return MilvusIndex(uri=str(folder / "milvus.db"), collection="tracks", **arguments)
-
-
-@pytest.fixture
-def opened():
-    indexes = []
-    yield indexes.append
-    for index in indexes:
-        index.close()
 
 
 @pytest.mark.parametrize("weighted", [False, True])
