@@ -33,6 +33,20 @@ BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
     not HAVE_MILVUS, reason="pymilvus / milvus-lite cannot be imported here"))]
 
 
+def query_until_stopped(*, get, urls, stop, failures: list) -> None:
+    """Request each of ``urls`` with ``get`` (a test client's or httpx's) in turn until ``stop`` is set; every
+    error or non-200 answer goes into ``failures``."""
+    while not stop.is_set():
+        for url in urls:
+            try:
+                response = get(url)
+            except Exception as error:  # noqa: BLE001 - the test client re-raises the server's errors
+                failures.append(f"{url}: {type(error).__name__}: {error}")
+                continue
+            if response.status_code != 200:
+                failures.append(f"{url}: {response.status_code} {response.text[:200]}")
+
+
 def save_index(backend: str, directory, *, track_ids, vectors, similarity, metadata, model=None) -> str:
     """An index of ``backend`` saved at ``directory`` (Milvus Lite's file beside it); returns the directory."""
     arguments = dict(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata, model=model)
@@ -935,19 +949,10 @@ def test_a_serving_app_follows_its_index_while_a_client_keeps_querying(tagged_li
         holder = app_client.app.state.holder
         first_version = app_client.get("/healthz").json()["index_version"]
 
-        def keep_querying() -> None:
-            while not stop.is_set():
-                for url in (f"/api/similar/{steady}?k=5", f"/api/audio/{steady}", "/api/tracks?q=a", "/healthz",
-                            "/api/map", f"/api/playlist?seed={steady}&n=4"):
-                    try:
-                        response = app_client.get(url)
-                    except Exception as error:  # noqa: BLE001 - the test client re-raises the server's errors
-                        failures.append(f"{url}: {type(error).__name__}: {error}")
-                        continue
-                    if response.status_code != 200:
-                        failures.append(f"{url}: {response.status_code} {response.text[:200]}")
-
-        querying = threading.Thread(target=keep_querying)
+        urls = (f"/api/similar/{steady}?k=5", f"/api/audio/{steady}", "/api/tracks?q=a", "/healthz", "/api/map",
+                f"/api/playlist?seed={steady}&n=4")
+        querying = threading.Thread(target=query_until_stopped,
+                                    kwargs=dict(get=app_client.get, urls=urls, stop=stop, failures=failures))
         querying.start()
         try:
             def wait_for(tracks: int) -> dict:
@@ -1041,15 +1046,8 @@ def test_a_served_index_follows_index_commands_of_other_processes(mfcc_catalog, 
 
     def keep_querying() -> None:
         with httpx.Client(base_url=base, timeout=30) as http:
-            while not stop.is_set():
-                for url in ("/api/similar/low_sine%2Ft0?k=5", "/api/audio/low_sine%2Ft0", "/api/tracks?q=t", "/healthz"):
-                    try:
-                        response = http.get(url)
-                    except httpx.HTTPError as error:
-                        failures.append(f"{url}: {error!r}")
-                        continue
-                    if response.status_code != 200:
-                        failures.append(f"{url}: {response.status_code} {response.text[:200]}")
+            query_until_stopped(get=http.get, urls=("/api/similar/low_sine%2Ft0?k=5", "/api/audio/low_sine%2Ft0",
+                                                    "/api/tracks?q=t", "/healthz"), stop=stop, failures=failures)
 
     def wait_for_tracks(count: int) -> None:
         deadline = time.time() + 90
@@ -1120,19 +1118,10 @@ def test_a_served_library_follows_its_scans(tagged_library, tmp_path):
         assert app_client.get(song["art_url"]).content == tagged_library["covers"][tagged_library["ids"][0]]
         steady, gone = song["track_id"], tracks["Fan"]
 
-        def keep_querying() -> None:
-            while not stop.is_set():
-                for url in (f"/api/similar/{steady}?k=5", f"/api/audio/{steady}", f"/api/art/{steady}",
-                            "/api/tracks?q=noise", "/healthz"):
-                    try:
-                        response = app_client.get(url)
-                    except Exception as error:  # noqa: BLE001 - the test client re-raises the server's errors
-                        failures.append(f"{url}: {type(error).__name__}: {error}")
-                        continue
-                    if response.status_code != 200:
-                        failures.append(f"{url}: {response.status_code} {response.text[:200]}")
-
-        querying = threading.Thread(target=keep_querying)
+        urls = (f"/api/similar/{steady}?k=5", f"/api/audio/{steady}", f"/api/art/{steady}", "/api/tracks?q=noise",
+                "/healthz")
+        querying = threading.Thread(target=query_until_stopped,
+                                    kwargs=dict(get=app_client.get, urls=urls, stop=stop, failures=failures))
         querying.start()
         try:
             version = app_client.get("/healthz").json()["index_version"]
