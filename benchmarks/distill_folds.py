@@ -169,7 +169,8 @@ def run_fold(*, fold: int, paths: list[str], labels: np.ndarray, folds: np.ndarr
     settings = distill_run.DistillSettings(
         teacher=args.teacher, loss=args.distill_loss, student_input=args.student_input, round_crops=args.round_crops,
         round_steps=args.round_steps, batch_size=args.batch_size, eval_every_steps=args.eval_every_steps,
-        patience_steps=args.patience_steps, seed=args.seed, params=distill_run.parse_params(args.params))
+        patience_steps=args.patience_steps, max_steps=args.max_steps, seed=args.seed,
+        params=distill_run.parse_params(args.params))
     started = time.monotonic()
     results = distill_run.distill(paths=train_paths, output=run_dir, settings=settings, cache_dir=args.cache_dir,
                                   max_minutes=args.max_minutes, embed=False, progress=False,
@@ -240,6 +241,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
     parser.add_argument("--eval_every_steps", type=int, default=defaults.eval_every_steps)
     parser.add_argument("--patience_steps", type=int, default=defaults.patience_steps)
+    parser.add_argument("--max_steps", type=int, default=defaults.max_steps, help="training steps per fold (a "
+                        "step budget: folds stay comparable whatever the machine's load)")
     parser.add_argument("--max_minutes", type=float, default=None, help="training minutes per fold (None: early "
                         "stopping alone)")
     parser.add_argument("--seed", type=int, default=0)
@@ -250,7 +253,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hand_cache_dir", default=os.path.join("data", "generalisation", "album_folds",
                                                                  "feature_cache"))
     parser.add_argument("--output", default=os.path.join("reports", "distill_folds"))
+    parser.add_argument("--also", default="", help="comma-separated distill_folds.json reports of other runs whose "
+                        "rows (of folds not run here) join the summary; say why their settings match")
     return parser.parse_args(argv)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean and (population) std over folds of every numeric column."""
+    summary = {}
+    for key in rows[0]:
+        values = [r.get(key) for r in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+    return summary
+
+
+def write_report(*, args: argparse.Namespace, command: str, rows: list[dict]) -> dict:
+    """``OUTPUT/distill_folds.json``: this run's rows so far plus ``--also``'s rows of other folds (rewritten after
+    every fold, so a stopped run keeps the folds it finished)."""
+    borrowed = []
+    for report_path in [p for p in args.also.split(",") if p.strip()]:
+        with open(report_path) as f:
+            other = json.load(f)
+        done = {r["fold"] for r in rows + borrowed}
+        borrowed += [{**r, "from": report_path, "from_command": other.get("command")} for r in other["rows"]
+                     if r["fold"] not in done]
+    all_rows = sorted(rows + borrowed, key=lambda r: r["fold"])
+    report = {"command": command, "folds_run": [r["fold"] for r in rows],
+              "folds_borrowed": [r["fold"] for r in borrowed], "n_folds": args.n_folds,
+              "partial": len(all_rows) < args.n_folds, "rows": all_rows, "summary": summarise(all_rows)}
+    os.makedirs(args.output, exist_ok=True)
+    path = os.path.join(args.output, "distill_folds.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,19 +297,13 @@ def main(argv: list[str] | None = None) -> None:
     labels = np.asarray(albums)
     folds = album_folds.assign_album_folds(albums=albums, n_folds=args.n_folds, seed=args.fold_seed)
     chosen = range(args.n_folds) if args.folds == "all" else [int(f) for f in args.folds.split(",")]
-    rows = [run_fold(fold=fold, paths=paths, labels=labels, folds=folds, args=args) for fold in chosen]
-    os.makedirs(args.output, exist_ok=True)
-    summary = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
-    report = {"command": " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
-              "folds_run": list(chosen), "n_folds": args.n_folds, "partial": len(rows) < args.n_folds,
-              "rows": rows, "summary": summary}
-    with open(os.path.join(args.output, "distill_folds.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    print(json.dumps(summary, indent=1))
+    command = " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+    rows: list[dict] = []
+    report = None
+    for fold in chosen:
+        rows.append(run_fold(fold=fold, paths=paths, labels=labels, folds=folds, args=args))
+        report = write_report(args=args, command=command, rows=rows)
+    print(json.dumps(report["summary"] if report else {}, indent=1))
 
 
 if __name__ == "__main__":
