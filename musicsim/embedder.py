@@ -16,7 +16,7 @@ model, whatever its kind, behind one small interface::
   files are also decoded block by block (``musicsim.audio.iter_audio_blocks``), short ones in
   worker processes;
 - learned ``rnn``: the same decoding at ``chroma_sample_rate``, then the chromagram
-  (``musicsim.audio.chroma_sequence``), as ``rnn.load_tracks`` computes it. A long file's
+  (``musicsim.chroma.chroma_sequence``), as ``rnn.load_tracks`` computes it. A long file's
   chromagram is computed a window at a time (each with an STFT frame of audio either side, so the
   frames are those of the whole file), then the LSTM reads it whole (12 values per frame, about
   1/2000 of the audio). Windowed differs from whole in one place: librosa estimates the tuning of
@@ -40,7 +40,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from musicsim import models as registry
-from musicsim.audio import AudioDecodeError, ChromaSettings, decode_chroma, file_duration, iter_pooled_blocks
+from musicsim.audio import AudioDecodeError, file_duration, iter_pooled_blocks
+from musicsim.chroma import ChromaSettings, decode_chroma
 from musicsim.rundir import RUN_FILE, RunDir, read_run_info
 from musicsim.windows import WindowRow, iter_window_rows
 

@@ -29,6 +29,8 @@ frames and made album retrieval worse (devcorpus, 10 albums, nearest-neighbour a
 function that accepts them; `reference_librosa_features` calls each librosa function on the
 signal alone, as a textbook would, and exists to prove the two agree (tests, benchmark).
 
+Chromagrams, the LSTM's input (paper 4.2), are features too: ``musicsim.chroma``.
+
 `extract_many` runs a feature function over many files in a process pool, with a per-track cache
 (`FeatureCache`); `extract_one` computes (and caches) one file's vector, as other runners (Beam) do.
 """

@@ -91,7 +91,7 @@ def decode_in_order(paths: Sequence[str], *, settings: Any, workers: int,
         Processes; 1 (or a single path) decodes in this process.
     decode : callable ``(path, settings) -> musicsim.audio.DecodeResult``, optional
         A module-level function (it is pickled to spawned workers) that never raises
-        (``musicsim.audio.decode_chroma``, ...); default ``musicsim.audio.decode_track``.
+        (``musicsim.chroma.decode_chroma``, ...); default ``musicsim.audio.decode_track``.
 
     Yields
     ------

@@ -18,7 +18,8 @@ import tensorflow as tf
 from experiments import export
 from experiments.export import export_embeddings, export_saved_model, output_paths
 from musicsim.audio import AudioDecodeError, load_audio, mean_pool
-from musicsim.audio import iter_pooled_blocks, windowed_chroma
+from musicsim.audio import iter_pooled_blocks
+from musicsim.chroma import windowed_chroma
 from musicsim.embedder import load_embedder
 from musicsim.windows import iter_window_rows
 from musicsim.models import wavenet
@@ -365,7 +366,7 @@ def test_a_silent_long_file_is_skipped_after_its_windows(embedder, tmp_path, mon
 
 def test_chromagram_in_windows_has_the_whole_files_frames():
     """With the tuning fixed (a tone at A440 estimates 0 everywhere) the windowed frames are the whole ones."""
-    from musicsim.audio import chroma_sequence
+    from musicsim.chroma import chroma_sequence
 
     rate, hop = 11025, 512
     t = np.arange(int(9.3 * rate)) / rate
@@ -407,8 +408,8 @@ def test_fitted_features_in_windows_are_bounded_and_exact_under_two_windows(tmp_
 
 def test_rnn_decoding_streams_and_matches_the_runs_chromagram(tmp_path):
     """The rnn's input decoded block by block equals rnn.load_tracks' chromagram for a track under two windows."""
-    from musicsim.audio import ChromaSettings, decode_chroma, load_excerpt
-    from musicsim.audio import chroma_sequence
+    from musicsim.audio import load_excerpt
+    from musicsim.chroma import ChromaSettings, chroma_sequence, decode_chroma
 
     rate = 11025
     t = np.arange(int(25.0 * 44100)) / 44100

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from musicsim import audio, head
+from musicsim import head
 from musicsim.audio import load_audio
+from musicsim.chroma import chroma_sequence
 from musicsim.dataset import CatalogEntry, read_catalog, write_catalog
 from musicsim.inputs import TrackSet, make_predict_input_fn
 from musicsim.models import rnn
@@ -25,7 +26,7 @@ def test_chroma_sequence_shape_and_pitch(frequency, pitch_class, hop_length):
     sample_rate, seconds = 22050, 1.5
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     tone = (0.5 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
-    chroma = audio.chroma_sequence(audio=tone, sample_rate=sample_rate, hop_length=hop_length)
+    chroma = chroma_sequence(audio=tone, sample_rate=sample_rate, hop_length=hop_length)
     assert chroma.shape == (1 + tone.size // hop_length, 12)
     assert chroma.dtype == np.float32
     # librosa scales each frame to a maximum of 1; a pure tone lights its own pitch class.
@@ -46,7 +47,7 @@ def test_frame_rate_of_default_params():
 ])
 def test_chroma_sequence_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        audio.chroma_sequence(**kwargs)
+        chroma_sequence(**kwargs)
 
 
 # ----------------------------------------------------------------------------- load_tracks
@@ -81,7 +82,7 @@ def test_load_tracks_computes_caches_and_reuses(synthetic_dataset, tmp_path, mon
     for entry, sequence in zip(entries, tracks.sequences):
         # The synthetic sources are 8 kHz WAVs; decoded at 22050 Hz they give 1 + n // 512 frames.
         assert sequence.shape == (1 + int(round(entry.duration_s * 22050)) // 512, 12)
-    expected = audio.chroma_sequence(audio=load_audio(entries[0].path, sample_rate=22050), sample_rate=22050,
+    expected = chroma_sequence(audio=load_audio(entries[0].path, sample_rate=22050), sample_rate=22050,
                                    hop_length=512)
     np.testing.assert_allclose(tracks.sequences[0], expected, atol=1e-5)
     cached = os.listdir(os.path.join(dataset, "feature_cache", "chroma"))

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from musicsim import head
 from musicsim.atomic import atomic_open, write_json_atomic
-from musicsim.audio import chroma_of_file
+from musicsim.chroma import chroma_of_file
 from musicsim.dataset import DatasetInfo, feature_cache_dir, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
 from musicsim.params import ParamsConfig, ParamsError
