@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from musicsim import audio
+from musicsim import audio, audio_files
 from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio, mean_pool
 
 # audioread (the fallback decoder) imports stdlib modules deprecated in 3.11.
@@ -125,7 +125,7 @@ def test_offset_and_duration_read_exactly_the_excerpt(ramp_wav, offset, duration
 def test_an_excerpt_seeks_and_reads_only_its_frames(ramp_wav, monkeypatch):
     path, _ = ramp_wav
     calls = {"seek": [], "read": []}
-    real_read_frames = audio._read_frames
+    real_read_frames = audio_files._read_frames
 
     class SpySoundFile(sf.SoundFile):
         def seek(self, frames, whence=sf.SEEK_SET):
@@ -137,8 +137,8 @@ def test_an_excerpt_seeks_and_reads_only_its_frames(ramp_wav, monkeypatch):
         calls["read"].append(frames)
         return real_read_frames(f, frames)
 
-    monkeypatch.setattr(audio.sf, "SoundFile", SpySoundFile)
-    monkeypatch.setattr(audio, "_read_frames", spy_read_frames)
+    monkeypatch.setattr(audio_files.sf, "SoundFile", SpySoundFile)
+    monkeypatch.setattr(audio_files, "_read_frames", spy_read_frames)
     load_audio(path, sample_rate=16000, offset=2.0, duration=1.5)
     # Seeks to the offset, then asks for the excerpt's frames only.
     assert calls["seek"] == [32000]
@@ -316,13 +316,13 @@ def test_blocks_read_at_most_one_block_of_source_frames_at_a_time(tmp_path, monk
     path = str(tmp_path / "long.wav")
     sf.write(path, sine(300.0, 44100, 12.0, channels=2), 44100, subtype="FLOAT")
     asked = []
-    real_read_frames = audio._read_frames
+    real_read_frames = audio_files._read_frames
 
     def spy_read_frames(f, frames):
         asked.append(frames)
         return real_read_frames(f, frames)
 
-    monkeypatch.setattr(audio, "_read_frames", spy_read_frames)
+    monkeypatch.setattr(audio_files, "_read_frames", spy_read_frames)
     total = sum(b.size for b in audio.iter_audio_blocks(path, sample_rate=16000, block_seconds=2.0))
 
     assert len(asked) >= 6 and all(0 < frames <= 2 * 44100 for frames in asked)
@@ -490,7 +490,7 @@ def test_an_unreadable_file_says_so_rather_than_not_audio(encoded, monkeypatch):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(audio, "open", denying_open, raising=False)
+    monkeypatch.setattr(audio_files, "open", denying_open, raising=False)
     for read in (audio_info, load_audio):
         with pytest.raises(AudioDecodeError, match=r"cannot be read \(Permission denied\)") as caught:
             read(encoded["flac"])
