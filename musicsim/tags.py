@@ -32,7 +32,16 @@ import base64
 import math
 import os
 import re
+import struct
 from typing import Any, Iterable
+
+import mutagen
+from mutagen.asf import ASFTags
+from mutagen.flac import Picture
+from mutagen.id3 import ID3
+from mutagen.mp4 import MP4Cover, MP4Tags
+
+from musicsim.audio import file_duration
 
 TAG_KEYS = ("title", "artist", "album", "album_artist", "track_number", "disc", "year", "genre", "duration_s")
 # Vorbis-comment field names (lower case) of each tag, in order of preference.
@@ -99,10 +108,6 @@ def _leading_integer(value: Any) -> int | None:
 
 def _raw_fields(audio: Any) -> dict[str, Any]:
     """Each tag's raw value(s) in a mutagen file object, by the format of its tags."""
-    from mutagen.asf import ASFTags
-    from mutagen.id3 import ID3
-    from mutagen.mp4 import MP4Tags
-
     tags = getattr(audio, "tags", None)
     found: dict[str, Any] = {}
     if tags is None:
@@ -144,8 +149,6 @@ def _raw_fields(audio: Any) -> dict[str, Any]:
 
 def _open(path: str) -> Any:
     """mutagen's object for ``path``, or None when mutagen cannot read it (not tagged audio, damaged, missing)."""
-    import mutagen
-
     try:
         return mutagen.File(path)
     except Exception:  # noqa: BLE001 - mutagen raises MutagenError, struct.error, ValueError, OSError, ...
@@ -182,8 +185,6 @@ def read_tags(*, path: str, fallback: bool = True) -> dict[str, Any]:
         if isinstance(length, (int, float)) and math.isfinite(length) and length > 0:
             tags["duration_s"] = float(length)
     if tags["duration_s"] is None and os.path.isfile(path):
-        from musicsim.audio import file_duration
-
         tags["duration_s"] = file_duration(path)
     if fallback:
         tags["title"] = tags["title"] or fallback_title(path)
@@ -205,11 +206,6 @@ def _sniff_mime(data: bytes, declared: str | None) -> str:
 
 def _pictures(audio: Any) -> list[tuple[int, bytes, str | None]]:
     """(picture type, bytes, declared mime) of every picture embedded in a mutagen file object."""
-    from mutagen.asf import ASFTags
-    from mutagen.flac import Picture
-    from mutagen.id3 import ID3
-    from mutagen.mp4 import MP4Cover, MP4Tags
-
     found: list[tuple[int, bytes, str | None]] = []
     for picture in getattr(audio, "pictures", None) or []:  # FLAC's PICTURE blocks
         found.append((int(picture.type), bytes(picture.data), picture.mime))
@@ -224,8 +220,6 @@ def _pictures(audio: Any) -> list[tuple[int, bytes, str | None]]:
             mime = "image/png" if getattr(cover, "imageformat", None) == MP4Cover.FORMAT_PNG else "image/jpeg"
             found.append((_FRONT_COVER, bytes(cover), mime))
     elif isinstance(tags, ASFTags):
-        import struct
-
         for value in tags.get("WM/Picture", []):
             data = bytes(getattr(value, "value", b""))
             try:  # WM/Picture: type (1 byte), size (4), mime (UTF-16 z-string), description (z-string), data
