@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicsim.models import musicnn
+from musicsim.models import engine_patches, musicnn
 from musicsim.models import pretrained_engine as engine_module
 from musicsim.models.pretrained_engine import BLOCK_DIMS, PretrainedEngine, all_block_means, raw_engine
 from test_musicnn import _clip, musicnn_files  # noqa: F401 - the weights fixture (wheel cache) and test signal
@@ -66,7 +66,7 @@ class _Counts:
         import librosa
 
         self.decodes, self.seeks, self.seeked_samples, self.stft_frames, self.network_patches = 0, 0, 0, 0, 0
-        decode, seek, stft = engine_module.iter_excerpt_blocks, engine_module.iter_audio_blocks, librosa.stft
+        decode, seek, stft = engine_patches.iter_excerpt_blocks, engine_patches.iter_audio_blocks, librosa.stft
         networks_call = engine_module.BlockNetworks.__call__
 
         def counting_decode(*args, **kwargs):
@@ -88,8 +88,8 @@ class _Counts:
             self.network_patches += patches.shape[0]
             return networks_call(networks, patches=patches)
 
-        monkeypatch.setattr(engine_module, "iter_excerpt_blocks", counting_decode)
-        monkeypatch.setattr(engine_module, "iter_audio_blocks", counting_seek)
+        monkeypatch.setattr(engine_patches, "iter_excerpt_blocks", counting_decode)
+        monkeypatch.setattr(engine_patches, "iter_audio_blocks", counting_seek)
         monkeypatch.setattr(librosa, "stft", counting_stft)
         monkeypatch.setattr(engine_module.BlockNetworks, "__call__", counting_networks)
 
