@@ -43,11 +43,12 @@ import multiprocessing
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import librosa
 import numpy as np
 import scipy.stats
+from tqdm.auto import tqdm
 
 from musicsim.atomic import atomic_path
 from musicsim.audio import AudioDecodeError, MeasuredBlocks, iter_excerpt_blocks, load_excerpt
@@ -513,43 +514,18 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
     if window_seconds is not None and not window_seconds > 0:
         raise ValueError(f"window_seconds must be positive or None, got {window_seconds}")
     paths = [os.fspath(p) for p in paths]
-    results: dict[int, tuple[np.ndarray | None, str | None]] = {}
-    pending: list[int] = []
     cache = None if cache_dir is None else FeatureCache(cache_dir=cache_dir, feature_name=feature_name,
                                                          sample_rate=sample_rate, max_seconds=max_seconds,
                                                          window_seconds=window_seconds)
-    for index, path in enumerate(paths):
-        if cache is not None and os.path.isfile(path):
-            features, reason = cache.read(path)
-            if features is not None or reason is not None:
-                results[index] = (features, reason)
-                continue
-        pending.append(index)
-
-    from tqdm.auto import tqdm  # imported here: only extraction runs need it
-
+    results = _cached_results(paths=paths, cache=cache)
+    pending = [index for index in range(len(paths)) if index not in results]
     workers = min(workers or os.cpu_count() or 1, max(1, len(pending)))
     args = [(i, paths[i], fn, sample_rate, max_seconds, window_seconds, cache) for i in pending]
     with tqdm(total=len(paths), initial=len(results), disable=not progress, unit="track",
               desc=f"{feature_name} features") as bar:
-        if workers == 1:
-            for arg in args:
-                index, features, reason = _extract_indexed(*arg)
-                results[index] = (features, reason)
-                bar.update(1)
-        else:
-            context = _worker_context()
-            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                        initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-                futures = {pool.submit(_extract_indexed, *arg): arg[0] for arg in args}
-                for future in concurrent.futures.as_completed(futures):
-                    try:
-                        index, features, reason = future.result()
-                    except Exception as err:  # noqa: BLE001 - a worker that died (e.g. out of memory)
-                        index, features = futures[future], None
-                        reason = f"worker failed ({type(err).__name__}: {err})"
-                    results[index] = (features, reason)
-                    bar.update(1)
+        for index, features, reason in _extract_in_pool(args=args, workers=workers):
+            results[index] = (features, reason)
+            bar.update(1)
 
     ok_indices = [i for i in range(len(paths)) if results[i][0] is not None]
     skipped = [(paths[i], str(results[i][1])) for i in range(len(paths)) if results[i][0] is None]
@@ -559,3 +535,39 @@ def extract_many(*, paths: Sequence[str], feature_fn: str | Callable[..., np.nda
     features = (np.stack([results[i][0] for i in ok_indices]) if ok_indices
                 else np.zeros((0, 0), dtype=np.float64))
     return features, ok_indices, skipped
+
+
+def _cached_results(*, paths: Sequence[str], cache: FeatureCache | None
+                    ) -> dict[int, tuple[np.ndarray | None, str | None]]:
+    """{index into ``paths``: (features, failure reason)} of the files ``cache`` already holds."""
+    results: dict[int, tuple[np.ndarray | None, str | None]] = {}
+    if cache is None:
+        return results
+    for index, path in enumerate(paths):
+        if os.path.isfile(path):
+            features, reason = cache.read(path)
+            if features is not None or reason is not None:
+                results[index] = (features, reason)
+    return results
+
+
+def _extract_in_pool(*, args: Sequence[tuple], workers: int
+                     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """(index, features, failure reason) of each :func:`_extract_indexed` argument tuple, as they finish.
+
+    ``workers == 1`` runs in this process, in order; otherwise a worker that dies (out of memory,
+    say) costs its file, not the run.
+    """
+    if workers == 1:
+        for arg in args:
+            yield _extract_indexed(*arg)
+        return
+    context = _worker_context()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_extract_indexed, *arg): arg[0] for arg in args}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                yield future.result()
+            except Exception as err:  # noqa: BLE001 - a worker that died (e.g. out of memory)
+                yield futures[future], None, f"worker failed ({type(err).__name__}: {err})"

@@ -20,10 +20,9 @@ import os
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-if TYPE_CHECKING:  # the decoders are imported when decoding: the pool helpers above stay light
-    from musicsim.audio import DecodeResult
+from musicsim.audio import DecodeResult, decode_track
 
 PARENT_POLL_SECONDS = 0.5
 
@@ -64,8 +63,6 @@ def _decode_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
 
 def _run_alone(decode: Callable[[str, Any], DecodeResult], path: str, settings: Any) -> DecodeResult:
     """Decode one file in a fresh one-worker pool: tells which file kills its worker process."""
-    from musicsim.audio import DecodeResult
-
     with _decode_pool(1) as pool:
         try:
             return pool.submit(decode, path, settings).result()
@@ -98,7 +95,7 @@ def decode_in_order(paths: Sequence[str], *, settings: Any, workers: int,
     musicsim.audio.DecodeResult, one per path, in order
     """
     if decode is None:
-        from musicsim.audio import decode_track as decode
+        decode = decode_track
     if workers <= 1 or len(paths) <= 1:
         for path in paths:
             yield decode(path, settings)
