@@ -34,8 +34,8 @@ from musicsim import evaluation, frontends, head, pretraining
 from musicsim.cli import (ANY_FINITE, AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, Bounds,
                           check_numeric_flags, global_flags_parser, usage_error)
 from musicsim import models as registry
-from musicsim.models import rnn, wavenet
-from musicsim.params import ParamsConfig, settle_params
+from musicsim.models import fusion, librosa_pca, musicnn, rnn, wavenet
+from musicsim.params import settle_params
 from musicsim.pretraining import distillation
 from musicsim.similarity import SIMILARITIES
 from musicsim.dataset import DatasetInfo, is_prepared, read_catalog
@@ -43,27 +43,10 @@ from musicsim.inputs import TrackSet
 from musicsim.relevance import make_relevance
 from musicsim.rundir import RunConfigMismatch, RunDir
 
-@dataclass(frozen=True)
-class FittedModelConfig(ParamsConfig):
-    """The fitted models' settings a run passes on (the registry maps them to constructor arguments).
-
-    Attributes
-    ----------
-    variance_ratio : librosa: PCA keeps the components explaining this share of the variance
-    fusion_runs : fusion: the runs whose standardised embeddings are concatenated
-    musicnn_model, musicnn_layer : musicnn (and distillation's teacher): the pretrained tagger and
-        the layer averaged over a track's 3 s patches
-    """
-
-    variance_ratio: float = 0.99
-    fusion_runs: tuple[str, ...] = ()
-    musicnn_model: str = "MSD_musicnn"
-    musicnn_layer: str = "penultimate"
-
-
 # Every key of a run's params, and its default: one config per component.
 RUN_PARAM_CONFIGS = (head.HeadConfig, frontends.FrontendConfig, wavenet.WaveNetConfig, rnn.RNNConfig,
-                     pretraining.PredictiveConfig, pretraining.DistillConfig, FittedModelConfig)
+                     pretraining.PredictiveConfig, pretraining.DistillConfig, librosa_pca.LibrosaConfig,
+                     fusion.FusionConfig, musicnn.MusicnnConfig)
 
 
 @dataclass
@@ -121,10 +104,11 @@ def _list_default(values) -> list[str]:
 
 
 HEAD, FRONTEND, WAVENET, RNN = head.HeadConfig(), frontends.FrontendConfig(), wavenet.WaveNetConfig(), rnn.RNNConfig()
-DISTILL, FITTED, AUGMENTATION = pretraining.DistillConfig(), FittedModelConfig(), pretraining.Augmentation()
+DISTILL, AUGMENTATION = pretraining.DistillConfig(), pretraining.Augmentation()
+LIBROSA, FUSION, MUSICNN = librosa_pca.LibrosaConfig(), fusion.FusionConfig(), musicnn.MusicnnConfig()
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("model", "wavenet", list(registry.ALL_MODELS), "Which model to run.")
+flags.DEFINE_enum("model", "wavenet", list(registry.names()), "Which model to run.")
 flags.DEFINE_string("dataset", "demo", "A prepared dataset DIR (data_prep.build), or 'demo' for the demo corpus "
                     "(built and prepared on first use).")
 flags.DEFINE_string("model_dir", None, "Run directory (default tensorboard_logs/<model>-<dataset>-<timestamp>). "
@@ -220,14 +204,14 @@ flags.DEFINE_enum("rnn_embedding", RNN.rnn_embedding, [*rnn.EMBEDDINGS, rnn.ALL_
                   "keep the best.")
 flags.DEFINE_enum("rnn_reduce", RNN.rnn_reduce, list(rnn.REDUCTIONS), "How sections are reduced to one vector.")
 # Fitted models.
-flags.DEFINE_float("variance_ratio", FITTED.variance_ratio, "librosa: PCA keeps the components explaining this share "
+flags.DEFINE_float("variance_ratio", LIBROSA.variance_ratio, "librosa: PCA keeps the components explaining this share "
                    "of variance.")
-flags.DEFINE_list("fusion_runs", list(FITTED.fusion_runs), "fusion: the runs (model_dirs, trained or fitted on this "
+flags.DEFINE_list("fusion_runs", list(FUSION.fusion_runs), "fusion: the runs (model_dirs, trained or fitted on this "
                   "dataset or any) whose standardised embeddings are concatenated; block weights are chosen on the "
                   "eval split.")
-flags.DEFINE_enum("musicnn_model", FITTED.musicnn_model, ["MSD_musicnn", "MTT_musicnn", "MSD_vgg", "MTT_vgg"],
+flags.DEFINE_enum("musicnn_model", MUSICNN.musicnn_model, list(musicnn.ARCHITECTURES),
                   "musicnn: which pretrained tagger (MSD: Million Song Dataset, MTT: MagnaTagATune).")
-flags.DEFINE_enum("musicnn_layer", FITTED.musicnn_layer, ["penultimate", "taggram", "maxpool"], "musicnn: the layer "
+flags.DEFINE_enum("musicnn_layer", MUSICNN.musicnn_layer, list(musicnn.LAYERS), "musicnn: the layer "
                   "averaged over a track's 3 s patches (maxpool: musicnn networks only).")
 # Training control.
 flags.DEFINE_integer("max_steps", _default(RunConfig, "max_steps"), "Training steps (global).")
@@ -327,7 +311,7 @@ def resolve_dataset(name_or_dir: str) -> str:
     return DEMO_DATASET_DIR
 
 
-def _learned_embeddings(config: RunConfig, model: registry.ModelEntry, relevance_def, splits, *,
+def _learned_embeddings(config: RunConfig, model: registry.LearnedEntry, relevance_def, splits, *,
                         record_config: Callable[[], None]) -> dict:
     """Train a learned model (resuming from model_dir), then embed every split.
 
@@ -434,7 +418,7 @@ def eval_crop_seconds(config: RunConfig) -> float:
     return float(config.eval_seconds or MAX_EVAL_SECONDS)
 
 
-def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict, relevance_def, *,
+def _training_inputs(config: RunConfig, model: registry.LearnedEntry, tracks: dict, relevance_def, *,
                      train_seed: int) -> TrainingInputs:
     """The inputs, early stopping and objective of a run (similarity training, its own, or pretraining)."""
     from musicsim import pretraining
@@ -455,10 +439,7 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
             eval_fn = pretraining.make_contrastive_input_fn(tracks=tracks["eval"], mode="eval", seed=config.seed,
                                                             crop_seconds=eval_crop_seconds(config), **common)
         elif config.pretrain == "distill":
-            from musicsim.models.musicnn import MusicnnTeacher
-
-            teacher = MusicnnTeacher(checkpoint=config.params.get("musicnn_model", "MSD_musicnn"),
-                                     layer=config.params.get("musicnn_layer", "penultimate"))
+            teacher = musicnn.MusicnnConfig.from_params(config.params).teacher()
             train_fn, held_out = pretraining.make_distillation_input_fns(
                 train_tracks=pretrain_tracks, held_out={"eval": tracks["eval"], "test": tracks["test"]},
                 teacher=teacher,
@@ -497,7 +478,7 @@ def _training_inputs(config: RunConfig, model: registry.ModelEntry, tracks: dict
         early_stopping=early_stopping)
 
 
-def _best_variant(config: RunConfig, model: registry.ModelEntry, eval_tracks, relevance_def, *,
+def _best_variant(config: RunConfig, model: registry.LearnedEntry, eval_tracks, relevance_def, *,
                   checkpoint: str) -> tuple[Any, dict]:
     """The paper's RNN optimisation: read the embedding every way (outputs/states x mean/max/last) from the
     same checkpoint, score each on the eval split, keep the best (by NDCG@6, then catalog mAP).
@@ -523,7 +504,7 @@ def _best_variant(config: RunConfig, model: registry.ModelEntry, eval_tracks, re
     return best, {"rnn_embedding": embedding, "rnn_reduce": reduce}
 
 
-def _fitted_embeddings(config: RunConfig, entry: registry.ModelEntry, relevance_def, splits, *,
+def _fitted_embeddings(config: RunConfig, entry: registry.FittedEntry, relevance_def, splits, *,
                        record_config: Callable[[], None]) -> dict:
     """Fit a fitted model on the train split's source files, tune it on eval, then embed every split."""
     config.params["similarity"] = entry.fitted_class.similarity
@@ -557,7 +538,7 @@ def _fitted_embeddings(config: RunConfig, entry: registry.ModelEntry, relevance_
     return out
 
 
-def _baseline_lists(config: RunConfig, model: registry.ModelEntry, relevance_def, splits, *,
+def _baseline_lists(config: RunConfig, model: registry.BaselineEntry, relevance_def, splits, *,
                     record_config: Callable[[], None]) -> dict:
     """A baseline embeds nothing: only the test split's tracks and labels, for the protocol's lists."""
     del model, relevance_def, splits
@@ -745,7 +726,7 @@ def build_serving_index(*, model_dir: str) -> str | None:
     output = os.path.join(model_dir, "index")
     index = build_index(embeddings=embeddings, output=output, model_dir=model_dir)
     print(f"indexed {len(index)} tracks into {output}; search them in a browser with:\n"
-          f"  python -m musicsim.serve --index={output}")
+          f"  python -m musicsim.search.serve --index={output}")
     return output
 
 

@@ -96,3 +96,24 @@ def settle_params(params: Mapping, *, configs: Iterable[type[ParamsConfig]]) -> 
     settled = fill_defaults(params, configs=configs)
     check_params(settled, configs=configs)
     return settled
+
+
+def hyperparameter(default, help: str, *, choices: Iterable | None = None, bounds: str | None = None,
+                   flag: bool = True, **flag_settings):
+    """A config field: its default, its help text and what its flag accepts, written once.
+
+    Parameters
+    ----------
+    default : the default value (immutable: a tuple for a list)
+    help : the flag's help text
+    choices : the values an enum flag accepts
+    bounds : the range of a numeric flag, by name: ``"positive"``, ``"non_negative"``,
+        ``"at_least_one"``, ``"fraction"``, ``"open_fraction"`` ([0, 1)), ``"ratio"`` ((0, 1]),
+        ``"any"``, ``"seed"``, ``"sizes"`` (a list of whole numbers >= 1)
+    flag : False for a key the run sets itself (no flag)
+    flag_settings : ``item`` (a list's item type), ``off`` (the flag value meaning None/False),
+        ``name`` (the flag's name when it is not the field's)
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "bounds": bounds,
+                "flag": flag, **flag_settings}
+    return dataclasses.field(default=default, metadata=metadata)

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
 from musicsim import distribute as distribute_lib
-from musicsim import frontends, head
+from musicsim import frontends, head, pretraining
 from musicsim import models as registry
 from musicsim.inputs import TrackSet, make_predict_input_fn
 from musicsim.params import ParamsConfig, fill_defaults
@@ -123,13 +123,13 @@ class EvalPrinter(tf.estimator.Exporter):
 
 
 def param_configs() -> tuple[type[ParamsConfig], ...]:
-    """The configs of every learned component's hyperparameters: the head, the front end, the
-    WaveNet, the LSTM and the pretraining objectives."""
-    from musicsim.models import rnn, wavenet
-    from musicsim.pretraining import DistillConfig, PredictiveConfig
-
-    return (head.HeadConfig, frontends.FrontendConfig, wavenet.WaveNetConfig, rnn.RNNConfig, PredictiveConfig,
-            DistillConfig)
+    """The configs of every learned component's hyperparameters: the head, each learned model's (the
+    registry's) and the pretraining objectives'."""
+    found = [head.HeadConfig]
+    for name in registry.names("learned"):
+        found.extend(config for config in registry.entry(name).configs if config not in found)
+    found.extend(config for config in pretraining.CONFIGS if config not in found)
+    return tuple(found)
 
 
 def seeded_model_fn(model_fn: Callable, *, seed: int) -> Callable:

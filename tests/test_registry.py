@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from musicsim import models as registry
-from musicsim.models import InputSpec, ModelEntry
+from musicsim.models import BaselineEntry, FittedEntry, InputSpec, LearnedEntry
 
 TINY_DIM = 4
 
@@ -29,8 +29,8 @@ def tiny_embedding_size(params):
 @pytest.fixture
 def tiny_model():
     """A learned model that exists only in this test: registered, then removed."""
-    entry = ModelEntry(name="tiny_mean", kind="learned", input=InputSpec(features="pooled_audio", channels=1),
-                       embed=tiny_embed, embedding_size=tiny_embedding_size)
+    entry = LearnedEntry(name="tiny_mean", input=InputSpec(features="pooled_audio", channels=1),
+                         embed=tiny_embed, embedding_size=tiny_embedding_size)
     registry.register(entry)
     yield entry
     registry.unregister("tiny_mean")
@@ -48,20 +48,24 @@ def test_entries_declare_what_each_model_needs():
     params = {"chroma_sample_rate": 22050, "hop_length": 512}
     assert rnn.input.sample_rate(params=params, dataset=dataset) == 22050
     assert rnn.input.frame_rate(params=params, dataset=dataset) == pytest.approx(22050 / 512)
-    assert registry.entry("librosa").fitted_params == {"variance_ratio": "variance_ratio"}
+    assert registry.entry("librosa").keywords == {"variance_ratio": "variance_ratio"}
+    assert registry.entry("librosa").default_params() == {"variance_ratio": 0.99}
+    assert registry.entry("musicnn").default_params() == {"musicnn_model": "MSD_musicnn", "musicnn_layer": "penultimate"}
     assert [registry.kind_of(n) for n in ("wavenet", "mfcc", "random")] == ["learned", "fitted", "baseline"]
-    assert set(registry.BASELINES) <= set(registry.ALL_MODELS)
+    assert set(registry.BASELINES) <= set(registry.names())
 
 
 def test_the_registry_refuses_unknown_names_and_incomplete_entries():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         registry.entry("nope")
     with pytest.raises(ValueError, match="already registered"):
-        registry.register(ModelEntry(name="wavenet", kind="baseline"))
+        registry.register(BaselineEntry(name="wavenet"))
     with pytest.raises(ValueError, match="needs an input, embed and embedding_size"):
-        ModelEntry(name="half", kind="learned", embed=tiny_embed)
+        LearnedEntry(name="half", input=None, embed=tiny_embed, embedding_size=tiny_embedding_size)
     with pytest.raises(ValueError, match="needs its fitted_class"):
-        ModelEntry(name="half", kind="fitted")
+        FittedEntry(name="half", fitted_class=None)
+    with pytest.raises(ValueError, match="not fields of"):
+        FittedEntry(name="half", fitted_class=object, keywords={"size": "width"})
     with pytest.raises(ValueError, match="features must be one of"):
         InputSpec(features="spectrogram", channels=1)
     with pytest.raises(ValueError, match="was not added with register"):

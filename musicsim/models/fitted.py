@@ -77,7 +77,7 @@ class FittedModel:
         ----------
         params : the run's hyperparameters
         run_params : constructor keyword -> params key, the settings of this class a run passes (the
-            registry entry's ``fitted_params``); keys absent from ``params`` keep the class default
+            registry entry's ``keywords``); keys absent from ``params`` keep the class default
         dataset_dir : the prepared dataset; its feature cache is reused
         max_seconds : the dataset's excerpt length (None: whole files)
         workers : feature-extraction processes (None: every core)
@@ -210,9 +210,7 @@ class FittedModel:
             config = json.load(f)
         name = config.get("name")
         if cls is FittedModel:
-            from musicsim.models import fitted_class  # the registry; imported late, it imports us
-
-            target = fitted_class(name)
+            target = _subclass_named(name)
         elif name != cls.name:
             raise ValueError(f"{model_dir} holds a {name!r} model, not {cls.name!r}")
         else:
@@ -321,3 +319,17 @@ class StandardisedModel(FittedModel):
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.scaler_mean = arrays["scaler_mean"]
         self.scaler_scale = arrays["scaler_scale"]
+
+
+def _subclass_named(name: str) -> type[FittedModel]:
+    """The `FittedModel` subclass whose ``name`` is ``name`` (the latest defined, as the registry's module
+    imports them all: the registry is not asked, it imports this module)."""
+    found, pending = [], list(FittedModel.__subclasses__())
+    while pending:
+        subclass = pending.pop(0)
+        pending.extend(subclass.__subclasses__())
+        if subclass.__dict__.get("name") == name:
+            found.append(subclass)
+    if not found:
+        raise ValueError(f"unknown fitted model {name!r}")
+    return found[-1]

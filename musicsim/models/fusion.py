@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from musicsim.models.entry import FittedEntry
 from musicsim.models.fitted import FittedModel
+from musicsim.params import ParamsConfig, hyperparameter
 
 # Weights tried for each block by the coordinate search of ``tune`` (0 drops a block).
 WEIGHT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -172,3 +175,15 @@ class FusionModel(FittedModel):
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.mean, self.std = arrays["mean"], arrays["std"]
         self.block_dims = [int(d) for d in arrays["block_dims"]]
+
+
+@dataclass(frozen=True)
+class FusionConfig(ParamsConfig):
+    """The fusion's setting a run passes on."""
+
+    fusion_runs: tuple[str, ...] = hyperparameter((), "fusion: the runs (model_dirs, trained or fitted on this "
+                                                  "dataset or any) whose standardised embeddings are concatenated; "
+                                                  "block weights are chosen on the eval split.", item=str)
+
+
+ENTRY = FittedEntry(name="fusion", fitted_class=FusionModel, config=FusionConfig)

@@ -7,13 +7,16 @@ transform is applied to every split; tracks are compared by Euclidean distance i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
+from musicsim.models.entry import FittedEntry
 from musicsim.models.fitted import FittedModel
+from musicsim.params import ParamsConfig, hyperparameter
 
 
 def n_components_for(*, explained_variance_ratio: np.ndarray, variance_ratio: float) -> int:
@@ -100,3 +103,15 @@ class LibrosaPCAModel(FittedModel):
         self.pca_mean = arrays["pca_mean"]
         self.components = arrays["components"]
         self.explained_variance_ratio = arrays["explained_variance_ratio"]
+
+
+@dataclass(frozen=True)
+class LibrosaConfig(ParamsConfig):
+    """The librosa model's setting a run passes on."""
+
+    variance_ratio: float = hyperparameter(0.99, "librosa: PCA keeps the components explaining this share of "
+                                           "variance.", bounds="ratio")
+
+
+ENTRY = FittedEntry(name="librosa", fitted_class=LibrosaPCAModel, config=LibrosaConfig,
+                    keywords={"variance_ratio": "variance_ratio"})

@@ -7,6 +7,7 @@ compared by Euclidean distance.
 from __future__ import annotations
 
 from musicsim.features import N_MFCC
+from musicsim.models.entry import FittedEntry
 from musicsim.models.fitted import StandardisedModel
 
 
@@ -25,3 +26,6 @@ class MFCCModel(StandardisedModel):
     @property
     def dim(self) -> int:
         return 2 * N_MFCC
+
+
+ENTRY = FittedEntry(name="mfcc", fitted_class=MFCCModel)

@@ -24,12 +24,15 @@ layer means for in-memory crops: the targets of distillation (`musicsim.pretrain
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from musicsim.audio import MeasuredBlocks, iter_excerpt_blocks
+from musicsim.models.entry import FittedEntry
 from musicsim.models.fitted import StandardisedModel
+from musicsim.params import ParamsConfig, hyperparameter
 from musicsim.pretrained import musicnn_checkpoint
 
 SAMPLE_RATE = 16000
@@ -44,6 +47,9 @@ BLOCK_PATCHES = 8
 BN_EPSILON = 1e-3  # tf.compat.v1.layers.batch_normalization's default, as trained
 ARCHITECTURES = {"MSD_musicnn": "musicnn", "MTT_musicnn": "musicnn", "MSD_vgg": "vgg", "MTT_vgg": "vgg"}
 LAYERS = ("penultimate", "taggram", "maxpool")
+# The defaults of the model, of the distillation teacher and of their flags (`MusicnnConfig`).
+DEFAULT_CHECKPOINT = "MSD_musicnn"
+DEFAULT_LAYER = "penultimate"
 LAYER_DIMS = {"musicnn": {"penultimate": 200, "taggram": 50, "maxpool": 753},
               "vgg": {"penultimate": 256, "taggram": 50}}
 # Bump when the embedding of a file changes (cached features are keyed on it).
@@ -157,7 +163,7 @@ class MusicnnNetwork:
                                 input_signature=[tf.TensorSpec([None, PATCH_FRAMES, N_MELS], tf.float32)])
 
     @classmethod
-    def from_checkpoint(cls, *, checkpoint: str = "MSD_musicnn", cache_dir: str | None = None) -> "MusicnnNetwork":
+    def from_checkpoint(cls, *, checkpoint: str = DEFAULT_CHECKPOINT, cache_dir: str | None = None) -> "MusicnnNetwork":
         """One of musicnn's trained networks (`musicsim.pretrained.MUSICNN_CHECKPOINTS`), fetched on first use."""
         if checkpoint not in ARCHITECTURES:
             raise ValueError(f"unknown musicnn checkpoint {checkpoint!r}: expected one of {list(ARCHITECTURES)}")
@@ -303,7 +309,7 @@ class MusicnnTeacher:
         An already loaded network of ``checkpoint`` (else loaded on first use).
     """
 
-    def __init__(self, *, checkpoint: str = "MSD_musicnn", layer: str = "penultimate",
+    def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, layer: str = DEFAULT_LAYER,
                  pretrained_cache: str | None = None, network: MusicnnNetwork | None = None):
         if checkpoint not in ARCHITECTURES:
             raise ValueError(f"unknown musicnn checkpoint {checkpoint!r}: expected one of {list(ARCHITECTURES)}")
@@ -390,7 +396,7 @@ class MusicnnModel(StandardisedModel):
     name = "musicnn"
     similarity = "cosine"
 
-    def __init__(self, *, checkpoint: str = "MSD_musicnn", layer: str = "penultimate", min_seconds: float = 1.0,
+    def __init__(self, *, checkpoint: str = DEFAULT_CHECKPOINT, layer: str = DEFAULT_LAYER, min_seconds: float = 1.0,
                  pretrained_cache: str | None = None, sample_rate: int = SAMPLE_RATE, **settings: Any):
         # The teacher checks the checkpoint and layer and owns the network: one loader for both uses.
         teacher = MusicnnTeacher(checkpoint=checkpoint, layer=layer, pretrained_cache=pretrained_cache)
@@ -450,3 +456,21 @@ class MusicnnModel(StandardisedModel):
 
     def _extract_one(self, path: str) -> tuple[np.ndarray | None, str | None]:
         return self.cached_file_features(path=path, dim=self.dim, compute=lambda: self.embed_file(path=path))
+
+
+@dataclass(frozen=True)
+class MusicnnConfig(ParamsConfig):
+    """The musicnn model's settings (also distillation's teacher: ``--pretrain=distill``)."""
+
+    musicnn_model: str = hyperparameter(DEFAULT_CHECKPOINT, "musicnn: which pretrained tagger (MSD: Million Song "
+                                        "Dataset, MTT: MagnaTagATune).", choices=ARCHITECTURES)
+    musicnn_layer: str = hyperparameter(DEFAULT_LAYER, "musicnn: the layer averaged over a track's 3 s patches "
+                                        "(maxpool: musicnn networks only).", choices=LAYERS)
+
+    def teacher(self) -> MusicnnTeacher:
+        """The distillation teacher of these settings."""
+        return MusicnnTeacher(checkpoint=self.musicnn_model, layer=self.musicnn_layer)
+
+
+ENTRY = FittedEntry(name="musicnn", fitted_class=MusicnnModel, config=MusicnnConfig,
+                    keywords={"checkpoint": "musicnn_model", "layer": "musicnn_layer"})

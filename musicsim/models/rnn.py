@@ -39,6 +39,7 @@ from musicsim.atomic import atomic_open, write_json_atomic
 from musicsim.chroma import chroma_of_file
 from musicsim.dataset import DatasetInfo, feature_cache_dir, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
+from musicsim.models.entry import InputSpec, LearnedEntry
 from musicsim.params import ParamsConfig, ParamsError
 
 EMBEDDINGS = ("states", "outputs")
@@ -92,9 +93,6 @@ class RNNConfig(ParamsConfig):
             raise ParamsError(f"rnn_embedding must be one of {EMBEDDINGS} to embed, got {self.rnn_embedding!r} "
                               "(the run replaces 'all' by the best of embedding_variants on the eval split)")
         return str(self.rnn_embedding)
-
-
-# The registry entry's defaults, for runs that did not record every key.
 
 
 def embedding_variants() -> list[tuple[str, str]]:
@@ -504,3 +502,17 @@ def make_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8, crop_seco
 
     signature = {"audio": tf.TensorSpec([None, channels], tf.float32), "length": tf.TensorSpec([], tf.int32)}
     return batched_input_fn(generator=generate, signature=signature, batch_size=batch_size)
+
+
+def run_input_fn(*, tracks: TrackSet, mode: str, seed: int, batch_size: int, params: Mapping
+                 ) -> Callable[[], tf.data.Dataset]:
+    """`make_input_fn` of a run: its section length taken from the run's params."""
+    return make_input_fn(tracks=tracks, mode=mode, seed=seed, batch_size=batch_size,
+                         section_frames=int(RNNConfig.from_params(params).section_frames))
+
+
+ENTRY = LearnedEntry(name="rnn", input=InputSpec(features="chroma", channels=12, decode_rate="chroma_sample_rate",
+                                                 pool_size=1),
+                     embed=embed, embedding_size=embedding_size, config=RNNConfig, objective=objective,
+                     early_stopping=EARLY_STOPPING, embedding_variants=embedding_variants, variant_key="rnn_embedding",
+                     load_tracks=load_splits, make_input_fn=run_input_fn)

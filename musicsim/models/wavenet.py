@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import frontends
+from musicsim.models.entry import InputSpec, LearnedEntry, WindowFunctions
 from musicsim.params import ParamsConfig, ParamsError, fill_defaults
 
 
@@ -467,3 +468,12 @@ def apply_dense_layers(embedding: np.ndarray, *, weights: Sequence[tuple[np.ndar
         if j < len(weights) - 1:  # relu between the layers, the last one linear (as in embed)
             x = np.maximum(x, 0.0)
     return x.astype(np.float32)
+
+
+# Long files embed window by window, exactly (musicsim.embedder, training.predict_embeddings).
+WINDOWS = WindowFunctions(window_geometry=window_geometry, window_features=window_features,
+                          combine_windows=combine_windows, dense_weights=dense_weights,
+                          apply_dense_layers=apply_dense_layers)
+ENTRY = LearnedEntry(name="wavenet", input=InputSpec(features="pooled_audio", channels=1), embed=embed,
+                     embedding_size=embedding_size, config=WaveNetConfig, uses=(frontends.FrontendConfig,),
+                     windows=WINDOWS)
