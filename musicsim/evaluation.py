@@ -45,12 +45,15 @@ baseline, so results are reproducible and independent of call order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from musicsim import metrics
+from musicsim.ranking_lists import (MIN_TRACKS_PER_LABEL, RANDOM_MODEL_STREAM, PairLists, RankingLists,
+                                    check_seed, count_query_tracks, dataset_query_problems, make_pair_lists,
+                                    make_ranking_lists, make_skew_lists, relevance_and_binary, seeded_rng,
+                                    split_query_problem, square_matrix)
 from musicsim.similarity import check_similarity
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -58,247 +61,8 @@ Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BASELINES = ("random", "worst")
 LIST_METRICS = ("PC", "NDCG@1", "NDCG@6", "MAP")
 
-# Purposes of the random streams derived from one seed (np.random.SeedSequence([seed, purpose])).
-_LISTS, _PAIRS, _RANDOM_MODEL, _SKEW_SHUFFLE = range(4)
-
 # Rows of the [N, N] matrices handled at once, to bound memory on large sets.
 _CHUNK_ROWS = 256
-
-
-@dataclass(frozen=True)
-class RankingLists:
-    """Ranking lists, one per query.
-
-    Attributes
-    ----------
-    query : int array ``[Q]``, track index of each query.
-    candidates : int array ``[Q, L]``, track indices of the candidates, -1 for padding.
-    relevance : float array ``[Q, L]``, relevance of each candidate to its query, -1 for padding.
-    """
-
-    query: np.ndarray
-    candidates: np.ndarray
-    relevance: np.ndarray
-
-
-@dataclass(frozen=True)
-class PairLists:
-    """(similar, non-similar) candidate pairs, ``P`` per query.
-
-    Attributes
-    ----------
-    query : int array ``[Q]``, track index of each query.
-    positive : int array ``[Q, P]``, the similar track of each pair.
-    negative : int array ``[Q, P]``, the non-similar track of each pair.
-    """
-
-    query: np.ndarray
-    positive: np.ndarray
-    negative: np.ndarray
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _seed(value: object, *, name: str = "seed") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _rng(seed: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, purpose]))
-
-
-def _square(matrix: np.ndarray, *, name: str, dtype: type = np.float64) -> np.ndarray:
-    matrix = np.asarray(matrix)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"{name} must be a square [N, N] matrix, got shape {matrix.shape}")
-    if dtype is bool:
-        if matrix.dtype != bool:
-            raise ValueError(f"{name} must be a bool matrix, got dtype {matrix.dtype}")
-        return matrix
-    matrix = matrix.astype(dtype, copy=False)
-    if np.isnan(matrix).any():
-        raise ValueError(f"{name} contains NaN")
-    return matrix
-
-
-def _relevance_and_binary(relevance_matrix: np.ndarray, binary: np.ndarray | None
-                          ) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a relevance matrix and its binary view (default ``relevance > 0``)."""
-    relevance_matrix = _square(relevance_matrix, name="relevance_matrix")
-    if (relevance_matrix < 0).any():
-        raise ValueError("relevance_matrix must be >= 0 (negative values mean padding in lists)")
-    if binary is None:
-        return relevance_matrix, relevance_matrix > 0
-    binary = _square(binary, name="binary", dtype=bool)
-    if binary.shape != relevance_matrix.shape:
-        raise ValueError(f"binary shape {binary.shape} does not match relevance_matrix shape "
-                         f"{relevance_matrix.shape}")
-    if not np.array_equal(binary, relevance_matrix > 0):
-        raise ValueError("binary must be the binary view of relevance_matrix (relevance_matrix > 0): "
-                         "MAP and PC read relevance > 0 from the lists")
-    return relevance_matrix, binary
-
-
-def _similar_and_not(binary: np.ndarray, query: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the tracks similar and non-similar to ``query``, the query itself excluded."""
-    row = binary[query].copy()
-    others = np.ones(len(row), dtype=bool)
-    others[query] = False
-    return np.flatnonzero(row & others), np.flatnonzero(~row & others)
-
-
-def _pad_rows(rows: list[np.ndarray], width: int, fill: float, dtype: type) -> np.ndarray:
-    out = np.full((len(rows), width), fill, dtype=dtype)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = row
-    return out
-
-
-def _lists_from_rows(queries: list[int], candidate_rows: list[np.ndarray], width: int,
-                     relevance_matrix: np.ndarray) -> RankingLists:
-    candidates = _pad_rows(candidate_rows, width, -1, np.int64)
-    query = np.asarray(queries, dtype=np.int64)
-    relevance = np.where(candidates >= 0, relevance_matrix[query[:, None], np.maximum(candidates, 0)], -1.0)
-    return RankingLists(query=query, candidates=candidates, relevance=relevance)
-
-
-# --------------------------------------------------------------------------- list construction
-
-
-def make_ranking_lists(*, relevance_matrix: np.ndarray, binary: np.ndarray, n_similar: int = 3,
-                       n_dissimilar: int = 3, seed: int) -> RankingLists:
-    """Paper 5.2 ranking lists: per query, random similar and non-similar tracks in shuffled order.
-
-    Each track is a query; its candidates are up to ``n_similar`` tracks drawn without
-    replacement among those similar to it and up to ``n_dissimilar`` among the others, never the
-    query itself. Queries lacking a similar or a non-similar track are skipped; shorter lists are
-    padded at the end (-1). The valid candidates are shuffled so that a stable sort on tied
-    scores cannot favour similar tracks.
-
-    Parameters
-    ----------
-    relevance_matrix : float array ``[N, N]``, ``>= 0``; row = query, column = candidate.
-    binary : bool array ``[N, N]``, equal to ``relevance_matrix > 0``.
-    n_similar, n_dissimilar : int >= 1
-    seed : int >= 0
-
-    Returns
-    -------
-    RankingLists with ``L = n_similar + n_dissimilar``.
-    """
-    relevance_matrix, binary = _relevance_and_binary(relevance_matrix, binary)
-    n_similar = metrics.positive_int(n_similar, name="n_similar")
-    n_dissimilar = metrics.positive_int(n_dissimilar, name="n_dissimilar")
-    rng = _rng(_seed(seed), _LISTS)
-    queries, rows = [], []
-    for query in range(binary.shape[0]):
-        similar, dissimilar = _similar_and_not(binary, query)
-        if len(similar) == 0 or len(dissimilar) == 0:
-            continue
-        chosen = np.concatenate([rng.choice(similar, min(n_similar, len(similar)), replace=False),
-                                 rng.choice(dissimilar, min(n_dissimilar, len(dissimilar)), replace=False)])
-        queries.append(query)
-        rows.append(rng.permutation(chosen))
-    return _lists_from_rows(queries, rows, n_similar + n_dissimilar, relevance_matrix)
-
-
-def make_pair_lists(*, binary: np.ndarray, n_pairs: int = 15, seed: int) -> PairLists:
-    """Paper 5.2 pairs: per query, ``n_pairs`` random (similar, non-similar) pairs.
-
-    Pairs are drawn without replacement from the product similar x non-similar (query excluded)
-    when it holds at least ``n_pairs`` combinations; otherwise every combination is taken once
-    and the rest are drawn with replacement. Queries lacking a similar or a non-similar track are
-    skipped.
-
-    Parameters
-    ----------
-    binary : bool array ``[N, N]``, similar or not; row = query.
-    n_pairs : int >= 1
-    seed : int >= 0
-
-    Returns
-    -------
-    PairLists with ``P = n_pairs``.
-    """
-    binary = _square(binary, name="binary", dtype=bool)
-    n_pairs = metrics.positive_int(n_pairs, name="n_pairs")
-    rng = _rng(_seed(seed), _PAIRS)
-    queries, positives, negatives = [], [], []
-    for query in range(binary.shape[0]):
-        similar, dissimilar = _similar_and_not(binary, query)
-        n_combinations = len(similar) * len(dissimilar)
-        if n_combinations == 0:
-            continue
-        if n_combinations >= n_pairs:
-            flat = rng.choice(n_combinations, n_pairs, replace=False)
-        else:
-            # Too few combinations: use each once, then fill up with replacement.
-            flat = np.concatenate([rng.permutation(n_combinations),
-                                   rng.integers(0, n_combinations, n_pairs - n_combinations)])
-        queries.append(query)
-        positives.append(similar[flat // len(dissimilar)])
-        negatives.append(dissimilar[flat % len(dissimilar)])
-    shape = (len(queries), n_pairs)
-    return PairLists(query=np.asarray(queries, dtype=np.int64),
-                     positive=np.asarray(positives, dtype=np.int64).reshape(shape),
-                     negative=np.asarray(negatives, dtype=np.int64).reshape(shape))
-
-
-def make_skew_lists(*, reference_scores: np.ndarray, relevance_matrix: np.ndarray, binary: np.ndarray,
-                    n_similar: int = 3, n_dissimilar: int = 3, n_pairs: int = 15, seed: int = 0
-                    ) -> tuple[RankingLists, PairLists]:
-    """Paper 5.2 "Skew issues": lists and pairs built from a reference model's failures.
-
-    Per query (itself excluded): the ``n_similar`` similar tracks that the reference scores
-    lowest and the ``n_dissimilar`` non-similar tracks it scores highest form the ranking list
-    (shuffled with ``seed``, padded when there are fewer). Pair ``n`` (0-based) joins the n-th
-    lowest scored similar track with the n-th highest scored non-similar one, cycling through
-    each ranked set when it has fewer than ``n_pairs`` tracks. Score ties are broken by track
-    index. Queries lacking a similar or a non-similar track are skipped.
-
-    Parameters
-    ----------
-    reference_scores : float array ``[N, N]``, the reference model's (librosa's) scores.
-    relevance_matrix : float array ``[N, N]``, ``>= 0``.
-    binary : bool array ``[N, N]``, equal to ``relevance_matrix > 0``.
-    n_similar, n_dissimilar, n_pairs : int >= 1
-    seed : int >= 0, only for the order of candidates within a list.
-
-    Returns
-    -------
-    (RankingLists ``[Q, n_similar + n_dissimilar]``, PairLists ``[Q, n_pairs]``)
-    """
-    relevance_matrix, binary = _relevance_and_binary(relevance_matrix, binary)
-    reference_scores = _square(reference_scores, name="reference_scores")
-    if reference_scores.shape != binary.shape:
-        raise ValueError(f"reference_scores shape {reference_scores.shape} does not match "
-                         f"relevance_matrix shape {binary.shape}")
-    n_similar = metrics.positive_int(n_similar, name="n_similar")
-    n_dissimilar = metrics.positive_int(n_dissimilar, name="n_dissimilar")
-    n_pairs = metrics.positive_int(n_pairs, name="n_pairs")
-    rng = _rng(_seed(seed), _SKEW_SHUFFLE)
-    queries, rows, positives, negatives = [], [], [], []
-    for query in range(binary.shape[0]):
-        similar, dissimilar = _similar_and_not(binary, query)
-        if len(similar) == 0 or len(dissimilar) == 0:
-            continue
-        row_scores = reference_scores[query]
-        worst_similar = similar[np.argsort(row_scores[similar], kind="stable")]
-        best_dissimilar = dissimilar[np.argsort(-row_scores[dissimilar], kind="stable")]
-        queries.append(query)
-        rows.append(rng.permutation(np.concatenate([worst_similar[:n_similar], best_dissimilar[:n_dissimilar]])))
-        pair_rank = np.arange(n_pairs)
-        positives.append(worst_similar[pair_rank % len(worst_similar)])
-        negatives.append(best_dissimilar[pair_rank % len(best_dissimilar)])
-    lists = _lists_from_rows(queries, rows, n_similar + n_dissimilar, relevance_matrix)
-    shape = (len(queries), n_pairs)
-    pairs = PairLists(query=lists.query.copy(),
-                      positive=np.asarray(positives, dtype=np.int64).reshape(shape),
-                      negative=np.asarray(negatives, dtype=np.int64).reshape(shape))
-    return lists, pairs
 
 
 # --------------------------------------------------------------------------- scorers
@@ -390,7 +154,7 @@ def embedding_scorer(*, embeddings: np.ndarray, similarity: str = "cosine") -> S
 
 def matrix_scorer(*, scores: np.ndarray) -> Scorer:
     """Scorer reading a full score matrix ``[N, N]`` (row = query)."""
-    scores = _square(scores, name="scores")
+    scores = square_matrix(scores, name="scores")
 
     def scorer(query_idx: np.ndarray, candidate_idx: np.ndarray) -> np.ndarray:
         query_idx, candidate_idx = _indices(query_idx, candidate_idx, len(scores))
@@ -401,7 +165,7 @@ def matrix_scorer(*, scores: np.ndarray) -> Scorer:
 
 def random_scorer(*, seed: int) -> Scorer:
     """Baseline scorer drawing uniform random scores in [0, 1) on every call (seeded)."""
-    rng = _rng(_seed(seed), _RANDOM_MODEL)
+    rng = seeded_rng(check_seed(seed), RANDOM_MODEL_STREAM)
 
     def scorer(query_idx: np.ndarray, candidate_idx: np.ndarray) -> np.ndarray:
         query_idx, candidate_idx = np.asarray(query_idx), np.asarray(candidate_idx)
@@ -415,7 +179,7 @@ def random_scorer(*, seed: int) -> Scorer:
 
 def worst_scorer(*, relevance_matrix: np.ndarray) -> Scorer:
     """Baseline scorer giving the worst ranking possible: ``scores = -relevance``."""
-    return matrix_scorer(scores=-_square(relevance_matrix, name="relevance_matrix"))
+    return matrix_scorer(scores=-square_matrix(relevance_matrix, name="relevance_matrix"))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -483,8 +247,8 @@ def catalog_retrieval(*, scores: np.ndarray, binary: np.ndarray, k: int = 10) ->
     dict ``{"catalog_mAP": mean AP, f"P@{k}": mean precision@k}`` over the queries with at least
     one similar track (the query itself excluded from its own ranking).
     """
-    scores = _square(scores, name="scores")
-    binary = _square(binary, name="binary", dtype=bool)
+    scores = square_matrix(scores, name="scores")
+    binary = square_matrix(binary, name="binary", dtype=bool)
     if scores.shape != binary.shape:
         raise ValueError(f"scores shape {scores.shape} does not match binary shape {binary.shape}")
     k = metrics.positive_int(k, name="k")
@@ -499,6 +263,23 @@ def catalog_retrieval(*, scores: np.ndarray, binary: np.ndarray, k: int = 10) ->
         precisions.append(metrics.precision_at_k(scores=block_scores, relevance=relevance, k=k))
     return {"catalog_mAP": _mean(np.concatenate(average_precisions), name="catalog_mAP"),
             f"P@{k}": _mean(np.concatenate(precisions), name=f"P@{k}")}
+
+
+def _fixed_scores(*, relevance_matrix: np.ndarray, embeddings: np.ndarray | None, similarity: str,
+                  baseline: str | None, scores: np.ndarray | None) -> np.ndarray | None:
+    """The model's ``[N, N]`` score matrix when it does not change with the seed (None: a scorer or the
+    random baseline), checked against the ``[N, N]`` relevance."""
+    fixed_scores = None
+    if embeddings is not None:
+        fixed_scores = similarity_matrix(embeddings=embeddings, similarity=similarity)
+    elif scores is not None:
+        fixed_scores = square_matrix(scores, name="scores")
+    elif baseline == "worst":
+        fixed_scores = -relevance_matrix
+    n_tracks = len(relevance_matrix)
+    if fixed_scores is not None and fixed_scores.shape != (n_tracks, n_tracks):
+        raise ValueError(f"the model scores {fixed_scores.shape[0]} tracks but relevance_matrix has {n_tracks}")
+    return fixed_scores
 
 
 def evaluate(*, relevance_matrix: np.ndarray, binary: np.ndarray | None = None,
@@ -536,21 +317,14 @@ def evaluate(*, relevance_matrix: np.ndarray, binary: np.ndarray | None = None,
         raise ValueError(f"give exactly one of embeddings, baseline, scores, scorer; got {given or 'none'}")
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-    relevance_matrix, binary = _relevance_and_binary(relevance_matrix, binary)
+    relevance_matrix, binary = relevance_and_binary(relevance_matrix, binary)
     n_tracks = len(relevance_matrix)
-    seeds = [_seed(seed, name="seeds") for seed in seeds]
+    seeds = [check_seed(seed, name="seeds") for seed in seeds]
     if not seeds:
         raise ValueError("seeds must not be empty")
 
-    fixed_scores = None  # a score matrix that does not change with the seed
-    if embeddings is not None:
-        fixed_scores = similarity_matrix(embeddings=embeddings, similarity=similarity)
-    elif scores is not None:
-        fixed_scores = _square(scores, name="scores")
-    elif baseline == "worst":
-        fixed_scores = -relevance_matrix
-    if fixed_scores is not None and fixed_scores.shape != (n_tracks, n_tracks):
-        raise ValueError(f"the model scores {fixed_scores.shape[0]} tracks but relevance_matrix has {n_tracks}")
+    fixed_scores = _fixed_scores(relevance_matrix=relevance_matrix, embeddings=embeddings, similarity=similarity,
+                                 baseline=baseline, scores=scores)
 
     skew = None
     if reference_scores is not None:
@@ -576,7 +350,7 @@ def evaluate(*, relevance_matrix: np.ndarray, binary: np.ndarray | None = None,
     per_seed: dict[str, list[float]] = {}
     for seed in seeds:
         if baseline == "random":
-            seed_scores = _rng(seed, _RANDOM_MODEL).random((n_tracks, n_tracks))
+            seed_scores = seeded_rng(seed, RANDOM_MODEL_STREAM).random((n_tracks, n_tracks))
             seed_scorer = matrix_scorer(scores=seed_scores)
         else:
             seed_scorer = fixed_scorer
@@ -590,91 +364,7 @@ def evaluate(*, relevance_matrix: np.ndarray, binary: np.ndarray | None = None,
     return {name: (float(np.mean(values)), float(np.std(values))) for name, values in per_seed.items()}
 
 
-# --------------------------------------------------------------------------- can a split be evaluated at all
-
-
-def count_query_tracks(*, labels: Sequence[Sequence[str]], relevance, block_rows: int = 512,
-                       stop_at: int | None = None) -> int:
-    """How many of these tracks can be a protocol query: a track with a similar and a non-similar
-    track among the others (what `make_ranking_lists` and `make_pair_lists` keep).
-
-    Parameters
-    ----------
-    labels : sequence of label sets, length ``N`` (one split's tracks)
-    relevance : musicsim.relevance.Relevance
-        Who is similar (its binary view).
-    block_rows : int
-        Queries compared at once (memory ``[block_rows, N]``, not ``[N, N]``: MagnaTagATune's 25k tracks).
-    stop_at : int, optional
-        Stop counting once this many are found.
-
-    Returns
-    -------
-    int, the number of query tracks (at most ``stop_at`` when given)
-    """
-    label_sets = [tuple(track_labels) for track_labels in labels]
-    total = len(label_sets)
-    found = 0
-    for start in range(0, total, block_rows):
-        rows = range(start, min(total, start + block_rows))
-        binary = relevance.is_similar(relevance.relevance_matrix([label_sets[i] for i in rows], label_sets))
-        binary[np.arange(len(rows)), np.asarray(rows)] = False  # never similar to itself
-        similar = binary.sum(axis=1)
-        # Non-similar: the others (N - 1 of them) minus the similar ones.
-        found += int(np.count_nonzero((similar > 0) & (similar < total - 1)))
-        if stop_at is not None and found >= stop_at:
-            return stop_at
-    return found
-
-
-def split_query_problem(*, split: str, labels: Sequence[Sequence[str]], relevance) -> str | None:
-    """Why the ``split``'s tracks cannot form a single protocol query (None when they can).
-
-    A query is a track with a similar track (same label; for tags, enough shared tags) and a non-similar
-    one in its own split: a split needs 2 tracks of one label and 1 of another. The message says how many
-    tracks of each label the split holds, and what the dataset needs.
-    """
-    if count_query_tracks(labels=labels, relevance=relevance, stop_at=1):
-        return None
-    counts: dict[str, int] = {}
-    for track_labels in labels:
-        for label in set(track_labels):
-            counts[label] = counts.get(label, 0) + 1
-    most = max(counts.values(), default=0)
-    if getattr(relevance, "min_shared_tags", None):
-        need = (f"2 tracks sharing {relevance.min_shared_tags} tags or more and a third sharing fewer with them")
-    else:
-        need = f"2 tracks of one {relevance.name} and 1 of another"
-    return (f"the {split} split cannot form a query ({len(labels)} tracks, {len(counts)} labels, at most {most} "
-            f"track{'s' if most != 1 else ''} per label): each query needs a similar and a non-similar track in its "
-            f"split, so the split needs {need}; with the 50/25/25 split by track that is at least "
-            f"{MIN_TRACKS_PER_LABEL} tracks per label and 2 labels")
-
-
-# 2 tracks of a label in each of the 25% splits (eval, test): about 8 in all.
-MIN_TRACKS_PER_LABEL = 8
-
-
-def dataset_query_problems(*, dataset_dir: str, splits: Sequence[str] = ("train", "eval", "test"),
-                           relevance: str | None = None, min_shared_tags: int | None = None) -> list[str]:
-    """`split_query_problem` for each of a prepared dataset's ``splits`` (those that cannot form a query).
-
-    Parameters
-    ----------
-    dataset_dir : a prepared dataset (``tracks.csv``, ``dataset.json``)
-    splits : the splits to check
-    relevance, min_shared_tags : the relevance definition (default: the dataset's own)
-    """
-    from musicsim.dataset import DatasetInfo, read_catalog
-    from musicsim.relevance import make_relevance
-
-    info = DatasetInfo.load(dataset_dir)
-    relevance_def = make_relevance(relevance or info.relevance, min_shared_tags=min_shared_tags or info.min_shared_tags)
-    catalog = read_catalog(dataset_dir)
-    problems = []
-    for split in splits:
-        problem = split_query_problem(split=split, labels=[e.labels for e in catalog if e.split == split],
-                                      relevance=relevance_def)
-        if problem:
-            problems.append(problem)
-    return problems
+__all__ = ["BASELINES", "LIST_METRICS", "MIN_TRACKS_PER_LABEL", "PairLists", "RankingLists", "Scorer",
+           "catalog_retrieval", "count_query_tracks", "dataset_query_problems", "embedding_scorer", "evaluate",
+           "evaluate_lists", "make_pair_lists", "make_ranking_lists", "make_skew_lists", "matrix_scorer",
+           "random_scorer", "similarity_matrix", "split_query_problem", "unit_rows", "worst_scorer"]
