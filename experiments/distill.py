@@ -28,10 +28,22 @@ from typing import Callable, Sequence
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as experiments.run: the same numbers on any CPU
 
 import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from tensorflow.python.util import deprecation
+from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
+from data_prep.demo import build_demo_corpus
+from musicsim import pretraining, training
 from musicsim.atomic import atomic_open
 from musicsim.audio import AUDIO_EXTENSIONS
+from musicsim.cli import global_flags_parser, usage_error
+from musicsim.embedder import load_embedder
+from musicsim.inputs import batched_input_fn
+from musicsim.params import ParamsError, settle_params
 from musicsim.pretraining import stream
+from musicsim.pretraining.distillation import LOSSES
+from musicsim.rundir import RunConfigMismatch, RunDir
 
 USAGE = "usage: python -m experiments.distill [--audio=demo|DIR|LIST|manifest.csv] [--output=runs/distilled-wavenet] [--teacher=pretrained] [...]"
 STATE_FILE = "distill.json"
@@ -81,8 +93,6 @@ class DistillSettings:
     params: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from musicsim.pretraining.distillation import LOSSES
-
         if self.teacher not in stream.TEACHERS:
             raise DistillRunError(f"teacher must be one of {list(stream.TEACHERS)}, got {self.teacher!r}")
         if self.loss not in LOSSES:
@@ -119,8 +129,6 @@ def audio_paths(spec: str) -> list[str]:
     for item in [s for s in spec.split(",") if s.strip()]:
         item = item.strip()
         if item == DEMO_AUDIO:
-            from data_prep.demo import build_demo_corpus
-
             item = build_demo_corpus(extended=True)
         if os.path.isdir(item):
             for folder, dirs, files in os.walk(item):
@@ -144,9 +152,6 @@ def audio_paths(spec: str) -> list[str]:
 
 
 def _run_params(settings: DistillSettings, student: stream.StudentInput) -> dict:
-    from musicsim import training
-    from musicsim.params import settle_params
-
     params = {**student.params, **settings.params, "input_sample_rate": student.frame_rate,
               "distill_loss": settings.loss, "similarity": "cosine"}
     return settle_params(params, configs=training.param_configs())
@@ -170,8 +175,6 @@ def _run_record(settings: DistillSettings, student: stream.StudentInput, *, outp
 
 
 def _eval_steps(model_dir: str) -> dict[int, dict]:
-    from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
-
     eval_dir = os.path.join(model_dir, "eval")
     return read_eval_metrics(eval_dir) if os.path.isdir(eval_dir) else {}
 
@@ -186,14 +189,193 @@ def patience_exhausted(evaluations: dict[int, dict], *, patience_steps: int, met
 
 
 def _signature(student: stream.StudentInput, dim: int):
-    import tensorflow as tf
-
     return ({"audio": tf.TensorSpec([None, 1], tf.float32), "length": tf.TensorSpec([], tf.int32)},
             tf.TensorSpec([dim], tf.float32))
 
 
 def _track_id(path: str, root: str) -> str:
     return os.path.relpath(path, root) if root else os.path.basename(path)
+
+
+@dataclass(frozen=True)
+class _Tracks:
+    """The usable tracks given, split: ``train`` (cropped for training), ``stop`` (decide early stopping),
+    ``report`` (the teacher agreement reported, never used for a choice); ``skipped``: (path, reason)."""
+
+    all: list
+    train: list
+    stop: list
+    report: list
+    skipped: list
+
+
+def _split_tracks(*, paths: Sequence[str], settings: DistillSettings) -> _Tracks:
+    sources, skipped = stream.audio_sources(paths=paths, min_seconds=settings.crop_seconds)
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    train, held = stream.held_out_split(sources=sources, fraction=settings.held_out_fraction,
+                                        minimum=settings.held_out_min, seed=settings.seed)
+    # Half the held-out tracks stop training, the other half (never used for a choice) give the agreement.
+    return _Tracks(all=sources, train=train, stop=held[::2], report=held[1::2] or held[::2], skipped=skipped)
+
+
+def _write_state(path: str, state: dict) -> None:
+    with atomic_open(path, "w", make_dirs=True) as f:
+        json.dump(state, f, indent=1)
+
+
+def _open_state(*, output: str, settings: DistillSettings, tracks: _Tracks, record: Callable[[], None]) -> dict:
+    """``distill.json``'s state: a new one, or the recorded one when it records this same run (else refused).
+    ``record`` writes the run folder's config (it refuses another run's folder) once the state is checked."""
+    corpus = sorted(s.content_hash for s in tracks.all)
+    state = {"settings": settings.recorded(), "corpus": corpus, "stopped": None}
+    state_path = os.path.join(output, STATE_FILE)
+    if os.path.isfile(state_path):
+        with open(state_path) as f:
+            recorded = json.load(f)
+        if recorded.get("settings") != state["settings"] or recorded.get("corpus") != corpus:
+            raise DistillRunError(f"{output} records another distillation (other settings or audio): use a new "
+                                  "--output, or resume with the same flags and files")
+        state = recorded
+    record()
+    return state
+
+
+def _claim_teacher(*, output: str, state: dict, teacher_key: str) -> None:
+    """Record the teacher's key in the state, refusing a run distilled from what the teacher no longer computes."""
+    # The teacher itself (e.g. the engine's blocks) may change under the same name: its key says what it computes.
+    if state.setdefault("teacher_key", teacher_key) != teacher_key:
+        raise DistillRunError(f"{output} was distilled from {state['teacher_key']}, the teacher now computes "
+                              f"{teacher_key}: use a new --output")
+    _write_state(os.path.join(output, STATE_FILE), state)
+
+
+class _TeacherTargets:
+    """Crops -> (16 kHz audio, standardised teacher targets), through the target cache.
+
+    The standardisation is fitted on round 0's crops once and saved in the run folder (a resume reads it back).
+    """
+
+    def __init__(self, *, teacher, cache: stream.TargetCache, settings: DistillSettings, tracks: _Tracks,
+                 output: str, on_decode: Callable[[stream.Crop], None] | None):
+        self.teacher, self.cache, self.settings, self.tracks = teacher, cache, settings, tracks
+        self.on_decode = on_decode
+        self.weights = stream.target_weights(teacher)
+        path = os.path.join(output, STANDARDISATION_FILE)
+        if os.path.isfile(path):
+            with np.load(path) as saved:
+                self.mean, self.scale = saved["mean"], saved["scale"]
+        else:
+            _, raw = self.raw(self.round_crops(0))
+            self.mean, self.scale = stream.fit_standardisation(raw)
+            with atomic_open(path, "wb") as f:
+                np.savez(f, mean=self.mean, scale=self.scale)
+
+    def raw(self, crops: Sequence[stream.Crop]) -> tuple[list[np.ndarray], np.ndarray]:
+        audio, raw, failed = stream.crop_targets(crops=crops, teacher=self.teacher, cache=self.cache,
+                                                 on_decode=self.on_decode)
+        for crop, reason in failed:
+            print(f"skipped a crop of {crop.source.path} at {crop.start_seconds:.2f} s: {reason}", file=sys.stderr)
+        return audio, raw
+
+    def standardised(self, crops: Sequence[stream.Crop]) -> tuple[list[np.ndarray], np.ndarray]:
+        audio, raw = self.raw(crops)
+        return audio, stream.standardise_targets(raw, mean=self.mean, scale=self.scale, weights=self.weights)
+
+    def round_crops(self, index: int) -> list[stream.Crop]:
+        """Round ``index``'s new crops of the training tracks (seeded by the round: a resume draws the same)."""
+        return stream.draw_crops(sources=self.tracks.train, crop_seconds=self.settings.crop_seconds,
+                                 count=self.settings.round_crops,
+                                 rng=np.random.default_rng([self.settings.seed, index]))
+
+    def held_out_input(self, held: list, student: stream.StudentInput) -> tuple[Callable, int]:
+        """(input_fn, crops) of crops spread over each of ``held``'s whole tracks."""
+        crops = stream.spread_crops(sources=held, crop_seconds=self.settings.crop_seconds,
+                                    per_track=self.settings.held_out_crops)
+        audio, targets = self.standardised(crops)
+        return batched_input_fn(generator=lambda: stream.iter_pairs(audio=audio, targets=targets, student=student,
+                                                                      endless=False),
+                                signature=_signature(student, self.teacher.dim),
+                                batch_size=self.settings.batch_size), len(audio)
+
+
+def _train_rounds(*, estimator, output: str, settings: DistillSettings, state: dict, targets: _TeacherTargets,
+                  student: stream.StudentInput, stop_input: Callable, max_minutes: float | None,
+                  progress: bool) -> float:
+    """Train round after round until early stopping, ``max_steps`` or ``max_minutes``; the training minutes."""
+    state_path = os.path.join(output, STATE_FILE)
+    train_started = time.time()
+    while state["stopped"] is None:
+        step = training.resume_step(output)
+        if step >= settings.max_steps:
+            state["stopped"] = "max_steps"
+            break
+        if step and patience_exhausted(_eval_steps(output), patience_steps=settings.patience_steps):
+            state["stopped"] = "early_stopping"
+            break
+        left = None if max_minutes is None else max_minutes - (time.time() - train_started) / 60
+        if left is not None and left <= 0:
+            break  # out of time: not a stop, a rerun goes on
+        index = step // settings.round_steps
+        audio, round_targets = targets.standardised(targets.round_crops(index))
+        train_input = batched_input_fn(
+            generator=lambda: stream.iter_pairs(audio=audio, targets=round_targets, student=student, endless=True,
+                                                seed=settings.seed * 1_000_003 + index),
+            signature=_signature(student, targets.teacher.dim), batch_size=settings.batch_size)
+        goal = min(settings.max_steps, (index + 1) * settings.round_steps)
+        training.train_and_evaluate(estimator=estimator, train_input_fn=train_input, eval_input_fn=stop_input,
+                                    max_steps=goal, max_minutes=left, early_stopping_patience=settings.patience_steps,
+                                    eval_every_steps=settings.eval_every_steps, early_stopping=EARLY_STOPPING,
+                                    progress=progress)
+        if training.resume_step(output) < goal and (max_minutes is None
+                                                    or (time.time() - train_started) / 60 < max_minutes):
+            state["stopped"] = "early_stopping"  # the hook stopped it inside the round
+        _write_state(state_path, state)
+    _write_state(state_path, state)
+    return (time.time() - train_started) / 60
+
+
+def _results(*, output: str, settings: DistillSettings, teacher, tracks: _Tracks, state: dict, checkpoint: str,
+             agreement: dict[str, float], held_out_crops: dict[str, int], train_minutes: float,
+             started: float) -> dict:
+    """``results.json`` of a distillation run."""
+    evaluations = _eval_steps(output)
+    return {
+        "model": "wavenet", "dataset": "audio-files", "relevance": None, "similarity": "cosine",
+        "checkpoint": os.path.basename(checkpoint),
+        "held_out_metrics": {"teacher_agreement_test": agreement["held_out_report"],
+                             "teacher_agreement_eval": agreement["held_out_stop"]},
+        "distill": {"teacher": settings.teacher, "teacher_key": teacher.key, "teacher_dim": teacher.dim,
+                    "student_input": settings.student_input, "loss": settings.loss,
+                    "steps": training.resume_step(output),
+                    "best_step": int(os.path.basename(checkpoint).rsplit("-", 1)[1]), "stopped": state["stopped"],
+                    "train_minutes_this_call": round(train_minutes, 2),
+                    "tracks": {"train": len(tracks.train), "held_out_stop": len(tracks.stop),
+                               "held_out_report": len(tracks.report), "skipped": len(tracks.skipped)},
+                    "held_out_crops": held_out_crops,
+                    "train_audio_hours": round(sum(s.seconds for s in tracks.train) / 3600, 3),
+                    "eval_cosine_by_step": {str(k): float(v["cosine"]) for k, v in sorted(evaluations.items())
+                                            if "cosine" in v}},
+        "sizes": {"train": len(tracks.train), "eval": len(tracks.stop), "test": len(tracks.report)},
+        "wall_seconds": round(time.time() - started, 1),
+    }
+
+
+def _embed_all(*, output: str, tracks: _Tracks, progress: bool) -> float:
+    """Every usable track's vector into ``output/embeddings.npz`` (split: train, eval, test); the seconds taken."""
+    split_of = {s.path: "train" for s in tracks.train}
+    split_of.update({s.path: "eval" for s in tracks.stop})
+    split_of.update({s.path: "test" for s in tracks.report if s.path not in split_of})
+    embed_started = time.time()
+    vectors, ok, failed = load_embedder(output).embed_paths(paths=[s.path for s in tracks.all], progress=progress,
+                                                            workers=1)
+    for path, reason in failed:
+        print(f"not embedded {path}: {reason}", file=sys.stderr)
+    kept = [tracks.all[i].path for i in ok]
+    root = os.path.commonpath(kept) if len(kept) > 1 else os.path.dirname(kept[0]) if kept else ""
+    RunDir(output).write_embeddings(track_ids=[_track_id(p, root) for p in kept], vectors=vectors,
+                                    splits=[split_of[p] for p in kept], labels=[""] * len(kept), paths=kept)
+    return time.time() - embed_started
 
 
 def distill(*, paths: Sequence[str], output: str, settings: DistillSettings, cache_dir: str | None = None,
@@ -221,171 +403,55 @@ def distill(*, paths: Sequence[str], output: str, settings: DistillSettings, cac
     -------
     dict : the ``results.json`` written
     """
-    from musicsim import pretraining, training
-    from musicsim.inputs import batched_input_fn
-    from musicsim.rundir import RunDir
-
     started = time.time()
     student = stream.student_input(settings.student_input)
-    sources, skipped = stream.audio_sources(paths=paths, min_seconds=settings.crop_seconds)
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    train_sources, held_sources = stream.held_out_split(sources=sources, fraction=settings.held_out_fraction,
-                                                        minimum=settings.held_out_min, seed=settings.seed)
-    # Half the held-out tracks stop training, the other half (never used for a choice) give the agreement.
-    stop_sources, report_sources = held_sources[::2], held_sources[1::2] or held_sources[::2]
+    tracks = _split_tracks(paths=paths, settings=settings)
     run_dir = RunDir(output)
     params = _run_params(settings, student)
     config, dataset = _run_record(settings, student, output=output, params=params)
-    state_path = os.path.join(output, STATE_FILE)
-    corpus = sorted(s.content_hash for s in sources)
-    state = {"settings": settings.recorded(), "corpus": corpus, "stopped": None}
-    if os.path.isfile(state_path):
-        with open(state_path) as f:
-            recorded = json.load(f)
-        if recorded.get("settings") != state["settings"] or recorded.get("corpus") != corpus:
-            raise DistillRunError(f"{output} records another distillation (other settings or audio): use a new "
-                                  "--output, or resume with the same flags and files")
-        state = recorded
-    run_dir.write_config(config, model="wavenet", kind="learned", dataset=dataset)  # refuses another run's folder
-
-    def write_state() -> None:
-        with atomic_open(state_path, "w", make_dirs=True) as f:
-            json.dump(state, f, indent=1)
-
+    state = _open_state(output=output, settings=settings, tracks=tracks,
+                        record=lambda: run_dir.write_config(config, model="wavenet", kind="learned", dataset=dataset))
     teacher = teacher if teacher is not None else stream.make_teacher(settings.teacher)
-    # The teacher itself (e.g. the engine's blocks) may change under the same name: its key says what it computes.
-    if state.setdefault("teacher_key", teacher.key) != teacher.key:
-        raise DistillRunError(f"{output} was distilled from {state['teacher_key']}, the teacher now computes "
-                              f"{teacher.key}: use a new --output")
-    write_state()
+    _claim_teacher(output=output, state=state, teacher_key=teacher.key)
     cache = stream.TargetCache(root=cache_dir or os.path.join(".cache", "distill_targets"), teacher_key=teacher.key,
                                dim=teacher.dim, max_bytes=cache_bytes)
-    weights = stream.target_weights(teacher)
-
-    def targets_of(crops):
-        audio, raw, failed = stream.crop_targets(crops=crops, teacher=teacher, cache=cache, on_decode=on_decode)
-        for crop, reason in failed:
-            print(f"skipped a crop of {crop.source.path} at {crop.start_seconds:.2f} s: {reason}", file=sys.stderr)
-        return audio, raw
-
-    def round_crops(index: int) -> list[stream.Crop]:
-        return stream.draw_crops(sources=train_sources, crop_seconds=settings.crop_seconds,
-                                 count=settings.round_crops, rng=np.random.default_rng([settings.seed, index]))
-
-    # The standardisation: fitted on round 0's crops once, then kept (a resume reads it back).
-    standardisation_path = os.path.join(output, STANDARDISATION_FILE)
-    if os.path.isfile(standardisation_path):
-        with np.load(standardisation_path) as saved:
-            mean, scale = saved["mean"], saved["scale"]
-    else:
-        _, raw = targets_of(round_crops(0))
-        mean, scale = stream.fit_standardisation(raw)
-        with atomic_open(standardisation_path, "wb") as f:
-            np.savez(f, mean=mean, scale=scale)
-
-    def held_out_input(held: list[stream.AudioSource]):
-        crops = stream.spread_crops(sources=held, crop_seconds=settings.crop_seconds, per_track=settings.held_out_crops)
-        audio, raw = targets_of(crops)
-        targets = stream.standardise_targets(raw, mean=mean, scale=scale, weights=weights)
-        return batched_input_fn(generator=lambda: stream.iter_pairs(audio=audio, targets=targets, student=student,
-                                                                      endless=False),
-                                signature=_signature(student, teacher.dim), batch_size=settings.batch_size), len(audio)
-
-    stop_input, stop_crops = held_out_input(stop_sources)
-    report_input, report_crops = held_out_input(report_sources)
+    targets = _TeacherTargets(teacher=teacher, cache=cache, settings=settings, tracks=tracks, output=output,
+                              on_decode=on_decode)
+    stop_input, stop_crops = targets.held_out_input(tracks.stop, student)
+    report_input, report_crops = targets.held_out_input(tracks.report, student)
     estimator = training.make_estimator(
         model="wavenet", model_dir=output, params=params, seed=settings.seed,
         save_checkpoints_steps=settings.eval_every_steps, objective=pretraining.objective("distill"),
         keep_checkpoint_max=training.checkpoints_to_keep(early_stopping_patience=settings.patience_steps,
                                                          save_checkpoints_steps=settings.eval_every_steps))
-    train_started = time.time()
-    while state["stopped"] is None:
-        step = training.resume_step(output)
-        if step >= settings.max_steps:
-            state["stopped"] = "max_steps"
-            break
-        if step and patience_exhausted(_eval_steps(output), patience_steps=settings.patience_steps):
-            state["stopped"] = "early_stopping"
-            break
-        left = None if max_minutes is None else max_minutes - (time.time() - train_started) / 60
-        if left is not None and left <= 0:
-            break  # out of time: not a stop, a rerun goes on
-        index = step // settings.round_steps
-        audio, raw = targets_of(round_crops(index))
-        targets = stream.standardise_targets(raw, mean=mean, scale=scale, weights=weights)
-        train_input = batched_input_fn(
-            generator=lambda: stream.iter_pairs(audio=audio, targets=targets, student=student, endless=True,
-                                                seed=settings.seed * 1_000_003 + index),
-            signature=_signature(student, teacher.dim), batch_size=settings.batch_size)
-        goal = min(settings.max_steps, (index + 1) * settings.round_steps)
-        training.train_and_evaluate(estimator=estimator, train_input_fn=train_input, eval_input_fn=stop_input,
-                                    max_steps=goal, max_minutes=left, early_stopping_patience=settings.patience_steps,
-                                    eval_every_steps=settings.eval_every_steps, early_stopping=EARLY_STOPPING,
-                                    progress=progress)
-        if training.resume_step(output) < goal and (max_minutes is None
-                                                    or (time.time() - train_started) / 60 < max_minutes):
-            state["stopped"] = "early_stopping"  # the hook stopped it inside the round
-        write_state()
-    write_state()
-    train_minutes = (time.time() - train_started) / 60
+    train_minutes = _train_rounds(estimator=estimator, output=output, settings=settings, state=state,
+                                  targets=targets, student=student, stop_input=stop_input, max_minutes=max_minutes,
+                                  progress=progress)
     checkpoint = training.best_checkpoint(output, metric="cosine", direction="increase")
     if checkpoint is None:
         raise DistillRunError(f"{output}: no checkpoint was written (max_minutes too short?)")
     run_dir.record_checkpoint(checkpoint)
     agreement = {name: float(estimator.evaluate(input_fn, checkpoint_path=checkpoint, name=name)["cosine"])
                  for name, input_fn in (("held_out_stop", stop_input), ("held_out_report", report_input))}
-    best_step = int(os.path.basename(checkpoint).rsplit("-", 1)[1])
-    evaluations = _eval_steps(output)
-    results = {
-        "model": "wavenet", "dataset": "audio-files", "relevance": None, "similarity": "cosine",
-        "checkpoint": os.path.basename(checkpoint),
-        "held_out_metrics": {"teacher_agreement_test": agreement["held_out_report"],
-                             "teacher_agreement_eval": agreement["held_out_stop"]},
-        "distill": {"teacher": settings.teacher, "teacher_key": teacher.key, "teacher_dim": teacher.dim,
-                    "student_input": settings.student_input, "loss": settings.loss,
-                    "steps": training.resume_step(output), "best_step": best_step, "stopped": state["stopped"],
-                    "train_minutes_this_call": round(train_minutes, 2),
-                    "tracks": {"train": len(train_sources), "held_out_stop": len(stop_sources),
-                               "held_out_report": len(report_sources), "skipped": len(skipped)},
-                    "held_out_crops": {"stop": stop_crops, "report": report_crops},
-                    "train_audio_hours": round(sum(s.seconds for s in train_sources) / 3600, 3),
-                    "eval_cosine_by_step": {str(k): float(v["cosine"]) for k, v in sorted(evaluations.items())
-                                            if "cosine" in v}},
-        "sizes": {"train": len(train_sources), "eval": len(stop_sources), "test": len(report_sources)},
-        "wall_seconds": round(time.time() - started, 1),
-    }
+    results = _results(output=output, settings=settings, teacher=teacher, tracks=tracks, state=state,
+                       checkpoint=checkpoint, agreement=agreement, train_minutes=train_minutes, started=started,
+                       held_out_crops={"stop": stop_crops, "report": report_crops})
     run_dir.write_results(results)
     if embed:
-        from musicsim.embedder import load_embedder
-
-        split_of = {s.path: "train" for s in train_sources}
-        split_of.update({s.path: "eval" for s in stop_sources})
-        split_of.update({s.path: "test" for s in report_sources if s.path not in split_of})
-        embed_started = time.time()
-        vectors, ok, failed = load_embedder(output).embed_paths(paths=[s.path for s in sources], progress=progress,
-                                                                workers=1)
-        for path, reason in failed:
-            print(f"not embedded {path}: {reason}", file=sys.stderr)
-        kept = [sources[i].path for i in ok]
-        root = os.path.commonpath(kept) if len(kept) > 1 else os.path.dirname(kept[0]) if kept else ""
-        run_dir.write_embeddings(track_ids=[_track_id(p, root) for p in kept], vectors=vectors,
-                                 splits=[split_of[p] for p in kept], labels=[""] * len(kept), paths=kept)
-        results["embed_seconds"] = round(time.time() - embed_started, 1)
+        results["embed_seconds"] = round(_embed_all(output=output, tracks=tracks, progress=progress), 1)
         results["wall_seconds"] = round(time.time() - started, 1)
         run_dir.write_results(results)
     log(f"distilled {settings.teacher} into {output}: teacher agreement (mean cosine) on "
-        f"{report_crops} crops of {len(report_sources)} held-out tracks never trained on: "
+        f"{report_crops} crops of {len(tracks.report)} held-out tracks never trained on: "
         f"{agreement['held_out_report']:.3f} (early-stopping tracks: {agreement['held_out_stop']:.3f}); "
-        f"best step {best_step} of {results['distill']['steps']} ({state['stopped'] or 'not stopped yet: run again to go on'}); "
+        f"best step {results['distill']['best_step']} of {results['distill']['steps']} "
+        f"({state['stopped'] or 'not stopped yet: run again to go on'}); "
         f"took {results['wall_seconds'] / 60:.1f} min ({train_minutes:.1f} min training)")
     return results
 
 
 # -- the command -------------------------------------------------------------------------------
 def _define_flags():
-    from absl import flags
-
     defaults = DistillSettings()
     flags.DEFINE_string("audio", DEMO_AUDIO, "Audio to distil from: comma-separated folders (recursive), manifest.csv "
                         "files (their path column; labels never read), text files of paths, or 'demo': every "
@@ -437,17 +503,9 @@ def parse_params(text: str) -> dict:
 
 def main(argv) -> None:
     del argv
-    import tensorflow as tf
-
-    from musicsim.cli import usage_error
-    from musicsim.params import ParamsError
-    from musicsim.rundir import RunConfigMismatch
-
     flag_values = FLAGS
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.WARN)  # the run's own lines, not the estimator's
     tf.get_logger().propagate = False
-    from tensorflow.python.util import deprecation
-
     deprecation._PRINT_DEPRECATION_WARNINGS = False  # TF1-style estimator chatter, as experiments.run drops it
     try:
         settings = DistillSettings(
@@ -474,10 +532,6 @@ FLAGS = None
 def cli() -> None:
     """``python -m experiments.distill``: ``--help`` lists the flags (exit 0), misuse exits 2."""
     global FLAGS
-    from absl import app
-
-    from musicsim.cli import global_flags_parser
-
     FLAGS = _define_flags()
     app.run(main, flags_parser=global_flags_parser(module=sys.modules[__name__], doc=__doc__, usage=USAGE))
 

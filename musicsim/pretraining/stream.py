@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import soxr
 
 from musicsim.atomic import atomic_open
 from musicsim.audio import AudioDecodeError, audio_info, load_audio, mean_pool
 from musicsim.models import musicnn
+from musicsim.models.pretrained_engine import BLOCK_DIMS, PretrainedEngine
 
 TEACHER_RATE = musicnn.SAMPLE_RATE  # crops are decoded at the teachers' rate; the student's input is derived
 # 10 ms: crop starts are whole milliseconds (the cache key), drawn on a 10 ms grid.
@@ -226,8 +228,6 @@ class EngineTeacher:
     """
 
     def __init__(self, *, blocks: Sequence[Sequence] | None = None, pretrained_cache: str | None = None):
-        from musicsim.models.pretrained_engine import PretrainedEngine
-
         self.engine = PretrainedEngine(blocks=blocks, pretrained_cache=pretrained_cache, max_patches=None,
                                        progress=False)
 
@@ -247,8 +247,6 @@ class EngineTeacher:
 
     def __call__(self, *, crops: Sequence[np.ndarray], frame_rate: float) -> np.ndarray:
         """``[len(crops), dim]`` float32: the engine's raw (unstandardised) vector of each crop at ``frame_rate``."""
-        import soxr
-
         patches, owners = [], []
         for index, crop in enumerate(crops):
             audio = np.asarray(crop, dtype=np.float32)
@@ -269,8 +267,6 @@ class EngineTeacher:
 
     @staticmethod
     def _dim(checkpoint: str, layer: str) -> int:
-        from musicsim.models.pretrained_engine import BLOCK_DIMS
-
         return BLOCK_DIMS[(checkpoint, layer)]
 
 
