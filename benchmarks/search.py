@@ -1,11 +1,11 @@
-"""Benchmark of ``musicsim.index.EmbeddingIndex``: build time, queries per second and recall@10.
+"""Benchmark of ``musicsim.index.FaissIndex``: build time, queries per second and recall@10.
 
 For each catalogue size N it builds, on N random unit vectors of dimension d:
 
 * ``faiss-flat``: a raw ``faiss.IndexFlatIP`` (the reference for exact speed);
-* ``exact``: ``EmbeddingIndex`` in its default exact mode (the ground truth for recall);
-* ``ivf``: ``EmbeddingIndex(approximate='ivf')`` at several ``nprobe``;
-* ``hnsw``: ``EmbeddingIndex(approximate='hnsw')`` at several ``efSearch``;
+* ``exact``: ``FaissIndex`` in its default exact mode (the ground truth for recall);
+* ``ivf``: ``FaissIndex(approximate='ivf')`` at several ``nprobe``;
+* ``hnsw``: ``FaissIndex(approximate='hnsw')`` at several ``efSearch``;
 
 and, with ``--backend=faiss,milvus``, the same searches on ``MilvusIndex`` (a Milvus Lite file in a
 temporary folder, or ``--milvus_uri``): ``milvus`` exact (FLAT), and ``milvus-ivf`` / ``milvus-hnsw``
@@ -43,7 +43,8 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from musicsim.index import EmbeddingIndex  # noqa: E402
+import musicsim.index  # noqa: E402
+from musicsim.index import FaissIndex  # noqa: E402
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -180,7 +181,7 @@ def main() -> None:
                                      seed=args.seed, cluster_noise=args.cluster_noise)
         track_ids = [f"t{i:07d}" for i in range(count)]
         # exact is always built: it is the ground truth for recall and the speed reference
-        exact_build_s, exact = timed(lambda: EmbeddingIndex(track_ids=track_ids, vectors=vectors))
+        exact_build_s, exact = timed(lambda: FaissIndex(track_ids=track_ids, vectors=vectors))
         exact_memory = memory_mb()
         truth = [[t for t, _ in r] for r in exact.search(queries=queries, k=k)]
         searches = {"exact": lambda q: exact.search(queries=q, k=k)}
@@ -203,7 +204,7 @@ def main() -> None:
         if "faiss" not in backends:
             continue
         if "ivf" in methods:
-            build_s, ivf = timed(lambda: EmbeddingIndex(track_ids=track_ids, vectors=vectors, approximate="ivf"))
+            build_s, ivf = timed(lambda: FaissIndex(track_ids=track_ids, vectors=vectors, approximate="ivf"))
             for nprobe in [int(v) for v in args.nprobe.split(",")]:
                 if nprobe > ivf.nlist:
                     continue
@@ -213,7 +214,7 @@ def main() -> None:
                     recall_at(found, truth, k=k), exact_batch)
             del ivf
         if "hnsw" in methods and count <= args.hnsw_max_size:
-            build_s, hnsw = timed(lambda: EmbeddingIndex(track_ids=track_ids, vectors=vectors, approximate="hnsw",
+            build_s, hnsw = timed(lambda: FaissIndex(track_ids=track_ids, vectors=vectors, approximate="hnsw",
                                                          hnsw_m=args.hnsw_m, ef_construction=args.ef_construction))
             for ef in [int(v) for v in args.ef_search.split(",")]:
                 single, batch, found = index_qps(hnsw, queries, single_count=args.single_queries, k=k,
@@ -250,7 +251,7 @@ def milvus_rows(*, count: int, vectors: np.ndarray, queries: np.ndarray, track_i
             # Built, saved and opened again, as `index build` then `search` do: Milvus Lite searches
             # only the rows it loaded from disk through the collection's index.
             build_s, _ = timed(build)
-            open_s, index = timed(lambda: EmbeddingIndex.load(directory))
+            open_s, index = timed(lambda: musicsim.index.open(directory))
             print(f"# {method} at N={count}: opened again in {open_s:.1f}s", flush=True)
             memory = memory_mb()
             try:

@@ -173,7 +173,7 @@ def album_track_ids(paths: list[str]) -> list[str]:
 def mfcc_catalog(tmp_path_factory) -> dict:
     """A real MFCC model fitted on the synthetic albums (``root/mfcc``), and an index of their
     embeddings with paths, groups and durations (``index_dir``); also ``root``, ``paths``, ``vectors``."""
-    from musicsim.index import EmbeddingIndex
+    from musicsim.index import FaissIndex
     from musicsim.models.mfcc import MFCCModel
 
     root = tmp_path_factory.mktemp("served")
@@ -182,7 +182,7 @@ def mfcc_catalog(tmp_path_factory) -> dict:
     model.save(str(root / "mfcc"))
     vectors, ok, skipped = model.embed_paths(paths=paths)
     assert not skipped and ok == list(range(len(paths)))
-    index = EmbeddingIndex(track_ids=album_track_ids(paths), vectors=vectors, similarity=model.similarity,
+    index = FaissIndex(track_ids=album_track_ids(paths), vectors=vectors, similarity=model.similarity,
                            metadata={"path": paths, "group": [os.path.basename(os.path.dirname(p)) for p in paths],
                                      "duration_s": [sf.info(p).duration for p in paths]},
                            model={"name": "mfcc", "model_dir": str(root / "mfcc")})

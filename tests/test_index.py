@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_fitted_model_config
+import musicsim.index
 from musicsim.index import storage
-from musicsim.index import EmbeddingIndex, embedding_file_writers, load_embeddings, main, read_provenance
+from musicsim.index import FaissIndex, embedding_file_writers, load_embeddings, main, read_provenance
 from musicsim.index.embeddings_io import PROVENANCE_KEYS
 
 from musicsim.similarity import SIMILARITIES
@@ -59,7 +60,7 @@ def brute_force(*, vectors: np.ndarray, queries: np.ndarray, similarity: str, k:
 def test_exact_search_equals_brute_force(similarity, k, query_count):
     track_ids, vectors = random_catalogue()
     queries = np.random.default_rng(1).standard_normal((query_count, vectors.shape[1])).astype(np.float32)
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity)
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity)
     results = index.search(queries=queries, k=k)
     rows, scores = brute_force(vectors=vectors, queries=queries, similarity=similarity, k=k)
     assert [[tid for tid, _ in r] for r in results] == [[track_ids[i] for i in row] for row in rows]
@@ -69,7 +70,7 @@ def test_exact_search_equals_brute_force(similarity, k, query_count):
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_euclidean_and_cosine_scores_by_hand(similarity):
     # 2-D points: the query (3, 4) against a = (3, 0) and b = (0, 8).
-    index = EmbeddingIndex(track_ids=["a", "b"], vectors=np.array([[3, 0], [0, 8]]), similarity=similarity)
+    index = FaissIndex(track_ids=["a", "b"], vectors=np.array([[3, 0], [0, 8]]), similarity=similarity)
     results = dict(index.search(queries=np.array([[3.0, 4.0]]), k=2)[0])
     if similarity == "cosine":
         assert results == pytest.approx({"a": 0.6, "b": 0.8})
@@ -81,7 +82,7 @@ def test_euclidean_and_cosine_scores_by_hand(similarity):
 @pytest.mark.parametrize("approximate", [None, "hnsw"])
 def test_self_is_nearest_when_not_excluded(similarity, approximate):
     track_ids, vectors = random_catalogue(count=200)
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, approximate=approximate)
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, approximate=approximate)
     for track_id in track_ids[::37]:
         first_id, first_score = index.search_by_id(track_id=track_id, k=3, exclude_self=False)[0]
         assert first_id == track_id
@@ -91,7 +92,7 @@ def test_self_is_nearest_when_not_excluded(similarity, approximate):
 
 def test_k_larger_than_catalogue_returns_everything_sorted():
     track_ids, vectors = random_catalogue(count=12)
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors)
+    index = FaissIndex(track_ids=track_ids, vectors=vectors)
     results = index.search(queries=vectors[:2], k=50)
     assert [len(r) for r in results] == [12, 12]
     scores = [s for _, s in results[0]]
@@ -105,7 +106,7 @@ def test_exclusion_by_id_and_group_matches_brute_force(similarity, query_count):
     track_ids, vectors = random_catalogue(count=240)
     # one big group (half the catalogue) so that the exclusions need a deep over-fetch
     groups = ["big" if i % 2 == 0 else f"album{i % 7}" for i in range(len(track_ids))]
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata={"group": groups})
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata={"group": groups})
     queries = np.random.default_rng(3).standard_normal((query_count, vectors.shape[1])).astype(np.float32)
     k = 15
     exclude_ids = [[track_ids[(5 * q + j) % 240] for j in range(4)] for q in range(query_count)]
@@ -128,7 +129,7 @@ def test_exclude_same_group_and_fewer_results_when_catalogue_runs_out():
     vectors, membership = clustered_catalogue(count=30, dim=8, clusters=3, seed=2)
     track_ids = [f"t{i}" for i in range(30)]
     groups = [f"album{m}" for m in membership]
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, metadata={"group": groups})
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, metadata={"group": groups})
     own = groups[0]
     results = index.search_by_id(track_id="t0", k=100, exclude_same_group=True)
     assert len(results) == sum(g != own for g in groups)
@@ -143,7 +144,7 @@ def test_diversity_two_dimensional_example_by_hand():
     #   b : 0.5 cos 30 - 0.5 cos 40 = 0.5 (0.8660 - 0.7660) = +0.0500  -> b
     angles = np.radians([10.0, 11.0, -30.0])
     vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    index = EmbeddingIndex(track_ids=["a1", "a2", "b"], vectors=vectors)
+    index = FaissIndex(track_ids=["a1", "a2", "b"], vectors=vectors)
     query = np.array([[1.0, 0.0]])
     assert [t for t, _ in index.search(queries=query, k=2)[0]] == ["a1", "a2"]
     diverse = index.search(queries=query, k=2, diversity=0.5)[0]
@@ -169,7 +170,7 @@ def test_diversity_spreads_results_over_albums(similarity):
     vectors = np.concatenate([same] + others)
     groups = ["same"] * 12 + [f"other{i}" for i in range(6) for _ in range(3)]
     track_ids = [f"t{i}" for i in range(len(vectors))]
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata={"group": groups})
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata={"group": groups})
     queries = query[None, :]
 
     def albums(results):
@@ -186,7 +187,7 @@ def test_diversity_spreads_results_over_albums(similarity):
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_vanishing_diversity_keeps_the_plain_order(similarity):
     track_ids, vectors = random_catalogue(count=150)
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity)
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity)
     queries = vectors[:5] + 0.1
     plain = index.search(queries=queries, k=10)
     almost = index.search(queries=queries, k=10, diversity=1e-9)
@@ -198,7 +199,7 @@ def test_vanishing_diversity_keeps_the_plain_order(similarity):
 def test_add_and_remove(approximate):
     vectors, _ = clustered_catalogue(count=400, dim=16, clusters=10, seed=4)
     track_ids = [f"t{i}" for i in range(400)]
-    index = EmbeddingIndex(track_ids=track_ids[:300], vectors=vectors[:300], approximate=approximate,
+    index = FaissIndex(track_ids=track_ids[:300], vectors=vectors[:300], approximate=approximate,
                            metadata={"group": ["old"] * 300})
     index.add(track_ids=track_ids[300:], vectors=vectors[300:], metadata={"path": [f"/x/{i}" for i in range(100)]})
     assert len(index) == 400
@@ -220,7 +221,7 @@ def test_add_and_remove(approximate):
 
 def test_add_and_remove_errors():
     track_ids, vectors = random_catalogue(count=20, dim=4)
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors)
+    index = FaissIndex(track_ids=track_ids, vectors=vectors)
     with pytest.raises(ValueError, match="already in the index"):
         index.add(track_ids=["track0003"], vectors=vectors[:1])
     with pytest.raises(ValueError, match="duplicate ids"):
@@ -234,7 +235,7 @@ def test_add_and_remove_errors():
 
 def test_ivf_index_built_empty_trains_on_first_add():
     vectors, _ = clustered_catalogue(count=200, dim=8, clusters=4, seed=1)
-    index = EmbeddingIndex(track_ids=[], vectors=np.zeros((0, 8)), approximate="ivf")
+    index = FaissIndex(track_ids=[], vectors=np.zeros((0, 8)), approximate="ivf")
     assert index.search(queries=vectors[:2], k=3) == [[], []]
     index.add(track_ids=[f"t{i}" for i in range(200)], vectors=vectors)
     assert index.nlist == 5  # 200 // 39
@@ -249,8 +250,8 @@ def test_approximate_recall_on_clustered_data(approximate, similarity):
     points, _ = clustered_catalogue(count=4100, dim=32, clusters=40, seed=6, spread=1.0)
     vectors, queries = points[:4000], points[4000:]  # queries: fresh points around the same centres
     track_ids = [f"t{i}" for i in range(len(vectors))]
-    exact = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity)
-    approx = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, approximate=approximate)
+    exact = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity)
+    approx = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, approximate=approximate)
     truth = exact.search(queries=queries, k=10)
     found = approx.search(queries=queries, k=10)
     recall = np.mean([len({t for t, _ in f} & {t for t, _ in t_}) / 10 for f, t_ in zip(found, truth)])
@@ -266,12 +267,12 @@ def test_save_load_round_trip(tmp_path, approximate, similarity):
     metadata = {"group": [f"album{m}" for m in membership], "path": [f"/music/{i}.ogg" for i in range(500)],
                 "duration_s": [30.0 + i for i in range(500)]}
     model = {"name": "wavenet", "model_dir": "/runs/w1"}
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, similarity=similarity, metadata=metadata,
                            model=model, approximate=approximate)
     index.remove(track_ids=["t3", "t4"])  # labels no longer contiguous
     directory = str(tmp_path / "idx")
     index.save(directory)
-    loaded = EmbeddingIndex.load(directory)
+    loaded = musicsim.index.open(directory)
     assert loaded.summary() == index.summary()
     assert loaded.track_ids == index.track_ids and loaded.model == model
     assert loaded.metadata(track_id="t9") == {"group": f"album{membership[9]}", "path": "/music/9.ogg",
@@ -287,8 +288,8 @@ def test_save_load_round_trip(tmp_path, approximate, similarity):
 def test_crash_during_swap_leaves_previous_index_loadable(tmp_path, monkeypatch):
     track_ids, vectors = random_catalogue(count=50, dim=6)
     directory = str(tmp_path / "idx")
-    EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(directory)
-    newer = EmbeddingIndex(track_ids=track_ids[:10], vectors=vectors[:10])
+    FaissIndex(track_ids=track_ids, vectors=vectors).save(directory)
+    newer = FaissIndex(track_ids=track_ids[:10], vectors=vectors[:10])
     real_rename = os.rename
 
     def crash_on_rename_in(source, target):
@@ -302,48 +303,48 @@ def test_crash_during_swap_leaves_previous_index_loadable(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "rename", real_rename)
     assert not os.path.exists(directory)  # the old one was moved to the backup
     with pytest.warns(UserWarning, match="backup"):
-        recovered = EmbeddingIndex.load(directory)
+        recovered = musicsim.index.open(directory)
     assert len(recovered) == 50
     # the next save replaces the backup with a complete index
     newer.save(directory)
     assert sorted(os.listdir(tmp_path)) == ["idx"]
-    assert len(EmbeddingIndex.load(directory)) == 10
+    assert len(musicsim.index.open(directory)) == 10
 
 
 def test_crash_while_writing_keeps_previous_index(tmp_path, monkeypatch):
     track_ids, vectors = random_catalogue(count=50, dim=6)
     directory = str(tmp_path / "idx")
-    EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(directory)
+    FaissIndex(track_ids=track_ids, vectors=vectors).save(directory)
 
     def failing_dump(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(storage.json, "dump", failing_dump)
     with pytest.raises(OSError, match="disk full"):
-        EmbeddingIndex(track_ids=track_ids[:5], vectors=vectors[:5]).save(directory)
+        FaissIndex(track_ids=track_ids[:5], vectors=vectors[:5]).save(directory)
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == ["idx"]
-    assert len(EmbeddingIndex.load(directory)) == 50
+    assert len(musicsim.index.open(directory)) == 50
 
 
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no index at"):
-        EmbeddingIndex.load(str(tmp_path / "missing"))
+        musicsim.index.open(str(tmp_path / "missing"))
     track_ids, vectors = random_catalogue(count=10, dim=3)
     directory = tmp_path / "idx"
-    EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(str(directory))
+    FaissIndex(track_ids=track_ids, vectors=vectors).save(str(directory))
     np.save(directory / "vectors.npy", vectors[:4])
     with pytest.raises(ValueError, match=r"vectors.npy holds float32 \(4, 3\), config.json says float32 \(10, 3\)"):
-        EmbeddingIndex.load(str(directory))
+        musicsim.index.open(str(directory))
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
-        EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(str(tmp_path / "file"))
+        FaissIndex(track_ids=track_ids, vectors=vectors).save(str(tmp_path / "file"))
 
 
 # ---------------------------------------------------------------------------- invalid arguments
 def test_query_dimension_and_model_mismatch():
     track_ids, vectors = random_catalogue(count=20, dim=8)
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, model={"name": "wavenet", "model_dir": "/runs/a"})
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, model={"name": "wavenet", "model_dir": "/runs/a"})
     with pytest.raises(ValueError, match=r"expected 8 \(embeddings of wavenet\), got 5"):
         index.search(queries=np.ones((2, 5)))
     with pytest.raises(ValueError, match="built from name='wavenet'.*name='rnn'"):
@@ -369,7 +370,7 @@ def test_query_dimension_and_model_mismatch():
 def test_invalid_construction(arguments, message):
     defaults = {"track_ids": [f"t{i}" for i in range(10)], "vectors": np.eye(10, 3) + 0.1}
     with pytest.raises(ValueError, match=message):
-        EmbeddingIndex(**{**defaults, **arguments})
+        FaissIndex(**{**defaults, **arguments})
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -383,7 +384,7 @@ def test_invalid_construction(arguments, message):
     ({"exclude_groups": [["g"], ["g"]]}, "needs 'group' metadata"),
 ])
 def test_invalid_search(arguments, message):
-    index = EmbeddingIndex(track_ids=[f"t{i}" for i in range(6)], vectors=np.eye(6, 4) + 0.1)
+    index = FaissIndex(track_ids=[f"t{i}" for i in range(6)], vectors=np.eye(6, 4) + 0.1)
     with pytest.raises(ValueError, match=message):
         index.search(**{"queries": np.ones((2, 4)), **arguments})
     with pytest.raises(ValueError, match="unknown track id 'zz'"):
@@ -464,7 +465,7 @@ def test_load_embeddings_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- CLI
 def test_build_cli_from_npz_stores_groups_and_answers_queries(tmp_path, capsys):
-    from musicsim import search
+    from musicsim.search import query as search
 
     write_npz(tmp_path / "e.npz", count=30)
     output = tmp_path / "index"
@@ -473,7 +474,7 @@ def test_build_cli_from_npz_stores_groups_and_answers_queries(tmp_path, capsys):
                  "--similarity=euclidean", f"--model_dir={run}", "--model=librosa"]) == 0
     summary = capsys.readouterr().out
     assert "30 tracks, dim 5, euclidean, exact, 3 groups, model librosa" in summary
-    index = EmbeddingIndex.load(str(output))
+    index = musicsim.index.open(str(output))
     assert index.model["model_dir"] == run and index.model["dim"] == 5 and index.group(track_id="id4") == "album1"
     config = json.loads((output / "config.json").read_text())
     assert config["similarity"] == "euclidean" and config["count"] == 30 and config["format"] == "musicsim.index"
@@ -481,7 +482,7 @@ def test_build_cli_from_npz_stores_groups_and_answers_queries(tmp_path, capsys):
                         "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert len(found) == 3 and all(r["group"] != "album1" for r in found)
-    assert main(["musicsim-index", "query", f"--index={output}", "--track_id=id4"]) == 2  # musicsim.search's
+    assert main(["musicsim-index", "query", f"--index={output}", "--track_id=id4"]) == 2  # musicsim.search.query's
     assert "expected a command, one of ['add', 'build', 'remove'], got 'query'" in capsys.readouterr().err
 
 
@@ -490,7 +491,7 @@ def test_build_cli_from_parquet_takes_model_name_and_approximate(tmp_path, capsy
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.parquet'}", f"--output={tmp_path / 'ix'}",
                  "--approximate=hnsw"]) == 0
     assert "100 tracks, dim 5, cosine, hnsw(M=32, efSearch=64), 0 groups, model wavenet" in capsys.readouterr().out
-    assert EmbeddingIndex.load(str(tmp_path / "ix")).metadata(track_id="id7")["duration_s"] == 7.0
+    assert musicsim.index.open(str(tmp_path / "ix")).metadata(track_id="id7")["duration_s"] == 7.0
     # a mismatching --model and a missing file are reported, not raised
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.parquet'}", f"--output={tmp_path / 'ix2'}",
                  "--model=rnn"]) == 2
@@ -527,7 +528,7 @@ def test_cli_help_and_module_entry_point(tmp_path, capsys):
     assert done.returncode == 2 and "--approximate=lsh" in done.stderr and not (tmp_path / "idx").exists()
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "6 tracks, dim 5, euclidean" in done.stdout
-    assert len(EmbeddingIndex.load(str(tmp_path / "idx"))) == 6
+    assert len(musicsim.index.open(str(tmp_path / "idx"))) == 6
 
 
 def test_the_export_writer_and_the_reader_agree(tmp_path):
@@ -567,7 +568,7 @@ def reranked_ranking(*, vectors: np.ndarray, settings, row: int, exclude_self: b
     return order, scores[order]
 
 
-def assert_track_queries_match_catalog_scores(index: EmbeddingIndex, *, track_ids: list[str], vectors: np.ndarray,
+def assert_track_queries_match_catalog_scores(index: FaissIndex, *, track_ids: list[str], vectors: np.ndarray,
                                               settings, exclude_self: bool = True) -> None:
     for row, track_id in enumerate(track_ids):
         expected_rows, expected_scores = reranked_ranking(vectors=vectors, settings=settings, row=row,
@@ -592,11 +593,11 @@ def test_a_reranking_index_ranks_track_queries_as_catalog_scores(setting, exclud
     vectors, _ = clustered_catalogue(count=40, dim=8, clusters=5, seed=3, spread=0.6)
     track_ids = [f"t{i:02d}" for i in range(len(vectors))]
     settings = rerank.parse_settings(setting)
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, rerank=settings)
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, rerank=settings)
     assert_track_queries_match_catalog_scores(index, track_ids=track_ids, vectors=vectors, settings=settings,
                                               exclude_self=exclude_self)
     # Re-ranking changes the ranking of this catalog: the check above is not plain cosine's.
-    plain = EmbeddingIndex(track_ids=track_ids, vectors=vectors)
+    plain = FaissIndex(track_ids=track_ids, vectors=vectors)
     assert any([t for t, _ in index.search_by_id(track_id=t, k=10)] != [t for t, _ in plain.search_by_id(track_id=t, k=10)]
                for t in track_ids)
     # The tracks' own vectors stay what the catalog map and playlists read; the augmented ones are searched.
@@ -611,7 +612,7 @@ def test_query_expansion_of_an_outside_query_and_turning_it_off():
     vectors, _ = clustered_catalogue(count=30, dim=6, clusters=4, seed=5, spread=0.6)
     track_ids = [f"t{i:02d}" for i in range(len(vectors))]
     settings = rerank.parse_settings("dba+aqe:k=3,alpha=3")
-    index = EmbeddingIndex(track_ids=track_ids, vectors=vectors, rerank=settings)
+    index = FaissIndex(track_ids=track_ids, vectors=vectors, rerank=settings)
     query = np.random.default_rng(9).standard_normal((2, 6)).astype(np.float32)
     catalog = rerank.augment_database(vectors=vectors, k=3, alpha=3.0)
     expanded = rerank.expand_queries(queries=query, catalog=catalog, k=3, alpha=3.0)
@@ -629,7 +630,7 @@ def test_add_and_remove_keep_the_catalog_scores_ranking(tmp_path, approximate):
     vectors, _ = clustered_catalogue(count=40, dim=8, clusters=5, seed=4, spread=0.6)
     track_ids = [f"t{i:02d}" for i in range(len(vectors))]
     settings = rerank.parse_settings("dba+aqe:k=3,alpha=3")
-    index = EmbeddingIndex(track_ids=track_ids[:28], vectors=vectors[:28], rerank=settings, approximate=approximate,
+    index = FaissIndex(track_ids=track_ids[:28], vectors=vectors[:28], rerank=settings, approximate=approximate,
                            ef_search=64)
     index.add(track_ids=track_ids[28:], vectors=vectors[28:])
     assert_track_queries_match_catalog_scores(index, track_ids=track_ids, vectors=vectors, settings=settings)
@@ -639,7 +640,7 @@ def test_add_and_remove_keep_the_catalog_scores_ranking(tmp_path, approximate):
     assert_track_queries_match_catalog_scores(index, track_ids=[track_ids[r] for r in kept], vectors=vectors[kept],
                                               settings=settings)
     index.save(str(tmp_path / "ix"))
-    loaded = EmbeddingIndex.load(str(tmp_path / "ix"))
+    loaded = musicsim.index.open(str(tmp_path / "ix"))
     assert loaded.rerank == settings and "rerank dba+aqe(k=3, alpha=3.0)" in loaded.summary()
     assert_track_queries_match_catalog_scores(loaded, track_ids=[track_ids[r] for r in kept], vectors=vectors[kept],
                                               settings=settings)
@@ -648,13 +649,13 @@ def test_add_and_remove_keep_the_catalog_scores_ranking(tmp_path, approximate):
 
 def test_an_index_saved_before_reranking_loads_as_none(tmp_path):
     track_ids, vectors = random_catalogue(count=20, dim=4)
-    EmbeddingIndex(track_ids=track_ids, vectors=vectors).save(str(tmp_path / "ix"))
+    FaissIndex(track_ids=track_ids, vectors=vectors).save(str(tmp_path / "ix"))
     config_path = tmp_path / "ix" / "config.json"
     config = json.loads(config_path.read_text())
     assert config["rerank"]["method"] == "none"
     del config["rerank"]  # what an index written before re-ranking holds
     config_path.write_text(json.dumps(config))
-    loaded = EmbeddingIndex.load(str(tmp_path / "ix"))
+    loaded = musicsim.index.open(str(tmp_path / "ix"))
     assert loaded.rerank.method == "none" and "rerank none" in loaded.summary()
     expected, _ = brute_force(vectors=loaded.vectors, queries=loaded.vectors[:1], similarity="cosine", k=5)
     assert [t for t, _ in loaded.search(queries=vectors[:1], k=5)[0]] == [track_ids[r] for r in expected[0]]
@@ -669,7 +670,7 @@ def test_indexes_refuse_reranking_they_cannot_apply(arguments, message):
 
     track_ids, vectors = random_catalogue(count=10, dim=4)
     with pytest.raises(ValueError, match=message):
-        EmbeddingIndex(track_ids=track_ids, vectors=vectors, similarity=arguments.get("similarity", "cosine"),
+        FaissIndex(track_ids=track_ids, vectors=vectors, similarity=arguments.get("similarity", "cosine"),
                        rerank=rerank.parse_settings(arguments["rerank_text"]))
 
 
@@ -710,10 +711,10 @@ def test_build_cli_auto_no_longer_serves_the_runs_eval_split_choice(tmp_path, ca
     base = ["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--model_dir={run}"]
     assert main(base + [f"--output={tmp_path / 'auto'}"]) == 0
     assert "rerank none" in capsys.readouterr().out
-    assert EmbeddingIndex.load(str(tmp_path / "auto")).rerank.method == "none"
+    assert musicsim.index.open(str(tmp_path / "auto")).rerank.method == "none"
     # Given explicitly, a setting is applied.
     assert main(base + [f"--output={tmp_path / 'given'}", "--rerank=dba+aqe:k=2,alpha=3"]) == 0
-    index = EmbeddingIndex.load(str(tmp_path / "given"))
+    index = musicsim.index.open(str(tmp_path / "given"))
     assert_track_queries_match_catalog_scores(index, track_ids=[f"id{i}" for i in range(30)], vectors=vectors,
                                               settings=rerank.parse_settings("dba+aqe:k=2,alpha=3"))
 
@@ -723,7 +724,7 @@ def test_auto_is_the_pretrained_engines_fixed_setting_and_it_standardises(tmp_pa
     import sys
 
     from musicsim import rerank
-    from musicsim.index import build_index_from_vectors, open_index
+    from musicsim.index import build_index_from_vectors
 
     weights = np.linspace(0.5, 2.0, 5)
     monkeypatch.setitem(sys.modules, "musicsim.models.pretrained_engine",
@@ -732,7 +733,7 @@ def test_auto_is_the_pretrained_engines_fixed_setting_and_it_standardises(tmp_pa
     ids = [f"t{i}" for i in range(30)]
     built = build_index_from_vectors(output=str(tmp_path / "idx"), track_ids=ids, vectors=vectors * 7 + 3,
                                      model={"name": "pretrained", "version": "v1"})
-    index = open_index(str(tmp_path / "idx"))
+    index = musicsim.index.open(str(tmp_path / "idx"))
     assert index.rerank == rerank.parse_settings(engine_rerank) == built.rerank
     assert index.standardise and np.allclose(index.dimension_weights, weights)
     # Another model: no re-ranking, no standardisation, whatever the engine says.
@@ -749,7 +750,7 @@ def test_reranking_tiny_catalogs_and_identical_tracks_match_catalog_scores(count
     vectors = np.concatenate([vectors, vectors[:1]])  # an identical copy of the first track
     track_ids = [f"t{i}" for i in range(len(vectors))]
     settings = rerank.parse_settings("dba+aqe:k=3,alpha=3")
-    index = EmbeddingIndex(track_ids=track_ids[:1], vectors=vectors[:1], rerank=settings)
+    index = FaissIndex(track_ids=track_ids[:1], vectors=vectors[:1], rerank=settings)
     assert index.search_by_id(track_id="t0", k=3, exclude_self=False)[0][0] == "t0"
     index.add(track_ids=track_ids[1:], vectors=vectors[1:])
     assert_track_queries_match_catalog_scores(index, track_ids=track_ids, vectors=vectors, settings=settings,

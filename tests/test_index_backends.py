@@ -1,4 +1,4 @@
-"""The same behaviour from every index backend: faiss (EmbeddingIndex) and Milvus (MilvusIndex on a
+"""The same behaviour from every index backend: faiss (FaissIndex) and Milvus (MilvusIndex on a
 Milvus Lite file). Exact search must agree with faiss, exclusions, updates and persistence must act
 alike, and bad input must get the same errors."""
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from musicsim import search as search_module
-from musicsim.index import EmbeddingIndex, IndexFileError, main
+from musicsim.search import query as search_module
+import musicsim.index
+from musicsim.index import FaissIndex, IndexFileError, main
 
 HAVE_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
 BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
@@ -29,9 +30,9 @@ def catalogue(*, count: int, dim: int, seed: int = 0, groups: int = 25) -> tuple
 
 
 def make_index(backend: str, folder, **arguments):
-    """An index of ``backend`` over ``arguments`` (EmbeddingIndex's); Milvus's lives in folder/milvus.db."""
+    """An index of ``backend`` over ``arguments`` (FaissIndex's); Milvus's lives in folder/milvus.db."""
     if backend == "faiss":
-        return EmbeddingIndex(**arguments)
+        return FaissIndex(**arguments)
     from musicsim.index.milvus import MilvusIndex
 
     return MilvusIndex(uri=str(folder / "milvus.db"), collection="tracks", **arguments)
@@ -55,7 +56,7 @@ def ids_of(results):
 def test_exact_search_gives_the_same_top_k_as_faiss(backend, similarity, tmp_path, opened):
     ids, vectors, groups = catalogue(count=3000, dim=16)
     queries = np.random.default_rng(1).standard_normal((20, 16)).astype(np.float32)
-    reference = EmbeddingIndex(track_ids=ids, vectors=vectors, similarity=similarity)
+    reference = FaissIndex(track_ids=ids, vectors=vectors, similarity=similarity)
     index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, similarity=similarity,
                        metadata={"group": groups})
     opened(index)
@@ -77,10 +78,10 @@ def test_ivf_takes_the_same_parameters_and_visiting_every_list_is_exact(backend,
     index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, approximate="ivf", nlist=8, nprobe=2)
     index.save(str(tmp_path / "idx"))
     index.close()
-    reopened = EmbeddingIndex.load(str(tmp_path / "idx"))  # Milvus Lite searches its IVF lists once reopened
+    reopened = musicsim.index.open(str(tmp_path / "idx"))  # Milvus Lite searches its IVF lists once reopened
     opened(reopened)
     assert (reopened.approximate, reopened.nlist, reopened.nprobe) == ("ivf", 8, 2)
-    exact = EmbeddingIndex(track_ids=ids, vectors=vectors).search(queries=queries, k=10)
+    exact = FaissIndex(track_ids=ids, vectors=vectors).search(queries=queries, k=10)
     assert ids_of(reopened.search(queries=queries, k=10, nprobe=8)) == ids_of(exact)
     narrow = ids_of(reopened.search(queries=queries, k=10, nprobe=1))
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(narrow, ids_of(exact))])
@@ -91,7 +92,7 @@ def test_ivf_takes_the_same_parameters_and_visiting_every_list_is_exact(backend,
 def test_exclusion_by_id_and_by_group(backend, tmp_path, opened):
     ids, vectors, groups = catalogue(count=500, dim=8, groups=10)
     groups[7] = None  # a track without a group is never excluded by a group
-    reference = EmbeddingIndex(track_ids=ids, vectors=vectors, metadata={"group": groups})
+    reference = FaissIndex(track_ids=ids, vectors=vectors, metadata={"group": groups})
     index = make_index(backend, tmp_path, track_ids=ids, vectors=vectors, metadata={"group": groups})
     opened(index)
     queries = vectors[[0, 1, 7]]
@@ -139,7 +140,7 @@ def test_a_saved_index_reopens_with_the_same_answers(backend, tmp_path, opened):
     index.close()
     config = json.loads((tmp_path / "idx" / "config.json").read_text())
     assert config["backend"] == backend and config["format"] == "musicsim.index"
-    reopened = EmbeddingIndex.load(str(tmp_path / "idx"))
+    reopened = musicsim.index.open(str(tmp_path / "idx"))
     opened(reopened)
     assert (type(reopened).__name__, reopened.backend) == (type(index).__name__, backend)
     assert (len(reopened), reopened.dim, reopened.similarity, reopened.model) == (600, 12, "euclidean", index.model)
@@ -202,7 +203,7 @@ def test_milvus_through_the_command_lines(tmp_path, capsys):
     assert search_module.main(["musicsim-search", f"--index={directory}", f"--track_id={ids[170]}", "-k", "5",
                                "--exclude_same_group", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
-    reference = EmbeddingIndex(track_ids=[t for t in ids if t != ids[160]],
+    reference = FaissIndex(track_ids=[t for t in ids if t != ids[160]],
                                vectors=np.delete(vectors, 160, axis=0),
                                metadata={"group": [g for i, g in enumerate(groups) if i != 160]})
     assert [r["track_id"] for r in results] == \
@@ -217,13 +218,13 @@ def test_a_second_process_on_a_milvus_lite_file_fails_clearly(tmp_path, opened):
     index = make_index("milvus", tmp_path, track_ids=ids, vectors=vectors)
     opened(index)
     index.save(str(tmp_path / "idx"))
-    code = ("import sys\nfrom musicsim.index import EmbeddingIndex\n"
-            "try:\n    EmbeddingIndex.load(sys.argv[1])\nexcept ValueError as error:\n    print(error)\n")
+    code = ("import sys\nimport musicsim.index\n"
+            "try:\n    musicsim.index.open(sys.argv[1])\nexcept ValueError as error:\n    print(error)\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True,
                           timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert "another process has it open (Milvus Lite allows one process at a time" in done.stdout, done.stderr
     index.close()  # frees the file: now the other process can open it
-    code = "import sys\nfrom musicsim.index import EmbeddingIndex\nprint(len(EmbeddingIndex.load(sys.argv[1])))\n"
+    code = "import sys\nimport musicsim.index\nprint(len(musicsim.index.open(sys.argv[1])))\n"
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "idx")], capture_output=True, text=True,
                           timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.stdout.strip() == "20", done.stderr
@@ -245,7 +246,7 @@ def test_milvus_index_errors(tmp_path, opened):
     config = json.loads((tmp_path / "idx" / "config.json").read_text())
     (tmp_path / "idx" / "config.json").write_text(json.dumps(dict(config, collection="gone")))
     with pytest.raises(IndexFileError, match="names the collection 'gone', which does not exist"):
-        EmbeddingIndex.load(str(tmp_path / "idx"))
+        musicsim.index.open(str(tmp_path / "idx"))
 
 
 def test_the_milvus_backend_refuses_reranking_with_exit_2(tmp_path, capsys):
@@ -259,7 +260,7 @@ def test_the_milvus_backend_refuses_reranking_with_exit_2(tmp_path, capsys):
     # The same file and setting make a re-ranking faiss index.
     assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={tmp_path / 'faiss'}",
                  "--rerank=dba+aqe:k=3"]) == 0
-    assert EmbeddingIndex.load(str(tmp_path / "faiss")).rerank.method == "dba+aqe"
+    assert musicsim.index.open(str(tmp_path / "faiss")).rerank.method == "dba+aqe"
 
 
 @needs_milvus

@@ -16,8 +16,9 @@ import pytest
 
 from conftest import write_fitted_model_config
 from musicsim import index as index_module
-from musicsim import search as search_module
-from musicsim.index import EmbeddingIndex, IndexFileError, load_embeddings, main, read_provenance
+from musicsim.search import query as search_module
+import musicsim.index
+from musicsim.index import FaissIndex, IndexFileError, load_embeddings, main, read_provenance
 
 
 def catalogue(*, count: int = 40, dim: int = 6, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -52,41 +53,41 @@ def test_build_refuses_a_folder_that_is_not_an_index_and_keeps_its_files(tmp_pat
     assert (tmp_path / "I" / "mine.txt").read_text() == "keep"
     # --overwrite allows it.
     assert main(["musicsim-index", "build", f"--embeddings={embeddings}", f"--output={folder}", "--overwrite"]) == 0
-    assert len(EmbeddingIndex.load(str(folder))) == len(ids) and not (folder / "notes.txt").exists()
+    assert len(musicsim.index.open(str(folder))) == len(ids) and not (folder / "notes.txt").exists()
 
 
 def test_build_replaces_its_own_index_and_an_empty_folder(tmp_path):
     ids, vectors = catalogue()
     (tmp_path / "empty").mkdir()
     for output in (tmp_path / "empty", tmp_path / "new"):
-        EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(output))
-        EmbeddingIndex(track_ids=ids[:5], vectors=vectors[:5]).save(str(output))  # its own index: replaced
-        assert len(EmbeddingIndex.load(str(output))) == 5
+        FaissIndex(track_ids=ids, vectors=vectors).save(str(output))
+        FaissIndex(track_ids=ids[:5], vectors=vectors[:5]).save(str(output))  # its own index: replaced
+        assert len(musicsim.index.open(str(output))) == 5
 
 
 def test_an_index_is_marked_as_ours_and_stays_replaceable_with_its_map_cache(tmp_path):
-    from musicsim.catalog_map import catalog_map
+    from musicsim.search.catalog_map import catalog_map
     from musicsim.owned import owned_kind, write_manifest
 
     ids, vectors = catalogue()
     directory = str(tmp_path / "idx")
-    EmbeddingIndex(track_ids=ids, vectors=vectors).save(directory)
+    FaissIndex(track_ids=ids, vectors=vectors).save(directory)
     assert owned_kind(directory) == "index"
     # A served index caches its map inside; the index is still its own to replace, and to add to.
-    catalog_map(index=EmbeddingIndex.load(directory), index_dir=directory)
+    catalog_map(index=musicsim.index.open(directory), index_dir=directory)
     assert any(name.startswith("map-pca-") for name in os.listdir(directory))
-    EmbeddingIndex(track_ids=ids[:5], vectors=vectors[:5]).save(directory)
-    assert len(EmbeddingIndex.load(directory)) == 5 and owned_kind(directory) == "index"
+    FaissIndex(track_ids=ids[:5], vectors=vectors[:5]).save(directory)
+    assert len(musicsim.index.open(directory)) == 5 and owned_kind(directory) == "index"
     # An index written before the manifest (config.json marked, no musicsim.json) is replaced too.
     os.remove(os.path.join(directory, "musicsim.json"))
-    EmbeddingIndex(track_ids=ids, vectors=vectors).save(directory)
-    assert len(EmbeddingIndex.load(directory)) == len(ids)
+    FaissIndex(track_ids=ids, vectors=vectors).save(directory)
+    assert len(musicsim.index.open(directory)) == len(ids)
     # Another kind of this project's folder is not an index.
     (tmp_path / "prepared").mkdir()
     (tmp_path / "prepared" / "tracks.csv").write_text("track_id\n")
     write_manifest(str(tmp_path / "prepared"), kind="dataset")
     with pytest.raises(IndexFileError, match="is not empty and is not an index"):
-        EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "prepared"))
+        FaissIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "prepared"))
     assert sorted(os.listdir(tmp_path / "prepared")) == ["musicsim.json", "tracks.csv"]
 
 
@@ -95,14 +96,14 @@ def test_save_never_deletes_a_backup_path_that_is_not_an_index(tmp_path):
     (tmp_path / "idx.bak").mkdir()
     (tmp_path / "idx.bak" / "photo.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(IndexFileError, match="idx.bak exists and is not an index"):
-        EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "idx"))
+        FaissIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "idx"))
     assert (tmp_path / "idx.bak" / "photo.jpg").exists()
 
 
 def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
     ids, vectors = catalogue()
     directory = tmp_path / "idx"
-    EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(directory))
+    FaissIndex(track_ids=ids, vectors=vectors).save(str(directory))
     # A save killed mid-write: a child process that is gone by now.
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(done.stdout)
@@ -113,7 +114,7 @@ def test_a_killed_save_leaves_temporaries_that_the_next_save_removes(tmp_path):
     alive.mkdir()
     unrelated = tmp_path / f"idx.tmp-{dead_pid}-notmine"  # not a name this code writes
     unrelated.mkdir()
-    EmbeddingIndex(track_ids=ids[:3], vectors=vectors[:3]).save(str(directory))
+    FaissIndex(track_ids=ids[:3], vectors=vectors[:3]).save(str(directory))
     assert sorted(os.listdir(tmp_path)) == sorted(["idx", alive.name, unrelated.name])
 
 
@@ -124,7 +125,7 @@ def test_a_save_killed_while_deleting_the_backup_never_blocks_the_next_save(tmp_
 
     ids, vectors = catalogue()
     directory = tmp_path / "idx"
-    EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(directory))
+    FaissIndex(track_ids=ids, vectors=vectors).save(str(directory))
     real_rmtree = storage.shutil.rmtree
 
     def killed_midway(path, *args, **kwargs):  # the manifest goes first, then the process dies
@@ -135,11 +136,11 @@ def test_a_save_killed_while_deleting_the_backup_never_blocks_the_next_save(tmp_
 
     monkeypatch.setattr(storage.shutil, "rmtree", killed_midway)
     with pytest.raises(KeyboardInterrupt):
-        EmbeddingIndex(track_ids=ids[:5], vectors=vectors[:5]).save(str(directory))
+        FaissIndex(track_ids=ids[:5], vectors=vectors[:5]).save(str(directory))
     monkeypatch.setattr(storage.shutil, "rmtree", real_rmtree)
-    assert len(EmbeddingIndex.load(str(directory))) == 5
-    EmbeddingIndex(track_ids=ids[:4], vectors=vectors[:4]).save(str(directory))
-    assert len(EmbeddingIndex.load(str(directory))) == 4
+    assert len(musicsim.index.open(str(directory))) == 5
+    FaissIndex(track_ids=ids[:4], vectors=vectors[:4]).save(str(directory))
+    assert len(musicsim.index.open(str(directory))) == 4
 
 
 # ---------------------------------------------------------------------------- damaged index files
@@ -193,11 +194,11 @@ def test_a_damaged_reranking_index_fails_on_load_naming_the_file(tmp_path, capsy
 
     ids, vectors = catalogue(count=40, dim=8)
     directory = tmp_path / "idx"
-    EmbeddingIndex(track_ids=ids, vectors=vectors, rerank=rerank.parse_settings("dba:k=2")).save(str(directory))
+    FaissIndex(track_ids=ids, vectors=vectors, rerank=rerank.parse_settings("dba:k=2")).save(str(directory))
     damage(directory)
     name = "config.json" if case == "unknown method" else "augmented_vectors.npy"
     with pytest.raises(IndexFileError, match=str(directory / name)):
-        EmbeddingIndex.load(str(directory))
+        musicsim.index.open(str(directory))
     assert search_module.main(["musicsim-search", f"--index={directory}", f"--track_id={ids[0]}"]) == 2
     assert name in capsys.readouterr().err
 
@@ -208,20 +209,20 @@ def test_a_damaged_reranking_index_fails_on_load_naming_the_file(tmp_path, capsy
 def test_a_damaged_index_fails_on_load_naming_the_file(tmp_path, capsys, case):
     ids, vectors = catalogue(count=200, dim=8)
     directory = tmp_path / "idx"
-    EmbeddingIndex(track_ids=ids, vectors=vectors, metadata={"group": [i % 5 for i in range(200)]},
+    FaissIndex(track_ids=ids, vectors=vectors, metadata={"group": [i % 5 for i in range(200)]},
                    approximate="ivf", nlist=4).save(str(directory))
     name = _damage(directory, case)
     with pytest.raises(IndexFileError, match=str(directory / name)):
-        EmbeddingIndex.load(str(directory))
+        musicsim.index.open(str(directory))
     assert search_module.main(["musicsim-search", f"--index={directory}", f"--track_id={ids[0]}"]) == 2
     assert f"error: " in (err := capsys.readouterr().err) and name in err and "Traceback" not in err
 
 
 def test_an_index_whose_model_makes_other_dimensions_is_refused(tmp_path):
     ids, vectors = catalogue()
-    EmbeddingIndex(track_ids=ids, vectors=vectors, model={"name": "mfcc", "dim": 40}).save(str(tmp_path / "i"))
+    FaissIndex(track_ids=ids, vectors=vectors, model={"name": "mfcc", "dim": 40}).save(str(tmp_path / "i"))
     with pytest.raises(IndexFileError, match="makes 40-d embeddings"):
-        EmbeddingIndex.load(str(tmp_path / "i"))
+        musicsim.index.open(str(tmp_path / "i"))
 
 
 # ---------------------------------------------------------------------------- embeddings files
@@ -269,7 +270,7 @@ def test_build_takes_the_run_from_the_npy_meta_file_and_checks_its_dimension(tmp
                                                       "similarity": "euclidean", "version": "1"}))
     assert read_provenance(str(tmp_path / "e.npy"))["model_dir"] == run
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx'}"]) == 0
-    index = EmbeddingIndex.load(str(tmp_path / "idx"))
+    index = musicsim.index.open(str(tmp_path / "idx"))
     assert (index.model["model_dir"], index.model["name"], index.similarity) == (run, "mfcc", "euclidean")
     other = write_fitted_model_config(tmp_path / "run40", name="mfcc", dim=40)
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npy'}", f"--output={tmp_path / 'idx2'}",
@@ -299,7 +300,7 @@ def test_build_refuses_a_run_of_another_model(tmp_path, capsys):
 # ---------------------------------------------------------------------------- diversity
 def test_diversity_reranking_memory_is_linear_in_the_candidates():
     ids, vectors = catalogue(count=3000, dim=8)
-    index = EmbeddingIndex(track_ids=ids, vectors=vectors, similarity="euclidean")
+    index = FaissIndex(track_ids=ids, vectors=vectors, similarity="euclidean")
     tracemalloc.start()
     try:
         results = index.search(queries=vectors[:1], k=3000, diversity=0.3)[0]
@@ -313,7 +314,7 @@ def test_diversity_reranking_memory_is_linear_in_the_candidates():
 
 def test_diversity_with_k_beyond_the_pool_cap_is_a_clear_error(tmp_path, capsys):
     ids, vectors = catalogue(count=index_module.MAX_DIVERSITY_POOL + 5, dim=4)
-    index = EmbeddingIndex(track_ids=ids, vectors=vectors)
+    index = FaissIndex(track_ids=ids, vectors=vectors)
     with pytest.raises(ValueError, match="diversity re-ranking returns at most"):
         index.search(queries=vectors[:1], k=1_000_000, diversity=0.3)
     # k beyond a small catalogue is fine: every track, diversified
@@ -333,7 +334,7 @@ def test_diversity_with_k_beyond_the_pool_cap_is_a_clear_error(tmp_path, capsys)
                                                 (["--no_such_flag"], "Unknown command line flag")])
 def test_search_cli_bad_parameters_exit_2(tmp_path, capsys, arguments, message):
     ids, vectors = catalogue()
-    EmbeddingIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "idx"))
+    FaissIndex(track_ids=ids, vectors=vectors).save(str(tmp_path / "idx"))
     if not any(a.startswith("--track_id") for a in arguments):
         arguments = [f"--track_id={ids[0]}", *arguments]
     assert search_module.main(["musicsim-search", f"--index={tmp_path / 'idx'}", *arguments]) == 2
@@ -352,15 +353,15 @@ def test_add_and_remove_commands(tmp_path, capsys):
     assert main(["musicsim-index", "build", f"--embeddings={first}", f"--output={directory}"]) == 0
     assert main(["musicsim-index", "add", f"--index={directory}", f"--embeddings={more}"]) == 2
     assert "5 track ids are already in the index" in capsys.readouterr().err
-    assert len(EmbeddingIndex.load(str(directory))) == 20  # nothing changed
+    assert len(musicsim.index.open(str(directory))) == 20  # nothing changed
     assert main(["musicsim-index", "add", f"--index={directory}", f"--embeddings={more}", "--replace"]) == 0
     assert "added 10, replaced 5" in capsys.readouterr().out
-    index = EmbeddingIndex.load(str(directory))
+    index = musicsim.index.open(str(directory))
     assert len(index) == 30
     np.testing.assert_allclose(index.vector(track_id=ids[16]), vectors[16] + 1.0)
     assert index.search(queries=vectors[25:26] + 1.0, k=1)[0][0][0] == ids[25]  # the new track is found
     assert main(["musicsim-index", "remove", f"--index={directory}", "--track_id", ids[25], ids[3]]) == 0
-    index = EmbeddingIndex.load(str(directory))
+    index = musicsim.index.open(str(directory))
     assert len(index) == 28 and ids[25] not in index and ids[3] not in index
     assert ids[25] not in [t for t, _ in index.search(queries=vectors[25:26] + 1.0, k=28)[0]]
     assert main(["musicsim-index", "remove", f"--index={directory}", "--track_id=nope"]) == 2
@@ -382,4 +383,4 @@ def test_add_refuses_another_model_or_dimension(tmp_path, capsys):
     wrong_dim = write_parquet(tmp_path / "c.parquet", track_ids=["n2"], vectors=np.ones((1, 3), np.float32))
     assert main(["musicsim-index", "add", f"--index={tmp_path / 'idx'}", f"--embeddings={wrong_dim}"]) == 2
     assert "dimension mismatch" in capsys.readouterr().err
-    assert len(EmbeddingIndex.load(str(tmp_path / "idx"))) == 10
+    assert len(musicsim.index.open(str(tmp_path / "idx"))) == 10

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from musicsim.index import FaissIndex, IndexLockedError, index_lock, open_index
+import musicsim.index
+from musicsim.index import FaissIndex, IndexLockedError, index_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -83,7 +84,7 @@ def test_a_writer_is_refused_with_exit_2_naming_the_holder_or_waits_for_it(catal
         assert refused.returncode == 2, refused.stderr
         assert "'holder-under-test'" in refused.stderr and f"pid {holder.pid}" in refused.stderr
         assert "Traceback" not in refused.stderr and "--wait" in refused.stderr
-        assert set(open_index(catalog["index"]).track_ids) == expected_ids([])  # nothing written
+        assert set(musicsim.index.open(catalog["index"]).track_ids) == expected_ids([])  # nothing written
         waiting = start(writes(catalog)[command] + ["--wait"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and waiting.poll() is None:
@@ -94,7 +95,7 @@ def test_a_writer_is_refused_with_exit_2_naming_the_holder_or_waits_for_it(catal
     finally:
         holder.communicate(input="", timeout=60)  # releases the lock
     assert waiting.wait(timeout=120) == 0, waiting.stderr.read()
-    assert set(open_index(catalog["index"]).track_ids) == expected_ids([command])
+    assert set(musicsim.index.open(catalog["index"]).track_ids) == expected_ids([command])
 
 
 @pytest.mark.parametrize("pair", [("add", "add_other"), ("add", "remove"), ("remove", "add_other")])
@@ -110,7 +111,7 @@ def test_two_writers_at_once_lose_nothing(catalog, pair, wait):
             assert not wait and ("is being written by 'musicsim.index" in err
                                  or "is being written by another process" in err), err
     assert applied, outcomes
-    assert set(open_index(catalog["index"]).track_ids) == expected_ids(applied)
+    assert set(musicsim.index.open(catalog["index"]).track_ids) == expected_ids(applied)
     if wait:
         assert applied == list(pair)
 
@@ -126,7 +127,7 @@ def test_a_kill_9d_holders_lock_is_taken_over(catalog):
         pass
     done = subprocess.run(writes(catalog)["add"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert set(open_index(catalog["index"]).track_ids) == expected_ids(["add"])
+    assert set(musicsim.index.open(catalog["index"]).track_ids) == expected_ids(["add"])
 
 
 def test_the_lock_is_a_sibling_so_a_new_index_folder_can_be_made_under_it(tmp_path):

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from musicsim.index import FaissIndex, IndexFileError, open_index
+import musicsim.index
+from musicsim.index import FaissIndex, IndexFileError
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pymilvus") is None
                                 or importlib.util.find_spec("milvus_lite") is None, reason="no Milvus Lite")
@@ -47,7 +48,7 @@ def run_cli(*arguments: str, traced: bool = False) -> subprocess.CompletedProces
 def collections(uri: str, names: list[str]) -> dict[str, int]:
     """The row count of each of ``names`` that is a collection of the Milvus Lite file (milvus-lite 3.2.2 cannot
     list its collections)."""
-    from musicsim.index.milvus import connect, disconnect
+    from musicsim.index.milvus_client import connect, disconnect
 
     client = connect(uri=uri)
     try:
@@ -58,7 +59,7 @@ def collections(uri: str, names: list[str]) -> dict[str, int]:
 
 
 def top_ids(index_dir: str, query: np.ndarray) -> list[str]:
-    index = open_index(index_dir)
+    index = musicsim.index.open(index_dir)
     try:
         return [t for t, _ in index.search(queries=index.prepare_query(query[None]), k=5)[0]]
     finally:
@@ -114,8 +115,8 @@ def test_a_folder_whose_collection_does_not_match_its_config_fails_on_load(tmp_p
     message = "does not exist" if damage == "collection dropped" else \
         f"says the collection 'music' at {tmp_path / 'm.db'} holds 30 tracks, but it holds {26 if 'deleted' in damage else 31}"
     with pytest.raises(IndexFileError, match=message):
-        open_index(str(tmp_path / "idx"))
-    searched = subprocess.run([sys.executable, "-m", "musicsim.search", f"--index={tmp_path / 'idx'}",
+        musicsim.index.open(str(tmp_path / "idx"))
+    searched = subprocess.run([sys.executable, "-m", "musicsim.search.query", f"--index={tmp_path / 'idx'}",
                                f"--track_id={ids[5]}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert searched.returncode == 2 and searched.stdout == ""
     assert len(searched.stderr.splitlines()) == 1
@@ -123,7 +124,7 @@ def test_a_folder_whose_collection_does_not_match_its_config_fails_on_load(tmp_p
 
 
 def test_the_catalog_vectors_of_milvus_are_the_faiss_ones_in_track_order(tmp_path):
-    from musicsim import catalog_map
+    from musicsim.search import catalog_map
     from musicsim.index.milvus import MilvusIndex
 
     ids, vectors = write_embeddings(tmp_path / "e.npz", count=300)
@@ -151,8 +152,8 @@ def test_builds_adds_and_lock_conflicts_say_one_clear_line(tmp_path):
                       ["add", f"--index={folder}", f"--embeddings={tmp_path / 'b.npz'}"]):
         done = run_cli(*arguments)
         assert done.returncode == 0 and done.stderr == "", done.stderr
-    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom musicsim.index import open_index\n"
-                               "index = open_index(sys.argv[1]); print('open', flush=True); sys.stdin.read()", folder],
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nimport musicsim.index\n"
+                               "index = musicsim.index.open(sys.argv[1]); print('open', flush=True); sys.stdin.read()", folder],
                               cwd=ROOT, env=ENV, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline().strip() == "open"
@@ -176,7 +177,7 @@ def test_a_standardising_milvus_index_writes_a_new_collection_and_drops_the_old_
     index.save(str(tmp_path / "idx"))
     assert not index._client.has_collection("music")
     index.close()
-    reopened = open_index(str(tmp_path / "idx"))
+    reopened = musicsim.index.open(str(tmp_path / "idx"))
     try:
         reference = FaissIndex(track_ids=ids, vectors=vectors, standardise=True)
         assert [t for t, _ in reopened.search_by_id(track_id=ids[7], k=8)] == \

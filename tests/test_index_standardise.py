@@ -10,8 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from musicsim import search as search_module
-from musicsim.index import FaissIndex, IndexFileError, open_index, read_version
+from musicsim.search import query as search_module
+import musicsim.index
+from musicsim.index import FaissIndex, IndexFileError, read_version
 from test_index_backends import make_index, opened  # noqa: F401 - opened is a fixture
 
 HAVE_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
@@ -83,7 +84,7 @@ def test_search_ranks_by_the_catalogs_own_standardisation_through_add_and_remove
     check(list(range(50, 120)))
     index.save(str(tmp_path / "idx"))
     index.close()
-    reopened = open_index(str(tmp_path / "idx"))
+    reopened = musicsim.index.open(str(tmp_path / "idx"))
     opened(reopened)
     assert reopened.standardise and len(reopened) == 70
     index = reopened
@@ -132,7 +133,7 @@ def test_an_index_saved_before_standardisation_loads_without_it(tmp_path):
     for key in ("standardise", "dimension_weights", "version", "generation"):
         config.pop(key)
     config_path.write_text(json.dumps(config))
-    index = open_index(str(tmp_path / "idx"))
+    index = musicsim.index.open(str(tmp_path / "idx"))
     assert not index.standardise and index.version == 0 and read_version(str(tmp_path / "idx")) == 0
     index.save(str(tmp_path / "idx"))
     assert read_version(str(tmp_path / "idx")) == 1
@@ -144,15 +145,15 @@ def test_a_damaged_standardising_index_fails_on_load_naming_the_file(tmp_path):
     assert not (tmp_path / "idx" / "vectors.npy").exists()
     np.save(tmp_path / "idx" / "raw_vectors.npy", vectors[:5])
     with pytest.raises(IndexFileError, match="raw_vectors.npy holds float32 \\(5, 4\\)"):
-        open_index(str(tmp_path / "idx"))
+        musicsim.index.open(str(tmp_path / "idx"))
     config_path = tmp_path / "idx" / "config.json"
     config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), dimension_weights=[1, 2])))
     with pytest.raises(IndexFileError, match="config.json: bad 'dimension_weights'"):
-        open_index(str(tmp_path / "idx"))
+        musicsim.index.open(str(tmp_path / "idx"))
 
 
 def test_a_file_query_of_the_search_command_uses_the_catalogs_statistics(tmp_path, monkeypatch):
-    """musicsim.search embeds the file, then prepare_query: the same ranking as searching the catalog's
+    """musicsim.search.query embeds the file, then prepare_query: the same ranking as searching the catalog's
     standardised copy of the raw vector."""
     ids, vectors = skewed_catalogue(count=40, dim=5, seed=7)
     index = FaissIndex(track_ids=ids, vectors=vectors, similarity="cosine", standardise=True,
@@ -185,7 +186,7 @@ def test_tag_columns_are_stored_and_returned_per_track(backend, tmp_path, opened
     opened(index)
     index.save(str(tmp_path / "idx"))
     index.close()
-    reopened = open_index(str(tmp_path / "idx"))
+    reopened = musicsim.index.open(str(tmp_path / "idx"))
     opened(reopened)
     for row, track_id in enumerate(ids):
         assert reopened.metadata(track_id=track_id) == {column: values[row] for column, values in TAGS.items()}
@@ -211,7 +212,7 @@ def test_every_save_bumps_the_version_that_read_version_reads_from_config_alone(
             index.add(track_ids=[ids[4 + expected]], vectors=vectors[4 + expected:5 + expected])
     assert len(generations) == 3
     index.close()
-    reopened = open_index(folder)
+    reopened = musicsim.index.open(folder)
     opened(reopened)
     assert reopened.version == 3
     if backend == "faiss":  # read_version needs config.json only
@@ -225,12 +226,12 @@ def test_the_scans_files_in_an_index_folder_survive_every_write(tmp_path):
     FaissIndex(track_ids=ids[:5], vectors=vectors[:5], standardise=True).save(str(folder))
     (folder / "scan-state.json").write_text('{"files": {}}')
     (folder / "scan-report.json").write_text('{"skipped": []}')
-    index = open_index(str(folder))
+    index = musicsim.index.open(str(folder))
     index.add(track_ids=ids[5:], vectors=vectors[5:], replace=True)
     index.save(str(folder))
     assert (folder / "scan-state.json").read_text() == '{"files": {}}'
     assert (folder / "scan-report.json").read_text() == '{"skipped": []}'
-    assert len(open_index(str(folder))) == 10
+    assert len(musicsim.index.open(str(folder))) == 10
 
 
 @pytest.mark.parametrize("flag, expected", [([], False), (["--standardise"], True), (["--nostandardise"], False)])
@@ -242,7 +243,7 @@ def test_build_command_standardise_flag(tmp_path, capsys, flag, expected):
     assert main(["musicsim-index", "build", f"--embeddings={tmp_path / 'e.npz'}", f"--output={tmp_path / 'idx'}",
                  "--model=mfcc", *flag]) == 0
     assert ("standardised" in capsys.readouterr().out) == expected
-    index = open_index(str(tmp_path / "idx"))
+    index = musicsim.index.open(str(tmp_path / "idx"))
     assert index.standardise == expected
     np.testing.assert_allclose(index.raw_vector(track_id=ids[0]),
                                vectors[0] if expected else vectors[0] / np.linalg.norm(vectors[0]), rtol=1e-6)
@@ -256,11 +257,11 @@ def test_a_backend_is_added_by_its_class_and_one_registry_line(tmp_path, monkeyp
         backend = "memory"
         reranks = False
 
-    monkeypatch.setitem(registry.BACKEND_CLASSES, "memory", MemoryIndex)
+    monkeypatch.setitem(registry.BACKENDS, "memory", MemoryIndex)
     ids, vectors = skewed_catalogue(count=12, dim=4, seed=12)
     build_index_from_vectors(output=str(tmp_path / "idx"), track_ids=ids, vectors=vectors, backend="memory")
     assert json.loads((tmp_path / "idx" / "config.json").read_text())["backend"] == "memory"
-    index = open_index(str(tmp_path / "idx"))
+    index = musicsim.index.open(str(tmp_path / "idx"))
     assert type(index) is MemoryIndex and len(index) == 12
     with pytest.raises(ValueError, match="the memory backend does not re-rank"):
         build_index_from_vectors(output=str(tmp_path / "b"), track_ids=ids, vectors=vectors, backend="memory",

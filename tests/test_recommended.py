@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from experiments import recommended
+import musicsim.index
 from musicsim.dataset import read_catalog
 from musicsim.rundir import RunDir
 
@@ -21,14 +22,13 @@ def built(synthetic_dataset, tmp_path_factory) -> tuple[str, str]:
 
 
 def test_the_engine_is_scored_and_its_whole_catalog_indexed_standardised(built, synthetic_dataset):
-    from musicsim.index import open_index
     from musicsim.models import pretrained_engine
 
     output, model_dir = built
     results = RunDir(model_dir).results()
     assert results["model"] == "pretrained"
     assert set(results["test"]) >= {"catalog_mAP", "PC"}
-    index = open_index(os.path.join(model_dir, "index"))
+    index = musicsim.index.open(os.path.join(model_dir, "index"))
     assert sorted(index.track_ids) == sorted(entry.track_id for entry in read_catalog(synthetic_dataset))
     # The index standardises over its catalog with the engine's block weights, and re-ranks as the engine says.
     assert index.standardise

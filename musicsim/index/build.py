@@ -28,10 +28,12 @@ import numpy as np
 
 from musicsim import rerank as reranking
 from musicsim.similarity import SIMILARITIES
-from musicsim.index.backends import IndexBackend, check_index_rerank
+from musicsim.index import registry
+from musicsim.index.backends import IndexBackend
 from musicsim.index.embeddings_io import load_embeddings, read_provenance, run_embedding_dim, run_similarity
-from musicsim.index.registry import backend_class, open_index
+from musicsim.index.registry import backend_class
 from musicsim.index.storage import check_output_directory
+from musicsim.index.vectors import check_index_rerank
 from musicsim.rundir import read_run_info
 
 # The engine whose index standardises over its catalog and re-ranks as it says, by default.
@@ -64,7 +66,7 @@ def model_rerank(*, model: dict[str, Any]) -> reranking.RerankSettings:
     if model.get("name") != PRETRAINED_ENGINE:
         return reranking.RerankSettings()
     try:
-        from musicsim.models.pretrained_engine import ENGINE_RERANK
+        from musicsim.models.pretrained_engine import ENGINE_RERANK  # why here: it imports TensorFlow
     except ImportError:  # an installation without the engine's module
         return reranking.RerankSettings()
     return reranking.parse_settings(ENGINE_RERANK)
@@ -79,11 +81,12 @@ def resolve_rerank(*, option: reranking.RerankSettings | None, model: dict[str, 
     it cannot apply (a euclidean or milvus index) is warned about and replaced by none, so ``auto`` never
     makes a build fail.
     """
+    reranks = backend_class(backend).reranks
     if option is not None:
-        return check_index_rerank(settings=option, similarity=similarity, backend=backend)
+        return check_index_rerank(settings=option, similarity=similarity, backend=backend, reranks=reranks)
     fixed = model_rerank(model=model)
     try:
-        return check_index_rerank(settings=fixed, similarity=similarity, backend=backend)
+        return check_index_rerank(settings=fixed, similarity=similarity, backend=backend, reranks=reranks)
     except ValueError as error:
         warnings.warn(f"the {model.get('name')} engine re-ranks with {fixed.to_json()}, which this index cannot "
                       f"apply ({error}); building it without re-ranking")
@@ -97,7 +100,7 @@ def engine_dimension_weights(*, model: dict[str, Any], dim: int) -> np.ndarray |
     if model.get("name") != PRETRAINED_ENGINE:
         return None
     try:
-        from musicsim.models.pretrained_engine import raw_engine
+        from musicsim.models.pretrained_engine import raw_engine  # why here: it imports TensorFlow
     except ImportError:
         return None
     weights = np.asarray(raw_engine().dimension_weights(), dtype=np.float64)
@@ -284,7 +287,7 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
     replaced : int
         Tracks that were in the index already.
     """
-    index = open_index(index_dir)
+    index = registry.open(index_dir)
     track_ids, vectors, metadata, model = _read_with_model(embeddings=embeddings, model_dir=model_dir,
                                                            model_name=None)
     for key in ("name", "model_dir"):
@@ -309,7 +312,7 @@ def add_to_index(*, index_dir: str, embeddings: str, replace: bool = False,
 def remove_from_index(*, index_dir: str, track_ids: Sequence[str]) -> IndexBackend:
     """Remove tracks from a saved index and save it again (atomically); unknown ids raise ValueError.
     The index keeps its re-ranking; with ``dba`` the augmentation is recomputed over the whole catalog."""
-    index = open_index(index_dir)
+    index = registry.open(index_dir)
     try:
         index.remove(track_ids=track_ids)
         index.save(index_dir)

@@ -1,4 +1,4 @@
-"""The index command line, and the absl flag handling the search-side commands share.
+"""The index command line.
 
     python -m musicsim.index build --embeddings=FILE --output=DIR [--similarity=cosine]
         [--approximate=ivf|hnsw] [--model_dir=RUN] [--model=NAME] [--overwrite]
@@ -12,10 +12,10 @@
 One writer at a time: each command holds DIR's lock (``musicsim.index.lock``) while it writes; when
 another writer holds it, the command exits 2 naming that writer, or with ``--wait`` says it waits and
 waits for it.
-Queries are ``python -m musicsim.search``'s.
+Queries are ``python -m musicsim.search.query``'s.
 
-Each command keeps its flags in a ``FlagValues`` of its own: ``experiments.run`` defines flags of
-the same names (``--similarity``, ``--model_dir``) on absl's global ``FLAGS``, and both are imported
+The command keeps its flags in a ``FlagValues`` of its own (parsed by ``musicsim.cli``, the command-line
+plumbing every command shares): ``experiments.run`` defines flags of the same names (``--similarity``, ``--model_dir``) on absl's global ``FLAGS``, and both are imported
 into one process by the demo and the tests.
 """
 from __future__ import annotations
@@ -26,11 +26,12 @@ from typing import NoReturn, Sequence
 
 from absl import flags
 
-# The parse helpers every command shares live in musicsim.cli (musicsim.search and serve import them from here too).
-from musicsim.cli import parse_command_line, run_command, usage_error
+from musicsim.cli import parse_subcommand, run_command, usage_error
+from musicsim.index.build import add_to_index, build_index, remove_from_index
+from musicsim.index.lock import index_lock
+from musicsim.index.registry import BACKENDS, LEGACY_BACKEND
+from musicsim.index.vectors import APPROXIMATE_KINDS
 from musicsim.similarity import SIMILARITIES
-from musicsim.index.backends import APPROXIMATE_KINDS
-from musicsim.index.registry import BACKEND_CLASSES
 
 USAGE = ("usage: python -m musicsim.index build --embeddings=FILE --output=DIR [...]\n"
          "       python -m musicsim.index add --index=DIR --embeddings=FILE [--replace]\n"
@@ -50,7 +51,9 @@ flags.DEFINE_string("model_dir", None, "build, add: the run the embeddings come 
 flags.DEFINE_string("model", None, "build: the model name, if the embeddings file does not say.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "build: replace --output even if it is a folder that holds no index (and, "
                   "for milvus, an existing --collection).", flag_values=FLAGS)
-flags.DEFINE_enum("backend", "faiss", list(BACKEND_CLASSES), "build: where the vectors live.", flag_values=FLAGS)
+# A string checked against the table when the command runs (build_index), so a backend added to it later is taken.
+flags.DEFINE_string("backend", LEGACY_BACKEND, f"build: where the vectors live, one of {', '.join(BACKENDS)}.",
+                    flag_values=FLAGS)
 flags.DEFINE_string("uri", None, "build, milvus: a PATH.db Milvus Lite file, or http://host:19530.",
                     flag_values=FLAGS)
 flags.DEFINE_string("collection", None, "build, milvus: the collection to create.", flag_values=FLAGS)
@@ -79,25 +82,13 @@ COMMAND_FLAGS = {
 def main(argv: Sequence[str]) -> int:
     """``python -m musicsim.index COMMAND ...`` (``argv`` program name first); returns the exit status
     (2 on a usage or input error)."""
-    from musicsim.index.build import add_to_index, build_index, remove_from_index
-    from musicsim.index.lock import index_lock
-
-    positional = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE, positional=True)
-    if isinstance(positional, int):
-        return positional
-    command, extra = (positional[0], positional[1:]) if positional else (None, [])
-    if command not in COMMAND_FLAGS:
-        return usage_error(f"expected a command, one of {sorted(COMMAND_FLAGS)}, got {command!r}", usage=USAGE)
-    required, optional = COMMAND_FLAGS[command]
-    given = {name for name in FLAGS if FLAGS[name].present}
-    missing, foreign = sorted(required - given), sorted(given - required - optional)
-    if extra and command != "remove":  # remove --track_id A B C: the ids after the first
-        foreign.append(f"arguments {extra}")
-    if missing or foreign:
-        problems = ([f"{command} needs --{', --'.join(missing)}"] if missing else []) + (
-            [f"{command} does not take {', '.join(f if f.startswith('arguments') else '--' + f for f in foreign)}"]
-            if foreign else [])
-        return usage_error("; ".join(problems), usage=USAGE)
+    parsed = parse_subcommand(FLAGS, argv, doc=__doc__, usage=USAGE, commands=COMMAND_FLAGS,
+                              extra_arguments=frozenset({"remove"}))  # remove --track_id A B C: the ids after the first
+    if isinstance(parsed, int):
+        return parsed
+    command, extra = parsed
+    if command == "build" and FLAGS.backend not in BACKENDS:  # before the lock is taken
+        return usage_error(f"flag --backend={FLAGS.backend}: value should be one of <{'|'.join(BACKENDS)}>", usage=USAGE)
     index_dir = FLAGS.output if command == "build" else FLAGS.index
     try:
         with index_lock(index_dir, wait=FLAGS.wait, command=f"musicsim.index {command}"):

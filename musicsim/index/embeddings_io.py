@@ -20,9 +20,11 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from musicsim.similarity import SIMILARITIES
-from musicsim.index.backends import _as_str_list, id_defects
+from musicsim.index.vectors import as_str_list, id_defects
 from musicsim.rundir import FITTED_CONFIG_FILE, RunDir
 
 IDS_SUFFIX = ".ids.json"
@@ -61,9 +63,6 @@ def embedding_file_writers(*, parquet: str, npy: str, track_ids: Sequence[str], 
     dict of str to callable
         ``{destination: write(path)}``: each writes one file's content to ``path``.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     matrix = np.asarray(vectors, dtype=np.float32)
     if matrix.ndim != 2 or len(matrix) != len(track_ids):
         raise ValueError(f"embeddings must be [N, D] with N = {len(track_ids)} track ids, got shape {matrix.shape}")
@@ -144,7 +143,7 @@ def load_embeddings(path: str) -> tuple[list[str], np.ndarray, dict[str, list[An
 def _label_strings(values: np.ndarray, *, path: str, name: str) -> list[str]:
     if values.ndim != 1:
         raise ValueError(f"{path}: {name} must be one label string per track (shape [N]), got shape {values.shape}")
-    return _as_str_list(values.tolist())
+    return as_str_list(values.tolist())
 
 
 def _load_npz(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
@@ -152,7 +151,7 @@ def _load_npz(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
         missing = [name for name in ("track_ids", "embeddings") if name not in archive.files]
         if missing:
             raise ValueError(f"{path}: missing arrays {missing} (has {sorted(archive.files)})")
-        track_ids = _as_str_list(archive["track_ids"].tolist())
+        track_ids = as_str_list(archive["track_ids"].tolist())
         vectors = archive["embeddings"]
         metadata: dict[str, list[Any]] = {}
         if "paths" in archive.files:
@@ -175,7 +174,6 @@ def _load_npz(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
 
 
 def _load_parquet(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]]]:
-    import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     missing = [name for name in ("track_id", "embedding") if name not in table.column_names]
@@ -185,7 +183,7 @@ def _load_parquet(path: str) -> tuple[list[str], np.ndarray, dict[str, list[Any]
     nulls = [row for row, value in enumerate(raw_ids) if value is None]
     if nulls:
         raise ValueError(f"{path}: {len(nulls)} rows have a null track_id (first at row {nulls[0]})")
-    track_ids = _as_str_list(raw_ids)
+    track_ids = as_str_list(raw_ids)
     column = table.column("embedding").combine_chunks()
     if column.null_count:
         raise ValueError(f"{path}: {column.null_count} rows have no embedding")
@@ -267,8 +265,6 @@ def read_provenance(path: str) -> dict[str, str | None]:
     found: dict[str, Any] = {}
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         try:
             schema_metadata = pq.read_schema(path).metadata or {}
         except Exception as error:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
@@ -316,7 +312,7 @@ def run_embedding_dim(*, model_dir: str) -> int:
     Read from ``fitted_model.json``, else the header of the run's ``embeddings.npz``, else the
     run's recorded hyperparameters through its embedder.
     """
-    from musicsim.embedder import load_embedder
+    from musicsim.embedder import load_embedder  # why here: it imports TensorFlow, which only this fallback needs
 
     dim = _fitted_model_entry(model_dir=model_dir, key="dim")
     if isinstance(dim, int) and not isinstance(dim, bool):

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
-from musicsim.index.backends import IndexFileError
+from musicsim.index.errors import IndexFileError
 from musicsim.workers import process_alive
 
 LOCK_SUFFIX = ".lock"

@@ -25,159 +25,42 @@ standardised with are kept client-side, in config.json. Because every searched v
 the statistics, ``add`` and ``remove`` of a standardising index write the whole catalog into a new
 collection (read back from ``raw``) that ``save`` switches to, as above: O(N) per write.
 
-Milvus Lite and grpc log harmless internals at ERROR with tracebacks (grpc's Python server logs
-``AllocTimestamp``, which milvus-lite does not implement and pymilvus calls after creating an index;
-milvus-lite's server manager logs the ``DataDirLockedError`` that ``connect`` reports in one line);
-``_silence_known_noise`` drops exactly those records.
-
 Milvus Lite searches the rows inserted since it was opened by brute force, one call at a time
 (about 0.6 s per query at 20k rows), and builds the IVF / HNSW index of flushed rows in the
-background; an index opened again (``open_index``, e.g. the next command) searches the
+background; an index opened again (``musicsim.index.open``, e.g. the next command) searches the
 indexed rows (tens of ms). Reloading the collection in the process that flushed it races that
 background build in milvus-lite 3.2.2 (``LoadCollection failed: No data left in file``), so it is
 not done here.
+
+The connection (``connect`` / ``disconnect``, pymilvus's log noise) and the collection's schema are
+``musicsim.index.milvus_client``'s.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import logging
 import os
 import re
 import uuid
-from collections import Counter
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from musicsim.index import storage
+from musicsim.index.backends import IndexBackend
+from musicsim.index.errors import IndexFileError
+from musicsim.index.milvus_client import (collection_fields, collection_problem, connect, create_collection, disconnect,
+                                          is_local_uri, milvus_list, quiet_pymilvus)
+from musicsim.index.vectors import (APPROXIMATE_KINDS, Result, as_group_set, catalog_statistics,
+                                    check_dimension_weights, default_nlist, default_nprobe,
+                                    maximal_marginal_relevance, similarities_to, standardised_rows)
 from musicsim.similarity import SIMILARITIES
-from musicsim.index.backends import (APPROXIMATE_KINDS, IndexBackend, IndexFileError, Result,
-                                     default_nlist, default_nprobe, catalog_statistics, check_dimension_weights,
-                                     _as_group_set, maximal_marginal_relevance, similarities_to, standardised_rows)
 
 # Milvus answers at most this many results per query (its topk limit).
 MAX_RESULTS = 16_384
-MAX_STRING_LENGTH = 65_535
 INSERT_BATCH = 2_000  # rows per insert call: well under the 64 MB gRPC message limit at D <= 2048
 FILTER_BATCH = 1_000  # ids per "in [...]" lookup
-FIELDS = ("track_id", "vector", "group", "path", "model", "model_dir", "extra", "raw")
 # A collection that replaces another is named BASE__g<8 hex> (see the module docstring).
 GENERATION_PATTERN = re.compile(r"__g[0-9a-f]{8}$")
-REMOTE_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
-# Open MilvusIndex objects per Milvus Lite file in this process: the embedded server (and the file's
-# lock) is released when the last one closes, so that another process can open the file.
-_LITE_USERS: Counter = Counter()
-
-
-def is_local_uri(uri: str) -> bool:
-    """True for a Milvus Lite file path, False for a server URI."""
-    return not uri.startswith(REMOTE_SCHEMES)
-
-
-def milvus_string(value: str) -> str:
-    """``value`` as a double-quoted Milvus filter literal (backslash, quote, newline, CR and tab escaped)."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-               .replace("\t", "\\t"))
-    return f'"{escaped}"'
-
-
-def milvus_list(values: Iterable[str]) -> str:
-    return "[" + ", ".join(milvus_string(v) for v in values) + "]"
-
-
-@contextlib.contextmanager
-def _quiet_pymilvus() -> Iterator[None]:
-    """pymilvus logs every failed call at ERROR (and iterators at WARNING); errors reach the caller
-    as exceptions with their reason, so the log lines only repeat them."""
-    logger = logging.getLogger("pymilvus")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-class _KnownNoise(logging.Filter):
-    """Drops the log records of one logger whose exception is of ``error_type`` and whose text holds ``text``."""
-
-    def __init__(self, *, error_type: str, text: str) -> None:
-        super().__init__()
-        self.error_type, self.text = error_type, text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if error is not None:
-            return not (type(error).__name__ == self.error_type and self.text in str(error))
-        return self.text not in record.getMessage()
-
-
-_NOISE = {
-    # grpc's in-process server (milvus-lite) logs the traceback of every unimplemented method pymilvus calls:
-    # AllocTimestamp, after each index creation, although the call's failure is handled.
-    "grpc._server": _KnownNoise(error_type="NotImplementedError", text="Method not implemented"),
-    # milvus-lite logs the lock conflict with its traceback before pymilvus raises it; connect() says it in one line.
-    "milvus_lite.server_manager": _KnownNoise(error_type="DataDirLockedError", text="another process holds the lock"),
-    # pymilvus logs a failed connection before raising it; connect() reports it.
-    "pymilvus.milvus_client._utils": _KnownNoise(error_type="", text="Failed to create new connection"),
-}
-
-
-def _silence_known_noise() -> None:
-    """Install the filters of ``_NOISE`` (once): each drops one known, handled error's log records only."""
-    for name, noise_filter in _NOISE.items():
-        logger = logging.getLogger(name)
-        if noise_filter not in logger.filters:
-            logger.addFilter(noise_filter)
-
-
-def _lite_file_locked(path: str) -> bool:
-    """Whether another process holds Milvus Lite's lock on the data directory ``path``."""
-    lock_path = os.path.join(path, "LOCK")
-    if not os.path.isfile(lock_path):
-        return False
-    with open(lock_path, "a") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    return False
-
-
-def connect(*, uri: str) -> Any:
-    """A ``pymilvus.MilvusClient`` for ``uri``.
-
-    Raises
-    ------
-    IndexFileError
-        If pymilvus is missing, a local path does not end in ``.db``, another process holds the
-        Milvus Lite file, or the server cannot be reached.
-    """
-    try:
-        from pymilvus import MilvusClient
-    except ImportError as error:
-        raise IndexFileError("the milvus backend needs pymilvus (and milvus-lite for a local file): "
-                             f"{error}") from error
-    _silence_known_noise()
-    if is_local_uri(uri):
-        if not uri.endswith(".db"):
-            raise IndexFileError(f"a Milvus Lite file path must end in .db, got {uri!r} (or give http://host:19530)")
-        uri = os.path.abspath(uri)
-        os.makedirs(os.path.dirname(uri), exist_ok=True)
-    try:
-        with _quiet_pymilvus():
-            client = MilvusClient(uri=uri)
-        if is_local_uri(uri):
-            _LITE_USERS[uri] += 1
-        return client
-    except Exception as error:  # noqa: BLE001 - pymilvus raises several unrelated types here
-        if is_local_uri(uri) and _lite_file_locked(uri):
-            raise IndexFileError(f"cannot open the Milvus Lite file {uri}: another process has it open "
-                                 "(Milvus Lite allows one process at a time on a file)") from error
-        raise IndexFileError(f"cannot open Milvus at {uri}: {error}") from error
 
 
 class MilvusIndex(IndexBackend):
@@ -246,7 +129,7 @@ class MilvusIndex(IndexBackend):
         self._has_raw_field = True  # collections made before standardisation existed lack it
         self._catalog: tuple[list[str], np.ndarray] | None = None  # (ids, vectors) read back, until a write
         self._client = connect(uri=self.uri)
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             if self._client.has_collection(collection):
                 if not overwrite:
                     self.close()
@@ -280,26 +163,9 @@ class MilvusIndex(IndexBackend):
             self._insert(ids, raw, columns)
 
     def _create_collection(self) -> None:
-        from pymilvus import DataType
-
-        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("track_id", DataType.VARCHAR, is_primary=True, max_length=MAX_STRING_LENGTH)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dim)
-        for name in ("group", "path", "model", "model_dir"):
-            schema.add_field(name, DataType.VARCHAR, max_length=MAX_STRING_LENGTH, nullable=True)
-        schema.add_field("extra", DataType.JSON, nullable=True)
-        schema.add_field("raw", DataType.JSON, nullable=True)  # the raw vector, when the index standardises
-        index_type, build = {"ivf": ("IVF_FLAT", {"nlist": int(self.nlist or 1)}),
-                             "hnsw": ("HNSW", {"M": self.hnsw_m, "efConstruction": self.ef_construction})
-                             }.get(self.approximate, ("FLAT", {}))
-        if build and is_local_uri(self.uri):
-            # pymilvus 2.5 sends each build parameter as its own key; milvus-lite 3.2 reads only a
-            # "params" key (and would silently build 128 IVF lists instead of nlist).
-            build = dict(build, params=dict(build))
-        index_params = self._client.prepare_index_params()
-        index_params.add_index(field_name="vector", index_type=index_type, metric_type=self._metric, params=build)
-        self._client.create_collection(self.collection, schema=schema, index_params=index_params,
-                                       consistency_level="Strong")
+        create_collection(self._client, name=self.collection, uri=self.uri, dim=self._dim, metric=self._metric,
+                          approximate=self.approximate, nlist=self.nlist, hnsw_m=self.hnsw_m,
+                          ef_construction=self.ef_construction)
 
     def _insert(self, ids: list[str], matrix: np.ndarray, columns: dict[str, list[Any]],
                 raw: np.ndarray | None = None) -> None:
@@ -318,14 +184,14 @@ class MilvusIndex(IndexBackend):
                              "model_dir": None if model_dir is None else str(model_dir),
                              "extra": json.loads(json.dumps(extra, default=str)) if extra else None,
                              **({"raw": None if raw is None else raw[row].tolist()} if self._has_raw_field else {})})
-            with _quiet_pymilvus():
+            with quiet_pymilvus():
                 self._client.insert(self.collection, rows)
         self._count += len(ids)
         self._catalog = None
 
     def _get(self, ids: Sequence[str], *, fields: Sequence[str]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             for start in range(0, len(ids), FILTER_BATCH):
                 found.extend(self._client.get(self.collection, ids=list(ids[start:start + FILTER_BATCH]),
                                               output_fields=list(fields)))
@@ -341,7 +207,7 @@ class MilvusIndex(IndexBackend):
         return rows[0]
 
     def _count_rows(self) -> int:
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             answer = self._client.query(self.collection, filter="", output_fields=["count(*)"])
         return int(answer[0]["count(*)"])
 
@@ -355,7 +221,7 @@ class MilvusIndex(IndexBackend):
     def _scan(self, *, fields: Sequence[str]) -> list[dict[str, Any]]:
         """Every row of the collection with ``fields`` (in Milvus's primary-key order)."""
         rows: list[dict[str, Any]] = []
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             iterator = self._client.query_iterator(self.collection, batch_size=5_000, filter="",
                                                    output_fields=list(fields))
             try:
@@ -412,7 +278,7 @@ class MilvusIndex(IndexBackend):
             return None
         wanted = os.path.realpath(path)
         spellings = sorted({path, os.path.abspath(path), wanted})
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             rows = self._client.query(self.collection, filter=f"path in {milvus_list(spellings)}",
                                       output_fields=["track_id", "path"])
         for row in rows:
@@ -431,10 +297,10 @@ class MilvusIndex(IndexBackend):
     # ------------------------------------------------------------------ search
     def _filter_expression(self, *, exclude_ids: Any, exclude_groups: Any) -> str:
         clauses = []
-        ids = sorted(str(t) for t in _as_group_set(exclude_ids))
+        ids = sorted(str(t) for t in as_group_set(exclude_ids))
         if ids:
             clauses.append(f"track_id not in {milvus_list(ids)}")
-        groups = sorted(str(g) for g in _as_group_set(exclude_groups) if g is not None)
+        groups = sorted(str(g) for g in as_group_set(exclude_groups) if g is not None)
         if groups:
             clauses.append(f"(group is null or group not in {milvus_list(groups)})")
         return " and ".join(clauses)
@@ -477,7 +343,7 @@ class MilvusIndex(IndexBackend):
         # Queries with the same filter (typically none) go to Milvus in one call.
         for expression in dict.fromkeys(expressions):
             members = [q for q, e in enumerate(expressions) if e == expression]
-            with _quiet_pymilvus():
+            with quiet_pymilvus():
                 answers = self._client.search(self.collection, data=[matrix[q] for q in members], limit=target,
                                               filter=expression, output_fields=["vector"], search_params=params)
             for q, hits in zip(members, answers):
@@ -539,7 +405,7 @@ class MilvusIndex(IndexBackend):
             columns[name] = stored + list(added_columns.get(name, [None] * len(added_ids)))
         previous = self.collection
         self.collection = self._new_generation_name()
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             self._create_collection()
         self._has_raw_field = True
         self._count = 0
@@ -559,7 +425,7 @@ class MilvusIndex(IndexBackend):
         if self.standardise:
             self._rewrite(removed=set(ids), added_ids=[], added_raw=None, added_columns={})
             return
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             for start in range(0, len(ids), FILTER_BATCH):
                 self._client.delete(self.collection, ids=ids[start:start + FILTER_BATCH])
         self._count -= len(ids)
@@ -618,7 +484,7 @@ class MilvusIndex(IndexBackend):
         if is_local_uri(self.uri) and os.path.commonpath([directory, self.uri]) == directory:
             raise IndexFileError(f"cannot save the index to {directory}: its Milvus Lite file {self.uri} lies "
                                  "inside it; keep the .db file outside the index directory")
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             self._client.flush(self.collection)  # the rows on disk before the directory names them
 
         def write_files(temp: str, version: int) -> None:
@@ -627,7 +493,7 @@ class MilvusIndex(IndexBackend):
         self.version = storage.save_index_directory(directory=directory, overwrite=overwrite,
                                                     write_files=write_files)
         # Only now that the folder names self.collection may the collections it replaced go.
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             for name in self._superseded:
                 if name != self.collection and self._client.has_collection(name):
                     self._client.drop_collection(name)
@@ -635,7 +501,8 @@ class MilvusIndex(IndexBackend):
 
     @classmethod
     def open_directory(cls, *, source: str, config: Mapping[str, Any]) -> "MilvusIndex":
-        """The index of the folder ``source`` whose config.json is ``config`` (``open_index`` calls this)."""
+        """The index of the folder ``source`` whose config.json is ``config`` (``musicsim.index.open`` calls
+        this)."""
         return cls.open(config=config, config_path=os.path.join(source, storage.CONFIG_FILE))
 
     @classmethod
@@ -681,22 +548,18 @@ class MilvusIndex(IndexBackend):
                                      f"({error})") from None
         index._superseded, index._catalog = [], None
         index._client = connect(uri=index.uri)
-        with _quiet_pymilvus():
+        with quiet_pymilvus():
             if not index._client.has_collection(index.collection):
                 index.close()
                 raise IndexFileError(f"index file {config_path} names the collection {index.collection!r}, which "
                                      f"does not exist at {index.uri}")
-            fields = {f["name"]: f for f in index._client.describe_collection(index.collection)["fields"]}
-            stored_dim = (fields.get("vector") or {}).get("params", {}).get("dim")
-            if stored_dim is None or int(stored_dim) != index._dim or "track_id" not in fields:
+            fields = collection_fields(index._client, name=index.collection)
+            problem = collection_problem(fields, name=index.collection, uri=index.uri, dim=index._dim,
+                                         standardise=index.standardise)
+            if problem:
                 index.close()
-                raise IndexFileError(f"index file {config_path}: the collection {index.collection!r} at {index.uri} "
-                                     f"holds {stored_dim}-d vectors, the index {index._dim}-d ones")
+                raise IndexFileError(f"index file {config_path}: {problem}")
             index._has_raw_field = "raw" in fields
-            if index.standardise and not index._has_raw_field:
-                index.close()
-                raise IndexFileError(f"index file {config_path}: a standardising index, but the collection "
-                                     f"{index.collection!r} keeps no raw vectors")
             index._client.load_collection(index.collection)
         index._count = index._count_rows()
         expected = config.get("count")
@@ -725,27 +588,3 @@ def _collection_named_by(*, output: str, uri: str) -> str | None:
     same_uri = config.get("uri") == (os.path.abspath(uri) if is_local_uri(uri) else uri)
     name = config.get("collection")
     return name if config.get("backend") == MilvusIndex.backend and same_uri and isinstance(name, str) else None
-
-
-def disconnect(*, client: Any, uri: str) -> None:
-    """Close a client of ``connect``; for Milvus Lite, the last one of a file in this process stops its embedded
-    server, which frees the file for other processes.
-
-    pymilvus shares one connection between the clients of one address: closing it while another index of
-    this process still uses the file would break that index (``ConnectionNotExistException``), so only the
-    file's last client closes it.
-    """
-    if not is_local_uri(uri):
-        with _quiet_pymilvus():
-            client.close()
-        return
-    uri = os.path.abspath(uri)
-    _LITE_USERS[uri] -= 1
-    if _LITE_USERS[uri] > 0:
-        return
-    del _LITE_USERS[uri]
-    with _quiet_pymilvus():
-        client.close()
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_server(uri)

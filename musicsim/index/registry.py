@@ -1,8 +1,11 @@
-"""The index backends by name, and the one way to open an index directory.
+"""The table of index backends by name, and the one way to open an index directory.
 
-``BACKEND_CLASSES`` maps each backend name config.json may record to its class (``backends.BACKENDS``
-names the built-in ones); ``open_index(DIR)`` reads DIR's config.json and lets that class open it. Build, storage and
-the command line look backends up here rather than branching on their names.
+``BACKENDS`` maps each backend name config.json may record to its class; ``open(DIR)`` (``musicsim.index.open``)
+reads DIR's config.json and lets that class open it. Building (``build``), the command line (``cli``) and every
+reader look backends up here, never by branching on their names.
+
+A new backend: its module (an ``IndexBackend`` subclass with ``backend``, ``open_directory`` and, when it keeps its
+vectors elsewhere, ``check_location`` / ``create``; see ``musicsim.index.backends``) and one line in ``BACKENDS``.
 """
 from __future__ import annotations
 
@@ -10,23 +13,24 @@ import os
 
 from musicsim.index import storage
 from musicsim.index.backends import IndexBackend
+from musicsim.index.errors import IndexFileError
 from musicsim.index.faiss_index import FaissIndex
 from musicsim.index.milvus import MilvusIndex
 
-# A new backend: its module (an IndexBackend subclass with ``backend``, ``open_directory`` and, when it keeps its
-# vectors elsewhere, ``check_location`` / ``create``) and one line here.
-BACKEND_CLASSES: dict[str, type[IndexBackend]] = {"faiss": FaissIndex, "milvus": MilvusIndex}
+BACKENDS: dict[str, type[IndexBackend]] = {"faiss": FaissIndex, "milvus": MilvusIndex}
+# The backend of an index saved before config.json named one.
+LEGACY_BACKEND = "faiss"
 
 
 def backend_class(name: str) -> type[IndexBackend]:
     """The class of backend ``name``; ValueError naming the known ones otherwise."""
     try:
-        return BACKEND_CLASSES[name]
+        return BACKENDS[name]
     except KeyError:
-        raise ValueError(f"backend must be one of {tuple(BACKEND_CLASSES)}, got {name!r}") from None
+        raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}") from None
 
 
-def open_index(directory: str) -> IndexBackend:
+def open(directory: str) -> IndexBackend:  # noqa: A001 - musicsim.index.open(DIR), the package's entry
     """Open the index saved in ``directory``, of whichever backend its config.json names (an index saved
     before backends existed is a faiss one). Falls back to ``directory + '.bak'`` when a save was
     interrupted between its two renames.
@@ -36,12 +40,16 @@ def open_index(directory: str) -> IndexBackend:
     FileNotFoundError
         If there is no index at ``directory``.
     IndexFileError
-        If a file of the index is missing, damaged or inconsistent, or (Milvus) its collection does not
-        match its config.json (the message names the file and why).
+        If config.json names a backend ``BACKENDS`` lacks, or a file of the index is missing, damaged or
+        inconsistent, or (Milvus) its collection does not match its config.json (the message names the file
+        and why).
     """
     source, config = storage.read_config(directory)
-    cls = BACKEND_CLASSES[config.get("backend", "faiss")]  # read_config refused unknown names
-    return cls.open_directory(source=source, config=config)
+    name = config.get("backend", LEGACY_BACKEND)
+    if name not in BACKENDS:
+        raise IndexFileError(f"{os.path.join(source, storage.CONFIG_FILE)}: unknown backend {name!r} (this code has "
+                             f"{tuple(BACKENDS)})")
+    return BACKENDS[name].open_directory(source=source, config=config)
 
 
-__all__ = ["BACKEND_CLASSES", "backend_class", "open_index"]
+__all__ = ["BACKENDS", "LEGACY_BACKEND", "backend_class", "open"]

@@ -17,15 +17,12 @@ Catalog maps cached in the directory (``MAP_CACHE_NAME``) go with it; the librar
 (``CARRIED_FILES``) are carried over into each new version of the directory.
 ``read_version(DIR)`` reads the version from config.json alone (a server polls it to notice writes). A directory is saved
 atomically (written into a sibling temp directory, then swapped in; the previous version is kept at
-``DIR.bak`` during the swap, and ``read_config`` falls back to it). ``read_faiss_files`` checks every
-file (counts, dimensions, finite unit vectors, the faiss index) and raises ``IndexFileError`` naming
-the one at fault.
+``DIR.bak`` during the swap, and ``read_config`` falls back to it). The faiss backend's own files are
+written and checked by ``musicsim.index.faiss_files``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import os
 import re
 import shutil
@@ -33,18 +30,12 @@ import uuid
 import warnings
 from typing import Any, Callable
 
-# faiss's loader logs each CPU variant it could not load at INFO; under absl's INFO logging (experiments.run)
-# that printed three ModuleNotFoundError lines on every index build.
-logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
-from musicsim.index.backends import (APPROXIMATE_KINDS, IndexFileError,  # noqa: E402
-                                     check_dimension_weights, check_index_rerank)
-from musicsim.owned import MANIFEST_NAME, NotOurFolderError, check_replaceable, write_manifest  # noqa: E402
-from musicsim.rerank import RerankSettings, settings_from_json  # noqa: E402
-from musicsim.similarity import SIMILARITIES  # noqa: E402
-from musicsim.workers import process_alive  # noqa: E402
+from musicsim.index.errors import IndexFileError
+from musicsim.index.vectors import check_dimension_weights
+from musicsim.owned import MANIFEST_NAME, NotOurFolderError, check_replaceable, write_manifest
+from musicsim.workers import process_alive
 
 FORMAT_VERSION = 1
 # config.json's "format" entry: marks a directory as this project's index, the only kind a save replaces.
@@ -66,14 +57,12 @@ INDEX_FILES = frozenset({CONFIG_FILE, TRACKS_FILE, VECTORS_FILE, RAW_VECTORS_FIL
                          FAISS_FILE, MANIFEST_NAME, *CARRIED_FILES})
 # The kind of folder musicsim.owned's manifest records for an index directory.
 INDEX_KIND = "index"
-# Catalog maps cached in an index directory by its readers (musicsim.catalog_map): derived from the
+# Catalog maps cached in an index directory by its readers (musicsim.search.catalog_map): derived from the
 # index, they are part of it and go with it when it is replaced.
 MAP_CACHE_NAME = "map-{method}-{digest}.npy"
 MAP_CACHE_PATTERN = re.compile(r"map-[a-z]+-[0-9a-f]{16}\.npy")
 # Temporary directories of save(): DIR.tmp-<pid>-<8 hex>.
 TEMP_PATTERN = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}$")
-# Stored cosine vectors are unit length; a norm further from 1 than this means a damaged vectors.npy.
-UNIT_NORM_TOLERANCE = 1e-3
 
 
 def _is_derived_cache(name: str) -> bool:
@@ -266,7 +255,7 @@ def read_standardisation(config: dict[str, Any], *, config_path: str, dim: int) 
     return standardise, weights
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def read_json(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
             payload = json.load(f)
@@ -302,7 +291,8 @@ def read_config(directory: str) -> tuple[str, dict[str, Any]]:
     FileNotFoundError
         If there is no index at ``directory``.
     IndexFileError
-        If config.json cannot be read, is of another format version or names an unknown backend.
+        If config.json cannot be read or is of another format version (``musicsim.index.open`` refuses a
+        backend the table does not hold).
     """
     directory = os.path.abspath(directory)
     source = directory
@@ -315,175 +305,8 @@ def read_config(directory: str) -> tuple[str, dict[str, Any]]:
         else:
             raise FileNotFoundError(f"no index at {directory} (no {CONFIG_FILE}, and no backup {backup})")
     config_path = os.path.join(source, CONFIG_FILE)
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if config.get("format_version") != FORMAT_VERSION:
         raise IndexFileError(f"{config_path}: format_version {config.get('format_version')!r}, "
                              f"this code reads {FORMAT_VERSION}")
-    from musicsim.index.registry import BACKEND_CLASSES  # the registry imports this module
-
-    if config.get("backend", "faiss") not in BACKEND_CLASSES:
-        raise IndexFileError(f"{config_path}: unknown backend {config.get('backend')!r} (this code has "
-                             f"{tuple(BACKEND_CLASSES)})")
     return source, config
-
-
-@dataclasses.dataclass
-class FaissFiles:
-    """The validated content of a faiss index directory.
-
-    ``vectors`` is [N, D] float32, the tracks' own; ``searched_vectors`` [N, D] the augmented ones of
-    an index that re-ranks with dba (None otherwise); ``rerank`` what config.json records (an index
-    written before re-ranking existed records nothing: none); ``labels`` [N] int64 and ``faiss_index`` are None when the
-    directory holds no trained approximate index (it is then rebuilt from the vectors).
-    """
-
-    similarity: str
-    approximate: str | None
-    model: dict[str, Any]
-    settings: dict[str, int | None]  # nlist, nprobe, hnsw_m, ef_construction, ef_search, ..., next_label
-    track_ids: list[str]
-    metadata: dict[str, list[Any]]
-    vectors: np.ndarray
-    rerank: RerankSettings = RerankSettings()
-    searched_vectors: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    faiss_index: faiss.Index | None = None
-    # Catalog standardisation: ``vectors`` are then the raw vectors (raw_vectors.npy), not unit ones.
-    standardise: bool = False
-    dimension_weights: np.ndarray | None = None
-    version: int = 0
-
-
-def write_faiss_files(directory: str, *, config: dict[str, Any], track_ids: list[str],
-                      metadata: dict[str, list[Any]], vectors: np.ndarray, labels: np.ndarray | None,
-                      faiss_index: faiss.Index | None, searched_vectors: np.ndarray | None = None) -> None:
-    """Write a faiss index's files into ``directory`` (config.json last: it marks a complete directory).
-
-    ``labels`` and ``faiss_index`` are written only when both are given (an approximate index);
-    ``searched_vectors`` [N, D] (the augmented vectors of a dba index) only when given. ``vectors``
-    go to raw_vectors.npy when ``config['standardise']`` (the raw vectors), else to vectors.npy.
-    """
-    vectors_file = RAW_VECTORS_FILE if config.get("standardise") else VECTORS_FILE
-    for name, array in ((vectors_file, vectors), (AUGMENTED_FILE, searched_vectors)):
-        if array is None:
-            continue
-        with open(os.path.join(directory, name), "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-    if labels is not None and faiss_index is not None:
-        np.save(os.path.join(directory, LABELS_FILE), labels)
-        faiss.write_index(faiss_index, os.path.join(directory, FAISS_FILE))
-    write_json_synced(os.path.join(directory, TRACKS_FILE), {"track_ids": track_ids, "metadata": metadata})
-    write_json_synced(os.path.join(directory, CONFIG_FILE), config)
-
-
-def read_faiss_files(directory: str, *, config: dict[str, Any]) -> FaissFiles:
-    """Read and validate the files of one faiss index directory (whose config.json is ``config``).
-
-    Any defect is an IndexFileError naming the file: a damaged index must fail on load, not answer
-    nan scores.
-    """
-    def path_of(name: str) -> str:
-        return os.path.join(directory, name)
-
-    def entry(payload: dict[str, Any], name: str, key: str, kinds: tuple[type, ...]) -> Any:
-        if key not in payload:
-            raise IndexFileError(f"index file {path_of(name)} has no {key!r} entry")
-        value = payload[key]
-        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
-            raise IndexFileError(f"index file {path_of(name)}: {key!r} is {value!r}, "
-                                 f"expected {' or '.join(k.__name__ for k in kinds)}")
-        return value
-
-    def read_array(name: str) -> np.ndarray:
-        try:
-            return np.load(path_of(name), allow_pickle=False)
-        except Exception as error:  # noqa: BLE001 - numpy raises EOFError, ValueError, OSError, ...
-            raise IndexFileError(f"cannot read index file {path_of(name)}: "
-                                 f"{type(error).__name__}: {error}") from error
-
-    similarity = entry(config, CONFIG_FILE, "similarity", (str,))
-    approximate = entry(config, CONFIG_FILE, "approximate", (str, type(None)))
-    if similarity not in SIMILARITIES or approximate not in (None,) + APPROXIMATE_KINDS:
-        raise IndexFileError(f"{path_of(CONFIG_FILE)}: unknown similarity {similarity!r} or approximate "
-                             f"{approximate!r}")
-    count = entry(config, CONFIG_FILE, "count", (int,))
-    dim = entry(config, CONFIG_FILE, "dim", (int,))
-    if count < 0 or dim < 1:
-        raise IndexFileError(f"{path_of(CONFIG_FILE)}: count {count} and dim {dim} are not valid")
-    integer_or_none = (int, type(None))
-    settings = {key: entry(config, CONFIG_FILE, key, kinds) for key, kinds in (
-        ("nlist", integer_or_none), ("nprobe", integer_or_none), ("hnsw_m", (int,)),
-        ("ef_construction", (int,)), ("ef_search", (int,)), ("training_points_per_list", (int,)),
-        ("seed", (int,)), ("next_label", (int,)))}
-    model = config.get("model") or {}
-    if not isinstance(model, dict):
-        raise IndexFileError(f"{path_of(CONFIG_FILE)}: 'model' is {model!r}, expected an object")
-    model_dim = model.get("dim")
-    if model_dim is not None and model_dim != dim:
-        raise IndexFileError(f"{path_of(CONFIG_FILE)}: dim {dim} but its model makes {model_dim}-d embeddings")
-
-    tracks = _read_json(path_of(TRACKS_FILE))
-    ids = entry(tracks, TRACKS_FILE, "track_ids", (list,))
-    metadata = entry(tracks, TRACKS_FILE, "metadata", (dict,))
-    if len(ids) != count:
-        raise IndexFileError(f"{path_of(TRACKS_FILE)} has {len(ids)} track ids, {CONFIG_FILE} says {count}")
-    if not all(isinstance(t, str) and t for t in ids) or len(set(ids)) != len(ids):
-        raise IndexFileError(f"{path_of(TRACKS_FILE)}: track ids must be unique non-empty strings")
-    for column, values in metadata.items():
-        if not isinstance(values, list) or len(values) != count:
-            raise IndexFileError(f"{path_of(TRACKS_FILE)}: metadata column {column!r} is not a list of "
-                                 f"{count} values")
-
-    standardise, dimension_weights = read_standardisation(config, config_path=path_of(CONFIG_FILE), dim=dim)
-    vectors_file = RAW_VECTORS_FILE if standardise else VECTORS_FILE
-    vectors = read_array(vectors_file)
-    if vectors.shape != (count, dim) or vectors.dtype != np.float32:
-        raise IndexFileError(f"{path_of(vectors_file)} holds {vectors.dtype} {vectors.shape}, "
-                             f"{CONFIG_FILE} says float32 ({count}, {dim})")
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        raise IndexFileError(f"{path_of(vectors_file)} is damaged: {int(np.sum(~finite))} rows have "
-                             f"non-finite values (first: track {ids[int(np.argmin(finite))]!r})")
-    if similarity == "cosine" and count and not standardise:
-        off = np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > UNIT_NORM_TOLERANCE
-        if off.any():
-            raise IndexFileError(f"{path_of(VECTORS_FILE)} is damaged: {int(np.sum(off))} rows of a cosine "
-                                 f"index are not unit vectors (first: track {ids[int(np.argmax(off))]!r})")
-    try:
-        rerank = settings_from_json(config.get("rerank"))
-        check_index_rerank(settings=rerank, similarity=similarity, backend="faiss")
-    except (TypeError, ValueError) as error:
-        raise IndexFileError(f"{path_of(CONFIG_FILE)}: bad 'rerank' entry {config.get('rerank')!r}: {error}") from None
-    searched = None
-    if rerank.method in ("dba", "dba+aqe"):
-        searched = read_array(AUGMENTED_FILE)
-        if (searched.shape != (count, dim) or searched.dtype != np.float32 or not np.isfinite(searched).all()
-                or (count and np.any(np.abs(np.linalg.norm(searched, axis=1) - 1.0) > UNIT_NORM_TOLERANCE))):
-            raise IndexFileError(f"{path_of(AUGMENTED_FILE)} is damaged: expected {count} finite unit float32 "
-                                 f"rows of dimension {dim}, got {searched.dtype} {searched.shape}")
-        searched = np.ascontiguousarray(searched)
-    files = FaissFiles(similarity=similarity, approximate=approximate, model=dict(model), settings=settings,
-                       track_ids=list(ids), metadata={c: list(v) for c, v in metadata.items()},
-                       vectors=np.ascontiguousarray(vectors, dtype=np.float32), rerank=rerank,
-                       searched_vectors=searched, standardise=standardise, dimension_weights=dimension_weights,
-                       version=read_version_entry(config, config_path=path_of(CONFIG_FILE)))
-
-    faiss_path = path_of(FAISS_FILE)
-    if approximate is not None and os.path.exists(faiss_path):
-        labels = read_array(LABELS_FILE)
-        if labels.shape != (count,) or labels.dtype != np.int64 or (count > 1 and np.any(np.diff(labels) <= 0)):
-            raise IndexFileError(f"{path_of(LABELS_FILE)} holds {labels.dtype} {labels.shape}, expected "
-                                 f"{count} increasing int64 labels")
-        if count and (labels[0] < 0 or labels[-1] >= settings["next_label"]):
-            raise IndexFileError(f"{path_of(LABELS_FILE)}: labels outside [0, next_label)")
-        try:
-            stored = faiss.read_index(faiss_path)
-        except RuntimeError as error:
-            raise IndexFileError(f"cannot read index file {faiss_path}: {str(error).splitlines()[0]}") from error
-        if stored.ntotal != count or stored.d != dim:
-            raise IndexFileError(f"{faiss_path} holds {stored.ntotal} vectors of dimension {stored.d}, "
-                                 f"expected {count} of dimension {dim}")
-        files.labels, files.faiss_index = labels, stored
-    return files
