@@ -16,7 +16,8 @@ import pytest
 
 from musicsim.search import query as search_module
 import musicsim.index
-from musicsim.index import FaissIndex, IndexFileError, main
+from musicsim.index import FaissIndex, IndexBackend, IndexFileError, main, registry, storage
+from musicsim.index.vectors import as_group_set, similarities_to
 
 HAVE_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
 BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
@@ -275,3 +276,154 @@ def test_closing_one_milvus_index_leaves_another_on_the_same_file_working(tmp_pa
     opened(second)
     first.close()
     assert ids_of(second.search(queries=vectors[:1], k=3))[0][0] == ids[0]
+
+
+# ---------------------------------------------------------------------- a backend added by a test
+class BruteForceIndex(IndexBackend):
+    """A whole backend in one class, as a new backend's module would hold it: exact search by a numpy matrix
+    product, its vectors and tracks in the index folder (vectors.npy, tracks.json, config.json). Added to the
+    table by one line (``registry.BACKENDS["brute"] = BruteForceIndex``), nothing else."""
+
+    backend = "brute"
+    searches = 0  # searches answered by this class, so a test sees the table was used
+
+    def __init__(self, *, track_ids, vectors, similarity="cosine", metadata=None, model=None, approximate=None,
+                 standardise=False, dimension_weights=None):
+        if approximate is not None or standardise or dimension_weights is not None:
+            raise ValueError("the brute backend searches exactly and does not standardise")
+        self.similarity, self.approximate, self.model = similarity, None, dict(model or {})
+        self._ids = self._check_ids(track_ids, name="track_ids")
+        self._vectors = self._check_vectors(vectors, count=len(self._ids), dim=None, name="vectors", ids=self._ids)
+        self._dim = int(self._vectors.shape[1])
+        self._metadata = self._check_metadata(metadata, count=len(self._ids))
+
+    def __len__(self):
+        return len(self._ids)
+
+    def __contains__(self, track_id):
+        return track_id in self._ids
+
+    @property
+    def track_ids(self):
+        return list(self._ids)
+
+    @property
+    def metadata_columns(self):
+        return sorted(self._metadata)
+
+    @property
+    def vectors(self):
+        return self._vectors.copy()
+
+    def _row(self, track_id):
+        if track_id not in self._ids:
+            raise ValueError(f"unknown track id {track_id!r}")
+        return self._ids.index(track_id)
+
+    def vector(self, *, track_id):
+        return self._vectors[self._row(track_id)].copy()
+
+    def metadata(self, *, track_id):
+        row = self._row(track_id)
+        return {column: values[row] for column, values in self._metadata.items()}
+
+    def track_id_of_path(self, *, path):
+        paths = self._metadata.get("path", [])
+        return next((t for t, p in zip(self._ids, paths) if p and os.path.realpath(p) == os.path.realpath(path)), None)
+
+    def summary(self):
+        return f"BruteForceIndex: {len(self)} tracks, dim {self._dim}, {self.similarity}"
+
+    def search(self, *, queries, k=10, exclude_ids=None, exclude_groups=None, diversity=0.0, candidate_pool=None,
+               nprobe=None, ef_search=None, query_model=None, rerank=True, query_track_ids=None):
+        k, matrix = self._check_search_arguments(queries=queries, k=k, exclude_ids=exclude_ids,
+                                                 exclude_groups=exclude_groups, diversity=diversity,
+                                                 candidate_pool=candidate_pool, query_model=query_model)
+        type(self).searches += 1
+        groups = self._metadata.get("group", [None] * len(self._ids))
+        results = []
+        for q, query in enumerate(matrix):
+            scores = similarities_to(vectors=self._vectors, vector=query, similarity=self.similarity)
+            left_out = as_group_set(None if exclude_ids is None else exclude_ids[q])
+            left_out_groups = as_group_set(None if exclude_groups is None else exclude_groups[q])
+            kept = [row for row in np.argsort(-scores, kind="stable").tolist()
+                    if self._ids[row] not in left_out and groups[row] not in left_out_groups]
+            results.append([(self._ids[row], float(scores[row])) for row in kept[:k]])
+        return results
+
+    def add(self, *, track_ids, vectors, metadata=None, replace=False):
+        ids = self._check_ids(track_ids, name="track_ids")
+        if replace:
+            self.remove(track_ids=[t for t in ids if t in self])
+        elif any(t in self for t in ids):
+            raise ValueError("track ids already in the index")
+        matrix = self._check_vectors(vectors, count=len(ids), dim=self._dim, name="vectors", ids=ids)
+        columns = self._check_metadata(metadata, count=len(ids))
+        for column in set(self._metadata) | set(columns):
+            self._metadata[column] = (self._metadata.get(column, [None] * len(self._ids))
+                                      + columns.get(column, [None] * len(ids)))
+        self._ids, self._vectors = self._ids + ids, np.concatenate([self._vectors, matrix])
+
+    def remove(self, *, track_ids):
+        keep = [row for row, t in enumerate(self._ids) if t not in set(track_ids)]
+        self._ids, self._vectors = [self._ids[row] for row in keep], self._vectors[keep]
+        self._metadata = {c: [values[row] for row in keep] for c, values in self._metadata.items()}
+
+    def save(self, directory, *, overwrite=False):
+        def write_files(temp, version):
+            np.save(os.path.join(temp, "vectors.npy"), self._vectors)
+            storage.write_json_synced(os.path.join(temp, "tracks.json"),
+                                      {"track_ids": self._ids, "metadata": self._metadata})
+            storage.write_json_synced(os.path.join(temp, storage.CONFIG_FILE), storage.config_entries(
+                backend=self.backend, similarity=self.similarity, dim=self._dim, count=len(self), model=self.model,
+                version=version))
+
+        self.version = storage.save_index_directory(directory=directory, write_files=write_files, overwrite=overwrite)
+
+    @classmethod
+    def open_directory(cls, *, source, config):
+        with open(os.path.join(source, "tracks.json")) as f:
+            tracks = json.load(f)
+        index = cls(track_ids=tracks["track_ids"], vectors=np.load(os.path.join(source, "vectors.npy")),
+                    similarity=config["similarity"], metadata=tracks["metadata"], model=config["model"])
+        index.version = config["version"]
+        return index
+
+
+def test_a_backend_added_to_the_table_builds_opens_and_searches_from_the_command_lines(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """issue 23: a new backend is its class and one line in the table; the command lines, ``musicsim.index.open``
+    and search then use it, and nothing else names it."""
+    ids, vectors, groups = catalogue(count=60, dim=6, seed=3, groups=6)
+    first = write_parquet(tmp_path / "a.parquet", ids=ids[:50], vectors=vectors[:50], groups=groups[:50])
+    more = write_parquet(tmp_path / "b.parquet", ids=ids[50:], vectors=vectors[50:], groups=groups[50:])
+    directory = str(tmp_path / "idx")
+    build = ["musicsim-index", "build", f"--embeddings={first}", f"--output={directory}", "--backend=brute"]
+    assert main(build) == 2  # not in the table yet: refused like any unknown backend, and nothing written
+    assert "--backend=brute" in capsys.readouterr().err and not os.path.exists(directory)
+
+    monkeypatch.setitem(registry.BACKENDS, "brute", BruteForceIndex)  # the table line
+    assert main(build) == 0
+    assert "BruteForceIndex: 50 tracks, dim 6, cosine" in capsys.readouterr().out
+    assert json.loads((tmp_path / "idx" / "config.json").read_text())["backend"] == "brute"
+    assert main(["musicsim-index", "add", f"--index={directory}", f"--embeddings={more}"]) == 0
+    assert main(["musicsim-index", "remove", f"--index={directory}", "--track_id", ids[7]]) == 0
+    opened = musicsim.index.open(directory)
+    assert type(opened) is BruteForceIndex and len(opened) == 59 and ids[7] not in opened
+
+    capsys.readouterr()
+    searches = BruteForceIndex.searches
+    assert search_module.main(["musicsim-search", f"--index={directory}", f"--track_id={ids[55]}", "-k", "5",
+                               "--exclude_same_group", "--json"]) == 0
+    assert BruteForceIndex.searches == searches + 1
+    results = json.loads(capsys.readouterr().out)
+    kept = [row for row in range(60) if row != 7]
+    reference = FaissIndex(track_ids=[ids[row] for row in kept], vectors=vectors[kept],
+                           metadata={"group": [groups[row] for row in kept]})
+    assert [r["track_id"] for r in results] == \
+        [t for t, _ in reference.search_by_id(track_id=ids[55], k=5, exclude_same_group=True)]
+    assert all(r["group"] != groups[55] and r["path"] == f"/music/{r['track_id']}.ogg" for r in results)
+
+    monkeypatch.delitem(registry.BACKENDS, "brute")  # a folder of a backend this code lacks: a clear error
+    with pytest.raises(IndexFileError, match="unknown backend 'brute'"):
+        musicsim.index.open(directory)
