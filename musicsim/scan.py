@@ -57,22 +57,25 @@ Exit status: 0 when the scan finished (bad files included), 2 on misuse or bad i
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import hashlib
 import json
 import os
-import stat
 import sys
 import time
 from typing import Any, Iterable, NoReturn, Sequence
 
 import numpy as np
 from absl import flags
+from tqdm.auto import tqdm
 
+from musicsim import rerank as reranking
 from musicsim.atomic import write_json_atomic
-from musicsim.audio import AUDIO_EXTENSIONS
+from musicsim.index import EmbeddingIndex, IndexFileError
+from musicsim.index.build import resolve_rerank
 from musicsim.index.cli import parse_command_line, run_command
+from musicsim.index.lock import IndexLockedError, index_lock
+from musicsim.index.storage import check_output_directory
 from musicsim.tags import TAG_KEYS, fallback_album, fallback_title, read_tags
+from musicsim.walk import LibraryFile, Listing, ScanError, inside, track_id_for, walk_library
 
 USAGE = ("usage: python -m musicsim.scan --audio=DIR [--audio=DIR2] --index=INDEX [--exclude=GLOB] [--workers=N] "
          "[--model_dir=RUN] [--rebuild] [--wait]")
@@ -105,179 +108,6 @@ CHECKPOINT_SAVE_FACTOR = 2.0
 # The scan's own metadata columns (besides the tags, path, relative_path and group).
 FILE_COLUMNS = ("library_root", "file_size", "file_mtime_ns", "file_inode", "embedder_version")
 LOCK_COMMAND = "musicsim-scan"
-
-
-class ScanError(ValueError):
-    """The scan cannot run: bad flags or input, another engine, a folder that is not an index (exit 2)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Listing the library
-# ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class LibraryFile:
-    """One audio file of the library, as the walk found it (nothing read but its ``stat``)."""
-
-    path: str  # absolute, as reached (through links outside the library)
-    root: str  # its --audio root, absolute
-    relative_path: str  # to the root, '/'-separated
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @property
-    def track_id(self) -> str:
-        return track_id_for(root=self.root, relative_path=self.relative_path)
-
-    @property
-    def folder(self) -> str:
-        """The file's folder relative to its root ('/'-separated), or the root's name for a file at the top."""
-        folder = self.relative_path.rpartition("/")[0]
-        return folder or os.path.basename(self.root) or self.root
-
-
-@dataclasses.dataclass
-class Listing:
-    """What the walk of the library found."""
-
-    files: list[LibraryFile]
-    problems: list[dict[str, str]]  # {"path", "reason"}: folders and files that could not be listed
-    unreadable_folders: list[str]  # absolute: their tracks already indexed are kept
-    ignored: int = 0  # files without an audio extension
-    excluded: int = 0  # files and folders left out by --exclude
-
-
-def track_id_for(*, root: str, relative_path: str) -> str:
-    """The id of the file at ``relative_path`` under the library root ``root``: 16 hex digits of sha1.
-
-    >>> track_id_for(root="/music", relative_path="Album/01.ogg")
-    '36f82da5347c3ce4'
-    """
-    key = f"{os.path.abspath(root)}/{relative_path}"
-    return hashlib.sha1(key.encode("utf-8", errors="surrogateescape")).hexdigest()[:16]
-
-
-def _excluded(relative_path: str, name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(relative_path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _inside(path: str, folders: Sequence[str]) -> bool:
-    return any(path == folder or path.startswith(folder.rstrip(os.sep) + os.sep) for folder in folders)
-
-
-def walk_library(*, roots: Sequence[str], excludes: Sequence[str] = ()) -> Listing:
-    """The audio files under ``roots``, sorted by root then path (see the module docstring for the rules).
-
-    Parameters
-    ----------
-    roots : sequence of str
-        Library folders; each must be a readable folder.
-    excludes : sequence of str
-        ``fnmatch`` patterns matched against each entry's path relative to its root and its name.
-
-    Returns
-    -------
-    Listing
-
-    Raises
-    ------
-    ScanError
-        If a root is missing, not a folder or cannot be listed.
-    """
-    roots = [os.path.abspath(r) for r in roots]
-    real_roots = [os.path.realpath(r) for r in roots]
-    excludes = [pattern.rstrip("/") or pattern for pattern in excludes]  # "Podcasts/" means the folder too
-    listing = Listing(files=[], problems=[], unreadable_folders=[])
-    seen_folders: dict[tuple[int, int], str] = {}
-    seen_files: dict[tuple[int, int], str] = {}
-    for root in roots:
-        try:
-            root_stat = os.stat(root)
-        except OSError as error:
-            raise ScanError(f"--audio={root} cannot be read: {error.strerror or error}") from None
-        if not stat.S_ISDIR(root_stat.st_mode):
-            raise ScanError(f"--audio={root} is not a folder")
-        # (folder, its path relative to the root, the (dev, inode) of the folders on its path)
-        stack: list[tuple[str, str, frozenset]] = [(root, "", frozenset())]
-        while stack:
-            folder, relative, ancestors = stack.pop()
-            try:
-                folder_stat = os.stat(folder)
-                key = (folder_stat.st_dev, folder_stat.st_ino)
-            except OSError as error:
-                listing.problems.append({"path": folder, "reason": f"folder could not be read ({error.strerror})"})
-                listing.unreadable_folders.append(folder)
-                continue
-            if key in ancestors:
-                listing.problems.append({"path": folder, "reason": f"symlink loop: leads back to {seen_folders[key]}; "
-                                                                   "not followed"})
-                continue
-            if key in seen_folders:
-                if folder == root:
-                    raise ScanError(f"--audio={root} was already scanned as {seen_folders[key]}")
-                listing.problems.append({"path": folder, "reason": f"the same folder as {seen_folders[key]}, "
-                                                                   "already scanned; not followed"})
-                continue
-            seen_folders[key] = folder
-            try:
-                with os.scandir(folder) as iterator:
-                    entries = sorted(iterator, key=lambda e: e.name)
-            except OSError as error:
-                if folder == root:
-                    raise ScanError(f"--audio={root} cannot be read: {error.strerror or error}") from None
-                listing.problems.append({"path": folder, "reason": f"folder could not be read ({error.strerror}); "
-                                                                   "its tracks already indexed are kept"})
-                listing.unreadable_folders.append(folder)
-                continue
-            subfolders = []
-            for entry in entries:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                child_relative = f"{relative}/{name}" if relative else name
-                if _excluded(child_relative, name, excludes):
-                    listing.excluded += 1
-                    continue
-                try:
-                    is_folder = entry.is_dir()  # follows links
-                    is_link = entry.is_symlink()
-                except OSError:
-                    is_folder, is_link = False, False
-                if is_folder:
-                    if is_link and _inside(os.path.realpath(entry.path), real_roots):
-                        listing.problems.append({"path": entry.path, "reason": "link to a folder inside the library "
-                                                 f"({os.path.realpath(entry.path)}), scanned there; not followed"})
-                        continue
-                    subfolders.append((entry.path, child_relative, ancestors | {key}))
-                    continue
-                if os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
-                    listing.ignored += 1
-                    continue
-                try:
-                    file_stat = entry.stat()  # follows links
-                except OSError as error:
-                    listing.problems.append({"path": entry.path, "reason": f"cannot be read ({error.strerror}"
-                                             f"{'; a broken link' if is_link else ''})"})
-                    continue
-                if is_link and _inside(os.path.realpath(entry.path), real_roots):
-                    listing.problems.append({"path": entry.path, "reason": "link to a file inside the library "
-                                             f"({os.path.realpath(entry.path)}), indexed there; not followed"})
-                    continue
-                if not stat.S_ISREG(file_stat.st_mode):
-                    listing.problems.append({"path": entry.path, "reason": "not a regular file"})
-                    continue
-                file_key = (file_stat.st_dev, file_stat.st_ino)
-                if file_key in seen_files:
-                    listing.problems.append({"path": entry.path, "reason": f"the same file as {seen_files[file_key]} "
-                                                                           "(a link); indexed once"})
-                    continue
-                seen_files[file_key] = entry.path
-                listing.files.append(LibraryFile(path=entry.path, root=root, relative_path=child_relative,
-                                                 size=int(file_stat.st_size), mtime_ns=int(file_stat.st_mtime_ns),
-                                                 inode=int(file_stat.st_ino)))
-            stack.extend(reversed(subfolders))
-    return listing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,8 +251,6 @@ class _IndexWriter:
         return len(self.removals) + len(self.additions)
 
     def _new_index(self, track_ids: list[str], vectors: np.ndarray, metadata: dict[str, list[Any]]) -> Any:
-        from musicsim.index import EmbeddingIndex
-
         arguments: dict[str, Any] = dict(track_ids=track_ids, vectors=vectors, similarity=self.similarity,
                                          metadata=metadata, model=self.engine, rerank=self._rerank())
         weights = getattr(self.embedder, "catalog_weights", None)
@@ -431,16 +259,13 @@ class _IndexWriter:
         return EmbeddingIndex(**arguments)
 
     def _rerank(self) -> Any:
-        from musicsim import rerank as reranking
-
         if self.engine["engine"] == "default":
             try:
+                # why: the engine's module imports TensorFlow, which an index of a run never needs
                 from musicsim.models.pretrained_engine import ENGINE_RERANK
             except ImportError:
                 return reranking.RerankSettings()
             return reranking.parse_settings(ENGINE_RERANK)
-        from musicsim.index.build import resolve_rerank
-
         return resolve_rerank(option=None, model=self.engine, similarity=self.similarity, backend="faiss")
 
     def apply(self) -> None:
@@ -497,6 +322,7 @@ class _IndexWriter:
 
 def _load_embedder(model_dir: str | None) -> tuple[Any, bool]:
     """(embedder, whether it is the default engine)."""
+    # why: the embedders import TensorFlow; `musicsim-scan --help` and a bad flag answer without it
     from musicsim import embedder as embedders
 
     if model_dir is None:
@@ -509,9 +335,6 @@ def _load_embedder(model_dir: str | None) -> tuple[Any, bool]:
 
 def _open_index(index_dir: str) -> Any:
     """The index at ``index_dir``, or None when there is none yet (absent or empty folder)."""
-    from musicsim.index import EmbeddingIndex, IndexFileError
-    from musicsim.index.storage import check_output_directory
-
     try:
         check_output_directory(directory=index_dir)
     except IndexFileError as error:
@@ -571,24 +394,52 @@ def scan_library(*, roots: Sequence[str], index_dir: str, excludes: Sequence[str
     if embedder is None:
         embedder, default = _load_embedder(model_dir)
     engine = engine_record(embedder, default=default)
-    if index is not None and not same_engine(dict(index.model), engine):
-        if not rebuild:
-            raise ScanError(f"the index {index_dir} was made by {describe_engine(dict(index.model))}, not "
-                            f"{describe_engine(engine)}: pass --rebuild to replace it with this engine's, or "
-                            "choose another --index")
-        print(f"note: --rebuild: replacing the index of {describe_engine(dict(index.model))} with "
-              f"{describe_engine(engine)}'s", file=sys.stderr)
-        index = None
+    index = _same_engine_index(index, engine=engine, index_dir=index_dir, rebuild=rebuild)
     version = engine["version"]
     if index is not None and dict(index.model).get("version") != version:
         index.model = {**dict(index.model), "version": version}  # files embedded before re-embed below
     writer = _IndexWriter(index_dir=index_dir, index=index, engine=engine, embedder=embedder,
                           similarity=str(getattr(embedder, "similarity", "cosine")))
     summary = ScanSummary(files=len(listing.files), problems=len(listing.problems))
-    known = indexed_tracks(index)
-    bad_before = read_scan_state(index_dir, version=version) if index is not None else {}
+    todo = _plan_changes(listing=listing, writer=writer, summary=summary, roots=roots, version=version,
+                         bad_before=read_scan_state(index_dir, version=version) if index is not None else {})
+    if writer.pending:  # removals and moves first: cheap, and a server stops serving deleted files at once
+        writer.checkpoint()
 
-    # What changed: unchanged files are known by their stat alone.
+    _embed(writer=writer, todo=todo, summary=summary, workers=workers, progress=progress, version=version,
+           every_files=checkpoint_files, every_seconds=checkpoint_seconds)
+    writer.apply()
+    summary.skipped = len(writer.skipped)
+    summary.tracks = len(writer.index) if writer.index is not None else 0
+    if writer.index is None:
+        reasons = "; ".join(f"{p}: {r['reason']}" for p, r in list(writer.skipped.items())[:5])
+        raise ScanError(f"no usable audio under {', '.join(roots)} ({len(listing.files)} audio files, "
+                        f"{len(writer.skipped)} skipped{': ' + reasons if reasons else ''}); no index was written")
+    writer.checkpoint(summary=summary, listing=listing)
+    return summary
+
+
+def _same_engine_index(index: Any, *, engine: dict[str, Any], index_dir: str, rebuild: bool) -> Any:
+    """``index``, or None when it was made by another engine and ``rebuild`` replaces it (else ScanError)."""
+    if index is None or same_engine(dict(index.model), engine):
+        return index
+    if not rebuild:
+        raise ScanError(f"the index {index_dir} was made by {describe_engine(dict(index.model))}, not "
+                        f"{describe_engine(engine)}: pass --rebuild to replace it with this engine's, or "
+                        "choose another --index")
+    print(f"note: --rebuild: replacing the index of {describe_engine(dict(index.model))} with "
+          f"{describe_engine(engine)}'s", file=sys.stderr)
+    return None
+
+
+def _plan_changes(*, listing: Listing, writer: _IndexWriter, summary: ScanSummary, roots: Sequence[str],
+                  version: str, bad_before: dict[str, dict[str, Any]]) -> list[tuple[LibraryFile, bool]]:
+    """Queue on ``writer`` what changed without reading audio (moves, removals, known bad files), count it in
+    ``summary``, and return the files to embed: (file, whether it replaces an indexed version), in order.
+
+    Unchanged files are known by their stat alone; a file that moved keeps its vector under its new id.
+    """
+    known = indexed_tracks(writer.index)
     listed = {f.path for f in listing.files}
     vanished = {path: record for path, record in known.items() if path not in listed}
     movable = {(r.inode, r.size, r.mtime_ns, r.version): r for r in vanished.values() if r.inode is not None}
@@ -628,27 +479,14 @@ def scan_library(*, roots: Sequence[str], index_dir: str, excludes: Sequence[str
     for path, record in vanished.items():
         if path in moved:
             continue
-        if _inside(path, listing.unreadable_folders):
+        if inside(path, listing.unreadable_folders):
             summary.kept_unreadable += 1
         elif record.root not in roots:
             summary.kept_other_roots += 1
         else:
             writer.removals.append(record.track_id)
             summary.removed += 1
-    if writer.pending:  # removals and moves first: cheap, and a server stops serving deleted files at once
-        writer.checkpoint()
-
-    _embed(writer=writer, todo=todo, summary=summary, workers=workers, progress=progress, version=version,
-           every_files=checkpoint_files, every_seconds=checkpoint_seconds)
-    writer.apply()
-    summary.skipped = len(writer.skipped)
-    summary.tracks = len(writer.index) if writer.index is not None else 0
-    if writer.index is None:
-        reasons = "; ".join(f"{p}: {r['reason']}" for p, r in list(writer.skipped.items())[:5])
-        raise ScanError(f"no usable audio under {', '.join(roots)} ({len(listing.files)} audio files, "
-                        f"{len(writer.skipped)} skipped{': ' + reasons if reasons else ''}); no index was written")
-    writer.checkpoint(summary=summary, listing=listing)
-    return summary
+    return todo
 
 
 def _embed(*, writer: _IndexWriter, todo: list[tuple[LibraryFile, bool]], summary: ScanSummary,
@@ -656,8 +494,6 @@ def _embed(*, writer: _IndexWriter, todo: list[tuple[LibraryFile, bool]], summar
     """Embed ``todo`` in order, checkpointing the index as it goes."""
     if not todo:
         return
-    from tqdm.auto import tqdm
-
     paths = [file.path for file, _ in todo]
     started = last_checkpoint = time.monotonic()
     since_checkpoint = 0
@@ -705,8 +541,6 @@ def _usage_error(message: str) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """``python -m musicsim.scan ...`` (``argv`` program name first); returns the exit status."""
-    from musicsim.index.lock import IndexLockedError, index_lock
-
     status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
     if isinstance(status, int):
         return status
@@ -719,7 +553,7 @@ def main(argv: Sequence[str]) -> int:
         if not os.path.isdir(root):
             return _usage_error(f"--audio={root} is not a folder" if os.path.exists(root)
                                 else f"--audio={root} does not exist")
-        if _inside(index_dir, [os.path.abspath(root)]):
+        if inside(index_dir, [os.path.abspath(root)]):
             return _usage_error(f"--index={index_dir} lies inside --audio={root}: keep the index outside the library")
     try:
         with index_lock(index_dir, wait=FLAGS.wait, command=LOCK_COMMAND):
