@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from experiments import export
+from experiments import export_embeddings as embeddings_module
 from experiments.export import export_embeddings, export_saved_model, output_paths
 from musicsim.audio import load_audio, mean_pool
 from musicsim.dataset import read_catalog
@@ -308,7 +309,7 @@ def test_state_of_another_model_or_checkpoint_is_not_reused(tmp_path):
     record = {"path": "/music/a.wav", "size": 10, "mtime_ns": 5, "embedding": [0.5] * 16, "reason": None,
               "duration_s": 3.0}
     state = str(tmp_path / "emb.state.jsonl")
-    export._write_state(state, header, [record, dict(record, path="/music/b.wav")])
+    embeddings_module._write_state(state, header, [record, dict(record, path="/music/b.wav")])
     assert sorted(export.read_state(state, header=header)) == ["/music/a.wav", "/music/b.wav"]
     for key, value in (("version", "model.ckpt-10"), ("model_dir", "/runs/b"), ("dim", 8)):
         assert export.read_state(state, header=dict(header, **{key: value})) == {}

@@ -16,6 +16,7 @@ import soundfile as sf
 import tensorflow as tf
 
 from experiments import export
+from experiments import export_embeddings as embeddings_module
 from experiments.export import export_embeddings, export_saved_model, output_paths
 from musicsim.audio import AudioDecodeError, load_audio, mean_pool
 from musicsim.audio import iter_pooled_blocks
@@ -130,7 +131,7 @@ def test_a_failed_re_export_keeps_the_good_outputs_and_state(tiny_run, music, tm
     assert "no file could be embedded" in capsys.readouterr().err
     for name in ("parquet", "npy", "ids", "meta", "skipped"):
         assert _snapshot(paths)[name] == good[name]
-    state = export.read_state(paths["state"], header=export._state_header(load_embedder(tiny_run)))
+    state = export.read_state(paths["state"], header=embeddings_module._state_header(load_embedder(tiny_run)))
     kept = {os.path.join(str(music), p) for p in ("low_sine/t0.wav", "low_sine/t1.wav", "noisy_mid/t2.wav")}
     assert kept <= set(state)
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
@@ -141,7 +142,7 @@ def test_another_models_state_survives_a_failed_export(tiny_run, tmp_path, embed
     state_path = output_paths(output)["state"]
     foreign = {"format_version": 1, "model": "wavenet", "model_dir": "/runs/other", "version": "model.ckpt-5",
                "dim": 16, "window_seconds": None}
-    export._write_state(state_path, foreign, [{"path": "/music/a.wav", "size": 1, "mtime_ns": 2,
+    embeddings_module._write_state(state_path, foreign, [{"path": "/music/a.wav", "size": 1, "mtime_ns": 2,
                                                "embedding": [0.5] * 16, "reason": None, "duration_s": 3.0}])
     before = open(state_path, "rb").read()
     broken = tmp_path / "broken"
@@ -221,7 +222,7 @@ def test_an_unreadable_folder_lands_in_skipped_csv_and_keeps_its_state(tiny_run,
     with open(output_paths(output)["skipped"], newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [str(music / "noisy_mid")] and "Permission denied" in rows[0]["reason"]
-    state = export.read_state(output_paths(output)["state"], header=export._state_header(embedder))
+    state = export.read_state(output_paths(output)["state"], header=embeddings_module._state_header(embedder))
     assert str(music / "noisy_mid" / "t2.wav") in state  # out of reach this time, not gone
 
 
