@@ -197,6 +197,11 @@ class IndexBackend(abc.ABC):
     def close(self) -> None:
         """Release what the index holds open (a database connection); the default holds nothing."""
 
+    def shares_connection_with(self, other: "IndexBackend") -> bool:
+        """Whether closing this index would close ``other``'s connection too (the default: they share nothing);
+        a server that swaps index versions then closes only the newer one."""
+        return False
+
     def __repr__(self) -> str:
         return self.summary()
 

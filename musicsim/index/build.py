@@ -31,7 +31,7 @@ from musicsim.similarity import SIMILARITIES
 from musicsim.index import registry
 from musicsim.index.backends import IndexBackend
 from musicsim.index.embeddings_io import load_embeddings, read_provenance, run_embedding_dim, run_similarity
-from musicsim.index.registry import backend_class
+from musicsim.index.registry import DEFAULT_BACKEND, backend_class
 from musicsim.index.storage import check_output_directory
 from musicsim.index.vectors import check_index_rerank
 from musicsim.rundir import read_run_info
@@ -184,7 +184,7 @@ def build_index_from_vectors(*, output: str, track_ids: Sequence[str], vectors: 
                              metadata: dict[str, Sequence[Any]] | None = None, similarity: str = "cosine",
                              model: dict[str, Any] | None = None, standardise: bool | None = None,
                              dimension_weights: np.ndarray | None = None, approximate: str | None = None,
-                             overwrite: bool = False, backend: str = "faiss", uri: str | None = None,
+                             overwrite: bool = False, backend: str = DEFAULT_BACKEND, uri: str | None = None,
                              collection: str | None = None, rerank: str = "auto") -> IndexBackend:
     """Build an index of ``track_ids`` [N] with raw ``vectors`` [N, D] and save it to ``output`` (atomically).
 
@@ -234,7 +234,7 @@ def build_index_from_vectors(*, output: str, track_ids: Sequence[str], vectors: 
 
 def build_index(*, embeddings: str, output: str, similarity: str | None = None, approximate: str | None = None,
                 model_dir: str | None = None, model_name: str | None = None, overwrite: bool = False,
-                backend: str = "faiss", uri: str | None = None, collection: str | None = None,
+                backend: str = DEFAULT_BACKEND, uri: str | None = None, collection: str | None = None,
                 rerank: str = "auto", standardise: bool | None = None,
                 dimension_weights: np.ndarray | None = None) -> IndexBackend:
     """Build an index from an embeddings file and save it to ``output``.

@@ -29,7 +29,7 @@ from absl import flags
 from musicsim.cli import parse_subcommand, run_command, usage_error
 from musicsim.index.build import add_to_index, build_index, remove_from_index
 from musicsim.index.lock import index_lock
-from musicsim.index.registry import BACKENDS, LEGACY_BACKEND
+from musicsim.index.registry import BACKENDS, DEFAULT_BACKEND
 from musicsim.index.vectors import APPROXIMATE_KINDS
 from musicsim.similarity import SIMILARITIES
 
@@ -52,7 +52,7 @@ flags.DEFINE_string("model", None, "build: the model name, if the embeddings fil
 flags.DEFINE_bool("overwrite", False, "build: replace --output even if it is a folder that holds no index (and, "
                   "for milvus, an existing --collection).", flag_values=FLAGS)
 # A string checked against the table when the command runs (build_index), so a backend added to it later is taken.
-flags.DEFINE_string("backend", LEGACY_BACKEND, f"build: where the vectors live, one of {', '.join(BACKENDS)}.",
+flags.DEFINE_string("backend", DEFAULT_BACKEND, f"build: where the vectors live, one of {', '.join(BACKENDS)}.",
                     flag_values=FLAGS)
 flags.DEFINE_string("uri", None, "build, milvus: a PATH.db Milvus Lite file, or http://host:19530.",
                     flag_values=FLAGS)

@@ -570,6 +570,10 @@ class MilvusIndex(IndexBackend):
                                  "interrupted; rebuild the index (index build ... --overwrite)")
         return index
 
+    def shares_connection_with(self, other: IndexBackend) -> bool:
+        """pymilvus shares one connection per Milvus URI in a process: another Milvus index of the same URI."""
+        return isinstance(other, MilvusIndex) and other.uri == self.uri
+
     def close(self) -> None:
         """Close the connection to Milvus (for Milvus Lite, frees the file for other processes)."""
         client = getattr(self, "_client", None)

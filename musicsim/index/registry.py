@@ -18,8 +18,8 @@ from musicsim.index.faiss_index import FaissIndex
 from musicsim.index.milvus import MilvusIndex
 
 BACKENDS: dict[str, type[IndexBackend]] = {"faiss": FaissIndex, "milvus": MilvusIndex}
-# The backend of an index saved before config.json named one.
-LEGACY_BACKEND = "faiss"
+# The backend a build uses unless told otherwise, and that of an index saved before config.json named one.
+DEFAULT_BACKEND = "faiss"
 
 
 def backend_class(name: str) -> type[IndexBackend]:
@@ -45,11 +45,11 @@ def open(directory: str) -> IndexBackend:  # noqa: A001 - musicsim.index.open(DI
         and why).
     """
     source, config = storage.read_config(directory)
-    name = config.get("backend", LEGACY_BACKEND)
+    name = config.get("backend", DEFAULT_BACKEND)
     if name not in BACKENDS:
         raise IndexFileError(f"{os.path.join(source, storage.CONFIG_FILE)}: unknown backend {name!r} (this code has "
                              f"{tuple(BACKENDS)})")
     return BACKENDS[name].open_directory(source=source, config=config)
 
 
-__all__ = ["BACKENDS", "LEGACY_BACKEND", "backend_class", "open"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend_class", "open"]
