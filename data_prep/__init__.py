@@ -10,6 +10,7 @@ __all__ = ["prepare"]
 
 def __getattr__(name: str):
     if name == "prepare":
+        # why: imported on first use, so `python -m data_prep.build` does not load the module twice
         from data_prep.build import prepare
 
         return prepare

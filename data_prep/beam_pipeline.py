@@ -99,6 +99,7 @@ def cache_track_features(*, path: str, spec: FeatureSpec) -> str | None:
     str or None
         Why the file has no feature vector, or None when it has one (now cached).
     """
+    # why: librosa and scipy cost ~2 s, paid only by the Beam workers of a build that caches features
     from musicsim import features
 
     if not os.path.isfile(path):
@@ -230,6 +231,7 @@ def make_runner(runner: str, options: PipelineOptions):
     """The runner to hand ``beam.Pipeline``: DirectRunner's portable engine directly (no Prism), else the name."""
     if runner != "DirectRunner":
         return runner
+    # why: apache_beam is optional, and these internals are DirectRunner's only
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle

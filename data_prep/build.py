@@ -40,12 +40,17 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
+from absl import app, flags
+from tqdm import tqdm
+
+from data_prep.demo import DemoBuildError, build_demo_corpus, default_cache_dir
 from data_prep.lock import OutputLock, OutputLockedError, check_output_folder, claim_output_folder
 from data_prep.shards import (BEAM_RUNNERS, BEAM_SHARD_PREFIX, LOCAL_RUNNER, RUNNERS, BuiltShards, FeatureSpec,
                               ShardPlan, plan_shards, track_record)
@@ -55,6 +60,8 @@ from musicsim.audio import DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, DecodeResult,
 from musicsim.atomic import write_json_atomic
 from musicsim.cli import ANY_FINITE, AT_LEAST_ONE, NON_NEGATIVE, SEED, check_numeric_flags, global_flags_parser
 from musicsim.dataset import DATASET_INFO_FILE, REPORT_FILE, CatalogEntry, DatasetInfo, write_catalog
+from musicsim.evaluation import split_query_problem
+from musicsim.relevance import make_relevance
 from musicsim.tfrecords import SPLITS, write_records
 from musicsim.workers import decode_in_order
 
@@ -162,8 +169,6 @@ def _build_local(*, plans: Sequence[ShardPlan], settings: DecodeSettings, output
     sidecars = {id(p): _read_sidecar(p, output) for p in plans}
     pending = [p for p in plans if sidecars[id(p)] is None]
     paths = [t.path for p in pending for t in p.tracks]
-    from tqdm import tqdm
-
     with tqdm(total=len(paths), unit="track", desc=f"preparing {name}", disable=not progress or not paths,
               file=sys.stderr, dynamic_ncols=True) as bar:
         results = decode_in_order(paths, settings=settings, workers=workers)
@@ -193,6 +198,7 @@ def _build_local(*, plans: Sequence[ShardPlan], settings: DecodeSettings, output
 def _cache_features_local(*, entries: Sequence[CatalogEntry], spec: FeatureSpec, workers: int,
                           progress: bool) -> list[dict]:
     """Fill ``spec.cache_dir`` for every kept track; returns the failures ``[{"path", "reason"}]``."""
+    # why: librosa and scipy cost ~2 s, paid by every spawned decoding worker that imports this module
     from musicsim.features import extract_many
 
     _, _, failed = extract_many(paths=[e.path for e in entries], feature_fn=spec.name, sample_rate=spec.sample_rate,
@@ -201,16 +207,11 @@ def _cache_features_local(*, entries: Sequence[CatalogEntry], spec: FeatureSpec,
     return [{"path": path, "reason": reason} for path, reason in failed]
 
 
-def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_root: str | None = None,
-            max_seconds: float | None = None, split_seed: int = 0, sample_rate: int = DEFAULT_SAMPLE_RATE,
-            pool_size: int = DEFAULT_POOL_SIZE, workers: int | None = None, label_column: str = "genre",
-            min_shared_tags: int = 2, split_by: str = "track", shard_size: int = DEFAULT_SHARD_SIZE,
-            min_seconds: float = DEFAULT_MIN_SECONDS, name: str | None = None, progress: bool = True,
-            verbose: bool = True, runner: str = LOCAL_RUNNER, beam_args: Sequence[str] = (),
-            features: str | None = None, extended: bool = False) -> dict:
-    """Prepare a dataset into ``output`` (TFRecord shards, tracks.csv, dataset.json, report.json).
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What :func:`prepare` builds and how: its keyword arguments, checked by :meth:`check`.
 
-    Parameters
+    Attributes
     ----------
     dataset : str
         One of ``DATASET_KINDS``.
@@ -259,6 +260,101 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
     extended : bool
         ``demo`` only: the extended demo corpus (the 8 demo packages and the 5 extra ones, see
         ``data_prep.demo``), cached by default in ``data/demo_extended_corpus``.
+    """
+
+    dataset: str
+    output: str
+    input_path: str | None = None
+    audio_root: str | None = None
+    max_seconds: float | None = None
+    split_seed: int = 0
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    pool_size: int = DEFAULT_POOL_SIZE
+    workers: int | None = None
+    label_column: str = "genre"
+    min_shared_tags: int = 2
+    split_by: str = "track"
+    shard_size: int = DEFAULT_SHARD_SIZE
+    min_seconds: float = DEFAULT_MIN_SECONDS
+    name: str | None = None
+    progress: bool = True
+    verbose: bool = True
+    runner: str = LOCAL_RUNNER
+    beam_args: Sequence[str] = ()
+    features: str | None = None
+    extended: bool = False
+
+    def check(self) -> None:
+        """Raise ValueError for arguments :func:`prepare` cannot use, before anything is read or written."""
+        if self.dataset not in DATASET_KINDS:
+            raise ValueError(f"dataset must be one of {DATASET_KINDS}, got {self.dataset!r}")
+        if self.extended and self.dataset != "demo":
+            raise ValueError("extended applies to the demo dataset only (--dataset=demo), got dataset "
+                             f"{self.dataset!r}")
+        if self.dataset != "demo" and not self.input_path:
+            raise ValueError(f"dataset {self.dataset!r} needs an input path (--input)")
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if self.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {self.pool_size}")
+        if self.sample_rate % self.pool_size:
+            raise ValueError(f"sample_rate ({self.sample_rate}) must be a multiple of pool_size ({self.pool_size}) "
+                             "so the pooled rate is a whole number of Hz")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1 or None (all cores), got {self.workers}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.min_seconds < 0:
+            raise ValueError(f"min_seconds must be >= 0, got {self.min_seconds}")
+        if self.min_shared_tags < 1:
+            raise ValueError(f"min_shared_tags must be >= 1, got {self.min_shared_tags}")
+        if self.split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {SPLIT_BY}, got {self.split_by!r}")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {RUNNERS}, got {self.runner!r}")
+        if "://" in self.output:
+            raise ValueError(f"output must be a local (or mounted) folder, got the URL {self.output!r}: the catalog "
+                             "and report are written with local file calls")
+        if self.beam_args and self.runner == LOCAL_RUNNER:
+            raise ValueError(f"unknown arguments {list(self.beam_args)}: not flags of data_prep.build (only a Beam "
+                             f"--runner, {', '.join(BEAM_RUNNERS)}, takes extra arguments, as pipeline options)")
+        if self.features is not None:
+            # why: librosa and scipy cost ~2 s, paid by every spawned decoding worker that imports this module
+            from musicsim.features import FEATURE_FUNCTIONS
+
+            if self.features not in FEATURE_FUNCTIONS:
+                raise ValueError(f"features must be one of {sorted(FEATURE_FUNCTIONS)} or None, got {self.features!r}")
+        self.excerpt_seconds()
+
+    def excerpt_seconds(self) -> float | None:
+        """The centred excerpt kept per track in seconds (the kind's default when not given); None: whole tracks."""
+        if self.max_seconds is None:
+            max_seconds = DEMO_MAX_SECONDS if self.dataset == "demo" else None
+        elif self.max_seconds <= 0:
+            max_seconds = None
+        else:
+            max_seconds = float(self.max_seconds)
+        if max_seconds is not None and max_seconds < self.min_seconds:
+            raise ValueError(f"max_seconds ({max_seconds}) is under min_seconds ({self.min_seconds}): every track "
+                             "would be too short")
+        return max_seconds
+
+
+def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_root: str | None = None,
+            max_seconds: float | None = None, split_seed: int = 0, sample_rate: int = DEFAULT_SAMPLE_RATE,
+            pool_size: int = DEFAULT_POOL_SIZE, workers: int | None = None, label_column: str = "genre",
+            min_shared_tags: int = 2, split_by: str = "track", shard_size: int = DEFAULT_SHARD_SIZE,
+            min_seconds: float = DEFAULT_MIN_SECONDS, name: str | None = None, progress: bool = True,
+            verbose: bool = True, runner: str = LOCAL_RUNNER, beam_args: Sequence[str] = (),
+            features: str | None = None, extended: bool = False) -> dict:
+    """Prepare a dataset into ``output`` (TFRecord shards, tracks.csv, dataset.json, report.json).
+
+    Parameters
+    ----------
+    dataset, output, input_path, audio_root, max_seconds, split_seed, sample_rate, pool_size, workers, \
+label_column, min_shared_tags, split_by, shard_size, min_seconds, name, progress, verbose, runner, \
+beam_args, features, extended
+        As the attributes of :class:`PrepareOptions`, which documents each.
 
     Returns
     -------
@@ -277,118 +373,21 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
         When ``output`` holds files that are not a dataset of this project (nothing is written).
     """
     started = time.time()
-    if dataset not in DATASET_KINDS:
-        raise ValueError(f"dataset must be one of {DATASET_KINDS}, got {dataset!r}")
-    if extended and dataset != "demo":
-        raise ValueError(f"extended applies to the demo dataset only (--dataset=demo), got dataset {dataset!r}")
-    if dataset != "demo" and not input_path:
-        raise ValueError(f"dataset {dataset!r} needs an input path (--input)")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
-    if pool_size < 1:
-        raise ValueError(f"pool_size must be >= 1, got {pool_size}")
-    if sample_rate % pool_size:
-        raise ValueError(f"sample_rate ({sample_rate}) must be a multiple of pool_size ({pool_size}) so the "
-                         "pooled rate is a whole number of Hz")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1 or None (all cores), got {workers}")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if min_seconds < 0:
-        raise ValueError(f"min_seconds must be >= 0, got {min_seconds}")
-    if min_shared_tags < 1:
-        raise ValueError(f"min_shared_tags must be >= 1, got {min_shared_tags}")
-    if split_by not in SPLIT_BY:
-        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
-    if runner not in RUNNERS:
-        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
-    if "://" in output:
-        raise ValueError(f"output must be a local (or mounted) folder, got the URL {output!r}: the catalog and "
-                         "report are written with local file calls")
-    if beam_args and runner == LOCAL_RUNNER:
-        raise ValueError(f"unknown arguments {list(beam_args)}: not flags of data_prep.build (only a Beam --runner, "
-                         f"{', '.join(BEAM_RUNNERS)}, takes extra arguments, as pipeline options)")
-    if features is not None:
-        from musicsim.features import FEATURE_FUNCTIONS  # librosa only when asked for
-
-        if features not in FEATURE_FUNCTIONS:
-            raise ValueError(f"features must be one of {sorted(FEATURE_FUNCTIONS)} or None, got {features!r}")
-    if max_seconds is None:
-        max_seconds = DEMO_MAX_SECONDS if dataset == "demo" else None
-    elif max_seconds <= 0:
-        max_seconds = None
-    else:
-        max_seconds = float(max_seconds)
-    if max_seconds is not None and max_seconds < min_seconds:
-        raise ValueError(f"max_seconds ({max_seconds}) is under min_seconds ({min_seconds}): every track "
-                         "would be too short")
-    workers = workers or _available_cores()
+    options = PrepareOptions(dataset=dataset, output=output, input_path=input_path, audio_root=audio_root,
+                             max_seconds=max_seconds, split_seed=split_seed, sample_rate=sample_rate,
+                             pool_size=pool_size, workers=workers, label_column=label_column,
+                             min_shared_tags=min_shared_tags, split_by=split_by, shard_size=shard_size,
+                             min_seconds=min_seconds, name=name, progress=progress, verbose=verbose, runner=runner,
+                             beam_args=beam_args, features=features, extended=extended)
+    options.check()
     output = os.path.abspath(output)
-    name = name or os.path.basename(output.rstrip(os.sep))
     check_output_folder(output)  # before any work: a folder of someone else's files is never touched
-
-    if dataset == "demo":
-        from data_prep.demo import build_demo_corpus, default_cache_dir  # apt only when asked for
-
-        cache_dir = os.path.abspath(input_path or default_cache_dir(extended=extended))
-        listing = list_manifest(manifest=build_demo_corpus(cache_dir=cache_dir, extended=extended,
-                                                           verbose=verbose))
-        listing.kind = "demo"
-        listing.extra["demo_cache"] = cache_dir
-    else:
-        listing = list_source(dataset, input_path=input_path, audio_root=audio_root, label_column=label_column)
-    if not listing.tracks:
-        detail = f"; {len(listing.skipped)} rows skipped, e.g. {listing.skipped[0]}" if listing.skipped else ""
-        raise ValueError(f"{dataset} source {input_path} lists no usable track{detail}")
-    split_of = assign_splits(tracks=listing.tracks, seed=split_seed, split_by=split_by,
-                             multi_label=listing.multi_label)
-    settings = DecodeSettings(sample_rate=sample_rate, pool_size=pool_size, max_seconds=max_seconds,
-                              min_seconds=float(min_seconds))
-    plans = plan_shards(tracks=listing.tracks, split_of=split_of, settings=settings, shard_size=shard_size)
-
+    listing = _list_tracks(options)
+    settings, plans = _plan(options, listing=listing)
     # One build per folder at a time; the lock is held until dataset.json marks the build finished.
     lock = OutputLock(output).acquire()
     try:
-        claim_output_folder(output)
-        info_path = os.path.join(output, DATASET_INFO_FILE)
-        if os.path.exists(info_path):
-            os.remove(info_path)  # written again last: until then the folder is a build in progress
-        feature_spec = None if features is None else FeatureSpec.for_dataset(name=features, output=output,
-                                                                              max_seconds=max_seconds)
-        if runner == LOCAL_RUNNER:
-            built = _build_local(plans=plans, settings=settings, output=output, workers=workers, name=name,
-                                 progress=progress)
-            if feature_spec is not None:
-                built.feature_failures = _cache_features_local(entries=built.entries, spec=feature_spec,
-                                                               workers=workers, progress=progress)
-        else:
-            from data_prep.beam_pipeline import build_with_beam  # apache_beam only when asked for
-
-            built = build_with_beam(plans=plans, settings=settings, output=output, runner=runner,
-                                    beam_args=beam_args, workers=workers, features=feature_spec)
-        entries, skipped = built.entries, list(listing.skipped) + built.skipped
-        write_catalog(output, entries)
-        report = _report(listing=listing, entries=entries, skipped=skipped, name=name, dataset=dataset,
-                         output=output, written=built.written, reused=built.reused,
-                         wall_seconds=time.time() - started)
-        report["warnings"] = _query_warnings(entries=entries, relevance=listing.relevance,
-                                             min_shared_tags=min_shared_tags)
-        report["runner"] = runner
-        if runner != LOCAL_RUNNER:
-            report["beam_options"] = built.beam_options
-        if feature_spec is not None:
-            report["features"] = dict(asdict(feature_spec), tracks=len(entries) - len(built.feature_failures),
-                                      failed=sorted(built.feature_failures, key=lambda f: f["path"]))
-        write_json_atomic(os.path.join(output, REPORT_FILE), report)
-        DatasetInfo(name=name, kind=dataset, sample_rate=sample_rate, pool_size=pool_size,
-                    max_seconds=max_seconds, relevance=listing.relevance, min_shared_tags=min_shared_tags,
-                    split_by=split_by, split_seed=split_seed,
-                    extra={"input": os.path.abspath(input_path) if input_path else listing.extra.get("demo_cache"),
-                           "split_fractions": SPLIT_FRACTIONS, "shard_size": shard_size,
-                           "min_seconds": min_seconds, "multi_label": listing.multi_label,
-                           "stratified_on": "labels, rarest first (iterative stratification)"
-                           if split_by == "track" else "whole labels per split",
-                           "source": listing.extra}).save(output)
+        report = _build(options, listing=listing, settings=settings, plans=plans, output=output, started=started)
     finally:
         lock.release()
     if verbose:
@@ -398,12 +397,84 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
     return report
 
 
+def _list_tracks(options: PrepareOptions) -> SourceListing:
+    """The source's tracks (the demo corpus built first); ValueError when it lists none."""
+    if options.dataset == "demo":
+        cache_dir = os.path.abspath(options.input_path or default_cache_dir(extended=options.extended))
+        listing = list_manifest(manifest=build_demo_corpus(cache_dir=cache_dir, extended=options.extended,
+                                                           verbose=options.verbose))
+        listing.kind = "demo"
+        listing.extra["demo_cache"] = cache_dir
+    else:
+        listing = list_source(options.dataset, input_path=options.input_path, audio_root=options.audio_root,
+                              label_column=options.label_column)
+    if not listing.tracks:
+        detail = f"; {len(listing.skipped)} rows skipped, e.g. {listing.skipped[0]}" if listing.skipped else ""
+        raise ValueError(f"{options.dataset} source {options.input_path} lists no usable track{detail}")
+    return listing
+
+
+def _plan(options: PrepareOptions, *, listing: SourceListing) -> tuple[DecodeSettings, list[ShardPlan]]:
+    """How each track is decoded, and the shards of the 50/25/25 split."""
+    split_of = assign_splits(tracks=listing.tracks, seed=options.split_seed, split_by=options.split_by,
+                             multi_label=listing.multi_label)
+    settings = DecodeSettings(sample_rate=options.sample_rate, pool_size=options.pool_size,
+                              max_seconds=options.excerpt_seconds(), min_seconds=float(options.min_seconds))
+    return settings, plan_shards(tracks=listing.tracks, split_of=split_of, settings=settings,
+                                 shard_size=options.shard_size)
+
+
+def _build(options: PrepareOptions, *, listing: SourceListing, settings: DecodeSettings, plans: Sequence[ShardPlan],
+           output: str, started: float) -> dict:
+    """Decode and write the planned shards into ``output`` (whose lock the caller holds); returns the report."""
+    o, max_seconds = options, settings.max_seconds
+    workers = o.workers or _available_cores()
+    name = o.name or os.path.basename(output.rstrip(os.sep))
+    claim_output_folder(output)
+    info_path = os.path.join(output, DATASET_INFO_FILE)
+    if os.path.exists(info_path):
+        os.remove(info_path)  # written again last: until then the folder is a build in progress
+    feature_spec = None if o.features is None else FeatureSpec.for_dataset(name=o.features, output=output,
+                                                                            max_seconds=max_seconds)
+    if o.runner == LOCAL_RUNNER:
+        built = _build_local(plans=plans, settings=settings, output=output, workers=workers, name=name,
+                             progress=o.progress)
+        if feature_spec is not None:
+            built.feature_failures = _cache_features_local(entries=built.entries, spec=feature_spec,
+                                                           workers=workers, progress=o.progress)
+    else:
+        from data_prep.beam_pipeline import build_with_beam  # apache_beam (optional) only when asked for
+
+        built = build_with_beam(plans=plans, settings=settings, output=output, runner=o.runner,
+                                beam_args=o.beam_args, workers=workers, features=feature_spec)
+    entries, skipped = built.entries, list(listing.skipped) + built.skipped
+    write_catalog(output, entries)
+    report = _report(listing=listing, entries=entries, skipped=skipped, name=name, dataset=o.dataset,
+                     output=output, written=built.written, reused=built.reused, wall_seconds=time.time() - started)
+    report["warnings"] = _query_warnings(entries=entries, relevance=listing.relevance,
+                                         min_shared_tags=o.min_shared_tags)
+    report["runner"] = o.runner
+    if o.runner != LOCAL_RUNNER:
+        report["beam_options"] = built.beam_options
+    if feature_spec is not None:
+        report["features"] = dict(asdict(feature_spec), tracks=len(entries) - len(built.feature_failures),
+                                  failed=sorted(built.feature_failures, key=lambda f: f["path"]))
+    write_json_atomic(os.path.join(output, REPORT_FILE), report)
+    DatasetInfo(name=name, kind=o.dataset, sample_rate=o.sample_rate, pool_size=o.pool_size,
+                max_seconds=max_seconds, relevance=listing.relevance, min_shared_tags=o.min_shared_tags,
+                split_by=o.split_by, split_seed=o.split_seed,
+                extra={"input": os.path.abspath(o.input_path) if o.input_path else listing.extra.get("demo_cache"),
+                       "split_fractions": SPLIT_FRACTIONS, "shard_size": o.shard_size,
+                       "min_seconds": o.min_seconds, "multi_label": listing.multi_label,
+                       "stratified_on": "labels, rarest first (iterative stratification)"
+                       if o.split_by == "track" else "whole labels per split",
+                       "source": listing.extra}).save(output)
+    return report
+
+
 def _query_warnings(*, entries: Sequence[CatalogEntry], relevance: str, min_shared_tags: int) -> list[str]:
     """What the evaluation protocol will refuse: each split that cannot form a single query (a track with a
     similar and a non-similar track in its split), so ``experiments.run`` would stop before training."""
-    from musicsim.evaluation import split_query_problem
-    from musicsim.relevance import make_relevance
-
     relevance_def = make_relevance(relevance, min_shared_tags=min_shared_tags)
     problems = [split_query_problem(split=split, labels=[e.labels for e in entries if e.split == split],
                                     relevance=relevance_def) for split in SPLIT_FRACTIONS]
@@ -412,14 +483,8 @@ def _query_warnings(*, entries: Sequence[CatalogEntry], relevance: str, min_shar
 
 def main(argv: Sequence[str]) -> None:
     """Run :func:`prepare` from the flags; ``argv[1:]`` are the arguments no flag here took (Beam's)."""
-    from absl import flags
-
-    from data_prep.demo import DemoBuildError
-
     f = flags.FLAGS
     if f.runner != LOCAL_RUNNER:
-        import logging
-
         logging.getLogger("apache_beam").setLevel(logging.WARNING)  # absl shows INFO: a line per bundle
     try:
         report = prepare(dataset=f.dataset, output=f.output, input_path=f.input, audio_root=f.audio_root,
@@ -437,8 +502,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
-    from absl import flags
-
     flags.DEFINE_enum("dataset", None, list(DATASET_KINDS), "Source layout (see data_prep.sources), or demo.")
     flags.DEFINE_string("input", None, "Source: MTAT root, album root, labelled CSV, manifest (file or folder); "
                                        "demo: the corpus cache folder (default data/demo_corpus).")
@@ -486,8 +549,6 @@ def cli() -> None:
     Flags no module defines are left for Beam's pipeline options (``prepare`` refuses them with the
     local runner).
     """
-    from absl import app
-
     _define_flags()
     app.run(main, flags_parser=global_flags_parser(module=sys.modules[__name__], doc=__doc__, usage=USAGE,
                                                     known_only=True))
