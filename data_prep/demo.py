@@ -23,7 +23,8 @@ same bytes (sha256), and files of the same length whose decoded audio is the sam
 ``BUILD_INFO.json`` and counted in the printed summary.
 
 Only these 8 + 5 packages may be used: the other Debian game-music packages are reserved for a
-held-out evaluation corpus. Building is idempotent: each package leaves a stamp in
+held-out evaluation corpus. The packages and track lists are in ``data_prep.demo_packages``, the
+curation in code in ``data_prep.demo_curation``. Building is idempotent: each package leaves a stamp in
 ``CACHE/.stamps``; a rerun with the same spec downloads nothing.
 """
 from __future__ import annotations
@@ -38,13 +39,13 @@ import subprocess
 import tarfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, Sequence
 
+from data_prep.demo_curation import CURATION_VERSION, MIN_TRACK_SECONDS, NON_MUSIC_PATTERNS, curate_tracks
+from data_prep.demo_packages import DEMO_SOURCES, EXTRA_SOURCES, CuratedSource, DemoSource
 from data_prep.sources import file_sha256, repeated_content, safe_name
-import numpy as np
-
-from musicsim.audio import DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
+from musicsim.audio import AudioDecodeError, audio_info
 from musicsim.atomic import atomic_open, write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,149 +53,12 @@ DEFAULT_CACHE_DIR = os.path.join(REPO_ROOT, "data", "demo_corpus")
 DEFAULT_EXTENDED_CACHE_DIR = os.path.join(REPO_ROOT, "data", "demo_extended_corpus")
 MANIFEST_COLUMNS = ("path", "track_id", "label_album", "label_genre", "label_instrument", "duration_s",
                     "source_package", "source_version", "source_member", "clip_offset_s", "license")
-MIN_TRACK_SECONDS = 30.0
 # Bump when the unpacking changes in a way the stamps cannot see.
 STAMP_VERSION = 1
-# Bump when ``curate_tracks`` changes: only the stamps of pattern-matched sources depend on it.
-CURATION_VERSION = 1
-# Paths (inside a source's music folder) that are not music, whatever the package.
-NON_MUSIC_PATTERNS = (r"(?i)(^|/)(sfx|sounds?|effects?|voices?|announcer|ambience|jingles?)/", r"(?i)jingle")
-# Decode checks of a kept file: this many seconds at its start, middle and end.
-PROBE_SECONDS = 2.0
-# Two files of the same length are the same recording when the median correlation of their
-# decoded audio over NEAR_DUPLICATE_WINDOW_S windows reaches this (a remaster at another gain
-# scores ~0.999; two arrangements sharing stems, e.g. freedroidrpg's AmbientBattle/TechBattle, ~0.84).
-NEAR_DUPLICATE_CORRELATION = 0.98
-NEAR_DUPLICATE_RATE = 4000
-NEAR_DUPLICATE_WINDOW_S = 5.0
-# Rate at which a file with no readable length is decoded to measure it.
-DEFAULT_MEASURE_RATE = DEFAULT_SAMPLE_RATE
 
 
 class DemoBuildError(RuntimeError):
     """The demo corpus could not be built (apt, download or unpacking failed); the message says why."""
-
-
-@dataclass(frozen=True)
-class DemoSource:
-    """One Debian package and the tracks taken from it.
-
-    ``member_pattern`` matches a file's path in the package (or, with ``archive_pattern``, inside
-    the zip archive that pattern names); its group 1 is the track path listed in ``tracks``.
-    """
-
-    key: str
-    package: str
-    member_pattern: str
-    tracks: tuple[tuple[str, str], ...]  # (track path, album label)
-    license: str
-    archive_pattern: str | None = None
-
-
-@dataclass(frozen=True)
-class CuratedSource:
-    """One Debian package whose music files are found by pattern and curated in code.
-
-    ``member_pattern`` matches a music file's path in the package; its group 1 is the track path
-    (the track id's second part). Track paths matching ``NON_MUSIC_PATTERNS`` or one of
-    ``exclude_patterns`` are left out; the rest go through ``curate_tracks``. Every kept track gets
-    the label ``album`` (the game).
-    """
-
-    key: str
-    package: str
-    album: str
-    member_pattern: str
-    license: str
-    exclude_patterns: tuple[str, ...] = ()
-
-
-def _album(album: str, *names: str) -> tuple[tuple[str, str], ...]:
-    return tuple((name, album) for name in names)
-
-
-def _numbered(template: str, numbers: Sequence[int]) -> list[str]:
-    return [template % n for n in numbers]
-
-
-DEMO_SOURCES: tuple[DemoSource, ...] = (
-    DemoSource(
-        key="colobot", package="colobot-common-sounds", license="GPL-3+ (see licenses/)",
-        member_pattern=r"^/usr/share/games/colobot/music/([^/]+\.ogg)$",
-        tracks=_album("colobot", "Constructive.ogg", "Humanitarian.ogg", "Hv2.ogg", "Infinite.ogg", "Intro2.ogg",
-                      "Proton.ogg", "Prototype.ogg", "Quite.ogg",
-                      *_numbered("music%03d.ogg", [2, 3, 4, 5, 6, 7, 8, 9, 12, 13]))),
-    DemoSource(
-        key="nexuiz", package="nexuiz-music", license="GPL-2+ (see licenses/)",
-        archive_pattern=r"^/usr/share/games/nexuiz/data/music\.pk3$",
-        member_pattern=r"^sound/cdtracks/([^/]+\.ogg)$",
-        tracks=_album("nexuiz", *(name + ".ogg" for name in (
-            "beast-of-insanity", "brainsukker", "breakdown-easy", "brokenlight", "calling-bogus", "chaos-fog",
-            "desert3", "digital-pursuit", "infight", "neuronal-diving", "ninesix", "northern-lights",
-            "sixtyfour_", "sixtyfour_revisited", "stairs", "subcities", "thru-the-mirror")))),
-    DemoSource(
-        key="singularity", package="singularity-music", license="CC-BY-SA-3.0 (Max McCracken; see licenses/)",
-        member_pattern=r"^/usr/share/games/singularity/music/(.+\.ogg)$",
-        tracks=_album("singularity", *(name + ".ogg" for name in (
-            "A New Journey", "Aberrations", "Advanced Simulacra", "Awakening", "By-Product", "Coherence",
-            "Deprecation", "Enemy Unknown", "Inevitable", "Media Threat", "Nebula", "Orbital Elevator",
-            "Through Space", "lose/Chimes They Fade", "lose/March Thee to Dis", "win/Apex Aleph")))),
-    DemoSource(
-        key="drascula", package="drascula-music",
-        license="Drascula-License, BSD-like, DFSG-free (Alcachofa Soft; see licenses/)",
-        member_pattern=r"^/usr/share/scummvm/drascula/audio/([^/]+\.ogg)$",
-        tracks=_album("drascula", *_numbered("track%d.ogg", [1, *range(2, 12), *range(13, 17), *range(18, 28),
-                                                             29, 30, 31]))),
-    DemoSource(
-        key="pushover", package="pushover-data", license="GPL-3+ (see licenses/)",
-        member_pattern=r"^/usr/share/pushover/themes/([^/]+\.ogg)$",
-        tracks=_album("pushover", *(name + ".ogg" for name in (
-            "aztec", "castle", "dungeon", "electro", "greek", "japanese", "mechanic", "option", "space",
-            "toxcity")))),
-    DemoSource(
-        key="marsshooter", package="marsshooter-data", license="CC-BY-SA-3.0 (see licenses/)",
-        member_pattern=r"^/usr/share/games/marsshooter/audio/music/([^/]+\.ogg)$",
-        tracks=_album("marsshooter", *(name + ".ogg" for name in (
-            "01_-_Ezer_Ev", "02_orphanage", "03_fear", "06_-_Elveszett_Lelkek", "06_starfall", "07_-_Vermocsar",
-            "08_second_birth", "09_wings_of_cruelty", "10_farewell", "12_-_Misanthropia")))),
-    DemoSource(
-        key="fillets-ng", package="fillets-ng-data", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/games/fillets-ng/music/([^/]+\.ogg)$",
-        tracks=_album("fillets-ng", "menu.ogg", *_numbered("rybky%02d.ogg", [1, 2, 3, 4, 5, 6, 7, 9, 10, 13, 14,
-                                                                               15]))),
-    DemoSource(
-        key="warzone2100", package="warzone2100-music", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/games/warzone2100/music/albums/(.+\.opus)$",
-        tracks=(_album("warzone2100-aftermath", *_numbered("aftermath_soundtrack/track%d.opus", range(17, 28)))
-                + _album("warzone2100-legacy", *_numbered("legacy_soundtrack/track%d.opus", range(4, 17)))
-                + _album("warzone2100-original", *_numbered("original_soundtrack/track%d.opus", [1, 2, 3])))),
-)
-
-# The 5 extra packages of shared/data/README.md ("Extra packages allowed for training"), no others.
-# Each pattern takes the package's music folder alone: the sound effects, voices and ambience live in
-# other folders (berusky2 sound/, freedroidrpg sound/effects/, redeclipse sounds/*/ but music/,
-# warmux sound/, hyperrogue sounds/). Left out on purpose, though music: freedroidrpg's title-screen
-# pieces (base/titles/, storyline/*/titles/, 39-49 s) and redeclipse's theme.ogg, original.ogg,
-# theme_chip.ogg and maps/tonatiuh.ogg, which are not in the credited music folder.
-EXTRA_SOURCES: tuple[CuratedSource, ...] = (
-    CuratedSource(
-        key="berusky2", package="berusky2-data", album="berusky2", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/games/berusky2/music/([^/]+\.ogg)$"),
-    CuratedSource(
-        key="freedroidrpg", package="freedroidrpg-data", album="freedroidrpg", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/freedroidrpg/data/sound/music/([^/]+\.ogg)$"),
-    CuratedSource(
-        key="redeclipse", package="redeclipse-data", album="redeclipse",
-        license="CC-BY-SA-3.0 (Derek Stegall; see licenses/)",
-        member_pattern=r"^/usr/share/games/redeclipse/data/sounds/music/([^/]+\.ogg)$"),
-    CuratedSource(
-        key="warmux", package="warmux-data", album="warmux", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/games/warmux/music/((?:ingame|menu)/[^/]+\.ogg)$"),
-    CuratedSource(
-        key="hyperrogue", package="hyperrogue-music", album="hyperrogue",
-        license="CC-BY-SA-3.0 (Shawn Parrotte, Lincoln Domina, Will Savino; see licenses/)",
-        member_pattern=r"^/usr/share/hyperrogue/music/([^/]+\.ogg)$"),
-)
 
 
 def demo_sources(*, extended: bool = False) -> tuple[DemoSource | CuratedSource, ...]:
@@ -313,138 +177,6 @@ def _package_files(deb_path: str, patterns: Sequence[str], workdir: str) -> dict
 LEFT_OUT_KEYS = ("missing", "excluded", "undecodable", "too_short", "duplicate")
 
 
-def checked_duration(path: str) -> tuple[float, int, int]:
-    """A file's duration, once it is known to decode.
-
-    The header gives the length; when it has none, the whole file is decoded to measure it. A file
-    with a length is checked by decoding ``PROBE_SECONDS`` at its start, middle and end (what breaks
-    a file, a bad header, truncation or a corrupt stream, shows there; ``data_prep.build`` still
-    reports any excerpt that fails to decode later).
-
-    Returns
-    -------
-    seconds : float
-    sample_rate, frames : int
-        The file's rate and length in frames at that rate (frames decoded when the header has none).
-
-    Raises
-    ------
-    AudioDecodeError
-        When the header or a probe does not decode; its ``reason`` says why.
-    """
-    try:
-        info = audio_info(path)
-    except AudioDecodeError:
-        info = None  # not a libsndfile format: load_audio tries audioread, or says why not
-    if info is None or info.frames == 0:
-        rate = info.sample_rate if info is not None else DEFAULT_MEASURE_RATE
-        audio = load_audio(path, sample_rate=rate, min_seconds=0.0, reject_silence=False)
-        return audio.size / float(rate), rate, int(audio.size)
-    probe = min(PROBE_SECONDS, info.duration)
-    for offset in (0.0, (info.duration - probe) / 2.0, info.duration - probe):
-        load_audio(path, sample_rate=info.sample_rate, offset=max(0.0, offset), duration=probe,
-                   min_seconds=0.0, reject_silence=False)
-    return info.duration, info.sample_rate, info.frames
-
-
-def decoded_correlation(path_a: str, path_b: str) -> float:
-    """How alike two files' decoded audio is, whatever their gains: 1.0 for the same recording.
-
-    Both are decoded to mono at ``NEAR_DUPLICATE_RATE`` and cut into aligned windows of
-    ``NEAR_DUPLICATE_WINDOW_S``; the result is the median over windows of the Pearson correlation
-    (windows silent in either file do not count). Per window, so a remaster whose gain follows
-    another curve than the original's still scores near 1.
-
-    Returns
-    -------
-    float in [-1, 1]; 0.0 when no window has sound in both files.
-    """
-    a = load_audio(path_a, sample_rate=NEAR_DUPLICATE_RATE, min_seconds=0.0, reject_silence=False)
-    b = load_audio(path_b, sample_rate=NEAR_DUPLICATE_RATE, min_seconds=0.0, reject_silence=False)
-    length = min(a.size, b.size)
-    window = min(int(NEAR_DUPLICATE_WINDOW_S * NEAR_DUPLICATE_RATE), length)
-    if window == 0:
-        return 0.0
-    count = length // window
-    windows_a = a[:count * window].reshape(count, window).astype(np.float64)  # [windows, samples]
-    windows_b = b[:count * window].reshape(count, window).astype(np.float64)
-    windows_a -= windows_a.mean(axis=1, keepdims=True)
-    windows_b -= windows_b.mean(axis=1, keepdims=True)
-    norms = np.sqrt((windows_a ** 2).sum(axis=1) * (windows_b ** 2).sum(axis=1))  # [windows]
-    audible = norms > 1e-12
-    if not audible.any():
-        return 0.0
-    return float(np.median((windows_a * windows_b).sum(axis=1)[audible] / norms[audible]))
-
-
-def curate_tracks(*, files: dict[str, str], min_track_seconds: float = MIN_TRACK_SECONDS,
-                  exclude_patterns: Sequence[str] = NON_MUSIC_PATTERNS
-                  ) -> tuple[list[tuple[str, float]], dict[str, list[str]]]:
-    """The README's curation of a package's music files, in order of track path.
-
-    1. ``excluded``: the track path matches one of ``exclude_patterns`` (not music);
-    2. ``undecodable``: the file does not decode (``checked_duration``);
-    3. ``too_short``: under ``min_track_seconds`` (jingles, stingers);
-    4. ``duplicate``: the same bytes (sha256) as a track kept before it, or, at the same length in
-       frames, the same decoded audio (``decoded_correlation`` >= ``NEAR_DUPLICATE_CORRELATION``).
-       The first by sorted track path is the one kept.
-
-    Parameters
-    ----------
-    files : dict
-        ``{track path: local file}``.
-    min_track_seconds : float >= 0
-    exclude_patterns : sequence of str
-        Regular expressions searched in the track path.
-
-    Returns
-    -------
-    kept : list of (track path, seconds)
-        Sorted by track path.
-    left_out : dict
-        ``{"excluded" | "undecodable" | "too_short" | "duplicate": ["<track>: <why>", ...]}``.
-    """
-    if min_track_seconds < 0:
-        raise ValueError(f"min_track_seconds must be >= 0, got {min_track_seconds}")
-    left_out: dict[str, list[str]] = {"excluded": [], "undecodable": [], "too_short": [], "duplicate": []}
-    kept: list[tuple[str, float]] = []
-    kept_by_hash: dict[str, str] = {}
-    kept_by_length: dict[tuple[int, int], list[str]] = {}
-    for track in sorted(files):
-        path = files[track]
-        pattern = next((p for p in exclude_patterns if re.search(p, track)), None)
-        if pattern is not None:
-            left_out["excluded"].append(f"{track}: path matches {pattern}")
-            continue
-        try:
-            seconds, sample_rate, frames = checked_duration(path)
-        except AudioDecodeError as err:
-            left_out["undecodable"].append(f"{track}: {err.reason}")
-            continue
-        if seconds < min_track_seconds:
-            left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
-            continue
-        digest = file_sha256(path)
-        if digest in kept_by_hash:
-            left_out["duplicate"].append(f"{track}: same bytes as {kept_by_hash[digest]} (sha256 {digest[:12]})")
-            continue
-        same_length = kept_by_length.setdefault((sample_rate, frames), [])
-        twin, correlation = None, 0.0
-        for other in same_length:  # files of one length are rare: decoding them costs little
-            correlation = decoded_correlation(files[other], path)
-            if correlation >= NEAR_DUPLICATE_CORRELATION:
-                twin = other
-                break
-        if twin is not None:
-            left_out["duplicate"].append(f"{track}: same audio as {twin} (decoded, median window correlation "
-                                         f"{correlation:.3f}, {seconds:.1f}s each)")
-            continue
-        kept_by_hash[digest] = track
-        same_length.append(track)
-        kept.append((track, seconds))
-    return kept, left_out
-
-
 def unpack_source(*, deb_path: str, version: str, source: DemoSource | CuratedSource, corpus_dir: str,
                   workdir: str, min_track_seconds: float = MIN_TRACK_SECONDS) -> tuple[list[dict], dict]:
     """Copy ``source``'s curated tracks out of its .deb into ``corpus_dir/audio/<album>/``.
@@ -464,7 +196,32 @@ def unpack_source(*, deb_path: str, version: str, source: DemoSource | CuratedSo
         ``undecodable``, ``too_short`` or ``duplicate``.
     """
     curated = isinstance(source, CuratedSource)
-    archive_pattern = None if curated else source.archive_pattern
+    members = _source_members(deb_path=deb_path, source=source, corpus_dir=corpus_dir, workdir=workdir)
+    listed, left_out = _listed_tracks(source=source, members=members, min_track_seconds=min_track_seconds)
+    rows = []
+    for track, album, seconds in listed:
+        member, local = members[track]
+        track_id = demo_track_id(album=album, track=track)
+        relative = os.path.join("audio", safe_name(album),
+                                track_id.split("__", 1)[1] + os.path.splitext(track)[1].lower())
+        os.makedirs(os.path.dirname(os.path.join(corpus_dir, relative)), exist_ok=True)
+        os.replace(local, os.path.join(corpus_dir, relative))
+        rows.append({"path": relative, "track_id": track_id, "label_album": album, "label_genre": "",
+                     "label_instrument": "", "duration_s": f"{seconds:.2f}", "source_package": source.package,
+                     "source_version": version, "source_member": member, "clip_offset_s": "",
+                     "license": source.license})
+    info = {"package": source.package, "version": version, "deb_sha256": file_sha256(deb_path),
+            "deb_mb": round(os.path.getsize(deb_path) / 1e6, 1), "tracks": len(rows),
+            "minutes": round(sum(float(r["duration_s"]) for r in rows) / 60.0, 1),
+            **({"matched": len(members)} if curated else {}), **left_out}
+    return rows, info
+
+
+def _source_members(*, deb_path: str, source: DemoSource | CuratedSource, corpus_dir: str, workdir: str
+                    ) -> dict[str, tuple[str, str]]:
+    """{track path: (source member, local file)} of the files ``source`` matches in its .deb (or in the zip
+    archive inside it), unpacked into ``workdir``; copies the package's copyright file to ``corpus_dir/licenses``."""
+    archive_pattern = None if isinstance(source, CuratedSource) else source.archive_pattern
     copyright_pattern = r"^/usr/share/doc/%s/copyright$" % re.escape(source.package)
     wanted = [copyright_pattern, archive_pattern or source.member_pattern]
     files = _package_files(deb_path, wanted, workdir)
@@ -495,46 +252,35 @@ def unpack_source(*, deb_path: str, version: str, source: DemoSource | CuratedSo
         if re.match(copyright_pattern, name):
             os.makedirs(os.path.join(corpus_dir, "licenses"), exist_ok=True)
             shutil.copyfile(local, os.path.join(corpus_dir, "licenses", f"{source.package}.copyright"))
-    if curated:
+    return members
+
+
+def _listed_tracks(*, source: DemoSource | CuratedSource, members: dict[str, tuple[str, str]],
+                   min_track_seconds: float) -> tuple[list[tuple[str, str, float]], dict[str, list[str]]]:
+    """(track path, album, seconds) of the tracks kept, and the ones left out by reason."""
+    if isinstance(source, CuratedSource):
         if not members:
             raise DemoBuildError(f"{source.package}: no file matches {source.member_pattern}: the package's "
                                  "layout changed, update its CuratedSource")
         kept, left_out = curate_tracks(files={track: local for track, (_, local) in members.items()},
                                        min_track_seconds=min_track_seconds,
                                        exclude_patterns=NON_MUSIC_PATTERNS + tuple(source.exclude_patterns))
-        listed = [(track, source.album, seconds) for track, seconds in kept]
-    else:
-        listed, left_out = [], {"missing": [], "too_short": [], "undecodable": []}
-        for track, album in source.tracks:
-            if track not in members:
-                left_out["missing"].append(track)
-                continue
-            try:
-                seconds = audio_info(members[track][1]).duration
-            except AudioDecodeError as err:
-                left_out["undecodable"].append(f"{track}: {err.reason}")
-                continue
-            if seconds < min_track_seconds:
-                left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
-                continue
-            listed.append((track, album, seconds))
-    rows = []
-    for track, album, seconds in listed:
-        member, local = members[track]
-        track_id = demo_track_id(album=album, track=track)
-        relative = os.path.join("audio", safe_name(album),
-                                track_id.split("__", 1)[1] + os.path.splitext(track)[1].lower())
-        os.makedirs(os.path.dirname(os.path.join(corpus_dir, relative)), exist_ok=True)
-        os.replace(local, os.path.join(corpus_dir, relative))
-        rows.append({"path": relative, "track_id": track_id, "label_album": album, "label_genre": "",
-                     "label_instrument": "", "duration_s": f"{seconds:.2f}", "source_package": source.package,
-                     "source_version": version, "source_member": member, "clip_offset_s": "",
-                     "license": source.license})
-    info = {"package": source.package, "version": version, "deb_sha256": file_sha256(deb_path),
-            "deb_mb": round(os.path.getsize(deb_path) / 1e6, 1), "tracks": len(rows),
-            "minutes": round(sum(float(r["duration_s"]) for r in rows) / 60.0, 1),
-            **({"matched": len(members)} if curated else {}), **left_out}
-    return rows, info
+        return [(track, source.album, seconds) for track, seconds in kept], left_out
+    listed, left_out = [], {"missing": [], "too_short": [], "undecodable": []}
+    for track, album in source.tracks:
+        if track not in members:
+            left_out["missing"].append(track)
+            continue
+        try:
+            seconds = audio_info(members[track][1]).duration
+        except AudioDecodeError as err:
+            left_out["undecodable"].append(f"{track}: {err.reason}")
+            continue
+        if seconds < min_track_seconds:
+            left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
+            continue
+        listed.append((track, album, seconds))
+    return listed, left_out
 
 
 def _spec_hash(source: DemoSource | CuratedSource, min_track_seconds: float) -> str:
@@ -611,22 +357,10 @@ def build_demo_corpus(*, cache_dir: str | None = None, sources: Sequence[DemoSou
         spec = _spec_hash(source, min_track_seconds)
         stamped = _stamp_rows(stamp_path, spec, cache_dir)
         if stamped is None:
-            workdir = os.path.join(work_root, source.key)
-            shutil.rmtree(workdir, ignore_errors=True)
-            os.makedirs(workdir)
-            t0 = time.time()
-            deb_path, version = fetch(source.package, workdir)
-            rows, info = unpack_source(deb_path=deb_path, version=version, source=source, corpus_dir=cache_dir,
-                                       workdir=os.path.join(workdir, "files"),
-                                       min_track_seconds=min_track_seconds)
-            shutil.rmtree(workdir, ignore_errors=True)
-            write_json_atomic(stamp_path, {"spec": spec, "rows": rows, "info": info})
+            stamped = _fetch_source(source=source, fetch=fetch, cache_dir=cache_dir,
+                                    workdir=os.path.join(work_root, source.key), min_track_seconds=min_track_seconds,
+                                    stamp=(stamp_path, spec), progress_prefix=f"{corpus} corpus" if verbose else None)
             downloaded.append(source.package)
-            if verbose:
-                print(f"{corpus} corpus: {source.key:<12} {source.package} {version}: {len(rows)} tracks, "
-                      f"{info['minutes']} min ({info['deb_mb']} MB, {time.time() - t0:.1f}s)"
-                      + _left_out_summary(info), flush=True)
-            stamped = rows, info
         rows, info = stamped
         all_rows += rows
         infos[source.key] = info
@@ -641,13 +375,7 @@ def build_demo_corpus(*, cache_dir: str | None = None, sources: Sequence[DemoSou
     _remove_unlisted_audio(cache_dir, {row["path"] for row in all_rows})
     all_rows = [row for row in all_rows if row["path"] not in dropped]
     manifest = write_manifest(corpus_dir=cache_dir, rows=all_rows)
-    albums: dict[str, dict] = {}
-    for row in all_rows:
-        album = albums.setdefault(row["label_album"], {"tracks": 0, "minutes": 0.0})
-        album["tracks"] += 1
-        album["minutes"] += float(row["duration_s"]) / 60.0
-    for album in albums.values():
-        album["minutes"] = round(album["minutes"], 1)
+    albums = _album_counts(all_rows)
     curation = {key: {k: len(info[k]) for k in LEFT_OUT_KEYS if info.get(k)} for key, info in infos.items()}
     curation = {key: counts for key, counts in curation.items() if counts}
     if duplicates:
@@ -660,17 +388,59 @@ def build_demo_corpus(*, cache_dir: str | None = None, sources: Sequence[DemoSou
             "build_seconds": round(time.time() - started, 1), "min_track_seconds": min_track_seconds,
             "left_out": curation, "duplicates_across_sources": duplicates, "sources": infos})
     if verbose and downloaded:
-        totals: dict[str, int] = {}
-        for counts in curation.values():
-            for reason, count in counts.items():
-                totals[reason] = totals.get(reason, 0) + count
-        left_out = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(totals.items()))
-        print(f"{corpus} corpus in {cache_dir}: {len(all_rows)} tracks, {len(albums)} albums "
-              f"({time.time() - started:.1f}s); left out: {left_out or 'none'}"
-              + (" (see BUILD_INFO.json)" if left_out else ""), flush=True)
-        for duplicate in duplicates:
-            print(f"  duplicate: {duplicate['path']}: same bytes as {duplicate['same_as']}", flush=True)
+        _print_summary(corpus=corpus, cache_dir=cache_dir, tracks=len(all_rows), albums=len(albums),
+                       seconds=time.time() - started, curation=curation, duplicates=duplicates)
     return manifest
+
+
+def _fetch_source(*, source: DemoSource | CuratedSource, fetch: Fetcher, cache_dir: str, workdir: str,
+                  min_track_seconds: float, stamp: tuple[str, str], progress_prefix: str | None
+                  ) -> tuple[list[dict], dict]:
+    """Download ``source``'s package into a fresh ``workdir``, unpack its tracks into ``cache_dir`` and stamp it.
+
+    ``stamp``: (stamp file, spec hash). Returns :func:`unpack_source`'s (rows, info); prints a line
+    starting with ``progress_prefix`` unless None.
+    """
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    t0 = time.time()
+    deb_path, version = fetch(source.package, workdir)
+    rows, info = unpack_source(deb_path=deb_path, version=version, source=source, corpus_dir=cache_dir,
+                               workdir=os.path.join(workdir, "files"), min_track_seconds=min_track_seconds)
+    shutil.rmtree(workdir, ignore_errors=True)
+    write_json_atomic(stamp[0], {"spec": stamp[1], "rows": rows, "info": info})
+    if progress_prefix is not None:
+        print(f"{progress_prefix}: {source.key:<12} {source.package} {version}: {len(rows)} tracks, "
+              f"{info['minutes']} min ({info['deb_mb']} MB, {time.time() - t0:.1f}s)"
+              + _left_out_summary(info), flush=True)
+    return rows, info
+
+
+def _album_counts(rows: Sequence[dict]) -> dict[str, dict]:
+    """{album: {"tracks", "minutes" (rounded to 0.1)}} of manifest rows."""
+    albums: dict[str, dict] = {}
+    for row in rows:
+        album = albums.setdefault(row["label_album"], {"tracks": 0, "minutes": 0.0})
+        album["tracks"] += 1
+        album["minutes"] += float(row["duration_s"]) / 60.0
+    for album in albums.values():
+        album["minutes"] = round(album["minutes"], 1)
+    return albums
+
+
+def _print_summary(*, corpus: str, cache_dir: str, tracks: int, albums: int, seconds: float,
+                   curation: dict[str, dict[str, int]], duplicates: Sequence[dict]) -> None:
+    """The build's last lines: tracks, albums, what the curation left out, the duplicates across sources."""
+    totals: dict[str, int] = {}
+    for counts in curation.values():
+        for reason, count in counts.items():
+            totals[reason] = totals.get(reason, 0) + count
+    left_out = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in sorted(totals.items()))
+    print(f"{corpus} corpus in {cache_dir}: {tracks} tracks, {albums} albums "
+          f"({seconds:.1f}s); left out: {left_out or 'none'}"
+          + (" (see BUILD_INFO.json)" if left_out else ""), flush=True)
+    for duplicate in duplicates:
+        print(f"  duplicate: {duplicate['path']}: same bytes as {duplicate['same_as']}", flush=True)
 
 
 def _left_out_summary(info: dict) -> str:
