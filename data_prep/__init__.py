@@ -10,8 +10,7 @@ __all__ = ["prepare"]
 
 def __getattr__(name: str):
     if name == "prepare":
-        # why: imported on first use, so `python -m data_prep.build` does not load the module twice
-        from data_prep.build import prepare
+        from data_prep.build import prepare  # why: on first use, so `python -m data_prep.build` loads it once
 
         return prepare
     raise AttributeError(f"module 'data_prep' has no attribute {name!r}")

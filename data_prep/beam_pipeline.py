@@ -99,8 +99,7 @@ def cache_track_features(*, path: str, spec: FeatureSpec) -> str | None:
     str or None
         Why the file has no feature vector, or None when it has one (now cached).
     """
-    # why: librosa and scipy cost ~2 s, paid only by the Beam workers of a build that caches features
-    from musicsim import features
+    from musicsim import features  # why: librosa+scipy ~2 s, only in the workers of a build caching features
 
     if not os.path.isfile(path):
         return "file not found"
@@ -231,10 +230,9 @@ def make_runner(runner: str, options: PipelineOptions):
     """The runner to hand ``beam.Pipeline``: DirectRunner's portable engine directly (no Prism), else the name."""
     if runner != "DirectRunner":
         return runner
-    # why: apache_beam is optional, and these internals are DirectRunner's only
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    from apache_beam.portability.api import beam_provision_api_pb2  # why: optional apache_beam, DirectRunner's
+    from apache_beam.runners.portability.fn_api_runner import fn_runner  # why: as above
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle  # why: as above
 
     # As DirectRunner builds it: the workers get the pipeline options through the provision info.
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())

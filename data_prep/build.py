@@ -198,8 +198,7 @@ def _build_local(*, plans: Sequence[ShardPlan], settings: DecodeSettings, output
 def _cache_features_local(*, entries: Sequence[CatalogEntry], spec: FeatureSpec, workers: int,
                           progress: bool) -> list[dict]:
     """Fill ``spec.cache_dir`` for every kept track; returns the failures ``[{"path", "reason"}]``."""
-    # why: librosa and scipy cost ~2 s, paid by every spawned decoding worker that imports this module
-    from musicsim.features import extract_many
+    from musicsim.features import extract_many  # why: librosa+scipy ~2 s in each spawned worker (re-imports us)
 
     _, _, failed = extract_many(paths=[e.path for e in entries], feature_fn=spec.name, sample_rate=spec.sample_rate,
                                 max_seconds=spec.max_seconds, workers=workers, cache_dir=spec.cache_dir,
@@ -319,8 +318,7 @@ class PrepareOptions:
             raise ValueError(f"unknown arguments {list(self.beam_args)}: not flags of data_prep.build (only a Beam "
                              f"--runner, {', '.join(BEAM_RUNNERS)}, takes extra arguments, as pipeline options)")
         if self.features is not None:
-            # why: librosa and scipy cost ~2 s, paid by every spawned decoding worker that imports this module
-            from musicsim.features import FEATURE_FUNCTIONS
+            from musicsim.features import FEATURE_FUNCTIONS  # why: librosa+scipy ~2 s in each spawned worker
 
             if self.features not in FEATURE_FUNCTIONS:
                 raise ValueError(f"features must be one of {sorted(FEATURE_FUNCTIONS)} or None, got {self.features!r}")
@@ -443,7 +441,7 @@ def _build(options: PrepareOptions, *, listing: SourceListing, settings: DecodeS
             built.feature_failures = _cache_features_local(entries=built.entries, spec=feature_spec,
                                                            workers=workers, progress=o.progress)
     else:
-        from data_prep.beam_pipeline import build_with_beam  # apache_beam (optional) only when asked for
+        from data_prep.beam_pipeline import build_with_beam  # why: apache_beam is optional, only for Beam runners
 
         built = build_with_beam(plans=plans, settings=settings, output=output, runner=o.runner,
                                 beam_args=o.beam_args, workers=workers, features=feature_spec)

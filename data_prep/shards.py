@@ -99,8 +99,7 @@ class FeatureSpec:
     @classmethod
     def for_dataset(cls, *, name: str, output: str, max_seconds: float | None) -> "FeatureSpec":
         """The cache ``experiments.run --model=<name>`` reads for the dataset in ``output``."""
-        # why: librosa and scipy cost ~2 s, paid by every spawned decoding worker that imports the build
-        from musicsim.features import DEFAULT_SAMPLE_RATE as FEATURE_SAMPLE_RATE
+        from musicsim.features import DEFAULT_SAMPLE_RATE as FEATURE_SAMPLE_RATE  # why: librosa+scipy ~2 s
 
         return cls(name=name, sample_rate=FEATURE_SAMPLE_RATE, max_seconds=max_seconds,
                    cache_dir=feature_cache_dir(output))

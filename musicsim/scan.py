@@ -261,8 +261,7 @@ class _IndexWriter:
     def _rerank(self) -> Any:
         if self.engine["engine"] == "default":
             try:
-                # why: the engine's module imports TensorFlow, which an index of a run never needs
-                from musicsim.models.pretrained_engine import ENGINE_RERANK
+                from musicsim.models.pretrained_engine import ENGINE_RERANK  # why: imports TensorFlow
             except ImportError:
                 return reranking.RerankSettings()
             return reranking.parse_settings(ENGINE_RERANK)
@@ -322,8 +321,7 @@ class _IndexWriter:
 
 def _load_embedder(model_dir: str | None) -> tuple[Any, bool]:
     """(embedder, whether it is the default engine)."""
-    # why: the embedders import TensorFlow; `musicsim-scan --help` and a bad flag answer without it
-    from musicsim import embedder as embedders
+    from musicsim import embedder as embedders  # why: imports TensorFlow; --help and bad flags answer without it
 
     if model_dir is None:
         return embedders.default_embedder(), True
