@@ -129,7 +129,8 @@ def teacher_agreement(*, run_dir: str, paths: list[str], teacher_name: str, cach
     import tensorflow as tf
 
     from experiments import distill as distill_run
-    from musicsim import pretraining, training
+    from musicsim import pretraining
+    from musicsim.train import estimator as training
     from musicsim.inputs import batched_input_fn
     from musicsim.pretraining import stream
     from musicsim.rundir import RunDir

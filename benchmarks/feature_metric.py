@@ -15,7 +15,7 @@ test split, by catalog mAP, PC and NDCG@1 (``musicsim.evaluation``):
   or a 256-unit ReLU layer with dropout then 64-d) trained with the project's own pipeline: training
   lists from ``inputs.make_list_input_fn`` (the feature vector is a one-step sequence), the shared
   ranking head (LambdaLoss, cosine, scores times ``--score_scale``), early stopping on eval NDCG@6 and
-  the best checkpoint (``musicsim.training``); training lists of ``--train_lists`` similar and
+  the best checkpoint (``musicsim.train.estimator``); training lists of ``--train_lists`` similar and
   non-similar candidates (the paper's 3 + 3 by default); mean ± std over ``--seeds``.
 
 The learned projection starts from the very features the baseline uses, so if it beats them on the
@@ -86,7 +86,8 @@ def train_projection(track_sets: dict[str, TrackSet], *, relevance_def, hidden: 
                      model_dir: str, max_steps: int, n_similar: int = 3, n_dissimilar: int = 3,
                      score_scale: float = 1.0) -> np.ndarray:
     """Train one learned projection with the project's pipeline; its test-split embeddings ``[n, 64]``."""
-    from musicsim import head, training
+    from musicsim import head
+    from musicsim.train import estimator as training
     from musicsim.inputs import make_list_input_fn
 
     params = dict(loss="lambda", similarity="cosine", score_scale=score_scale, learning_rate=1e-3, clip_norm=5.0,

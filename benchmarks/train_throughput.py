@@ -23,7 +23,7 @@ def measure(pool_size: int, steps: int, batch_size: int, crop_seconds: float) ->
     import numpy as np
     import tensorflow as tf
 
-    from musicsim import training
+    from musicsim.train import estimator as training
     from musicsim.inputs import TrackSet, make_list_input_fn
     from musicsim.relevance import make_relevance
 

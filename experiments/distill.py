@@ -34,7 +34,8 @@ from tensorflow.python.util import deprecation
 from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
 from data_prep.demo import build_demo_corpus
-from musicsim import pretraining, training
+from musicsim import pretraining
+from musicsim.train import estimator as training
 from musicsim.atomic import atomic_open
 from musicsim.audio import AUDIO_EXTENSIONS
 from musicsim.cli import global_flags_parser, usage_error

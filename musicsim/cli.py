@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from types import ModuleType
 from typing import Callable, Mapping, NoReturn, Sequence
 
@@ -271,3 +272,134 @@ def global_flags_parser(*, module: ModuleType | str, doc: str, usage: str,
             sys.exit(usage_error(str(error), usage=usage))
 
     return parse
+
+
+# ---------------------------------------------------------------------- flags from config classes
+# (``experiments.run``: each hyperparameter is a config field, written once with its default and help,
+# ``musicsim.params.hyperparameter``; its flag, its range and its value come from the field.)
+NAMED_BOUNDS = {"positive": POSITIVE, "non_negative": NON_NEGATIVE, "at_least_one": AT_LEAST_ONE,
+                "fraction": FRACTION, "open_fraction": Bounds(lower=0, upper=1, upper_open=True),
+                "ratio": Bounds(lower=0, upper=1, lower_open=True), "any": ANY_FINITE, "seed": SEED,
+                "sizes": Bounds(lower=1, integer=True)}
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One flag made from a config field (several configs may share it: ``--dropout``).
+
+    Attributes
+    ----------
+    name : the flag's name
+    fields : ``(config class, field name)`` of every config field it sets
+    metadata : the first field's ``hyperparameter`` metadata
+    """
+
+    name: str
+    fields: tuple[tuple[type, str], ...]
+    metadata: Mapping
+
+    def value(self, flag_values: flags.FlagValues):
+        """The config value of the flag's parsed value (``off`` back to None/False, lists to tuples)."""
+        value = flag_values[self.name].value
+        if isinstance(value, list):
+            if not value and self.metadata.get("empty_off"):
+                return None
+            return tuple(self.metadata.get("item", str)(item) for item in value)
+        if "off" in self.metadata and value == self.metadata["off"]:
+            return self.metadata.get("off_value")
+        return value
+
+
+def _flag_default(default, metadata: Mapping):
+    if "off" in metadata and default == metadata.get("off_value"):
+        return metadata["off"]
+    if isinstance(default, tuple):
+        return [f"{item:g}" if isinstance(item, float) else str(item) for item in default]
+    return default
+
+
+def _flag_type(field) -> type:
+    """What a field's flag parses: its ``type`` metadata, else its default's type."""
+    return field.metadata.get("type") or type(field.default)
+
+
+def _default_bounds(field) -> str | None:
+    """A numeric flag's range: its ``bounds``, else any finite number (a str or bool flag: none)."""
+    if field.metadata.get("bounds"):
+        return field.metadata["bounds"]
+    if field.metadata.get("choices"):
+        return None
+    numeric = _flag_type(field) in (int, float) or field.metadata.get("item") in (int, float)
+    return "any" if numeric and _flag_type(field) is not bool else None
+
+
+def _define_config_flag(flag_values: flags.FlagValues, name: str, field, module_name: str | None) -> None:
+    metadata, default = field.metadata, _flag_default(field.default, field.metadata)
+    settings = dict(flag_values=flag_values, module_name=module_name)
+    kind = _flag_type(field)
+    if metadata.get("choices"):
+        flags.DEFINE_enum(name, default, list(metadata["choices"]), metadata["help"], **settings)
+    elif kind is bool:
+        flags.DEFINE_boolean(name, default, metadata["help"], **settings)
+    elif kind is int:
+        flags.DEFINE_integer(name, default, metadata["help"], **settings)
+    elif kind is float:
+        flags.DEFINE_float(name, default, metadata["help"], **settings)
+    elif kind in (tuple, list):
+        flags.DEFINE_list(name, default, metadata["help"], **settings)
+    else:
+        flags.DEFINE_string(name, default, metadata["help"], **settings)
+
+
+def define_config_flags(configs: Sequence[type], *, flag_values: flags.FlagValues = flags.FLAGS,
+                        module_name: str | None = None) -> dict[str, ConfigFlag]:
+    """Define a flag for every ``hyperparameter`` field of ``configs`` not defined yet; return them all.
+
+    A field without ``hyperparameter`` metadata, or with ``flag=False``, is no flag (the run sets it).
+    Two configs' fields of one name are one flag (they must share their default: ``musicsim.params``).
+    Numeric flags get their range (``bounds``) as validators (`check_numeric_flags`).
+
+    Returns
+    -------
+    dict
+        Flag name -> `ConfigFlag`, in the order of ``configs`` and their fields.
+    """
+    found: dict[str, list] = {}
+    metadata: dict[str, Mapping] = {}
+    for config in configs:
+        for field in dataclass_fields(config):
+            if not field.metadata.get("help") or field.metadata.get("flag") is False:
+                continue
+            name = field.metadata.get("name", field.name)
+            if (config, field.name) in found.get(name, ()):
+                continue
+            found.setdefault(name, []).append((config, field.name))
+            if name in metadata:
+                continue
+            metadata[name] = field.metadata
+            if name not in flag_values:
+                _define_config_flag(flag_values, name, field, module_name)
+                if _default_bounds(field):
+                    _register_bounds(flag_values, name, NAMED_BOUNDS[_default_bounds(field)])
+    return {name: ConfigFlag(name=name, fields=tuple(pairs), metadata=metadata[name]) for name, pairs in found.items()}
+
+
+def _register_bounds(flag_values: flags.FlagValues, name: str, bounds: Bounds) -> None:
+    """`check_numeric_flags`' validator of one flag."""
+    flag = flag_values[name]
+    if isinstance(flag.parser, flags.ListParser):
+        validator = _list_validator(name, bounds)
+    else:
+        validator = _scalar_validator(name, bounds, integer=isinstance(flag.parser, flags.IntegerParser))
+    flags.register_validator(name, validator, flag_values=flag_values)
+
+
+def config_values(config_flags: Mapping[str, ConfigFlag], configs: Sequence[type], *,
+                  flag_values: flags.FlagValues = flags.FLAGS) -> dict:
+    """``{field: value}`` of the parsed flags that set a field of one of ``configs``."""
+    values = {}
+    for flag in config_flags.values():
+        for config, field_name in flag.fields:
+            if config in configs:
+                values[field_name] = flag.value(flag_values)
+    return values

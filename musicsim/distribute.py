@@ -1,6 +1,6 @@
 """Distributed training of the estimator: ``tf.distribute`` strategies for ``RunConfig``.
 
-``make_strategy`` builds the strategy that ``musicsim.training.make_estimator(distribute=...)``
+``make_strategy`` builds the strategy that ``musicsim.train.estimator.make_estimator(distribute=...)``
 passes to ``tf.estimator.RunConfig(train_distribute=...)``:
 
 - ``"mirrored"``: synchronous data parallelism on one machine, one replica per GPU, or over

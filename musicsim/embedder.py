@@ -284,7 +284,7 @@ class LearnedEmbedder(Embedder):
     def estimator(self):
         """The run's estimator (built once), reading ``model_dir``'s checkpoints."""
         if self._estimator is None:
-            from musicsim import training
+            from musicsim.train import estimator as training
 
             self._estimator = training.make_estimator(model=self.name, model_dir=self.model_dir,
                                                       params=self.params, seed=int(self.config.get("seed", 0)))
@@ -358,7 +358,7 @@ class LearnedEmbedder(Embedder):
         if self._window_estimator is None:
             import tensorflow as tf
 
-            from musicsim import training
+            from musicsim.train import estimator as training
 
             windows = self.model.windows
 

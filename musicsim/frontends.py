@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 
 import tensorflow as tf
 
-from musicsim.params import ParamsConfig, ParamsError, fill_defaults
+from musicsim.params import ParamsConfig, ParamsError, fill_defaults, hyperparameter
 
 FRONTENDS = ("raw", "logmel", "strided")
 MIXED_PRECISION_DTYPES = ("float16", "bfloat16")
@@ -49,18 +49,23 @@ class FrontendConfig(ParamsConfig):
     xla : compile the estimator's graph with XLA (:func:`session_config`)
     """
 
-    frontend: str = "raw"
-    input_sample_rate: float | None = None
-    frame_seconds: float = 0.064
-    hop_seconds: float = 0.032
-    n_mels: int = 64
+    frontend: str = hyperparameter("raw", "WaveNet input: raw pooled audio (the paper's), a log-mel spectrogram "
+                                   "computed in the graph, or a learned strided conv (for --pool_size=1 data).",
+                                   choices=FRONTENDS)
+    input_sample_rate: float | None = None  # set by the run: its input's frame rate
+    frame_seconds: float = hyperparameter(0.064, "logmel: STFT frame length in seconds.", bounds="positive")
+    hop_seconds: float = hyperparameter(0.032, "logmel: hop between frames in seconds.", bounds="positive")
+    n_mels: int = hyperparameter(64, "logmel: mel bins (the stacks' input channels).", bounds="at_least_one")
     fmin: float = 0.0
     fmax: float | None = None
     log_scale: float = 10000.0
     mel_affine: bool = False
-    frontend_stride: int = 8
-    mixed_precision: bool | str = False
-    xla: bool = False
+    frontend_stride: int = hyperparameter(8, "strided: kernel = stride, in input samples.", bounds="at_least_one")
+    mixed_precision: bool | str = hyperparameter(False, "Compute the stacks in low precision (auto: float16 on GPU "
+                                                 "with loss scaling, bfloat16 on CPU); variables stay float32.",
+                                                 choices=("off", "auto", *MIXED_PRECISION_DTYPES), off="off",
+                                                 off_value=False)
+    xla: bool = hyperparameter(False, "Compile the graph with XLA (global JIT).")
 
     def __post_init__(self):
         if self.frontend not in FRONTENDS:

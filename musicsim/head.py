@@ -23,7 +23,7 @@ import tensorflow_ranking as tfr
 
 from musicsim import distribute
 from musicsim.frontends import loss_scale_optimizer
-from musicsim.params import ParamsConfig, ParamsError
+from musicsim.params import ParamsConfig, ParamsError, hyperparameter
 from musicsim.similarity import SIMILARITIES, check_similarity
 
 EmbedFn = Callable[..., tf.Tensor]
@@ -50,12 +50,15 @@ class HeadConfig(ParamsConfig):
     score_scale : factor (> 0) on the similarity scores before the loss
     """
 
-    loss: str = "lambda"
-    similarity: str = "cosine"
-    margin: float = 1.0
-    learning_rate: float = 1e-3
-    clip_norm: float = 5.0
-    score_scale: float = 1.0
+    loss: str = hyperparameter("lambda", "LambdaLoss (listwise) or the pairwise hinge loss.", choices=LOSSES)
+    similarity: str = hyperparameter("cosine", "How embeddings are compared.", choices=SIMILARITIES)
+    margin: float = hyperparameter(1.0, "Margin of the pairwise hinge loss.", bounds="non_negative")
+    learning_rate: float = hyperparameter(1e-3, "Adam learning rate.", bounds="positive")
+    clip_norm: float = hyperparameter(5.0, "Clip gradients to this global norm (0: no clipping).",
+                                      bounds="non_negative")
+    score_scale: float = hyperparameter(1.0, "Multiply the similarity scores by this before the loss (an inverse "
+                                        "temperature: cosine scores span only [-1, 1]); rankings and metrics are "
+                                        "unchanged.", bounds="positive")
 
     def __post_init__(self):
         if self.loss not in LOSSES:

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from musicsim import tfrecords
+from musicsim.evaluation import make_ranking_lists
 from musicsim.relevance import Relevance
 
 TRAIN, EVAL, PREDICT = "train", "eval", "predict"
@@ -255,8 +256,6 @@ def make_list_input_fn(*, tracks: TrackSet, relevance_def: Relevance, mode: str,
         frames = tracks.frames(eval_seconds)
         if lists is None:
             # The same seeded lists as the numpy protocol, one per eligible query.
-            from musicsim.evaluation import make_ranking_lists
-
             lists = make_ranking_lists(relevance_matrix=relevance, binary=binary, n_similar=n_similar,
                                        n_dissimilar=n_dissimilar, seed=seed)
         fixed = [(int(q), np.asarray(c), np.asarray(r, np.float32))

@@ -20,6 +20,8 @@ import dataclasses
 from typing import Iterable, Mapping, TypeVar
 
 ConfigT = TypeVar("ConfigT", bound="ParamsConfig")
+# One --dropout flag for the WaveNet and the LSTM: their fields share the key, its default and this help.
+DROPOUT_HELP = "Dropout rate (WaveNet: before each dense layer; LSTM: on its outputs)."
 
 
 class ParamsError(ValueError):

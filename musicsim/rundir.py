@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from musicsim.atomic import atomic_open, write_json_atomic
+from musicsim.similarity import SIMILARITIES
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
@@ -241,8 +242,6 @@ class RunDir:
 
     def similarity(self) -> str | None:
         """How the run's embeddings are compared (``cosine`` / ``euclidean``), or None when unrecorded."""
-        from musicsim.similarity import SIMILARITIES
-
         for read in (self.results, lambda: (self.config() if self.exists() else None)):
             try:
                 record = read()

@@ -3,7 +3,7 @@
 A learned model whose output at a step depends on a bounded span of earlier steps (the WaveNet's
 receptive field) embeds a long sequence window by window: each window's row carries ``context`` steps
 before it and ``lookahead`` after, so its own part is computed as in the whole sequence. Used by the
-export (`musicsim.embedder`) and by a run's own embedding of its tracks (`musicsim.training`).
+export (`musicsim.embedder`) and by a run's own embedding of its tracks (`musicsim.train.estimator`).
 """
 from __future__ import annotations
 

@@ -179,7 +179,8 @@ def test_stop_without_improvement_needs_its_metric(monkeypatch):
 
 @pytest.mark.parametrize("distribute_name, ours", [(None, False), ("mirrored", True)])
 def test_early_stopping_hook_under_a_one_machine_strategy_is_ours(tmp_path, distribute_name, ours):
-    from musicsim import distribute, training
+    from musicsim import distribute
+    from musicsim.train import estimator as training
 
     estimator = training.make_estimator(model="wavenet", model_dir=str(tmp_path), params=TINY,
                                         distribute=distribute_name)
@@ -278,7 +279,7 @@ def _counted(input_fn, counter: list):
 
 def _one_step_against_one_replica(synthetic_dir: str, work: str) -> dict:
     """One step on one replica with 8 lists, then on two replicas with 4 lists each, from the same weights."""
-    from musicsim import training
+    from musicsim.train import estimator as training
     from musicsim.inputs import TRAIN, TrackSet, make_list_input_fn
     from musicsim.relevance import SharedLabel
 
@@ -320,7 +321,7 @@ def _one_step_against_one_replica(synthetic_dir: str, work: str) -> dict:
 
 def _train_evaluate_predict(corpus_dir: str, work: str) -> dict:
     """Two replicas train for a few steps on the corpus, evaluate, and embed the test split."""
-    from musicsim import training
+    from musicsim.train import estimator as training
     from musicsim.inputs import EVAL, TRAIN, TrackSet, make_list_input_fn
     from musicsim.relevance import SharedLabel
 

@@ -13,7 +13,8 @@ import pytest
 import scipy.signal
 import tensorflow as tf
 
-from musicsim import head, pretraining, training
+from musicsim import head, pretraining
+from musicsim.train import estimator as training
 from musicsim.inputs import TrackSet, make_list_input_fn, make_predict_input_fn
 from musicsim.models import wavenet
 from musicsim.relevance import make_relevance
@@ -676,7 +677,7 @@ def pretrained_on_every_split(synthetic_dataset, tmp_path_factory, request):
 
     patch = pytest.MonkeyPatch()
     request.addfinalizer(patch.undo)
-    patch.setattr(pretraining, "make_contrastive_input_fn", spy)
+    patch.setattr(pretraining.contrastive, "make_contrastive_input_fn", spy)
     model_dir = str(tmp_path_factory.mktemp("pretrained_all"))
     run(run_config(synthetic_dataset, model_dir, pretrain="contrastive", pretrain_splits=("train", "eval", "test"),
                    n_negatives=3))
@@ -712,11 +713,10 @@ def test_fine_tuning_warm_starts_from_the_checkpoint_the_pretraining_run_exporte
 
 
 def test_pretraining_refuses_unknown_splits(synthetic_dataset, tmp_path):
-    from absl import app
-
     from experiments.run import run
+    from musicsim.train.learned import SettingsError
 
-    with pytest.raises(app.UsageError, match="--pretrain_splits must name some of"):
+    with pytest.raises(SettingsError, match="--pretrain_splits must name some of"):
         run(run_config(synthetic_dataset, str(tmp_path), pretrain="contrastive", pretrain_splits=("train", "valid")))
 
 

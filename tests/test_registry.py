@@ -1,11 +1,14 @@
 """The model registry: entries say what a model needs and offers; a new model is one module plus one entry."""
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from musicsim import models as registry
+from musicsim.models.fitted import StandardisedModel
+from musicsim.params import ParamsConfig, hyperparameter
 from musicsim.models import BaselineEntry, FittedEntry, InputSpec, LearnedEntry
 
 TINY_DIM = 4
@@ -112,3 +115,129 @@ def test_a_new_learned_model_trains_embeds_and_exports_through_the_normal_paths(
     assert sorted(written) == ["pooled", "raw"]  # pooled-audio input: the graph can pool raw audio too
     with open(tmp_path / "serving" / "serving.json") as f:
         assert json.load(f)["pooled"]["rate_hz"] == embedder.frame_rate
+
+
+# ---------------------------------------------------------------- a new model: one module and one registry line
+
+@dataclass(frozen=True)
+class TinyScaleConfig(ParamsConfig):
+    """The test's learned model's own hyperparameter (a flag of experiments.run once registered)."""
+
+    tiny_scale: float = hyperparameter(1.0, "tiny_scaled: the input is multiplied by this before the dense layer.",
+                                       bounds="positive")
+
+
+def tiny_scaled_embed(audio, length, *, params, training):
+    scale = TinyScaleConfig.from_params(params).tiny_scale
+    return tiny_embed(audio * scale, length, params=params, training=training)
+
+
+class TinyKeepModel(StandardisedModel):
+    """The test's fitted model: the first ``keep`` MFCC statistics, standardised."""
+
+    name = "tiny_keep"
+    feature_fn = "mfcc"
+
+    def __init__(self, *, keep: int = 40, **settings):
+        super().__init__(**settings)
+        self.keep = int(keep)
+
+    @property
+    def dim(self) -> int:
+        return self.keep
+
+    def _extra_settings(self) -> dict:
+        return {"keep": self.keep}
+
+    def _fit_features(self, features: np.ndarray) -> None:
+        super()._fit_features(features[:, :self.keep])
+
+    def _transform(self, features: np.ndarray) -> np.ndarray:
+        return super()._transform(features[:, :self.keep])
+
+
+@dataclass(frozen=True)
+class TinyKeepConfig(ParamsConfig):
+    tiny_keep: int = hyperparameter(40, "tiny_keep: the MFCC statistics kept.", bounds="at_least_one")
+
+
+NEW_MODELS = {
+    "tiny_scaled": (LearnedEntry(name="tiny_scaled", input=InputSpec(features="pooled_audio", channels=1),
+                                 embed=tiny_scaled_embed, embedding_size=tiny_embedding_size, config=TinyScaleConfig),
+                    "--tiny_scale=0.5", ("tiny_scale", 0.5), TINY_DIM),
+    "tiny_keep": (FittedEntry(name="tiny_keep", fitted_class=TinyKeepModel, config=TinyKeepConfig,
+                              keywords={"keep": "tiny_keep"}),
+                  "--tiny_keep=7", ("tiny_keep", 7), 7),
+}
+
+
+@pytest.mark.parametrize("name", list(NEW_MODELS))
+def test_a_model_added_in_one_module_trains_scores_exports_and_searches_from_the_command_line(
+        name, synthetic_dataset, tmp_path, capsys):
+    """A learned and a fitted model, each with a hyperparameter of its own, defined here and registered: the
+    command lines take its flag (built from the registry when they parse), record it alone, and export and
+    search with the model."""
+    from experiments import export, run as run_module
+    from musicsim.dataset import read_catalog
+    from musicsim.index import build_index
+    from musicsim.rundir import RunDir
+    from musicsim.search import query
+
+    entry, flag, (key, value), dim = NEW_MODELS[name]
+    registry.register(entry)
+    try:
+        model_dir = str(tmp_path / "run")
+        results = run_module.main_argv([
+            "experiments.run", f"--model={name}", f"--dataset={synthetic_dataset}", f"--model_dir={model_dir}",
+            flag, "--max_steps=2", "--save_checkpoints_steps=2", "--early_stopping_patience=0",
+            "--crop_seconds=1", "--eval_seconds=0", "--eval_repeats=1", "--workers=1"])
+        assert results["model"] == name and 0.0 <= results["test"]["PC"]["mean"] <= 1.0
+        params = RunDir(model_dir).record()["config"]["params"]
+        assert params[key] == value  # its flag reached the model, and run.json records its config
+        assert not {"channels", "rnn_units", "variance_ratio"} & set(params)  # and no other model's
+
+        audio = os.path.dirname(read_catalog(synthetic_dataset, split="test")[0].path)
+        exported = str(tmp_path / "out.parquet")
+        assert export.main(["experiments.export", f"--model_dir={model_dir}", f"--audio={audio}",
+                            f"--output={exported}", "--workers=1", "--noprogress"]) == 0
+        with open(tmp_path / "out.meta.json") as f:
+            assert json.load(f)["model"] == name
+        index_dir = str(tmp_path / "index")
+        build_index(embeddings=exported, output=index_dir, model_dir=model_dir)
+        path = read_catalog(synthetic_dataset, split="test")[0].path
+        capsys.readouterr()
+        assert query.main(["musicsim.search.query", f"--index={index_dir}", f"--query={path}", "-k", "3",
+                           "--json"]) == 0
+        found = json.loads(capsys.readouterr().out)
+        assert len(found) == 3 and found[0]["path"] == path  # the file finds itself first
+        assert RunDir(model_dir).embeddings().vectors.shape[1] == dim
+    finally:
+        registry.unregister(name)
+
+
+def test_a_run_json_recording_every_models_params_still_loads(synthetic_dataset, tmp_path):
+    """Runs written before run.json recorded only the chosen model's config (every model's params, then)
+    still embed with the same vectors."""
+    from experiments.run import RunConfig, run
+    from musicsim.dataset import read_catalog
+    from musicsim.embedder import load_embedder
+    from musicsim.rundir import RunDir
+    from musicsim.train.estimator import param_configs
+
+    model_dir = str(tmp_path / "run")
+    run(RunConfig(model="mfcc", dataset_dir=synthetic_dataset, model_dir=model_dir, workers=1, eval_repeats=1))
+    run_path = RunDir(model_dir).run_path
+    with open(run_path) as f:
+        record = json.load(f)
+    assert "channels" not in record["config"]["params"]
+    every = {}
+    for config in (*param_configs(), *(c for n in registry.names("fitted") for c in registry.configs(n))):
+        every.update(config().to_params())
+    record["config"]["params"] = {**every, **record["config"]["params"]}
+    with open(run_path, "w") as f:
+        json.dump(record, f)
+    stored = RunDir(model_dir).embeddings()
+    entry = read_catalog(synthetic_dataset, split="test")[0]
+    vectors, ok, _ = load_embedder(model_dir).embed_paths(paths=[entry.path], workers=1, progress=False)
+    assert ok == [0]
+    np.testing.assert_allclose(vectors[0], stored.vectors[stored.track_ids.index(entry.track_id)], atol=1e-6)

@@ -5,6 +5,7 @@ Tiny WaveNets (8 channels, 2 stacks x 3 layers) on 0.25-0.5 s crops keep every r
 from __future__ import annotations
 
 import time
+from dataclasses import FrozenInstanceError
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ import tensorflow as tf
 
 from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
-from musicsim import evaluation, frontends, head, training
+from musicsim import evaluation, frontends, head
+from musicsim.train import estimator as training
 from musicsim.inputs import EVAL, TRAIN, TrackSet, make_list_input_fn
 from musicsim.relevance import SharedLabel
 
@@ -287,7 +289,12 @@ def test_a_runs_params_are_settled_by_the_configs_and_the_flags_default_to_them(
     assert config.params["rnn_units"] == 8
     assert config.params["rnn_embedding"] == rnn.RNNConfig().rnn_embedding == "all"  # every readout, best on eval
     assert config.params["hop_length"] == rnn.RNNConfig().hop_length
-    assert set(config.params) == {key for c in run_module.RUN_PARAM_CONFIGS for key in c.keys()}
+    # Only the head's and the LSTM's keys: run.json records the chosen model's config, not every model's.
+    assert set(config.params) == set(head.HeadConfig.keys()) | set(rnn.RNNConfig.keys())
+    assert "channels" not in config.params
+    with pytest.raises(FrozenInstanceError):
+        config.seed = 1  # a run's settings are frozen: a settled value is a new config
+    assert config.with_params(rnn_units=4).params["rnn_units"] == 4 and config.params["rnn_units"] == 8
     with pytest.raises(ValueError, match=r"unknown params \['rnn_unit'\]"):
         run_module.RunConfig(model="rnn", dataset_dir="data", model_dir="run", params={"rnn_unit": 8})
     defaults = {name: flags.FLAGS[name].default for name in ("rnn_embedding", "learning_rate", "channels", "n_mels")}
@@ -464,14 +471,15 @@ def test_a_runs_embedding_goes_window_by_window_and_equals_the_whole_track(split
 def test_whole_track_evaluation_lists_are_cropped(splits):
     from experiments import run as run_module
     from musicsim import models as registry
+    from musicsim.train.learned import training_inputs
 
     eval_tracks = long_track_set({"test": splits["eval"]}, seconds=run_module.MAX_EVAL_SECONDS + 60)
     # The long track is similar to one of the split's own tracks, so it is a query and a candidate.
     eval_tracks.labels[-1] = eval_tracks.labels[0]
     config = run_module.RunConfig(model="wavenet", dataset_dir="unused", model_dir="unused", eval_seconds=None,
                                   params=dict(TINY), batch_size=4)
-    inputs = run_module._training_inputs(config, registry.entry("wavenet"),
-                                         {"train": splits["train"], "eval": eval_tracks}, SharedLabel(), train_seed=0)
+    inputs = training_inputs(config, registry.entry("wavenet"), {"train": splits["train"], "eval": eval_tracks},
+                             SharedLabel(), train_seed=0)
     cap = eval_tracks.frames(run_module.MAX_EVAL_SECONDS)
     longest = 0
     for features, _ in inputs.eval():

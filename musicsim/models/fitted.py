@@ -19,6 +19,8 @@ import sys
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
+from sklearn.preprocessing import StandardScaler
+from tqdm.auto import tqdm
 
 from musicsim.atomic import atomic_open, write_json_atomic
 from musicsim.dataset import feature_cache_dir
@@ -234,8 +236,6 @@ class FittedModel:
 
         ``extract_one(path)`` gives ``(vector [dim], None)`` or ``(None, reason)`` and never raises.
         """
-        from tqdm.auto import tqdm
-
         rows, ok_indices, skipped = [], [], []
         for index, path in enumerate(tqdm([os.fspath(p) for p in paths], disable=not self.progress, unit="track",
                                           desc=desc)):
@@ -302,8 +302,6 @@ class StandardisedModel(FittedModel):
             raise ValueError(f"{self.name}: expected {self.dim}-d features, got {features.shape[1]}")
 
     def _fit_features(self, features: np.ndarray) -> None:
-        from sklearn.preprocessing import StandardScaler
-
         self._check_dim(features)
         scaler = StandardScaler().fit(features)
         self.scaler_mean = scaler.mean_.astype(np.float64)

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from musicsim import evaluation
 from musicsim.models.entry import FittedEntry
 from musicsim.models.fitted import FittedModel
 from musicsim.params import ParamsConfig, hyperparameter
@@ -143,8 +144,6 @@ class FusionModel(FittedModel):
         features : float array ``[n, sum of dims]``, ``extract`` of the eval split's files.
         binary : bool array ``[n, n]``, similar or not (eval split only).
         """
-        from musicsim import evaluation
-
         self._check_fitted()
         standardised = (np.asarray(features, np.float64) - self.mean) / self.std
 

@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from musicsim import head
 from musicsim.atomic import atomic_open, write_json_atomic
@@ -40,7 +41,7 @@ from musicsim.chroma import chroma_of_file
 from musicsim.dataset import DatasetInfo, feature_cache_dir, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
 from musicsim.models.entry import InputSpec, LearnedEntry
-from musicsim.params import ParamsConfig, ParamsError
+from musicsim.params import DROPOUT_HELP, ParamsConfig, ParamsError, hyperparameter
 
 EMBEDDINGS = ("states", "outputs")
 ALL_EMBEDDINGS = "all"  # the run reads every variant on the eval split and keeps the best
@@ -68,11 +69,13 @@ class RNNConfig(ParamsConfig):
     hop_length : STFT hop: frame rate = chroma_sample_rate / hop_length (43.07 frames/s)
     """
 
-    rnn_units: int = 64
-    section_frames: int = 1000
-    rnn_embedding: str = ALL_EMBEDDINGS
-    rnn_reduce: str = "mean"
-    dropout: float = 0.0
+    rnn_units: int = hyperparameter(64, "LSTM units.", bounds="at_least_one")
+    section_frames: int = hyperparameter(1000, "LSTM input sections (frames).", bounds="at_least_one")
+    rnn_embedding: str = hyperparameter(ALL_EMBEDDINGS, "LSTM embedding: outputs or states; all: try the six "
+                                        "outputs|states x mean|max|last readouts on the eval split and keep the "
+                                        "best.", choices=(*EMBEDDINGS, ALL_EMBEDDINGS))
+    rnn_reduce: str = hyperparameter("mean", "How sections are reduced to one vector.", choices=REDUCTIONS)
+    dropout: float = hyperparameter(0.0, DROPOUT_HELP, bounds="open_fraction")
     chroma_sample_rate: int = 22050
     hop_length: int = 512
 
@@ -220,8 +223,6 @@ def load_splits(dataset_dir: str, splits: Sequence[str] = ("train", "eval", "tes
         if chroma is not None or reason is not None:
             results[i] = (chroma, reason)
     pending = [i for i in range(len(todo)) if i not in results]
-
-    from tqdm.auto import tqdm  # only extraction runs need it
 
     workers = min(workers or os.cpu_count() or 1, max(1, len(pending)))
     with tqdm(total=len(todo), initial=len(todo) - len(pending), disable=not progress, unit="track",

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from musicsim import frontends
 from musicsim.models.entry import InputSpec, LearnedEntry, WindowFunctions
-from musicsim.params import ParamsConfig, ParamsError, fill_defaults
+from musicsim.params import DROPOUT_HELP, ParamsConfig, ParamsError, fill_defaults, hyperparameter
 
 
 def _sizes(value: Any) -> tuple[int, ...]:
@@ -68,18 +68,22 @@ class WaveNetConfig(ParamsConfig):
     (4, 4)
     """
 
-    channels: int = 32
-    skip_channels: int = 32
-    filter_size: int = 2
-    dilation_base: int = 2
-    num_stacks: int = 3
-    layers_per_stack: int = 6
-    stack_pool_sizes: tuple[int, ...] = (4,)
-    pooling: str = "max"
-    final_channels: int = 64
+    channels: int = hyperparameter(32, "WaveNet residual channels.", bounds="at_least_one")
+    skip_channels: int = hyperparameter(32, "WaveNet skip channels.", bounds="at_least_one")
+    filter_size: int = hyperparameter(2, "WaveNet filter size.", bounds="at_least_one")
+    dilation_base: int = hyperparameter(2, "Dilation growth per layer (2 with filter 2, 4 with filter 4).",
+                                        bounds="at_least_one")
+    num_stacks: int = hyperparameter(3, "WaveNet stacks.", bounds="at_least_one")
+    layers_per_stack: int = hyperparameter(6, "WaveNet layers per stack.", bounds="at_least_one")
+    stack_pool_sizes: tuple[int, ...] = hyperparameter((4,), "Pooling after each stack (one value, or one per "
+                                                       "stack).", bounds="sizes", item=int)
+    pooling: str = hyperparameter("max", "Pooling function between stacks and at the end.", choices=("max", "avg"))
+    final_channels: int = hyperparameter(64, "Channels of the final conv (embedding size without dense layers).",
+                                         bounds="at_least_one")
     final_filter_size: int = 2
-    dense_layers: tuple[int, ...] = ()
-    dropout: float = 0.0
+    dense_layers: tuple[int, ...] = hyperparameter((), "Sizes of dense layers after the final pooling, e.g. 64.",
+                                                   bounds="sizes", item=int)
+    dropout: float = hyperparameter(0.0, DROPOUT_HELP, bounds="open_fraction")
 
     def __post_init__(self):
         for name in ("channels", "skip_channels", "filter_size", "dilation_base", "num_stacks", "layers_per_stack",

@@ -22,9 +22,12 @@ Fine-tuning warm-starts a similarity run from a pretrained run (:mod:`.warm_star
 """
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 from musicsim import head
+from musicsim.models.musicnn import MusicnnConfig
+from musicsim.params import ParamsConfig
 from musicsim.pretraining import contrastive, distillation, predictive
 from musicsim.pretraining.augmentation import Augmentation, augment, equaliser, shift
 from musicsim.pretraining.contrastive import contrastive_batch, make_contrastive_input_fn
@@ -37,7 +40,8 @@ from musicsim.pretraining.warm_start import SCOPES as WARM_START_SCOPES
 from musicsim.pretraining.warm_start import STACK_VARIABLES, warm_start_vars
 
 __all__ = [
-    "PRETRAINING_KINDS", "CONFIGS", "objective", "pretraining_early_stopping",
+    "PRETRAINING_KINDS", "CONFIGS", "OBJECTIVES", "PretrainingObjective", "objective", "objective_of",
+    "pretraining_early_stopping",
     "Augmentation", "augment", "equaliser", "shift",
     "contrastive_batch", "make_contrastive_input_fn",
     "PredictiveConfig", "make_predictive_input_fn", "mu_law_classes", "next_step_loss", "next_step_predictions",
@@ -47,16 +51,56 @@ __all__ = [
     "STACK_VARIABLES", "WARM_START_SCOPES", "warm_start_vars",
 ]
 
-_KINDS = {"contrastive": contrastive, "predictive": predictive, "distill": distillation}
-PRETRAINING_KINDS = tuple(_KINDS)
+@dataclass(frozen=True)
+class PretrainingObjective:
+    """A pretraining kind: its objective, its inputs, its early stopping and its configs.
+
+    Attributes
+    ----------
+    name : the ``--pretrain`` value
+    objective : ``objective(params) -> musicsim.head.Objective``
+    run_inputs : ``run_inputs(*, settings, tracks, train_tracks, train_seed) -> (train input_fn, eval
+        input_fn, {name: reported eval input_fn})`` (``contrastive.run_inputs``)
+    early_stopping : ``(eval metric, "increase" | "decrease")``
+    configs : the configs of its own params keys
+    models : the learned models it trains
+    """
+
+    name: str
+    objective: Callable[[Mapping], head.Objective]
+    run_inputs: Callable
+    early_stopping: tuple[str, str]
+    configs: tuple[type[ParamsConfig], ...] = ()
+    models: tuple[str, ...] = ("wavenet",)
+
+
+OBJECTIVES = {
+    "contrastive": PretrainingObjective(name="contrastive", objective=lambda params: contrastive.objective(),
+                                        run_inputs=contrastive.run_inputs,
+                                        early_stopping=contrastive.EARLY_STOPPING),
+    "predictive": PretrainingObjective(name="predictive", objective=lambda params: predictive.objective(params=params),
+                                       run_inputs=predictive.run_inputs, early_stopping=predictive.EARLY_STOPPING,
+                                       configs=(PredictiveConfig,)),
+    "distill": PretrainingObjective(name="distill", objective=lambda params: distillation.objective(),
+                                    run_inputs=distillation.run_inputs, early_stopping=distillation.EARLY_STOPPING,
+                                    configs=(DistillConfig, MusicnnConfig)),
+}
+PRETRAINING_KINDS = tuple(OBJECTIVES)
 # The typed configs of the pretraining objectives' own params keys.
-CONFIGS = (PredictiveConfig, DistillConfig)
+CONFIGS = tuple(dict.fromkeys(config for kind in OBJECTIVES.values() for config in kind.configs))
 
 
-def _kind(kind: str):
-    if kind not in _KINDS:
+def objective_of(kind: str) -> PretrainingObjective:
+    """The pretraining kind ``kind`` (`OBJECTIVES`).
+
+    Raises
+    ------
+    ValueError
+        For a kind not in the table.
+    """
+    if kind not in OBJECTIVES:
         raise ValueError(f"pretrain must be one of {PRETRAINING_KINDS}, got {kind!r}")
-    return _KINDS[kind]
+    return OBJECTIVES[kind]
 
 
 def objective(kind: str, *, params: Mapping | None = None) -> head.Objective:
@@ -68,10 +112,9 @@ def objective(kind: str, *, params: Mapping | None = None) -> head.Objective:
         (the next-step predictor) or ``"distill"`` (the teacher's student)
     params : the run's (predictive: its front end decides the EVAL metrics)
     """
-    module = _kind(kind)
-    return module.objective(params=params) if module is predictive else module.objective()
+    return objective_of(kind).objective(params)
 
 
 def pretraining_early_stopping(kind: str) -> tuple[str, str]:
     """(eval metric, direction) for ``training.train_and_evaluate(early_stopping=...)``."""
-    return _kind(kind).EARLY_STOPPING
+    return objective_of(kind).early_stopping

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import scipy.signal
 
+from musicsim.params import hyperparameter
+
 
 def _range(value, name: str) -> tuple[float, float] | None:
     if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
@@ -39,11 +41,18 @@ class Augmentation:
     max_shift_seconds : the crop's content moves by up to this much, either way; steps moved in are 0
     """
 
-    gain_db: tuple[float, float] | None = (-6.0, 6.0)
-    eq_db: float | None = 6.0
+    gain_db: tuple[float, float] | None = hyperparameter(
+        (-6.0, 6.0), "contrastive (and --distill_augment): random gain range in dB (empty: off).", name="augment_gain_db",
+        item=float, empty_off=True, bounds="any")
+    eq_db: float | None = hyperparameter(6.0, "contrastive (and --distill_augment): random equaliser band gains up to "
+                                         "this many dB (0: off).", name="augment_eq_db", bounds="non_negative")
     eq_taps: int = 33
-    noise_snr_db: tuple[float, float] | None = (20.0, 40.0)
-    max_shift_seconds: float | None = 0.05
+    noise_snr_db: tuple[float, float] | None = hyperparameter(
+        (20.0, 40.0), "contrastive (and --distill_augment): additive noise SNR range in dB (empty: off).",
+        name="augment_snr_db", item=float, empty_off=True, bounds="any")
+    max_shift_seconds: float | None = hyperparameter(0.05, "contrastive (and --distill_augment): random time shift "
+                                                     "up to this (0: off).", name="augment_shift_seconds",
+                                                     bounds="non_negative")
 
     def __post_init__(self):
         object.__setattr__(self, "gain_db", _range(self.gain_db, "gain_db"))

@@ -156,3 +156,18 @@ def make_contrastive_input_fn(*, tracks: TrackSet, batch_size: int, crop_seconds
                  tf.TensorSpec([None, None], tf.float32))
 
     return batched_input_fn(generator=generate, signature=signature, batch_size=None)  # elements are batches
+
+
+def run_inputs(*, settings, tracks: dict, train_tracks: TrackSet, train_seed: int) -> tuple[Callable, Callable, dict]:
+    """A run's contrastive lists: ``(train input_fn, eval input_fn, reported input_fns)``.
+
+    ``settings`` is the run's (``musicsim.train.settings.RunConfig``); ``train_tracks`` the audio of
+    its ``pretrain_splits``; ``tracks`` its splits.
+    """
+    common = dict(batch_size=settings.batch_size, n_negatives=settings.n_negatives,
+                  settings=Augmentation(**settings.augmentation))
+    train_fn = make_contrastive_input_fn(tracks=train_tracks, crop_seconds=settings.crop_seconds, mode="train",
+                                         seed=train_seed, **common)
+    eval_fn = make_contrastive_input_fn(tracks=tracks["eval"], mode="eval", seed=settings.seed,
+                                        crop_seconds=settings.eval_crop_seconds, **common)
+    return train_fn, eval_fn, {}

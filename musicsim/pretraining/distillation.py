@@ -15,11 +15,13 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 
 from musicsim import head
 from musicsim.atomic import atomic_open
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop_grid
-from musicsim.params import ParamsConfig, ParamsError, fill_defaults
+from musicsim.params import ParamsConfig, ParamsError, fill_defaults, hyperparameter
+from musicsim.models.musicnn import MusicnnConfig
 from musicsim.pretraining.augmentation import Augmentation, augment
 
 LOSSES = ("cosine", "mse")
@@ -39,9 +41,14 @@ class DistillConfig(ParamsConfig):
         augmentation settings) while its target stays the teacher's vector of the clean crop
     """
 
-    distill_loss: str = "cosine"
-    distill_hop_seconds: float = 1.0
-    distill_augment: bool = False
+    distill_loss: str = hyperparameter("cosine", "distill: loss against the standardised teacher vector.",
+                                       choices=LOSSES)
+    distill_hop_seconds: float = hyperparameter(1.0, "distill: seconds between the fixed crops of a track whose "
+                                                "teacher targets are computed once and cached (in the dataset's "
+                                                "teacher_cache).", bounds="positive")
+    distill_augment: bool = hyperparameter(False, "distill: the student reads randomly augmented training crops "
+                                           "(the --augment_* settings), the target staying the teacher's vector of "
+                                           "the clean crop.")
 
     def __post_init__(self):
         if self.distill_loss not in LOSSES:
@@ -135,8 +142,6 @@ def teacher_targets(*, tracks: TrackSet, frames: int | None, starts: Sequence[np
     -------
     list of np.ndarray, float32, shape ``[n_crops_i, teacher.dim]``
     """
-    from tqdm.auto import tqdm
-
     out = []
     for track in tqdm(range(len(tracks)), disable=not progress, unit="track", desc=f"{teacher.key} targets"):
         sequence, track_starts = tracks.sequences[track], np.asarray(starts[track], dtype=np.int64)
@@ -331,3 +336,18 @@ def objective() -> head.Objective:
     """
     return head.Objective(name="distill", logits_fn=_student_logits, loss_fn=_student_loss,
                           eval_metric_fns={"cosine": _mean_cosine})
+
+
+def run_inputs(*, settings, tracks: dict, train_tracks: TrackSet, train_seed: int) -> tuple[Callable, Callable, dict]:
+    """A run's distillation crops (as ``contrastive.run_inputs``): the teacher is the run's musicnn
+    (``MusicnnConfig``), its targets cached in the dataset's ``teacher_cache``; the student's mean cosine
+    to its teacher on test crops (never trained on) is reported as ``teacher_agreement_test``."""
+    teacher = MusicnnConfig.from_params(settings.params).teacher()
+    config = config_of(settings.params)
+    crop_seconds = None if settings.crop_seconds is None else teacher.whole_patches(settings.crop_seconds)
+    train_fn, held_out = make_distillation_input_fns(
+        train_tracks=train_tracks, held_out={"eval": tracks["eval"], "test": tracks["test"]}, teacher=teacher,
+        crop_seconds=crop_seconds, hop_seconds=float(config.distill_hop_seconds), batch_size=settings.batch_size,
+        cache_dir=os.path.join(settings.dataset_dir, "teacher_cache"), seed=train_seed, eval_seed=settings.seed,
+        augmentation=Augmentation(**settings.augmentation) if config.distill_augment else None)
+    return train_fn, held_out["eval"], {"teacher_agreement_test": held_out["test"]}

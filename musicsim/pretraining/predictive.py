@@ -285,3 +285,12 @@ def make_predictive_input_fn(*, tracks: TrackSet, mode: str, batch_size: int = 8
     signature = {"audio": tf.TensorSpec([None, tracks.channels], tf.float32), "length": tf.TensorSpec([], tf.int32)}
 
     return batched_input_fn(generator=generate, signature=signature, batch_size=batch_size)
+
+
+def run_inputs(*, settings, tracks: dict, train_tracks: TrackSet, train_seed: int) -> tuple[Callable, Callable, dict]:
+    """A run's next-step crops: ``(train input_fn, eval input_fn, reported input_fns)`` (as
+    ``contrastive.run_inputs``). The stacks run unpooled: eval on crops too, whole tracks would not fit."""
+    common = dict(batch_size=settings.batch_size, crop_seconds=settings.crop_seconds)
+    train_fn = make_predictive_input_fn(tracks=train_tracks, mode="train", seed=train_seed, **common)
+    eval_fn = make_predictive_input_fn(tracks=tracks["eval"], mode="eval", seed=settings.seed, **common)
+    return train_fn, eval_fn, {}

@@ -14,12 +14,13 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
+from tqdm.auto import tqdm
 from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
 from musicsim import distribute as distribute_lib
 from musicsim import frontends, head, pretraining
 from musicsim import models as registry
-from musicsim.inputs import TrackSet, make_predict_input_fn
+from musicsim.inputs import TrackSet, batched_input_fn, crop, make_predict_input_fn
 from musicsim.params import ParamsConfig, fill_defaults
 from musicsim.windows import iter_window_rows
 
@@ -71,8 +72,6 @@ class ProgressHook(tf.estimator.SessionRunHook):
             self._fetches["loss"] = tf.reduce_mean(tf.stack([tf.cast(tf.reduce_mean(l), tf.float32) for l in losses]))
 
     def after_create_session(self, session, coord):
-        from tqdm.auto import tqdm
-
         step = int(session.run(self._fetches["step"]))
         self._bar = tqdm(total=self._max_steps, initial=min(step, self._max_steps), unit="step", desc="training",
                          file=self._file or sys.stderr, disable=not self._enabled, dynamic_ncols=True,
@@ -116,8 +115,6 @@ class EvalPrinter(tf.estimator.Exporter):
         return "eval_printer"
 
     def export(self, estimator, export_path, checkpoint_path, eval_result, is_the_final_export):
-        from tqdm.auto import tqdm
-
         tqdm.write(format_eval_line(eval_result or {}), file=self._file or sys.stderr)
         return None
 
@@ -353,8 +350,6 @@ def iter_track_window_rows(*, tracks: TrackSet, sizes: Mapping[str, int], second
     Each track (its centred ``seconds`` crop, or whole) is handed to ``musicsim.windows.iter_window_rows``
     a window at a time, so no row is longer than ``context + window + lookahead`` steps.
     """
-    from musicsim.inputs import crop
-
     frames = tracks.frames(seconds)
     step = int(sizes["window"])
     for index, sequence in enumerate(tracks.sequences):
@@ -382,8 +377,6 @@ def _predict_windowed(*, estimator: tf.estimator.Estimator, tracks: TrackSet, ba
                       seconds: float | None, checkpoint_path: str | None, model: str,
                       window_seconds: float) -> np.ndarray:
     """`predict_embeddings` window by window: rows of `iter_track_window_rows`, combined per track."""
-    from musicsim.inputs import batched_input_fn
-
     windows = registry.entry(model).windows
     params = dict(estimator.params)
     sizes = window_sizes(model=model, params=params, frame_rate=tracks.frame_rate, window_seconds=window_seconds)
