@@ -42,10 +42,10 @@ import zipfile
 from dataclasses import asdict
 from typing import Callable, Sequence
 
-from data_prep.demo_curation import CURATION_VERSION, MIN_TRACK_SECONDS, NON_MUSIC_PATTERNS, curate_tracks
+from data_prep.demo_curation import CURATION_VERSION, MIN_TRACK_SECONDS, NON_MUSIC_PATTERNS, curate_tracks, long_enough
 from data_prep.demo_packages import DEMO_SOURCES, EXTRA_SOURCES, CuratedSource, DemoSource
 from data_prep.sources import file_sha256, repeated_content, safe_name
-from musicsim.audio import AudioDecodeError, audio_info
+from musicsim.audio import audio_info
 from musicsim.atomic import atomic_open, write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,15 +271,10 @@ def _listed_tracks(*, source: DemoSource | CuratedSource, members: dict[str, tup
         if track not in members:
             left_out["missing"].append(track)
             continue
-        try:
-            seconds = audio_info(members[track][1]).duration
-        except AudioDecodeError as err:
-            left_out["undecodable"].append(f"{track}: {err.reason}")
-            continue
-        if seconds < min_track_seconds:
-            left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
-            continue
-        listed.append((track, album, seconds))
+        measured = long_enough(track=track, measure=lambda: (audio_info(members[track][1]).duration,),
+                               min_track_seconds=min_track_seconds, left_out=left_out)
+        if measured is not None:
+            listed.append((track, album, measured[0]))
     return listed, left_out
 
 

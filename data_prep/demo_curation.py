@@ -8,7 +8,7 @@ the same bytes, or the same decoded audio up to gain (:func:`decoded_correlation
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -96,6 +96,21 @@ def decoded_correlation(path_a: str, path_b: str) -> float:
     return float(np.median((windows_a * windows_b).sum(axis=1)[audible] / norms[audible]))
 
 
+def long_enough(*, track: str, measure: Callable[[], tuple], min_track_seconds: float,
+                left_out: dict[str, list[str]]) -> tuple | None:
+    """``measure()`` (a tuple, seconds first) of a track that decodes and lasts ``min_track_seconds``, else None
+    with the track noted in ``left_out["undecodable"]`` or ``left_out["too_short"]``."""
+    try:
+        measured = measure()
+    except AudioDecodeError as err:
+        left_out["undecodable"].append(f"{track}: {err.reason}")
+        return None
+    if measured[0] < min_track_seconds:
+        left_out["too_short"].append(f"{track} ({measured[0]:.1f}s)")
+        return None
+    return measured
+
+
 def curate_tracks(*, files: dict[str, str], min_track_seconds: float = MIN_TRACK_SECONDS,
                   exclude_patterns: Sequence[str] = NON_MUSIC_PATTERNS
                   ) -> tuple[list[tuple[str, float]], dict[str, list[str]]]:
@@ -135,14 +150,11 @@ def curate_tracks(*, files: dict[str, str], min_track_seconds: float = MIN_TRACK
         if pattern is not None:
             left_out["excluded"].append(f"{track}: path matches {pattern}")
             continue
-        try:
-            seconds, sample_rate, frames = checked_duration(path)
-        except AudioDecodeError as err:
-            left_out["undecodable"].append(f"{track}: {err.reason}")
+        measured = long_enough(track=track, measure=lambda: checked_duration(path),
+                               min_track_seconds=min_track_seconds, left_out=left_out)
+        if measured is None:
             continue
-        if seconds < min_track_seconds:
-            left_out["too_short"].append(f"{track} ({seconds:.1f}s)")
-            continue
+        seconds, sample_rate, frames = measured
         digest = file_sha256(path)
         if digest in kept_by_hash:
             left_out["duplicate"].append(f"{track}: same bytes as {kept_by_hash[digest]} (sha256 {digest[:12]})")

@@ -115,22 +115,18 @@ DEMO_SOURCES: tuple[DemoSource, ...] = (
 # warmux sound/, hyperrogue sounds/). Left out on purpose, though music: freedroidrpg's title-screen
 # pieces (base/titles/, storyline/*/titles/, 39-49 s) and redeclipse's theme.ogg, original.ogg,
 # theme_chip.ogg and maps/tonatiuh.ogg, which are not in the credited music folder.
-EXTRA_SOURCES: tuple[CuratedSource, ...] = (
-    CuratedSource(
-        key="berusky2", package="berusky2-data", album="berusky2", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/games/berusky2/music/([^/]+\.ogg)$"),
-    CuratedSource(
-        key="freedroidrpg", package="freedroidrpg-data", album="freedroidrpg", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/freedroidrpg/data/sound/music/([^/]+\.ogg)$"),
-    CuratedSource(
-        key="redeclipse", package="redeclipse-data", album="redeclipse",
-        license="CC-BY-SA-3.0 (Derek Stegall; see licenses/)",
-        member_pattern=r"^/usr/share/games/redeclipse/data/sounds/music/([^/]+\.ogg)$"),
-    CuratedSource(
-        key="warmux", package="warmux-data", album="warmux", license="GPL-2+ (see licenses/)",
-        member_pattern=r"^/usr/share/games/warmux/music/((?:ingame|menu)/[^/]+\.ogg)$"),
-    CuratedSource(
-        key="hyperrogue", package="hyperrogue-music", album="hyperrogue",
-        license="CC-BY-SA-3.0 (Shawn Parrotte, Lincoln Domina, Will Savino; see licenses/)",
-        member_pattern=r"^/usr/share/hyperrogue/music/([^/]+\.ogg)$"),
+# (game: its key and album label, package, its music files' pattern, license)
+_EXTRA_GAMES = (
+    ("berusky2", "berusky2-data", r"^/usr/share/games/berusky2/music/([^/]+\.ogg)$", "GPL-2+ (see licenses/)"),
+    ("freedroidrpg", "freedroidrpg-data", r"^/usr/share/freedroidrpg/data/sound/music/([^/]+\.ogg)$",
+     "GPL-2+ (see licenses/)"),
+    ("redeclipse", "redeclipse-data", r"^/usr/share/games/redeclipse/data/sounds/music/([^/]+\.ogg)$",
+     "CC-BY-SA-3.0 (Derek Stegall; see licenses/)"),
+    ("warmux", "warmux-data", r"^/usr/share/games/warmux/music/((?:ingame|menu)/[^/]+\.ogg)$",
+     "GPL-2+ (see licenses/)"),
+    ("hyperrogue", "hyperrogue-music", r"^/usr/share/hyperrogue/music/([^/]+\.ogg)$",
+     "CC-BY-SA-3.0 (Shawn Parrotte, Lincoln Domina, Will Savino; see licenses/)"),
 )
+EXTRA_SOURCES: tuple[CuratedSource, ...] = tuple(
+    CuratedSource(key=game, package=package, album=game, member_pattern=pattern, license=license)
+    for game, package, pattern, license in _EXTRA_GAMES)
