@@ -274,6 +274,47 @@ def global_flags_parser(*, module: ModuleType | str, doc: str, usage: str,
     return parse
 
 
+# ---------------------------------------------------------------------- commands with subcommands
+# (``python -m musicsim.index build | add | remove``: one FlagValues, each subcommand taking some of its flags)
+def parse_subcommand(flag_values: flags.FlagValues, argv: Sequence[str], *, doc: str, usage: str,
+                     commands: Mapping[str, tuple[set[str], set[str]]],
+                     extra_arguments: frozenset[str] = frozenset()) -> tuple[str, list[str]] | int:
+    """Parse ``argv`` (program name first) as ``PROGRAM COMMAND --flags...`` into ``flag_values``.
+
+    Parameters
+    ----------
+    flag_values, argv, doc, usage
+        As `parse_command_line`.
+    commands : mapping of str to (set of str, set of str)
+        Each command's required flags and the optional ones it also takes; a flag given that its command
+        does not take is a usage error.
+    extra_arguments : frozenset of str
+        The commands that take arguments after their flags (e.g. more ids after a multi flag).
+
+    Returns
+    -------
+    (str, list of str) or int
+        The command and its extra arguments; or the exit status when the command should stop: 0 after
+        ``--help``, 2 after misuse (one line on stderr).
+    """
+    positional = parse_command_line(flag_values, argv, doc=doc, usage=usage, positional=True)
+    if isinstance(positional, int):
+        return positional
+    command, extra = (positional[0], positional[1:]) if positional else (None, [])
+    if command not in commands:
+        return usage_error(f"expected a command, one of {sorted(commands)}, got {command!r}", usage=usage)
+    required, optional = commands[command]
+    given = {name for name in flag_values if flag_values[name].present}
+    missing, foreign = sorted(required - given), [f"--{name}" for name in sorted(given - required - optional)]
+    if extra and command not in extra_arguments:
+        foreign.append(f"arguments {extra}")
+    if missing or foreign:
+        problems = ([f"{command} needs --{', --'.join(missing)}"] if missing else []) + (
+            [f"{command} does not take {', '.join(foreign)}"] if foreign else [])
+        return usage_error("; ".join(problems), usage=usage)
+    return command, list(extra)
+
+
 # ---------------------------------------------------------------------- flags from config classes
 # (``experiments.run``: each hyperparameter is a config field, written once with its default and help,
 # ``musicsim.params.hyperparameter``; its flag, its range and its value come from the field.)
