@@ -67,11 +67,12 @@ import numpy as np
 from absl import flags
 from tqdm.auto import tqdm
 
+import musicsim.index
 from musicsim import rerank as reranking
 from musicsim.atomic import write_json_atomic
-from musicsim.index import EmbeddingIndex, IndexFileError
+from musicsim.cli import parse_command_line, run_command
+from musicsim.index import FaissIndex, IndexFileError
 from musicsim.index.build import resolve_rerank
-from musicsim.index.cli import parse_command_line, run_command
 from musicsim.index.lock import IndexLockedError, index_lock
 from musicsim.index.storage import check_output_directory
 from musicsim.tags import TAG_KEYS, fallback_album, fallback_title, read_tags
@@ -256,7 +257,7 @@ class _IndexWriter:
         weights = getattr(self.embedder, "catalog_weights", None)
         if weights is not None:
             arguments.update(standardise=True, dimension_weights=np.asarray(weights, dtype=np.float32))
-        return EmbeddingIndex(**arguments)
+        return FaissIndex(**arguments)
 
     def _rerank(self) -> Any:
         if self.engine["engine"] == "default":
@@ -340,7 +341,7 @@ def _open_index(index_dir: str) -> Any:
     if not os.path.isdir(index_dir) and not os.path.isdir(index_dir + ".bak"):
         return None
     try:
-        return EmbeddingIndex.load(index_dir)
+        return musicsim.index.open(index_dir)
     except FileNotFoundError:
         return None
     except (IndexFileError, ValueError) as error:
