@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import musicsim.index  # noqa: E402
-from musicsim.index import FaissIndex  # noqa: E402
+from musicsim.index import FaissIndex, MilvusIndex  # noqa: E402
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -228,8 +228,6 @@ def milvus_rows(*, count: int, vectors: np.ndarray, queries: np.ndarray, track_i
                 truth: list[list[str]], exact_batch: float, methods: list[str], args: argparse.Namespace,
                 row) -> None:
     """Build ``MilvusIndex`` (exact, and IVF / HNSW when asked) over the catalogue and print its rows."""
-    from musicsim.index.milvus import MilvusIndex
-
     folder = tempfile.mkdtemp(prefix="milvus-bench-")
     uri = args.milvus_uri or os.path.join(folder, "bench.db")
     kinds = [("milvus", None, [None])]
