@@ -347,12 +347,8 @@ def prepare(*, dataset: str, output: str, input_path: str | None = None, audio_r
             features: str | None = None, extended: bool = False) -> dict:
     """Prepare a dataset into ``output`` (TFRecord shards, tracks.csv, dataset.json, report.json).
 
-    Parameters
-    ----------
-    dataset, output, input_path, audio_root, max_seconds, split_seed, sample_rate, pool_size, workers, \
-label_column, min_shared_tags, split_by, shard_size, min_seconds, name, progress, verbose, runner, \
-beam_args, features, extended
-        As the attributes of :class:`PrepareOptions`, which documents each.
+    The keyword arguments are the attributes of :class:`PrepareOptions` (same names, types and
+    defaults), which documents each.
 
     Returns
     -------
