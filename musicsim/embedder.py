@@ -38,12 +38,19 @@ import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
 
 from musicsim import models as registry
-from musicsim.audio import AudioDecodeError, file_duration, iter_pooled_blocks
+from musicsim.train.estimator import make_estimator
+from musicsim.audio import AudioDecodeError, DecodeSettings, decode_track, file_duration, iter_pooled_blocks
 from musicsim.chroma import ChromaSettings, decode_chroma
+from musicsim.inputs import batched_input_fn
+from musicsim.models.fitted import ARRAYS_FILE
+from musicsim.models.pretrained_engine import raw_engine
 from musicsim.rundir import RUN_FILE, RunDir, read_run_info
 from musicsim.windows import WindowRow, iter_window_rows
+from musicsim.workers import decode_in_order
 
 DEFAULT_MIN_SECONDS = 1.0
 # Files handed to a fitted model's embed_paths at a time: results stream out chunk by chunk.
@@ -128,8 +135,6 @@ class Embedder:
         skipped : list[(path, reason)]
             The files that could not be embedded, in ``paths`` order.
         """
-        from tqdm.auto import tqdm
-
         paths = _check_paths(paths)
         _check_batching(batch_size=batch_size, workers=workers)
         vectors, ok_indices, skipped = [], [], []
@@ -201,8 +206,6 @@ class LearnedEmbedder(Embedder):
     kind = "learned"
 
     def __init__(self, *, model_dir: str, info: dict[str, Any], window_seconds: float | None = None):
-        import tensorflow as tf
-
         self.model_dir = os.path.abspath(model_dir)
         self.name = str(info["model"])
         self.config = dict(info["config"])
@@ -269,8 +272,6 @@ class LearnedEmbedder(Embedder):
 
     def _decoder(self):
         """(decode function, its settings) for ``musicsim.workers.decode_in_order``."""
-        from musicsim.audio import DecodeSettings, decode_track
-
         min_seconds = self.min_seconds
         if self.model.input.features == "chroma":
             hop = int(self.params["hop_length"])
@@ -284,9 +285,7 @@ class LearnedEmbedder(Embedder):
     def estimator(self):
         """The run's estimator (built once), reading ``model_dir``'s checkpoints."""
         if self._estimator is None:
-            from musicsim.train import estimator as training
-
-            self._estimator = training.make_estimator(model=self.name, model_dir=self.model_dir,
+            self._estimator = make_estimator(model=self.name, model_dir=self.model_dir,
                                                       params=self.params, seed=int(self.config.get("seed", 0)))
         return self._estimator
 
@@ -303,10 +302,6 @@ class LearnedEmbedder(Embedder):
 
     def _iter_whole(self, *, paths: list[str], batch_size: int, workers: int | None) -> Iterator[EmbedResult]:
         """Each file's sequence in one piece through ``estimator.predict`` (the rnn's chromagram)."""
-        import tensorflow as tf
-        from musicsim.inputs import batched_input_fn
-        from musicsim.workers import decode_in_order
-
         decode, settings = self._decoder()
         workers = int(workers or os.cpu_count() or 1)
         failures: dict[int, str] = {}
@@ -356,10 +351,6 @@ class LearnedEmbedder(Embedder):
     def window_estimator(self):
         """An estimator over the run's checkpoints whose PREDICT gives the model's ``window_features``."""
         if self._window_estimator is None:
-            import tensorflow as tf
-
-            from musicsim.train import estimator as training
-
             windows = self.model.windows
 
             def model_fn(features, labels, mode, params):
@@ -368,26 +359,21 @@ class LearnedEmbedder(Embedder):
                 return tf.estimator.EstimatorSpec(mode, predictions={
                     "features": pooled, "count": count, "index": features["index"], "last": features["last"]})
 
-            self._window_estimator = training.make_estimator(model=self.name, model_dir=self.model_dir,
+            self._window_estimator = make_estimator(model=self.name, model_dir=self.model_dir,
                                                              params=self.params, model_fn=model_fn,
                                                              seed=int(self.config.get("seed", 0)))
         return self._window_estimator
 
-    def _iter_windowed(self, *, paths: list[str], batch_size: int, workers: int | None) -> Iterator[EmbedResult]:
-        """WaveNet over windows of each file, combined exactly (see the module docstring).
+    def _window_rows(self, *, paths: list[str], workers: int | None, failures: dict[int, str]
+                     ) -> Iterator[WindowRow]:
+        """The window rows of every file in order (`musicsim.windows.iter_window_rows`); a file that fails
+        gets its reason in ``failures`` (and a closing row when some of its windows were already given).
 
-        Short excerpts are decoded in worker processes; longer ones (over ``STREAM_ABOVE_SECONDS``,
-        or of unknown length) block by block here, while the workers decode ahead.
+        Which files stream and the decoding processes are settled now; the rows are read as they are taken.
         """
-        import tensorflow as tf
-        from musicsim.inputs import batched_input_fn
-        from musicsim.workers import decode_in_order
-
-        windows = self.model.windows
         decode, settings = self._decoder()
         sizes = self._window_sizes()
         workers = int(workers or os.cpu_count() or 1)
-        failures: dict[int, str] = {}
 
         def excerpt_seconds(path: str) -> float:
             duration = file_duration(path)
@@ -432,9 +418,21 @@ class LearnedEmbedder(Embedder):
                     # Its windows are already on their way: a closing row tells the combiner to drop them.
                     yield WindowRow(index=index, audio=np.zeros(sizes["unit"], np.float32), skip=0, last=True)
 
+        return rows()
+
+    def _iter_windowed(self, *, paths: list[str], batch_size: int, workers: int | None) -> Iterator[EmbedResult]:
+        """WaveNet over windows of each file, combined exactly (see the module docstring).
+
+        Short excerpts are decoded in worker processes; longer ones (over ``STREAM_ABOVE_SECONDS``,
+        or of unknown length) block by block here, while the workers decode ahead.
+        """
+        windows = self.model.windows
+        failures: dict[int, str] = {}
+        rows = self._window_rows(paths=paths, workers=workers, failures=failures)
+
         def generate():
             # Runs in TF's input thread: the decoding processes work ahead of the model.
-            for row in rows():
+            for row in rows:
                 yield {"audio": row.audio[:, None], "length": np.int32(row.audio.size), "skip": np.int32(row.skip),
                        "index": np.int32(row.index), "last": np.bool_(row.last)}
 
@@ -491,8 +489,6 @@ class FittedEmbedder(Embedder):
 
     @property
     def version(self) -> str:
-        from musicsim.models.fitted import ARRAYS_FILE
-
         stat = os.stat(os.path.join(self.model_dir, ARRAYS_FILE))
         return f"{ARRAYS_FILE}:{stat.st_size}:{stat.st_mtime_ns}"
 
@@ -529,8 +525,6 @@ class EngineEmbedder(Embedder):
     model_dir = DEFAULT_ENGINE_DIR
 
     def __init__(self, **settings: Any):
-        from musicsim.models.pretrained_engine import raw_engine
-
         self.model = raw_engine(**settings)
         self.name = self.model.name
         self.similarity = str(self.model.similarity)
