@@ -20,7 +20,7 @@ from conftest import render_track
 from test_tags import tiny_png, write_tags
 
 from musicsim import scan
-from musicsim.index import EmbeddingIndex
+import musicsim.index
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_RATE = 8000
@@ -99,7 +99,7 @@ def run_cli(*args, timeout=240):
 
 def index_content(index_dir) -> dict:
     """track id -> (raw vector, metadata without the inode) of a saved index."""
-    index = EmbeddingIndex.load(str(index_dir))
+    index = musicsim.index.open(str(index_dir))
     raw = getattr(index, "raw_vector", index.vector)
     return {t: (np.asarray(raw(track_id=t)), {k: v for k, v in index.metadata(track_id=t).items() if k != "file_inode"})
             for t in index.track_ids}
@@ -121,7 +121,7 @@ def test_first_scan_indexes_tags_paths_groups_and_records_its_engine(tmp_path, m
 
     assert (summary.added, summary.skipped, summary.tracks) == (len(paths), 0, len(paths))
     assert sorted(embedded) == sorted(paths)
-    index = EmbeddingIndex.load(str(tmp_path / "index"))
+    index = musicsim.index.open(str(tmp_path / "index"))
     assert index.model["engine"] == "run" and index.model["model_dir"] == mfcc_run and index.model["name"] == "mfcc"
     by_path = {index.metadata(track_id=t)["path"]: (t, index.metadata(track_id=t)) for t in index.track_ids}
     tagged = by_path[paths[0]][1]
@@ -236,7 +236,7 @@ def test_kill_9_at_any_point_then_resume(tmp_path, mfcc_run, kill_at):
     assert process.returncode == -signal.SIGKILL, "the scan ended before it could be killed"
     indexed = 0
     if kill_at != "start":  # what was saved loads, whatever moment the kill came
-        indexed = len(EmbeddingIndex.load(str(index_dir)))
+        indexed = len(musicsim.index.open(str(index_dir)))
         assert 1 <= indexed < len(paths)
 
     resumed = run_cli(f"--audio={lib}", f"--index={index_dir}", f"--model_dir={mfcc_run}", "--workers=1", "--noprogress")
@@ -255,7 +255,7 @@ def test_an_excluded_folder_is_never_read_and_its_tracks_leave_the_index(tmp_pat
     write_library(str(lib), per_album=1)
     podcast = write_track(str(lib / "Library" / "Podcasts" / "episode.ogg"), album="low_sine", index=3)
     scan_in_process([lib], tmp_path / "index", mfcc_run)
-    index = EmbeddingIndex.load(str(tmp_path / "index"))
+    index = musicsim.index.open(str(tmp_path / "index"))
     assert podcast in {index.metadata(track_id=t)["path"] for t in index.track_ids}
     os.mkfifo(lib / "Library" / "Podcasts" / "blocks-if-opened.wav")  # reading it would hang the scan
     listed = []
@@ -266,7 +266,7 @@ def test_an_excluded_folder_is_never_read_and_its_tracks_leave_the_index(tmp_pat
     summary, embedded = scan_in_process([lib], tmp_path / "index", mfcc_run, excludes=[pattern])
     assert str(lib / "Library" / "Podcasts") not in listed and str(lib / "Library") in listed
     assert embedded == [] and summary.removed == 1
-    index = EmbeddingIndex.load(str(tmp_path / "index"))
+    index = musicsim.index.open(str(tmp_path / "index"))
     assert podcast not in {index.metadata(track_id=t)["path"] for t in index.track_ids}
 
 
@@ -281,7 +281,7 @@ def test_symlink_loops_and_links_are_reported_and_never_followed_for_ever(tmp_pa
 
     summary, _ = scan_in_process([lib], tmp_path / "index", mfcc_run)
     assert summary.added == len(paths) + 1
-    index = EmbeddingIndex.load(str(tmp_path / "index"))
+    index = musicsim.index.open(str(tmp_path / "index"))
     relative = sorted(index.metadata(track_id=t)["relative_path"] for t in index.track_ids)
     assert "linked/sub/outside.flac" in relative and len(relative) == len(set(relative)) == len(paths) + 1
     report = json.load(open(tmp_path / "index" / scan.REPORT_FILE))
@@ -342,7 +342,7 @@ def test_bad_files_are_reported_with_reasons_and_never_end_the_scan(tmp_path, mf
     assert sorted(reasons) == sorted(BAD_FILES)
     for name, (_, expected) in BAD_FILES.items():
         assert expected in reasons[name] and reasons[name], (name, reasons[name])
-    assert len(EmbeddingIndex.load(str(tmp_path / "index"))) == len(paths)
+    assert len(musicsim.index.open(str(tmp_path / "index"))) == len(paths)
 
     summary, embedded = scan_in_process([lib], tmp_path / "index", mfcc_run)  # bad files are not decoded again
     assert embedded == [] and summary.skipped == len(BAD_FILES)
@@ -367,7 +367,7 @@ def test_another_engine_is_refused_unless_rebuild(tmp_path, mfcc_run):
     rebuilt = run_cli(f"--audio={lib}", f"--index={tmp_path / 'index'}", f"--model_dir={tmp_path / 'other'}",
                       "--rebuild", "--workers=1", "--noprogress")
     assert rebuilt.returncode == 0, rebuilt.stderr
-    index = EmbeddingIndex.load(str(tmp_path / "index"))
+    index = musicsim.index.open(str(tmp_path / "index"))
     assert index.model["model_dir"] == str(tmp_path / "other") and len(index) == len(paths)
 
 
@@ -403,7 +403,7 @@ def test_scan_and_index_add_at_once_lose_nothing(tmp_path, mfcc_run):
     paths = write_library(str(lib), per_album=4)
     index_dir = tmp_path / "index"
     scan_in_process([lib / "Альбом 0"], index_dir, mfcc_run)  # an index of this run to add to
-    dim = EmbeddingIndex.load(str(index_dir)).dim
+    dim = musicsim.index.open(str(index_dir)).dim
     extra_ids = ["added-by-hand-1", "added-by-hand-2"]
     np.save(tmp_path / "extra.npy", np.random.default_rng(0).standard_normal((2, dim)).astype(np.float32))
     json.dump(extra_ids, open(tmp_path / "extra.ids.json", "w"))
@@ -427,13 +427,13 @@ def test_scan_and_index_add_at_once_lose_nothing(tmp_path, mfcc_run):
                               f"--embeddings={tmp_path / 'extra.npy'}"], cwd=REPO, env=ENV, capture_output=True,
                              text=True, timeout=120)
     assert add.returncode == 0, add.stderr
-    index = EmbeddingIndex.load(str(index_dir))
+    index = musicsim.index.open(str(index_dir))
     assert set(index.track_ids) == set(extra_ids) | {scan.track_id_for(root=str(lib), relative_path=os.path.relpath(
         p, lib)) for p in paths} | {scan.track_id_for(root=str(lib / "Альбом 0"), relative_path=os.path.basename(p))
                                     for p in paths if "Альбом 0" in p}
     # A later scan keeps the tracks it did not add.
     summary, _ = scan_in_process([lib], index_dir, mfcc_run)
-    assert set(extra_ids) <= set(EmbeddingIndex.load(str(index_dir)).track_ids) and summary.removed == 0
+    assert set(extra_ids) <= set(musicsim.index.open(str(index_dir)).track_ids) and summary.removed == 0
 
 
 # ------------------------------------------------------------------------------- the default engine
@@ -443,7 +443,7 @@ def test_the_default_engine_scans_into_a_standardised_index(tmp_path, mfcc_run):
     paths = [write_track(str(lib / album / "t.ogg"), album=album, index=0, seconds=4.0) for album in ALBUMS]
     result = run_cli(f"--audio={lib}", f"--index={tmp_path / 'index'}", "--workers=1", "--noprogress", timeout=600)
     assert result.returncode == 0, result.stderr
-    index = EmbeddingIndex.load(str(tmp_path / "index"))
+    index = musicsim.index.open(str(tmp_path / "index"))
     assert index.model["engine"] == "default" and len(index) == len(paths)
     config = json.load(open(tmp_path / "index" / "config.json"))
     assert config["standardise"] is True and len(config["dimension_weights"]) == index.dim
