@@ -34,7 +34,8 @@ import numpy as np
 from apache_beam.runners.runner import PipelineState
 
 from data_prep.beam_pipeline import make_runner, pipeline_options
-from musicsim.embedder import Embedder
+from musicsim.audio import file_duration
+from musicsim.embedder import Embedder, load_embedder
 
 # Files one worker embeds in one call (one estimator.predict, one fitted model's embed_paths chunk).
 FILES_PER_BATCH = 16
@@ -61,13 +62,9 @@ class EmbedFilesFn(beam.DoFn):
         self.skipped = beam.metrics.Metrics.counter("export", "files_skipped")
 
     def setup(self):
-        from musicsim.embedder import load_embedder
-
         self.embedder = load_embedder(self.model_dir, window_seconds=self.window_seconds)
 
     def process(self, batch: Sequence[tuple[int, str]]) -> Iterator[str]:
-        from musicsim.audio import file_duration
-
         batch = list(batch)
         paths = [path for _, path in batch]
         # One process per worker already: decoding in this process (workers=1), not in a pool of its own.

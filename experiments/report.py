@@ -32,6 +32,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from absl import app, flags
@@ -403,8 +405,6 @@ BASELINE_COLOURS = {"random": "#9e9e9e", "worst": "#424242"}
 def _colours(rows: list[_Row]) -> dict[str, str]:
     """A colour per row label (models: tab10 in row order; baselines: greys), so a model keeps its
     colour from the metrics chart to the skew chart."""
-    import matplotlib
-
     palette = matplotlib.colormaps["tab10"].colors
     models = [row.label for row in rows if row.model not in BASELINE_COLOURS]
     colours = {label: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, label in enumerate(models)}
@@ -417,10 +417,7 @@ def plot_bars(*, rows: list[_Row], metrics: tuple[str, ...], title: str, path: s
     """Grouped bar chart (paper figures 14-16): metrics on the x axis, one bar per row, error bars = std.
 
     ``colours`` maps row labels to colours (default ``_colours(rows)``); baselines are hatched."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # files only, whatever display the caller has
 
     rows = [row for row in rows if any(m in row.metrics for m in metrics)]
     positions = np.arange(len(metrics))

@@ -27,7 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
+import librosa
 import numpy as np
+import soxr
+import tensorflow as tf
 
 from musicsim.audio import MeasuredBlocks, iter_excerpt_blocks
 from musicsim.models.entry import FittedEntry
@@ -64,8 +67,6 @@ def _mel_basis() -> np.ndarray:
     """librosa's mel filters ``[N_MELS, N_FFT // 2 + 1]`` (built once)."""
     global _MEL_BASIS
     if _MEL_BASIS is None:
-        import librosa
-
         _MEL_BASIS = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS).astype(np.float32)
     return _MEL_BASIS
 
@@ -81,8 +82,6 @@ def log_mel_frames(*, window: np.ndarray) -> np.ndarray:
     -------
     np.ndarray, float32, shape ``[frames, N_MELS]``
     """
-    import librosa
-
     power = np.abs(librosa.stft(np.asarray(window, dtype=np.float32), n_fft=N_FFT, hop_length=HOP,
                                 center=False)) ** 2
     return np.log10(1.0 + LOG_SCALE * (_mel_basis() @ power)).T.astype(np.float32)
@@ -135,8 +134,6 @@ def iter_patch_blocks(*, blocks: Iterable[np.ndarray], block_patches: int = BLOC
 # -- the network ----------------------------------------------------------------------------------
 def read_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     """Every non-optimiser variable of a TF1 checkpoint, by name."""
-    import tensorflow as tf
-
     reader = tf.compat.v1.train.NewCheckpointReader(prefix)
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
             if "Adam" not in name and not name.startswith("beta")}
@@ -153,8 +150,6 @@ class MusicnnNetwork:
     """
 
     def __init__(self, *, weights: dict[str, np.ndarray], architecture: str):
-        import tensorflow as tf
-
         if architecture not in LAYER_DIMS:
             raise ValueError(f"unknown architecture {architecture!r}: expected one of {sorted(LAYER_DIMS)}")
         self.architecture = architecture
@@ -196,15 +191,11 @@ class MusicnnNetwork:
 
     # Batch-norm with the moving statistics, as the networks run at inference.
     def _batch_norm(self, x, name: str):
-        import tensorflow as tf
-
         w = self._weights
         scale = w[f"{name}/gamma"] * tf.math.rsqrt(w[f"{name}/moving_variance"] + BN_EPSILON)
         return x * scale + (w[f"{name}/beta"] - w[f"{name}/moving_mean"] * scale)
 
     def _conv(self, x, name: str, *, padding: str):
-        import tensorflow as tf
-
         y = tf.nn.conv2d(x, self._weights[f"{name}/kernel"], strides=1, padding=padding)
         return tf.nn.relu(y + self._weights[f"{name}/bias"])
 
@@ -213,14 +204,10 @@ class MusicnnNetwork:
 
     @staticmethod
     def _pad_time(x, before: int, after: int):
-        import tensorflow as tf
-
         return tf.pad(x, [[0, 0], [before, after], [0, 0], [0, 0]])
 
     def _layers(self, patches):
         """musicnn: timbral + temporal front end, dense residual mid-end, pooled dense back end."""
-        import tensorflow as tf
-
         x = self._batch_norm(patches[..., None], "batch_normalization")  # [n, T, 96, 1]
         padded = self._pad_time(x, 3, 3)
         front = []
@@ -254,8 +241,6 @@ class MusicnnNetwork:
 
     def _vgg_layers(self, patches):
         """vgg: five 3x3 conv / batch-norm / max-pool blocks, then the tag layer."""
-        import tensorflow as tf
-
         x = self._batch_norm(patches[..., None], "batch_normalization")
         pools = ((4, 1, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2), (4, 4, 4, 4))
         for index, (pool_t, pool_f, stride_t, stride_f) in enumerate(pools):
@@ -352,8 +337,6 @@ class MusicnnTeacher:
         -------
         np.ndarray, float32, shape ``[len(crops), dim]``
         """
-        import soxr
-
         patches, owners = [], []
         for index, crop in enumerate(crops):
             audio = np.asarray(crop, dtype=np.float32)
