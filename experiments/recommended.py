@@ -29,6 +29,9 @@ from typing import NoReturn
 from absl import flags
 
 from musicsim.cli import AT_LEAST_ONE, check_numeric_flags, parse_command_line, run_command, usage_error
+from musicsim.dataset import is_prepared
+from musicsim.evaluation import dataset_query_problems
+from musicsim.rundir import RunDir
 
 # The fusion of earlier versions (librosa + the four taggers): run name -> (model, params). No longer
 # built here; the benchmarks compare the engine with it (its rows in benchmarks/generalisation.py).
@@ -61,8 +64,7 @@ def build(*, dataset_dir: str, output: str, workers: int | None = None, eval_rep
     output : the parent of the engine's run directory (``output/pretrained``, with ``index/``)
     workers, eval_repeats : as ``experiments.run``
     """
-    from experiments.run import RunConfig, build_serving_index, run
-    from musicsim.rundir import RunDir
+    from experiments.run import RunConfig, build_serving_index, run  # why: TensorFlow loads only for a valid command
 
     model_dir = os.path.join(output, ENGINE_RUN)
     if RunDir(model_dir).finished():
@@ -82,9 +84,6 @@ def main(argv) -> int:
         return status
     if not FLAGS.dataset or not FLAGS.output:
         return usage_error("give --dataset (a prepared dataset) and --output", usage=USAGE)
-    from musicsim.dataset import is_prepared
-    from musicsim.evaluation import dataset_query_problems
-
     if not is_prepared(FLAGS.dataset):
         print(f"error: --dataset={FLAGS.dataset} is not a prepared dataset (no dataset.json and tracks.csv): "
               "prepare it with `python -m data_prep.build`", file=sys.stderr)
@@ -94,7 +93,7 @@ def main(argv) -> int:
         print(f"error: {FLAGS.dataset} is too small for the evaluation protocol: {'; '.join(problems)}",
               file=sys.stderr)
         return 2
-    from experiments.run import quiet_tensorflow
+    from experiments.run import quiet_tensorflow  # why: TensorFlow loads only for a valid command
     quiet_tensorflow()
     try:
         build(dataset_dir=FLAGS.dataset, output=FLAGS.output, workers=FLAGS.workers, eval_repeats=FLAGS.eval_repeats)
