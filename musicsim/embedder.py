@@ -45,7 +45,7 @@ from musicsim import models as registry
 from musicsim.train.estimator import make_estimator
 from musicsim.audio import AudioDecodeError, DecodeSettings, decode_track, file_duration, iter_pooled_blocks
 from musicsim.chroma import ChromaSettings, decode_chroma
-from musicsim.inputs import batched_input_fn
+from musicsim.inputs import batched_input_fn, window_rows_input_fn
 from musicsim.models.fitted import ARRAYS_FILE
 from musicsim.models.pretrained_engine import raw_engine
 from musicsim.rundir import RUN_FILE, RunDir, read_run_info
@@ -430,18 +430,7 @@ class LearnedEmbedder(Embedder):
         failures: dict[int, str] = {}
         rows = self._window_rows(paths=paths, workers=workers, failures=failures)
 
-        def generate():
-            # Runs in TF's input thread: the decoding processes work ahead of the model.
-            for row in rows:
-                yield {"audio": row.audio[:, None], "length": np.int32(row.audio.size), "skip": np.int32(row.skip),
-                       "index": np.int32(row.index), "last": np.bool_(row.last)}
-
-        signature = {"audio": tf.TensorSpec([None, 1], tf.float32), "length": tf.TensorSpec([], tf.int32),
-                     "skip": tf.TensorSpec([], tf.int32), "index": tf.TensorSpec([], tf.int32),
-                     "last": tf.TensorSpec([], tf.bool)}
-
-        # Every row is at most one window (with its context) long: a batch pads to that, not to a file.
-        input_fn = batched_input_fn(generator=generate, signature=signature, batch_size=int(batch_size), prefetch=2)
+        input_fn = window_rows_input_fn(rows=lambda: rows, batch_size=batch_size)
 
         dense = windows.dense_weights(self.params, checkpoint=self.checkpoint)
         next_index, parts = 0, []

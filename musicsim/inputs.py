@@ -16,7 +16,7 @@ PREDICT elements: ``audio`` [batch, time, ch], ``length`` [batch], ``track_id`` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +24,7 @@ import tensorflow as tf
 from musicsim import tfrecords
 from musicsim.evaluation import make_ranking_lists
 from musicsim.relevance import Relevance
+from musicsim.windows import WindowRow
 
 TRAIN, EVAL, PREDICT = "train", "eval", "predict"
 PADDING_LABEL = -1.0
@@ -124,6 +125,23 @@ def batched_input_fn(*, generator: Callable[[], Iterator], signature, batch_size
         return dataset.prefetch(prefetch)
 
     return input_fn
+
+
+def window_rows_input_fn(*, rows: Callable[[], Iterable[WindowRow]], batch_size: int) -> Callable[..., tf.data.Dataset]:
+    """The ``input_fn`` of a windowed embedding: each `musicsim.windows.WindowRow` of ``rows()`` as
+    ``audio`` float32 ``[T, 1]``, ``length``, ``skip``, ``index`` int32 and ``last`` bool, ``batch_size``
+    rows a batch. Every row is at most one window (with its context) long: a batch pads to that, not to a file.
+    """
+    def generate():
+        # Runs in TF's input thread: whatever decodes the rows works ahead of the model.
+        for row in rows():
+            yield {"audio": row.audio[:, None], "length": np.int32(row.audio.size), "skip": np.int32(row.skip),
+                   "index": np.int32(row.index), "last": np.bool_(row.last)}
+
+    signature = {"audio": tf.TensorSpec([None, 1], tf.float32), "length": tf.TensorSpec([], tf.int32),
+                 "skip": tf.TensorSpec([], tf.int32), "index": tf.TensorSpec([], tf.int32),
+                 "last": tf.TensorSpec([], tf.bool)}
+    return batched_input_fn(generator=generate, signature=signature, batch_size=int(batch_size), prefetch=2)
 
 
 def crop(sequence: np.ndarray, frames: int | None, rng: np.random.Generator | None) -> np.ndarray:

@@ -20,7 +20,7 @@ from tensorflow_estimator.python.estimator.early_stopping import read_eval_metri
 from musicsim import distribute as distribute_lib
 from musicsim import frontends, head, pretraining
 from musicsim import models as registry
-from musicsim.inputs import TrackSet, batched_input_fn, crop, make_predict_input_fn
+from musicsim.inputs import TrackSet, crop, make_predict_input_fn, window_rows_input_fn
 from musicsim.params import ParamsConfig, fill_defaults
 from musicsim.windows import iter_window_rows
 
@@ -386,15 +386,8 @@ def _predict_windowed(*, estimator: tf.estimator.Estimator, tracks: TrackSet, ba
     window_estimator = make_window_estimator(model=model, model_dir=estimator.model_dir, params=params,
                                              seed=int(estimator.config.tf_random_seed or 0))
 
-    def generate():
-        for row in iter_track_window_rows(tracks=tracks, sizes=sizes, seconds=seconds):
-            yield {"audio": row.audio[:, None], "length": np.int32(row.audio.size), "skip": np.int32(row.skip),
-                   "index": np.int32(row.index), "last": np.bool_(row.last)}
-
-    signature = {"audio": tf.TensorSpec([None, 1], tf.float32), "length": tf.TensorSpec([], tf.int32),
-                 "skip": tf.TensorSpec([], tf.int32), "index": tf.TensorSpec([], tf.int32),
-                 "last": tf.TensorSpec([], tf.bool)}
-    input_fn = batched_input_fn(generator=generate, signature=signature, batch_size=int(batch_size), prefetch=2)
+    input_fn = window_rows_input_fn(rows=lambda: iter_track_window_rows(tracks=tracks, sizes=sizes, seconds=seconds),
+                                    batch_size=batch_size)
     dense = windows.dense_weights(params, checkpoint=checkpoint)
     vectors: dict[int, np.ndarray] = {}
     parts: list[tuple[np.ndarray, int]] = []
