@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["musicsim", "musicsim.*", "data_prep", "data_prep.*",
                                     "experiments", "experiments.*"]),
-    package_data={"musicsim": ["static/*"]},  # the web page of musicsim.serve
+    package_data={"musicsim.search": ["static/*"]},  # the web page of musicsim.search.serve
     # The same commands as the `python -m` forms.
     entry_points={"console_scripts": [
         "musicsim-prep = data_prep.build:cli",
@@ -16,8 +16,8 @@ setup(
         "musicsim-export = experiments.export:cli",
         "musicsim-recommended = experiments.recommended:cli",
         "musicsim-index = musicsim.index.cli:cli",
-        "musicsim-search = musicsim.search:cli",
-        "musicsim-serve = musicsim.serve:cli",
+        "musicsim-search = musicsim.search.query:cli",
+        "musicsim-serve = musicsim.search.serve:cli",
         "musicsim-scan = musicsim.scan:cli",
     ]},
     # Exact versions live in requirements.lock (installed by `make`); these are the direct needs.

@@ -17,7 +17,7 @@ subprocess, its wall time including the process start:
    (``wait4``'s ``ru_maxrss``);
 2. a re-scan with nothing changed (goal: <= 3 s per 1,000 files), beside the command's start-up alone
    (``python -m musicsim.scan --help``: Python and the imports, paid once per scan whatever the library);
-3. ``musicsim.serve`` started on a free localhost port; by-id latency (``/api/similar/{id}``,
+3. ``musicsim.search.serve`` started on a free localhost port; by-id latency (``/api/similar/{id}``,
    keep-alive, ``--queries`` sequential requests) while idle;
 4. 10 files added and 5 removed, then a re-scan: its counts must show exactly those 15 touched
    (10 added, 5 removed, the rest unchanged), and its wall time;

@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py [--audio=DIR] [--tracks=100000] [--clients=16] [--seconds=30]
 
-Two indexes, each served by ``python -m musicsim.serve`` in a subprocess on 127.0.0.1:
+Two indexes, each served by ``python -m musicsim.search.serve`` in a subprocess on 127.0.0.1:
 
 1. real audio: the demo corpus (``data/demo_corpus``) when it exists, else ``--audio`` (a folder of
    audio files), else generated 30 s clips; MFCC model fitted on it, so file queries run a real model;
@@ -108,12 +108,12 @@ def build_synthetic_index(*, count: int, work: str, dim: int = 64) -> str:
 
 
 class Server:
-    """``python -m musicsim.serve`` in a subprocess on a free loopback port."""
+    """``python -m musicsim.search.serve`` in a subprocess on a free loopback port."""
 
     def __init__(self, index_dir: str, *, extra_args: tuple[str, ...] = ()):
         self.port = free_port()
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        self.process = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={index_dir}",
+        self.process = subprocess.Popen([sys.executable, "-m", "musicsim.search.serve", f"--index={index_dir}",
                                          "--host=127.0.0.1", f"--port={self.port}", *extra_args],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         deadline = time.time() + 120
@@ -219,7 +219,7 @@ def subsonic_latency(port: int, method: str, param_sets: list[dict[str, str]]) -
 def report_subsonic(*, port: int, track_ids: list[str], count: int) -> None:
     """The Subsonic rows: getSimilarSongs2 of random songs (count=50, players' default) and search3 of
     random 3-digit words (20 artists, albums and songs each)."""
-    from musicsim.subsonic.ids import song_id
+    from musicsim.search.subsonic.ids import song_id
 
     rng = np.random.default_rng(2)
     songs = [song_id(str(t)) for t in rng.choice(track_ids, size=count)]
@@ -394,7 +394,7 @@ def main() -> int:
         started = time.time()
         synthetic = build_synthetic_index(count=args.tracks, work=work)
         print(f"synthetic index: {args.tracks} tracks, d=64, built in {time.time() - started:.1f} s")
-        from musicsim.users import add_user
+        from musicsim.search.users import add_user
 
         users_file = os.path.join(work, "users.json")
         add_user(users_file=users_file, name=SUBSONIC_USER, password=SUBSONIC_PASSWORD)

@@ -7,7 +7,7 @@ Embeddings of a whole collection (a folder, searched recursively, or a CSV manif
 
 writes ``FILE.parquet`` (columns ``track_id``, ``path``, ``embedding`` list<float32>, ``model``,
 ``duration_s``, and ``group``: the album folder or the manifest's label, for
-``musicsim.search --exclude_same_group``), ``FILE.npy`` ``[N, D]`` + ``FILE.ids.json`` (a JSON array of
+``musicsim.search.query --exclude_same_group``), ``FILE.npy`` ``[N, D]`` + ``FILE.ids.json`` (a JSON array of
 the N track ids) + ``FILE.meta.json`` (``model``, ``model_dir``, ``similarity``, ``version``) for numpy
 users, and ``FILE.skipped.csv`` (each file or folder that could not be used, with the reason). They
 are all written to temporary files first and renamed into place only when the export succeeded: a

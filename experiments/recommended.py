@@ -13,7 +13,7 @@ One command builds it on a prepared dataset: the engine is fitted on the train s
 the test split is scored (labels only report figures) and the whole catalog is indexed::
 
     python -m experiments.recommended --dataset=data/mymusic --output=runs/mymusic
-    python -m musicsim.serve --index=runs/mymusic/pretrained/index
+    python -m musicsim.search.serve --index=runs/mymusic/pretrained/index
 
 For a music folder with no labels at all, ``python -m musicsim.scan --audio=DIR --index=INDEX`` indexes the
 same engine in place. The run is a run directory of its own under ``--output``, reused when it has finished:

@@ -173,7 +173,7 @@ def build_serving_index(*, model_dir: str) -> str | None:
     output = os.path.join(model_dir, "index")
     index = build_index(embeddings=run_dir.embeddings_path, output=output, model_dir=model_dir)
     print(f"indexed {len(index)} tracks into {output}; search them in a browser with:\n"
-          f"  python -m musicsim.serve --index={output}")
+          f"  python -m musicsim.search.serve --index={output}")
     return output
 
 

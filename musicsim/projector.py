@@ -17,6 +17,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from musicsim.atomic import atomic_open
 
@@ -78,8 +79,6 @@ def write_projector(*, log_dir: str, track_ids: Sequence[str], embeddings: np.nd
     config_path = os.path.join(log_dir, CONFIG_FILE)
     _write_atomic(config_path, config)
     if not glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
         writer = EventFileWriter(log_dir)
         writer.close()
     return config_path

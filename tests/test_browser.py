@@ -65,7 +65,7 @@ def wait_for(condition, *, timeout: float = 20.0, what: str = "condition"):
 
 @pytest.fixture(scope="module")
 def served(mfcc_catalog):
-    from musicsim.serve import create_app
+    from musicsim.search.app import create_app
 
     server = ServerThread(create_app(index_dir=mfcc_catalog["index_dir"]))
     server.paths = mfcc_catalog["paths"]
@@ -145,12 +145,12 @@ def test_search_select_neighbours_and_play_in_chromium(served, tmp_path):
 @pytest.fixture(scope="module")
 def served_library(mfcc_catalog, tmp_path_factory):
     """The tagged FLAC library (test_serve.write_tagged_library) indexed and served, M3U paths relative to it."""
-    from musicsim.index import EmbeddingIndex
-    from musicsim.serve import create_app
+    from musicsim.index import FaissIndex
+    from musicsim.search.app import create_app
 
     library = write_tagged_library(mfcc_catalog, tmp_path_factory.mktemp("browser-library"))
     index_dir = str(library["root"] / "index")
-    EmbeddingIndex(track_ids=library["ids"], vectors=library["vectors"], similarity="euclidean",
+    FaissIndex(track_ids=library["ids"], vectors=library["vectors"], similarity="euclidean",
                    metadata=library["metadata"], model=library["model"]).save(index_dir)
     server = ServerThread(create_app(index_dir=index_dir, m3u_root=str(library["library"])))
     server.library = library

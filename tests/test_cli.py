@@ -73,14 +73,15 @@ ENTRY_POINTS = (
         ("unknown flag", ("build", "--no_such_flag=1"), "no_such_flag"),
         ("missing required flag", ("build", "--output=OUT"), "--embeddings"),
         ("bad choice", ("build", "--embeddings=IN", "--output=OUT", "--backend=nosuch"), "nosuch"))),
-    EntryPoint("musicsim-search", "musicsim.search", "musicsim.search", ("--index", "--query", "--track_id",
-                                                                         "--diversity"), (
+    EntryPoint("musicsim-search", "musicsim.search.query", "musicsim.search.query", ("--index", "--query",
+                                                                                     "--track_id", "--diversity"), (
         ("unknown flag", ("--index=IN", "--track_id=t", "--no_such_flag=1"), "no_such_flag"),
         ("missing required flag", ("--track_id=t",), "index"),
         ("bad choice", ("--index=IN", "--track_id=t", "--rerank=nosuch"), "nosuch"),
         ("not finite", ("--index=IN", "--track_id=t", "--diversity=nan"), "diversity"),
         ("out of range", ("--index=IN", "--track_id=t", "-k", "0"), "k must be"))),
-    EntryPoint("musicsim-serve", "musicsim.serve", "musicsim.serve", ("--index", "--port", "--max_upload_mb"), (
+    EntryPoint("musicsim-serve", "musicsim.search.serve", "musicsim.search.serve", ("--index", "--port",
+                                                                                     "--max_upload_mb"), (
         ("unknown flag", ("--index=IN", "--no_such_flag=1"), "no_such_flag"),
         ("missing required flag", ("--port=8000",), "index"),
         ("bad choice", ("--index=IN", "--map=nosuch"), "nosuch"),
@@ -169,11 +170,11 @@ def test_python_m_form_refuses_an_unknown_flag_in_one_line(entry, tmp_path):
 # ------------------------------------------------------------------------------------ search: a directory query
 
 def test_a_directory_query_is_named_a_directory(tmp_path):
-    from musicsim.index import EmbeddingIndex
-    from musicsim.search import search
+    from musicsim.index import FaissIndex
+    from musicsim.search.query import search
 
     run = write_fitted_model_config(tmp_path / "run", name="mfcc", dim=4)
-    EmbeddingIndex(track_ids=["a", "b", "c"], vectors=np.eye(3, 4, dtype=np.float32),
+    FaissIndex(track_ids=["a", "b", "c"], vectors=np.eye(3, 4, dtype=np.float32),
                    model={"name": "mfcc", "model_dir": run}).save(str(tmp_path / "index"))
     folder = tmp_path / "album"
     folder.mkdir()

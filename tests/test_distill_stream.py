@@ -324,7 +324,7 @@ def test_a_distill_run_exports_indexes_searches_and_resumes(album_corpus, tmp_pa
     built = _run(["-m", "musicsim.index", "build", f"--embeddings={export}", f"--output={index}"])
     assert built.returncode == 0, built.stderr[-3000:]
     query = os.path.join(album_corpus["root"], "audio", "al2", "t0.wav")
-    searched = _run(["-m", "musicsim.search", f"--index={index}", f"--query={query}", "-k", "3", "--json"])
+    searched = _run(["-m", "musicsim.search.query", f"--index={index}", f"--query={query}", "-k", "3", "--json"])
     assert searched.returncode == 0, searched.stderr[-3000:]
     hits = json.loads(searched.stdout[searched.stdout.index("["):])
     assert len(hits) == 3 and len(ids) == 8

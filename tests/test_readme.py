@@ -45,7 +45,7 @@ HELP_ONLY = (
     (r"^make test\b", "the whole test suite"),
     (r"--dataset=magnatagatune", "the MagnaTagATune download"),
     (r"/tmp/devcorpus", "the development corpus, built from Debian packages (network)"),
-    (r"musicsim\.serve\b|musicsim-serve\b", "a server that runs until stopped, or a prompt for a password "
+    (r"musicsim\.search\.serve\b|musicsim-serve\b", "a server that runs until stopped, or a prompt for a password "
      "(tests/test_serve.py and tests/test_subsonic.py run them)"),
     (r"musicsim-scan\b", "the default engine's musicnn wheel from the package index (network; tests/test_scan.py "
      "runs the scan)"),
@@ -163,7 +163,7 @@ def _run(command: str, *, cwd: str) -> subprocess.CompletedProcess:
 def test_the_readme_has_commands_of_every_kind():
     assert len(COMMANDS) >= 20
     assert any(without_comment(c) == "make demo" for _, c in COMMANDS)
-    assert any(help_only_reason(c) is None and "musicsim.search" in c for _, c in COMMANDS)
+    assert any(help_only_reason(c) is None and "musicsim.search.query" in c for _, c in COMMANDS)
 
 
 @pytest.mark.parametrize("line, command", COMMANDS,

@@ -448,7 +448,7 @@ def test_the_default_engine_scans_into_a_standardised_index(tmp_path, mfcc_run):
     config = json.load(open(tmp_path / "index" / "config.json"))
     assert config["standardise"] is True and len(config["dimension_weights"]) == index.dim
     # A file query embeds with the same engine (the index names it, no run folder) and finds the file itself.
-    from musicsim.search import search
+    from musicsim.search.query import search
 
     found = search(index_dir=str(tmp_path / "index"), query_path=paths[1], k=1)
     assert found[0]["track_id"] == index.track_id_of_path(path=os.path.abspath(paths[1]))

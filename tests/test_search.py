@@ -1,4 +1,4 @@
-"""musicsim.search: the k most similar tracks to a track of the index or to an audio file."""
+"""musicsim.search.query: the k most similar tracks to a track of the index or to an audio file."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ import pytest
 
 from experiments.export import export_embeddings
 from musicsim.embedder import load_embedder
-from musicsim.index import EmbeddingIndex, build_index
-from musicsim.search import main, search
+import musicsim.index
+from musicsim.index import FaissIndex, build_index
+from musicsim.search.query import main, search
 from test_export import train_tiny_run
 
 TRACK = "low_sine/t3"  # ids of a folder export: the path under the audio folder, without extension
@@ -57,7 +58,7 @@ def test_query_by_id_excludes_itself_and_ranks_by_score(index_dir, audio_dir):
         assert r["path"] == os.path.join(audio_dir, r["track_id"] + ".wav")
         assert r["group"] == r["track_id"].split("/")[0]
     # The scores are the cosine similarities of the stored vectors.
-    index = EmbeddingIndex.load(index_dir)
+    index = musicsim.index.open(index_dir)
     query = index.vector(track_id=TRACK)
     for r in results:
         assert r["score"] == pytest.approx(float(query @ index.vector(track_id=r["track_id"])), abs=1e-5)
@@ -98,7 +99,7 @@ def test_cli_table_by_file_without_its_album(index_dir, audio_dir, capsys):
 
 
 def test_cli_runs_as_a_module(index_dir):
-    done = subprocess.run([sys.executable, "-m", "musicsim.search", f"--index={index_dir}", "--track_id=nope"],
+    done = subprocess.run([sys.executable, "-m", "musicsim.search.query", f"--index={index_dir}", "--track_id=nope"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "unknown track id 'nope'" in done.stderr
 
@@ -106,9 +107,9 @@ def test_cli_runs_as_a_module(index_dir):
 @pytest.fixture(scope="module")
 def bare_index(index_dir, tmp_path_factory) -> str:
     """The same vectors, indexed without a model_dir."""
-    index = EmbeddingIndex.load(index_dir)
+    index = musicsim.index.open(index_dir)
     path = str(tmp_path_factory.mktemp("bare") / "index")
-    EmbeddingIndex(track_ids=index.track_ids, vectors=index.vectors).save(path)
+    FaissIndex(track_ids=index.track_ids, vectors=index.vectors).save(path)
     return path
 
 
@@ -117,7 +118,7 @@ def wrong_dim_index(tiny_run, tmp_path_factory) -> str:
     """7-d vectors indexed as if they came from the tiny (16-d) run."""
     path = str(tmp_path_factory.mktemp("wrong_dim") / "index")
     vectors = np.random.default_rng(0).standard_normal((5, 7))
-    EmbeddingIndex(track_ids=[f"t{i}" for i in range(5)], vectors=vectors,
+    FaissIndex(track_ids=[f"t{i}" for i in range(5)], vectors=vectors,
                    model={"name": "wavenet", "model_dir": tiny_run}).save(path)
     return path
 
@@ -155,7 +156,7 @@ def test_cli_reports_errors_on_stderr(index_dir, capsys):
 
 
 def test_the_index_and_the_runs_embedder_agree(index_dir, tiny_run):
-    index = EmbeddingIndex.load(index_dir)
+    index = musicsim.index.open(index_dir)
     embedder = load_embedder(index.model["model_dir"])
     assert (embedder.dim, embedder.similarity, embedder.name) == (index.dim, index.similarity, index.model["name"])
     assert sorted({index.group(track_id=t) for t in index.track_ids}) == sorted(ALBUMS)
@@ -183,7 +184,7 @@ def test_the_readme_search_flow_runs_as_written(synthetic_dataset, audio_dir, tm
     done = cli("musicsim.index", "build", f"--embeddings={exported}", f"--output={index}")
     assert done.returncode == 0, done.stderr
     query = os.path.join(audio_dir, TRACK + ".wav")
-    done = cli("musicsim.search", f"--index={index}", f"--query={query}", "-k", "10", "--json")
+    done = cli("musicsim.search.query", f"--index={index}", f"--query={query}", "-k", "10", "--json")
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)
     assert len(results) == 10 and results[0]["track_id"] == TRACK

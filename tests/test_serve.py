@@ -1,4 +1,4 @@
-"""musicsim.serve (HTTP API), musicsim.playlist, musicsim.catalog_map and musicsim.projector.
+"""The HTTP service (musicsim.search: app, routes, service, holder), playlists, the catalog map, musicsim.projector.
 
 The service's tests run over both index backends (faiss, and Milvus Lite in-process where pymilvus and
 milvus-lite import): the ``client`` and ``tagged`` fixtures are parametrized by backend.
@@ -23,9 +23,11 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from conftest import ALBUM_TIMBRES, SERVED_SAMPLE_RATE, album_track_ids, render_track
-from musicsim import catalog_map, playlist
-from musicsim.index import EmbeddingIndex
-from musicsim.serve import create_app, main
+from musicsim.search import catalog_map, playlist
+import musicsim.index
+from musicsim.index import FaissIndex
+from musicsim.search.app import create_app
+from musicsim.search.serve import main
 
 ALBUMS = tuple(ALBUM_TIMBRES)
 HAVE_MILVUS = importlib.util.find_spec("pymilvus") is not None and importlib.util.find_spec("milvus_lite") is not None
@@ -55,7 +57,7 @@ def save_index(backend: str, directory, *, track_ids, vectors, similarity, metad
 
         index = MilvusIndex(uri=f"{directory}-milvus.db", collection="tracks", **arguments)
     else:
-        index = EmbeddingIndex(**arguments)
+        index = FaissIndex(**arguments)
     index.save(str(directory))
     index.close()
     return str(directory)
@@ -65,7 +67,7 @@ def save_index(backend: str, directory, *, track_ids, vectors, similarity, metad
 def client(request, mfcc_catalog, tmp_path_factory):
     index_dir = mfcc_catalog["index_dir"]
     if request.param == "milvus":
-        faiss = EmbeddingIndex.load(index_dir)
+        faiss = musicsim.index.open(index_dir)
         columns = {c: [faiss.metadata(track_id=t)[c] for t in faiss.track_ids] for c in faiss.metadata_columns}
         index_dir = save_index("milvus", tmp_path_factory.mktemp("milvus") / "index", track_ids=faiss.track_ids,
                                vectors=faiss.vectors, similarity=faiss.similarity, metadata=columns, model=faiss.model)
@@ -86,7 +88,7 @@ def _copied_index(catalog, tmp_path, *, model: bool = False, extra: dict | None 
     ids, vectors = album_track_ids(paths), catalog["vectors"]
     for track_id, (path, vector) in (extra or {}).items():
         ids, paths, vectors = ids + [track_id], paths + [path], np.vstack([vectors, vector[None, :]])
-    index = EmbeddingIndex(track_ids=ids, vectors=vectors, similarity="euclidean",
+    index = FaissIndex(track_ids=ids, vectors=vectors, similarity="euclidean",
                            metadata={"path": paths, "group": [i.split("/")[0] for i in ids]},
                            model={"name": "mfcc", "model_dir": str(catalog["root"] / "mfcc")} if model else None)
     index.save(str(tmp_path / "index"))
@@ -245,11 +247,11 @@ def test_upload_to_an_index_without_a_model_is_400(mfcc_catalog, tmp_path):
 
 def test_uploads_and_search_check_the_model_alike(mfcc_catalog, tmp_path):
     """An index whose model makes other embeddings: the upload fails with search's own message."""
-    from musicsim import search
+    from musicsim.search import query as search
 
     model = {"name": "mfcc", "model_dir": str(mfcc_catalog["root"] / "mfcc")}
     wrong_dim = str(tmp_path / "wrong_dim")
-    EmbeddingIndex(track_ids=["a", "b"], vectors=np.eye(2, 7) + 0.1, model=model).save(wrong_dim)
+    FaissIndex(track_ids=["a", "b"], vectors=np.eye(2, 7) + 0.1, model=model).save(wrong_dim)
     with pytest.raises(ValueError, match="dimension mismatch") as searched:
         search.search(index_dir=wrong_dim, query_path=mfcc_catalog["paths"][0])
     with TestClient(create_app(index_dir=wrong_dim)) as served:
@@ -259,7 +261,7 @@ def test_uploads_and_search_check_the_model_alike(mfcc_catalog, tmp_path):
         assert served.get("/healthz").json()["model"] == f"failed: {searched.value}"
     # The run compares by euclidean distance, this index by cosine: a warning, not a refusal.
     cosine = str(tmp_path / "cosine")
-    EmbeddingIndex(track_ids=album_track_ids(mfcc_catalog["paths"]), vectors=mfcc_catalog["vectors"],
+    FaissIndex(track_ids=album_track_ids(mfcc_catalog["paths"]), vectors=mfcc_catalog["vectors"],
                    similarity="cosine", model=model).save(cosine)
     with pytest.warns(UserWarning, match="compares embeddings by euclidean but the index uses cosine"):
         with TestClient(create_app(index_dir=cosine)) as served:
@@ -345,9 +347,9 @@ def test_no_request_path_reaches_the_file_system(mfcc_catalog, tmp_path):
 
 # ------------------------------------------------------------------------------------- playlists
 
-def _random_index(*, count: int = 40, dim: int = 8, similarity: str = "cosine") -> EmbeddingIndex:
+def _random_index(*, count: int = 40, dim: int = 8, similarity: str = "cosine") -> FaissIndex:
     rng = np.random.default_rng(3)
-    return EmbeddingIndex(track_ids=[f"t{i:02d}" for i in range(count)], vectors=rng.standard_normal((count, dim)),
+    return FaissIndex(track_ids=[f"t{i:02d}" for i in range(count)], vectors=rng.standard_normal((count, dim)),
                           similarity=similarity, metadata={"group": [f"g{i % 5}" for i in range(count)]})
 
 
@@ -425,7 +427,7 @@ def test_map_is_computed_once_and_cached_beside_the_index(mfcc_catalog, tmp_path
     coordinates = np.column_stack([answer["x"], answer["y"]])
     assert coordinates.shape == (16, 2) and np.abs(coordinates).max() == pytest.approx(1.0)
     # PCA: the first axis is the direction of largest variance of the vectors.
-    vectors = EmbeddingIndex.load(index_dir).vectors.astype(np.float64)
+    vectors = musicsim.index.open(index_dir).vectors.astype(np.float64)
     centred = vectors - vectors.mean(axis=0)
     first = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
     assert abs(np.corrcoef(first, coordinates[:, 0])[0, 1]) == pytest.approx(1.0, abs=1e-4)
@@ -442,7 +444,7 @@ def test_map_is_computed_once_and_cached_beside_the_index(mfcc_catalog, tmp_path
 
 def test_map_cache_is_named_for_the_content_and_only_written_into_an_index(tmp_path, monkeypatch):
     index = _random_index(count=12)
-    other = EmbeddingIndex(track_ids=index.track_ids, vectors=index.vectors[::-1], similarity="cosine")
+    other = FaissIndex(track_ids=index.track_ids, vectors=index.vectors[::-1], similarity="cosine")
     index.save(str(tmp_path / "index"))
     first = catalog_map.cache_path(index=index, index_dir=str(tmp_path / "index"), method="pca")
     assert first != catalog_map.cache_path(index=other, index_dir=str(tmp_path / "index"), method="pca")
@@ -514,7 +516,7 @@ def test_cli_bad_flags_exit_2_before_loading_anything(mfcc_catalog, capsys, argu
     arguments = [a.replace("=I", f"={mfcc_catalog['index_dir']}") for a in arguments]
     assert main(["musicsim-serve", *arguments]) == 2
     error = capsys.readouterr().err
-    assert message in error and "usage: python -m musicsim.serve --index=DIR" in error
+    assert message in error and "usage: python -m musicsim.search.serve --index=DIR" in error
     assert "Traceback" not in error and len(error.strip().splitlines()) == 1, error
 
 
@@ -554,7 +556,7 @@ def test_cli_serves_on_localhost_by_default(mfcc_catalog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={mfcc_catalog['index_dir']}",
+    process = subprocess.Popen([sys.executable, "-m", "musicsim.search.serve", f"--index={mfcc_catalog['index_dir']}",
                                 f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         import httpx
@@ -620,7 +622,7 @@ def test_a_run_writes_its_projector_files_and_the_demo_index_it_serves(synthetic
     assert os.path.isfile(os.path.join(model_dir, "projector_config.pbtxt"))
 
     index_dir = build_serving_index(model_dir=model_dir)
-    assert f"python -m musicsim.serve --index={index_dir}" in capsys.readouterr().out
+    assert f"python -m musicsim.search.serve --index={index_dir}" in capsys.readouterr().out
     with TestClient(create_app(index_dir=index_dir)) as served:
         answer = served.get(f"/api/similar/{ids[0]}", params={"k": 3}).json()
         assert len(answer["results"]) == 3 and served.get(answer["results"][0]["audio_url"]).status_code == 200
@@ -965,7 +967,7 @@ def test_a_serving_app_follows_its_index_while_a_client_keeps_querying(tagged_li
                 pytest.fail(f"the server did not take in the index of {tracks} tracks")
 
             time.sleep(0.3)
-            index = EmbeddingIndex.load(index_dir)
+            index = musicsim.index.open(index_dir)
             index.add(track_ids=library["ids"][keep:], vectors=library["vectors"][keep:],
                       metadata={c: v[keep:] for c, v in library["metadata"].items()})
             index.save(index_dir)
@@ -982,7 +984,7 @@ def test_a_serving_app_follows_its_index_while_a_client_keeps_querying(tagged_li
             gone = library["ids"][4:8]  # the two-disc album
             with holder.lease() as old:  # a request in flight when the version changes
                 time.sleep(0.3)
-                index = EmbeddingIndex.load(index_dir)
+                index = musicsim.index.open(index_dir)
                 index.remove(track_ids=gone)
                 index.save(index_dir)
                 release(index)
@@ -1018,7 +1020,7 @@ def test_a_broken_new_version_keeps_the_old_one_serving(mfcc_catalog, tmp_path):
 
 
 def test_a_served_index_follows_index_commands_of_other_processes(mfcc_catalog, tmp_path):
-    """The real thing: ``musicsim.serve`` in a subprocess, ``musicsim.index add`` and ``remove`` in others
+    """The real thing: ``musicsim.search.serve`` in a subprocess, ``musicsim.index add`` and ``remove`` in others
     (under the index lock), and a client querying throughout: no failed request, the new tracks served,
     the removed ones (their audio too) not."""
     import httpx
@@ -1038,7 +1040,7 @@ def test_a_served_index_follows_index_commands_of_other_processes(mfcc_catalog, 
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    server = subprocess.Popen([sys.executable, "-m", "musicsim.serve", f"--index={index_dir}", f"--port={port}",
+    server = subprocess.Popen([sys.executable, "-m", "musicsim.search.serve", f"--index={index_dir}", f"--port={port}",
                                "--reload_interval_s=0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env=environment)
     failures: list[str] = []

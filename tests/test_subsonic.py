@@ -1,4 +1,4 @@
-"""The OpenSubsonic API (``musicsim.serve --subsonic``) over a real uvicorn server on 127.0.0.1, driven by
+"""The OpenSubsonic API (``musicsim.search.serve --subsonic``) over a real uvicorn server on 127.0.0.1, driven by
 clients nobody here wrote (py-sonic; the npm package subsonic-api with node) and by raw HTTP: XML and
 JSON say the same, authentication, errors, traversal, ids that survive a re-scan, the users file."""
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 
 from conftest import ServerThread
+import musicsim.index
 
 libsonic = pytest.importorskip("libsonic")
 
@@ -103,7 +104,7 @@ def scan_into(*, music: str, index_dir: str, model_dir: str) -> None:
 def build_index(*, tracks: list[dict], root: str, index_dir: str, order: list[int] | None = None) -> None:
     """An index of the tracks built directly, rows in ``order`` (tags read by musicsim.tags as a scan reads
     them; vectors: an album centre plus noise)."""
-    from musicsim.index import EmbeddingIndex
+    from musicsim.index import FaissIndex
     from musicsim.tags import read_tags
 
     rng = np.random.default_rng(1)
@@ -123,7 +124,7 @@ def build_index(*, tracks: list[dict], root: str, index_dir: str, order: list[in
         columns["path"].append(track["path"])
         columns["relative_path"].append(relative)
         columns["group"].append(track["album"])
-    EmbeddingIndex(track_ids=ids, vectors=np.array(vectors), similarity="cosine", metadata=columns,
+    FaissIndex(track_ids=ids, vectors=np.array(vectors), similarity="cosine", metadata=columns,
                    model={"name": "test-vectors"}).save(index_dir, overwrite=True)
 
 
@@ -132,8 +133,8 @@ def library(tmp_path_factory):
     """Tagged files scanned into an index (MFCC fitted on them), a users file with ``alice``, and the server
     with ``--subsonic``."""
     from musicsim.models.mfcc import MFCCModel
-    from musicsim.serve import create_app
-    from musicsim.users import add_user, load_users
+    from musicsim.search.app import create_app
+    from musicsim.search.users import add_user, load_users
 
     root = tmp_path_factory.mktemp("subsonic")
     music = str(root / "music")
@@ -306,11 +307,10 @@ def test_pysonic_cover_art_and_its_size(library):
 
 
 def test_pysonic_similar_songs2_are_the_index_neighbours(library):
-    from musicsim.index import EmbeddingIndex
-    from musicsim.subsonic.ids import song_id
+    from musicsim.search.subsonic.ids import song_id
 
     client = connection(library)
-    index = EmbeddingIndex.load(library["index_dir"])
+    index = musicsim.index.open(library["index_dir"])
     track_of_song = {song_id(t): t for t in index.track_ids}
     songs = client.search3("", songCount=100)["searchResult3"]["song"]
     for song in songs[:4]:
@@ -480,7 +480,7 @@ def test_authentication(library, credentials, code):
 
 
 def test_unauthenticated_requests_get_nothing_but_error_10_or_40(library):
-    from musicsim.subsonic.api import HANDLERS
+    from musicsim.search.subsonic.api import HANDLERS
 
     song = json_answer(library, "search3", query="", songCount=1)["searchResult3"]["song"][0]
     methods = sorted(set(HANDLERS) - {"getOpenSubsonicExtensions"}) + ["star", "noSuchMethod", "a/b",
@@ -508,9 +508,8 @@ def test_unauthenticated_requests_get_nothing_but_error_10_or_40(library):
 
 # ------------------------------------------------------------------------------ traversal and files
 def test_only_files_the_index_lists_are_served(library, tmp_path):
-    from musicsim.index import EmbeddingIndex
 
-    index = EmbeddingIndex.load(library["index_dir"])
+    index = musicsim.index.open(library["index_dir"])
     track_id = index.track_ids[0]
     path = index.metadata(track_id=track_id)["path"]
     secret = tmp_path / "secret.txt"
@@ -549,7 +548,7 @@ def test_a_file_replaced_by_a_symlink_is_not_served(library, tmp_path):
 
 
 def test_a_failing_handler_answers_error_0_without_a_traceback(library, monkeypatch):
-    from musicsim.subsonic import api
+    from musicsim.search.subsonic import api
 
     def broken(context):
         raise RuntimeError("secret internal detail /home/someone")
@@ -566,11 +565,10 @@ def test_a_failing_handler_answers_error_0_without_a_traceback(library, monkeypa
 
 # ------------------------------------------------------------------------------ ids survive a re-scan
 def test_ids_survive_a_rescan_and_another_row_order(library, tmp_path):
-    from musicsim.index import EmbeddingIndex
-    from musicsim.subsonic.catalog import Catalog
+    from musicsim.search.subsonic.catalog import Catalog
 
     def identities(index_dir):
-        index = EmbeddingIndex.load(index_dir)
+        index = musicsim.index.open(index_dir)
         catalog = Catalog(track_ids=index.track_ids, metadata=[index.metadata(track_id=t) for t in index.track_ids])
         assert all(len(x) == 23 for x in list(catalog.song_of) + list(catalog.albums) + list(catalog.artists))
         return ({s.id: (s.title, s.album_id, s.artist_id) for s in catalog.songs},
@@ -594,7 +592,7 @@ def test_ids_survive_a_rescan_and_another_row_order(library, tmp_path):
 def test_a_rescan_while_serving_reaches_the_players(library, tmp_path):
     """The router answers from the service of the index version in use: songs a scan adds appear, songs it
     removes are no longer listed or streamed."""
-    from musicsim.serve import create_app
+    from musicsim.search.app import create_app
 
     music = str(tmp_path / "music")
     shutil.copytree(library["music"], music)
@@ -632,7 +630,7 @@ def test_a_rescan_while_serving_reaches_the_players(library, tmp_path):
 
 # ------------------------------------------------------------------------------ the users file
 def test_add_user_from_the_command_line_and_the_server_reads_it(library, monkeypatch, capsys):
-    from musicsim.serve import main
+    from musicsim.search.serve import main
 
     users_file = library["users_file"]
     monkeypatch.setattr("sys.stdin", io.StringIO("n3w pässword\n"))
@@ -657,7 +655,7 @@ def test_add_user_from_the_command_line_and_the_server_reads_it(library, monkeyp
     (["--add_user=bob", "--index=INDEX"], "pw\n", "inside the index folder"),
 ])
 def test_add_user_refusals_exit_2(library, tmp_path, monkeypatch, capsys, arguments, stdin, message):
-    from musicsim.serve import main
+    from musicsim.search.serve import main
 
     index_dir = library["index_dir"]
     users_file = os.path.join(index_dir, "users.json") if "--index=INDEX" in arguments else str(tmp_path / "u.json")
@@ -668,8 +666,9 @@ def test_add_user_refusals_exit_2(library, tmp_path, monkeypatch, capsys, argume
 
 
 def test_the_server_refuses_an_insecure_missing_or_misplaced_users_file(library, tmp_path, capsys):
-    from musicsim.serve import create_app, main
-    from musicsim.users import UsersFileError, add_user
+    from musicsim.search.app import create_app
+    from musicsim.search.serve import main
+    from musicsim.search.users import UsersFileError, add_user
 
     loose = str(tmp_path / "loose.json")
     add_user(users_file=loose, name="x", password="y")
@@ -692,7 +691,7 @@ def test_the_server_refuses_an_insecure_missing_or_misplaced_users_file(library,
 
 
 def test_default_users_file_follows_xdg():
-    from musicsim.users import default_users_file
+    from musicsim.search.users import default_users_file
 
     assert default_users_file(environ={"XDG_CONFIG_HOME": "/cfg"}) == "/cfg/musicsim/users.json"
     assert default_users_file(environ={}) == os.path.join(os.path.expanduser("~"), ".config", "musicsim",
@@ -700,7 +699,7 @@ def test_default_users_file_follows_xdg():
 
 
 def test_subsonic_is_off_by_default(library):
-    from musicsim.serve import create_app
+    from musicsim.search.app import create_app
 
     server = ServerThread(create_app(index_dir=library["index_dir"]))
     try:
@@ -720,7 +719,7 @@ def test_node_subsonic_api_client(library):
     if not os.path.isdir(NODE_PACKAGE):
         pytest.skip(f"the npm package subsonic-api is not installed in {os.path.dirname(NODE_PACKAGE)} "
                     "(make test installs it: npm install --prefix tests/js)")
-    from musicsim.users import add_user
+    from musicsim.search.users import add_user
 
     # subsonic-api 3.3.1 hashes a password's characters as Latin-1, not UTF-8 as the spec says: an ASCII one.
     add_user(users_file=library["users_file"], name="node", password="open-sesame-42")

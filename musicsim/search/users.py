@@ -1,6 +1,6 @@
-"""The users of the Subsonic API (``musicsim.serve --subsonic``): one JSON file, readable by its owner only.
+"""The users of the Subsonic API (``musicsim.search.serve --subsonic``): one JSON file, readable by its owner only.
 
-    python -m musicsim.serve --add_user=NAME [--users=FILE]     # reads the password from stdin
+    python -m musicsim.search.serve --add_user=NAME [--users=FILE]     # reads the password from stdin
 
 The file (``--users``; default ``$XDG_CONFIG_HOME/musicsim/users.json``, else
 ``~/.config/musicsim/users.json``) is written with mode 0600 in a folder created with mode 0700, through
@@ -124,7 +124,7 @@ def load_users(*, users_file: str) -> dict[str, User]:
             text = f.read().decode("utf-8")
     except FileNotFoundError:
         raise UsersFileError(f"no users file {users_file}: add a user with "
-                             f"python -m musicsim.serve --add_user=NAME --users={users_file}") from None
+                             f"python -m musicsim.search.serve --add_user=NAME --users={users_file}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise UsersFileError(f"cannot read the users file {users_file}: {error}") from None
     return _parse(users_file, text)
@@ -195,7 +195,7 @@ def read_password(*, stdin: IO[str] | None = None) -> str:
 
 def add_user_command(*, name: str, users_file: str | None, index_dir: str | None = None,
                      stdin: IO[str] | None = None) -> int:
-    """``python -m musicsim.serve --add_user=NAME [--users=FILE] [--index=DIR]``: read the password,
+    """``python -m musicsim.search.serve --add_user=NAME [--users=FILE] [--index=DIR]``: read the password,
     add the user, print where and its API key; returns the exit status (2 on bad input)."""
     users_file = os.path.abspath(users_file or default_users_file())
     try:

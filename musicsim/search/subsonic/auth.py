@@ -17,9 +17,9 @@ import hashlib
 import hmac
 from typing import Mapping
 
-from musicsim.subsonic.responses import (CONFLICTING_MECHANISMS, INVALID_API_KEY, MISSING_PARAMETER,
-                                         WRONG_CREDENTIALS, SubsonicError)
-from musicsim.users import User, UsersFile
+from musicsim.search.subsonic.responses import (CONFLICTING_MECHANISMS, INVALID_API_KEY, MISSING_PARAMETER,
+                                                WRONG_CREDENTIALS, SubsonicError)
+from musicsim.search.users import User, UsersFile
 
 # Compared against when the user is unknown, so timing does not tell which names exist.
 _STAND_IN_PASSWORD = "musicsim-no-such-user-\x00"

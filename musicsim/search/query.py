@@ -1,6 +1,6 @@
 """Search the collection: the tracks most similar to a track of the index, or to any audio file.
 
-    python -m musicsim.search --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--diversity=0.0]
+    python -m musicsim.search.query --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--diversity=0.0]
         [--exclude_same_group] [--include_self] [--rerank=index|none] [--json]
 
 An index is built by ``python -m musicsim.index build --embeddings=FILE --output=DIR`` from an export
@@ -24,19 +24,21 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 import numpy as np
 from absl import flags
 
-from musicsim.index import EmbeddingIndex, IndexBackend
+import musicsim.index
+from musicsim.index import IndexBackend
 from musicsim.cli import AT_LEAST_ONE, FRACTION, check_numeric_flags, parse_command_line, run_command
 
 if TYPE_CHECKING:
     from musicsim.embedder import Embedder
 
 RERANK_MODES = ("index", "none")
-USAGE = "usage: python -m musicsim.search --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--json] [...]"
+USAGE = "usage: python -m musicsim.search.query --index=DIR (--query=FILE | --track_id=ID) [-k 10] [--json] [...]"
 
 # Flags of this command only (experiments.run's global FLAGS has some of the same names).
 FLAGS = flags.FlagValues()
@@ -94,8 +96,8 @@ def load_query_embedder(*, index: IndexBackend, index_dir: str) -> "Embedder":
     FileNotFoundError
         If the run is gone.
     """
-    import warnings
-
+    # Imported here, not at the top: musicsim.embedder loads the model registry, whose learned models import
+    # TensorFlow (seconds, and its memory), and an index served or searched by track id never needs it.
     from musicsim.embedder import load_embedder
 
     model_dir = query_model_dir(index=index, index_dir=index_dir)
@@ -133,7 +135,7 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
     query_path : an audio file, embedded with the index's model (exclusive with ``track_id``)
     track_id : a track of the index, queried by its stored vector
     k : number of results
-    diversity : float in [0, 1], 0 ranks by similarity only (see ``EmbeddingIndex.search``)
+    diversity : float in [0, 1], 0 ranks by similarity only (see ``FaissIndex.search``)
     exclude_same_group : leave out tracks of the query's group (its album); for a file query, the
         file must be in the index
     exclude_self : for a ``track_id`` query, leave the query track out (a file query never does)
@@ -165,7 +167,7 @@ def search(*, index_dir: str, query_path: str | None = None, track_id: str | Non
         raise ValueError(f"rerank must be one of {RERANK_MODES}, got {rerank!r}")
     opened = index is None
     if index is None:
-        index = EmbeddingIndex.load(index_dir)
+        index = musicsim.index.open(index_dir)
     try:
         return _search_loaded(index, index_dir=index_dir, query_path=query_path, track_id=track_id, k=k,
                               diversity=diversity, exclude_same_group=exclude_same_group, exclude_self=exclude_self,
@@ -226,7 +228,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m musicsim.search ...`` (``argv`` program name first); returns the exit status (2 on a
+    """``python -m musicsim.search.query ...`` (``argv`` program name first); returns the exit status (2 on a
     usage or input error)."""
     status = parse_command_line(FLAGS, argv, doc=__doc__, usage=USAGE)
     if isinstance(status, int):

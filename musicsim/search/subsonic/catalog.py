@@ -7,7 +7,7 @@ without an album artist takes its artist, or "Various Artists" when the tracks o
 same folder) have several artists. Missing tags fall back: a title to the file name (or the track id),
 an album to the folder name (or the track's group), an artist to "[Unknown Artist]".
 
-Answers are plain data for ``musicsim.subsonic.responses`` (``Child``, ``AlbumID3``, ``ArtistID3`` of
+Answers are plain data for ``musicsim.search.subsonic.responses`` (``Child``, ``AlbumID3``, ``ArtistID3`` of
 the Subsonic API). The server-side absolute path of a song is never part of an answer: a song's ``path``
 is its path relative to its library root (or ``artist/album/file``).
 """
@@ -22,7 +22,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
-from musicsim.subsonic import ids
+from musicsim.search.subsonic import ids
+from musicsim.search.tracks import text_tag
 
 UNKNOWN_ARTIST = "[Unknown Artist]"
 UNKNOWN_ALBUM = "[Unknown Album]"
@@ -32,13 +33,6 @@ CONTENT_TYPES = {".mp3": "audio/mpeg", ".flac": "audio/flac", ".ogg": "audio/ogg
                  ".opus": "audio/ogg", ".wav": "audio/wav", ".m4a": "audio/mp4", ".aac": "audio/aac",
                  ".aif": "audio/aiff", ".aiff": "audio/aiff", ".wma": "audio/x-ms-wma", ".webm": "audio/webm",
                  ".au": "audio/basic"}
-
-
-def _text(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 def _positive_int(value: Any) -> int | None:
@@ -225,14 +219,14 @@ class Catalog:
     # ------------------------------------------------------------------ building
     @staticmethod
     def _song(track_id: str, columns: dict[str, Any]) -> Song:
-        file = _text(columns.get("path"))
-        shown = _text(columns.get("relative_path"))
-        group = _text(columns.get("group"))
-        title = _text(columns.get("title")) or (os.path.splitext(os.path.basename(file))[0] if file else None) \
+        file = text_tag(columns.get("path"))
+        shown = text_tag(columns.get("relative_path"))
+        group = text_tag(columns.get("group"))
+        title = text_tag(columns.get("title")) or (os.path.splitext(os.path.basename(file))[0] if file else None) \
             or track_id.rsplit("/", 1)[-1] or track_id
-        artist = _text(columns.get("artist")) or UNKNOWN_ARTIST
+        artist = text_tag(columns.get("artist")) or UNKNOWN_ARTIST
         folder = os.path.dirname(file) if file else (group or "")
-        album = _text(columns.get("album")) or (os.path.basename(folder) if file and folder else None) or group \
+        album = text_tag(columns.get("album")) or (os.path.basename(folder) if file and folder else None) or group \
             or UNKNOWN_ALBUM
         duration = columns.get("duration_s")
         duration = int(round(float(duration))) if isinstance(duration, (int, float)) and duration == duration \
@@ -242,9 +236,9 @@ class Catalog:
         if not shown and file:
             shown = f"{artist}/{album}/{os.path.basename(file)}"
         song = Song(id=ids.song_id(track_id), track_id=track_id, title=title, artist=artist, album=album,
-                    album_artist=_text(columns.get("album_artist")) or "",
+                    album_artist=text_tag(columns.get("album_artist")) or "",
                     track=_positive_int(columns.get("track_number")), disc=_positive_int(columns.get("disc")),
-                    year=_positive_int(columns.get("year")), genre=_text(columns.get("genre")), duration=duration,
+                    year=_positive_int(columns.get("year")), genre=text_tag(columns.get("genre")), duration=duration,
                     size=size, suffix=suffix[1:] or None, content_type=CONTENT_TYPES.get(suffix),
                     created=created, shown_path=shown, file=file, folder=folder)
         song.haystack = f"{ids.normalise(title)}\n{name_key(artist)}\n{name_key(album)}"

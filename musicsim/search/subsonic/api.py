@@ -3,7 +3,7 @@
 One route takes ``/rest/<method>`` and ``/rest/<method>.view`` by GET or POST (form parameters,
 OpenSubsonic ``formPost``) and answers in ``f=xml`` (default), ``json`` or ``jsonp``. Every request but
 ``getOpenSubsonicExtensions`` (public, as the OpenSubsonic spec requires; it lists only what this server
-supports) is authenticated first (``musicsim.subsonic.auth``): without valid credentials a request gets
+supports) is authenticated first (``musicsim.search.subsonic.auth``): without valid credentials a request gets
 error 10 or 40 (43/44 for API keys) and nothing else, whatever method it names. Any failure is a
 Subsonic error in the asked format (HTTP 200): never an HTML page or a traceback.
 
@@ -17,7 +17,7 @@ playlists, ...) answer error 50 (this server is read-only); other names error 0.
 lists (``SearchService.audio_file``): an id is only ever a key of the catalog's tables, never part of a
 file-system path. Similar songs are the index's neighbours (``search_by_id``), their ``similarity``
 mapped into [0, 1] (cosine ``c``: ``(1 + c) / 2``; Euclidean distance ``d``: ``1 / (1 + d)``);
-``findSonicPath`` is ``musicsim.playlist.morph`` between the two songs, each step's similarity to the
+``findSonicPath`` is ``musicsim.search.playlist.morph`` between the two songs, each step's similarity to the
 start song.
 """
 from __future__ import annotations
@@ -28,26 +28,28 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 import numpy as np
+from PIL import Image
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from musicsim.subsonic import ids
-from musicsim.subsonic.auth import authenticate
-from musicsim.subsonic.catalog import IGNORED_ARTICLES, Album, Artist, Catalog, Song
-from musicsim.subsonic.responses import (GENERIC, MISSING_PARAMETER, NOT_AUTHORIZED, NOT_FOUND, SubsonicError,
-                                         check_callback, render, render_error,
-                                         response_format)
-from musicsim.users import UsersFile, UsersFileError, check_outside
+from musicsim.search import playlist
+from musicsim.search.errors import ServiceError
+from musicsim.search.service import SearchService
+from musicsim.search.subsonic import ids
+from musicsim.search.subsonic.auth import authenticate
+from musicsim.search.subsonic.catalog import IGNORED_ARTICLES, Album, Artist, Catalog, Song
+from musicsim.search.subsonic.responses import (GENERIC, MISSING_PARAMETER, NOT_AUTHORIZED, NOT_FOUND,
+                                                SubsonicError, check_callback, render, render_error,
+                                                response_format)
+from musicsim.search.users import UsersFile, UsersFileError, check_outside
+from musicsim.tags import read_cover_art
 
-if TYPE_CHECKING:
-    from musicsim.serve import SearchService
-
-LOG = logging.getLogger("musicsim.subsonic")
+LOG = logging.getLogger("musicsim.search.subsonic")
 MAX_FORM_BYTES = 1 << 20
 MAX_LIST = 500
 MAX_SEARCH_PAGE = 5000
@@ -104,7 +106,7 @@ class CatalogCache:
         self._service: weakref.ref | None = None
         self._catalog: Catalog | None = None
 
-    def get(self, service: "SearchService") -> Catalog:
+    def get(self, service: SearchService) -> Catalog:
         with self._lock:
             if self._catalog is None or self._service is None or self._service() is not service:
                 index = service.index
@@ -143,7 +145,7 @@ class CoverCache:
 class Context:
     """What a handler answers from: the parameters, the service and its catalog."""
 
-    def __init__(self, *, params: dict[str, str], service: "SearchService", catalog: Catalog, covers: CoverCache):
+    def __init__(self, *, params: dict[str, str], service: SearchService, catalog: Catalog, covers: CoverCache):
         self.params = params
         self.service = service
         self.catalog = catalog
@@ -349,8 +351,6 @@ def get_sonic_similar_tracks(context: Context) -> dict[str, Any]:
 
 
 def find_sonic_path(context: Context) -> dict[str, Any]:
-    from musicsim import playlist
-
     start, end = context.song("startSongId"), context.song("endSongId")
     count = integer(context.params, "count", default=25, low=1, high=playlist.MAX_PLAYLIST_LENGTH)
     if start.id == end.id:
@@ -390,8 +390,6 @@ class SongFileResponse(FileResponse):
 
 
 def _audio(context: Context, *, disposition: str) -> Response:
-    from musicsim.serve import ServiceError
-
     song = context.song()
     try:
         path, media_type = context.service.audio_file(song.track_id)
@@ -411,8 +409,6 @@ def download(context: Context) -> Response:
 
 
 def _embedded_picture(context: Context, song: Song) -> tuple[bytes, str] | None:
-    from musicsim.serve import ServiceError
-
     reader = getattr(context.service, "cover_art", None)
     if callable(reader):
         try:
@@ -424,10 +420,6 @@ def _embedded_picture(context: Context, song: Song) -> tuple[bytes, str] | None:
     except ServiceError:
         return None
     try:
-        from musicsim.tags import read_cover_art
-    except ImportError:  # no tag reader in this installation: no pictures
-        return None
-    try:
         return read_cover_art(path=path)
     except Exception as error:  # noqa: BLE001 - a damaged tag is a song without a picture
         LOG.warning("cannot read the picture of %s: %s", song.id, error)
@@ -435,8 +427,6 @@ def _embedded_picture(context: Context, song: Song) -> tuple[bytes, str] | None:
 
 
 def _resized(image: tuple[bytes, str], size: int) -> tuple[bytes, str]:
-    from PIL import Image
-
     data, mime = image
     try:
         with Image.open(io.BytesIO(data)) as picture:
@@ -507,14 +497,14 @@ async def _parameters(request: Request) -> dict[str, str]:
     return params
 
 
-def make_router(*, current_service: Callable[[], "SearchService"], users_file: str) -> APIRouter:
+def make_router(*, current_service: Callable[[], SearchService], users_file: str) -> APIRouter:
     """The Subsonic API's router, to mount under ``/rest`` (``app.include_router(router, prefix="/rest")``).
 
     Parameters
     ----------
     current_service : returns the service of the index in use; called once per request, whose answer
         comes from that service to its end (a reloaded index serves the next request)
-    users_file : the users file (``musicsim.users``); read again whenever it changes
+    users_file : the users file (``musicsim.search.users``); read again whenever it changes
 
     Returns
     -------
@@ -522,7 +512,7 @@ def make_router(*, current_service: Callable[[], "SearchService"], users_file: s
 
     Raises
     ------
-    musicsim.users.UsersFileError (a ValueError)
+    musicsim.search.users.UsersFileError (a ValueError)
         When the users file is missing, unreadable, not private or inside the index folder. (Should it
         go bad later, requests are refused, error 40, until it is fixed.)
     """

@@ -1,6 +1,6 @@
 """Playlists walked through an index's embedding space: a "radio" from a seed, or a morph between two tracks.
 
-Both work on the stored vectors of an ``EmbeddingIndex`` and never repeat a track:
+Both work on the stored vectors of an index (``musicsim.index.IndexBackend``) and never repeat a track:
 
 * ``radio``: each next track is the nearest unused one to a blend of the last track and the seed
   (so the walk drifts but keeps the seed's character); ``diversity`` trades that closeness for
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from musicsim.index import EmbeddingIndex
+from musicsim.index import IndexBackend
 
 # Weight of the last track in the radio's query blend (the rest goes to the seed).
 RADIO_LAST_WEIGHT = 0.6
@@ -31,7 +31,7 @@ RADIO_CANDIDATES = 20
 MAX_PLAYLIST_LENGTH = 500
 
 
-def similarity(*, index: EmbeddingIndex, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def similarity(*, index: IndexBackend, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The index's similarity between vectors ``a`` [D] and each row of ``b`` [M, D]: shape [M]."""
     b = np.atleast_2d(b)
     if index.similarity == "cosine":
@@ -46,12 +46,12 @@ def _check_length(n: int, *, minimum: int) -> int:
     return int(n)
 
 
-def _check_track(index: EmbeddingIndex, track_id: str, *, role: str) -> None:
+def _check_track(index: IndexBackend, track_id: str, *, role: str) -> None:
     if track_id not in index:
         raise KeyError(f"unknown {role} track id {track_id!r} (the index holds {len(index)} tracks)")
 
 
-def radio(*, index: EmbeddingIndex, seed: str, n: int = 20, diversity: float = 0.0) -> list[dict[str, Any]]:
+def radio(*, index: IndexBackend, seed: str, n: int = 20, diversity: float = 0.0) -> list[dict[str, Any]]:
     """A walk of ``n`` distinct tracks from ``seed``, each close to the last one and to the seed.
 
     Parameters
@@ -112,7 +112,7 @@ def radio(*, index: EmbeddingIndex, seed: str, n: int = 20, diversity: float = 0
     return entries
 
 
-def morph(*, index: EmbeddingIndex, source: str, target: str, n: int = 10) -> list[dict[str, Any]]:
+def morph(*, index: IndexBackend, source: str, target: str, n: int = 10) -> list[dict[str, Any]]:
     """A path of ``n`` distinct tracks from ``source`` to ``target`` through the embedding space.
 
     Step ``i`` of ``n`` aims at ``(1 - a) * v_source + a * v_target`` with ``a = i / (n - 1)`` and

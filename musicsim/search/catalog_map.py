@@ -68,13 +68,13 @@ def project(*, vectors: np.ndarray, method: str = "pca", seed: int = 0) -> np.nd
     coordinates = np.zeros((count, 2), dtype=np.float64)
     if count >= 2:
         if method == "umap" and count >= 4:
-            import umap  # imported here: numba compilation makes it slow to import
+            import umap  # imported here: numba compilation makes it slow to import (about 10 s)
 
             reducer = umap.UMAP(n_components=2, n_neighbors=min(15, count - 1), random_state=seed,
                                 init="random" if count < 10 else "spectral")
             coordinates = reducer.fit_transform(vectors).astype(np.float64)
         else:
-            from sklearn.decomposition import PCA
+            from sklearn.decomposition import PCA  # imported here: seconds to import, and a cached map never needs it
 
             components = min(2, count - 1, vectors.shape[1])
             centred = vectors - vectors.mean(axis=0, keepdims=True)
