@@ -151,7 +151,8 @@ def score_catalog(*, scores: np.ndarray, labels: np.ndarray, seeds: Sequence[int
 
 
 def run_album_folds(*, features: Features, labels: Sequence[str], folds: np.ndarray, choose: ChooseFn,
-                    search: SearchFn, name: str = "", seeds: Sequence[int] = DEFAULT_EVAL_SEEDS) -> RowResult:
+                    search: SearchFn, name: str = "", seeds: Sequence[int] = DEFAULT_EVAL_SEEDS,
+                    test_folds: Sequence[int] | None = None) -> RowResult:
     """Test every fold once: ``choose`` on the other folds' rows and labels, ``search`` on the fold's rows.
 
     Parameters
@@ -163,6 +164,7 @@ def run_album_folds(*, features: Features, labels: Sequence[str], folds: np.ndar
     search : ``search(*, choice, features) -> [n, n]`` scores (row = query); given only the test rows, no label.
     name : the row's name.
     seeds : evaluation seeds of PC's pair lists.
+    test_folds : the folds tested (default: every fold); each still chooses on all the other folds' rows.
 
     Returns
     -------
@@ -176,7 +178,7 @@ def run_album_folds(*, features: Features, labels: Sequence[str], folds: np.ndar
         if len(values) != len(labels):
             raise AlbumFoldsError(f"block {block!r} has {len(values)} rows, there are {len(labels)} labels")
     result = RowResult(name=name)
-    for fold in np.unique(folds):
+    for fold in np.unique(folds) if test_folds is None else sorted(set(int(f) for f in test_folds)):
         train, test = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
         if len(set(labels[test])) < 2:
             raise AlbumFoldsError(f"fold {fold} holds one album ({labels[test][0]}): a catalog needs two or more")

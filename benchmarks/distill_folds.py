@@ -23,11 +23,12 @@ Every fold (the goal's figures): ``--folds=all`` (about 5 x (distillation + 5 mi
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -38,6 +39,20 @@ for _path in (_folder, REPO_ROOT):
         sys.path.insert(0, _path)
 
 import album_folds  # noqa: E402  (benchmarks/album_folds.py, H2's fold logic)
+import tensorflow as tf  # noqa: E402
+
+from experiments import distill as distill_run  # noqa: E402
+from musicsim import evaluation, pretraining, rerank  # noqa: E402
+from musicsim.train import estimator as training  # noqa: E402
+from musicsim.atomic import atomic_open  # noqa: E402
+from musicsim.audio import file_duration  # noqa: E402
+from musicsim.embedder import load_embedder  # noqa: E402
+from musicsim.features import extract_many  # noqa: E402
+from musicsim.inputs import batched_input_fn  # noqa: E402
+from musicsim.models import fitted_class, musicnn  # noqa: E402
+from musicsim.models.pretrained_engine import ENGINE_RERANK, PretrainedEngine  # noqa: E402
+from musicsim.pretraining import stream  # noqa: E402
+from musicsim.rundir import RunDir  # noqa: E402
 
 HAND_RATE, HAND_SECONDS = 22050, 60.0  # as benchmarks/generalisation.py's fitted rows read them
 AGREEMENT_CROPS = 4  # crops per test track for the teacher agreement
@@ -45,8 +60,6 @@ AGREEMENT_CROPS = 4  # crops per test track for the teacher agreement
 
 def load_corpus(corpus: str) -> tuple[list[str], list[str]]:
     """(paths, album labels) of a manifest csv or a folder holding ``manifest.csv``."""
-    import csv
-
     manifest = os.path.join(corpus, "manifest.csv") if os.path.isdir(corpus) else corpus
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"--corpus={corpus}: no manifest.csv")
@@ -79,10 +92,6 @@ def cosine_scores(vectors: np.ndarray) -> np.ndarray:
 def hand_rows(*, paths: list[str], train: np.ndarray, test: np.ndarray, labels: np.ndarray, cache_dir: str,
               workers: int) -> dict[str, float]:
     """MFCC and librosa (``--model=mfcc|librosa``): fitted on the training rows' features, catalog mAP on test."""
-    from musicsim import evaluation
-    from musicsim.features import extract_many
-    from musicsim.models import fitted_class
-
     out = {}
     for name in ("mfcc", "librosa"):
         values, ok, _ = extract_many(paths=paths, feature_fn=name, sample_rate=HAND_RATE, max_seconds=HAND_SECONDS,
@@ -101,9 +110,6 @@ def hand_rows(*, paths: list[str], train: np.ndarray, test: np.ndarray, labels: 
 def teacher_vectors(*, teacher: str, paths: list[str], cache_dir: str | None) -> tuple[np.ndarray, np.ndarray | None,
                                                                                         float]:
     """(raw vectors [n, dim], weights after catalog standardisation or None, seconds taken) of the teacher."""
-    from musicsim.models import musicnn
-    from musicsim.models.pretrained_engine import PretrainedEngine
-
     started = time.monotonic()
     if teacher == "pretrained":
         engine = PretrainedEngine(cache_dir=cache_dir, progress=False)
@@ -119,22 +125,11 @@ def teacher_vectors(*, teacher: str, paths: list[str], cache_dir: str | None) ->
 
 
 def audio_seconds(paths: Sequence[str]) -> float:
-    from musicsim.audio import file_duration
-
     return float(sum(file_duration(p) or 0.0 for p in paths))
 
 
 def teacher_agreement(*, run_dir: str, paths: list[str], teacher_name: str, cache_root: str) -> float:
     """The student's mean cosine to its teacher's standardised vector on crops spread over each test track."""
-    import tensorflow as tf
-
-    from experiments import distill as distill_run
-    from musicsim import pretraining
-    from musicsim.train import estimator as training
-    from musicsim.inputs import batched_input_fn
-    from musicsim.pretraining import stream
-    from musicsim.rundir import RunDir
-
     with open(os.path.join(run_dir, distill_run.STATE_FILE)) as f:
         settings = distill_run.DistillSettings(**json.load(f)["settings"])
     student = stream.student_input(settings.student_input)
@@ -159,10 +154,68 @@ def teacher_agreement(*, run_dir: str, paths: list[str], teacher_name: str, cach
     return float(estimator.evaluate(input_fn, checkpoint_path=checkpoint, name="test_albums")["cosine"])
 
 
-def run_fold(*, fold: int, paths: list[str], labels: np.ndarray, folds: np.ndarray, args: argparse.Namespace) -> dict:
-    from experiments import distill as distill_run
-    from musicsim.embedder import load_embedder
+class NeverHeardError(RuntimeError):
+    """A fold's student whose distillation corpus holds one of the fold's test tracks."""
 
+
+def check_never_heard(*, run_dir: str, test_paths: Sequence[str]) -> None:
+    """Refuse a student that heard a test track: its ``distill.json`` corpus (content hashes of every file it was
+    given, held-out tracks included) must share none with ``test_paths``."""
+    with open(os.path.join(run_dir, distill_run.STATE_FILE)) as f:
+        heard = set(json.load(f)["corpus"])
+    overlap = [path for path in test_paths if stream.content_hash(path) in heard]
+    if overlap:
+        raise NeverHeardError(f"{run_dir} was distilled from {len(overlap)} of its fold's test tracks "
+                              f"(e.g. {overlap[0]}): another fold assignment or corpus")
+
+
+def student_vectors_by_fold(*, runs_dir: str, paths: Sequence[str], folds: np.ndarray, cache_dir: str | None = None,
+                            log: Callable[[str], None] = print) -> tuple[np.ndarray, list[int]]:
+    """(``[N, dim]``, folds with a student): each track embedded by its own fold's student (``runs_dir/fold-K``: a
+    finished distillation), which never heard its album; the rows of folds without one are NaN.
+
+    Each fold's vectors are cached in ``cache_dir/fold-K-<checkpoint>.npz`` with the paths they are of (recomputed
+    when the run's checkpoint or the fold's tracks change).
+    """
+    out: np.ndarray | None = None
+    done = []
+    for fold in np.unique(folds):
+        run_dir = os.path.join(runs_dir, f"fold-{int(fold)}")
+        if not os.path.isfile(os.path.join(run_dir, "results.json")):
+            log(f"fold {int(fold)}: no finished student in {run_dir} (benchmarks/distill_folds.py "
+                f"--folds={int(fold)} --runs_dir={runs_dir})")
+            continue
+        rows = fold_test_rows(folds=folds, fold=int(fold))
+        fold_paths = [os.path.abspath(paths[i]) for i in rows]
+        check_never_heard(run_dir=run_dir, test_paths=fold_paths)
+        checkpoint = os.path.basename(RunDir(run_dir).checkpoint())
+        cached = None if cache_dir is None else os.path.join(cache_dir, f"fold-{int(fold)}-{checkpoint}.npz")
+        vectors = None
+        if cached and os.path.isfile(cached):
+            with np.load(cached) as stored:
+                if list(stored["paths"]) == fold_paths:
+                    vectors = stored["vectors"]
+        if vectors is None:
+            started = time.monotonic()
+            vectors, ok, skipped = load_embedder(run_dir).embed_paths(paths=fold_paths, progress=False, workers=1)
+            if skipped:
+                raise RuntimeError(f"the fold {int(fold)} student skipped test files: {skipped[:3]}")
+            log(f"fold {int(fold)}: {len(fold_paths)} tracks embedded by {run_dir} ({checkpoint}) in "
+                f"{time.monotonic() - started:.0f} s")
+            if cached:
+                os.makedirs(cache_dir, exist_ok=True)
+                with atomic_open(cached, "wb") as f:
+                    np.savez(f, vectors=vectors, paths=np.asarray(fold_paths))
+        if out is None:
+            out = np.full((len(paths), vectors.shape[1]), np.nan, np.float32)
+        out[rows] = vectors
+        done.append(int(fold))
+    if out is None:
+        raise FileNotFoundError(f"no fold has a finished student in {runs_dir}")
+    return out, done
+
+
+def run_fold(*, fold: int, paths: list[str], labels: np.ndarray, folds: np.ndarray, args: argparse.Namespace) -> dict:
     train, test = np.flatnonzero(folds != fold), fold_test_rows(folds=folds, fold=fold)
     train_paths = fold_training_paths(paths=paths, folds=folds, fold=fold)
     test_paths = [paths[i] for i in test]
@@ -187,9 +240,6 @@ def run_fold(*, fold: int, paths: list[str], labels: np.ndarray, folds: np.ndarr
     teacher_raw, weights, teacher_seconds = teacher_vectors(teacher=args.teacher, paths=test_paths,
                                                             cache_dir=None)
     fold_labels = labels[test]
-    from musicsim import rerank
-    from musicsim.models.pretrained_engine import ENGINE_RERANK
-
     # The engine's label-free re-ranking (ENGINE_RERANK) on the student's and the teacher's catalogs alike.
     engine_rerank = rerank.parse_settings(ENGINE_RERANK)
 
@@ -226,9 +276,7 @@ def run_fold(*, fold: int, paths: list[str], labels: np.ndarray, folds: np.ndarr
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from experiments.distill import DistillSettings
-
-    defaults = DistillSettings()
+    defaults = distill_run.DistillSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default="/tmp/extcorpus", help="manifest.csv or a folder holding one")
     parser.add_argument("--folds", default="0", help="comma-separated fold indices, or 'all'")
