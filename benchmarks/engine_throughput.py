@@ -15,7 +15,10 @@ embed it, write the vectors (``.npy``, temp-then-rename). Rows:
 - ``musicnn_msd``: the musicnn MSD tagger alone (``MusicnnModel``, penultimate layer);
 - ``fusion``: today's recommended fusion (``experiments.recommended.PARTS``: librosa + the four taggers),
   each part decoding and embedding the files on its own, as ``FusionModel.extract`` does through the parts'
-  embedders (librosa's long tracks in the 120 s windows its embedder uses).
+  embedders (librosa's long tracks in the 120 s windows its embedder uses);
+- ``distilled``: the WaveNet distilled from the engine (``make distill``'s ``runs/distilled-wavenet``, or any
+  distillation run: ``--distilled_run``, e.g. a fold's student of ``benchmarks/distill_folds.py``), through
+  its run's embedder as ``musicsim-scan --model_dir=`` uses it. In the default rows when that run exists.
 
 Every row embeds whole tracks (``max_seconds=None``). Each child first embeds a generated 4 s clip (loading
 weights and tracing graphs: ``startup_s``), then times the corpus files (``embed_s``): seconds of audio per
@@ -27,6 +30,10 @@ before it reads its CPU time). The table ends with each row's speed-up over the 
 for 10,000 four-minute tracks. The machine's load
 average before each row is printed: on a shared machine the figures are only comparable within one run.
 Goal (issue 20): pretrained >= 6x the fusion (about 90x real time on 2 cores), peak RSS <= 1.5 GB.
+Goal (issue 25): distilled >= 4x pretrained, on the same files in the same run.
+
+Each row's model is imported inside its child (``_embedders``): a row loads only its own model, and its
+``startup_s`` counts that import.
 """
 from __future__ import annotations
 
@@ -34,14 +41,27 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing import forkserver
+
+import numpy as np
+import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ("pretrained", "musicnn_msd", "fusion")
+if ROOT not in sys.path:  # musicsim when run as a script from anywhere
+    sys.path.insert(0, ROOT)
+
+from musicsim.atomic import atomic_path, write_json_atomic  # noqa: E402
+from musicsim.audio import file_duration  # noqa: E402
+
+ROWS = ("pretrained", "musicnn_msd", "fusion", "distilled")
+DISTILLED_RUN = os.path.join("runs", "distilled-wavenet")  # make distill's run
 GOAL_SPEEDUP = 6.0
+GOAL_DISTILLED_SPEEDUP = 4.0  # issue 25: the distilled WaveNet >= 4x the engine
 GOAL_RSS_BYTES = 1.5e9
 PROJECTION_TRACKS = 10_000
 PROJECTION_SECONDS = 240.0
@@ -69,21 +89,18 @@ def pick_tracks(*, corpus: str, tracks: int) -> list[str]:
 
 # -- the child: one row ------------------------------------------------------------------------------
 def _warm_clip(folder: str) -> str:
-    import numpy as np
-    import soundfile as sf
-
     t = np.arange(4 * 22050) / 22050.0
     path = os.path.join(folder, "warm.wav")
     sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 2 * t))).astype(np.float32), 22050)
     return path
 
 
-def _embedders(row: str, *, max_patches: str | None):
+def _embedders(row: str, *, max_patches: str | None, distilled_run: str = DISTILLED_RUN):
     """``[(part name, embed(paths) -> (vectors [n_ok, d], ok_indices, skipped))]`` of one row."""
-    from musicsim.models import musicnn
+    from musicsim.models import musicnn  # why: in the row's child only, its import counted in startup_s
 
     if row == "pretrained":
-        from musicsim.models.pretrained_engine import raw_engine
+        from musicsim.models.pretrained_engine import raw_engine  # why: as above
 
         settings = {} if max_patches is None else {"max_patches": None if max_patches == "all" else int(max_patches)}
         engine = raw_engine(**settings)
@@ -91,9 +108,14 @@ def _embedders(row: str, *, max_patches: str | None):
     if row == "musicnn_msd":
         model = musicnn.MusicnnModel(checkpoint="MSD_musicnn", max_seconds=None, progress=False)
         return [("musicnn_msd", lambda paths: model.extract(paths=paths))]
+    if row == "distilled":
+        from musicsim.embedder import load_embedder  # why: as above
+
+        embedder = load_embedder(distilled_run)
+        return [("distilled", lambda paths: embedder.embed_paths(paths=paths, progress=False, workers=1))]
     if row == "fusion":
-        from experiments.recommended import PARTS
-        from musicsim.models import fitted_class
+        from experiments.recommended import PARTS  # why: as above
+        from musicsim.models import fitted_class  # why: as above
 
         parts = []
         for name, (model_name, params) in PARTS.items():
@@ -109,15 +131,11 @@ def _embedders(row: str, *, max_patches: str | None):
     raise SystemExit(f"engine_throughput: unknown row {row!r}: expected one of {ROWS}")
 
 
-def child(*, row: str, paths: list[str], out_dir: str, max_patches: str | None) -> dict:
+def child(*, row: str, paths: list[str], out_dir: str, max_patches: str | None,
+          distilled_run: str = DISTILLED_RUN) -> dict:
     """Embed ``paths`` with one row's model(s) and write the vectors; returns the timings."""
-    import numpy as np
-
-    from musicsim.atomic import atomic_path
-    from musicsim.audio import file_duration
-
     started = time.perf_counter()
-    embedders = _embedders(row, max_patches=max_patches)
+    embedders = _embedders(row, max_patches=max_patches, distilled_run=distilled_run)
     warm = _warm_clip(out_dir)
     for _, embed in embedders:
         embed([warm])
@@ -146,8 +164,6 @@ def child(*, row: str, paths: list[str], out_dir: str, max_patches: str | None) 
 def _stop_fork_server() -> None:
     """Stop multiprocessing's fork server, if one runs: librosa's workers are its children, so only once it
     has been waited for do their CPU time and peak memory count among this process's children."""
-    from multiprocessing import forkserver
-
     stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
     if stop is not None:
         stop()
@@ -155,21 +171,20 @@ def _stop_fork_server() -> None:
 
 def _cpu_seconds() -> float:
     """CPU seconds of this process and of its waited-for children (librosa's workers) so far."""
-    import resource
-
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # -- the parent: every row, side by side ---------------------------------------------------------------
-def run_row(*, row: str, paths: list[str], max_patches: str | None, workdir: str) -> dict:
+def run_row(*, row: str, paths: list[str], max_patches: str | None, workdir: str,
+            distilled_run: str = DISTILLED_RUN) -> dict:
     """One row in a child process: its timings, its wall time and its peak RSS (``wait4``)."""
     paths_file = os.path.join(workdir, "paths.json")
     with open(paths_file, "w") as f:
         json.dump(paths, f)
     result_file = os.path.join(workdir, f"{row}.json")
     command = [sys.executable, os.path.abspath(__file__), f"--child={row}", f"--paths_file={paths_file}",
-               f"--result={result_file}", f"--workdir={workdir}"]
+               f"--result={result_file}", f"--workdir={workdir}", f"--distilled_run={os.path.abspath(distilled_run)}"]
     if max_patches is not None:
         command.append(f"--max_patches={max_patches}")
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
@@ -214,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", default="/tmp/extcorpus" if os.path.isdir("/tmp/extcorpus") else "/tmp/devcorpus")
     parser.add_argument("--tracks", type=int, default=6)
-    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--rows", default=None, help=f"some of {','.join(ROWS)} (default: all, distilled only when "
+                        "--distilled_run exists)")
+    parser.add_argument("--distilled_run", default=DISTILLED_RUN, help="the distillation run folder of the "
+                        "distilled row (default: make distill's)")
     parser.add_argument("--max_patches", default=None, help="the engine's max_patches (an int or 'all'; several, "
                                                              "comma-separated: a pretrained row each); default: "
                                                              "the engine's own")
@@ -231,16 +249,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         with open(args.paths_file) as f:
             paths = json.load(f)
-        result = child(row=args.child, paths=paths, out_dir=args.workdir, max_patches=args.max_patches)
+        result = child(row=args.child, paths=paths, out_dir=args.workdir, max_patches=args.max_patches,
+                       distilled_run=args.distilled_run)
         with open(args.result, "w") as f:
             json.dump(result, f)
         return 0
     if args.tracks < 1:
         parser.error(f"--tracks must be >= 1, got {args.tracks}")
+    if args.rows is None:
+        args.rows = ",".join(r for r in ROWS if r != "distilled" or os.path.isdir(args.distilled_run))
     rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}: expected some of {list(ROWS)}")
+    if "distilled" in rows and not os.path.isfile(os.path.join(args.distilled_run, "run.json")):
+        parser.error(f"--distilled_run={args.distilled_run}: not a run folder (make distill writes one)")
     paths = pick_tracks(corpus=args.corpus, tracks=args.tracks)
     print(f"{len(paths)} whole tracks of {args.corpus}; {os.cpu_count()} cores; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
@@ -250,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             for value in (settings if row == "pretrained" else [None]):
                 label = row if value is None else f"{row}({value})"
                 print(f"-- {label} ...", flush=True)
-                results.append({**run_row(row=row, paths=paths, max_patches=value, workdir=workdir), "row": label,
-                                "max_patches": value})
+                results.append({**run_row(row=row, paths=paths, max_patches=value, workdir=workdir,
+                                          distilled_run=args.distilled_run), "row": label, "max_patches": value})
     table = report(results)
     print(table)
     by_row = {r["row"]: r for r in results}
@@ -261,9 +284,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"goal: {label} >= {GOAL_SPEEDUP:.0f}x fusion: {speedup:.2f}x "
                   f"({'met' if speedup >= GOAL_SPEEDUP else 'not met'}); peak RSS <= 1.5 GB: "
                   f"{'met' if r['peak_rss_bytes'] <= GOAL_RSS_BYTES else 'not met'}")
+    student = by_row.get("distilled")
+    for label, r in by_row.items():
+        if student and label.startswith("pretrained"):
+            speedup = (student["audio_s"] / student["embed_s"]) / (r["audio_s"] / r["embed_s"])
+            cpu_speedup = (student["audio_s"] / student["embed_cpu_s"]) / (r["audio_s"] / r["embed_cpu_s"])
+            met = "met" if speedup >= GOAL_DISTILLED_SPEEDUP else "not met"
+            print(f"goal: distilled >= {GOAL_DISTILLED_SPEEDUP:.0f}x {label}: {speedup:.2f}x wall clock, "
+                  f"{cpu_speedup:.2f}x per CPU second ({met})")
     if args.output:
-        from musicsim.atomic import write_json_atomic
-
         write_json_atomic(args.output, {"corpus": args.corpus, "paths": paths, "rows": results,
                                         "max_patches": args.max_patches, "cores": os.cpu_count()})
     return 0
