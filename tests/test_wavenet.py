@@ -328,3 +328,36 @@ def test_receptive_field_matches_measurement(params):
     assert time - moved[0] == field
     assert moved[-1] == time - 1
     runner.close()
+
+
+def _training_gradients() -> tuple[dict[str, np.ndarray], int]:
+    """The optimizer's gradients (tf.compat.v1, as ``head.make_train_op`` computes them) of a loss on a
+    3-stack TINY training embedding, by variable name; and the number of ops of the recomputation."""
+    rng = np.random.default_rng(3)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.keras.utils.set_random_seed(0)
+        audio = tf.constant(rng.standard_normal((3, 400)).astype(np.float32))
+        params = {**TINY, "num_stacks": 3, "stack_pool_sizes": (3, 2, 2)}
+        embedding = wavenet.embed(audio, tf.constant([400, 250, 333]), params=params, training=True)
+        loss = tf.reduce_sum(tf.sin(3.0 * embedding))
+        pairs = [(g, v) for g, v in tf.compat.v1.train.AdamOptimizer(0.01).compute_gradients(loss) if g is not None]
+        recomputed_ops = sum(op.name.startswith("recomputed/") for op in graph.get_operations())
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            return session.run({v.name: g for g, v in pairs}), recomputed_ops
+
+
+def test_recomputed_layers_give_the_plain_gradients_bit_for_bit(monkeypatch):
+    # Training recomputes the long stacks' activations in the backward pass (memory): the same numbers.
+    layer = wavenet.wavenet_layer
+    with monkeypatch.context() as patch:
+        patch.setattr(wavenet, "wavenet_layer", lambda x, **kw: layer(x, **{**kw, "recompute": False}))
+        plain, plain_ops = _training_gradients()
+    recomputed, recomputed_ops = _training_gradients()
+    assert plain_ops == 0 and recomputed_ops > 0
+    assert sorted(recomputed) == sorted(plain)  # the last stack's unused residual conv still gets no gradient
+    assert any(name.startswith("stack0/") for name in plain)
+    for name, gradient in plain.items():
+        assert np.array_equal(recomputed[name], gradient), name
+        assert np.any(gradient != 0), name

@@ -23,8 +23,9 @@ names are ``frontend/...``, ``input_projection``, ``stack{s}/layer{i}/{filter,ga
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -213,7 +214,36 @@ def global_pool(x: tf.Tensor, lengths: tf.Tensor, *, pooling: str) -> tf.Tensor:
     raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
 
 
-def wavenet_layer(x: tf.Tensor, *, dilation: int, config: WaveNetConfig, name: str) -> tuple[tf.Tensor, tf.Tensor]:
+def recomputed(layer: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+               ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """``layer`` (``x -> (residual, skip)``) whose activations are recomputed in the backward pass.
+
+    Training keeps only the layer's input for its gradient instead of its seven activations of the
+    input's length: the first stacks at full length dominate a training step's memory. The gradients
+    equal the plain graph's bit for bit (the same ops on the same values): the recomputation's ops sit
+    under an absolute ``recomputed/`` name scope, so Grappler, which orders a sum's terms by name,
+    adds a layer input's three gradient terms in the plain graph's order (tested).
+    """
+
+    @tf.custom_gradient
+    def forward(x):
+        def gradient(d_residual, d_skip, variables=None):
+            # A data dependency on the incoming gradient (as tf.recompute_grad's: a control one XLA
+            # ignores) runs the recomputation in the backward pass; adding 0 leaves the values unchanged.
+            first = tf.cast(tf.reduce_max(tf.reshape(d_residual, [-1])[:1]), tf.bool)
+            zero = tf.cast(tf.where(tf.equal(first, first), 0.0, float("nan")), x.dtype)
+            with tf.compat.v1.get_default_graph().name_scope("recomputed/"):
+                again = x + zero
+                grads = tf.gradients(list(layer(again)), [again, *variables], grad_ys=[d_residual, d_skip])
+            return grads[0], grads[1:]
+
+        return layer(x), gradient
+
+    return forward
+
+
+def wavenet_layer(x: tf.Tensor, *, dilation: int, config: WaveNetConfig, name: str, recompute: bool = False,
+                  skip_pool: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """One gated, dilated, causal conv layer (figure 11).
 
     Parameters
@@ -222,20 +252,28 @@ def wavenet_layer(x: tf.Tensor, *, dilation: int, config: WaveNetConfig, name: s
     dilation : of the filter and gate convolutions
     config : ``channels``, ``skip_channels``, ``filter_size``
     name : variable scope of the layer's four convolutions
+    recompute : recompute the layer's activations in the backward pass (`recomputed`); same values
+    skip_pool : applied to the skip output inside the layer (so recomputed with it): the stack's pooling
 
     Returns
     -------
-    residual output ``[batch, time, channels]``, skip output ``[batch, time, skip_channels]``
+    residual output ``[batch, time, channels]``, skip output ``[batch, time, skip_channels]`` (pooled by
+    ``skip_pool``)
     """
     def conv(units: int, size: int, part: str, rate: int = 1) -> tf.keras.layers.Conv1D:
         return tf.keras.layers.Conv1D(units, size, dilation_rate=rate, padding="causal", name=f"{name}/{part}")
 
     f = config.filter_size
-    gated = (tf.tanh(conv(config.channels, f, "filter", dilation)(x))
-             * tf.sigmoid(conv(config.channels, f, "gate", dilation)(x)))
-    residual = x + conv(config.channels, 1, "residual")(gated)
-    skip = conv(config.skip_channels, 1, "skip")(gated)
-    return residual, skip
+    # Built at their first call, in this order (their initial weights are drawn then).
+    filter_conv, gate_conv = conv(config.channels, f, "filter", dilation), conv(config.channels, f, "gate", dilation)
+    residual_conv, skip_conv = conv(config.channels, 1, "residual"), conv(config.skip_channels, 1, "skip")
+
+    def layer(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        gated = tf.tanh(filter_conv(x)) * tf.sigmoid(gate_conv(x))
+        skip = skip_conv(gated)
+        return x + residual_conv(gated), skip if skip_pool is None else skip_pool(skip)
+
+    return recomputed(layer)(x) if recompute else layer(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +309,20 @@ def stacks(audio: tf.Tensor, length: tf.Tensor, *, params: Mapping, training: bo
     skips: list[tf.Tensor] = []
     scale = 1  # dilation multiplier of the current stack (atrous)
     for s, pool in enumerate(config.pool_sizes):
+        earlier = len(skips)
+        # Pooled, each skip takes its stack's pooling inside its layer (recomputed with it when training).
+        skip_pool = functools.partial(masked_pool, lengths=length, pool=pool, pooling=config.pooling)
         for i, dilation in enumerate(config.dilations):
-            x, skip = wavenet_layer(x, dilation=dilation * scale, config=config, name=f"stack{s}/layer{i}")
+            # Training recomputes the long stacks' activations; the last (shortest) stack's last residual
+            # output is unused, which a recomputed layer would give a zero gradient rather than none.
+            x, skip = wavenet_layer(x, dilation=dilation * scale, config=config, name=f"stack{s}/layer{i}",
+                                    recompute=training and s < config.num_stacks - 1,
+                                    skip_pool=skip_pool if pooled else None)
             skips.append(skip)
         if pooled:
-            # Pool the running input and every skip so far, so all skips end at one resolution.
-            x = masked_pool(x, length, pool=pool, pooling=config.pooling)
-            skips = [masked_pool(k, length, pool=pool, pooling=config.pooling) for k in skips]
+            # Pool the running input and the earlier stacks' skips too, so all skips end at one resolution.
+            x = skip_pool(x)
+            skips = [skip_pool(k) for k in skips[:earlier]] + skips[earlier:]
             length = lengths_after_pooling(length, pool)
         elif atrous:
             scale *= pool  # the next stack reads steps `pool` times further apart in the pooled model
