@@ -39,6 +39,15 @@ import numpy as np
 import soundfile as sf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _folder in (ROOT, os.path.join(ROOT, "tests")):  # run as a script from anywhere; the tests' synthetic dataset
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
+
+from conftest import write_synthetic_dataset  # noqa: E402  (tests/conftest.py: synthetic albums, prepared)
+from musicsim.audio import DecodeSettings, decode_track  # noqa: E402
+from musicsim.dataset import CatalogEntry, read_catalog, write_catalog  # noqa: E402
+from musicsim.tfrecords import Track, serialize_track, write_records  # noqa: E402
+
 RATE = 44100
 # Runs one command and prints the peak RSS (bytes) of its largest process, as JSON on the last line.
 PEAK_WRAPPER = """
@@ -90,9 +99,6 @@ def peak(command: list[str], *, label: str) -> tuple[float, int, float]:
 
 def train_runs(workdir: str) -> dict[str, str]:
     """Short WaveNet (default architecture) and MFCC runs on a small synthetic prepared dataset."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from conftest import write_synthetic_dataset  # the tests' synthetic albums, in the project's format
-
     dataset = write_synthetic_dataset(os.path.join(workdir, "synthetic"), per_album=8, seconds=3.0, sample_rate=16000)
     runs = {}
     for model, extra in (("wavenet", ["--max_steps=4", "--crop_seconds=2", "--eval_seconds=4"]),
@@ -115,13 +121,6 @@ def dataset_with_long_track(workdir: str, long_wav: str | None) -> str:
     The long track shares an album with eval tracks, so the evaluation lists take it as a query and as a
     candidate. ``long_wav`` None: the synthetic dataset alone. Returns the prepared dataset folder.
     """
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from conftest import write_synthetic_dataset  # the tests' synthetic albums, in the project's format
-
-    from musicsim.audio import DecodeSettings, decode_track
-    from musicsim.dataset import CatalogEntry, read_catalog, write_catalog
-    from musicsim.tfrecords import Track, serialize_track, write_records
-
     dataset = write_synthetic_dataset(os.path.join(workdir, "with-long" if long_wav else "short-only"), per_album=8,
                                       seconds=3.0, sample_rate=16000)
     if long_wav is None:
