@@ -36,11 +36,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from musicsim import evaluation  # noqa: E402
+import tensorflow as tf  # noqa: E402  (after the log level is set)
+from musicsim import evaluation, head  # noqa: E402
 from musicsim.dataset import DatasetInfo, read_catalog  # noqa: E402
-from musicsim.inputs import TrackSet  # noqa: E402
+from musicsim.inputs import TrackSet, make_list_input_fn  # noqa: E402
 from musicsim.models.librosa_pca import LibrosaPCAModel  # noqa: E402
 from musicsim.relevance import make_relevance  # noqa: E402
+from musicsim.train import estimator as training  # noqa: E402
 
 PROTOCOLS = {"track": "track split (paper)", "label": "album-disjoint split"}
 SPLITS = ("train", "eval", "test")
@@ -72,8 +74,6 @@ def standardised(track_sets: dict[str, TrackSet], *, baseline: LibrosaPCAModel) 
 
 def embed_projection(audio, length, *, params, training):
     """The learned models: dense layers over the one-step feature sequence ``[batch, 1, dim]`` -> ``[batch, 64]``."""
-    import tensorflow as tf
-
     del length  # one step per track
     hidden = tf.keras.layers.Dropout(params["input_dropout"], name="input_dropout")(audio[:, 0, :], training=training)
     for i, units in enumerate(params["hidden"]):
@@ -86,10 +86,6 @@ def train_projection(track_sets: dict[str, TrackSet], *, relevance_def, hidden: 
                      model_dir: str, max_steps: int, n_similar: int = 3, n_dissimilar: int = 3,
                      score_scale: float = 1.0) -> np.ndarray:
     """Train one learned projection with the project's pipeline; its test-split embeddings ``[n, 64]``."""
-    from musicsim import head
-    from musicsim.train import estimator as training
-    from musicsim.inputs import make_list_input_fn
-
     params = dict(loss="lambda", similarity="cosine", score_scale=score_scale, learning_rate=1e-3, clip_norm=5.0,
                   hidden=hidden, dropout=dropout, input_dropout=0.2, embedding_size=64)
     patience, every = 400, 50
@@ -170,8 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"no prepared dataset at {missing}: run benchmarks/generalisation.py with this --data_dir first")
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="feature_metric_")
-
-    import tensorflow as tf
 
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
     results = {p: run_protocol(d, seeds=seeds, runs_dir=runs_dir, workers=args.workers, max_steps=args.max_steps,

@@ -41,12 +41,15 @@ import sys
 import tempfile
 import time
 
+import mutagen
 import numpy as np
+import soundfile as sf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
+import musicsim.index  # noqa: E402
 from serve import Server, request  # noqa: E402  (benchmarks/serve.py: the server in a subprocess)
 
 SAMPLE_RATE = 22050
@@ -76,9 +79,6 @@ def render(*, album: int, track: int, seconds: float) -> np.ndarray:
 
 def write_track(root: str, number: int, *, seconds: float) -> tuple[str, float]:
     """Track ``number`` of the library (FLAC for even numbers, Ogg Vorbis for odd), tagged; (path, seconds)."""
-    import mutagen
-    import soundfile as sf
-
     album, track = divmod(number, TRACKS_PER_ALBUM)
     ext, fmt, subtype = (".flac", "FLAC", "PCM_16") if number % 2 == 0 else (".ogg", "OGG", "VORBIS")
     folder = os.path.join(root, f"Artist {album % 37}", f"Album {album}")
@@ -229,8 +229,6 @@ def main() -> int:
 
 
 def run(args: argparse.Namespace, workdir: str) -> int:
-    from musicsim.index import EmbeddingIndex
-
     base, audio_seconds = cached_library(workdir, files=args.files, min_seconds=args.min_seconds,
                                          max_seconds=args.max_seconds)
     library = os.path.join(workdir, "scanned")  # a copy the benchmark changes; the generated one stays as it is
@@ -261,7 +259,7 @@ def run(args: argparse.Namespace, workdir: str) -> int:
     print(f"re-scan, nothing changed: {again['wall_s']:.2f} s for {args.files} files (goal <= 3 s per 1,000 files); "
           f"the command's start-up alone (--help): {startup:.2f} s, the engine's loading comes on top")
 
-    ids = list(EmbeddingIndex.load(index).track_ids)
+    ids = list(musicsim.index.open(index).track_ids)
     server = Server(index)
     try:
         server.wait_for_model()
@@ -289,7 +287,7 @@ def run(args: argparse.Namespace, workdir: str) -> int:
         # By-id latency while a scan embeds --busy_files new files into the index being served.
         make_library(library, files=args.busy_files, first=args.files + 10, min_seconds=args.min_seconds,
                      max_seconds=args.max_seconds)
-        stable = [t for t in ids if t in set(EmbeddingIndex.load(index).track_ids)]
+        stable = [t for t in ids if t in set(musicsim.index.open(index).track_ids)]
         busy_process = ScanProcess(library=library, index=index, model_dir=args.model_dir,
                                    log=os.path.join(workdir, "scan4.log"))
         busy, busy_errors = by_id_latencies(server.port, stable, count=args.queries, while_running=busy_process)

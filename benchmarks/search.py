@@ -128,7 +128,7 @@ def index_qps(index, queries: np.ndarray, *, single_count: int, k: int, repeats:
     return 1.0 / single_s, len(queries) / batch_s, ids
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated catalogue sizes")
     parser.add_argument("--dim", type=int, default=128)
@@ -153,11 +153,51 @@ def main() -> None:
     parser.add_argument("--milvus_max_size", type=int, default=10**6,
                         help="skip Milvus above this size")
     args = parser.parse_args()
-    methods = args.methods.split(",")
-    backends = args.backend.split(",")
-    unknown = sorted(set(backends) - {"faiss", "milvus"})
+    unknown = sorted(set(args.backend.split(",")) - {"faiss", "milvus"})
     if unknown:
         parser.error(f"unknown backends {unknown}")
+    return args
+
+
+def row(count, method, setting, build_s, single, batch, recall, exact_batch, memory=None) -> None:
+    """One printed line of the table (memory: (resident, peak) MB, measured now when not given)."""
+    speedup = f"{batch / exact_batch:8.1f}" if exact_batch else f"{'':>8}"
+    recall_text = f"{recall:9.3f}" if recall is not None else f"{'':>9}"
+    resident, peak = memory or memory_mb()
+    print(f"{count:>8} {method:<11} {setting:<14} {build_s:8.2f} {single:11.{0 if single >= 10 else 2}f} "
+          f"{batch:10.{0 if batch >= 10 else 2}f} "
+          f"{recall_text} {speedup} {resident:6.0f}/{peak:<6.0f}", flush=True)
+
+
+def approximate_rows(*, count: int, vectors: np.ndarray, queries: np.ndarray, track_ids: list[str],
+                     truth: list[list[str]], exact_batch: float, methods: list[str], args: argparse.Namespace) -> None:
+    """The faiss IVF and HNSW rows of one catalogue size (each setting of the sweeps)."""
+    k = args.k
+    if "ivf" in methods:
+        build_s, ivf = timed(lambda: FaissIndex(track_ids=track_ids, vectors=vectors, approximate="ivf"))
+        for nprobe in [int(v) for v in args.nprobe.split(",")]:
+            if nprobe > ivf.nlist:
+                continue
+            single, batch, found = index_qps(ivf, queries, single_count=args.single_queries, k=k,
+                                             repeats=args.repeats, nprobe=nprobe)
+            row(count, "ivf", f"nl={ivf.nlist},np={nprobe}", build_s, single, batch,
+                recall_at(found, truth, k=k), exact_batch)
+        del ivf
+    if "hnsw" in methods and count <= args.hnsw_max_size:
+        build_s, hnsw = timed(lambda: FaissIndex(track_ids=track_ids, vectors=vectors, approximate="hnsw",
+                                                 hnsw_m=args.hnsw_m, ef_construction=args.ef_construction))
+        for ef in [int(v) for v in args.ef_search.split(",")]:
+            single, batch, found = index_qps(hnsw, queries, single_count=args.single_queries, k=k,
+                                             repeats=args.repeats, ef_search=ef)
+            row(count, "hnsw", f"M={args.hnsw_m},ef={ef}", build_s, single, batch,
+                recall_at(found, truth, k=k), exact_batch)
+        del hnsw
+
+
+def main() -> None:
+    args = parse_args()
+    methods = args.methods.split(",")
+    backends = args.backend.split(",")
     k = args.k
     data = args.data + (f" (noise {args.cluster_noise})" if args.data == "clustered" else "")
     print(f"# {data} unit vectors, d={args.dim}, k={k}, {args.queries} batched / {args.single_queries} "
@@ -167,14 +207,6 @@ def main() -> None:
              f"{'recall@10':>9} {'x_exact':>8} {'rss/peak_MB':>13}"
     print(header)
     print("-" * len(header))
-
-    def row(count, method, setting, build_s, single, batch, recall, exact_batch, memory=None):
-        speedup = f"{batch / exact_batch:8.1f}" if exact_batch else f"{'':>8}"
-        recall_text = f"{recall:9.3f}" if recall is not None else f"{'':>9}"
-        resident, peak = memory or memory_mb()
-        print(f"{count:>8} {method:<11} {setting:<14} {build_s:8.2f} {single:11.{0 if single >= 10 else 2}f} "
-              f"{batch:10.{0 if batch >= 10 else 2}f} "
-              f"{recall_text} {speedup} {resident:6.0f}/{peak:<6.0f}", flush=True)
 
     for count in [int(s) for s in args.sizes.split(",")]:
         vectors, queries = make_data(kind=args.data, count=count, query_count=args.queries, dim=args.dim,
@@ -203,25 +235,8 @@ def main() -> None:
                         exact_batch=exact_batch, methods=methods, args=args, row=row)
         if "faiss" not in backends:
             continue
-        if "ivf" in methods:
-            build_s, ivf = timed(lambda: FaissIndex(track_ids=track_ids, vectors=vectors, approximate="ivf"))
-            for nprobe in [int(v) for v in args.nprobe.split(",")]:
-                if nprobe > ivf.nlist:
-                    continue
-                single, batch, found = index_qps(ivf, queries, single_count=args.single_queries, k=k,
-                                                 repeats=args.repeats, nprobe=nprobe)
-                row(count, "ivf", f"nl={ivf.nlist},np={nprobe}", build_s, single, batch,
-                    recall_at(found, truth, k=k), exact_batch)
-            del ivf
-        if "hnsw" in methods and count <= args.hnsw_max_size:
-            build_s, hnsw = timed(lambda: FaissIndex(track_ids=track_ids, vectors=vectors, approximate="hnsw",
-                                                         hnsw_m=args.hnsw_m, ef_construction=args.ef_construction))
-            for ef in [int(v) for v in args.ef_search.split(",")]:
-                single, batch, found = index_qps(hnsw, queries, single_count=args.single_queries, k=k,
-                                                 repeats=args.repeats, ef_search=ef)
-                row(count, "hnsw", f"M={args.hnsw_m},ef={ef}", build_s, single, batch,
-                    recall_at(found, truth, k=k), exact_batch)
-            del hnsw
+        approximate_rows(count=count, vectors=vectors, queries=queries, track_ids=track_ids, truth=truth,
+                         exact_batch=exact_batch, methods=methods, args=args)
 
 
 def milvus_rows(*, count: int, vectors: np.ndarray, queries: np.ndarray, track_ids: list[str],

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import http.client
 import json
 import multiprocessing
@@ -33,13 +34,19 @@ import sys
 import tempfile
 import threading
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import numpy as np
+import soundfile as sf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musicsim.index import EmbeddingIndex  # noqa: E402
+import musicsim.index  # noqa: E402
+from musicsim.audio import load_audio  # noqa: E402
+from musicsim.index import FaissIndex  # noqa: E402
+from musicsim.models.mfcc import MFCCModel  # noqa: E402
+from musicsim.search.subsonic.ids import song_id  # noqa: E402
+from musicsim.search.users import add_user  # noqa: E402
 
 AUDIO_SUFFIXES = (".ogg", ".opus", ".wav", ".flac", ".mp3")
 CLIP_SECONDS = 30.0
@@ -59,8 +66,6 @@ def audio_files(root: str) -> list[str]:
 
 def generated_clips(folder: str, *, count: int = 40, seconds: float = CLIP_SECONDS) -> list[str]:
     """``count`` clips of ``seconds`` (8 timbres x pitches), written as WAV: a stand-in catalog."""
-    import soundfile as sf
-
     rng = np.random.default_rng(0)
     t = np.arange(int(seconds * CLIP_RATE)) / CLIP_RATE
     paths = []
@@ -79,8 +84,6 @@ def generated_clips(folder: str, *, count: int = 40, seconds: float = CLIP_SECON
 
 def build_audio_index(*, paths: list[str], work: str) -> str:
     """Fit the MFCC model on ``paths``, embed them and index them (group = parent folder)."""
-    from musicsim.models.mfcc import MFCCModel
-
     model_dir = os.path.join(work, "mfcc")
     model = MFCCModel(max_seconds=CLIP_SECONDS, workers=2, progress=False).fit(paths=paths)
     model.save(model_dir)
@@ -88,7 +91,7 @@ def build_audio_index(*, paths: list[str], work: str) -> str:
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
     kept = [paths[i] for i in ok]
-    index = EmbeddingIndex(track_ids=[os.path.splitext(os.path.relpath(p, os.path.dirname(os.path.dirname(p))))[0]
+    index = FaissIndex(track_ids=[os.path.splitext(os.path.relpath(p, os.path.dirname(os.path.dirname(p))))[0]
                                       for p in kept],
                            vectors=vectors, similarity=model.similarity,
                            metadata={"path": kept, "group": [os.path.basename(os.path.dirname(p)) for p in kept]},
@@ -101,7 +104,7 @@ def build_synthetic_index(*, count: int, work: str, dim: int = 64) -> str:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
     ids = [f"synthetic/{i:06d}" for i in range(count)]
-    index = EmbeddingIndex(track_ids=ids, vectors=vectors, similarity="cosine",
+    index = FaissIndex(track_ids=ids, vectors=vectors, similarity="cosine",
                            metadata={"group": [f"group{i % 1000:03d}" for i in range(count)]})
     index.save(os.path.join(work, "synthetic_index"))
     return os.path.join(work, "synthetic_index")
@@ -197,9 +200,6 @@ SUBSONIC_USER, SUBSONIC_PASSWORD = "bench", "bench-password"
 
 def subsonic_latency(port: int, method: str, param_sets: list[dict[str, str]]) -> np.ndarray:
     """Seconds per sequential Subsonic request (token auth, f=json) over one keep-alive connection: [count]."""
-    import hashlib
-    from urllib.parse import urlencode
-
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     times = []
     for i, params in enumerate(param_sets):
@@ -219,8 +219,6 @@ def subsonic_latency(port: int, method: str, param_sets: list[dict[str, str]]) -
 def report_subsonic(*, port: int, track_ids: list[str], count: int) -> None:
     """The Subsonic rows: getSimilarSongs2 of random songs (count=50, players' default) and search3 of
     random 3-digit words (20 artists, albums and songs each)."""
-    from musicsim.search.subsonic.ids import song_id
-
     rng = np.random.default_rng(2)
     songs = [song_id(str(t)) for t in rng.choice(track_ids, size=count)]
     for method, params, goal in (
@@ -295,10 +293,6 @@ def file_query_latency(port: int, clip: str, *, count: int) -> tuple[float, np.n
 
 def thirty_second_clip(path: str, folder: str) -> str:
     """The centred 30 s of ``path`` as a WAV (what a user would upload)."""
-    import soundfile as sf
-
-    from musicsim.audio import load_audio
-
     audio = load_audio(path, sample_rate=CLIP_RATE, min_seconds=0.0)
     middle = max(0, audio.size // 2 - int(CLIP_SECONDS * CLIP_RATE) // 2)
     clip = os.path.join(folder, "clip30.wav")
@@ -309,7 +303,7 @@ def thirty_second_clip(path: str, folder: str) -> str:
 def reload_while_querying(*, port: int, index_dir: str, ids: list[str], added: int) -> None:
     """Save a new version of the served index (``added`` tracks more) while one client queries by id;
     prints the save time, the delay until /healthz reports the new version's count, and the latency."""
-    index = EmbeddingIndex.load(index_dir)
+    index = musicsim.index.open(index_dir)
     count = len(index)
     rng = np.random.default_rng(2)
     index.add(track_ids=[f"added/{i:06d}" for i in range(added)],
@@ -382,7 +376,7 @@ def main() -> int:
         server = Server(audio_index)
         try:
             server.wait_for_model()
-            ids = EmbeddingIndex.load(audio_index).track_ids
+            ids = musicsim.index.open(audio_index).track_ids
             report_by_id(f"audio index ({len(ids)} tracks)", latency_by_id(server.port, ids, count=args.queries))
             clip = thirty_second_clip(paths[0], work)
             first, times = file_query_latency(server.port, clip, count=5)
@@ -394,8 +388,6 @@ def main() -> int:
         started = time.time()
         synthetic = build_synthetic_index(count=args.tracks, work=work)
         print(f"synthetic index: {args.tracks} tracks, d=64, built in {time.time() - started:.1f} s")
-        from musicsim.search.users import add_user
-
         users_file = os.path.join(work, "users.json")
         add_user(users_file=users_file, name=SUBSONIC_USER, password=SUBSONIC_PASSWORD)
         server = Server(synthetic, extra_args=("--subsonic", f"--users={users_file}"))
@@ -404,14 +396,14 @@ def main() -> int:
             request(server.port, "GET", "/api/similar/synthetic%2F000000?k=10")  # first-request set-up
             subsonic_latency(server.port, "search3", [{"query": "warm"}])  # waits for the Subsonic catalog
             before = server.rss_mb()
-            index = EmbeddingIndex.load(synthetic)
+            index = musicsim.index.open(synthetic)
             in_process = []
             for track_id in ids[::max(1, args.tracks // args.queries)][:args.queries]:
                 started = time.perf_counter()
                 index.search_by_id(track_id=track_id, k=10)
                 in_process.append(time.perf_counter() - started)
             del index
-            print(f"synthetic index: the same query in-process (EmbeddingIndex.search_by_id, no HTTP): "
+            print(f"synthetic index: the same query in-process (FaissIndex.search_by_id, no HTTP): "
                   f"p50 {1000 * np.median(in_process):.1f} ms")
             floor = latency_of(server.port, "/healthz", count=args.queries)
             print(f"HTTP floor (GET /healthz): p50 {1000 * np.percentile(floor, 50):.1f} ms, "

@@ -16,17 +16,17 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+import tensorflow as tf
+
+from musicsim.inputs import TrackSet, make_list_input_fn
+from musicsim.relevance import make_relevance
+from musicsim.train import estimator as training
+
 DECODE_RATE = 16000
 
 
 def measure(pool_size: int, steps: int, batch_size: int, crop_seconds: float) -> dict:
-    import numpy as np
-    import tensorflow as tf
-
-    from musicsim.train import estimator as training
-    from musicsim.inputs import TrackSet, make_list_input_fn
-    from musicsim.relevance import make_relevance
-
     rng = np.random.default_rng(0)
     rate = DECODE_RATE / pool_size
     tracks = TrackSet(track_ids=[f"t{i}" for i in range(24)], labels=[(f"a{i % 4}",) for i in range(24)],
