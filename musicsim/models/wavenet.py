@@ -270,8 +270,9 @@ def wavenet_layer(x: tf.Tensor, *, dilation: int, config: WaveNetConfig, name: s
 
     def layer(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         gated = tf.tanh(filter_conv(x)) * tf.sigmoid(gate_conv(x))
+        residual = x + residual_conv(gated)
         skip = skip_conv(gated)
-        return x + residual_conv(gated), skip if skip_pool is None else skip_pool(skip)
+        return residual, skip if skip_pool is None else skip_pool(skip)
 
     return recomputed(layer)(x) if recompute else layer(x)
 
