@@ -361,3 +361,15 @@ def test_recomputed_layers_give_the_plain_gradients_bit_for_bit(monkeypatch):
     for name, gradient in plain.items():
         assert np.array_equal(recomputed[name], gradient), name
         assert np.any(gradient != 0), name
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_layer_builds_its_convolutions_in_the_order_of_its_initial_weights(training):
+    # Keras draws a layer's initial weights from Python's random when it builds: the order of the builds is
+    # what a seed's initial weights (and so a run's results) depend on: filter, gate, residual, skip.
+    graph = tf.Graph()
+    with graph.as_default():
+        wavenet.embed(tf.zeros([1, 400]), tf.constant([400]), params={**TINY, "num_stacks": 2}, training=training)
+        names = [v.name for v in tf.compat.v1.global_variables() if v.name.startswith("stack0/layer1/")]
+    assert names == [f"stack0/layer1/{part}/{kind}:0" for part in ("filter", "gate", "residual", "skip")
+                     for kind in ("kernel", "bias")]
