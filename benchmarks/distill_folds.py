@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -174,8 +175,9 @@ def student_vectors_by_fold(*, runs_dir: str, paths: Sequence[str], folds: np.nd
     """(``[N, dim]``, folds with a student): each track embedded by its own fold's student (``runs_dir/fold-K``: a
     finished distillation), which never heard its album; the rows of folds without one are NaN.
 
-    Each fold's vectors are cached in ``cache_dir/fold-K-<checkpoint>.npz`` with the paths they are of (recomputed
-    when the run's checkpoint or the fold's tracks change).
+    Each fold's vectors are cached in ``cache_dir/fold-K-<key>.npz`` with the paths they are of; the key hashes the
+    run folder, its checkpoint's name and its index file, so another run, a retrained run or another checkpoint
+    recomputes them, as do other tracks.
     """
     out: np.ndarray | None = None
     done = []
@@ -188,8 +190,11 @@ def student_vectors_by_fold(*, runs_dir: str, paths: Sequence[str], folds: np.nd
         rows = fold_test_rows(folds=folds, fold=int(fold))
         fold_paths = [os.path.abspath(paths[i]) for i in rows]
         check_never_heard(run_dir=run_dir, test_paths=fold_paths)
-        checkpoint = os.path.basename(RunDir(run_dir).checkpoint())
-        cached = None if cache_dir is None else os.path.join(cache_dir, f"fold-{int(fold)}-{checkpoint}.npz")
+        checkpoint_path = RunDir(run_dir).checkpoint() or tf.train.latest_checkpoint(run_dir)
+        checkpoint = os.path.basename(checkpoint_path)
+        with open(checkpoint_path + ".index", "rb") as f:
+            key = hashlib.sha1(f"{os.path.abspath(run_dir)}\0{checkpoint}\0".encode() + f.read()).hexdigest()[:16]
+        cached = None if cache_dir is None else os.path.join(cache_dir, f"fold-{int(fold)}-{key}.npz")
         vectors = None
         if cached and os.path.isfile(cached):
             with np.load(cached) as stored:
