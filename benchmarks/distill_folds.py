@@ -46,7 +46,7 @@ from experiments import distill as distill_run  # noqa: E402
 from musicsim import evaluation, pretraining, rerank  # noqa: E402
 from musicsim.train import estimator as training  # noqa: E402
 from musicsim.atomic import atomic_open  # noqa: E402
-from musicsim.audio import file_duration  # noqa: E402
+from musicsim.data.audio import file_duration  # noqa: E402
 from musicsim.embedder import load_embedder  # noqa: E402
 from musicsim.features import extract_many  # noqa: E402
 from musicsim.inputs import batched_input_fn  # noqa: E402

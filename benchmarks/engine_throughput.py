@@ -56,7 +56,7 @@ if ROOT not in sys.path:  # musicsim when run as a script from anywhere
     sys.path.insert(0, ROOT)
 
 from musicsim.atomic import atomic_path, write_json_atomic  # noqa: E402
-from musicsim.audio import file_duration  # noqa: E402
+from musicsim.data.audio import file_duration  # noqa: E402
 
 ROWS = ("pretrained", "musicnn_msd", "fusion", "distilled")
 DISTILLED_RUN = os.path.join("runs", "distilled-wavenet")  # make distill's run

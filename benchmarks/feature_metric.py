@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402  (after the log level is set)
 from musicsim import evaluation, head  # noqa: E402
-from musicsim.dataset import DatasetInfo, read_catalog  # noqa: E402
+from musicsim.data.dataset import DatasetInfo, read_catalog  # noqa: E402
 from musicsim.inputs import TrackSet, make_list_input_fn  # noqa: E402
 from musicsim.models.librosa_pca import LibrosaPCAModel  # noqa: E402
 from musicsim.relevance import make_relevance  # noqa: E402

@@ -21,7 +21,7 @@ from data_prep.demo import build_demo_corpus  # noqa: E402
 from data_prep.sources import list_manifest  # noqa: E402
 from musicsim import rerank  # noqa: E402
 from musicsim.atomic import atomic_path, write_json_atomic  # noqa: E402
-from musicsim.audio import AudioDecodeError, file_duration  # noqa: E402
+from musicsim.data.audio import AudioDecodeError, file_duration  # noqa: E402
 from musicsim.features import extract_many  # noqa: E402
 from musicsim.models import pretrained_engine  # noqa: E402
 from musicsim.models.pretrained_engine import shared_networks  # noqa: E402

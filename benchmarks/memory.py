@@ -44,9 +44,9 @@ for _folder in (ROOT, os.path.join(ROOT, "tests")):  # run as a script from anyw
         sys.path.insert(0, _folder)
 
 from conftest import write_synthetic_dataset  # noqa: E402  (tests/conftest.py: synthetic albums, prepared)
-from musicsim.audio import DecodeSettings, decode_track  # noqa: E402
-from musicsim.dataset import CatalogEntry, read_catalog, write_catalog  # noqa: E402
-from musicsim.tfrecords import Track, serialize_track, write_records  # noqa: E402
+from musicsim.data.audio import DecodeSettings, decode_track  # noqa: E402
+from musicsim.data.dataset import CatalogEntry, read_catalog, write_catalog  # noqa: E402
+from musicsim.data.tfrecords import Track, serialize_track, write_records  # noqa: E402
 
 RATE = 44100
 # Runs one command and prints the peak RSS (bytes) of its largest process, as JSON on the last line.

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.build import _available_cores, prepare  # noqa: E402
 from data_prep.dev_corpus import DevCorpusUnavailable, tiny_dev_corpus  # noqa: E402
-from musicsim.tfrecords import _tf  # noqa: E402
+from musicsim.data.tfrecords import _tf  # noqa: E402
 
 TARGET_REAL_TIME = 100.0
 

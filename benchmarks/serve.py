@@ -42,7 +42,7 @@ import soundfile as sf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import musicsim.index  # noqa: E402
-from musicsim.audio import load_audio  # noqa: E402
+from musicsim.data.audio import load_audio  # noqa: E402
 from musicsim.index import FaissIndex  # noqa: E402
 from musicsim.models.mfcc import MFCCModel  # noqa: E402
 from musicsim.search.subsonic.ids import song_id  # noqa: E402

@@ -14,7 +14,7 @@ as for the local runner; this module runs the per-file work on a Beam runner::
 then the driver writes ``tracks.csv``, ``report.json`` and ``dataset.json`` with ``build``'s code.
 Each split gets as many shards as the local build would (``ceil(tracks / shard_size)``), named
 ``part-SSSSS-of-NNNNN.tfrecord``; records are spread over them at random, so only the set of records
-of a split is fixed, and it is the local build's, byte for byte: both call ``musicsim.audio.decode_track``
+of a split is fixed, and it is the local build's, byte for byte: both call ``musicsim.data.audio.decode_track``
 and ``data_prep.shards.track_record``.
 
 ``DirectRunner`` means Beam's local portable engine (``FnApiRunner``) in ``multi_processing`` mode
@@ -43,11 +43,11 @@ from apache_beam.runners.runner import PipelineState
 
 from data_prep.shards import BEAM_RUNNERS, BEAM_SHARD_PREFIX, BuiltShards, FeatureSpec, ShardPlan, track_record
 from data_prep.sources import SourceTrack
-from musicsim.audio import DecodeSettings, decode_track
-from musicsim.dataset import CatalogEntry
-from musicsim.tfrecords import SPLITS
+from musicsim.data.audio import DecodeSettings, decode_track
+from musicsim.data.dataset import CatalogEntry
+from musicsim.data.tfrecords import SPLITS
 
-TFRECORD_SUFFIX = ".tfrecord"  # musicsim.tfrecords.shard_paths globs DIR/<split>/*.tfrecord
+TFRECORD_SUFFIX = ".tfrecord"  # musicsim.data.tfrecords.shard_paths globs DIR/<split>/*.tfrecord
 SIDE_OUTPUT_DIRNAME = ".beam-side"  # under DIR; removed once the driver has read it
 KEPT, SKIPPED, FEATURE_FAILURES = "kept", "skipped", "feature_failures"
 DIRECT_RUNNING_MODE = "multi_processing"

@@ -18,7 +18,7 @@ a finished one costs only the listing. ``dataset.json`` is written last: it mark
 
 A file that cannot be used (missing, empty, not audio, truncated, too short, silent, a decoder
 error, a duplicate id or content) or a folder that cannot be read is skipped and listed with its
-reason in ``DIR/report.json``; it never stops the run. Decoding streams (``musicsim.audio.iter_audio_blocks``),
+reason in ``DIR/report.json``; it never stops the run. Decoding streams (``musicsim.data.audio.iter_audio_blocks``),
 so memory is bounded by the pooled excerpt, not by the source file's length.
 
 One build at a time writes into a folder (``data_prep.lock``: ``DIR/.build.lock`` names its pid and
@@ -56,13 +56,13 @@ from data_prep.shards import (BEAM_RUNNERS, BEAM_SHARD_PREFIX, LOCAL_RUNNER, RUN
                               ShardPlan, plan_shards, track_record)
 from data_prep.sources import KINDS, SourceListing, list_manifest, list_source
 from data_prep.splits import SPLIT_BY, SPLIT_FRACTIONS, assign_splits
-from musicsim.audio import DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, DecodeResult, DecodeSettings
+from musicsim.data.audio import DEFAULT_POOL_SIZE, DEFAULT_SAMPLE_RATE, DecodeResult, DecodeSettings
 from musicsim.atomic import write_json_atomic
 from musicsim.cli import ANY_FINITE, AT_LEAST_ONE, NON_NEGATIVE, SEED, check_numeric_flags, global_flags_parser
-from musicsim.dataset import DATASET_INFO_FILE, REPORT_FILE, CatalogEntry, DatasetInfo, write_catalog
+from musicsim.data.dataset import DATASET_INFO_FILE, REPORT_FILE, CatalogEntry, DatasetInfo, write_catalog
 from musicsim.evaluation import split_query_problem
 from musicsim.relevance import make_relevance
-from musicsim.tfrecords import SPLITS, write_records
+from musicsim.data.tfrecords import SPLITS, write_records
 from musicsim.workers import decode_in_order
 
 DATASET_KINDS = KINDS + ("demo",)

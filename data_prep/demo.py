@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 from data_prep.demo_curation import CURATION_VERSION, MIN_TRACK_SECONDS, NON_MUSIC_PATTERNS, curate_tracks, long_enough
 from data_prep.demo_packages import DEMO_SOURCES, EXTRA_SOURCES, CuratedSource, DemoSource
 from data_prep.sources import file_sha256, repeated_content, safe_name
-from musicsim.audio import audio_info
+from musicsim.data.audio import audio_info
 from musicsim.atomic import atomic_open, write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

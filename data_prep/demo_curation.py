@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from data_prep.sources import file_sha256
-from musicsim.audio import DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
+from musicsim.data.audio import DEFAULT_SAMPLE_RATE, AudioDecodeError, audio_info, load_audio
 
 MIN_TRACK_SECONDS = 30.0
 # Bump when ``curate_tracks`` changes: only the stamps of pattern-matched sources depend on it.

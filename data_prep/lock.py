@@ -18,13 +18,13 @@ import socket
 import time
 import uuid
 
-from musicsim.dataset import DATASET_INFO_FILE
+from musicsim.data.dataset import DATASET_INFO_FILE
 from musicsim.owned import check_replaceable, owned_kind, write_manifest
 
 LOCK_NAME = ".build.lock"
 DATASET_KIND = "dataset"  # the kind in the folder's musicsim.owned manifest
 CLAIM_NAME = ".musicsim-dataset"  # the mark of dataset folders claimed before the manifest existed
-# Keys every dataset.json that data_prep.build writes has (musicsim.dataset.DatasetInfo).
+# Keys every dataset.json that data_prep.build writes has (musicsim.data.dataset.DatasetInfo).
 _DATASET_INFO_KEYS = {"name", "kind", "sample_rate", "pool_size"}
 
 

@@ -15,9 +15,9 @@ from typing import Sequence
 import numpy as np
 
 from data_prep.sources import SourceTrack
-from musicsim.audio import DecodeSettings
-from musicsim.dataset import CatalogEntry, feature_cache_dir
-from musicsim.tfrecords import SPLITS, Track, serialize_track
+from musicsim.data.audio import DecodeSettings
+from musicsim.data.dataset import CatalogEntry, feature_cache_dir
+from musicsim.data.tfrecords import SPLITS, Track, serialize_track
 
 # Part of every shard's key: bump when the bytes a shard holds would change for the same inputs.
 SHARD_FORMAT_VERSION = 1
@@ -77,7 +77,7 @@ def track_record(*, track: SourceTrack, pooled: np.ndarray, settings: DecodeSett
     ----------
     track : SourceTrack
     pooled : np.ndarray, float32, shape ``[n]``
-        Its pooled excerpt (``musicsim.audio.pooled_excerpt``).
+        Its pooled excerpt (``musicsim.data.audio.pooled_excerpt``).
     settings : DecodeSettings
     """
     return serialize_track(Track(track_id=track.track_id, labels=track.labels, audio=pooled,

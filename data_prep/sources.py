@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from musicsim.audio import AUDIO_EXTENSIONS  # what album_folders picks up; anything else is listed as ignored
+from musicsim.data.audio import AUDIO_EXTENSIONS  # what album_folders picks up; anything else is listed as ignored
 
 KINDS = ("magnatagatune", "album_folders", "labelled_csv", "manifest")
 MTAT_ANNOTATIONS = "annotations_final.csv"

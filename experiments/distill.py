@@ -37,7 +37,7 @@ from data_prep.demo import build_demo_corpus
 from musicsim import pretraining
 from musicsim.train import estimator as training
 from musicsim.atomic import atomic_open
-from musicsim.audio import AUDIO_EXTENSIONS
+from musicsim.data.audio import AUDIO_EXTENSIONS
 from musicsim.cli import global_flags_parser, usage_error
 from musicsim.embedder import load_embedder
 from musicsim.inputs import batched_input_fn

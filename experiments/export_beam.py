@@ -34,7 +34,7 @@ import numpy as np
 from apache_beam.runners.runner import PipelineState
 
 from data_prep.beam_pipeline import make_runner, pipeline_options
-from musicsim.audio import file_duration
+from musicsim.data.audio import file_duration
 from musicsim.embedder import Embedder, load_embedder
 
 # Files one worker embeds in one call (one estimator.predict, one fitted model's embed_paths chunk).

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from data_prep.shards import BEAM_RUNNERS
 from experiments.export_listing import AudioEntry, EmptyInputError, Listing, list_audio
 from musicsim.atomic import atomic_open
-from musicsim.audio import AUDIO_EXTENSIONS, file_duration
+from musicsim.data.audio import AUDIO_EXTENSIONS, file_duration
 from musicsim.embedder import Embedder, load_embedder
 from musicsim.index.embeddings_io import embedding_file_writers
 

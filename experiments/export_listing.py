@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from data_prep.sources import track_ids_from_paths
-from musicsim.audio import AUDIO_EXTENSIONS
-from musicsim.dataset import TRACKS_FILE, is_prepared
+from musicsim.data.audio import AUDIO_EXTENSIONS
+from musicsim.data.dataset import TRACKS_FILE, is_prepared
 
 AUTO_GROUP_COLUMNS = ("group", "labels", "label_album", "album")
 # Manifest track ids that stand for a missing value (spreadsheet and dataframe exports write these).

@@ -57,7 +57,7 @@ def _serving_receivers(embedder: LearnedEmbedder) -> dict[str, Callable[[], Any]
     def raw_receiver():
         raw = tf.compat.v1.placeholder(tf.float32, [None, None], name="raw_audio")
         raw_length = tf.compat.v1.placeholder(tf.int32, [None], name="raw_length")
-        # The dataset's mean pooling (musicsim.audio.mean_pool), in the graph: an average over real samples.
+        # The dataset's mean pooling (musicsim.data.audio.mean_pool), in the graph: an average over real samples.
         pooled = masked_pool(raw[:, :, None], raw_length, pool=embedder.pool_size, pooling="avg")
         length = lengths_after_pooling(raw_length, embedder.pool_size)
         return tf.estimator.export.ServingInputReceiver({"audio": pooled, "length": length},

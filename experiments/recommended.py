@@ -29,7 +29,7 @@ from typing import NoReturn
 from absl import flags
 
 from musicsim.cli import AT_LEAST_ONE, check_numeric_flags, parse_command_line, run_command, usage_error
-from musicsim.dataset import is_prepared
+from musicsim.data.dataset import is_prepared
 from musicsim.evaluation import dataset_query_problems
 from musicsim.rundir import RunDir
 

@@ -41,7 +41,7 @@ from absl import app, flags
 from musicsim import evaluation
 from musicsim.cli import global_flags_parser, usage_error
 from musicsim.evaluation import BASELINES
-from musicsim.dataset import LABEL_SEPARATOR, DatasetInfo
+from musicsim.data.dataset import LABEL_SEPARATOR, DatasetInfo
 from musicsim.relevance import make_relevance
 from musicsim.rundir import RunDir
 

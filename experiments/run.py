@@ -33,7 +33,7 @@ from tensorflow.python.util import deprecation
 from musicsim import distribute, evaluation, head, pretraining
 from musicsim import models as registry
 from musicsim.cli import config_values, define_config_flags, global_flags_parser, usage_error
-from musicsim.dataset import is_prepared
+from musicsim.data.dataset import is_prepared
 from musicsim.index import build_index
 from musicsim.pretraining import Augmentation
 from musicsim.rundir import RunConfigMismatch, RunDir

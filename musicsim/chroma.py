@@ -1,7 +1,7 @@
 """Chromagrams (the LSTM's input, paper 4.2): the pitch-class features of a decoded signal.
 
 Beside the librosa features (``musicsim.features``, paper 4.1), on the one decoder's signal
-(``musicsim.audio``):
+(``musicsim.data.audio``):
 
 - :func:`chroma_sequence`: the STFT chromagram of a signal, one 12-bin row per frame;
 - :func:`windowed_chroma`: the same frames of a streamed signal, computed a window at a time;
@@ -18,7 +18,7 @@ from typing import Iterable
 import librosa
 import numpy as np
 
-from musicsim.audio import AudioDecodeError, DecodeResult, MeasuredBlocks, iter_excerpt_blocks
+from musicsim.data.audio import AudioDecodeError, DecodeResult, MeasuredBlocks, iter_excerpt_blocks
 
 # STFT size of the chromagram.
 CHROMA_N_FFT = 2048

@@ -13,7 +13,7 @@ model, whatever its kind, behind one small interface::
   window with the receptive field of audio before it, and the windows' pooled features are combined
   as the model pools time (max, or length-weighted mean) before the dense layers: the result equals
   the whole excerpt's embedding (up to float rounding), while memory is bounded by a window. Long
-  files are also decoded block by block (``musicsim.audio.iter_audio_blocks``), short ones in
+  files are also decoded block by block (``musicsim.data.audio.iter_audio_blocks``), short ones in
   worker processes;
 - learned ``rnn``: the same decoding at ``chroma_sample_rate``, then the chromagram
   (``musicsim.chroma.chroma_sequence``), as ``rnn.load_tracks`` computes it. A long file's
@@ -43,13 +43,13 @@ from tqdm.auto import tqdm
 
 from musicsim import models as registry
 from musicsim.train.estimator import make_estimator
-from musicsim.audio import AudioDecodeError, DecodeSettings, decode_track, file_duration, iter_pooled_blocks
+from musicsim.data.audio import AudioDecodeError, DecodeSettings, decode_track, file_duration, iter_pooled_blocks
 from musicsim.chroma import ChromaSettings, decode_chroma
 from musicsim.inputs import batched_input_fn, window_rows_input_fn
 from musicsim.models.fitted import ARRAYS_FILE
 from musicsim.models.pretrained_engine import raw_engine
 from musicsim.rundir import RUN_FILE, RunDir, read_run_info
-from musicsim.windows import WindowRow, iter_window_rows
+from musicsim.data.windows import WindowRow, iter_window_rows
 from musicsim.workers import decode_in_order
 
 DEFAULT_MIN_SECONDS = 1.0
@@ -366,7 +366,7 @@ class LearnedEmbedder(Embedder):
 
     def _window_rows(self, *, paths: list[str], workers: int | None, failures: dict[int, str]
                      ) -> Iterator[WindowRow]:
-        """The window rows of every file in order (`musicsim.windows.iter_window_rows`); a file that fails
+        """The window rows of every file in order (`musicsim.data.windows.iter_window_rows`); a file that fails
         gets its reason in ``failures`` (and a closing row when some of its windows were already given).
 
         Which files stream and the decoding processes are settled now; the rows are read as they are taken.

@@ -51,7 +51,7 @@ import scipy.stats
 from tqdm.auto import tqdm
 
 from musicsim.atomic import atomic_path
-from musicsim.audio import AudioDecodeError, MeasuredBlocks, iter_excerpt_blocks, load_excerpt
+from musicsim.data.audio import AudioDecodeError, MeasuredBlocks, iter_excerpt_blocks, load_excerpt
 from musicsim.workers import exit_with_parent
 
 DEFAULT_SAMPLE_RATE = 22050
@@ -295,7 +295,7 @@ class FeatureCache:
     Parameters
     ----------
     cache_dir : str
-        The cache folder (a dataset's is ``musicsim.dataset.feature_cache_dir``).
+        The cache folder (a dataset's is ``musicsim.data.dataset.feature_cache_dir``).
     feature_name : str
         The feature function's name (:func:`resolve_feature_fn`); one subfolder per name.
     sample_rate : int
@@ -374,7 +374,7 @@ def windowed_features(*, path: str, feature_fn: Callable[..., np.ndarray], sampl
                       max_seconds: float | None, window_seconds: float, min_seconds: float = 1.0) -> np.ndarray:
     """A file's feature vector computed a window at a time: the length-weighted mean of its windows'.
 
-    The excerpt is decoded block by block (``musicsim.audio.iter_excerpt_blocks``) and cut into
+    The excerpt is decoded block by block (``musicsim.data.audio.iter_excerpt_blocks``) and cut into
     windows of ``window_seconds``; the last window takes the rest (one to two windows long), so an
     excerpt under two windows is computed in one piece, exactly as ``feature_fn`` on the whole
     excerpt. Longer ones differ from the whole: a mean over frames is the same, but the other
@@ -388,7 +388,7 @@ def windowed_features(*, path: str, feature_fn: Callable[..., np.ndarray], sampl
     Raises
     ------
     AudioDecodeError
-        Naming the file and why it cannot be used (as ``musicsim.audio.load_excerpt``).
+        Naming the file and why it cannot be used (as ``musicsim.data.audio.load_excerpt``).
     """
     window = max(1, int(round(window_seconds * sample_rate)))
     buffer = np.zeros(0, np.float32)

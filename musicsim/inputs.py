@@ -21,10 +21,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from musicsim import tfrecords
+from musicsim.data import tfrecords
 from musicsim.evaluation import make_ranking_lists
 from musicsim.relevance import Relevance
-from musicsim.windows import WindowRow
+from musicsim.data.windows import WindowRow
 
 TRAIN, EVAL, PREDICT = "train", "eval", "predict"
 PADDING_LABEL = -1.0
@@ -128,7 +128,7 @@ def batched_input_fn(*, generator: Callable[[], Iterator], signature, batch_size
 
 
 def window_rows_input_fn(*, rows: Callable[[], Iterable[WindowRow]], batch_size: int) -> Callable[..., tf.data.Dataset]:
-    """The ``input_fn`` of a windowed embedding: each `musicsim.windows.WindowRow` of ``rows()`` as
+    """The ``input_fn`` of a windowed embedding: each `musicsim.data.windows.WindowRow` of ``rows()`` as
     ``audio`` float32 ``[T, 1]``, ``length``, ``skip``, ``index`` int32 and ``last`` bool, ``batch_size``
     rows a batch. Every row is at most one window (with its context) long: a batch pads to that, not to a file.
     """

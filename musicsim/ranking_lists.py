@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from musicsim import metrics
-from musicsim.dataset import DatasetInfo, read_catalog
+from musicsim.data.dataset import DatasetInfo, read_catalog
 from musicsim.relevance import make_relevance
 
 # Purposes of the random streams derived from one seed (np.random.SeedSequence([seed, purpose])).

@@ -5,10 +5,10 @@
         [--checkpoint_files=32] [--checkpoint_seconds=30]
 
 (console script ``musicsim-scan``). No labels and no prepared dataset: the folders are walked as
-they are, every file with an extension the decoder reads (``musicsim.audio.AUDIO_EXTENSIONS``) is
+they are, every file with an extension the decoder reads (``musicsim.data.audio.AUDIO_EXTENSIONS``) is
 embedded by the default engine (``musicsim.embedder.default_embedder``; ``--model_dir=RUN`` embeds
 with a run instead, e.g. a distilled WaveNet or a fusion) and its tags are read
-(``musicsim.tags.read_tags``). The index is created, or updated in place:
+(``musicsim.data.tags.read_tags``). The index is created, or updated in place:
 
 - only what is new or changed is embedded: a file is known by its absolute path, size, modification
   time (ns) and the embedder's version, all recorded per track in the index's metadata (the index
@@ -75,7 +75,7 @@ from musicsim.index import FaissIndex, IndexFileError
 from musicsim.index.build import resolve_rerank
 from musicsim.index.lock import IndexLockedError, index_lock
 from musicsim.index.storage import check_output_directory
-from musicsim.tags import TAG_KEYS, fallback_album, fallback_title, read_tags
+from musicsim.data.tags import TAG_KEYS, fallback_album, fallback_title, read_tags
 from musicsim.walk import LibraryFile, Listing, ScanError, inside, track_id_for, walk_library
 
 USAGE = ("usage: python -m musicsim.scan --audio=DIR [--audio=DIR2] --index=INDEX [--exclude=GLOB] [--workers=N] "

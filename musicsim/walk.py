@@ -17,7 +17,7 @@ import os
 import stat
 from typing import Sequence
 
-from musicsim.audio import AUDIO_EXTENSIONS
+from musicsim.data.audio import AUDIO_EXTENSIONS
 
 
 class ScanError(ValueError):

@@ -22,7 +22,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
-from musicsim.audio import DecodeResult, decode_track
+from musicsim.data.audio import DecodeResult, decode_track
 
 PARENT_POLL_SECONDS = 0.5
 
@@ -83,16 +83,16 @@ def decode_in_order(paths: Sequence[str], *, settings: Any, workers: int,
     ----------
     paths : sequence of str
     settings : object
-        Passed to ``decode`` with each path (``musicsim.audio.DecodeSettings`` for the default).
+        Passed to ``decode`` with each path (``musicsim.data.audio.DecodeSettings`` for the default).
     workers : int
         Processes; 1 (or a single path) decodes in this process.
-    decode : callable ``(path, settings) -> musicsim.audio.DecodeResult``, optional
+    decode : callable ``(path, settings) -> musicsim.data.audio.DecodeResult``, optional
         A module-level function (it is pickled to spawned workers) that never raises
-        (``musicsim.chroma.decode_chroma``, ...); default ``musicsim.audio.decode_track``.
+        (``musicsim.chroma.decode_chroma``, ...); default ``musicsim.data.audio.decode_track``.
 
     Yields
     ------
-    musicsim.audio.DecodeResult, one per path, in order
+    musicsim.data.audio.DecodeResult, one per path, in order
     """
     if decode is None:
         decode = decode_track

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicsim.audio import load_audio, mean_pool
+from musicsim.data.audio import load_audio, mean_pool
 import dataclasses
 import shutil
 
-from musicsim.dataset import CatalogEntry, DatasetInfo, read_catalog, write_catalog
-from musicsim.tfrecords import Track, serialize_track, write_records
+from musicsim.data.dataset import CatalogEntry, DatasetInfo, read_catalog, write_catalog
+from musicsim.data.tfrecords import Track, serialize_track, write_records
 from musicsim.workers import process_alive
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -1,4 +1,4 @@
-"""musicsim.audio: decoding every format, downmix, resampling, excerpts, pooling and bad input."""
+"""musicsim.data.audio: decoding every format, downmix, resampling, excerpts, pooling and bad input."""
 from __future__ import annotations
 
 import ast
@@ -10,8 +10,8 @@ import soundfile as sf
 import soxr
 
 import musicsim
-from musicsim import audio, audio_files
-from musicsim.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio, mean_pool
+from musicsim.data import audio, audio_files
+from musicsim.data.audio import AudioDecodeError, audio_info, centred_excerpt, load_audio, mean_pool
 
 # audioread (the fallback decoder) imports stdlib modules deprecated in 3.11.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:audioread")
@@ -499,7 +499,7 @@ def test_an_unreadable_file_says_so_rather_than_not_audio(encoded, monkeypatch):
 
 
 def test_the_search_side_decodes_without_data_prep():
-    # Embedding, serving and the fitted models decode through musicsim.audio alone: no module of the
+    # Embedding, serving and the fitted models decode through musicsim.data.audio alone: no module of the
     # package imports data_prep, at the top or inside a function.
     package = os.path.dirname(os.path.abspath(musicsim.__file__))  # the whole package, wherever audio lives
     importers = []

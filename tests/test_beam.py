@@ -19,8 +19,8 @@ from data_prep.beam_pipeline import pipeline_options
 from data_prep.sources import list_source
 from data_prep.splits import assign_splits
 from musicsim import features
-from musicsim.dataset import feature_cache_dir, read_catalog
-from musicsim.tfrecords import SPLITS, iter_records, shard_paths
+from musicsim.data.dataset import feature_cache_dir, read_catalog
+from musicsim.data.tfrecords import SPLITS, iter_records, shard_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 8000

@@ -23,9 +23,9 @@ import soundfile as sf
 from data_prep import build, demo, sources, splits
 from data_prep.build import prepare
 from data_prep.sources import SourceTrack
-from musicsim.audio import DecodeResult, DecodeSettings, audio_info, centred_excerpt, load_audio, mean_pool
-from musicsim.dataset import DatasetInfo, read_catalog
-from musicsim.tfrecords import SPLITS, read_tracks
+from musicsim.data.audio import DecodeResult, DecodeSettings, audio_info, centred_excerpt, load_audio, mean_pool
+from musicsim.data.dataset import DatasetInfo, read_catalog
+from musicsim.data.tfrecords import SPLITS, read_tracks
 from musicsim.workers import decode_in_order
 from conftest import FakeApt, build_fake_deb
 
@@ -53,7 +53,7 @@ def write_tone(path, *, seconds: float = 2.0, frequency: float = 440.0, rate: in
 
 
 def expected_pooled(path: str, *, sample_rate: int, pool_size: int, max_seconds: float | None) -> np.ndarray:
-    """The pooled excerpt computed directly with musicsim.audio, for the round-trip checks."""
+    """The pooled excerpt computed directly with musicsim.data.audio, for the round-trip checks."""
     offset, duration = centred_excerpt(audio_info(path).duration, max_seconds)
     return mean_pool(load_audio(path, sample_rate=sample_rate, offset=offset, duration=duration), size=pool_size)
 
@@ -120,7 +120,7 @@ def test_album_folders_build_round_trip_is_bit_exact(album_tree, tmp_path):
 
 
 def test_excerpt_is_the_centre_and_pooling_averages_blocks_of_five(tmp_path):
-    # A 16 kHz ramp: the pooled excerpt can be written down without musicsim.audio. Each album's ramp
+    # A 16 kHz ramp: the pooled excerpt can be written down without musicsim.data.audio. Each album's ramp
     # starts higher (identical files would be skipped as duplicates).
     ramp = (np.arange(4 * 16000) / 2.0 ** 17).astype(np.float32)
     starts = {"a": 0.0, "b": 0.125, "c": 0.25}

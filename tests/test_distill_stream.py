@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicsim.audio import load_audio
+from musicsim.data.audio import load_audio
 from musicsim.pretraining import stream
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

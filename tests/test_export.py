@@ -14,8 +14,8 @@ import soundfile as sf
 from experiments import export
 from experiments import export_embeddings as embeddings_module
 from experiments.export import export_embeddings, export_saved_model, output_paths
-from musicsim.audio import load_audio, mean_pool
-from musicsim.dataset import read_catalog
+from musicsim.data.audio import load_audio, mean_pool
+from musicsim.data.dataset import read_catalog
 from musicsim.embedder import LearnedEmbedder, load_embedder
 from musicsim.index import load_embeddings
 from test_musicnn import musicnn_files  # noqa: F401 - the musicnn weights (wheel cache), for the pretrained engine

@@ -18,11 +18,11 @@ import tensorflow as tf
 from experiments import export
 from experiments import export_embeddings as embeddings_module
 from experiments.export import export_embeddings, export_saved_model, output_paths
-from musicsim.audio import AudioDecodeError, load_audio, mean_pool
-from musicsim.audio import iter_pooled_blocks
+from musicsim.data.audio import AudioDecodeError, load_audio, mean_pool
+from musicsim.data.audio import iter_pooled_blocks
 from musicsim.chroma import windowed_chroma
 from musicsim.embedder import load_embedder
-from musicsim.windows import iter_window_rows
+from musicsim.data.windows import iter_window_rows
 from musicsim.models import wavenet
 from test_export import SAMPLE_RATE, train_tiny_run
 
@@ -409,7 +409,7 @@ def test_fitted_features_in_windows_are_bounded_and_exact_under_two_windows(tmp_
 
 def test_rnn_decoding_streams_and_matches_the_runs_chromagram(tmp_path):
     """The rnn's input decoded block by block equals rnn.load_tracks' chromagram for a track under two windows."""
-    from musicsim.audio import load_excerpt
+    from musicsim.data.audio import load_excerpt
     from musicsim.chroma import ChromaSettings, chroma_sequence, decode_chroma
 
     rate = 11025

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import copy_with_test_labels_permuted
 
-from musicsim.dataset import read_catalog
+from musicsim.data.dataset import read_catalog
 
 
 def _run(model: str, dataset_dir: str, model_dir: str, **overrides) -> dict:

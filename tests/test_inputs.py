@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from musicsim import inputs, tfrecords
+from musicsim import inputs
+from musicsim.data import tfrecords
 from musicsim.evaluation import make_ranking_lists
 from musicsim.inputs import EVAL, TRAIN, TrackSet, crop, make_list_input_fn, make_predict_input_fn, sample_train_lists
 from musicsim.relevance import SharedLabel, TagOverlap

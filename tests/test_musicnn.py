@@ -214,7 +214,7 @@ def test_a_track_embeds_the_same_alone_or_among_others_and_bad_files_are_skipped
 
 
 def _decoded(path: str) -> np.ndarray:
-    from musicsim.audio import load_audio
+    from musicsim.data.audio import load_audio
 
     return load_audio(path, sample_rate=16000)
 

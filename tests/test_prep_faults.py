@@ -18,9 +18,9 @@ from conftest import assert_workers_die_with
 
 from data_prep import build, lock, sources
 from data_prep.build import prepare
-from musicsim.dataset import DATASET_INFO_FILE, is_prepared, read_catalog
+from musicsim.data.dataset import DATASET_INFO_FILE, is_prepared, read_catalog
 from musicsim.owned import NotOurFolderError, owned_kind
-from musicsim.tfrecords import SPLITS, iter_records, shard_paths
+from musicsim.data.tfrecords import SPLITS, iter_records, shard_paths
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(sample_rate=8000, pool_size=5, workers=1, progress=False, verbose=False)

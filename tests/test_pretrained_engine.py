@@ -50,7 +50,7 @@ def test_each_block_equals_the_single_checkpoint_musicnn_model(long_means, clips
 
 
 def test_log_mel_statistics_are_the_bands_over_the_tracks_patches(long_means, clips):
-    from musicsim.audio import load_audio
+    from musicsim.data.audio import load_audio
 
     patches = np.concatenate(list(musicnn.iter_patch_blocks(blocks=[load_audio(clips["long"], sample_rate=16000)])))
     frames = patches.reshape(-1, musicnn.N_MELS).astype(np.float64)

@@ -686,7 +686,7 @@ def pretrained_on_every_split(synthetic_dataset, tmp_path_factory, request):
 
 
 def test_contrastive_pretraining_reads_the_audio_of_every_split_named(pretrained_on_every_split, synthetic_dataset):
-    from musicsim.dataset import read_catalog
+    from musicsim.data.dataset import read_catalog
 
     by_split = {s: [e.track_id for e in read_catalog(synthetic_dataset, split=s)] for s in ("train", "eval", "test")}
     seen = pretrained_on_every_split["seen"]
@@ -892,7 +892,7 @@ def test_run_distills_from_every_split_named_and_caches_the_targets(teacher, tmp
 
     from conftest import write_synthetic_dataset
     from experiments.run import run
-    from musicsim.dataset import read_catalog
+    from musicsim.data.dataset import read_catalog
 
     dataset_dir = write_synthetic_dataset(str(tmp_path / "data"))  # its own: the run writes a cache there
     results = run(run_config(dataset_dir, str(tmp_path / "distilled"), pretrain="distill", crop_seconds=3.0,

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import recommended
 import musicsim.index
-from musicsim.dataset import read_catalog
+from musicsim.data.dataset import read_catalog
 from musicsim.rundir import RunDir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -82,7 +82,7 @@ def test_a_new_learned_model_trains_embeds_and_exports_through_the_normal_paths(
     as the run did, export writes its embeddings and SavedModels."""
     from experiments.export import export_embeddings, export_saved_model
     from experiments.run import RunConfig, run
-    from musicsim.dataset import read_catalog
+    from musicsim.data.dataset import read_catalog
     from musicsim.embedder import load_embedder
     from musicsim.rundir import RunDir
 
@@ -178,7 +178,7 @@ def test_a_model_added_in_one_module_trains_scores_exports_and_searches_from_the
     command lines take its flag (built from the registry when they parse), record it alone, and export and
     search with the model."""
     from experiments import export, run as run_module
-    from musicsim.dataset import read_catalog
+    from musicsim.data.dataset import read_catalog
     from musicsim.index import build_index
     from musicsim.rundir import RunDir
     from musicsim.search import query
@@ -219,7 +219,7 @@ def test_a_run_json_recording_every_models_params_still_loads(synthetic_dataset,
     """Runs written before run.json recorded only the chosen model's config (every model's params, then)
     still embed with the same vectors."""
     from experiments.run import RunConfig, run
-    from musicsim.dataset import read_catalog
+    from musicsim.data.dataset import read_catalog
     from musicsim.embedder import load_embedder
     from musicsim.rundir import RunDir
     from musicsim.train.estimator import param_configs

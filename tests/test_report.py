@@ -9,7 +9,7 @@ from PIL import Image
 
 from experiments import report
 from musicsim import evaluation
-from musicsim.dataset import CatalogEntry, DatasetInfo, write_catalog
+from musicsim.data.dataset import CatalogEntry, DatasetInfo, write_catalog
 
 ALBUMS = ("a", "b", "c", "d")
 PER_ALBUM = 3  # test tracks per album: each query has 2 similar and 9 non-similar tracks

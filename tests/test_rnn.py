@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 from musicsim import head
-from musicsim.audio import load_audio
+from musicsim.data.audio import load_audio
 from musicsim.chroma import chroma_sequence
-from musicsim.dataset import CatalogEntry, read_catalog, write_catalog
+from musicsim.data.dataset import CatalogEntry, read_catalog, write_catalog
 from musicsim.inputs import TrackSet, make_predict_input_fn
 from musicsim.models import rnn
 

@@ -166,7 +166,7 @@ def test_an_rnn_run_records_its_config_before_training_and_its_readout_in_the_re
     """run.json is the config as it was before training ('all' readouts); the readout the run chose on
     eval is in results.json, and the embedder reads the run as it ended."""
     from experiments.run import RunConfig, run
-    from musicsim.dataset import read_catalog
+    from musicsim.data.dataset import read_catalog
     from musicsim.embedder import load_embedder
     from musicsim.models.rnn import RNNConfig
 

@@ -164,7 +164,7 @@ def test_the_index_and_the_runs_embedder_agree(index_dir, tiny_run):
 
 def test_the_readme_search_flow_runs_as_written(synthetic_dataset, audio_dir, tmp_path):
     """export CLI -> index build CLI (no --model_dir: the export names its run) -> search CLI by file."""
-    from musicsim.dataset import read_catalog
+    from musicsim.data.dataset import read_catalog
     from musicsim.models.mfcc import MFCCModel
 
     paths = [e.path for e in read_catalog(synthetic_dataset, split="train")][:4]

@@ -102,10 +102,10 @@ def scan_into(*, music: str, index_dir: str, model_dir: str) -> None:
 
 
 def build_index(*, tracks: list[dict], root: str, index_dir: str, order: list[int] | None = None) -> None:
-    """An index of the tracks built directly, rows in ``order`` (tags read by musicsim.tags as a scan reads
+    """An index of the tracks built directly, rows in ``order`` (tags read by musicsim.data.tags as a scan reads
     them; vectors: an album centre plus noise)."""
     from musicsim.index import FaissIndex
-    from musicsim.tags import read_tags
+    from musicsim.data.tags import read_tags
 
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((len(ALBUMS), 16))

@@ -1,4 +1,4 @@
-"""musicsim.tags: tags and cover art of every format the decoder reads, written here with mutagen."""
+"""musicsim.data.tags: tags and cover art of every format the decoder reads, written here with mutagen."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicsim.tags import TAG_KEYS, read_cover_art, read_tags
+from musicsim.data.tags import TAG_KEYS, read_cover_art, read_tags
 
 SAMPLE_RATE = 16000
 SECONDS = 1.5

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from musicsim.audio import AudioDecodeError
+from musicsim.data.audio import AudioDecodeError
 from musicsim.models import musicnn
 from musicsim.models.engine_patches import DEFAULT_BATCH_PATCHES, patches_of_file
 

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from musicsim.audio import (AudioInfo, MeasuredBlocks, UnsupportedHeaderError, audio_info, centred_excerpt,
+from musicsim.data.audio import (AudioInfo, MeasuredBlocks, UnsupportedHeaderError, audio_info, centred_excerpt,
                             check_excerpt, iter_audio_blocks, iter_excerpt_blocks)
 from musicsim.models import musicnn
 
@@ -121,7 +121,7 @@ def iter_seeked_patches(*, path: str, keep: np.ndarray, info: AudioInfo, max_sec
     """The patches ``keep`` of a file's excerpt, decoding only around them (a seek per patch).
 
     Each patch's samples are decoded from ``margin_seconds`` before to ``margin_seconds`` after it
-    (`musicsim.audio.iter_audio_blocks`, from a source frame that falls on a 16 kHz sample, so the
+    (`musicsim.data.audio.iter_audio_blocks`, from a source frame that falls on a 16 kHz sample, so the
     samples line up with those of the whole decode); the margins absorb the resampler's and the
     decoder's start and end, and are dropped. A patch is then what `iter_selected_patches` gives of
     the whole decode, up to float rounding at the margins (see the tests for the tolerance).
@@ -131,11 +131,11 @@ def iter_seeked_patches(*, path: str, keep: np.ndarray, info: AudioInfo, max_sec
     path : str
     keep : np.ndarray, int, ascending: patch indices of the excerpt
     info : AudioInfo
-        The file's header (`musicsim.audio.audio_info`), with its frame count.
+        The file's header (`musicsim.data.audio.audio_info`), with its frame count.
     max_seconds : float or None
         The centred excerpt (None: the whole file).
     min_seconds : float >= 0
-        As `musicsim.audio.check_excerpt`; the excerpt's length is the header's.
+        As `musicsim.data.audio.check_excerpt`; the excerpt's length is the header's.
     block_patches : int >= 1
     margin_seconds : float >= 0
 

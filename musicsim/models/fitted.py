@@ -23,8 +23,8 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from musicsim.atomic import atomic_open, write_json_atomic
-from musicsim.dataset import feature_cache_dir
-from musicsim.audio import AudioDecodeError
+from musicsim.data.dataset import feature_cache_dir
+from musicsim.data.audio import AudioDecodeError
 from musicsim.features import DEFAULT_SAMPLE_RATE, FeatureCache, check_extraction_settings, extract_many
 
 CONFIG_FILE = "fitted_model.json"

@@ -9,7 +9,7 @@ layer is a strong content descriptor for similarity. The weights come from the w
 Input (musicnn's ``configuration.py`` / ``extractor.py``): 16 kHz mono, a 512-point STFT with hop
 256 (frames centred on ``k * 256``, zero padding at the ends), power spectrogram, 96 mel bands
 (librosa's Slaney filters), ``log10(1 + 10000 * mel)``, in non-overlapping patches of 187 frames
-(3 s). A track is read block by block (`musicsim.audio.iter_excerpt_blocks`) and its patches go
+(3 s). A track is read block by block (`musicsim.data.audio.iter_excerpt_blocks`) and its patches go
 through the network a few at a time, so memory does not grow with the track; its embedding is the
 mean over its patches of one layer:
 
@@ -32,7 +32,7 @@ import numpy as np
 import soxr
 import tensorflow as tf
 
-from musicsim.audio import MeasuredBlocks, iter_excerpt_blocks
+from musicsim.data.audio import MeasuredBlocks, iter_excerpt_blocks
 from musicsim.models.entry import FittedEntry
 from musicsim.models.fitted import StandardisedModel
 from musicsim.params import ParamsConfig, hyperparameter

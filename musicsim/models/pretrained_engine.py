@@ -3,7 +3,7 @@
 musicnn's four trained taggers (``MSD_musicnn``, ``MTT_musicnn``, ``MSD_vgg``, ``MTT_vgg``; see
 `musicsim.models.musicnn`) read the very same input: 16 kHz mono, musicnn's log-mel spectrogram
 cut into 3 s patches. So each file is decoded once, block by block
-(`musicsim.audio.iter_excerpt_blocks`: memory is bounded by a block whatever the track's length),
+(`musicsim.data.audio.iter_excerpt_blocks`: memory is bounded by a block whatever the track's length),
 its patches are computed once (`musicnn.iter_patch_blocks`), and every network the engine needs
 runs on the same patches in one traced graph (`BlockNetworks`). A track's vector
 is the concatenation of the chosen *blocks*: the mean over its patches of one layer of one
@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from musicsim.dataset import feature_cache_dir
+from musicsim.data.dataset import feature_cache_dir
 from musicsim.models import musicnn
 from musicsim.models.engine_blocks import (ALL_BLOCKS, BLOCK_DIMS, CHECKPOINTS, DEFAULT_PRECISION, FEATURES_VERSION,
                                            LOGMEL, PRECISIONS, BlockNetworks, EngineError, all_block_means,

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from musicsim import head
 from musicsim.atomic import atomic_open, write_json_atomic
 from musicsim.chroma import chroma_of_file
-from musicsim.dataset import DatasetInfo, feature_cache_dir, read_catalog
+from musicsim.data.dataset import DatasetInfo, feature_cache_dir, read_catalog
 from musicsim.inputs import EVAL, TRAIN, TrackSet, batched_input_fn, crop
 from musicsim.models.entry import InputSpec, LearnedEntry
 from musicsim.params import DROPOUT_HELP, ParamsConfig, ParamsError, hyperparameter

@@ -2,7 +2,7 @@
 
 Where :mod:`musicsim.pretraining.distillation` reads a prepared dataset's excerpts (in memory), this
 module streams crops out of whole files of any length: a crop is decoded on its own (a seek into
-the file, resampled and downmixed to the teacher's 16 kHz, `musicsim.audio.load_audio`), so memory is
+the file, resampled and downmixed to the teacher's 16 kHz, `musicsim.data.audio.load_audio`), so memory is
 bounded by the crops of one round whatever the files' length. Labels are never read.
 
 - `audio_sources`: the usable files, each with its content hash (what the cache is keyed on) and
@@ -28,7 +28,7 @@ import numpy as np
 import soxr
 
 from musicsim.atomic import atomic_open
-from musicsim.audio import AudioDecodeError, audio_info, load_audio, mean_pool
+from musicsim.data.audio import AudioDecodeError, audio_info, load_audio, mean_pool
 from musicsim.models import musicnn
 from musicsim.models.pretrained_engine import BLOCK_DIMS, PretrainedEngine
 
@@ -197,7 +197,7 @@ def spread_crops(*, sources: Sequence[AudioSource], crop_seconds: float, per_tra
 def read_crop(crop: Crop) -> np.ndarray:
     """The crop at the teachers' 16 kHz, mono: float32 ``[round(crop_ms * 16)]`` (zero-padded at a short end).
 
-    Only the crop's frames are decoded (`musicsim.audio.load_audio` seeks to it).
+    Only the crop's frames are decoded (`musicsim.data.audio.load_audio` seeks to it).
 
     Raises
     ------

@@ -33,7 +33,7 @@ from musicsim.search.query import UnembeddableQueryError, embed_query_file, load
 from musicsim.search.tracks import common_shown_root, describe_track, folded
 from musicsim.search.uploads import (DEFAULT_MAX_UPLOAD_MB, check_decodes, check_upload_limit, private_paths_out,
                                      receive_upload)
-from musicsim.tags import read_cover_art
+from musicsim.data.tags import read_cover_art
 
 LOG = logging.getLogger("musicsim.search")
 AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".oga": "audio/ogg",

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from musicsim.audio import AudioDecodeError, load_audio
+from musicsim.data.audio import AudioDecodeError, load_audio
 from musicsim.search.errors import ServiceError
 
 DEFAULT_MAX_UPLOAD_MB = 50.0

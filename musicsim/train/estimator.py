@@ -24,7 +24,7 @@ from musicsim import frontends, head, pretraining
 from musicsim import models as registry
 from musicsim.inputs import TrackSet, crop, make_predict_input_fn, window_rows_input_fn
 from musicsim.params import ParamsConfig, fill_defaults
-from musicsim.windows import iter_window_rows
+from musicsim.data.windows import iter_window_rows
 
 EARLY_STOPPING_METRIC = "NDCG@6"
 EXPORT_CHECKPOINTS = ("best", "last")
@@ -364,9 +364,9 @@ def window_sizes(*, model: str, params: Mapping, frame_rate: float, window_secon
 
 def iter_track_window_rows(*, tracks: TrackSet, sizes: Mapping[str, int], seconds: float | None = None
                            ) -> Iterator:
-    """The rows (``musicsim.windows.WindowRow``: a window with its context) of every track, in order.
+    """The rows (``musicsim.data.windows.WindowRow``: a window with its context) of every track, in order.
 
-    Each track (its centred ``seconds`` crop, or whole) is handed to ``musicsim.windows.iter_window_rows``
+    Each track (its centred ``seconds`` crop, or whole) is handed to ``musicsim.data.windows.iter_window_rows``
     a window at a time, so no row is longer than ``context + window + lookahead`` steps.
     """
     frames = tracks.frames(seconds)

@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 
 from musicsim import rerank as rerank_lib
-from musicsim.dataset import DatasetInfo, read_catalog
+from musicsim.data.dataset import DatasetInfo, read_catalog
 from musicsim.models import BaselineEntry, FittedEntry
 from musicsim.train.settings import RunConfig
 

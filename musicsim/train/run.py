@@ -14,7 +14,7 @@ import numpy as np
 
 from musicsim import distribute, evaluation
 from musicsim import models as registry
-from musicsim.dataset import DatasetInfo, read_catalog
+from musicsim.data.dataset import DatasetInfo, read_catalog
 from musicsim.projector import write_projector
 from musicsim.relevance import make_relevance
 from musicsim.rundir import RunDir

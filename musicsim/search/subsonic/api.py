@@ -47,7 +47,7 @@ from musicsim.search.subsonic.responses import (GENERIC, MISSING_PARAMETER, NOT_
                                                 SubsonicError, check_callback, render, render_error,
                                                 response_format)
 from musicsim.search.users import UsersFile, UsersFileError, check_outside
-from musicsim.tags import read_cover_art
+from musicsim.data.tags import read_cover_art
 
 LOG = logging.getLogger("musicsim.search.subsonic")
 MAX_FORM_BYTES = 1 << 20

@@ -1,10 +1,10 @@
-"""A sound file's header and its raw frames, for the one decoder (``musicsim.audio``).
+"""A sound file's header and its raw frames, for the one decoder (``musicsim.data.audio``).
 
 The file level, below decoding: :func:`audio_info` reads the header; :func:`file_frames` yields an
 excerpt's frames at the file's own rate and channel count, block by block, from libsndfile (seeked,
 MP3-safe reads, cut Ogg streams and short reads caught) or, for formats libsndfile does not read
 (m4a, wma, ...), from audioread. Every failure is an :class:`AudioDecodeError` naming the file.
-``musicsim.audio`` downmixes and resamples these blocks; callers import the errors from there.
+``musicsim.data.audio`` downmixes and resamples these blocks; callers import the errors from there.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Layout::
     DIR/dataset.json        name, kind, decode sample_rate, pool_size, max_seconds, relevance
     DIR/tracks.csv          track_id, split, labels ('|'-joined), duration_s, path (absolute source file)
     DIR/report.json         counts per split and label, seconds of audio, skipped files with reasons
-    DIR/{train,eval,test}/*.tfrecord   pooled audio (see ``musicsim.tfrecords``)
+    DIR/{train,eval,test}/*.tfrecord   pooled audio (see ``musicsim.data.tfrecords``)
     DIR/feature_cache/      per-track model inputs computed from the source files and kept for reruns:
                             ``<feature_fn>/`` fitted models' feature vectors (``musicsim.features``),
                             ``chroma/`` the LSTM's chromagrams (``musicsim.models.rnn``)

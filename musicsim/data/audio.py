@@ -7,7 +7,7 @@ encoding rather than their music.
 Layers, each built on the one above:
 
 - a file's header and raw frames (libsndfile, the audioread fallback, the truncation checks):
-  ``musicsim.audio_files``, whose :func:`audio_info` and errors are imported here;
+  ``musicsim.data.audio_files``, whose :func:`audio_info` and errors are imported here;
 - a file, block by block: :func:`iter_audio_blocks` (seek, decode, downmix, resample), :func:`load_audio`;
 - the centred excerpt of a track: :func:`centred_excerpt`, :func:`iter_excerpt_blocks`,
   :func:`load_excerpt`, checked by :func:`check_excerpt` (:class:`MeasuredBlocks`);
@@ -26,8 +26,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import soxr
 
-# The file level (header, raw frames, the errors), imported here so callers need only musicsim.audio.
-from musicsim.audio_files import AudioDecodeError, AudioInfo, UnsupportedHeaderError, audio_info, file_frames
+# The file level (header, raw frames, the errors), imported here so callers need only musicsim.data.audio.
+from musicsim.data.audio_files import AudioDecodeError, AudioInfo, UnsupportedHeaderError, audio_info, file_frames
 
 DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_POOL_SIZE = 5
@@ -193,7 +193,7 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int = DEFAULT_SAMPLE_RAT
     AudioDecodeError
         Naming the file and the reason: missing, empty, not audio, truncated or
         corrupt, too short, or silent. A truncated file is caught when the decoder
-        fails, when it returns under ``musicsim.audio_files.TRUNCATED_FRACTION`` of the frames its header
+        fails, when it returns under ``musicsim.data.audio_files.TRUNCATED_FRACTION`` of the frames its header
         promises, or (Ogg, whose length libsndfile reads from the last page) when
         the stream lacks its end-of-stream page; a cut WAV is not (libsndfile fixes
         up its header on opening, and PCM has no framing to show the cut), so it

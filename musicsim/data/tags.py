@@ -1,7 +1,7 @@
 """The tags of an audio file, as people know the track: title, artist, album, ... and its cover art.
 
 ``read_tags(path=...)`` reads, with ``mutagen``, every tag format of the files the decoder reads
-(``musicsim.audio.AUDIO_EXTENSIONS``):
+(``musicsim.data.audio.AUDIO_EXTENSIONS``):
 
 - Vorbis comments: Ogg Vorbis, Ogg Opus, FLAC (``TITLE``, ``ARTIST``, ``ALBUM``, ``ALBUMARTIST`` or
   ``ALBUM ARTIST``, ``TRACKNUMBER``, ``DISCNUMBER``, ``DATE`` or ``YEAR``, ``GENRE``);
@@ -14,7 +14,7 @@ Every key is always present: a tag the file lacks is None, except ``title`` (the
 its extension) and ``album`` (the name of the file's folder), so each track has a name and an album
 to be shown and grouped by. Text tags are stripped strings (several values joined with ``"; "``),
 ``track_number``, ``disc`` and ``year`` integers (``"3/12"`` is 3, ``"2001-05-03"`` is 2001),
-``duration_s`` a float from the stream header (``musicsim.audio.file_duration`` when mutagen does
+``duration_s`` a float from the stream header (``musicsim.data.audio.file_duration`` when mutagen does
 not know it). A file whose tags cannot be parsed is not an error here: it gets the fallbacks (the
 decoder, not the tag reader, decides whether a file is usable audio).
 
@@ -41,7 +41,7 @@ from mutagen.flac import Picture
 from mutagen.id3 import ID3
 from mutagen.mp4 import MP4Cover, MP4Tags
 
-from musicsim.audio import file_duration
+from musicsim.data.audio import file_duration
 
 TAG_KEYS = ("title", "artist", "album", "album_artist", "track_number", "disc", "year", "genre", "duration_s")
 # Vorbis-comment field names (lower case) of each tag, in order of preference.
