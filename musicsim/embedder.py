@@ -463,7 +463,7 @@ class FittedEmbedder(Embedder):
     def __init__(self, *, model_dir: str, info: dict[str, Any], window_seconds: float | None = None):
         self.model_dir = os.path.abspath(model_dir)
         self.name = str(info["model"])
-        self.model = registry.fitted_class(self.name).load(self.model_dir)
+        self.model = registry.fitted_class(self.name).load(self.model_dir, load_run=load_embedder)
         self.similarity = str(self.model.similarity)
         self.model.progress = False
         self.window_seconds = _resolve_window(dict(info.get("config") or {}), window_seconds, exact=False)

@@ -82,3 +82,22 @@ def test_bad_runs_are_refused(runs, message):
 
     with pytest.raises(ValueError, match=message):
         FusionModel(runs=runs)
+
+
+def test_a_fusion_model_opens_its_runs_only_through_the_loader_it_is_given(fusion_run):
+    """The model never imports the embedder (that would close a circle): how it opens a run is injected."""
+    from musicsim.embedder import load_embedder
+    from musicsim.models.fitted import FittedModel
+
+    bare = FittedModel.load(fusion_run[0])
+    with pytest.raises(ValueError, match="load_run"):
+        bare.embedders()
+    opened = []
+
+    def recording_loader(model_dir, *, window_seconds=None):
+        opened.append(model_dir)
+        return load_embedder(model_dir, window_seconds=window_seconds)
+
+    model = FittedModel.load(fusion_run[0], load_run=recording_loader)
+    assert [e.dim for e in model.embedders()] == list(model.block_dims)
+    assert opened == list(model.runs)

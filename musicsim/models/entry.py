@@ -193,10 +193,13 @@ class FittedEntry:
         return _defaults(self.configs)
 
     def make_fitted(self, *, params: Mapping, dataset_dir: str, max_seconds: float | None,
-                    workers: int | None):
-        """A new, unfitted instance for a run (see ``FittedModel.for_run``)."""
-        return self.fitted_class.for_run(params=params, run_params=self.keywords, dataset_dir=dataset_dir,
-                                         max_seconds=max_seconds, workers=workers)
+                    workers: int | None, load_run: Callable | None = None):
+        """A new, unfitted instance for a run (see ``FittedModel.for_run``); ``load_run``: how it opens
+        another run, for models built on runs (``FittedModel.load_run``)."""
+        model = self.fitted_class.for_run(params=params, run_params=self.keywords, dataset_dir=dataset_dir,
+                                          max_seconds=max_seconds, workers=workers)
+        model.load_run = load_run
+        return model
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,10 @@ class FittedModel:
     feature_fn: ClassVar[str] = ""
     # Embeddings are points of a standardised (and rotated) feature space: compare by distance.
     similarity: ClassVar[str] = "euclidean"
+    # How a model built on other runs (fusion) opens one: ``load_run(model_dir, *, window_seconds) -> Embedder``.
+    # Injected by whoever loads or fits the model (musicsim.embedder.load_embedder, the trainer), because the
+    # embedder sits above the models: a model importing it would close a circle. Not a saved setting.
+    load_run: Callable[..., Any] | None = None
 
     def __init__(self, *, sample_rate: int = DEFAULT_SAMPLE_RATE, max_seconds: float | None = DEFAULT_MAX_SECONDS,
                  workers: int | None = None, cache_dir: str | None = None, progress: bool = True):
@@ -195,8 +199,10 @@ class FittedModel:
         write_json_atomic(os.path.join(model_dir, CONFIG_FILE), config)
 
     @classmethod
-    def load(cls, model_dir: str) -> "FittedModel":
+    def load(cls, model_dir: str, *, load_run: Callable[..., Any] | None = None) -> "FittedModel":
         """Load a saved fitted model; on the base class, the subclass named in the config.
+
+        ``load_run``: how the model opens another run, for models built on runs (see `load_run`).
 
         Raises
         ------
@@ -228,6 +234,7 @@ class FittedModel:
             raise ValueError(f"{model_dir}/{ARRAYS_FILE} lacks arrays {sorted(missing)}")
         model._set_arrays(arrays)
         model.fitted = True
+        model.load_run = load_run
         return model
 
     def extract_each(self, *, paths: list[str], dim: int,

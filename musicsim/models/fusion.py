@@ -84,9 +84,10 @@ class FusionModel(FittedModel):
     def embedders(self) -> list:
         """The runs' embedders, loaded once."""
         if self._embedders is None:
-            from musicsim.embedder import load_embedder  # the embedder imports the registry, which imports us
-
-            self._embedders = [load_embedder(run, window_seconds=self.window_seconds) for run in self.runs]
+            if self.load_run is None:
+                raise ValueError("a fusion model embeds through its runs: load or make it with load_run= "
+                                 "(musicsim.embedder.load_embedder)")
+            self._embedders = [self.load_run(run, window_seconds=self.window_seconds) for run in self.runs]
         return self._embedders
 
     @property

@@ -8,6 +8,7 @@ import numpy as np
 
 from musicsim import rerank as rerank_lib
 from musicsim.data.dataset import DatasetInfo, read_catalog
+from musicsim.embedder import load_embedder
 from musicsim.models import BaselineEntry, FittedEntry
 from musicsim.train.settings import RunConfig
 
@@ -18,7 +19,8 @@ def fit_fitted(entry: FittedEntry, settings: RunConfig, *, relevance_def, splits
     settings = settings.with_params(similarity=entry.fitted_class.similarity)
     record_config(settings)
     model = entry.make_fitted(params=settings.params, dataset_dir=settings.dataset_dir,
-                              max_seconds=DatasetInfo.load(settings.dataset_dir).max_seconds, workers=settings.workers)
+                              max_seconds=DatasetInfo.load(settings.dataset_dir).max_seconds, workers=settings.workers,
+                              load_run=load_embedder)
     catalog = {split: read_catalog(settings.dataset_dir, split=split) for split in splits}
     # One pass over every split's files: the worker pool starts once.
     entries = [e for split in splits for e in catalog[split]]
