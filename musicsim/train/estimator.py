@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
+from keras.src import backend as keras_backend  # Keras 2.15's backend: its seed generator (below)
 from tqdm.auto import tqdm
 from tensorflow_estimator.python.estimator.early_stopping import read_eval_metrics
 
@@ -158,6 +159,10 @@ def seeded_model_fn(model_fn: Callable, *, seed: int) -> Callable:
 
     def model_fn_seeded(features, labels, mode, params):
         random.seed(seed)
+        # After tf.keras.utils.set_random_seed (a caller's, or a test's), Keras draws from its own generator
+        # instead: seed it the same way, so the weights do not depend on whether it was ever called.
+        if getattr(keras_backend._SEED_GENERATOR, "generator", None) is not None:
+            keras_backend._SEED_GENERATOR.generator = random.Random(seed)
         spec = model_fn(features, labels, mode, params)
         if mode == tf.estimator.ModeKeys.TRAIN and getattr(spec, "loss", None) is not None:
             tf.compat.v1.add_to_collection(TRAIN_LOSS_COLLECTION, spec.loss)  # for ProgressHook
