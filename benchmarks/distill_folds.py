@@ -338,9 +338,8 @@ def write_report(*, args: argparse.Namespace, command: str, rows: list[dict]) ->
               "partial": len(all_rows) < args.n_folds, "rows": all_rows, "summary": summarise(all_rows)}
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "distill_folds.json")
-    with open(path + ".tmp", "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
     return report
 
 
